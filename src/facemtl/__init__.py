@@ -1,0 +1,18 @@
+"""facemtl: integrated multi-task face analytics.
+
+Two systems in one toolkit:
+
+* iFAN (integrated face analytics network): an FC-DenseNet backbone shared by
+  landmark, parsing and emotion decoders, feature re-encoders and a task
+  integrator for iterative refinement, trained across datasets that each label
+  a different task (hybrid training, Algorithm 1).
+* Deep Collaboration: task-specific ResNet18/AlexNet columns joined by
+  collaborative blocks, with the baselines it is compared with.
+"""
+
+__version__ = "0.1.0"
+
+from facemtl.errors import FacemtlError
+from facemtl.models.registry import create_model, list_models, register_model
+
+__all__ = ["FacemtlError", "__version__", "create_model", "list_models", "register_model"]

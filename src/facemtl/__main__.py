@@ -1,0 +1,3 @@
+from facemtl.cli import main
+
+raise SystemExit(main())

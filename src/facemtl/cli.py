@@ -1,0 +1,50 @@
+"""The one ``facemtl`` command.
+
+Each subcommand lives next to the code it drives and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` (called with the parsed namespace, returns an
+exit status). Add a module to ``COMMAND_MODULES`` to add a subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from facemtl import __version__
+from facemtl.errors import FacemtlError
+
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facemtl",
+        description="Integrated multi-task face analytics (iFAN, Deep Collaboration).",
+    )
+    parser.add_argument("--version", action="version", version=f"facemtl {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FacemtlError as exc:
+        print(f"facemtl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facemtl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data: the synthetic face generator, dataset format readers, transforms and mixing."""

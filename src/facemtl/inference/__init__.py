@@ -1,0 +1,1 @@
+"""Inference on photos: face detection, the predictor, overlays and ONNX export."""

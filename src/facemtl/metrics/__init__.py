@@ -1,0 +1,1 @@
+"""Metrics with accumulated counts (reducible across processes): landmarks, parsing, classification."""

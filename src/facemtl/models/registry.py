@@ -1,0 +1,49 @@
+"""A tiny model registry: ``@register_model("name")`` on a builder, ``create_model(name, **cfg)``.
+
+Builders live in their own modules; ``_BUILTIN_MODULES`` lists the modules imported on
+first use so that registering needs no import-order tricks.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch.nn as nn
+
+from facemtl.errors import FacemtlError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_BUILTIN_MODULES: tuple[str, ...] = (
+)
+_loaded = False
+
+
+def register_model(name: str):
+    def decorator(builder: Callable[..., nn.Module]):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorator
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+
+
+def list_models() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **config) -> nn.Module:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise FacemtlError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY)) or 'none'}")
+    return _REGISTRY[name](**config)
