@@ -1,0 +1,444 @@
+"""Training configuration: frozen dataclasses, YAML files and ``--set a.b=c`` overrides.
+
+The dataclass DEFAULTS are the built-in default run: iFAN on landmarks + parsing + emotion,
+each task learned from its own synthetic source in its own style (iFAN section 3.3: datasets
+that label different tasks and differ in image statistics), sized to finish in about 15
+minutes on a 2-core CPU. ``configs/ifan_paper.yaml`` holds the paper's settings (section 4.1.2).
+
+Everything is validated when loaded; a mistake raises one :class:`FacemtlError` line that
+names the key (and the file line when it came from a file) and what was expected.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from facemtl.errors import FacemtlError
+
+SYNTH_STYLES = ("studio", "wild", "webcam")
+
+
+def _frozen_map(d: Mapping | None = None) -> Mapping:
+    return types.MappingProxyType(dict(d or {}))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``create_model(name, **kwargs)``; the trainer adds ``tasks`` (and, for hybrid
+    training, ``num_sources`` and ``task_sources``) from the data section."""
+
+    name: str = "ifan"
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: _frozen_map({"iterations": 2}))
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One training source: a dataset that labels ``tasks`` (its index is the BN domain).
+
+    ``name: synth`` uses :class:`facemtl.data.synth.SyntheticFaces` (``style``, ``n_train``,
+    ``n_test``, ``seed``); any other name is a format reader, ``load_dataset(name, root,
+    split, **options)`` with ``train_split`` / ``test_split``, cropped by ``FaceCrop``.
+    """
+
+    name: str = "synth"
+    tasks: tuple[str, ...] = ("landmarks",)
+    batch_size: int = 16
+    style: Literal["studio", "wild", "webcam"] = "studio"
+    n_train: int = 512
+    n_test: int = 128
+    seed: int = 0
+    root: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    augment: bool = True
+    options: Mapping[str, Any] = field(default_factory=_frozen_map)
+
+
+def _default_sources() -> tuple[SourceConfig, ...]:
+    # Landmarks from "wild", parsing from "studio", emotion from "webcam": three sources
+    # with different statistics, as MTFL / Helen / BNU-LSVED in iFAN section 4.1.1.
+    return (
+        SourceConfig(tasks=("landmarks",), style="wild", n_train=384, n_test=96, seed=1, batch_size=16),
+        SourceConfig(tasks=("parsing",), style="studio", n_train=384, n_test=96, seed=2, batch_size=8),
+        SourceConfig(tasks=("emotion",), style="webcam", n_train=384, n_test=96, seed=3, batch_size=24),
+    )
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Algorithm 1 (``mode: hybrid``) or plain joint training on one source (``mode: joint``).
+
+    * ``pretrain_epochs``: EP of Algorithm 1 (stage 1, lr ``pretrain_lr``; hybrid only).
+    * ``epochs``: stage-2 epochs (hybrid) or training epochs (joint). A stage-2 epoch is
+      ``max_t ceil(n_t / b_t)`` rounds: the rounds it takes the source with the most batches
+      to be traversed once (smaller sources cycle), see :mod:`facemtl.engine.hybrid`.
+    * ``rounds``: when set, the number of stage-2 rounds (joint: steps), overriding ``epochs``.
+    * ``lr`` -> ``lr_end`` with ``decay`` over stage 2 (joint: over all steps).
+    * ``iterations``: ITER; null = the model's own setting.
+    * ``loss_weights``: task -> weight of its loss (default 1).
+    """
+
+    mode: Literal["hybrid", "joint"] = "hybrid"
+    pretrain_epochs: int = 2
+    epochs: int = 3
+    rounds: int | None = None
+    pretrain_lr: float = 1e-3
+    lr: float = 1e-3
+    lr_end: float = 1e-5
+    decay: Literal["exponential", "linear", "constant"] = "exponential"
+    iterations: int | None = None
+    loss_weights: Mapping[str, float] = field(default_factory=_frozen_map)
+
+
+@dataclass(frozen=True)
+class OptimiserConfig:
+    """RMSprop as iFAN section 4.1.2 (torch defaults otherwise); ``sgd`` / ``adam`` for experiments."""
+
+    name: Literal["rmsprop", "sgd", "adam"] = "rmsprop"
+    alpha: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """``log_every`` steps to steps.csv / TensorBoard; ``checkpoint_every`` steps (0: at stage
+    and epoch ends only); ``eval_every_epoch``: score the test splits after each epoch."""
+
+    log_every: int = 10
+    checkpoint_every: int = 0
+    tensorboard: bool = True
+    progress: bool = True
+    eval_every_epoch: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: tuple[SourceConfig, ...] = field(default_factory=_default_sources)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    seed: int = 0
+    input_size: int = 128
+    eval_batch_size: int = 32
+
+    # -- derived views used by the engine ------------------------------------------------
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        names: list[str] = []
+        for src in self.data:
+            names += [t for t in src.tasks if t not in names]
+        return tuple(names)
+
+    @property
+    def task_sources(self) -> tuple[int, ...]:
+        """Index of the source each task learns from (the first that labels it)."""
+        return tuple(next(i for i, s in enumerate(self.data) if t in s.tasks) for t in self.task_names)
+
+
+# ---------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def to_dict(cfg: Any) -> Any:
+    """A config (or part of it) as plain YAML/JSON-ready data."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, Mapping):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+class _Where:
+    """Key path -> 'file:line' for error messages (lines from the YAML node tree)."""
+
+    def __init__(self, path: str | None = None, lines: dict[str, int] | None = None):
+        self.path, self.lines = path, lines or {}
+
+    def __call__(self, key: str) -> str:
+        if self.path is None:
+            return ""
+        line = self.lines.get(key)
+        return f"{self.path}:{line}: " if line else f"{self.path}: "
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in _MAPS or tp in _MAPS:
+        return "a mapping"
+    if tp is Any:
+        return "any value"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+_NO = object()
+_MAPS = (Mapping, dict, collections.abc.Mapping)
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return ``value`` as type ``tp`` or ``_NO``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        return value if value in typing.get_args(tp) else _NO
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            out = _coerce(value, arg)
+            if out is not _NO:
+                return out
+        return _NO
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            return _NO
+        items = [_coerce(v, typing.get_args(tp)[0]) for v in value]
+        return _NO if any(i is _NO for i in items) else tuple(items)
+    if origin in _MAPS or tp in _MAPS:
+        if not isinstance(value, Mapping):
+            return _NO
+        args = typing.get_args(tp)
+        if args and args[1] is not Any:
+            out = {}
+            for k, v in value.items():
+                cv = _coerce(v, args[1])
+                if cv is _NO or not isinstance(k, str):
+                    return _NO
+                out[k] = cv
+            return _frozen_map(out)
+        return _frozen_map(value)
+    if tp is bool:
+        return value if isinstance(value, bool) else _NO
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if tp is float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO
+    if tp is str:
+        return value if isinstance(value, str) else _NO
+    return _NO
+
+
+def _build(cls: type, data: Any, prefix: str, where: _Where) -> Any:
+    if not isinstance(data, Mapping):
+        raise FacemtlError(f"{where(prefix)}'{prefix or 'config'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else f" (expected one of: {', '.join(names)})"
+            raise FacemtlError(f"{where(full)}unknown key '{full}'{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, full, where)
+        elif key == "data":
+            if not isinstance(value, (list, tuple)) or not value:
+                raise FacemtlError(f"{where(full)}'{full}' must be a non-empty list of sources, got {value!r}")
+            kwargs[key] = tuple(_build(SourceConfig, v, f"{full}.{i}", where) for i, v in enumerate(value))
+        else:
+            out = _coerce(value, tp)
+            if out is _NO:
+                raise FacemtlError(f"{where(full)}bad value for '{full}': expected {_type_name(tp)}, got {value!r}")
+            kwargs[key] = out
+    return cls(**kwargs)
+
+
+def _check(cfg: TrainConfig, where: _Where) -> None:
+    """Value checks beyond types (ranges, cross-field rules)."""
+    from facemtl.tasks import STANDARD_TASKS
+
+    def bad(key: str, expected: str, value: Any) -> FacemtlError:
+        return FacemtlError(f"{where(key)}bad value for '{key}': expected {expected}, got {value!r}")
+
+    positive = {
+        "input_size": cfg.input_size,
+        "eval_batch_size": cfg.eval_batch_size,
+        "logging.log_every": cfg.logging.log_every,
+    }
+    for key, v in positive.items():
+        if v <= 0:
+            raise bad(key, "a positive integer", v)
+    for key in ("lr", "lr_end", "pretrain_lr"):
+        if getattr(cfg.schedule, key) <= 0:
+            raise bad(f"schedule.{key}", "a positive number", getattr(cfg.schedule, key))
+    for key in ("pretrain_epochs", "epochs"):
+        if getattr(cfg.schedule, key) < 0:
+            raise bad(f"schedule.{key}", "an integer >= 0", getattr(cfg.schedule, key))
+    if cfg.schedule.rounds is not None and cfg.schedule.rounds < 0:
+        raise bad("schedule.rounds", "an integer >= 0 or null", cfg.schedule.rounds)
+    if cfg.schedule.iterations is not None and cfg.schedule.iterations < 0:
+        raise bad("schedule.iterations", "an integer >= 0 or null", cfg.schedule.iterations)
+    if cfg.logging.checkpoint_every < 0:
+        raise bad("logging.checkpoint_every", "an integer >= 0", cfg.logging.checkpoint_every)
+    for key in ("momentum", "weight_decay", "eps"):
+        if getattr(cfg.optimiser, key) < 0:
+            raise bad(f"optimiser.{key}", "a number >= 0", getattr(cfg.optimiser, key))
+    for i, src in enumerate(cfg.data):
+        p = f"data.{i}"
+        if not src.tasks:
+            raise bad(f"{p}.tasks", "a non-empty list of task names", list(src.tasks))
+        for t in src.tasks:
+            if t not in STANDARD_TASKS:
+                raise bad(f"{p}.tasks", "task names among " + ", ".join(STANDARD_TASKS), t)
+        if len(set(src.tasks)) != len(src.tasks):
+            raise bad(f"{p}.tasks", "each task once", list(src.tasks))
+        if src.batch_size <= 0:
+            raise bad(f"{p}.batch_size", "a positive integer", src.batch_size)
+        if src.name == "synth":
+            if src.n_train <= 0:
+                raise bad(f"{p}.n_train", "a positive integer", src.n_train)
+            if src.n_test < 0:
+                raise bad(f"{p}.n_test", "an integer >= 0", src.n_test)
+        elif not src.root:
+            raise bad(f"{p}.root", f"the dataset folder of source '{src.name}'", src.root)
+    for t, w in cfg.schedule.loss_weights.items():
+        if t not in cfg.task_names:
+            raise bad("schedule.loss_weights", "weights for the configured tasks " + ", ".join(cfg.task_names), t)
+        if w < 0:
+            raise bad(f"schedule.loss_weights.{t}", "a number >= 0", w)
+    if cfg.schedule.mode == "hybrid":
+        for t in cfg.task_names:
+            owners = [i for i, s in enumerate(cfg.data) if t in s.tasks]
+            if len(owners) > 1:
+                raise FacemtlError(
+                    f"{where('data')}task '{t}' is labelled by sources {owners}; hybrid training "
+                    "(Algorithm 1) needs one source per task"
+                )
+    elif len(cfg.data) != 1:
+        raise FacemtlError(
+            f"{where('schedule.mode')}bad value for 'schedule.mode': joint training takes exactly one "
+            f"source, got {len(cfg.data)} (use mode: hybrid for several)"
+        )
+    reserved = {"tasks", "num_sources", "task_sources"} & set(cfg.model.kwargs)
+    if reserved:
+        raise FacemtlError(
+            f"{where('model.kwargs')}bad value for 'model.kwargs': {sorted(reserved)} come from the data "
+            "section, remove them"
+        )
+
+
+def config_from_dict(data: Mapping | None, *, path: str | None = None, lines: dict[str, int] | None = None) -> TrainConfig:
+    """Build and validate a :class:`TrainConfig`; keys missing from ``data`` keep their defaults."""
+    where = _Where(path, lines)
+    cfg = _build(TrainConfig, data or {}, "", where)
+    _check(cfg, where)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------
+# files and overrides
+
+
+def _node_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = f"{prefix}.{k.value}" if prefix else str(k.value)
+            out[key] = k.start_mark.line + 1
+            _node_lines(v, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            key = f"{prefix}.{i}"
+            out[key] = v.start_mark.line + 1
+            _node_lines(v, key, out)
+
+
+def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
+    """YAML file -> (data, key path -> line); errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FacemtlError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise FacemtlError(f"{loc}: invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise FacemtlError(f"{path}:1: a config must be a mapping of sections, got {type(data).__name__}")
+    lines: dict[str, int] = {}
+    if node is not None:
+        _node_lines(node, "", lines)
+    return data, lines
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply ``a.b=c`` overrides (values parsed as YAML scalars or lists) to a nested dict.
+
+    ``data.1.n_train=64`` indexes the source list; missing sources cannot be created this way.
+    Returns a new dict; ``data`` is not changed.
+    """
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise FacemtlError(f"bad --set {item!r}: expected KEY=VALUE, e.g. schedule.lr=0.001")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise FacemtlError(f"bad --set {item!r}: the value is not a YAML scalar or list") from None
+        parts = key.split(".")
+        node: Any = out
+        for depth, part in enumerate(parts[:-1]):
+            sofar = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise FacemtlError(f"bad --set {item!r}: '{sofar}' is not a source index (0..{len(node) - 1})")
+                node = node[int(part)]
+            else:
+                if part == "data" and depth == 0 and "data" not in node:
+                    node["data"] = to_dict(_default_sources())
+                node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise FacemtlError(f"bad --set {item!r}: '{sofar}' is a value, not a section")
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise FacemtlError(f"bad --set {item!r}: '{key}' is not a source index (0..{len(node) - 1})")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults <- YAML file (optional) <- overrides, validated."""
+    data, lines = read_yaml(path) if path is not None else ({}, {})
+    if overrides:
+        data = apply_overrides(data, overrides)
+        # Keys set on the command line are reported as such, not at a file line.
+        for item in overrides:
+            lines.pop(item.partition("=")[0].strip(), None)
+    return config_from_dict(data, path=str(path) if path is not None else None, lines=lines)
