@@ -57,8 +57,10 @@ def test_nme_visibility_norm_and_inter_pupil():
 def test_nme_errors_are_clear():
     with pytest.raises(FacemtlError, match=r"\(B, K, 2\)"):
         nme(torch.zeros(5, 2), torch.zeros(5, 2))
-    with pytest.raises(FacemtlError, match="normaliser must be positive"):
+    with pytest.raises(FacemtlError, match="normaliser must be a positive number"):
         nme(torch.zeros(1, 5, 2), torch.zeros(1, 5, 2))
+    with pytest.raises(FacemtlError, match="pass norm="):
+        nme(PRED, TARGET.clone().index_fill_(1, torch.tensor([0]), float("nan")))
     with pytest.raises(FacemtlError, match="not a valid point index"):
         nme(PRED, TARGET, eye_indices=(0, 7))
     with pytest.raises(FacemtlError, match="one per image"):
@@ -266,3 +268,28 @@ def test_all_reduce_over_two_gloo_processes():
         for rank in (0, 1):
             for reduced, whole in results[rank]:
                 assert _same(reduced, whole)
+
+
+def test_meter_for_picks_the_meter_from_the_task_kind():
+    from facemtl.metrics import meter_for
+    from facemtl.tasks import Task
+
+    assert isinstance(meter_for("landmarks"), LandmarkMeter)
+    parsing = meter_for("parsing")
+    assert isinstance(parsing, ParsingF1) and parsing.class_names[4] == "left_eye"
+    assert set(parsing.groups) == set(PARSING_GROUPS)
+    emotion = meter_for("emotion")
+    assert isinstance(emotion, ConfusionMatrix) and emotion.class_names[3] == "Happy"
+    ibug = Task("ibug68", "points", 68)
+    with pytest.raises(FacemtlError, match="pass eye_indices"):
+        meter_for(ibug)
+    assert meter_for(ibug, eye_indices=(36, 45)).eye_indices == (36, 45)
+
+
+def test_parsing_accepts_single_logit_maps_and_checks_their_classes():
+    logits = torch.nn.functional.one_hot(PARSE_P.clamp_max(10), 11).permute(2, 0, 1).float()  # (C, H, W)
+    m = ParsingF1()
+    m.update(logits, PARSE_T)
+    assert m.compute()["eyes"] == pytest.approx(100.0)
+    with pytest.raises(FacemtlError, match="do not have 11 classes"):
+        m.update(torch.zeros(1, 4, 2, 3), PARSE_T[None])

@@ -49,7 +49,8 @@ def _normaliser(target: torch.Tensor, eye_indices, norm) -> torch.Tensor:
             raise FacemtlError(f"eye_indices: expected a pair (left, right), got {eye_indices!r}")
         d = (_eye_centre(target, eye_indices[0]) - _eye_centre(target, eye_indices[1])).norm(dim=-1)
     if not bool((d > 0).all()):
-        raise FacemtlError("NME normaliser must be positive for every image (coincident eye points or norm <= 0?)")
+        raise FacemtlError("NME normaliser must be a positive number for every image "
+                           "(coincident or missing eye points? pass norm= for such sets, e.g. AFLW box size)")
     return d
 
 

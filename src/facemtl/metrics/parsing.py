@@ -77,8 +77,12 @@ class ParsingF1(Meter):
         """Add integer masks of any matching shape ((H, W) or (B, H, W)); target ``ignore_index``
         pixels are skipped. Logits (B, C, H, W) are also accepted as ``pred_mask`` (argmax over C)."""
         pred, target = as_tensor(pred_mask, "pred_mask"), as_tensor(target_mask, "target_mask")
-        if pred.is_floating_point() and pred.dim() == target.dim() + 1 and pred.shape[1] == self.num_classes:
-            pred = pred.argmax(1)
+        if pred.is_floating_point() and pred.dim() == target.dim() + 1 and target.dim() in (2, 3):
+            axis = 1 if target.dim() == 3 else 0  # (B, C, H, W) or a single (C, H, W)
+            if pred.shape[axis] != self.num_classes:
+                raise FacemtlError(f"ParsingF1: logits {tuple(pred.shape)} do not have {self.num_classes} classes "
+                                   f"on axis {axis}")
+            pred = pred.argmax(axis)
         if pred.shape != target.shape:
             raise FacemtlError(f"ParsingF1: prediction {tuple(pred.shape)} and target {tuple(target.shape)} "
                                "masks must have the same shape (resize logits to the target size first)")
