@@ -15,6 +15,7 @@ from facemtl.errors import FacemtlError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _BUILTIN_MODULES: tuple[str, ...] = (
+    "facemtl.models.ifan",
 )
 _loaded = False
 

@@ -1,0 +1,146 @@
+"""Fully convolutional DenseNet backbone of iFAN (section 4.1.2; Jegou et al.'s FC-DenseNet [11]).
+
+Layout with the paper's settings (input 128, ``num_blocks=5``, 3 layers per block, growth 12)::
+
+    7x7 conv (stem)                                             128
+    down: [dense block -> keep as skip -> 2x2 average pool] x 5  128 -> 64 -> 32 -> 16 -> 8 -> 4
+    up:   [dense block -> sub-pixel up (PixelShuffle) + conv -> concat skip] x 5   4 -> 8 -> ... -> 128
+
+Every dense layer is BN-ReLU-Conv3x3 (stride 1, ``growth_rate`` maps) and sees the
+concatenation of the block input and all earlier layers' maps. As in FC-DenseNet, a down block
+passes on ``[input, new maps]`` while an up block passes on only its new maps (keeps the up path
+from growing quadratically). The sub-pixel layer of [20] is a 1x1 conv to ``4 * up_channels``
+maps followed by ``PixelShuffle(2)``; the paper's "followed by a convolutional layer" is a 3x3
+conv. Any input whose sides are divisible by ``2 ** num_blocks`` works.
+
+Level ``i`` means resolution ``input / 2**i`` (level 0 = input size, level ``num_blocks`` = the
+4x4 bottom). ``feedback[i]`` (the task integrator's maps, :mod:`facemtl.models.ifan`) is
+concatenated to the input of every dense block that runs at level ``i``: down block ``i`` and
+the up block at level ``i``. The feedback only conditions those blocks' layers; it is not copied
+into the block output, so channel counts downstream do not grow with the number of tasks.
+
+All batch norms are :class:`SourceBatchNorm2d`; ``streams`` selects the source rows.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from facemtl.models.norm import SourceBatchNorm2d, Streams
+
+
+class BNReLUConv(nn.Module):
+    """Pre-activation unit: per-source BN, ReLU, conv (no bias: the next BN has its own)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, num_sources: int):
+        super().__init__()
+        self.norm = SourceBatchNorm2d(in_channels, num_sources)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: torch.Tensor, streams: Streams) -> torch.Tensor:
+        return self.conv(F.relu(self.norm(x, streams)))
+
+
+class DenseBlock(nn.Module):
+    """``num_layers`` dense layers; returns only the new maps (``num_layers * growth_rate``)."""
+
+    def __init__(self, in_channels: int, growth_rate: int, num_layers: int, num_sources: int):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            BNReLUConv(in_channels + i * growth_rate, growth_rate, 3, num_sources) for i in range(num_layers)
+        )
+        self.out_channels = growth_rate * num_layers
+
+    def forward(self, x: torch.Tensor, streams: Streams) -> torch.Tensor:
+        new = []
+        for layer in self.layers:
+            new.append(layer(torch.cat([x, *new], 1), streams))
+        return torch.cat(new, 1)
+
+
+class TransitionUp(nn.Module):
+    """Sub-pixel upsampling by 2 [20] followed by a 3x3 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_sources: int):
+        super().__init__()
+        self.subpixel = BNReLUConv(in_channels, 4 * out_channels, 1, num_sources)
+        self.shuffle = nn.PixelShuffle(2)
+        self.conv = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor, streams: Streams) -> torch.Tensor:
+        return self.conv(self.shuffle(self.subpixel(x, streams)))
+
+
+class FCDenseNet(nn.Module):
+    """The shared backbone; ``forward`` returns the feature maps the decoders read.
+
+    ``feedback_channels`` is the number of integrator channels concatenated at each level
+    (0: a plain FC-DenseNet, ``feedback`` must then be None).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        stem_channels: int = 48,
+        stem_kernel: int = 7,
+        growth_rate: int = 12,
+        layers_per_block: int = 3,
+        num_blocks: int = 5,
+        up_channels: int = 24,
+        num_sources: int = 1,
+        feedback_channels: Sequence[int] | int = 0,
+    ):
+        super().__init__()
+        self.num_blocks = num_blocks
+        if isinstance(feedback_channels, int):
+            feedback_channels = [feedback_channels] * (num_blocks + 1)
+        self.feedback_channels = tuple(feedback_channels)
+        fb = self.feedback_channels
+        self.stem = nn.Conv2d(in_channels, stem_channels, stem_kernel, padding=stem_kernel // 2, bias=False)
+
+        self.down = nn.ModuleList()
+        self.down_channels: list[int] = []  # skip channels at level i
+        c = stem_channels
+        for i in range(num_blocks):
+            block = DenseBlock(c + fb[i], growth_rate, layers_per_block, num_sources)
+            self.down.append(block)
+            c = c + block.out_channels
+            self.down_channels.append(c)
+        self.bottom_channels = c
+
+        self.up = nn.ModuleList()
+        self.transitions = nn.ModuleList()
+        for j in range(num_blocks):
+            level = num_blocks - j
+            block = DenseBlock(c + fb[level], growth_rate, layers_per_block, num_sources)
+            self.up.append(block)
+            self.transitions.append(TransitionUp(block.out_channels, up_channels, num_sources))
+            c = up_channels + self.down_channels[level - 1]
+        self.out_channels = c
+
+    def forward(
+        self, x: torch.Tensor, streams: Streams = 0, feedback: Sequence[torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """``{"down": [skip at level 0..n-1], "bottom": level n, "out": level 0 end of the up path}``."""
+        if (feedback is None) != (sum(self.feedback_channels) == 0):
+            raise ValueError("feedback maps must be given exactly when feedback_channels > 0")
+
+        def with_feedback(h: torch.Tensor, level: int) -> torch.Tensor:
+            return h if feedback is None else torch.cat([h, feedback[level]], 1)
+
+        h = self.stem(x)
+        skips = []
+        for i, block in enumerate(self.down):
+            h = torch.cat([h, block(with_feedback(h, i), streams)], 1)
+            skips.append(h)
+            h = F.avg_pool2d(h, 2)
+        bottom = h
+        for j, (block, up) in enumerate(zip(self.up, self.transitions)):
+            level = self.num_blocks - j
+            h = up(block(with_feedback(h, level), streams), streams)
+            h = torch.cat([h, skips[level - 1]], 1)
+        return {"down": skips, "bottom": bottom, "out": h}

@@ -1,0 +1,470 @@
+"""iFAN: integrated face analytics network (Li et al., "Integrated Face Analytics Networks through
+Cross-Dataset Hybrid Training", sections 3.2, 4.1.2, 4.3).
+
+Components (Figure 2):
+
+* **Backbone** :class:`~facemtl.models.fc_densenet.FCDenseNet` (shared features f_S).
+* **Decoders**, built from the task KIND (never its name):
+  ``points`` reads the down-path features at 1/16 of the input (8x8 at 128) and regresses
+  normalised (x, y) in [0, 1] through a sigmoid (so outputs are always valid coordinates and the
+  decoder starts at the image centre); ``category`` reads the bottom features (4x4) -> logits
+  ``(B, N)``; ``segmentation`` reads the input-resolution end of the up path -> logits ``(B, C, H, W)``.
+* **Re-encoders** (f_theta_e^t) turn a task's raw prediction back into a feature pyramid, one map
+  per backbone level (128, 64, ..., 4): points -> soft disks of radius 5 px (at 128, scaled with
+  the input) rendered as ``sigmoid(r - distance)`` so they stay differentiable w.r.t. the
+  coordinates -> alternating 3x3 conv and 2x2 max pool; segmentation -> softmax -> the same kind
+  of pyramid; category -> softmax -> FC layers, tiled to every level. ``reencoder="resize"``
+  (ablation 4.3.2) skips the learned layers: heat maps / probability maps are area-resized to each
+  level and category probabilities tiled.
+* **Task integrator**: concatenates the re-encoded pyramids of all tasks (Eq. 4, "realized by
+  feature concatenation") and feeds them into the backbone at every level, in both the down and
+  the up path (see fc_densenet for where exactly), then re-runs the backbone and decoders.
+  Iteration 0 is plain multi-task prediction: its integrator input is NEUTRAL = all-zero maps
+  (f_INT^0 = f_S), so the same weights serve every iteration; iteration i feeds iteration i-1's
+  predictions back. Gradients flow through the feedback into earlier iterations (Eq. 5 sums the
+  losses of all iterations).
+
+Per-source batch norm (task-dependent BN, 3.3 / 4.3.3): every normalisation layer (backbone and
+decoders; re-encoders have none) is a :class:`~facemtl.models.norm.SourceBatchNorm2d` with one row
+of affine parameters and running statistics per source dataset.
+
+* ``model(images, source=s)``: ``s`` is an int or a ``(B,)`` tensor whose values are all equal
+  (a mixed batch raises FacemtlError: split it by source first). Everything runs in stream ``s``;
+  in training only row ``s`` of the statistics is updated.
+* ``model(images)`` (``source=None``, inference): each task's output must come from the stream of
+  the source that trained it (``config.task_sources``). The batch is repeated once per source in
+  use (``S`` streams stacked along dim 0) and run through shared convs with a grouped BN; each
+  task's prediction is cut from its own source's stream; the assembled prediction set is
+  re-encoded once and fed back into EVERY stream at the next iteration. Cost: ``S`` times the
+  compute of a single-source pass (benchmarks/model_cost.py measures it). In training mode
+  ``source=None`` is refused when there are several BN sources, since it would update every
+  source's statistics with the same images.
+* ``source_bn=False`` (ablation 4.3.3): one shared BN row, one stream; ``source`` is validated and
+  otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from facemtl.errors import FacemtlError
+from facemtl.models.base import FaceModel
+from facemtl.models.fc_densenet import BNReLUConv, FCDenseNet
+from facemtl.models.norm import SourceBatchNorm2d
+from facemtl.models.registry import register_model
+from facemtl.tasks import STANDARD_TASKS, Task, get_tasks
+
+REENCODERS = ("learned", "resize")
+MAX_ITERATIONS = 4
+
+
+def _task_entry(task: Task) -> str | dict:
+    """Standard tasks are stored by name, custom ones as a JSON-friendly dict."""
+    if STANDARD_TASKS.get(task.name) == task:
+        return task.name
+    return {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+
+
+def _task_from_entry(entry: Any) -> Task:
+    if isinstance(entry, dict):
+        fields = dict(entry)
+        for key in ("class_names", "flip_permutation"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
+        try:
+            return Task(**fields)
+        except TypeError as e:
+            raise FacemtlError(f"bad custom task {entry!r}: {e}") from None
+    return get_tasks([entry])[0]
+
+
+@dataclass(frozen=True)
+class IFANConfig:
+    """Every architecture setting of iFAN; defaults are the paper's (section 4.1.2).
+
+    ``tasks``: standard task names or dicts (custom :class:`Task` fields); Task objects are
+    accepted and stored in that form. ``num_sources``: source datasets (None: one per task).
+    ``task_sources[t]``: the source whose BN stream predicts task ``t`` at inference (None: task i
+    -> source i when ``num_sources == len(tasks)``, all 0 when ``num_sources == 1``).
+    ``heatmap_radius`` is in pixels at ``reference_size`` and scales with the input.
+    """
+
+    tasks: tuple = ("landmarks", "parsing", "emotion")
+    num_sources: int | None = None
+    task_sources: tuple | None = None
+    iterations: int = 2
+    reencoder: str = "learned"
+    source_bn: bool = True
+    growth_rate: int = 12
+    layers_per_block: int = 3
+    num_blocks: int = 5
+    stem_channels: int = 48
+    stem_kernel: int = 7
+    up_channels: int = 24
+    reencoder_channels: int = 16
+    heatmap_radius: float = 5.0
+    reference_size: int = 128
+    points_hidden: int = 256
+    category_hidden: int = 128
+    segmentation_hidden: int = 32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, (str, Task, dict)):
+            raise FacemtlError(f"tasks must be a list of task names, got {self.tasks!r}")
+        tasks = tuple(_task_from_entry(t) for t in self.tasks)
+        get_tasks(tasks)  # non-empty, no duplicates
+        object.__setattr__(self, "tasks", tuple(_task_entry(t) for t in tasks))
+
+        def check_int(name: str, low: int, high: int | None = None) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+                expected = f"an integer in {low}..{high}" if high is not None else f"an integer >= {low}"
+                raise FacemtlError(f"ifan: {name} must be {expected}, got {value!r}")
+
+        if self.num_sources is None:
+            object.__setattr__(self, "num_sources", len(tasks))
+        check_int("num_sources", 1)
+        if self.task_sources is None:
+            if self.num_sources == len(tasks):
+                object.__setattr__(self, "task_sources", tuple(range(len(tasks))))
+            elif self.num_sources == 1:
+                object.__setattr__(self, "task_sources", (0,) * len(tasks))
+            else:
+                raise FacemtlError(
+                    f"ifan: task_sources is required when num_sources ({self.num_sources}) is neither 1 "
+                    f"nor the number of tasks ({len(tasks)})"
+                )
+        if isinstance(self.task_sources, (str, int)):
+            raise FacemtlError(f"ifan: task_sources must be a list of source indices, got {self.task_sources!r}")
+        ts = tuple(self.task_sources)
+        if len(ts) != len(tasks) or any(
+            isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < self.num_sources for s in ts
+        ):
+            raise FacemtlError(
+                f"ifan: task_sources must give one source in 0..{self.num_sources - 1} per task "
+                f"({len(tasks)} tasks), got {list(ts)}"
+            )
+        object.__setattr__(self, "task_sources", ts)
+        check_int("iterations", 0, MAX_ITERATIONS)
+        if self.reencoder not in REENCODERS:
+            raise FacemtlError(f"ifan: reencoder must be one of {REENCODERS}, got {self.reencoder!r}")
+        if not isinstance(self.source_bn, bool):
+            raise FacemtlError(f"ifan: source_bn must be true or false, got {self.source_bn!r}")
+        for name in ("growth_rate", "layers_per_block", "stem_channels", "up_channels", "reencoder_channels",
+                     "points_hidden", "category_hidden", "segmentation_hidden"):
+            check_int(name, 1)
+        check_int("num_blocks", 2, 8)
+        check_int("stem_kernel", 1)
+        if self.stem_kernel % 2 == 0:
+            raise FacemtlError(f"ifan: stem_kernel must be odd, got {self.stem_kernel}")
+        check_int("reference_size", 2**self.num_blocks)
+        if self.reference_size % 2**self.num_blocks:
+            raise FacemtlError(f"ifan: reference_size must be divisible by {2**self.num_blocks}, got {self.reference_size}")
+        if not isinstance(self.heatmap_radius, (int, float)) or isinstance(self.heatmap_radius, bool) or not self.heatmap_radius > 0:
+            raise FacemtlError(f"ifan: heatmap_radius must be a positive number, got {self.heatmap_radius!r}")
+
+    def task_objects(self) -> tuple[Task, ...]:
+        return tuple(_task_from_entry(t) for t in self.tasks)
+
+    @property
+    def bn_sources(self) -> int:
+        """Rows of every batch norm: one per source, or one shared (``source_bn=False``)."""
+        return self.num_sources if self.source_bn else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoders (f_theta^t)
+
+
+class PointsDecoder(nn.Module):
+    """Regression of K normalised points from the 1/16 down-path features (8x8 at 128)."""
+
+    def __init__(self, in_channels: int, num_points: int, grid: int, hidden: int, num_sources: int, width: int = 32):
+        super().__init__()
+        self.num_points = num_points
+        self.grid = grid  # the feature size at the reference input: flattening needs a fixed size
+        self.reduce = BNReLUConv(in_channels, width, 3, num_sources)
+        self.norm = SourceBatchNorm2d(width, num_sources)
+        self.fc1 = nn.Linear(width * grid * grid, hidden)
+        self.fc2 = nn.Linear(hidden, 2 * num_points)
+
+    def forward(self, features: dict, stream: int) -> torch.Tensor:
+        h = F.relu(self.norm(self.reduce(features["down"][-1], stream), stream))
+        h = F.adaptive_avg_pool2d(h, self.grid).flatten(1)
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(h)))).view(-1, self.num_points, 2)
+
+
+class CategoryDecoder(nn.Module):
+    """Class logits from the bottom (4x4) features."""
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int, num_sources: int):
+        super().__init__()
+        self.norm = SourceBatchNorm2d(in_channels, num_sources)
+        self.fc1 = nn.Linear(in_channels, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, features: dict, stream: int) -> torch.Tensor:
+        h = F.relu(self.norm(features["bottom"], stream)).mean((2, 3))
+        return self.fc2(F.relu(self.fc1(h)))
+
+
+class SegmentationDecoder(nn.Module):
+    """Per-pixel logits at input resolution from the end of the up path."""
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int, num_sources: int):
+        super().__init__()
+        self.body = BNReLUConv(in_channels, hidden, 3, num_sources)
+        self.norm = SourceBatchNorm2d(hidden, num_sources)
+        self.classify = nn.Conv2d(hidden, num_classes, 1)
+
+    def forward(self, features: dict, stream: int) -> torch.Tensor:
+        return self.classify(F.relu(self.norm(self.body(features["out"], stream), stream)))
+
+
+def build_decoder(task: Task, backbone: FCDenseNet, config: IFANConfig) -> nn.Module:
+    s = config.bn_sources
+    if task.kind == "points":
+        grid = config.reference_size // 2 ** (config.num_blocks - 1)
+        return PointsDecoder(backbone.down_channels[-1], task.num_outputs, grid, config.points_hidden, s)
+    if task.kind == "category":
+        return CategoryDecoder(backbone.bottom_channels, task.num_outputs, config.category_hidden, s)
+    return SegmentationDecoder(backbone.out_channels, task.num_outputs, config.segmentation_hidden, s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-encoders (f_theta_e^t): raw prediction -> one feature map per backbone level
+
+
+def render_heatmaps(points: torch.Tensor, height: int, width: int, radius: float, softness: float = 1.0) -> torch.Tensor:
+    """Soft disks: ``(B, K, 2)`` normalised (x, y) -> ``(B, K, H, W)`` maps in (0, 1).
+
+    Pixel (row i, column j) has its centre at normalised ((j + 0.5) / W, (i + 0.5) / H), the
+    convention of :mod:`facemtl.data.sample`. The value is ``sigmoid((radius - d) / softness)``
+    with d the distance in pixels, i.e. ~1 inside the disk and ~0 outside, with a smooth rim
+    through which gradients reach the coordinates.
+    """
+    xs = (torch.arange(width, device=points.device, dtype=points.dtype) + 0.5).view(1, 1, 1, width)
+    ys = (torch.arange(height, device=points.device, dtype=points.dtype) + 0.5).view(1, 1, height, 1)
+    px = (points[..., 0] * width).unsqueeze(-1).unsqueeze(-1)
+    py = (points[..., 1] * height).unsqueeze(-1).unsqueeze(-1)
+    dist = ((xs - px) ** 2 + (ys - py) ** 2 + 1e-6).sqrt()
+    return torch.sigmoid((radius - dist) / softness)
+
+
+class ConvPoolPyramid(nn.Module):
+    """Alternating 3x3 conv (+ReLU) and 2x2 max pool: one map per level, finest first."""
+
+    def __init__(self, in_channels: int, channels: int, num_levels: int):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1) for i in range(num_levels)
+        )
+
+    def forward(self, maps: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        h = maps
+        for i, conv in enumerate(self.convs):
+            if i:
+                h = F.max_pool2d(h, 2)
+            h = F.relu(conv(h))
+            out.append(h)
+        return out
+
+
+def _resize_pyramid(maps: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
+    """The 'resize' ablation: the prediction map itself, area-resized to every level."""
+    h, w = maps.shape[-2:]
+    return [maps if i == 0 else F.adaptive_avg_pool2d(maps, (h >> i, w >> i)) for i in range(num_levels)]
+
+
+class PointsReencoder(nn.Module):
+    def __init__(self, task: Task, config: IFANConfig):
+        super().__init__()
+        self.radius = config.heatmap_radius
+        self.reference_size = config.reference_size
+        self.num_levels = config.num_blocks + 1
+        self.learned = config.reencoder == "learned"
+        if self.learned:
+            self.pyramid = ConvPoolPyramid(task.num_outputs, config.reencoder_channels, self.num_levels)
+        self.out_channels = config.reencoder_channels if self.learned else task.num_outputs
+
+    def forward(self, output: torch.Tensor, size: tuple[int, int]) -> list[torch.Tensor]:
+        h, w = size
+        radius = self.radius * min(h, w) / self.reference_size
+        maps = render_heatmaps(output, h, w, radius)
+        return self.pyramid(maps) if self.learned else _resize_pyramid(maps, self.num_levels)
+
+
+class SegmentationReencoder(nn.Module):
+    def __init__(self, task: Task, config: IFANConfig):
+        super().__init__()
+        self.num_levels = config.num_blocks + 1
+        self.learned = config.reencoder == "learned"
+        if self.learned:
+            self.pyramid = ConvPoolPyramid(task.num_outputs, config.reencoder_channels, self.num_levels)
+        self.out_channels = config.reencoder_channels if self.learned else task.num_outputs
+
+    def forward(self, output: torch.Tensor, size: tuple[int, int]) -> list[torch.Tensor]:
+        probs = output.softmax(1)
+        return self.pyramid(probs) if self.learned else _resize_pyramid(probs, self.num_levels)
+
+
+class CategoryReencoder(nn.Module):
+    def __init__(self, task: Task, config: IFANConfig):
+        super().__init__()
+        self.num_levels = config.num_blocks + 1
+        self.learned = config.reencoder == "learned"
+        c = config.reencoder_channels
+        if self.learned:
+            self.mlp = nn.Sequential(nn.Linear(task.num_outputs, 4 * c), nn.ReLU(), nn.Linear(4 * c, c), nn.ReLU())
+        self.out_channels = c if self.learned else task.num_outputs
+
+    def forward(self, output: torch.Tensor, size: tuple[int, int]) -> list[torch.Tensor]:
+        v = output.softmax(1)
+        if self.learned:
+            v = self.mlp(v)
+        h, w = size
+        return [v[:, :, None, None].expand(-1, -1, h >> i, w >> i) for i in range(self.num_levels)]
+
+
+def build_reencoder(task: Task, config: IFANConfig) -> nn.Module:
+    cls = {"points": PointsReencoder, "segmentation": SegmentationReencoder, "category": CategoryReencoder}[task.kind]
+    return cls(task, config)
+
+
+class TaskIntegrator(nn.Module):
+    """Eq. (4) by concatenation: re-encode every task's prediction and stack the pyramids."""
+
+    def __init__(self, reencoders: Sequence[nn.Module], num_levels: int):
+        super().__init__()
+        self.reencoders = nn.ModuleList(reencoders)
+        self.num_levels = num_levels
+        self.channels = sum(r.out_channels for r in reencoders)
+
+    def neutral(self, batch: int, size: tuple[int, int], like: torch.Tensor) -> list[torch.Tensor]:
+        """Iter0's input: all-zero maps, so iteration 0 is ordinary multi-task prediction."""
+        h, w = size
+        return [like.new_zeros(batch, self.channels, h >> i, w >> i) for i in range(self.num_levels)]
+
+    def forward(self, outputs: Sequence[torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
+        pyramids = [r(o, size) for r, o in zip(self.reencoders, outputs)]
+        return [torch.cat([p[i] for p in pyramids], 1) for i in range(self.num_levels)]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class IFAN(FaceModel):
+    """See the module docstring. ``forward`` returns ``iterations + 1`` dicts, Iter0 first."""
+
+    def __init__(self, config: IFANConfig):
+        super().__init__()
+        self.config = config
+        self.tasks = config.task_objects()
+        reencoders = [build_reencoder(t, config) for t in self.tasks]
+        integrator = TaskIntegrator(reencoders, config.num_blocks + 1)
+        self.backbone = FCDenseNet(
+            stem_channels=config.stem_channels,
+            stem_kernel=config.stem_kernel,
+            growth_rate=config.growth_rate,
+            layers_per_block=config.layers_per_block,
+            num_blocks=config.num_blocks,
+            up_channels=config.up_channels,
+            num_sources=config.bn_sources,
+            feedback_channels=integrator.channels,
+        )
+        self.decoders = nn.ModuleList(build_decoder(t, self.backbone, config) for t in self.tasks)
+        self.integrator = integrator
+
+    # -- argument checks -------------------------------------------------------------------
+
+    def _source_index(self, source: Any) -> int:
+        s = source
+        if isinstance(s, torch.Tensor):
+            if s.numel() == 0:
+                raise FacemtlError("ifan: empty source tensor")
+            values = torch.unique(s.detach().flatten())
+            if values.numel() != 1:
+                raise FacemtlError(
+                    f"ifan: a batch must come from one source, got sources {values.tolist()}; split the batch by source"
+                )
+            s = values.item()
+        if isinstance(s, bool) or not isinstance(s, int) and not (isinstance(s, float) and s.is_integer()):
+            raise FacemtlError(f"ifan: source must be an int, a (B,) tensor of equal ints or None, got {source!r}")
+        s = int(s)
+        if not 0 <= s < self.config.num_sources:
+            raise FacemtlError(f"ifan: source {s} out of range 0..{self.config.num_sources - 1}")
+        return s
+
+    def _streams(self, source: Any) -> tuple[tuple[int, ...], list[int]]:
+        """(BN rows stacked in this pass, position of each task's stream in that stack)."""
+        n_tasks = len(self.tasks)
+        if source is not None:
+            s = self._source_index(source)
+            return ((s if self.config.source_bn else 0),), [0] * n_tasks
+        if self.config.bn_sources == 1:
+            return (0,), [0] * n_tasks
+        if self.training:
+            raise FacemtlError(
+                "ifan: training needs source=<index of the batch's dataset>; source=None would update "
+                "every source's batch-norm statistics with the same images"
+            )
+        streams = tuple(sorted(set(self.config.task_sources)))
+        return streams, [streams.index(s) for s in self.config.task_sources]
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor, source: Any = None, iterations: int | None = None) -> list[dict]:
+        n_iter = self.config.iterations if iterations is None else iterations
+        if isinstance(n_iter, bool) or not isinstance(n_iter, int) or not 0 <= n_iter <= self.config.iterations:
+            raise FacemtlError(f"ifan: iterations must be an int in 0..{self.config.iterations}, got {iterations!r}")
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise FacemtlError(f"ifan: images must be (B, 3, H, W), got {tuple(images.shape)}")
+        b, _, h, w = images.shape
+        div = 2**self.config.num_blocks
+        if h % div or w % div:
+            raise FacemtlError(f"ifan: image height and width must be divisible by {div}, got {h}x{w}")
+        streams, position = self._streams(source)
+        n = len(streams)
+        x = images if n == 1 else images.repeat(n, 1, 1, 1)
+        bn_streams = streams[0] if n == 1 else streams
+
+        feedback = self.integrator.neutral(n * b, (h, w), images)
+        results: list[dict] = []
+        for i in range(n_iter + 1):
+            if i:
+                # Re-encode the assembled predictions once and give the same maps to every stream.
+                maps = self.integrator([results[-1][t.name] for t in self.tasks], (h, w))
+                feedback = maps if n == 1 else [m.repeat(n, 1, 1, 1) for m in maps]
+            features = self.backbone(x, bn_streams, feedback)
+            outputs = {}
+            for t, (task, decoder) in enumerate(zip(self.tasks, self.decoders)):
+                k = position[t]
+                chunk = features if n == 1 else _take_chunk(features, k, b)
+                outputs[task.name] = decoder(chunk, streams[k])
+            results.append(outputs)
+        return results
+
+
+def _take_chunk(features: dict, k: int, b: int) -> dict:
+    def cut(v):
+        return [cut(u) for u in v] if isinstance(v, list) else v[k * b : (k + 1) * b]
+
+    return {key: cut(v) for key, v in features.items()}
+
+
+@register_model("ifan")
+def build_ifan(**config) -> IFAN:
+    """``create_model("ifan", **fields of IFANConfig)``; ``tasks`` may hold Task objects."""
+    known = {f.name for f in dataclasses.fields(IFANConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise FacemtlError(f"ifan: unknown config field(s) {unknown}; known: {sorted(known)}")
+    return IFAN(IFANConfig(**config))

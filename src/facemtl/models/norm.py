@@ -1,0 +1,86 @@
+"""Per-source batch normalisation: iFAN's "task dependent batch normalization" (section 3.3, 4.3.3).
+
+Each source dataset (domain) gets its own affine parameters and running statistics while the
+convolution weights around the layer are shared. Images from different datasets differ in
+quality, illumination and framing; separate statistics stop one dataset's feature
+distribution from being normalised with another's.
+
+A layer is called with ``streams``:
+
+* an ``int`` ``s``: the whole batch belongs to source ``s``; only row ``s`` of the running
+  statistics is read (eval) or updated (train);
+* a tuple of source indices ``(s0, s1, ...)``: the batch is that many equal-sized chunks stacked
+  along dim 0, chunk ``k`` belonging to source ``s_k``. The chunks are normalised in one call
+  by folding them into channels (``(S*B, C, H, W) -> (B, S*C, H, W)``), i.e. a grouped batch
+  norm, so a multi-source inference pass costs one kernel call per layer. Updating statistics
+  this way is allowed only when the tuple is ``range(num_sources)`` (each chunk then updates
+  only its own row); any other subset is evaluation-only.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Streams = Union[int, Sequence[int]]
+
+
+class SourceBatchNorm2d(nn.Module):
+    """``BatchNorm2d`` with one set of (weight, bias, running_mean, running_var) per source.
+
+    Parameters and buffers have shape ``(num_sources, num_features)``; ``num_sources=1`` is an
+    ordinary shared batch norm.
+    """
+
+    def __init__(self, num_features: int, num_sources: int = 1, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.num_features = num_features
+        self.num_sources = num_sources
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(num_sources, num_features))
+        self.bias = nn.Parameter(torch.zeros(num_sources, num_features))
+        self.register_buffer("running_mean", torch.zeros(num_sources, num_features))
+        self.register_buffer("running_var", torch.ones(num_sources, num_features))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, num_sources={self.num_sources}, eps={self.eps}, momentum={self.momentum}"
+
+    def forward(self, x: torch.Tensor, streams: Streams = 0) -> torch.Tensor:
+        if isinstance(streams, int):
+            if not 0 <= streams < self.num_sources:
+                raise IndexError(f"source {streams} out of range 0..{self.num_sources - 1}")
+            # Row views share storage with the buffers, so training updates land in row s only.
+            return F.batch_norm(
+                x,
+                self.running_mean[streams],
+                self.running_var[streams],
+                self.weight[streams],
+                self.bias[streams],
+                self.training,
+                self.momentum,
+                self.eps,
+            )
+        streams = tuple(int(s) for s in streams)
+        if len(streams) == 1:
+            return self.forward(x, streams[0])
+        n = len(streams)
+        if x.shape[0] % n:
+            raise ValueError(f"batch of {x.shape[0]} is not {n} equal source chunks")
+        if streams == tuple(range(self.num_sources)):
+            mean, var = self.running_mean.view(-1), self.running_var.view(-1)
+            weight, bias = self.weight.reshape(-1), self.bias.reshape(-1)
+        else:
+            if self.training:
+                raise RuntimeError("training on a subset of stacked sources would lose the statistics update")
+            idx = torch.tensor(streams, device=x.device)
+            mean, var = self.running_mean[idx].reshape(-1), self.running_var[idx].reshape(-1)
+            weight, bias = self.weight[idx].reshape(-1), self.bias[idx].reshape(-1)
+        b, c = x.shape[0] // n, x.shape[1]
+        rest = x.shape[2:]
+        folded = x.reshape(n, b, c, *rest).transpose(0, 1).reshape(b, n * c, *rest)
+        out = F.batch_norm(folded, mean, var, weight, bias, self.training, self.momentum, self.eps)
+        return out.reshape(b, n, c, *rest).transpose(0, 1).reshape(n * b, c, *rest)
