@@ -16,6 +16,9 @@ from facemtl.errors import FacemtlError
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _BUILTIN_MODULES: tuple[str, ...] = (
     "facemtl.models.ifan",
+    "facemtl.models.collab",
+    "facemtl.models.cross_stitch",
+    "facemtl.models.sharing",
 )
 _loaded = False
 
