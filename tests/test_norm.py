@@ -1,0 +1,79 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from facemtl.models.norm import SourceBatchNorm2d
+
+
+def _randomise(bn: SourceBatchNorm2d) -> None:
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+
+
+def test_single_source_matches_batchnorm2d():
+    torch.manual_seed(0)
+    ref = nn.BatchNorm2d(4)
+    ours = SourceBatchNorm2d(4, 1)
+    x = torch.randn(3, 4, 5, 5) * 2 + 1
+    torch.testing.assert_close(ours(x, 0), ref(x))
+    torch.testing.assert_close(ours.running_mean[0], ref.running_mean)
+    torch.testing.assert_close(ours.running_var[0], ref.running_var)
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x, 0), ref(x))
+
+
+def test_training_updates_only_the_batch_source_statistics():
+    torch.manual_seed(0)
+    bn = SourceBatchNorm2d(3, 3)
+    before_mean, before_var = bn.running_mean.clone(), bn.running_var.clone()
+    x = torch.randn(4, 3, 6, 6) + 5
+    bn(x, 1)
+    assert torch.equal(bn.running_mean[[0, 2]], before_mean[[0, 2]])
+    assert torch.equal(bn.running_var[[0, 2]], before_var[[0, 2]])
+    # momentum 0.1 towards the batch mean (~5)
+    torch.testing.assert_close(bn.running_mean[1], 0.1 * x.mean((0, 2, 3)))
+
+
+def test_stacked_streams_equal_separate_calls():
+    torch.manual_seed(0)
+    bn = SourceBatchNorm2d(3, 3)
+    _randomise(bn)
+    chunks = [torch.randn(2, 3, 4, 4) * (s + 1) + s for s in range(3)]
+    # eval: each chunk normalised with its own source's statistics and affine parameters
+    bn.eval()
+    stacked = bn(torch.cat(chunks), (0, 1, 2))
+    for s in range(3):
+        assert torch.equal(stacked[2 * s : 2 * s + 2], bn(chunks[s], s))
+    # a subset of sources, in any order, is fine in eval
+    sub = bn(torch.cat([chunks[2], chunks[0]]), (2, 0))
+    assert torch.equal(sub[:2], bn(chunks[2], 2))
+    assert torch.equal(sub[2:], bn(chunks[0], 0))
+    # train: per-chunk batch statistics; every row moves towards its own chunk only
+    separate = SourceBatchNorm2d(3, 3)
+    separate.load_state_dict(bn.state_dict())
+    bn.train(), separate.train()
+    stacked = bn(torch.cat(chunks), (0, 1, 2))
+    for s in range(3):
+        torch.testing.assert_close(stacked[2 * s : 2 * s + 2], separate(chunks[s], s))
+    torch.testing.assert_close(bn.running_mean, separate.running_mean)
+    torch.testing.assert_close(bn.running_var, separate.running_var)
+
+
+def test_stacked_subset_cannot_train_and_bad_source_fails():
+    bn = SourceBatchNorm2d(2, 3)
+    with pytest.raises(RuntimeError, match="subset"):
+        bn(torch.randn(4, 2, 3, 3), (0, 2))
+    with pytest.raises(IndexError, match="out of range"):
+        bn(torch.randn(2, 2, 3, 3), 3)
+    with pytest.raises(ValueError, match="equal source chunks"):
+        bn(torch.randn(5, 2, 3, 3), (0, 1, 2))
+
+
+def test_gradients_reach_only_the_used_rows():
+    bn = SourceBatchNorm2d(2, 3)
+    bn(torch.randn(4, 2, 3, 3), 2).pow(2).sum().backward()
+    assert bn.weight.grad[:2].abs().sum() == 0 and bn.weight.grad[2].abs().sum() > 0
+    assert bn.bias.grad[:2].abs().sum() == 0 and bn.bias.grad[2].abs().sum() > 0
