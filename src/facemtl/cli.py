@@ -15,6 +15,7 @@ from facemtl import __version__
 from facemtl.errors import FacemtlError
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "facemtl.data.synth_cli",
 )
 
 
