@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facemtl.data.formats.common import MASK_FLIPS, POINT_SET_FLIPS
 from facemtl.errors import FacemtlError
 from facemtl.tasks import STANDARD_TASKS, Task, get_task
 
@@ -155,7 +156,7 @@ def hflip(raw: dict, flip_permutations: dict[str, tuple]) -> dict:
     for key, value in raw.items():
         if key in ("image", "meta", "visibility") or value is None:
             continue
-        perm = flip_permutations.get(key)
+        perm = flip_permutations.get(key, MASK_FLIPS.get(key))
         if key == "box":
             b = np.asarray(value, dtype=np.float32)
             out["box"] = np.array([w - 1 - b[2], b[1], w - 1 - b[0], b[3]], dtype=np.float32)
@@ -215,9 +216,7 @@ def warp_logits_back(logits, matrix, out_hw):
 
 def _flip_permutations(tasks, raw: dict) -> dict[str, tuple]:
     """Flip permutations per raw key: from the tasks, else from the reader's point set."""
-    from facemtl.data.formats.common import POINT_SET_FLIPS
-
-    perms: dict[str, tuple] = {}
+    perms: dict[str, tuple] = dict(MASK_FLIPS)
     for task in tasks:
         perms[task.name] = tuple(task.flip)
     pts = raw.get("landmarks")

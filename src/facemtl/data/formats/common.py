@@ -45,6 +45,12 @@ POINT_SET_FLIPS: dict[str, tuple[int, ...]] = {
     # LaPa 106: layout not verified here, so no flip permutation (flipping raises).
 }
 
+# Flip permutations of masks that are not standard tasks (CelebAMask-HQ's 19 classes:
+# l_eye<->r_eye, l_brow<->r_brow, l_ear<->r_ear).
+MASK_FLIPS: dict[str, tuple[int, ...]] = {
+    "parsing19": (0, 1, 2, 3, 5, 4, 7, 6, 9, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18),
+}
+
 # Pose bins from a yaw angle (degrees): 30-degree bins, MTFL's five pose classes.
 # [-inf, -45) left profile, [-45, -15) left, [-15, 15) frontal, [15, 45) right, [45, inf) right profile.
 # Which sign of yaw is "left" is the source's convention (unconfirmed for AFLW).

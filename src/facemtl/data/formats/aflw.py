@@ -1,0 +1,149 @@
+"""AFLW (Koestinger et al. 2011): 21 landmarks with visibility, box, pose, gender, glasses.
+
+Layout: ``aflw.sqlite`` and ``flickr/{0,2,3}/...`` in ``root`` (or in ``root/data``, the
+official archive's layout). Tables are joined as DATASETS.md describes; one raw sample per
+face (an image with several faces gives several samples).
+
+* ``landmarks`` (21, 2) in feature_id order 1..21 (LeftBrowLeftCorner .. ChinCenter); only
+  visible points have rows, so ``visibility`` (21,) marks them and invisible points hold the
+  placeholder (0, 0): never read them without the mask. Coordinates are used as stored
+  (treated as 0-based pixels; unconfirmed).
+* ``box`` = facerect [x, y, x + w, y + h] (may extend past the image; kept as is).
+* ``gender`` from sex ('m' -> 0 male, 'f' -> 1 female); ``glasses`` from facemetadata.glasses
+  (1 -> 0 "glasses", 0 -> 1 "no_glasses", the standard task order).
+* Angles: stored in radians (unconfirmed; values beyond +-2*pi would be degrees, so they are
+  then taken as degrees) and given in degrees in ``meta["yaw"/"pitch"/"roll"]``; ``pose`` =
+  the yaw in MTFL's five 30-degree bins (common.YAW_BIN_EDGES); ``meta["pose_bins"]`` = the
+  DCNet 30-degree bins of roll, pitch and yaw (common.angle_bin).
+* Split: no official one. Faces are ordered by face_id, shuffled with ``seed`` and the first
+  ``ratio`` share is ``train``, the rest ``test`` (DCNet trains on the first r% and tests on
+  the rest, 0.1..0.9). ``all_visible=True`` keeps only faces with all 21 points (DCNet used
+  faces "with visible landmarks"). Split ``all`` gives every face.
+* ``points=5`` reduces the 21 points to the standard 5-point ``landmarks`` task in MTFL order:
+  LeftEyeCenter, RightEyeCenter, NoseCenter, MouthLeftCorner, MouthRightCorner (assumes
+  AFLW's "Left" is image-left, as in MTFL; unconfirmed), with their visibility.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from facemtl.data.formats.common import (
+    LazyDataset,
+    angle_bin,
+    check_split,
+    find_first,
+    load_image,
+    need_dir,
+    split_existing,
+    yaw_to_pose,
+)
+from facemtl.errors import FacemtlError
+
+DOWNLOAD = "AFLW (aflw.tar.gz: data/aflw.sqlite and data/flickr/)"
+NUM_POINTS = 21
+FIVE_POINTS = (7, 10, 14, 17, 19)  # 0-based rows of the 5-point reduction (MTFL order)
+POINT_NAMES = (
+    "LeftBrowLeftCorner", "LeftBrowCenter", "LeftBrowRightCorner", "RightBrowLeftCorner", "RightBrowCenter",
+    "RightBrowRightCorner", "LeftEyeLeftCorner", "LeftEyeCenter", "LeftEyeRightCorner", "RightEyeLeftCorner",
+    "RightEyeCenter", "RightEyeRightCorner", "LeftEar", "NoseLeft", "NoseCenter", "NoseRight", "RightEar",
+    "MouthLeftCorner", "MouthCenter", "MouthRightCorner", "ChinCenter",
+)
+
+
+def _degrees(v) -> float:
+    if v is None:
+        return float("nan")
+    v = float(v)
+    return v if abs(v) > 2 * math.pi else math.degrees(v)
+
+
+def index_faces(db_path: Path) -> list[dict]:
+    try:
+        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise FacemtlError(f"cannot open {db_path} as sqlite: {exc}") from None
+    try:
+        cur = con.cursor()
+        faces = {}
+        rows = cur.execute(
+            "SELECT faces.face_id, faceimages.filepath, faceimages.width, faceimages.height "
+            "FROM faces JOIN faceimages ON faces.file_id = faceimages.file_id ORDER BY faces.face_id"
+        ).fetchall()
+        for face_id, filepath, width, height in rows:
+            faces[face_id] = {"face_id": int(face_id), "filepath": str(filepath), "wh": (width, height),
+                              "xy": np.zeros((NUM_POINTS, 2), np.float32), "vis": np.zeros(NUM_POINTS, bool)}
+        for face_id, fid, x, y in cur.execute("SELECT face_id, feature_id, x, y FROM featurecoords"):
+            f = faces.get(face_id)
+            if f is None:
+                continue
+            if not 1 <= int(fid) <= NUM_POINTS:
+                raise FacemtlError(f"{db_path}: featurecoords of face {face_id}: feature_id {fid} outside 1..21")
+            f["xy"][int(fid) - 1] = (float(x), float(y))
+            f["vis"][int(fid) - 1] = True
+        for face_id, x, y, w, h in cur.execute("SELECT face_id, x, y, w, h FROM facerect"):
+            if face_id in faces and "box" not in faces[face_id]:
+                faces[face_id]["box"] = np.array([x, y, x + w, y + h], np.float32)
+        for face_id, roll, pitch, yaw in cur.execute("SELECT face_id, roll, pitch, yaw FROM facepose"):
+            if face_id in faces and "yaw" not in faces[face_id]:
+                faces[face_id].update(roll=_degrees(roll), pitch=_degrees(pitch), yaw=_degrees(yaw))
+        for face_id, sex, glasses in cur.execute("SELECT face_id, sex, glasses FROM facemetadata"):
+            if face_id in faces and "sex" not in faces[face_id]:
+                faces[face_id].update(sex=sex, glasses=glasses)
+    except sqlite3.Error as exc:
+        raise FacemtlError(f"{db_path}: not an AFLW database ({exc}); expected tables faces, faceimages, "
+                           "featurecoords, facerect, facepose, facemetadata") from None
+    finally:
+        con.close()
+    return list(faces.values())
+
+
+def load(root, split: str = "train", ratio: float = 0.8, seed: int = 0, all_visible: bool = False,
+         points: int = 21, strict: bool = False, check_files: bool = True):
+    """AFLW faces of ``split`` (train/test/all) as a lazy sequence of raw samples."""
+    root = need_dir(Path(root), DOWNLOAD)
+    if points not in (21, 5):
+        raise FacemtlError(f"aflw: points must be 21 or 5, got {points}")
+    rows = list(range(NUM_POINTS)) if points == 21 else list(FIVE_POINTS)
+    check_split(split, ("train", "test", "all"), "aflw")
+    if not 0.0 < ratio < 1.0:
+        raise FacemtlError(f"aflw: ratio must be in (0, 1), got {ratio}")
+    db = find_first(root, ("aflw.sqlite", "data/aflw.sqlite"), DOWNLOAD)
+    image_root = find_first(db.parent, ("flickr",), DOWNLOAD, kind="dir")
+    faces = index_faces(db)
+    if all_visible:
+        faces = [f for f in faces if f["vis"].all()]
+    order = np.random.default_rng(seed).permutation(len(faces))
+    n_train = int(round(ratio * len(faces)))
+    if split == "train":
+        faces = [faces[i] for i in order[:n_train]]
+    elif split == "test":
+        faces = [faces[i] for i in order[n_train:]]
+    faces, missing = split_existing(faces, lambda f: image_root / f["filepath"], check_files)
+
+    def read(f):
+        raw = {
+            "image": load_image(image_root / f["filepath"]),
+            "landmarks": f["xy"][rows].copy(),
+            "visibility": f["vis"][rows].copy(),
+            "meta": {"dataset": "aflw", "path": str(image_root / f["filepath"]), "id": f["face_id"],
+                     "point_set": "aflw21" if points == 21 else "mtfl5"},
+        }
+        if "box" in f:
+            raw["box"] = f["box"].copy()
+        if f.get("sex") in ("m", "f"):
+            raw["gender"] = 0 if f["sex"] == "m" else 1
+        if f.get("glasses") in (0, 1):
+            raw["glasses"] = 0 if f["glasses"] == 1 else 1
+        if "yaw" in f:
+            raw["meta"].update(yaw=f["yaw"], pitch=f["pitch"], roll=f["roll"])
+            if math.isfinite(f["yaw"]):
+                raw["pose"] = yaw_to_pose(f["yaw"])
+                raw["meta"]["pose_bins"] = {k: angle_bin(f[k]) for k in ("roll", "pitch", "yaw") if math.isfinite(f[k])}
+        return raw
+
+    return LazyDataset(f"aflw/{split}", faces, read, strict, missing)

@@ -1,0 +1,131 @@
+"""CelebA (Liu et al. 2015): 5 landmarks, 40 binary attributes, identity, official partition.
+
+Layout (files searched in ``root``, ``root/Anno``, ``root/Eval``; images in ``root`` or
+``root/Img``): ``img_align_celeba/`` (default) or ``img_celeba/`` (``aligned=False``),
+``list_landmarks_align_celeba.txt`` / ``list_landmarks_celeba.txt``, ``list_attr_celeba.txt``,
+``list_bbox_celeba.txt`` (in-the-wild images only), ``list_eval_partition.txt``,
+``identity_CelebA.txt`` (optional).
+
+Label files: a count line, a header line, then ``000001.jpg v v ...`` with repeated spaces.
+Partition lines ``000001.jpg 0`` (0 train, 1 val, 2 test), no header.
+
+Labels: ``landmarks`` (5, 2) in MTFL order (left eye, right eye, nose, left and right mouth
+corners), coordinates as stored (0-based assumed; unconfirmed); ``attributes`` (40,) uint8
+0/1 (file -1/1), names in ``meta["attribute_names"]``; the standard tasks taken from them:
+``gender`` (Male 1 -> 0 male, -1 -> 1 female), ``smile`` (Smiling 1 -> 0), ``glasses``
+(Eyeglasses 1 -> 0); ``box`` for in-the-wild images; ``meta["identity"]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from facemtl.data.formats.common import (
+    LazyDataset,
+    check_split,
+    find_first,
+    line_error,
+    load_image,
+    need_dir,
+    parse_floats,
+    split_existing,
+)
+from facemtl.errors import FacemtlError
+
+DOWNLOAD = "CelebA (Img/img_align_celeba.zip, Anno/, Eval/)"
+SPLITS = {"train": 0, "val": 1, "test": 2}
+_DIRS = ("", "Anno/", "Eval/")
+
+
+def _find(root: Path, name: str) -> Path:
+    return find_first(root, [d + name for d in _DIRS], DOWNLOAD)
+
+
+def read_table(path: Path, columns: int | None = None, header: bool = True, numeric: bool = False):
+    """``name v v ...`` rows after an optional count line and header line -> (header names, rows)."""
+    rows: dict[str, list[str]] = {}
+    names: list[str] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    start = 0
+    if header:
+        if len(lines) < 2:
+            raise line_error(path, 1, "a count line and a header line", lines[0] if lines else "")
+        names = lines[1].split()
+        start = 2
+        columns = columns or len(names)
+    for lineno, line in enumerate(lines[start:], start + 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if columns is not None and len(fields) != columns + 1:
+            raise line_error(path, lineno, f"an image name and {columns} values", line)
+        rows[fields[0]] = parse_floats(fields[1:], path, lineno, line, f"{columns} numbers") if numeric else fields[1:]
+    return names, rows
+
+
+def load(root, split: str = "train", aligned: bool = True, strict: bool = False, check_files: bool = True):
+    """CelebA images of ``split`` (train/val/test/all) as a lazy sequence of raw samples."""
+    root = need_dir(Path(root), DOWNLOAD)
+    check_split(split, (*SPLITS, "all"), "celeba")
+    img_dir = find_first(root, ("img_align_celeba", "Img/img_align_celeba") if aligned else ("img_celeba", "Img/img_celeba"),
+                         DOWNLOAD, kind="dir")
+    lm_path = _find(root, "list_landmarks_align_celeba.txt" if aligned else "list_landmarks_celeba.txt")
+    _, lms = read_table(lm_path, 10, numeric=True)
+    attr_path = _find(root, "list_attr_celeba.txt")
+    attr_names, attrs = read_table(attr_path, 40)
+    _, parts = read_table(_find(root, "list_eval_partition.txt"), 1, header=False)
+    boxes = {}
+    if not aligned:
+        _, boxes = read_table(_find(root, "list_bbox_celeba.txt"), 4, numeric=True)
+    ids = {}
+    try:
+        _, ids = read_table(_find(root, "identity_CelebA.txt"), 1, header=False)
+    except FacemtlError:
+        pass  # identities are optional
+    idx = {n: i for i, n in enumerate(attr_names)}
+    for needed in ("Male", "Smiling", "Eyeglasses"):
+        if needed not in idx:
+            raise FacemtlError(f"{attr_path}: header lacks the {needed!r} column")
+    records = []
+    for name, (p,) in parts.items():
+        if p not in ("0", "1", "2"):
+            raise FacemtlError(f"{_find(root, 'list_eval_partition.txt')}: partition of {name} must be 0, 1 or 2, got {p!r}")
+        if split != "all" and int(p) != SPLITS[split]:
+            continue
+        if name not in lms or name not in attrs:
+            raise FacemtlError(f"{name} is in the partition file but not in {lm_path.name} / {attr_path.name}")
+        xy = lms[name].reshape(5, 2)
+        a = attrs[name]
+        if any(v not in ("1", "-1") for v in a):
+            raise FacemtlError(f"{attr_path}: attributes of {name} must be -1 or 1, got {' '.join(a)}")
+        rec = {"name": name, "xy": xy.astype(np.float32), "attr": np.array([v == "1" for v in a], np.uint8)}
+        if name in boxes:
+            x, y, w, h = boxes[name]
+            rec["box"] = np.array([x, y, x + w, y + h], np.float32)
+        if name in ids:
+            rec["identity"] = int(ids[name][0])
+        records.append(rec)
+    records, missing = split_existing(records, lambda r: img_dir / r["name"], check_files)
+
+    def read(r):
+        attr = r["attr"]
+        raw = {
+            "image": load_image(img_dir / r["name"]),
+            "landmarks": r["xy"].copy(),
+            "attributes": attr.copy(),
+            "gender": 0 if attr[idx["Male"]] else 1,
+            "smile": 0 if attr[idx["Smiling"]] else 1,
+            "glasses": 0 if attr[idx["Eyeglasses"]] else 1,
+            "meta": {"dataset": "celeba", "path": str(img_dir / r["name"]), "id": r["name"], "point_set": "mtfl5",
+                     "attribute_names": tuple(attr_names)},
+        }
+        if "box" in r:
+            raw["box"] = r["box"].copy()
+        if "identity" in r:
+            raw["meta"]["identity"] = r["identity"]
+        return raw
+
+    return LazyDataset(f"celeba/{split}", records, read, strict, missing)

@@ -1,0 +1,72 @@
+"""FER2013 (Goodfellow et al. 2013): 48x48 gray faces in one CSV, 7 emotions.
+
+``fer2013.csv`` columns ``emotion, pixels, Usage`` (some copies have leading spaces in the
+column names: names are stripped). ``pixels`` = 2,304 space-separated 0..255 values, row
+major. Usage: Training -> ``train``, PublicTest -> ``val``, PrivateTest -> ``test``.
+Images are returned as 48x48x3 RGB (the gray value repeated). Labels are FER2013's order
+(0 Angry .. 6 Neutral), the standard ``emotion`` task order. The CSV is indexed once (pixel
+strings kept); pixels are parsed when an item is read.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from facemtl.data.formats.common import DecodeError, LazyDataset, check_split, find_first, line_error, need_dir
+from facemtl.errors import FacemtlError
+
+DOWNLOAD = "FER2013 (Kaggle challenges-in-representation-learning fer2013.tar.gz: fer2013.csv)"
+USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+
+
+def load(root, split: str = "train", strict: bool = False):
+    """FER2013 faces of ``split`` (train/val/test) as a lazy sequence of raw samples."""
+    root = Path(root)
+    if root.is_file():
+        path = root
+    else:
+        path = find_first(need_dir(root, DOWNLOAD), ("fer2013.csv", "fer2013/fer2013.csv"), DOWNLOAD)
+    check_split(split, tuple(USAGE), "fer2013")
+    records = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f)
+        try:
+            header = [h.strip().lower() for h in next(reader)]
+        except StopIteration:
+            raise line_error(path, 1, "a header 'emotion,pixels,Usage'") from None
+        cols = {}
+        for need in ("emotion", "pixels", "usage"):
+            if need not in header:
+                raise FacemtlError(f"{path}:1: expected columns emotion, pixels, Usage; got {', '.join(header)}")
+            cols[need] = header.index(need)
+        usages = set(USAGE.values())
+        for lineno, row in enumerate(reader, 2):
+            if not row or not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise line_error(path, lineno, f"{len(header)} comma-separated columns", ",".join(row)[:80])
+            usage = row[cols["usage"]].strip()
+            if usage not in usages:
+                raise line_error(path, lineno, "Usage Training, PublicTest or PrivateTest", usage)
+            label = row[cols["emotion"]].strip()
+            if label not in {"0", "1", "2", "3", "4", "5", "6"}:
+                raise line_error(path, lineno, "emotion 0..6", label)
+            if usage == USAGE[split]:
+                records.append((lineno, int(label), row[cols["pixels"]]))
+
+    def read(rec):
+        lineno, label, pixels = rec
+        try:
+            values = np.array(pixels.split(), dtype=np.int64)
+        except ValueError:
+            raise DecodeError(f"{path}:{lineno} (pixels are not integers)") from None
+        if values.size != 48 * 48 or values.min(initial=0) < 0 or values.max(initial=0) > 255:
+            raise DecodeError(f"{path}:{lineno} (expected 2304 pixel values 0..255, got {values.size})")
+        gray = values.astype(np.uint8).reshape(48, 48)
+        return {"image": np.repeat(gray[:, :, None], 3, axis=2), "emotion": label,
+                "meta": {"dataset": "fer2013", "path": str(path), "id": lineno, "usage": USAGE[split]}}
+
+    return LazyDataset(f"fer2013/{split}", records, read, strict)

@@ -1,0 +1,97 @@
+"""Helen face parsing (Smith et al., CVPR 2013 labels): 11 classes.
+
+Layout: ``images/<name>.jpg``, ``labels/<name>/<name>_lbl00.png .. _lbl10.png`` and the lists
+``exemplars.txt`` (train, 2,000), ``tuning.txt`` (val, 230), ``testing.txt`` (test, 100) with
+lines like ``1 , 100032540_1`` (the second comma-separated field, stripped; a line with a
+single field is taken whole).
+
+Classes 0..10: background, face skin, left brow, right brow, left eye, right eye, nose, upper
+lip, inner mouth, lower lip, hair (the standard ``parsing`` task order).
+
+Mask rule (each lbl image is an 8-bit soft mask): ``mask_rule="argmax"`` (default) labels a
+pixel with the class of the largest of the 11 values, ties to the lower class id;
+``mask_rule="threshold"`` starts from background and paints classes 1..10 in order where the
+value is > 127, later classes overwriting earlier ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from facemtl.data.formats.common import (
+    DecodeError,
+    LazyDataset,
+    check_split,
+    line_error,
+    load_image,
+    need_dir,
+    need_file,
+    read_gray,
+    split_existing,
+)
+from facemtl.errors import FacemtlError
+
+DOWNLOAD = "Helen (SmithCVPR2013_dataset_resized: images/, labels/, exemplars.txt, tuning.txt, testing.txt)"
+SPLITS = {"train": "exemplars.txt", "val": "tuning.txt", "test": "testing.txt"}
+NUM_CLASSES = 11
+
+
+def read_list(path: Path) -> list[str]:
+    names = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = [p.strip() for p in line.split(",")]
+            name = parts[1] if len(parts) >= 2 else parts[0]
+            if not name or len(parts) > 2 or " " in name:
+                raise line_error(path, lineno, "'<index> , <image name>'", line)
+            names.append(name)
+    return names
+
+
+def combine_masks(maps: np.ndarray, rule: str = "argmax") -> np.ndarray:
+    """(11, H, W) uint8 soft masks -> (H, W) uint8 class map (module docstring)."""
+    if rule == "argmax":
+        return maps.argmax(0).astype(np.uint8)
+    if rule == "threshold":
+        out = np.zeros(maps.shape[1:], np.uint8)
+        for c in range(1, len(maps)):
+            out[maps[c] > 127] = c
+        return out
+    raise FacemtlError(f"helen: mask_rule must be 'argmax' or 'threshold', got {rule!r}")
+
+
+def load(root, split: str = "train", mask_rule: str = "argmax", strict: bool = False, check_files: bool = True):
+    """Helen images of ``split`` (train/val/test) with ``parsing`` masks, lazily."""
+    root = need_dir(Path(root), DOWNLOAD)
+    check_split(split, tuple(SPLITS), "helen")
+    combine_masks(np.zeros((NUM_CLASSES, 1, 1), np.uint8), mask_rule)  # validate the rule now
+    images = need_dir(root / "images", DOWNLOAD)
+    labels = need_dir(root / "labels", DOWNLOAD)
+    names = read_list(need_file(root / SPLITS[split], DOWNLOAD))
+    names, missing = split_existing(names, lambda n: images / f"{n}.jpg", check_files)
+
+    def read(name):
+        image = load_image(images / f"{name}.jpg")
+        maps = []
+        for c in range(NUM_CLASSES):
+            p = labels / name / f"{name}_lbl{c:02d}.png"
+            m = read_gray(p)
+            if m is None:
+                if not p.is_file():
+                    raise FacemtlError(f"label file not found: {p} (expected from the official {DOWNLOAD} download)")
+                raise DecodeError(str(p))
+            if m.shape != image.shape[:2]:
+                raise FacemtlError(f"{p}: label size {m.shape[1]}x{m.shape[0]} differs from the image's "
+                                   f"{image.shape[1]}x{image.shape[0]}")
+            maps.append(m)
+        return {
+            "image": image,
+            "parsing": combine_masks(np.stack(maps), mask_rule),
+            "meta": {"dataset": "helen", "path": str(images / f"{name}.jpg"), "id": name},
+        }
+
+    return LazyDataset(f"helen/{split}", names, read, strict, missing)

@@ -1,0 +1,68 @@
+"""WFLW (Wu et al. 2018): 98 landmarks, face box and six attribute flags.
+
+Layout: ``WFLW_annotations/list_98pt_rect_attr_train_test/list_98pt_rect_attr_{train,test}.txt``
+(also found directly in ``root``) and images under ``WFLW_images/``. A line has 207 fields:
+x0 y0 .. x97 y97, x_min y_min x_max y_max, six 0/1 flags (pose, expression, illumination,
+make-up, occlusion, blur), then the image path (a path with spaces is rejoined).
+Coordinates are used as stored (0-based assumed; unconfirmed). Points 96, 97 are the pupils.
+The flags are in ``meta["flags"]`` (dict name -> 0/1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from facemtl.data.formats.common import (
+    LazyDataset,
+    check_split,
+    find_first,
+    line_error,
+    load_image,
+    need_dir,
+    parse_floats,
+    parse_int,
+    split_existing,
+)
+
+DOWNLOAD = "WFLW (WFLW_images.tar.gz and WFLW_annotations.tar.gz)"
+FLAGS = ("pose", "expression", "illumination", "make-up", "occlusion", "blur")
+_N = 98 * 2 + 4 + 6
+
+
+def parse_annotations(path: Path) -> list[dict]:
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < _N + 1:
+                raise line_error(path, lineno, "207 fields: 196 coordinates, 4 box values, 6 flags, image path", line)
+            nums = parse_floats(fields[:200], path, lineno, line, "196 coordinates and 4 box values")
+            flags = {n: parse_int(v, path, lineno, line, f"{n} flag", 0, 1) for n, v in zip(FLAGS, fields[200:206])}
+            records.append({"xy": nums[:196].reshape(98, 2).astype(np.float32), "box": nums[196:].astype(np.float32),
+                            "flags": flags, "name": " ".join(fields[206:]), "line": lineno})
+    return records
+
+
+def load(root, split: str = "train", strict: bool = False, check_files: bool = True):
+    """WFLW faces of ``split`` (train/test) as a lazy sequence of raw samples."""
+    root = need_dir(Path(root), DOWNLOAD)
+    check_split(split, ("train", "test"), "wflw")
+    name = f"list_98pt_rect_attr_{split}.txt"
+    ann = find_first(root, (f"WFLW_annotations/list_98pt_rect_attr_train_test/{name}", f"list_98pt_rect_attr_train_test/{name}", name), DOWNLOAD)
+    images = find_first(root, ("WFLW_images",), DOWNLOAD, kind="dir")
+    records, missing = split_existing(parse_annotations(ann), lambda r: images / r["name"], check_files)
+
+    def read(r):
+        return {
+            "image": load_image(images / r["name"]),
+            "landmarks": r["xy"].copy(),
+            "box": r["box"].copy(),
+            "meta": {"dataset": "wflw", "path": str(images / r["name"]), "id": f"{r['name']}#{r['line']}",
+                     "flags": dict(r["flags"]), "point_set": "wflw98"},
+        }
+
+    return LazyDataset(f"wflw/{split}", records, read, strict, missing)
