@@ -54,10 +54,12 @@ MIN_SIZE = 64
 
 # Materials: what a triangle is made of (colour) -> Helen class (mask). id = material * Q + level.
 Q = 16  # shade levels per material
-(BG, SKIN, NOSE, BROW_L, BROW_R, EYE_L, EYE_R, IRIS_L, IRIS_R, ULIP, MOUTH, LLIP, HAIR, NECK, SCALP) = range(15)
-MATERIAL_LABEL = np.array([0, 1, 6, 2, 3, 4, 5, 4, 5, 7, 8, 9, 10, 0, 1], np.uint8)
+(BG, SKIN, NOSE, BROW_L, BROW_R, EYE_L, EYE_R, IRIS_L, IRIS_R, ULIP, MOUTH, LLIP, HAIR, NECK, SCALP,
+ LIPLINE) = range(16)
+# LIPLINE: the dark line between closed lips, drawn from corner to corner; labelled upper lip.
+MATERIAL_LABEL = np.array([0, 1, 6, 2, 3, 4, 5, 4, 5, 7, 8, 9, 10, 0, 1, 7], np.uint8)
 LABEL_LUT = np.repeat(MATERIAL_LABEL, Q)
-LABEL_LUT = np.concatenate([LABEL_LUT, np.zeros(256 - LABEL_LUT.size, np.uint8)])
+assert LABEL_LUT.size == 256
 
 # Expression bases (rows of the deformation matrix after the identity modes).
 EXPR_NAMES = ("corner_up", "corner_out", "mouth_open", "lip_raise", "brow_in_up", "brow_out_up",
@@ -144,6 +146,9 @@ class _Mesh:
         k = inner.index(308)
         self.lip_lower_inner = np.array(inner[1:k])
         self.lip_upper_inner = np.array(inner[k + 1:][::-1])
+        # closed loop: left corner, upper inner lip, right corner, lower inner lip (back)
+        self.mouth_line = np.concatenate([[self.mouth_l], self.lip_upper_inner, [self.mouth_r],
+                                          self.lip_lower_inner[::-1]])
 
         # --- expression bases (displacements in IOD units for coefficient 1) ---
         basis = {}
@@ -415,7 +420,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
 
     # --- colour table for this sample (material x level)
     skin = subj["skin"] * rng.uniform(0.95, 1.05)
-    base = np.zeros((15, 3), np.float32)
+    base = np.zeros((16, 3), np.float32)
     base[SKIN] = base[NOSE] = base[SCALP] = skin
     brow = subj["hair_col"] * 0.8 + skin * 0.2
     base[BROW_L] = base[BROW_R] = brow * 0.9 + skin * 0.1 * (1.0 - 0.5 * subj["gender"])
@@ -425,6 +430,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
     base[ULIP] = lip * 0.92
     base[LLIP] = lip
     base[MOUTH] = (70, 25, 30)
+    base[LIPLINE] = lip * 0.45
     base[HAIR] = subj["hair_col"]
     base[NECK] = skin * 0.8
     levels = ambient + diffuse * (np.arange(Q, dtype=np.float32) + 0.5) / Q
@@ -455,7 +461,16 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
     shoulders = np.array([[-2.2, 2.9, -0.9], [2.2, 2.9, -0.9], [2.8, 4.5, -0.9], [-2.8, 4.5, -0.9]])
     fill(buf, np.round(((shoulders - anchor) @ rot.T)[:, :2] * iod * 16 + centre * 16).astype(np.int32),
          NECK * Q + 3, cv2.LINE_8, 4)
-    for poly, i in zip(polys, ids):
+    # The mouth line (corner -> inner lips -> corner) is drawn right after the nearest lip
+    # triangle, so the thin lips near the corners stay visible at small sizes.
+    is_lip = np.isin(m.material[front][order], (ULIP, LLIP, MOUTH))
+    split = int(np.flatnonzero(is_lip)[-1]) + 1 if is_lip.any() else len(ids)
+    for poly, i in zip(polys[:split], ids[:split]):
+        fill(buf, poly, i, cv2.LINE_8, 4)
+    if is_lip.any():
+        line = np.round(pts[m.mouth_line] * 16).astype(np.int32)
+        cv2.polylines(buf, [line], True, LIPLINE * Q + Q // 2, max(1, int(round(iod / 40))), cv2.LINE_8, 4)
+    for poly, i in zip(polys[split:], ids[split:]):
         fill(buf, poly, i, cv2.LINE_8, 4)
     if subj["hair"] != "bald" and subj["fringe"] > 0:
         arc = v[m.forehead_arc]

@@ -51,9 +51,9 @@ def register(subparsers) -> None:
 
     exp = sub.add_parser("export", help="write synthetic faces in a real dataset's on-disk format",
                          description="Write N synthetic faces as an MTFL, Helen or emotion-folder dataset.")
-    exp.add_argument("--format", required=True, choices=("mtfl", "helen", "emotion-folder"),
+    exp.add_argument("--format", required=True, metavar="{mtfl,helen,emotion-folder}",
                      help="on-disk layout (see DATASETS.md)")
-    exp.add_argument("--n", type=_positive, required=True, help="number of faces (>= 1)")
+    exp.add_argument("--n", type=int, required=True, help="number of faces (>= 1)")
     exp.add_argument("--style", choices=STYLES, default="studio", help="synthetic style (default studio)")
     exp.add_argument("--seed", type=_non_negative, default=0, help="random seed (default 0)")
     exp.add_argument("--size", type=_size, default=128, help="image side in pixels, >= 64 (default 128)")

@@ -1,0 +1,193 @@
+"""The synthetic face generator: determinism, label/pixel consistency, expressions, errors."""
+
+import numpy as np
+import pytest
+
+from facemtl.data.synth import EMOTIONS, STYLES, SyntheticFaces, pose_bin, render_face
+from facemtl.errors import FacemtlError
+
+SIZE = 64
+N_PER_STYLE = 36
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return {style: [render_face(3, i, style, SIZE) for i in range(N_PER_STYLE)] for style in STYLES}
+
+
+def _near(mask: np.ndarray, xy, classes, radius: int) -> bool:
+    x, y = int(round(float(xy[0]))), int(round(float(xy[1])))
+    h, w = mask.shape
+    win = mask[max(0, y - radius): min(h, y + radius + 1), max(0, x - radius): min(w, x + radius + 1)]
+    return bool(np.isin(win, classes).any())
+
+
+def test_styles_and_interface():
+    assert STYLES == ("studio", "wild", "webcam")
+    s = render_face(0, 0)
+    assert s["image"].shape == (128, 128, 3) and s["image"].dtype == np.uint8
+    assert s["parsing"].shape == (128, 128) and s["parsing"].dtype == np.uint8
+    assert s["landmarks"].shape == (5, 2) and s["landmarks"].dtype == np.float32
+    for key, n in (("emotion", 7), ("gender", 2), ("smile", 2), ("glasses", 2), ("pose", 5)):
+        assert isinstance(s[key], int) and 0 <= s[key] < n
+    assert {"style", "seed", "index", "yaw", "pitch", "roll", "subject"} <= set(s["meta"])
+    assert render_face(0, 0, "wild", 80)["image"].shape == (80, 80, 3)
+
+
+def test_deterministic_and_index_dependent():
+    for style in STYLES:
+        a, b = render_face(7, 5, style, SIZE), render_face(7, 5, style, SIZE)
+        for key in ("image", "parsing", "landmarks"):
+            np.testing.assert_array_equal(a[key], b[key])
+        assert a["meta"] == b["meta"] and a["emotion"] == b["emotion"]
+        c = render_face(7, 6, style, SIZE)
+        assert not np.array_equal(a["image"], c["image"])
+        assert not np.array_equal(a["landmarks"], c["landmarks"])
+    # the seed and the style change the sample too
+    assert not np.array_equal(render_face(8, 5, "wild", SIZE)["image"], render_face(7, 5, "wild", SIZE)["image"])
+    assert not np.array_equal(render_face(7, 5, "webcam", SIZE)["landmarks"], render_face(7, 5, "wild", SIZE)["landmarks"])
+
+
+def test_global_rng_state_is_not_used():
+    np.random.seed(0)
+    a = render_face(1, 2, "wild", SIZE)
+    np.random.seed(12345)
+    np.random.random(100)
+    b = render_face(1, 2, "wild", SIZE)
+    np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_dataset_sequence():
+    ds = SyntheticFaces(5, style="webcam", seed=2, size=SIZE)
+    assert len(ds) == 5
+    np.testing.assert_array_equal(ds[3]["image"], render_face(2, 3, "webcam", SIZE)["image"])
+    np.testing.assert_array_equal(ds[-1]["landmarks"], ds[4]["landmarks"])
+    with pytest.raises(IndexError):
+        ds[5]
+    assert sum(1 for _ in ds) == 5  # Sequence iteration stops on IndexError
+
+
+@pytest.mark.parametrize("call", [
+    lambda: render_face(0, 0, "cartoon"),
+    lambda: render_face(0, 0, "studio", 63),
+    lambda: render_face(-1, 0),
+    lambda: SyntheticFaces(3, style="nope"),
+    lambda: SyntheticFaces(3, size=32),
+])
+def test_bad_arguments_raise_facemtl_error(call):
+    with pytest.raises(FacemtlError):
+        call()
+
+
+def test_error_messages_name_the_problem():
+    with pytest.raises(FacemtlError, match="studio, wild, webcam"):
+        render_face(0, 0, "cartoon")
+    with pytest.raises(FacemtlError, match=">= 64"):
+        SyntheticFaces(2, size=10)
+
+
+def test_pose_bins():
+    assert [pose_bin(y) for y in (-80, -46, -45, -16, -15, 0, 15, 16, 45, 46, 80)] == [0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4]
+
+
+def test_labels_valid_and_consistent(samples):
+    for style, group in samples.items():
+        for s in group:
+            assert s["parsing"].max() <= 10
+            assert s["pose"] == pose_bin(s["meta"]["yaw"])
+            assert s["smile"] == (0 if s["emotion"] == EMOTIONS.index("Happy") else 1)
+            assert np.isfinite(s["landmarks"]).all()
+            # every face has skin, nose and hair-or-scalp pixels
+            assert (s["parsing"] == 1).any() and (s["parsing"] == 6).any() or s["meta"]["occluded"]
+
+
+def test_landmarks_agree_with_mask(samples):
+    checked = {"eyes": 0, "nose": 0, "mouth": 0}
+    for style, group in samples.items():
+        for s in group:
+            if s["meta"]["occluded"]:
+                continue
+            m, lm, yaw = s["parsing"], s["landmarks"], s["meta"]["yaw"]
+            if abs(yaw) <= 30:
+                assert _near(m, lm[0], [4], 1), (style, s["meta"])
+                assert _near(m, lm[1], [5], 1), (style, s["meta"])
+                checked["eyes"] += 1
+            if abs(yaw) <= 60:
+                assert _near(m, lm[2], [6], 1), (style, s["meta"])
+                checked["nose"] += 1
+            if abs(yaw) <= 40:
+                for corner in lm[3:]:
+                    assert _near(m, corner, [7, 8, 9], 2), (style, s["meta"])
+                checked["mouth"] += 1
+    assert min(checked.values()) >= 30, checked
+
+
+def test_left_right_order_on_frontal_faces(samples):
+    n = 0
+    for group in samples.values():
+        for s in group:
+            if abs(s["meta"]["yaw"]) <= 15 and abs(s["meta"]["roll"]) <= 15:
+                lm = s["landmarks"]
+                assert lm[0, 0] < lm[2, 0] < lm[1, 0]
+                assert lm[3, 0] < lm[4, 0]
+                # left eye class lies on the image-left of the right eye class
+                xs4 = np.nonzero(s["parsing"] == 4)[1]
+                xs5 = np.nonzero(s["parsing"] == 5)[1]
+                if len(xs4) and len(xs5):
+                    assert xs4.mean() < xs5.mean()
+                n += 1
+    assert n >= 10
+
+
+def _by_emotion(name, count, style="studio"):
+    target = EMOTIONS.index(name)
+    out, i = [], 0
+    while len(out) < count:
+        s = render_face(11, i, style, SIZE)
+        if s["emotion"] == target and abs(s["meta"]["yaw"]) <= 20 and not s["meta"]["occluded"]:
+            out.append(s)
+        i += 1
+    return out
+
+
+def _corner_drop(s):
+    """Mouth-corner height below the nose tip, in inter-ocular distances (roll-free frame)."""
+    lm = s["landmarks"].astype(np.float64)
+    eye_axis = lm[1] - lm[0]
+    iod = np.linalg.norm(eye_axis)
+    down = np.array([-eye_axis[1], eye_axis[0]]) / iod  # perpendicular to the eye line, pointing down
+    return float(np.mean((lm[3:] - lm[2]) @ down) / iod)
+
+
+def test_happy_corners_higher_than_sad():
+    happy = [_corner_drop(s) for s in _by_emotion("Happy", 6)]
+    sad = [_corner_drop(s) for s in _by_emotion("Sad", 6)]
+    assert np.mean(happy) + 0.05 < np.mean(sad), (happy, sad)
+
+
+def test_surprise_opens_the_mouth_and_neutral_does_not():
+    for s in _by_emotion("Surprise", 4):
+        assert (s["parsing"] == 8).sum() >= 4
+    neutral_inner = [(s["parsing"] == 8).sum() for s in _by_emotion("Neutral", 4)]
+    surprise_inner = [(s["parsing"] == 8).sum() for s in _by_emotion("Surprise", 4)]
+    assert np.mean(neutral_inner) < 0.25 * np.mean(surprise_inner)
+
+
+def test_styles_differ_in_statistics(samples):
+    def mean_abs_yaw(style):
+        return np.mean([abs(s["meta"]["yaw"]) for s in samples[style]])
+
+    def saturation(style):
+        return np.mean([np.ptp(s["image"].astype(float), axis=2).mean() for s in samples[style]])
+
+    assert mean_abs_yaw("wild") > 1.5 * mean_abs_yaw("studio")
+    assert saturation("webcam") < saturation("studio")
+    assert sum(s["meta"]["occluded"] for s in samples["wild"]) > sum(s["meta"]["occluded"] for s in samples["studio"])
+
+
+def test_subjects_share_identity_traits():
+    a, b = render_face(0, 0, "studio", SIZE), render_face(0, 1, "studio", SIZE)
+    assert a["meta"]["subject"] == b["meta"]["subject"]
+    assert a["gender"] == b["gender"] and a["meta"]["hair"] == b["meta"]["hair"]
+    subjects = {render_face(0, i, "studio", SIZE)["meta"]["subject"] for i in range(0, 30, 6)}
+    assert len(subjects) == 5
