@@ -1,0 +1,137 @@
+"""`facemtl synth export|preview`: files read back by small independent parsers, and bad arguments."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facemtl.cli import main
+from facemtl.data.synth import EMOTIONS, render_face
+
+SIZE = 64
+
+
+def _export(tmp_path, fmt, n, style="wild", seed=4):
+    out = tmp_path / fmt
+    rc = main(["synth", "export", "--format", fmt, "--n", str(n), "--style", style, "--seed", str(seed),
+               "--size", str(SIZE), "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_mtfl_export_reads_back(tmp_path):
+    out = _export(tmp_path, "mtfl", 10)
+    rows = {}
+    for list_name in ("training.txt", "testing.txt"):
+        for line in (out / list_name).read_text().splitlines():
+            f = line.split()
+            assert len(f) == 15, line
+            rows[f[0]] = (list_name, [float(v) for v in f[1:11]], [int(v) for v in f[11:]])
+    assert len(rows) == 10
+    train = [p for p, r in rows.items() if r[0] == "training.txt"]
+    test = [p for p, r in rows.items() if r[0] == "testing.txt"]
+    assert len(train) == 8 and len(test) == 2
+    assert all("\\" in p and "/" not in p for p in train)
+    assert all("/" in p and "\\" not in p for p in test)
+    for path, (_, coords, attrs) in rows.items():
+        i = int(re.search(r"(\d+)\.jpg$", path).group(1))
+        s = render_face(4, i, "wild", SIZE)
+        xs, ys = np.array(coords[:5]) - 1, np.array(coords[5:]) - 1  # x1..x5 then y1..y5, 1-based
+        np.testing.assert_allclose(np.stack([xs, ys], 1), s["landmarks"], atol=1e-3)
+        assert attrs == [s["gender"] + 1, s["smile"] + 1, s["glasses"] + 1, s["pose"] + 1]
+        assert all(1 <= a for a in attrs) and attrs[3] <= 5
+        img = Image.open(out / path.replace("\\", "/"))
+        assert img.format == "JPEG" and img.size == (SIZE, SIZE)
+
+
+def test_helen_export_reads_back(tmp_path):
+    out = _export(tmp_path, "helen", 20, style="studio")
+    names = {}
+    for list_name in ("exemplars.txt", "tuning.txt", "testing.txt"):
+        for line in (out / list_name).read_text().splitlines():
+            k, name = line.split(",")
+            assert k.strip().isdigit()
+            names[name.strip()] = list_name
+    assert len(names) == 20
+    assert sorted(names.values()).count("testing.txt") == 1 and sorted(names.values()).count("tuning.txt") == 2
+    for name in list(names)[:6]:
+        i = int(name.rsplit("_", 1)[1])
+        s = render_face(4, i, "studio", SIZE)
+        assert Image.open(out / "images" / f"{name}.jpg").format == "JPEG"
+        cls = np.zeros((SIZE, SIZE), np.uint8)
+        for c in range(1, 11):  # threshold > 127 in class order, later classes overwrite
+            m = np.asarray(Image.open(out / "labels" / name / f"{name}_lbl{c:02d}.png"))
+            assert m.dtype == np.uint8 and m.ndim == 2 and set(np.unique(m)) <= {0, 255}
+            cls[m > 127] = c
+        np.testing.assert_array_equal(cls, s["parsing"])
+        bg = np.asarray(Image.open(out / "labels" / name / f"{name}_lbl00.png"))
+        np.testing.assert_array_equal(bg > 127, s["parsing"] == 0)
+
+
+def test_emotion_folder_export_reads_back(tmp_path):
+    out = _export(tmp_path, "emotion-folder", 14, style="webcam")
+    found = 0
+    for folder in out.iterdir():
+        assert folder.name in EMOTIONS
+        for f in folder.iterdir():
+            match = re.fullmatch(r"S(\d+)_(\d+)\.png", f.name)
+            assert match, f.name
+            subject, i = int(match.group(1)), int(match.group(2))
+            s = render_face(4, i, "webcam", SIZE)
+            assert EMOTIONS[s["emotion"]] == folder.name and s["meta"]["subject"] == subject
+            np.testing.assert_array_equal(np.asarray(Image.open(f).convert("RGB")), s["image"])  # PNG: lossless
+            found += 1
+    assert found == 14
+
+
+def test_preview_writes_grid(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["synth", "preview", "--out", str(out), "--n", "2", "--style", "studio", "--size", "64"]) == 0
+    img = Image.open(out)
+    # 2 tiles side by side (raw + annotated, 2x zoom each) in a 4-column grid -> one row
+    assert img.size[1] == 2 * SIZE + 14 + 4 and img.size[0] == 4 * (2 * 2 * SIZE + 4 + 4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "coco", "--n", "3"], "unknown export format 'coco'"),
+    (["--format", "mtfl", "--n", "0"], "--n must be >= 1"),
+])
+def test_bad_export_arguments_exit_with_one_line(tmp_path, capsys, args, message):
+    assert main(["synth", "export", *args, "--out", str(tmp_path / "x")]) != 0
+    err = capsys.readouterr().err
+    assert err.strip() == f"facemtl: error: {err.strip().split('error: ', 1)[1]}" and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_size_is_an_argparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", "export", "--format", "mtfl", "--n", "2", "--size", "32", "--out", str(tmp_path / "x")])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert "image size must be >= 64, got 32" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_non_empty_out_folder_is_refused_by_the_real_command(tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    res = subprocess.run([sys.executable, "-m", "facemtl", "synth", "export", "--format", "helen", "--n", "2",
+                          "--out", str(full)], capture_output=True, text=True)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not empty" in lines[0] and "Traceback" not in res.stderr
+    assert sorted(p.name for p in full.iterdir()) == ["keep.txt"]
+
+
+def test_file_out_path_is_refused(tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main(["synth", "export", "--format", "mtfl", "--n", "2", "--out", str(a_file)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "existing file" in err[0]
+    assert Path(a_file).read_text() == "x"
