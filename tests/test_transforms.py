@@ -228,3 +228,24 @@ def test_bad_arguments():
         invert_affine(np.zeros((2, 3)))
     with pytest.raises(FacemtlError, match="margin"):
         FaceCrop(margin=-1)
+
+
+def test_untrained_labels_are_flipped_too():
+    # FaceCrop for a landmarks-only task still relabels pose: no wrong label stays in the sample.
+    raw = _raw()
+    crop = FaceCrop(size=32, flip=True, tasks=("landmarks",))
+    for seed in range(10):
+        out = crop(raw, np.random.default_rng(seed))
+        if out["meta"]["flipped"]:
+            assert out["pose"] == 3
+            assert (out["parsing"] == 3).any() and not (out["parsing"] == 2).any()
+            break
+    else:
+        pytest.fail("no flip in 10 seeds")
+
+
+def test_hflip_falls_back_to_point_set():
+    lm = np.random.default_rng(0).uniform(0, 50, (68, 2)).astype(np.float32)
+    raw = {"image": np.zeros((60, 60, 3), np.uint8), "landmarks": lm, "meta": {"point_set": "ibug68"}}
+    out = hflip(raw, PERMS)
+    np.testing.assert_allclose(out["landmarks"][45], [59 - lm[36, 0], lm[36, 1]])

@@ -144,11 +144,13 @@ def hflip(raw: dict, flip_permutations: dict[str, tuple]) -> dict:
     relabelled: point arrays get x -> W - 1 - x and index ``i`` moves to ``perm[i]`` (left eye
     becomes right eye); masks map class ``i`` to ``perm[i]`` (left brow <-> right brow);
     categories map ``i`` to ``perm[i]`` (left pose <-> right pose). ``visibility`` follows
-    ``landmarks``. Point arrays without a permutation are an error (a mirrored left eye
-    labelled "left" would be a wrong label).
+    ``landmarks``; ``landmarks`` whose length does not match falls back to the flip of the
+    reader's ``meta["point_set"]`` (common.POINT_SET_FLIPS). Point arrays without a
+    permutation are an error (a mirrored left eye labelled "left" would be a wrong label).
     """
     image = raw["image"]
     w = image.shape[1]
+    flip_permutations = _resolve_points(flip_permutations, raw)
     out = dict(raw)
     out["image"] = np.ascontiguousarray(image[:, ::-1])
     out["meta"] = dict(raw.get("meta", {}))
@@ -215,10 +217,19 @@ def warp_logits_back(logits, matrix, out_hw):
 
 
 def _flip_permutations(tasks, raw: dict) -> dict[str, tuple]:
-    """Flip permutations per raw key: from the tasks, else from the reader's point set."""
+    """Flip permutations per raw key: standard tasks, overridden by ``tasks``, then the
+    reader's point set (``meta["point_set"]``) when ``landmarks`` is not the 5-point set.
+
+    Every standard task is included even when not trained, so no label left in the raw
+    sample (e.g. ``pose``) keeps its unflipped value."""
     perms: dict[str, tuple] = dict(MASK_FLIPS)
-    for task in tasks:
+    for task in (*STANDARD_TASKS.values(), *tasks):
         perms[task.name] = tuple(task.flip)
+    return _resolve_points(perms, raw)
+
+
+def _resolve_points(perms: dict[str, tuple], raw: dict) -> dict[str, tuple]:
+    perms = dict(perms)
     pts = raw.get("landmarks")
     if pts is not None:
         k = len(pts)

@@ -55,7 +55,13 @@ def read_list(path: Path) -> list[str]:
 def combine_masks(maps: np.ndarray, rule: str = "argmax") -> np.ndarray:
     """(11, H, W) uint8 soft masks -> (H, W) uint8 class map (module docstring)."""
     if rule == "argmax":
-        return maps.argmax(0).astype(np.uint8)
+        # Running maximum: same result as maps.argmax(0) (ties -> lower class), faster on uint8.
+        best = maps[0].copy()
+        out = np.zeros(maps.shape[1:], np.uint8)
+        for c in range(1, len(maps)):
+            out[maps[c] > best] = c
+            np.maximum(best, maps[c], out=best)
+        return out
     if rule == "threshold":
         out = np.zeros(maps.shape[1:], np.uint8)
         for c in range(1, len(maps)):
