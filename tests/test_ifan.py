@@ -91,8 +91,9 @@ def test_loss_over_all_iterations_reaches_every_parameter():
 
 
 def test_iteration_zero_leaves_reencoders_and_feedback_weights_without_gradient():
-    m = make(iterations=0)
-    outs = m(images(2, 64), source=0)
+    m = make(iterations=2)
+    outs = m(images(2, 64), source=0, iterations=0)  # Algorithm 1's pre-training pass
+    assert len(outs) == 1
     sum(o.float().pow(2).mean() for o in outs[0].values()).backward()
     for name, p in m.integrator.named_parameters():
         assert p.grad is None, name
@@ -100,6 +101,11 @@ def test_iteration_zero_leaves_reencoders_and_feedback_weights_without_gradient(
     first = m.backbone.down[0].layers[0].conv.weight.grad
     fb = m.integrator.channels
     assert first[:, -fb:].abs().sum() == 0 and first[:, :-fb].abs().sum() > 0
+    # configured with iterations=0: a plain multi-task network without feedback inputs
+    plain = make(iterations=0)
+    assert plain.integrator is None
+    assert plain.backbone.down[0].layers[0].conv.in_channels == plain.config.stem_channels
+    check_outputs(plain(images(2, 64), source=2), 0, 2, 64, 64)
 
 
 def test_feedback_changes_later_iterations():

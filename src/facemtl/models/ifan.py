@@ -22,7 +22,9 @@ Components (Figure 2):
   Iteration 0 is plain multi-task prediction: its integrator input is NEUTRAL = all-zero maps
   (f_INT^0 = f_S), so the same weights serve every iteration; iteration i feeds iteration i-1's
   predictions back. Gradients flow through the feedback into earlier iterations (Eq. 5 sums the
-  losses of all iterations).
+  losses of all iterations). ``forward(..., iterations=0)`` on such a model is the task-wise
+  pre-training pass of Algorithm 1. A model CONFIGURED with ``iterations=0`` has no integrator
+  and no feedback inputs at all (``model.integrator is None``): a plain multi-task FC-DenseNet.
 
 Per-source batch norm (task-dependent BN, 3.3 / 4.3.3): every normalisation layer (backbone and
 decoders; re-encoders have none) is a :class:`~facemtl.models.norm.SourceBatchNorm2d` with one row
@@ -113,7 +115,6 @@ class IFANConfig:
     reference_size: int = 128
     points_hidden: int = 256
     category_hidden: int = 128
-    segmentation_hidden: int = 32
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, (str, Task, dict)):
@@ -158,7 +159,7 @@ class IFANConfig:
         if not isinstance(self.source_bn, bool):
             raise FacemtlError(f"ifan: source_bn must be true or false, got {self.source_bn!r}")
         for name in ("growth_rate", "layers_per_block", "stem_channels", "up_channels", "reencoder_channels",
-                     "points_hidden", "category_hidden", "segmentation_hidden"):
+                     "points_hidden", "category_hidden"):
             check_int(name, 1)
         check_int("num_blocks", 2, 8)
         check_int("stem_kernel", 1)
@@ -216,16 +217,16 @@ class CategoryDecoder(nn.Module):
 
 
 class SegmentationDecoder(nn.Module):
-    """Per-pixel logits at input resolution from the end of the up path."""
+    """Per-pixel logits at input resolution from the end of the up path: BN-ReLU-1x1 conv, the
+    per-pixel classifier of FC-DenseNet (a 3x3 conv here would cost as much as a dense block)."""
 
-    def __init__(self, in_channels: int, num_classes: int, hidden: int, num_sources: int):
+    def __init__(self, in_channels: int, num_classes: int, num_sources: int):
         super().__init__()
-        self.body = BNReLUConv(in_channels, hidden, 3, num_sources)
-        self.norm = SourceBatchNorm2d(hidden, num_sources)
-        self.classify = nn.Conv2d(hidden, num_classes, 1)
+        self.norm = SourceBatchNorm2d(in_channels, num_sources)
+        self.classify = nn.Conv2d(in_channels, num_classes, 1)
 
     def forward(self, features: dict, stream: int) -> torch.Tensor:
-        return self.classify(F.relu(self.norm(self.body(features["out"], stream), stream)))
+        return self.classify(F.relu(self.norm(features["out"], stream)))
 
 
 def build_decoder(task: Task, backbone: FCDenseNet, config: IFANConfig) -> nn.Module:
@@ -235,7 +236,7 @@ def build_decoder(task: Task, backbone: FCDenseNet, config: IFANConfig) -> nn.Mo
         return PointsDecoder(backbone.down_channels[-1], task.num_outputs, grid, config.points_hidden, s)
     if task.kind == "category":
         return CategoryDecoder(backbone.bottom_channels, task.num_outputs, config.category_hidden, s)
-    return SegmentationDecoder(backbone.out_channels, task.num_outputs, config.segmentation_hidden, s)
+    return SegmentationDecoder(backbone.out_channels, task.num_outputs, s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,8 +369,12 @@ class IFAN(FaceModel):
         super().__init__()
         self.config = config
         self.tasks = config.task_objects()
-        reencoders = [build_reencoder(t, config) for t in self.tasks]
-        integrator = TaskIntegrator(reencoders, config.num_blocks + 1)
+        # iterations=0 is a plain multi-task network: no re-encoders, no feedback inputs (so that a
+        # single-task iterations=0 model is a fair "separate network" baseline). Otherwise the
+        # integrator inputs always exist and Iter0 feeds them zeros.
+        integrator = None
+        if config.iterations > 0:
+            integrator = TaskIntegrator([build_reencoder(t, config) for t in self.tasks], config.num_blocks + 1)
         self.backbone = FCDenseNet(
             stem_channels=config.stem_channels,
             stem_kernel=config.stem_kernel,
@@ -378,7 +383,7 @@ class IFAN(FaceModel):
             num_blocks=config.num_blocks,
             up_channels=config.up_channels,
             num_sources=config.bn_sources,
-            feedback_channels=integrator.channels,
+            feedback_channels=integrator.channels if integrator is not None else 0,
         )
         self.decoders = nn.ModuleList(build_decoder(t, self.backbone, config) for t in self.tasks)
         self.integrator = integrator
@@ -436,7 +441,7 @@ class IFAN(FaceModel):
         x = images if n == 1 else images.repeat(n, 1, 1, 1)
         bn_streams = streams[0] if n == 1 else streams
 
-        feedback = self.integrator.neutral(n * b, (h, w), images)
+        feedback = None if self.integrator is None else self.integrator.neutral(n * b, (h, w), images)
         results: list[dict] = []
         for i in range(n_iter + 1):
             if i:
