@@ -16,6 +16,8 @@ from facemtl.errors import FacemtlError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "facemtl.data.synth_cli",
+    "facemtl.engine.cli",
+    "facemtl.experiments.cli",
 )
 
 

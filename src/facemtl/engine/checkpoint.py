@@ -131,7 +131,7 @@ def model_info(model, info: dict) -> dict:
             break
     config = dict(info["model"].get("config", {}))
     if "tasks" in config:
-        config["tasks"] = [t.name if isinstance(t, Task) else str(t) for t in config["tasks"]]
+        config["tasks"] = [t.name if isinstance(t, Task) else t for t in config["tasks"]]
     out = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -200,7 +200,7 @@ def build_model(info: dict):
     except (KeyError, TypeError, ValueError) as exc:
         raise FacemtlError(f"checkpoint 'tasks' entry is malformed ({exc})") from None
     if "tasks" in config:
-        config["tasks"] = tuple(tasks.get(n, n) for n in config["tasks"])
+        config["tasks"] = tuple(tasks.get(n, n) if isinstance(n, str) else n for n in config["tasks"])
     try:
         return create_model(info["model"]["name"], **config)
     except TypeError as exc:

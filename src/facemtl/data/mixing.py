@@ -1,0 +1,154 @@
+"""Training sources and deterministic, shardable batch streams (iFAN section 3.3).
+
+A :class:`Source` is one dataset D_t with its train and test splits, the tasks it labels and
+its index (the per-source batch-norm domain). A :class:`BatchStream` turns a source's training
+split into batches:
+
+* pass ``p`` of a stream visits the samples in the order of a permutation drawn from
+  ``numpy.random.SeedSequence([seed, source, stream, p])``: no global random state, and the
+  order of any pass can be recomputed from its number alone, which is what makes resuming
+  exact without storing sampler state beyond the step counter;
+* with several processes, each takes ``order[rank::world_size]`` of a pass truncated to a
+  multiple of ``world_size`` (every process gets the same number of batches);
+* batches are ``batch_size`` consecutive entries; a trailing partial batch is dropped (batch
+  norm statistics from a handful of images are noise), unless the shard is smaller than one
+  batch, in which case the whole shard is one batch.
+
+Augmentation randomness is keyed the same way (by seed, source, stream, pass and position),
+so a resumed run sees the same augmented images as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from facemtl.data.sample import collate, to_sample
+from facemtl.errors import FacemtlError
+from facemtl.tasks import Task
+
+
+@dataclass
+class Source:
+    """One training dataset: raw-sample sequences and the tasks it labels."""
+
+    index: int
+    name: str
+    tasks: tuple[Task, ...]
+    train: Sequence
+    test: Sequence
+    batch_size: int
+    transform: Any = None  # training transform ``(raw, rng) -> raw`` (FaceCrop) or None
+    eval_transform: Any = None
+    description: dict = field(default_factory=dict)  # JSON for checkpoints
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def raw(self, i: int) -> dict:
+        # Synthetic samples are rendered on access: keep them (they are small at 64-128 px).
+        if self.transform is None:
+            hit = self._cache.get(i)
+            if hit is None:
+                hit = self._cache[i] = self.train[i]
+            return hit
+        return self.train[i]
+
+    def sample(self, i: int, rng: np.random.Generator | None) -> dict:
+        raw = self.raw(i)
+        if self.transform is not None:
+            raw = self.transform(raw, rng)
+        return to_sample(raw, self.tasks, source=self.index)
+
+
+def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequence, Sequence]] | None = None) -> list[Source]:
+    """Sources of a :class:`facemtl.config.TrainConfig`.
+
+    ``datasets``: optional ``(train, test)`` raw sequences per source, used instead of building
+    them from the config (tests, notebooks). Synthetic sources come from
+    :class:`facemtl.data.synth.SyntheticFaces` at ``config.input_size``; real ones from
+    ``facemtl.data.load_dataset`` and are cropped by ``FaceCrop`` (imported only when needed).
+    """
+    by_name = {t.name: t for t in tasks}
+    sources = []
+    for i, cfg in enumerate(config.data):
+        src_tasks = tuple(by_name[t] for t in cfg.tasks if t in by_name)
+        desc: dict = {"name": cfg.name, "tasks": list(cfg.tasks)}
+        transform = eval_transform = None
+        if datasets is not None:
+            train, test = datasets[i]
+        elif cfg.name == "synth":
+            from facemtl.data.synth import SyntheticFaces
+
+            train = SyntheticFaces(cfg.n_train, style=cfg.style, seed=cfg.seed, size=config.input_size)
+            # A disjoint stream of faces for testing: seeds far from any training seed.
+            test = SyntheticFaces(cfg.n_test, style=cfg.style, seed=cfg.seed + 1_000_003, size=config.input_size)
+            desc.update(style=cfg.style, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
+        else:
+            from facemtl.data import load_dataset
+            from facemtl.data.transforms import FaceCrop
+
+            options = dict(cfg.options)
+            margin = options.pop("margin", 0.25)
+            train = load_dataset(cfg.name, cfg.root, cfg.train_split, **options)
+            test = load_dataset(cfg.name, cfg.root, cfg.test_split, **options)
+            transform = FaceCrop(size=config.input_size, margin=margin, augment=cfg.augment, tasks=tuple(cfg.tasks))
+            eval_transform = FaceCrop(size=config.input_size, margin=margin, augment=False, tasks=tuple(cfg.tasks))
+            desc.update(root=str(cfg.root), train_split=cfg.train_split, test_split=cfg.test_split,
+                        options=dict(cfg.options))
+        if len(train) == 0:
+            raise FacemtlError(f"source {i} ({cfg.name}): the training split is empty")
+        sources.append(Source(i, cfg.name, src_tasks, train, test, cfg.batch_size, transform, eval_transform, desc))
+    return sources
+
+
+class BatchStream:
+    """Deterministic batches of one source, sharded by (rank, world_size); see the module doc."""
+
+    def __init__(self, source: Source, seed: int, stream: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise FacemtlError(f"rank {rank} out of range for world size {world_size}")
+        n = len(source.train)
+        self.source, self.seed, self.stream = source, int(seed), int(stream)
+        self.rank, self.world_size = rank, world_size
+        self.shard = n // world_size
+        if self.shard == 0:
+            raise FacemtlError(f"source {source.index} ({source.name}): {n} samples cannot be split over {world_size} processes")
+        self.batch_size = min(source.batch_size, self.shard)
+        self.batches_per_pass = self.shard // self.batch_size
+
+    def _key(self, p: int, *more: int) -> np.random.SeedSequence:
+        return np.random.SeedSequence([self.seed, self.source.index, self.stream, p, *more])
+
+    def order(self, p: int) -> np.ndarray:
+        """This process's sample indices for pass ``p``."""
+        perm = np.random.default_rng(self._key(p)).permutation(len(self.source.train))
+        return perm[: self.shard * self.world_size][self.rank :: self.world_size]
+
+    def indices(self, draw: int) -> tuple[int, int, np.ndarray]:
+        """(pass, position in pass, sample indices) of the ``draw``-th batch of the stream."""
+        p, b = divmod(int(draw), self.batches_per_pass)
+        order = self.order(p)
+        return p, b, order[b * self.batch_size : (b + 1) * self.batch_size]
+
+    def batch(self, draw: int) -> dict:
+        """The ``draw``-th batch (collated samples); the same draw gives the same batch."""
+        p, b, idx = self.indices(draw)
+        samples = []
+        for j, i in enumerate(idx):
+            rng = np.random.default_rng(self._key(p, b * self.batch_size + j, 1)) if self.source.transform else None
+            samples.append(self.source.sample(int(i), rng))
+        return collate(samples)
+
+
+def eval_batches(source: Source, batch_size: int, rank: int = 0, world_size: int = 1):
+    """Test split of ``source`` in order (sharded ``rank::world_size``), as (batch, raw samples)."""
+    idx = list(range(rank, len(source.test), world_size))
+    for start in range(0, len(idx), batch_size):
+        raws, samples = [], []
+        for i in idx[start : start + batch_size]:
+            raw = source.test[i]
+            crop = source.eval_transform(raw) if source.eval_transform is not None else raw
+            raws.append(raw)
+            samples.append(to_sample(crop, source.tasks, source=source.index))
+        yield collate(samples), raws

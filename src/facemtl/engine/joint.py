@@ -1,0 +1,58 @@
+"""Plain joint multi-task training on one source that labels several tasks at once (e.g. MTFL:
+landmarks + gender, smile, glasses, pose), as Deep Collaboration's experiments train.
+
+Each step draws one batch and minimises ``sum_t w_t * sum_I loss_t(iteration I)``: the
+weighted sum of the per-task losses (Eq. 1 of iFAN, Eq. 5 when the model refines over
+iterations; single-pass models return one iteration). Every parameter is updated. Losses are
+always ``model.task_loss``, so models with their own head types train unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from facemtl.engine.hybrid import Update, lr_at
+
+
+@dataclass(frozen=True)
+class JointPlan:
+    """Step ``k`` -> :class:`Update`: ``epochs`` passes over the source (or ``rounds`` steps)."""
+
+    batches_per_pass: int
+    epochs: int
+    rounds: int | None
+    lr: float
+    lr_end: float
+    decay: str
+
+    @property
+    def total(self) -> int:
+        return self.rounds if self.rounds is not None else self.epochs * self.batches_per_pass
+
+    @property
+    def stage_totals(self) -> dict[int, int]:
+        return {0: self.total}
+
+    def __getitem__(self, k: int) -> Update:
+        epoch = k // self.batches_per_pass
+        last = k == self.total - 1 or (k + 1) % self.batches_per_pass == 0
+        return Update(step=k, stage=0, task=-1, epoch=epoch, iteration=-1, stream=0, draw=k,
+                      lr=lr_at(k, self.total, self.lr, self.lr_end, self.decay), epoch_end=last, round=k)
+
+
+def joint_update(model, optimizer, batch: dict, tasks, weights: dict, iterations: int | None) -> dict[str, float]:
+    """One step of joint training; returns each task's loss summed over iterations (unweighted)."""
+    model.train()
+    outputs = model(batch["image"], source=batch["source"][0].item()) if iterations is None else \
+        model(batch["image"], source=batch["source"][0].item(), iterations=iterations)
+    total = 0.0
+    logged: dict[str, float] = {}
+    for task in tasks:
+        loss = sum(model.task_loss(task.name, out[task.name], batch[task.name], batch.get(f"{task.name}_visible"))
+                   for out in outputs)
+        total = total + weights.get(task.name, 1.0) * loss
+        logged[task.name] = float(loss.detach())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return logged

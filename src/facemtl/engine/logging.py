@@ -1,0 +1,94 @@
+"""Run logs: per-step and per-epoch CSV files, TensorBoard scalars, console messages.
+
+Only rank 0 writes (files and console); other ranks get a logger whose methods do nothing,
+so training code never branches on the rank itself. CSV files are appended to, so a resumed
+run continues the same files; their columns are fixed by the first row written.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world_size) from torch.distributed when it is initialised, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Csv:
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns: list[str] | None = None
+        if path.exists() and path.stat().st_size:
+            with path.open(newline="") as f:
+                self.columns = next(csv.reader(f), None)
+
+    def write(self, row: dict) -> None:
+        new = self.columns is None
+        if new:
+            self.columns = list(row)
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: _fmt(v) for k, v in row.items()})
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6g}"
+    return v
+
+
+class RunLogger:
+    """``steps.csv`` / ``epochs.csv`` / TensorBoard (``tb/``) in ``run_dir``; no-op off rank 0."""
+
+    def __init__(self, run_dir, rank: int = 0, tensorboard: bool = True, quiet: bool = False):
+        self.active = rank == 0
+        self.quiet = quiet
+        self._tb = None
+        if not self.active:
+            return
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._steps = _Csv(self.run_dir / "steps.csv")
+        self._epochs = _Csv(self.run_dir / "epochs.csv")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+
+    def step(self, step: int, row: dict) -> None:
+        if not self.active:
+            return
+        self._steps.write({"step": step, **row})
+        if self._tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("stage", "epoch"):
+                    self._tb.add_scalar(f"train/{k}", v, step)
+
+    def epoch(self, step: int, stage, epoch, values: dict) -> None:
+        """Per-epoch values, one CSV row per value (``step,stage,epoch,name,value``): the
+        names differ between stages and tasks, so a long table keeps one fixed header."""
+        if not self.active:
+            return
+        for name, v in values.items():
+            self._epochs.write({"step": step, "stage": stage, "epoch": epoch, "name": name, "value": v})
+            if self._tb is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._tb.add_scalar(f"epoch/{name}", v, step)
+
+    def info(self, message: str) -> None:
+        if self.active and not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
