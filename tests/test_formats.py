@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facemtl.data import DATASETS, load_dataset
-from facemtl.data.formats import affectnet, celebamask_hq, helen, ibug, rafdb
+from facemtl.data.formats import affectnet, celebamask_hq, ibug, rafdb
 from facemtl.errors import FacemtlError
 
 
@@ -430,6 +430,12 @@ def test_fer2013_columns_with_spaces_and_usage(tmp_path):
     assert s["image"][0, 0, 0] == 21 and s["image"][0, 1, 2] == 22 and s["image"][1, 0, 1] == (21 + 48) % 256
     te = load_dataset("fer2013", tmp_path / "fer2013.csv", "test")[0]
     assert te["emotion"] == 2
+    # Windows line ends and quoted fields: same values (rows are re-read from their byte offsets).
+    (tmp_path / "fer2013.csv").write_text("emotion, pixels, Usage\r\n" + "\r\n".join(
+        r.replace(",", ',"', 1).replace(",Tr", '",Tr').replace(",Pu", '",Pu').replace(",Pr", '",Pr') for r in rows) + "\r\n",
+        newline="")
+    crlf = load_dataset("fer2013", tmp_path, "train")[1]
+    np.testing.assert_array_equal(crlf["image"], s["image"])
     (tmp_path / "fer2013.csv").write_text("emotion,pixels,Usage\n9,1 2,Training\n")
     with pytest.raises(FacemtlError, match=r"fer2013.csv:2: expected emotion 0..6"):
         load_dataset("fer2013", tmp_path, "train")

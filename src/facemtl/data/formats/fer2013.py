@@ -4,13 +4,13 @@
 column names: names are stripped). ``pixels`` = 2,304 space-separated 0..255 values, row
 major. Usage: Training -> ``train``, PublicTest -> ``val``, PrivateTest -> ``test``.
 Images are returned as 48x48x3 RGB (the gray value repeated). Labels are FER2013's order
-(0 Angry .. 6 Neutral), the standard ``emotion`` task order. The CSV is indexed once (pixel
-strings kept); pixels are parsed when an item is read.
+(0 Angry .. 6 Neutral), the standard ``emotion`` task order. The CSV is indexed once (label
+and byte offset of each row; the ~300 MB of pixel text stays on disk); a row's pixels are
+read and parsed when its item is read. Fields may be double-quoted; none may contain commas.
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -30,35 +30,43 @@ def load(root, split: str = "train", strict: bool = False):
     else:
         path = find_first(need_dir(root, DOWNLOAD), ("fer2013.csv", "fer2013/fer2013.csv"), DOWNLOAD)
     check_split(split, tuple(USAGE), "fer2013")
-    records = []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip().lower() for h in next(reader)]
-        except StopIteration:
-            raise line_error(path, 1, "a header 'emotion,pixels,Usage'") from None
+    records = []  # (line number, label, byte offset of the line): the pixels stay on disk
+    with open(path, "rb") as f:
+        head = f.readline()
+        header = [h.strip().strip('"').lower() for h in head.decode("utf-8", "replace").strip().split(",")]
+        if not head.strip():
+            raise line_error(path, 1, "a header 'emotion,pixels,Usage'")
         cols = {}
         for need in ("emotion", "pixels", "usage"):
             if need not in header:
                 raise FacemtlError(f"{path}:1: expected columns emotion, pixels, Usage; got {', '.join(header)}")
             cols[need] = header.index(need)
         usages = set(USAGE.values())
-        for lineno, row in enumerate(reader, 2):
-            if not row or not any(c.strip() for c in row):
+        lineno, offset = 1, len(head)
+        for raw_line in f:
+            lineno += 1
+            line_offset, offset = offset, offset + len(raw_line)
+            text = raw_line.decode("utf-8", "replace").strip()
+            if not text:
                 continue
+            row = [c.strip().strip('"') for c in text.split(",")]
             if len(row) != len(header):
-                raise line_error(path, lineno, f"{len(header)} comma-separated columns", ",".join(row)[:80])
-            usage = row[cols["usage"]].strip()
+                raise line_error(path, lineno, f"{len(header)} comma-separated columns", text)
+            usage = row[cols["usage"]]
             if usage not in usages:
                 raise line_error(path, lineno, "Usage Training, PublicTest or PrivateTest", usage)
-            label = row[cols["emotion"]].strip()
+            label = row[cols["emotion"]]
             if label not in {"0", "1", "2", "3", "4", "5", "6"}:
                 raise line_error(path, lineno, "emotion 0..6", label)
             if usage == USAGE[split]:
-                records.append((lineno, int(label), row[cols["pixels"]]))
+                records.append((lineno, int(label), line_offset))
+    pixel_col = cols["pixels"]
 
     def read(rec):
-        lineno, label, pixels = rec
+        lineno, label, line_offset = rec
+        with open(path, "rb") as f:
+            f.seek(line_offset)
+            pixels = f.readline().decode("utf-8", "replace").split(",")[pixel_col].strip().strip('"')
         try:
             values = np.array(pixels.split(), dtype=np.int64)
         except ValueError:
