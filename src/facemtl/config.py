@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ class ModelConfig:
     training, ``num_sources`` and ``task_sources``) from the data section."""
 
     name: str = "ifan"
+    # A ``kwargs`` mapping written in a config file replaces this default whole; ``--set
+    # model.kwargs.x=...`` edits the kwargs in effect.
     kwargs: Mapping[str, Any] = field(default_factory=lambda: _frozen_map({"iterations": 2}))
 
 
@@ -235,7 +238,14 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else _NO
     if tp is float:
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                return _NO
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        return _NO
     if tp is str:
         return value if isinstance(value, str) else _NO
     return _NO
@@ -334,7 +344,10 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
             f"{where('schedule.mode')}bad value for 'schedule.mode': joint training takes exactly one "
             f"source, got {len(cfg.data)} (use mode: hybrid for several)"
         )
-    reserved = {"tasks", "num_sources", "task_sources"} & set(cfg.model.kwargs)
+    # Hybrid training sets the sources itself; joint training leaves them to the user (e.g.
+    # ``num_sources: 1`` for iFAN trained on one source).
+    reserved = ({"tasks", "num_sources", "task_sources"} if cfg.schedule.mode == "hybrid" else {"tasks"}) & set(
+        cfg.model.kwargs)
     if reserved:
         raise FacemtlError(
             f"{where('model.kwargs')}bad value for 'model.kwargs': {sorted(reserved)} come from the data "
@@ -418,8 +431,10 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
                     raise FacemtlError(f"bad --set {item!r}: '{sofar}' is not a source index (0..{len(node) - 1})")
                 node = node[int(part)]
             else:
-                if part == "data" and depth == 0 and "data" not in node:
-                    node["data"] = to_dict(_default_sources())
+                if depth == 0 and part not in node and part in ("data", "model"):
+                    # Start from the default section, so that e.g. model.kwargs.x=1 keeps the
+                    # other default kwargs (a section given whole replaces its default).
+                    node[part] = to_dict(getattr(TrainConfig(), part))
                 node = node.setdefault(part, {})
             if not isinstance(node, (dict, list)):
                 raise FacemtlError(f"bad --set {item!r}: '{sofar}' is a value, not a section")

@@ -1,0 +1,120 @@
+import json
+
+import pytest
+
+from facemtl.config import (
+    SourceConfig,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    to_dict,
+)
+from facemtl.errors import FacemtlError
+
+
+def test_defaults_are_the_three_source_ifan_run():
+    cfg = TrainConfig()
+    assert cfg.model.name == "ifan"
+    assert cfg.task_names == ("landmarks", "parsing", "emotion")
+    assert cfg.task_sources == (0, 1, 2)
+    assert [s.style for s in cfg.data] == ["wild", "studio", "webcam"]
+    assert cfg.optimiser.name == "rmsprop"
+    # to_dict -> from_dict is the identity (config.json of a run reloads to the same config)
+    assert config_from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(FacemtlError) as e:
+        config_from_dict({"schedule": {"lrr": 0.1}})
+    assert str(e.value) == "unknown key 'schedule.lrr' (did you mean 'schedule.lr'?)"
+    with pytest.raises(FacemtlError, match=r"unknown key 'data.1.stlye' \(did you mean 'data.1.style'\?\)"):
+        config_from_dict({"data": [{"tasks": ["landmarks"]}, {"tasks": ["parsing"], "stlye": "wild"}]})
+    with pytest.raises(FacemtlError, match=r"unknown key 'zzz' \(expected one of: model, data"):
+        config_from_dict({"zzz": 1})
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"schedule": {"lr": "fast"}}, "bad value for 'schedule.lr': expected a number, got 'fast'"),
+        ({"schedule": {"lr": -1}}, "bad value for 'schedule.lr': expected a positive number, got -1.0"),
+        ({"schedule": {"decay": "cosine"}}, "bad value for 'schedule.decay': expected one of 'exponential', 'linear', 'constant', got 'cosine'"),
+        ({"schedule": {"pretrain_epochs": 1.5}}, "bad value for 'schedule.pretrain_epochs': expected an integer, got 1.5"),
+        ({"logging": {"tensorboard": "yes"}}, "bad value for 'logging.tensorboard': expected true or false, got 'yes'"),
+        ({"data": [{"tasks": ["nose"]}]}, "bad value for 'data.0.tasks': expected task names among"),
+        ({"data": [{"tasks": "landmarks"}]}, "bad value for 'data.0.tasks': expected a list of a string, got 'landmarks'"),
+        ({"data": [{"name": "mtfl", "tasks": ["landmarks"]}]}, "bad value for 'data.0.root'"),
+        ({"data": []}, "'data' must be a non-empty list of sources"),
+        ({"model": {"kwargs": {"tasks": ["landmarks"]}}}, "['tasks'] come from the data section"),
+        ({"data": [{"tasks": ["landmarks"]}, {"tasks": ["landmarks"]}]}, "task 'landmarks' is labelled by sources [0, 1]"),
+        ({"schedule": {"mode": "joint"}}, "joint training takes exactly one source, got 3"),
+        ({"schedule": {"loss_weights": {"pose": 1.0}}}, "bad value for 'schedule.loss_weights'"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_was_expected(data, message):
+    with pytest.raises(FacemtlError) as e:
+        config_from_dict(data)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_overrides_parse_yaml_scalars_and_lists():
+    cfg = load_config(None, ["schedule.lr=5e-4", "data.1.n_train=64", "data.0.tasks=[landmarks]",
+                             "logging.tensorboard=false", "schedule.rounds=null", "model.kwargs.growth_rate=6"])
+    assert cfg.schedule.lr == 5e-4
+    assert cfg.data[1].n_train == 64 and cfg.data[0].n_train == TrainConfig().data[0].n_train
+    assert cfg.logging.tensorboard is False and cfg.schedule.rounds is None
+    assert cfg.model.kwargs["growth_rate"] == 6 and cfg.model.kwargs["iterations"] == 2
+    # the source list can be replaced whole
+    cfg = load_config(None, ["data=[{tasks: [landmarks, gender]}]", "schedule.mode=joint"])
+    assert cfg.task_names == ("landmarks", "gender") and cfg.schedule.mode == "joint"
+
+
+def test_apply_overrides_does_not_touch_its_input_and_rejects_bad_items():
+    base = {"schedule": {"lr": 0.1}}
+    out = apply_overrides(base, ["schedule.lr=0.2"])
+    assert base == {"schedule": {"lr": 0.1}} and out == {"schedule": {"lr": 0.2}}
+    with pytest.raises(FacemtlError, match=r"bad --set 'schedule.lr': expected KEY=VALUE"):
+        apply_overrides(base, ["schedule.lr"])
+    with pytest.raises(FacemtlError, match=r"'data.7' is not a source index \(0..2\)"):
+        load_config(None, ["data.7.n_train=3"])
+    with pytest.raises(FacemtlError, match=r"'schedule.lr' is a value, not a section"):
+        apply_overrides(base, ["schedule.lr.x=1"])
+
+
+def test_file_errors_give_file_and_line(tmp_path):
+    with pytest.raises(FacemtlError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schedule:\n  lr: 0.1\n  epohcs: 3\n")
+    with pytest.raises(FacemtlError) as e:
+        load_config(bad)
+    assert str(e.value) == f"{bad}:3: unknown key 'schedule.epohcs' (did you mean 'schedule.epochs'?)"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("schedule:\n  lr: [1, 2\n")
+    with pytest.raises(FacemtlError, match=rf"{broken}:\d+: invalid YAML"):
+        load_config(broken)
+    notmap = tmp_path / "list.yaml"
+    notmap.write_text("- 1\n- 2\n")
+    with pytest.raises(FacemtlError, match="a config must be a mapping"):
+        load_config(notmap)
+
+
+def test_shipped_configs_load():
+    smoke = load_config("configs/ifan_synth_smoke.yaml")
+    assert smoke.input_size == 64 and len(smoke.data) == 3
+    paper = load_config("configs/ifan_paper.yaml")
+    assert {s.tasks[0]: s.batch_size for s in paper.data} == {"landmarks": 64, "parsing": 24, "emotion": 96}
+    assert (paper.schedule.pretrain_epochs, paper.schedule.epochs) == (30, 200)
+    assert (paper.schedule.lr, paper.schedule.lr_end, paper.schedule.pretrain_lr) == (1e-3, 1e-6, 1e-3)
+    assert paper.model.kwargs["iterations"] == 2 and paper.optimiser.name == "rmsprop"
+
+
+def test_configs_are_frozen():
+    cfg = TrainConfig()
+    with pytest.raises(Exception):
+        cfg.seed = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.model.kwargs["iterations"] = 5  # type: ignore[index]
+    assert isinstance(cfg.data[0], SourceConfig)
