@@ -263,6 +263,9 @@ def test_bad_forward_arguments_raise():
         m(torch.randn(3, 64, 64), source=0)
     with pytest.raises(FacemtlError, match="iterations must be an int in 0..1"):
         m(images(1), source=0, iterations=2)
+    for bad in (1.5, "0", True):
+        with pytest.raises(FacemtlError, match="source must be an int"):
+            m(images(1), source=bad)
 
 
 def test_heatmaps_are_soft_disks_differentiable_in_the_coordinates():

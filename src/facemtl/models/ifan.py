@@ -48,7 +48,7 @@ of affine parameters and running statistics per source dataset.
 from __future__ import annotations
 
 import dataclasses
-import math
+import operator
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -401,9 +401,12 @@ class IFAN(FaceModel):
                     f"ifan: a batch must come from one source, got sources {values.tolist()}; split the batch by source"
                 )
             s = values.item()
-        if isinstance(s, bool) or not isinstance(s, int) and not (isinstance(s, float) and s.is_integer()):
-            raise FacemtlError(f"ifan: source must be an int, a (B,) tensor of equal ints or None, got {source!r}")
-        s = int(s)
+        try:
+            if isinstance(s, bool):
+                raise TypeError
+            s = operator.index(s)  # ints, numpy ints; not floats or strings
+        except TypeError:
+            raise FacemtlError(f"ifan: source must be an int, a (B,) tensor of equal ints or None, got {source!r}") from None
         if not 0 <= s < self.config.num_sources:
             raise FacemtlError(f"ifan: source {s} out of range 0..{self.config.num_sources - 1}")
         return s
