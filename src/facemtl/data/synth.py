@@ -320,10 +320,11 @@ def _subject(seed: int, subject: int, style_id: int) -> dict:
 
 
 def _background(rng, h: int, w: int, p: dict) -> np.ndarray:
-    c0 = rng.uniform(30, 230, 3).astype(np.float32)
-    c1 = np.clip(c0 + rng.normal(0, 35, 3), 0, 255).astype(np.float32)
-    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
-    bg = np.ascontiguousarray(np.broadcast_to(c0 * (1 - t) + c1 * t, (h, w, 3)))
+    """uint8 RGB background: a vertical gradient plus random clutter shapes (style ``clutter``)."""
+    c0 = rng.uniform(30, 230, 3)
+    c1 = np.clip(c0 + rng.normal(0, 35, 3), 0, 255)
+    ends = np.array([[c0], [c1]], np.uint8)  # 2 x 1 image, stretched into the gradient
+    bg = cv2.resize(ends, (w, h), interpolation=cv2.INTER_LINEAR)
     n = int(rng.integers(p["clutter"] // 2, p["clutter"] + 1)) if p["clutter"] else 0
     for _ in range(n):
         col = tuple(float(v) for v in rng.uniform(0, 255, 3))
@@ -342,6 +343,15 @@ def _background(rng, h: int, w: int, p: dict) -> np.ndarray:
         if k > 1:
             bg = cv2.GaussianBlur(bg, (k, k), 0)
     return bg
+
+
+@lru_cache(maxsize=1)
+def _noise_table() -> np.ndarray:
+    """Fixed grey noise texture, uint8 around 128 with sd 32; samples take random crops of it
+    (much cheaper than drawing fresh normals for every pixel, and still deterministic)."""
+    g = np.random.default_rng(2024)
+    n = np.clip(128 + 32 * g.standard_normal((512, 512)), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(n[:, :, None], 3, axis=2))
 
 
 # ---------------------------------------------------------------------------- renderer
@@ -486,16 +496,17 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
 
     # --- image and mask from the same buffer
     parsing = LABEL_LUT[buf]
-    image = colour_lut[buf].astype(np.float32)
+    image = cv2.LUT(cv2.merge((buf, buf, buf)), colour_lut[None])  # per-channel table lookup
     bg = _background(rng, h, w, p)
-    image = np.where((buf == 0)[:, :, None], bg, image)
+    cv2.copyTo(bg, (buf == 0).view(np.uint8), image)
 
     # --- landmarks (0-based pixel x, y), MTFL order
     lm = np.stack([pts[m.eye_l].mean(0), pts[m.eye_r].mean(0), pts[m.nose_tip], pts[m.mouth_l], pts[m.mouth_r]])
 
     # --- glasses: pixels only, the mask keeps what is under them
     if glasses:
-        _draw_glasses(image, rng, v, m, rot, anchor, iod, centre)
+        # low-resolution styles get thicker frames so the glasses label stays visible
+        _draw_glasses(image, rng, v, m, rot, anchor, iod, centre, 2.5 if p["lowres"] else 1.0)
 
     # --- occluder: labelled background in the mask
     occluded = bool(rng.random() < p["occlude"])
@@ -507,16 +518,17 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
         cv2.ellipse(occ, (int(oc[0]), int(oc[1])), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
         col = skin * rng.uniform(0.7, 1.1) if rng.random() < 0.5 else rng.uniform(0, 255, 3)
         sel = occ.astype(bool)
-        image[sel] = col
+        image[sel] = np.clip(col, 0, 255).astype(np.uint8)
         parsing[sel] = 0
 
-    # --- photometric degradation per style
-    if p["grey"][1] > 0:
-        g = rng.uniform(*p["grey"])
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]  # numpy's mean over axis 2 is slow
-        tint = np.array([1.0, 1.0, 1.0]) + rng.normal(0, 0.04, 3)
-        image = (image * (1 - g) + grey * g) * tint.astype(np.float32)
-    image = image * rng.uniform(0.85, 1.15) + rng.uniform(-15, 15)
+    # --- photometric degradation per style: one 3x4 colour matrix (grey cast, tint, contrast,
+    # brightness), then resolution loss, blur, sensor noise and JPEG
+    g = rng.uniform(*p["grey"]) if p["grey"][1] > 0 else 0.0
+    tint = 1.0 + rng.normal(0, 0.04, 3) if g > 0 else np.ones(3)
+    gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-15, 15)
+    luma = np.array([0.299, 0.587, 0.114])
+    colour = gain * tint[:, None] * ((1 - g) * np.eye(3) + g * luma[None, :])
+    image = cv2.transform(image, np.concatenate([colour, np.full((3, 1), offset)], 1))
     if p["lowres"] is not None:
         small = max(16, int(size * rng.uniform(*p["lowres"])))
         image = cv2.resize(cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA), (w, h),
@@ -526,8 +538,13 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
         image = cv2.GaussianBlur(image, (0, 0), sigma)
     noise = rng.uniform(*p["noise"])
     if noise > 0.5:
-        image = image + rng.standard_normal((h, w, 1), dtype=np.float32) * noise
-    image = np.clip(image, 0, 255).astype(np.uint8)
+        table = _noise_table()
+        y0, x0 = (int(v) for v in rng.integers(0, 512 - max(h, w), 2)) if max(h, w) < 512 else (0, 0)
+        crop = table[y0:y0 + h, x0:x0 + w]
+        if crop.shape[:2] != (h, w):
+            crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_NEAREST)
+        # image + noise * (crop - 128) / 32, saturated to uint8
+        image = cv2.addWeighted(image, 1.0, crop, noise / 32.0, -128.0 * noise / 32.0)
     q = int(rng.integers(p["jpeg"][0], p["jpeg"][1] + 1))
     ok, enc = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, q])
     if ok:  # channel order is irrelevant for a lossy round trip: encode and decode alike
@@ -547,7 +564,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
     }
 
 
-def _draw_glasses(image, rng, v, m, rot, anchor, iod, centre) -> None:
+def _draw_glasses(image, rng, v, m, rot, anchor, iod, centre, rim_scale=1.0) -> None:
     """Two rims (and tinted lenses) in a plane in front of the eyes, projected with the face."""
     t = np.linspace(0, 2 * np.pi, 20, endpoint=False)
     e = rng.uniform(2.0, 4.0)  # super-ellipse exponent: round (2) to rectangular (4)
@@ -556,7 +573,7 @@ def _draw_glasses(image, rng, v, m, rot, anchor, iod, centre) -> None:
     rx, ry = rng.uniform(0.22, 0.28), rng.uniform(0.15, 0.21)
     sun = rng.random() < 0.2
     colour = tuple(float(c) for c in (rng.uniform(0, 60, 3) if rng.random() < 0.7 else rng.uniform(80, 200, 3)))
-    thick = max(1, int(round(iod / 25)))
+    thick = max(1, int(round(iod / 25 * rim_scale)))
     rims = []
     for eye in (m.eye_l, m.eye_r):
         c = v[eye].mean(0)
@@ -568,8 +585,7 @@ def _draw_glasses(image, rng, v, m, rot, anchor, iod, centre) -> None:
     if sun:
         overlay = image.copy()
         cv2.fillPoly(overlay, rims, (20.0, 20.0, 25.0), cv2.LINE_AA, 4)
-        image *= 0.2
-        image += 0.8 * overlay
+        cv2.addWeighted(image, 0.2, overlay, 0.8, 0.0, dst=image)
     cv2.polylines(image, rims, True, colour, thick, cv2.LINE_AA, 4)
     if len(rims) == 2:  # bridge between the inner rim points
         a = rims[0][np.argmax(rims[0][:, 0])] if rot[0, 0] > 0 else rims[0][np.argmin(rims[0][:, 0])]
