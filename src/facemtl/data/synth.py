@@ -20,7 +20,8 @@ Conventions (see DATASETS.md for the loader contract a raw sample follows):
   (eyes stay eye classes, frame over skin stays skin), as Helen has no glasses class.
 * A random occluder patch (hand/object/microphone-like blob) is labelled 0 (background)
   in the parsing mask: the mask labels what is visible. Landmarks stay the true
-  (amodal) positions, as MTFL/AFLW annotators guess hidden points;
+  (amodal) positions, also when the face hides them itself (a mouth corner behind the
+  nose of a turned, lowered head), as MTFL/AFLW annotators guess hidden points;
   ``meta["occluded"]`` says whether an occluder was drawn.
 * Neck and shoulders are not face classes in Helen: they are labelled background.
   A bald scalp is labelled skin (1). Hair (10) is drawn from a 3D head ellipsoid
