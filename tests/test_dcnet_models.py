@@ -18,6 +18,15 @@ NAMES = ("single", "hps", "hps-wide", "cross-stitch", "cross-stitch-wide", "dcne
 TWO_TASKS = ("landmarks", "pose")  # one points and one category task keep the models small
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Small batches: one intra-op thread avoids oversubscription when other jobs share the cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _targets(batch: int = 2) -> dict:
     g = torch.Generator().manual_seed(0)
     return {"landmarks": torch.rand(batch, 5, 2, generator=g), "pose": torch.tensor([0, 4][:batch])}

@@ -1,0 +1,180 @@
+"""Deep Collaboration experiments (facemtl.experiments.dcnet) at smoke scale."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facemtl.cli import main
+from facemtl.errors import FacemtlError
+from facemtl.experiments.dcnet import (
+    block_ablation,
+    landmark_scores,
+    load_experiment,
+    sample_task_weights,
+    variant,
+)
+from facemtl.models.collab import DCNet
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "dcnet_synth_smoke.yaml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models: one intra-op thread avoids oversubscription when other jobs share the cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """One smoke comparison (single, hps, dcnet), shared by the tests that need trained runs."""
+    out = tmp_path_factory.mktemp("compare")
+    assert main(["experiment", "dcnet", "compare", str(SMOKE), "--out", str(out)]) == 0
+    return out
+
+
+def test_compare_writes_table_and_parameter_counts(compared, capsys):
+    result = json.loads((compared / "compare.json").read_text())
+    models = result["models"]
+    assert list(models) == ["single", "hps", "dcnet"]
+    for name, r in models.items():
+        assert 0 <= r["failure_rate"] <= 100 and r["nme"] > 0
+        # the reported numbers are the engine's own test-split evaluation of that run
+        engine = json.loads((compared / name / "metrics.json").read_text())["iterations"]["0"]["landmarks"]
+        assert r["failure_rate"] == engine["failure_rate"] and r["nme"] == engine["nme"]
+    assert models["single"]["parameters"] < models["hps"]["parameters"] < models["dcnet"]["parameters"]
+    assert result["budget"]["epochs"] == 1 and result["budget"]["backbone"] == "alexnet"
+    table = (compared / "compare.md").read_text()
+    assert table.startswith("| model | failure rate % | NME % | parameters |") and "| dcnet |" in table
+    # the single-task model trained landmarks only; the others all three tasks with weight 1
+    cfg = json.loads((compared / "single" / "config.json").read_text())
+    assert cfg["data"][0]["tasks"] == ["landmarks"] and cfg["schedule"]["loss_weights"] == {"landmarks": 1.0}
+    cfg = json.loads((compared / "dcnet" / "config.json").read_text())
+    assert cfg["schedule"]["loss_weights"] == {"landmarks": 1.0, "gender": 1.0, "pose": 1.0}
+    # only the ablation model keeps its weights; no training state is left behind
+    assert (compared / "dcnet" / "model.safetensors").exists() and not (compared / "hps" / "model.safetensors").exists()
+    assert not list(compared.glob("*/train_state.*"))
+
+
+def test_ablation_of_a_trained_dcnet(compared, tmp_path, capsys):
+    out = tmp_path / "ablation"
+    assert main(["experiment", "dcnet", "ablation", str(SMOKE), "--out", str(out),
+                 "--checkpoint", str(compared / "dcnet")]) == 0  # fmt: skip
+    result = json.loads((out / "ablation.json").read_text())
+    assert list(result["cells"]) == ["landmarks", "gender", "pose"] and result["blocks"] == 3
+    assert all(len(cells) == 3 for cells in result["cells"].values())
+    # the landmarks-only scorer agrees with the engine's evaluation of the same run
+    engine = json.loads((compared / "dcnet" / "metrics.json").read_text())["iterations"]["0"]["landmarks"]
+    assert result["base"]["failure_rate"] == pytest.approx(engine["failure_rate"])
+    assert result["base"]["nme"] == pytest.approx(engine["nme"], rel=1e-5)
+    table = (out / "ablation.md").read_text()
+    assert "| landmarks |" in table and "block 3" in table
+    assert (out / "ablation.png").stat().st_size > 1000
+    assert "heat map" in capsys.readouterr().out
+
+
+def test_block_ablation_cells_and_relative_change():
+    from facemtl.data.synth import SyntheticFaces
+
+    torch.manual_seed(0)
+    model = DCNet(("landmarks", "pose"), "alexnet", input_size=64).eval()
+    samples = [SyntheticFaces(4, style="wild", seed=3, size=64)[i] for i in range(4)]
+    result = block_ablation(model, samples, batch_size=3)
+    assert all(not b.dropped_tasks for b in model.collaborative_blocks)  # nothing left zeroed
+    base = landmark_scores(model, samples)
+    assert result["base"] == base and result["blocks"] == 3
+    # cell (task 1 = pose, block 2) is the score with pose's features zeroed before block 2's H
+    model.collaborative_blocks[1].dropped_tasks = {1}
+    assert result["cells"]["pose"][1] | {"relative_change": None} == landmark_scores(model, samples) | {"relative_change": None}
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        zeroed = model(images)[0]["landmarks"]
+        model.collaborative_blocks[1].dropped_tasks = set()
+        assert not torch.allclose(zeroed, model(images)[0]["landmarks"])  # the ablation changes the landmark logits
+    for cells in result["cells"].values():
+        for c in cells:
+            fr0 = base["failure_rate"]
+            if fr0 > 0:
+                assert c["relative_change"] == pytest.approx(100 * (c["failure_rate"] - fr0) / fr0)
+            else:
+                assert c["relative_change"] is None
+
+
+def test_block_ablation_needs_collaborative_blocks():
+    from facemtl.models import create_model
+
+    with pytest.raises(FacemtlError, match="collaborative blocks"):
+        block_ablation(create_model("hps", tasks=("landmarks",), backbone="alexnet", input_size=64), [])
+
+
+@pytest.mark.slow
+def test_scarcity_and_task_weights_end_to_end(tmp_path, capsys):
+    out = tmp_path / "scarcity"
+    assert main(["experiment", "dcnet", "scarcity", str(SMOKE), "--out", str(out)]) == 0
+    result = json.loads((out / "scarcity.json").read_text())
+    assert list(result["failure_rate"]) == ["0.25", "0.75"] and result["pool"] == 16
+    assert set(result["failure_rate"]["0.25"]) == {"single", "dcnet"}
+    # test split = the faces the train split left: 12 and 4 of the 16-face pool
+    m = json.loads((out / "ratio_0.25" / "dcnet" / "metrics.json").read_text())
+    assert len(m["iterations"]["0"]["landmarks"]["nme_per_point"]) == 5
+    assert "| 0.25 / 0.75 |" in (out / "scarcity.md").read_text()
+
+    out = tmp_path / "weights"
+    assert main(["experiment", "dcnet", "task-weights", str(SMOKE), "--out", str(out)]) == 0
+    result = json.loads((out / "task_weights.json").read_text())
+    assert result["models"] == ["cross-stitch", "dcnet"] and result["summary"]["trials"] == 2
+    for i, trial in enumerate(result["trials"]):
+        assert trial["improvement"] == pytest.approx(trial["failure_rate"]["cross-stitch"] - trial["failure_rate"]["dcnet"])
+        cfg = json.loads((out / f"trial_{i:03d}" / "dcnet" / "config.json").read_text())
+        assert cfg["schedule"]["loss_weights"] == {"landmarks": 1.0, **trial["weights"]}
+    assert (out / "task_weights.png").stat().st_size > 1000
+    assert "random task weightings" in capsys.readouterr().out
+
+
+def test_task_weights_are_log_uniform_and_seeded():
+    draws = sample_task_weights(["gender", "pose"], 2000, 1e-4, 1.0, seed=0)
+    assert draws == sample_task_weights(["gender", "pose"], 2000, 1e-4, 1.0, seed=0)
+    logs = np.log10([[d["gender"], d["pose"]] for d in draws])
+    assert logs.min() >= -4 and logs.max() <= 0
+    # log-uniform: each decade holds about a quarter of the draws
+    counts = np.histogram(logs.ravel(), bins=4, range=(-4, 0))[0] / logs.size
+    assert np.all(np.abs(counts - 0.25) < 0.03)
+    assert draws != sample_task_weights(["gender", "pose"], 2000, 1e-4, 1.0, seed=1)
+
+
+def test_variant_sets_model_tasks_and_weights():
+    base, exp = load_experiment(SMOKE)
+    single = variant(base, "single", 0.5)
+    assert single.model.name == "single" and single.task_names == ("landmarks",)
+    dc = variant(base, "dcnet", 0.5, {"pose": 0.01})
+    assert dict(dc.schedule.loss_weights) == {"landmarks": 1.0, "gender": 0.5, "pose": 0.01}
+    assert dc.model.kwargs["backbone"] == "alexnet" and dc.schedule.epochs == base.schedule.epochs
+
+
+def test_bad_experiment_files_fail_with_file_and_line(tmp_path):
+    text = SMOKE.read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("  trials: 2", "  trails: 2"))
+    line = text.splitlines().index("  trials: 2") + 1
+    with pytest.raises(FacemtlError, match=rf"bad.yaml:{line}: unknown key 'experiment.trails'"):
+        load_experiment(bad)
+    with pytest.raises(FacemtlError, match="train ratios must lie in \\(0, 1\\)"):
+        load_experiment(SMOKE, ["experiment.ratios=[0.5, 1.5]"])
+    with pytest.raises(FacemtlError, match="unknown model 'resnet' in 'experiment.compare_models'"):
+        load_experiment(SMOKE, ["experiment.compare_models=[resnet]"])
+    with pytest.raises(FacemtlError, match="need 'train.schedule.mode: joint'"):
+        load_experiment(SMOKE, ["train.schedule.mode=hybrid"])
+    with pytest.raises(FacemtlError, match="unknown key 'schedule.epoch'"):
+        load_experiment(SMOKE, ["train.schedule.epoch=3"])
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
+    assert main(["experiment", "dcnet", "scarcity", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("facemtl: error: config file not found") and "\n" not in err
