@@ -135,3 +135,10 @@ def test_file_out_path_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "existing file" in err[0]
     assert Path(a_file).read_text() == "x"
+
+
+def test_preview_rejects_non_png_out(tmp_path, capsys):
+    assert main(["synth", "preview", "--out", str(tmp_path / "grid.jpg"), "--n", "1"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"facemtl: error: --out must be a .png file, got {tmp_path / 'grid.jpg'}"]
+    assert not (tmp_path / "grid.jpg").exists()
