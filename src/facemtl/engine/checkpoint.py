@@ -11,8 +11,9 @@ A run directory holds
 
 Only safetensors and JSON are read: nothing is ever unpickled. Every file is written to a
 temporary name, fsynced and moved into place with ``os.replace``, so a crash leaves either
-the old or the new file, never half of one. Both JSON files carry the step they were saved
-at; resuming refuses a pair that disagree.
+the old or the new file, never half of one. ``train_state.safetensors`` carries its own copy
+of the weights (and buffers), so the state resumed from is always self-consistent even if a
+crash fell between writing the model files and the state files.
 """
 
 from __future__ import annotations
