@@ -140,6 +140,8 @@ class _Mesh:
         self.depth_bias = np.concatenate([np.zeros(len(tris)), np.where(fill_mat == MOUTH, -0.03, 0.0),
                                           np.full(len(iris), 0.04)])
 
+        self._pair_quads(mean)
+
         upper_verts = set(tris[labels == 7].ravel().tolist())
         lower_verts = set(tris[labels == 9].ravel().tolist()) - upper_verts
         corners = {self.mouth_l, self.mouth_r}
@@ -247,6 +249,49 @@ class _Mesh:
         # order the upper arc from image-left to image-right
         self.forehead_arc = np.array(sorted(top, key=lambda v: mean[v, 0]))
         self.jaw_l, self.jaw_r = 172, 397
+
+
+    def _pair_quads(self, mean: np.ndarray) -> None:
+        """Merge edge-sharing triangle pairs (same material, nearly coplanar, convex) into quads.
+
+        The mesh is mostly quads split in two; drawing a pair as one convex quad with one
+        shade halves the per-polygon fill calls, the renderer's bottleneck.
+        """
+        tris, mat = self.tris, self.material
+        a, b, c = mean[tris[:, 0]], mean[tris[:, 1]], mean[tris[:, 2]]
+        nrm = -np.cross(b - a, c - a)
+        nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+        edges: dict = {}
+        for t, tri in enumerate(tris.tolist()):
+            for i in range(3):
+                edges.setdefault(frozenset((tri[i], tri[(i + 1) % 3])), []).append(t)
+        paired = np.zeros(len(tris), bool)
+        quads, members = [], []
+        for t, tri in enumerate(tris.tolist()):
+            if paired[t]:
+                continue
+            for i in range(3):
+                u, w = tri[i], tri[(i + 1) % 3]
+                others = [n for n in edges[frozenset((u, w))] if n != t and not paired[n]]
+                if not others:
+                    continue
+                n = others[0]
+                if mat[n] != mat[t] or self.depth_bias[n] != self.depth_bias[t] or nrm[n] @ nrm[t] < 0.97:
+                    continue
+                q = next(k for k in tris[n].tolist() if k not in (u, w))
+                quad = [w, tri[(i + 2) % 3], u, q]
+                xy = mean[quad, :2]
+                e = np.roll(xy, -1, 0) - xy
+                turn = e[:, 0] * np.roll(e, -1, 0)[:, 1] - e[:, 1] * np.roll(e, -1, 0)[:, 0]
+                if not (np.all(turn < 0) or np.all(turn > 0)):
+                    continue
+                paired[t] = paired[n] = True
+                quads.append(quad)
+                members.append((t, n))
+                break
+        self.quads = np.array(quads, np.int64).reshape(-1, 4)
+        self.quad_members = np.array(members, np.int64).reshape(-1, 2)
+        self.single = np.flatnonzero(~paired)
 
 
 @lru_cache(maxsize=1)
@@ -421,13 +466,25 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
     normal = -np.cross(b - a, c - a)
     nz = normal[:, 2]
     front = nz > 1e-9
-    normal = normal[front] / np.linalg.norm(normal[front], axis=1, keepdims=True)
-    shade = np.clip(normal @ light, 0.0, 1.0)
+    # pairs drawn as quads when both halves face the camera, other front triangles alone
+    qa, qb = m.quad_members[:, 0], m.quad_members[:, 1]
+    quad_ok = front[qa] & front[qb]
+    single = np.concatenate([m.single, qa[~quad_ok], qb[~quad_ok]])
+    single = single[front[single]]
+    qn = normal[qa[quad_ok]] + normal[qb[quad_ok]]
+    item_normal = np.concatenate([qn, normal[single]])
+    item_normal /= np.linalg.norm(item_normal, axis=1, keepdims=True)
+    shade = np.clip(item_normal @ light, 0.0, 1.0)
     level = np.minimum((shade * Q).astype(np.int64), Q - 1)
-    ids = m.material[front] * Q + level
-    tdepth = (a[front, 2] + b[front, 2] + c[front, 2]) / 3 + m.depth_bias[front]
-    order = np.argsort(tdepth, kind="stable")
-    polys = np.round(pts[tri[front][order]] * 16).astype(np.int32)
+    item_mat = np.concatenate([m.material[qa[quad_ok]], m.material[single]])
+    ids = item_mat * Q + level
+    quad_v = m.quads[quad_ok]
+    item_depth = np.concatenate([depth[quad_v].mean(1) + m.depth_bias[qa[quad_ok]],
+                                 depth[tri[single]].mean(1) + m.depth_bias[single]])
+    order = np.argsort(item_depth, kind="stable")
+    items = list(np.round(pts[quad_v] * 16).astype(np.int32)) + list(np.round(pts[tri[single]] * 16).astype(np.int32))
+    polys = [items[k] for k in order.tolist()]
+    item_mat = item_mat[order]
     ids = ids[order].tolist()
 
     # --- colour table for this sample (material x level)
@@ -475,7 +532,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
          NECK * Q + 3, cv2.LINE_8, 4)
     # The mouth line (corner -> inner lips -> corner) is drawn right after the nearest lip
     # triangle, so the thin lips near the corners stay visible at small sizes.
-    is_lip = np.isin(m.material[front][order], (ULIP, LLIP, MOUTH))
+    is_lip = np.isin(item_mat, (ULIP, LLIP, MOUTH))
     split = int(np.flatnonzero(is_lip)[-1]) + 1 if is_lip.any() else len(ids)
     for poly, i in zip(polys[:split], ids[:split]):
         fill(buf, poly, i, cv2.LINE_8, 4)
