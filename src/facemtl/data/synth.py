@@ -340,8 +340,9 @@ def _clipped_normal(rng, mean_sd_max) -> float:
     return float(np.clip(mean + sd * rng.standard_normal(), mean - lim, mean + lim))
 
 
+@lru_cache(maxsize=8192)
 def _subject(seed: int, subject: int, style_id: int) -> dict:
-    """Identity traits shared by all images of one subject."""
+    """Identity traits shared by all images of one subject (cached; treat as read-only)."""
     r = _rng(seed, subject, style_id, 1)
     gender = int(r.integers(2))  # 0 male, 1 female
     if gender == 0:
@@ -350,7 +351,7 @@ def _subject(seed: int, subject: int, style_id: int) -> dict:
         hair = HAIR_STYLES[int(r.choice(5, p=[0.1, 0.35, 0.4, 0.15, 0.0]))]
     skin = SKIN_TONES[r.integers(len(SKIN_TONES))] * r.uniform(0.92, 1.06, 3)
     hair_col = HAIR_COLOURS[r.integers(len(HAIR_COLOURS))] * r.uniform(0.85, 1.15)
-    return dict(
+    traits = dict(
         gender=gender,
         hair=hair,
         skin=np.clip(skin, 0, 255),
@@ -363,6 +364,10 @@ def _subject(seed: int, subject: int, style_id: int) -> dict:
         wears_glasses=r.random(),
         lip_tint=r.uniform(0.1, 0.25) if gender == 0 else r.uniform(0.25, 0.55),
     )
+    for value in traits.values():
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False  # shared through the cache
+    return traits
 
 
 def _background(rng, h: int, w: int, p: dict) -> np.ndarray:
