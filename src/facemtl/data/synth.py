@@ -61,6 +61,7 @@ Q = 16  # shade levels per material
 MATERIAL_LABEL = np.array([0, 1, 6, 2, 3, 4, 5, 4, 5, 7, 8, 9, 10, 0, 1, 7], np.uint8)
 LABEL_LUT = np.repeat(MATERIAL_LABEL, Q)
 assert LABEL_LUT.size == 256
+IS_LIP = np.isin(np.arange(16), (ULIP, LLIP, MOUTH))
 
 # Expression bases (rows of the deformation matrix after the identity modes).
 EXPR_NAMES = ("corner_up", "corner_out", "mouth_open", "lip_raise", "brow_in_up", "brow_out_up",
@@ -487,8 +488,9 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
     item_depth = np.concatenate([depth[quad_v].mean(1) + m.depth_bias[qa[quad_ok]],
                                  depth[tri[single]].mean(1) + m.depth_bias[single]])
     order = np.argsort(item_depth, kind="stable")
-    items = list(np.round(pts[quad_v] * 16).astype(np.int32)) + list(np.round(pts[tri[single]] * 16).astype(np.int32))
-    polys = [items[k] for k in order.tolist()]
+    # triangles become quads with a repeated corner, so all polygons live in one array
+    corners = np.concatenate([quad_v, tri[single][:, [0, 1, 2, 2]]])[order]
+    polys = np.round(pts[corners] * 16).astype(np.int32)
     item_mat = item_mat[order]
     ids = ids[order].tolist()
 
@@ -537,7 +539,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
          NECK * Q + 3, cv2.LINE_8, 4)
     # The mouth line (corner -> inner lips -> corner) is drawn right after the nearest lip
     # triangle, so the thin lips near the corners stay visible at small sizes.
-    is_lip = np.isin(item_mat, (ULIP, LLIP, MOUTH))
+    is_lip = IS_LIP[item_mat]
     split = int(np.flatnonzero(is_lip)[-1]) + 1 if is_lip.any() else len(ids)
     for poly, i in zip(polys[:split], ids[:split]):
         fill(buf, poly, i, cv2.LINE_8, 4)
