@@ -299,7 +299,8 @@ def landmark_scores(model, samples: Sequence, batch_size: int = 32) -> dict:
 def block_ablation(model, samples: Sequence, batch_size: int = 32) -> dict:
     """Section 4.4: for each task t and block b, zero task t's features at the input of block
     b's central aggregation H, score landmarks, restore. Relative change of the failure rate
-    ``100 * (fr - fr_base) / fr_base`` (positive = worse; None when fr_base is 0)."""
+    ``100 * (fr - fr_base) / fr_base`` (positive = worse; None when fr_base is 0), and the same
+    for the NME (informative where the failure rate saturates at 0 or 100%)."""
     blocks = getattr(model, "collaborative_blocks", None)
     if not blocks:
         raise FacemtlError(f"block ablation needs a model with collaborative blocks (dcnet), got {type(model).__name__}")
@@ -319,6 +320,7 @@ def block_ablation(model, samples: Sequence, batch_size: int = 32) -> dict:
                     block.dropped_tasks = set()
                 fr0 = base["failure_rate"]
                 s["relative_change"] = 100.0 * (s["failure_rate"] - fr0) / fr0 if fr0 > 0 else None
+                s["nme_relative_change"] = 100.0 * (s["nme"] - base["nme"]) / base["nme"]
                 cells[task.name].append(s)
                 bar.update(1)
     finally:
@@ -328,12 +330,16 @@ def block_ablation(model, samples: Sequence, batch_size: int = 32) -> dict:
 
 def ablation_table(result: dict) -> str:
     header = ["task \\ block"] + [f"block {b + 1}" for b in range(result["blocks"])]
-    rows = [[task] + [("n/a" if c["relative_change"] is None else f"{c['relative_change']:+.1f}%") for c in cells]
-            for task, cells in result["cells"].items()]
+
+    def rows(key):
+        return [[task] + [("n/a" if c[key] is None else f"{c[key]:+.1f}%") for c in cells]
+                for task, cells in result["cells"].items()]
+
     b = result["base"]
     return (f"Relative change of the landmark failure rate when a task's features are zeroed before H "
             f"(base: failure rate {b['failure_rate']:.2f}%, NME {b['nme']:.2f}%; positive = worse)\n\n"
-            + _markdown(header, rows))
+            + _markdown(header, rows("relative_change"))
+            + "\n\nRelative change of the landmark NME, same ablation\n\n" + _markdown(header, rows("nme_relative_change")))
 
 
 def ablation_heatmap(result: dict, path) -> None:
@@ -344,8 +350,10 @@ def ablation_heatmap(result: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(result["cells"])
-    values = np.array([[np.nan if c["relative_change"] is None else c["relative_change"] for c in result["cells"][t]]
-                       for t in tasks])
+    key = "relative_change"
+    if all(c[key] in (None, 0.0) for cells in result["cells"].values() for c in cells):
+        key = "nme_relative_change"  # failure rate saturated (0 or 100%): show the NME instead
+    values = np.array([[np.nan if c[key] is None else c[key] for c in result["cells"][t]] for t in tasks])
     fig, ax = plt.subplots(figsize=(1.4 * result["blocks"] + 2, 0.6 * len(tasks) + 1.5))
     lim = max(np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0, 1e-6)
     im = ax.imshow(values, cmap="RdBu_r", vmin=-lim, vmax=lim)
@@ -353,7 +361,7 @@ def ablation_heatmap(result: dict, path) -> None:
     ax.set_yticks(range(len(tasks)), tasks)
     for (i, j), v in np.ndenumerate(values):
         ax.text(j, i, "n/a" if np.isnan(v) else f"{v:+.1f}", ha="center", va="center", fontsize=8)
-    fig.colorbar(im, ax=ax, label="relative change of failure rate (%)")
+    fig.colorbar(im, ax=ax, label=f"relative change of {'failure rate' if key == 'relative_change' else 'NME'} (%)")
     ax.set_title("Block ablation (zeroed before H)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
