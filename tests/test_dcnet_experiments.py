@@ -57,6 +57,9 @@ def test_compare_writes_table_and_parameter_counts(compared, capsys):
     assert cfg["data"][0]["tasks"] == ["landmarks"] and cfg["schedule"]["loss_weights"] == {"landmarks": 1.0}
     cfg = json.loads((compared / "dcnet" / "config.json").read_text())
     assert cfg["schedule"]["loss_weights"] == {"landmarks": 1.0, "gender": 1.0, "pose": 1.0}
+    # checkpoints describe the model as built (resolved width, no ImageNet file needed)
+    saved = json.loads((compared / "dcnet" / "model.json").read_text())["model"]["config"]
+    assert saved["width"] == 64 and saved["pretrained"] is None and saved["tasks"] == ["landmarks", "gender", "pose"]
     # only the ablation model keeps its weights; no training state is left behind
     assert (compared / "dcnet" / "model.safetensors").exists() and not (compared / "hps" / "model.safetensors").exists()
     assert not list(compared.glob("*/train_state.*"))

@@ -1,5 +1,6 @@
 """Deep Collaboration models and their baselines (facemtl.models.collab / cross_stitch / sharing)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -233,3 +234,23 @@ def test_model_task_loss_and_decode_use_bins_for_points_only():
 
 def test_angle_bins_are_30_degrees_wide():
     assert [angle_to_bin(a) for a in (-90, -61, -60, -1, 0, 29.9, 30, 89, 95, -120)] == [0, 0, 1, 2, 3, 3, 4, 5, 5, 0]
+
+
+@pytest.mark.parametrize("name", ["hps-wide", "dcnet"])
+def test_checkpoint_records_resolved_width_and_no_weights_file(tmp_path, name):
+    from facemtl.engine.checkpoint import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    weights = tmp_path / "alex.safetensors"
+    save_file({k: v.contiguous() for k, v in AlexNet().state_dict().items()}, str(weights))
+    pretrained = str(weights) if name == "dcnet" else None
+    model = create_model(name, tasks=TWO_TASKS, backbone="alexnet", input_size=64, pretrained=pretrained)
+    assert model.config.width == (64 if name == "dcnet" else model.trunk.block_channels[0]) and model.config.width > 0
+    config = {**dataclasses.asdict(model.config), "tasks": list(model.config.tasks)}  # as the engine records it
+    assert config["pretrained"] is None
+    save_checkpoint(tmp_path / "run", model, {"model": {"name": name, "config": config}})
+    weights.unlink()  # the checkpoint must not need the ImageNet file any more
+    loaded, info = load_model(tmp_path / "run")
+    assert info["model"]["config"]["width"] == model.config.width
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

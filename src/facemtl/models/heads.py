@@ -21,6 +21,7 @@ A head is: global average pooling, FC, BN, ReLU, FC (the task-specific FC block 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -103,6 +104,20 @@ def angle_to_bin(angle_degrees: float, width: float = 30.0, low: float = -90.0, 
     return min(max(int(math.floor((angle_degrees - low) / width)), 0), count - 1)
 
 
+@dataclass(frozen=True)
+class ComparisonConfig:
+    """Resolved ``create_model`` kwargs of a comparison-set model, for self-describing
+    checkpoints: ``width`` is the width actually built (no re-search when reloading) and
+    ``pretrained`` is dropped (the ImageNet weights are already in the checkpoint)."""
+
+    tasks: tuple[str, ...]
+    backbone: str
+    input_size: int
+    width: int
+    head_hidden: int
+    pretrained: None = None
+
+
 class BinnedFaceModel(FaceModel):
     """FaceModel whose points tasks are classified over pixel bins (section 4.1).
 
@@ -161,6 +176,8 @@ class ColumnNetwork(BinnedFaceModel):
             self.make_connector(len(self.tasks), c) for c in self.columns[0].block_channels
         )
         self.heads = make_heads(self.tasks, self.columns[0].block_channels[-1], input_size, head_hidden)
+        self.config = ComparisonConfig(tuple(t.name for t in self.tasks), backbone, input_size,
+                                       self.columns[0].block_channels[0], head_hidden)
         if pretrained:
             weights = read_weights(pretrained)
             for column in self.columns:

@@ -13,6 +13,7 @@ from facemtl.models.heads import (
     DEFAULT_TASKS,
     HEAD_HIDDEN,
     BinnedFaceModel,
+    ComparisonConfig,
     check_config,
     count_on_meta,
     make_heads,
@@ -31,6 +32,8 @@ class HardSharingNet(BinnedFaceModel):
         self.input_size = input_size
         self.trunk = build_backbone(backbone, width)
         self.heads = make_heads(self.tasks, self.trunk.block_channels[-1], input_size, head_hidden)
+        self.config = ComparisonConfig(tuple(t.name for t in self.tasks), backbone, input_size,
+                                       self.trunk.block_channels[0], head_hidden)
         if pretrained:
             load_pretrained(self.trunk, read_weights(pretrained), str(pretrained))
 
