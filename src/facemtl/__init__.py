@@ -15,4 +15,12 @@ __version__ = "0.1.0"
 from facemtl.errors import FacemtlError
 from facemtl.models.registry import create_model, list_models, register_model
 
-__all__ = ["FacemtlError", "__version__", "create_model", "list_models", "register_model"]
+__all__ = ["FacemtlError", "__version__", "create_model", "list_models", "load", "register_model"]
+
+
+def load(path, **kw):
+    """A checkpoint (run folder, model.safetensors or model.json) as a ready
+    :class:`facemtl.inference.predictor.Predictor`; ``kw`` go to it (detector, batch_size, ...)."""
+    from facemtl.inference.predictor import Predictor
+
+    return Predictor.from_checkpoint(path, **kw)

@@ -17,6 +17,7 @@ from facemtl.errors import FacemtlError
 COMMAND_MODULES: tuple[str, ...] = (
     "facemtl.data.synth_cli",
     "facemtl.engine.cli",
+    "facemtl.inference.cli",
     "facemtl.experiments.cli",
 )
 

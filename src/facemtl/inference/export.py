@@ -1,0 +1,145 @@
+"""ONNX export: a graph from a batch of normalised face crops to every task's output.
+
+The graph is the ``source=None`` inference path (iFAN: each task read from its own source's
+batch-norm stream, the assembled predictions fed back into every stream) unrolled for a fixed
+number of refinement iterations, and reports the LAST iteration, decoded
+(``model.decode``): points ``(B, K, 2)`` normalised to [0, 1] in the crop, segmentation
+logits ``(B, C, S, S)``, category logits ``(B, N)``. One input ``images`` (B, 3, S, S),
+normalised like training (mean/std in the metadata); one output per task, named after it;
+the batch axis is dynamic. The checkpoint's JSON description is stored in the model's
+metadata under ``facemtl_info`` so the file is self-describing.
+
+onnx and onnxruntime are an optional extra (``pip install facemtl[onnx]``); they are imported
+only here, with a clear error when missing. The exporter is PyTorch's TorchScript-based one
+(``dynamo=False``): it needs no onnxscript.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from facemtl.errors import FacemtlError
+
+OPSET = 17
+_ADAPTIVE_AVG = "aten::adaptive_avg_pool2d"
+
+
+def require_onnx():
+    """Import onnx and onnxruntime, or say how to install them."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise FacemtlError(
+            f"ONNX export needs the optional packages onnx and onnxruntime ({exc.name} is missing): "
+            "pip install 'facemtl[onnx]'"
+        ) from None
+    return onnx, onnxruntime
+
+
+class ExportWrapper(nn.Module):
+    """``images -> tuple of decoded last-iteration outputs`` in ``model.tasks`` order."""
+
+    def __init__(self, model: nn.Module, iterations: int | None = None):
+        super().__init__()
+        self.model = model
+        self.names = [t.name for t in model.tasks]
+        takes_iterations = "iterations" in inspect.signature(model.forward).parameters
+        if iterations is not None and not takes_iterations:
+            raise FacemtlError("this model has no refinement iterations; leave out --iterations")
+        self.kwargs = {} if iterations is None else {"iterations": int(iterations)}
+
+    def forward(self, images: torch.Tensor):
+        last = self.model(images, source=None, **self.kwargs)[-1]
+        return tuple(self.model.decode(n, last[n]) for n in self.names)
+
+
+def _adaptive_avg_pool2d(g, x, output_size):
+    """ONNX for ``adaptive_avg_pool2d`` incl. integer UPSAMPLING, which the stock exporter refuses.
+
+    iFAN's points decoder pools its features to the fixed grid of the reference size (8x8 at
+    128); at a smaller input (64: 4x4 features) that is an upsampling, where every output bin
+    covers exactly one input pixel, i.e. a nearest-neighbour repeat. Downsampling by an integer
+    factor is an AveragePool, output 1x1 a GlobalAveragePool, as PyTorch's own exporter does.
+    """
+    from torch.onnx import symbolic_helper as sh
+
+    out_hw = sh._parse_arg(output_size, "is")
+    sizes = sh._get_tensor_sizes(x)
+    if out_hw == [1, 1]:
+        return g.op("GlobalAveragePool", x)
+    in_hw = None if sizes is None else sizes[2:]
+    if in_hw is None or any(v is None for v in in_hw):
+        raise FacemtlError("ONNX export: adaptive pooling of an input whose spatial size is unknown")
+    if all(i % o == 0 for i, o in zip(in_hw, out_hw)):
+        k = [i // o for i, o in zip(in_hw, out_hw)]
+        return g.op("AveragePool", x, kernel_shape_i=k, strides_i=k)
+    if all(o % i == 0 for i, o in zip(in_hw, out_hw)):
+        roi = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+        scales = g.op("Constant", value_t=torch.tensor([1.0, 1.0] + [o / i for i, o in zip(in_hw, out_hw)]))
+        return g.op("Resize", x, roi, scales, mode_s="nearest", coordinate_transformation_mode_s="asymmetric",
+                    nearest_mode_s="floor")
+    raise FacemtlError(f"ONNX export: adaptive pooling from {in_hw} to {out_hw} is not an integer factor")
+
+
+def export_onnx(model: nn.Module, info: dict, out_path: str | Path, iterations: int | None = None,
+                opset: int = OPSET, batch: int = 2) -> Path:
+    """Write ``model`` (eval mode, CPU) as ONNX to ``out_path``; returns the path.
+
+    ``iterations``: refinement iterations to unroll (None: all the model was built with).
+    """
+    onnx, _ = require_onnx()
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".onnx":
+        raise FacemtlError(f"--onnx output must end in .onnx, got {out_path}")
+    model = model.cpu().eval()
+    wrapper = ExportWrapper(model, iterations).eval()
+    size = int(info.get("input_size", 128))
+    example = torch.zeros(batch, 3, size, size)
+    with torch.inference_mode():
+        wrapper(example)  # argument errors (bad iterations) surface as FacemtlError here, not inside the exporter
+    names = wrapper.names
+    axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.register_custom_op_symbolic(_ADAPTIVE_AVG, _adaptive_avg_pool2d, opset)
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter warns that it is legacy and that traced shapes are constants.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper, (example,), str(out_path), input_names=["images"], output_names=names,
+                              dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(_ADAPTIVE_AVG, opset)
+    proto = onnx.load(str(out_path))
+    meta = {"facemtl_info": json.dumps(info), "iterations": str(iterations if iterations is not None else "all"),
+            "outputs": json.dumps(names)}
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out_path))
+    return out_path
+
+
+def onnx_session(path: str | Path):
+    """An onnxruntime CPU session for an exported file."""
+    _, ort = require_onnx()
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def compare_with_torch(model: nn.Module, path: str | Path, iterations: int | None = None, size: int = 128,
+                       batch: int = 3, seed: int = 0) -> dict[str, float]:
+    """Largest |onnxruntime - PyTorch| per output on random crops (batch differs from the export's)."""
+    session = onnx_session(path)
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        expected = ExportWrapper(model.cpu().eval(), iterations)(images)
+    got = session.run(None, {"images": images.numpy()})
+    names = [o.name for o in session.get_outputs()]
+    return {n: float(abs(g - e.numpy()).max()) for n, g, e in zip(names, got, expected)}

@@ -1,0 +1,280 @@
+"""Predict on photos: detect, crop like training, run the model, map back to original pixels.
+
+Pipeline for one image:
+
+1. faces: boxes from OpenCV's Haar cascade, from the caller, or the whole image
+   (``detector="none"``: the image already is a face crop, cropped with margin 0 exactly like
+   an emotion folder at training time);
+2. each box is cropped with :func:`facemtl.data.transforms.face_crop_matrix` at the
+   checkpoint's input size and margin (``info["crop"]["margin"]`` when the run recorded one,
+   else 0.25, the training default of :class:`~facemtl.data.transforms.FaceCrop`) and
+   normalised with the checkpoint's mean/std;
+3. the crops of several faces (and images) go through the model together; all refinement
+   iterations run and the LAST one is reported (iFAN section 3.2: IterN refines Iter0);
+   with ``source=None`` each task comes from its own source's batch-norm stream;
+4. ``model.decode`` turns raw outputs into standard forms, which are mapped back with the
+   inverse crop matrix: points to original pixels; segmentation logits warped back bilinearly
+   (:func:`~facemtl.data.transforms.warp_logits_back`) and argmaxed at full resolution
+   (DATASETS.md: score parsing at the original resolution), pixels outside the face crop set to
+   class 0 (background); category logits to softmax probabilities.
+
+Per face the result is ``{"box": [x0, y0, x1, y1], <points task>: float32 (K, 2) array of
+(x, y) original pixels, <segmentation task>: uint8 (H, W) class-id array, <category task>:
+{"label": name, "probs": {name: p}}}``, with only the tasks the model has. Coordinates are
+continuous pixel coordinates with pixel centres at integers (the transforms' convention).
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from facemtl.data.sample import IMAGE_MEAN, IMAGE_STD
+from facemtl.data.transforms import face_crop_matrix, invert_affine, warp_image, warp_logits_back, warp_points
+from facemtl.errors import FacemtlError
+from facemtl.inference.detect import DETECTORS, HaarFaceDetector, parse_box
+
+DEFAULT_MARGIN = 0.25  # FaceCrop's default, used when a checkpoint records no crop margin
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
+
+
+# ---------------------------------------------------------------------------------------
+# images in
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file -> H x W x 3 uint8 RGB, or a FacemtlError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FacemtlError(f"{path}: no such file")
+    if path.is_dir():
+        raise FacemtlError(f"{path}: is a folder, not an image")
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise FacemtlError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None or image.size == 0:
+        raise FacemtlError(f"{path}: not an image OpenCV can read (expected JPEG, PNG, BMP, TIFF, WebP ...)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def as_rgb(image: Any) -> np.ndarray:
+    """A path, an H x W x 3 uint8 RGB array (H x W gray and RGBA accepted) or a PIL image -> RGB array."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if type(image).__module__.startswith("PIL."):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise FacemtlError(f"image arrays must be uint8 RGB (0..255), got dtype {image.dtype}")
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        elif image.ndim == 3 and image.shape[2] == 4:
+            image = image[:, :, :3]
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+            raise FacemtlError(f"image arrays must be H x W x 3 (RGB), got shape {image.shape}")
+        return np.ascontiguousarray(image)
+    raise FacemtlError(f"cannot predict on {type(image).__name__}: expected a path, a numpy RGB array or a PIL image")
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, by extension), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+# ---------------------------------------------------------------------------------------
+# the predictor
+
+
+@dataclass
+class ImageResult:
+    """One image of :meth:`Predictor.stream`: its faces, or the error that stopped it."""
+
+    key: Any
+    width: int = 0
+    height: int = 0
+    faces: list = field(default_factory=list)
+    error: str | None = None
+    image: np.ndarray | None = None  # kept only with ``keep_images=True``
+    _remaining: int = 0
+
+
+class Predictor:
+    """A loaded model ready for photos. ``predictor(image)`` -> list of per-face dicts.
+
+    ``detector``: ``"opencv"`` (Haar cascade) or ``"none"`` (each image is one face crop).
+    ``batch_size``: face crops per forward pass (across images). ``iterations``: refinement
+    iterations to run (None: all the model was built with). ``margin``: crop margin
+    overriding the checkpoint's. ``device``: torch device for the model.
+    """
+
+    def __init__(self, model, info: dict, *, detector: str = "opencv", batch_size: int = 16,
+                 iterations: int | None = None, margin: float | None = None, device: str | torch.device = "cpu"):
+        if detector not in DETECTORS:
+            raise FacemtlError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise FacemtlError(f"batch size must be a positive integer, got {batch_size!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.info = info
+        self.tasks = tuple(model.tasks)
+        self.input_size = int(info.get("input_size", 128))
+        crop = info.get("crop") if isinstance(info.get("crop"), dict) else {}
+        self.margin = float(margin if margin is not None else crop.get("margin", DEFAULT_MARGIN))
+        if self.margin < 0:
+            raise FacemtlError(f"crop margin must be >= 0, got {self.margin}")
+        norm = info.get("normalization") or {}
+        self.mean = torch.tensor(norm.get("mean", IMAGE_MEAN), dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(norm.get("std", IMAGE_STD), dtype=torch.float32).view(1, 3, 1, 1)
+        self.detector_name = detector
+        self.detector = HaarFaceDetector() if detector == "opencv" else None
+        self.batch_size = batch_size
+        if iterations is not None and "iterations" not in inspect.signature(model.forward).parameters:
+            raise FacemtlError(f"model {info.get('model', {}).get('name', '?')!r} has no refinement iterations to set")
+        self.iterations = iterations
+
+    @classmethod
+    def from_checkpoint(cls, path, **kwargs) -> "Predictor":
+        """Load a run folder, ``model.safetensors`` or ``model.json`` (safetensors + JSON only)."""
+        from facemtl.engine.checkpoint import load_model
+
+        model, info = load_model(path)
+        return cls(model, info, **kwargs)
+
+    # -- public API --------------------------------------------------------------------------
+
+    def __call__(self, image, boxes=None) -> list[dict]:
+        """Faces of one image (path, RGB uint8 array or PIL image); ``boxes`` skip detection."""
+        return self.predict_image(image, boxes).faces
+
+    def predict_image(self, image, boxes=None) -> ImageResult:
+        items = [(image, image)]
+        result = next(self.stream(items, boxes_for=(lambda _key: boxes) if boxes is not None else None))
+        if result.error:
+            raise FacemtlError(result.error)
+        return result
+
+    def stream(self, items: Iterable[tuple[Any, Any]], boxes_for: Callable[[Any], Any] | None = None,
+               keep_images: bool = False) -> Iterator[ImageResult]:
+        """Predict on ``(key, image)`` pairs, yielding one :class:`ImageResult` per pair, in order.
+
+        Images are read lazily and their face crops batched across images, at most
+        ``batch_size`` crops per forward pass, so a folder of thousands of images runs in
+        bounded memory. An image that cannot be read yields a result with ``error`` set.
+        ``boxes_for(key)`` may supply boxes (None: use the detector).
+        """
+        pending: collections.deque[ImageResult] = collections.deque()
+        queue: list[tuple] = []
+        for key, source in items:
+            rec = ImageResult(key)
+            pending.append(rec)
+            try:
+                image = as_rgb(source)
+                rec.height, rec.width = image.shape[:2]
+                boxes, margin = self._faces(image, boxes_for(key) if boxes_for is not None else None)
+                rec.faces = [None] * len(boxes)
+                rec._remaining = len(boxes)
+                for i, box in enumerate(boxes):
+                    matrix = face_crop_matrix(box=box, size=self.input_size, margin=margin)
+                    queue.append((rec, i, box, matrix, warp_image(image, matrix, self.input_size)))
+                if keep_images:
+                    rec.image = image
+            except FacemtlError as exc:
+                rec.error = str(exc)
+                rec.faces = []
+                rec._remaining = 0
+            while len(queue) >= self.batch_size:
+                self._run(queue[: self.batch_size])
+                del queue[: self.batch_size]
+            while pending and pending[0]._remaining == 0:
+                yield pending.popleft()
+        if queue:
+            self._run(queue)
+        while pending:
+            yield pending.popleft()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _faces(self, image: np.ndarray, boxes) -> tuple[np.ndarray, float]:
+        """(boxes, margin) for one image."""
+        h, w = image.shape[:2]
+        if boxes is not None:
+            rows = list(boxes)
+            if len(rows) == 4 and all(np.isscalar(v) for v in rows):  # one box given flat
+                rows = [rows]
+            parsed = [parse_box(b, "face box") for b in rows]
+            return (np.stack(parsed) if parsed else np.zeros((0, 4))), self.margin
+        if self.detector is None:
+            # The whole image is the crop, as training crops a face-crop dataset (margin 0).
+            return np.array([[-0.5, -0.5, w - 0.5, h - 0.5]]), 0.0
+        return self.detector(image), self.margin
+
+    def forward(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised crops (B, 3, S, S) -> decoded outputs of the last iteration, per task."""
+        kwargs = {} if self.iterations is None else {"iterations": self.iterations}
+        with torch.inference_mode():
+            outputs = self.model(crops.to(self.device), source=None, **kwargs)[-1]
+            return {t.name: self.model.decode(t.name, outputs[t.name]).float().cpu() for t in self.tasks}
+
+    def normalise(self, crops: np.ndarray) -> torch.Tensor:
+        """(B, S, S, 3) uint8 RGB -> (B, 3, S, S) float with the checkpoint's mean/std."""
+        t = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+        return (t - self.mean) / self.std
+
+    def _run(self, batch: list[tuple]) -> None:
+        out = self.forward(self.normalise(np.stack([item[4] for item in batch])))
+        for j, (rec, i, box, matrix, _crop) in enumerate(batch):
+            face: dict = {"box": [float(v) for v in box]}
+            for task in self.tasks:
+                face[task.name] = self._map_back(task, out[task.name][j], matrix, rec.height, rec.width)
+            rec.faces[i] = face
+            rec._remaining -= 1
+
+    def _map_back(self, task, value: torch.Tensor, matrix: np.ndarray, height: int, width: int):
+        if task.kind == "points":
+            crop_px = value.numpy().astype(np.float64) * self.input_size  # normalised [0, 1] -> crop pixels
+            return warp_points(crop_px, invert_affine(matrix))
+        if task.kind == "segmentation":
+            return logits_to_mask(value, matrix, self.input_size, height, width)
+        probs = torch.softmax(value, dim=0).numpy().astype(np.float64)
+        names = task.class_names or tuple(str(k) for k in range(task.num_outputs))
+        return {"label": names[int(probs.argmax())], "probs": {n: float(p) for n, p in zip(names, probs)}}
+
+
+def logits_to_mask(logits: torch.Tensor, matrix: np.ndarray, crop_size: int, height: int, width: int) -> np.ndarray:
+    """Crop logits (C, h, w) -> (height, width) uint8 class ids in the original image.
+
+    Only the crop's footprint is warped (memory stays proportional to the face, not the
+    photo); pixels whose centres fall outside the crop are background (0).
+    """
+    c, h, w = logits.shape
+    m = np.asarray(matrix, np.float64)
+    if (h, w) != (crop_size, crop_size):  # logits at another resolution than the crop
+        sx, sy = w / crop_size, h / crop_size
+        m = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5]]) @ np.vstack([m, [0, 0, 1]])
+    inv = invert_affine(m)
+    corners = warp_points([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]], inv)
+    x0, y0 = np.maximum(np.ceil(corners.min(0)), 0).astype(int)
+    x1, y1 = np.minimum(np.floor(corners.max(0)), [width - 1, height - 1]).astype(int)
+    mask = np.zeros((height, width), np.uint8)
+    if x1 < x0 or y1 < y0:
+        return mask
+    local = m.copy()
+    local[:, 2] += m[:, :2] @ [x0, y0]  # footprint pixel (u, v) is original (x0 + u, y0 + v)
+    fh, fw = y1 - y0 + 1, x1 - x0 + 1
+    labels = warp_logits_back(logits.float(), local, (fh, fw)).argmax(0).numpy().astype(np.uint8)
+    # Footprint pixels outside the (possibly rotated) crop stay background.
+    vs, us = np.mgrid[0:fh, 0:fw]
+    cx = local[0, 0] * us + local[0, 1] * vs + local[0, 2]
+    cy = local[1, 0] * us + local[1, 1] * vs + local[1, 2]
+    inside = (cx >= -0.5) & (cx <= w - 0.5) & (cy >= -0.5) & (cy <= h - 0.5)
+    mask[y0 : y1 + 1, x0 : x1 + 1] = np.where(inside, labels, 0)
+    return mask

@@ -1,0 +1,354 @@
+"""Prediction on photos: mapping back to original pixels, the CLI's JSON/masks/overlays, bad input.
+
+One tiny iFAN (64 px, two batch-norm sources) is trained for a few steps on synthetic faces at
+module start and saved with ``save_checkpoint``; it is barely trained, so the tests check the
+MAPPING exactly (a face pasted at two offsets gives predictions that move by the offset) and the
+model's quality only loosely.
+"""
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import facemtl
+from facemtl.cli import main
+from facemtl.data.sample import collate, to_sample
+from facemtl.data.synth import render_face
+from facemtl.engine.checkpoint import save_checkpoint
+from facemtl.errors import FacemtlError
+from facemtl.inference.detect import BoxFile
+from facemtl.inference.predictor import Predictor, logits_to_mask
+from facemtl.inference.render import PALETTE, POINT_COLOUR, draw_overlay
+from facemtl.models.norm import SourceBatchNorm2d
+
+SIZE = 64
+TESTDATA = Path(__file__).parents[2] / "shared" / "testdata"
+CONFIG = dict(tasks=["landmarks", "parsing", "emotion"], num_sources=2, task_sources=[0, 0, 1], iterations=1,
+              growth_rate=4, layers_per_block=1, stem_channels=8, up_channels=8, reencoder_channels=4,
+              points_hidden=32, category_hidden=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster than two, and far faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, one_thread):
+    """A checkpoint trained 36 steps: source 0 labels landmarks + parsing, source 1 emotion."""
+    torch.manual_seed(0)
+    model = facemtl.create_model("ifan", **CONFIG)
+    for module in model.modules():
+        if isinstance(module, SourceBatchNorm2d):
+            module.momentum = 0.3  # running statistics settle within a few dozen steps
+    samples = [to_sample(render_face(3, i, "studio", SIZE), model.tasks) for i in range(24)]
+    opt = torch.optim.Adam(model.parameters(), 5e-3)
+    model.train()
+    for step in range(36):
+        batch = collate([samples[(step * 8 + k) % 24] for k in range(8)])
+        source = 0 if step % 3 else 1
+        names = ("landmarks", "parsing") if source == 0 else ("emotion",)
+        outs = model(batch["image"], source=source)
+        loss = sum(model.task_loss(n, o[n], batch[n]) for o in outs for n in names)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    path = tmp_path_factory.mktemp("run")
+    save_checkpoint(path, model, {"model": {"name": "ifan", "config": CONFIG}, "task_sources": [0, 0, 1],
+                                  "input_size": SIZE})
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir):
+    return facemtl.load(run_dir, batch_size=4)
+
+
+def face_box_for_crop(ox: int, oy: int) -> list[float]:
+    """The face box whose crop (margin 0.25) is exactly the SIZE x SIZE patch pasted at (ox, oy)."""
+    side = SIZE / 1.5
+    cx, cy = ox + (SIZE - 1) / 2, oy + (SIZE - 1) / 2
+    return [cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]
+
+
+def paste(face: np.ndarray, ox: int, oy: int, hw=(150, 190)) -> np.ndarray:
+    canvas = np.full((*hw, 3), 90, np.uint8)
+    canvas[oy : oy + SIZE, ox : ox + SIZE] = face
+    return canvas
+
+
+# ---------------------------------------------------------------------------------------
+# mapping back to original pixels
+
+
+def test_predictions_follow_the_face_across_the_canvas(predictor):
+    raw = render_face(3, 100, "studio", SIZE)  # not a training face
+    whole = Predictor(predictor.model, predictor.info, detector="none")(raw["image"])
+    assert len(whole) == 1
+    results = {}
+    for ox, oy in ((23, 41), (101, 7)):
+        faces = predictor(paste(raw["image"], ox, oy), boxes=[face_box_for_crop(ox, oy)])
+        assert len(faces) == 1
+        results[(ox, oy)] = faces[0]
+        face = faces[0]
+        # The crop is exactly the pasted patch, so the output is the whole-image prediction, shifted.
+        np.testing.assert_allclose(face["landmarks"], whole[0]["landmarks"] + [ox, oy], atol=1e-3)
+        mask = face["parsing"]
+        assert mask.shape == (150, 190) and mask.dtype == np.uint8
+        np.testing.assert_array_equal(mask[oy : oy + SIZE, ox : ox + SIZE], whole[0]["parsing"])
+        outside = np.ones_like(mask, bool)
+        outside[oy : oy + SIZE, ox : ox + SIZE] = False
+        assert not mask[outside].any()  # background outside the crop
+        assert face["emotion"] == whole[0]["emotion"]
+        # Loose quality check against the generator's ground truth (a barely trained model).
+        # (36 steps: about 3.5 px mean error, face-vs-background IoU about 0.7 on such faces)
+        err = np.linalg.norm(face["landmarks"] - (raw["landmarks"] + [ox, oy]), axis=1).mean()
+        assert err < 0.15 * SIZE, err
+        pred_fg, true_fg = mask > 0, np.zeros_like(mask, bool)
+        true_fg[oy : oy + SIZE, ox : ox + SIZE] = raw["parsing"] > 0
+        assert (pred_fg & true_fg).sum() / (pred_fg | true_fg).sum() > 0.5
+    a, b = results[(23, 41)], results[(101, 7)]
+    np.testing.assert_allclose(b["landmarks"] - a["landmarks"], np.tile([78, -34], (5, 1)), atol=1e-3)
+
+
+def test_logits_to_mask_scales_and_shifts():
+    # Crop of size 8 covering original x in [10, 26), y in [4, 20): scale 0.5, shift.
+    matrix = np.array([[0.5, 0.0, -5.25], [0.0, 0.5, -2.25]])
+    logits = torch.zeros(3, 8, 8)
+    logits[1, :, :4] = 5.0  # left half of the crop: class 1
+    logits[2, :, 4:] = 5.0  # right half: class 2
+    mask = logits_to_mask(logits, matrix, 8, 30, 40)
+    assert mask.shape == (30, 40)
+    ys, xs = np.nonzero(mask)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (10, 25, 4, 19)
+    assert (mask[4:20, 10:18] == 1).all() and (mask[4:20, 18:26] == 2).all()
+    # Logits at half the crop resolution land on the same pixels.
+    half = logits[:, ::2, ::2].contiguous()
+    assert (logits_to_mask(half, matrix, 8, 30, 40) == mask).all()
+    # A crop partly outside the photo is clipped, not wrapped.
+    clipped = logits_to_mask(logits, matrix, 8, 12, 14)
+    assert (clipped[4:12, 10:14] == 1).all() and clipped.sum() == 32
+
+
+def test_predictor_accepts_path_array_and_pil(predictor, tmp_path):
+    from PIL import Image
+
+    image = paste(render_face(3, 101, "webcam", SIZE)["image"], 30, 20)
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    box = [face_box_for_crop(30, 20)]
+    by_array = predictor(image, boxes=box)
+    by_path = predictor(path, boxes=box)
+    by_pil = predictor(Image.fromarray(image), boxes=box)
+    rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    by_rgba = predictor(rgba, boxes=box)
+    for other in (by_path, by_pil, by_rgba):
+        np.testing.assert_allclose(other[0]["landmarks"], by_array[0]["landmarks"], atol=1e-5)
+        np.testing.assert_array_equal(other[0]["parsing"], by_array[0]["parsing"])
+    with pytest.raises(FacemtlError, match="uint8"):
+        predictor(image.astype(np.float32))
+    with pytest.raises(FacemtlError, match="no such file"):
+        predictor(tmp_path / "missing.png")
+    with pytest.raises(FacemtlError, match="box"):
+        predictor(image, boxes=[[5, 5, 1, 1]])
+
+
+def test_stream_is_lazy_ordered_and_batches_are_bounded(predictor, monkeypatch):
+    images = [paste(render_face(3, 200 + i, "studio", SIZE)["image"], 5 * i, 3 * i) for i in range(7)]
+    consumed = []
+    sizes = []
+    real_forward = predictor.forward
+
+    def counting_forward(crops):
+        sizes.append(crops.shape[0])
+        return real_forward(crops)
+
+    monkeypatch.setattr(predictor, "forward", counting_forward)
+
+    def items():
+        for i, image in enumerate(images):
+            consumed.append(i)
+            yield i, image if i != 3 else "/nonexistent/image.png"
+
+    boxes = {i: [face_box_for_crop(5 * i, 3 * i)] * (2 if i == 5 else 1) for i in range(7)}
+    stream = predictor.stream(items(), boxes_for=boxes.get)
+    first = next(stream)
+    assert first.key == 0 and len(consumed) <= predictor.batch_size + 1  # not the whole input
+    rest = list(stream)
+    results = [first, *rest]
+    assert [r.key for r in results] == list(range(7))
+    assert results[3].error and "no such file" in results[3].error and results[3].faces == []
+    assert [len(r.faces) for r in results] == [1, 1, 1, 0, 1, 2, 1]
+    assert max(sizes) <= predictor.batch_size and sum(sizes) == 7
+
+
+# ---------------------------------------------------------------------------------------
+# the command line
+
+
+def write_rgb(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def test_cli_predict_writes_json_masks_and_overlays(run_dir, predictor, tmp_path, capsys):
+    raw = render_face(3, 102, "studio", SIZE)
+    canvas = paste(raw["image"], 40, 30)
+    img = write_rgb(tmp_path / "in" / "photo.png", canvas)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"in/photo.png": [face_box_for_crop(40, 30)]}))
+    out = tmp_path / "out" / "pred.json"
+    code = main(["predict", str(img), "--checkpoint", str(run_dir), "--boxes", str(boxes), "--json", str(out),
+                 "--overlays", str(tmp_path / "overlays")])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads(out.read_text())
+    assert data["errors"] == [] and len(data["images"]) == 1
+    rec = data["images"][0]
+    assert rec["path"] == str(img) and (rec["width"], rec["height"]) == (190, 150)
+    (face,) = rec["faces"]
+    assert set(face) == {"box", "landmarks", "parsing", "emotion"}  # only the model's tasks
+    expected = predictor(canvas, boxes=[face_box_for_crop(40, 30)])[0]
+    np.testing.assert_allclose(face["landmarks"], expected["landmarks"], atol=0.006)
+    np.testing.assert_allclose(face["box"], face_box_for_crop(40, 30), atol=0.006)
+    mask_path = out.parent / face["parsing"]
+    assert mask_path.parent.name == "pred_masks"
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (150, 190) and mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, expected["parsing"])
+    emotion = face["emotion"]
+    assert emotion == {"label": expected["emotion"]["label"], "probs": pytest.approx(expected["emotion"]["probs"], abs=1e-5)}
+    assert sum(emotion["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+    overlay = cv2.imread(str(tmp_path / "overlays" / "photo.png"))
+    assert overlay.shape == (150, 190, 3) and not np.array_equal(overlay[:, :, ::-1], canvas)
+
+
+def test_cli_bad_inputs_are_reported_and_the_rest_processed(run_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    write_rgb(folder / "a_face.png", paste(render_face(3, 103, "studio", SIZE)["image"], 10, 10))
+    write_rgb(folder / "b_blank.png", np.full((80, 96, 3), 128, np.uint8))  # no face for the detector
+    (folder / "c_broken.png").write_bytes(b"this is not a PNG")
+    (folder / "notes.txt").write_text("ignored: not an image name")
+    missing = tmp_path / "missing.jpg"
+    out = tmp_path / "pred.json"
+    code = main(["predict", str(folder), str(missing), "--checkpoint", str(run_dir), "--json", str(out),
+                 "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("facemtl: error:")]
+    assert any("c_broken.png" in line and "not an image" in line for line in lines), err
+    assert any("missing.jpg" in line and "no such file" in line for line in lines), err
+    assert "Traceback" not in err
+    data = json.loads(out.read_text())
+    assert [Path(r["path"]).name for r in data["images"]] == ["a_face.png", "b_blank.png"]
+    assert data["images"][1]["faces"] == []  # a photo with no face is still a record
+    assert sorted(Path(e["path"]).name for e in data["errors"]) == ["c_broken.png", "missing.jpg"]
+
+
+def test_cli_detector_none_treats_the_image_as_the_crop(run_dir, predictor, tmp_path, capsys):
+    raw = render_face(3, 104, "studio", SIZE)
+    img = write_rgb(tmp_path / "crop.png", raw["image"])
+    code = main(["predict", str(img), "--checkpoint", str(run_dir), "--detector", "none"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    data = json.loads(captured.out)  # JSON to stdout without --json
+    (face,) = data["images"][0]["faces"]
+    assert "parsing" not in face  # no --json/--masks/--overlays: nowhere to put masks
+    whole = Predictor(predictor.model, predictor.info, detector="none")(raw["image"])[0]
+    np.testing.assert_allclose(face["landmarks"], whole["landmarks"], atol=0.006)
+    assert face["box"] == [-0.5, -0.5, SIZE - 0.5, SIZE - 0.5]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (None, "checkpoint not found"),
+        ('{"format": "facemtl-checkpoint", "format_version": 99', "malformed JSON"),
+        ('{"format": "facemtl-checkpoint", "format_version": 99, "model": {"name": "ifan"}, "tasks": [{}]}',
+         "format_version 99 is not supported"),
+    ],
+)
+def test_cli_bad_checkpoint_is_one_clear_line(run_dir, tmp_path, capsys, damage, message):
+    ckpt = tmp_path / "ckpt"
+    if damage is not None:
+        ckpt.mkdir()
+        (ckpt / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
+        (ckpt / "model.json").write_text(damage)
+    img = write_rgb(tmp_path / "x.png", np.zeros((64, 64, 3), np.uint8))
+    code = main(["predict", str(img), "--checkpoint", str(ckpt)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_boxes_file_errors_and_lookup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / "boxes.json"
+    good.write_text(json.dumps({"sub/a.jpg": [[1, 2, 30, 40]], "b.jpg": [], "/abs/c.png": [[0, 0, 5, 5]]}))
+    boxes = BoxFile(good)
+    assert boxes.lookup(tmp_path / "sub" / "a.jpg").tolist() == [[1, 2, 30, 40]]
+    assert boxes.lookup(Path("elsewhere/b.jpg")).shape == (0, 4)  # bare names match any folder
+    assert boxes.lookup(Path("other/a.jpg")) is None  # a key with a folder matches that file only
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n  "a.jpg": [[1, 2, 3]]\n}')
+    with pytest.raises(FacemtlError, match="4 numbers"):
+        BoxFile(bad)
+    bad.write_text('{\n  "a.jpg": [[1, 2, 3, 4]],\n  oops\n}')
+    with pytest.raises(FacemtlError, match=r"bad.json:3: not valid JSON"):
+        BoxFile(bad)
+    with pytest.raises(FacemtlError, match="does not exist"):
+        BoxFile(tmp_path / "nope.json")
+
+
+# ---------------------------------------------------------------------------------------
+# a real photograph
+
+
+def test_astronaut_photo_one_face_and_outputs_inside(predictor, tmp_path):
+    path = TESTDATA / "astronaut.png"
+    if not path.exists():
+        pytest.skip(f"real test photo not found at {path} (shared/testdata beside the repo)")
+    result = predictor.predict_image(path)
+    assert (result.width, result.height) == (512, 512)
+    (face,) = result.faces
+    x0, y0, x1, y1 = face["box"]
+    assert 160 <= x0 < x1 <= 290 and 50 <= y0 < y1 <= 200, face["box"]
+    pts = face["landmarks"]
+    assert pts.shape == (5, 2) and np.all(np.isfinite(pts))
+    assert np.all((pts >= 0) & (pts <= [511, 511]))
+    mask = face["parsing"]
+    assert mask.shape == (512, 512) and mask.max() <= 10
+    ys, xs = np.nonzero(mask)
+    if len(xs):  # non-background pixels stay in the (margin-widened) face crop
+        side = (x1 - x0) * 1.5
+        assert xs.min() >= (x0 + x1) / 2 - side / 2 - 1 and xs.max() <= (x0 + x1) / 2 + side / 2 + 1
+    assert sum(face["emotion"]["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# overlays
+
+
+def test_overlay_draws_box_points_mask_and_label(predictor):
+    tasks = predictor.tasks
+    image = np.full((100, 120, 3), 200, np.uint8)
+    mask = np.zeros((100, 120), np.uint8)
+    mask[60:70, 20:30] = 6  # nose
+    face = {"box": [10.0, 10.0, 80.0, 80.0], "landmarks": np.array([[50.0, 40.0]] * 5, np.float32),
+            "parsing": mask, "emotion": {"label": "Happy", "probs": {"Happy": 0.9, "Sad": 0.1}}}
+    out = draw_overlay(image, [face], tasks)
+    assert out.shape == image.shape and (image == 200).all()  # input untouched
+    assert tuple(out[40, 50]) == POINT_COLOUR
+    assert tuple(out[10, 45]) == (0, 255, 0)  # top edge of the box
+    expected = (0.55 * 200 + 0.45 * PALETTE[6] + 0.5).astype(np.uint8)
+    assert tuple(out[65, 25]) == tuple(expected)
+    assert (out[82:100, 10:80] != 200).any()  # label text under the box
