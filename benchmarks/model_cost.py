@@ -19,6 +19,7 @@ softmax and heat-map rendering are not counted) and reported per image.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -81,9 +82,12 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, nargs="+", default=[0, 1, 2, 3], help="iFAN iterations to measure")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per cell (median reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs before timing each cell")
+    ap.add_argument("--macs-only", action="store_true", help="parameters and multiply-adds only, no timing")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.macs_only:
+        args.batches = []
     torch.manual_seed(0)
 
     def row(name, models_kwargs, n_params):
@@ -98,7 +102,11 @@ def main() -> None:
         return macs
 
     header = ["model", "params (M)", "GMACs / image"] + [f"latency b={b} (ms)" for b in args.batches]
-    print(f"input {args.size}x{args.size}, torch threads {args.threads}, median of {args.runs} runs after {args.warmup} warm-up\n")
+    print(
+        f"input {args.size}x{args.size}, torch threads {args.threads}, median of {args.runs} runs after "
+        f"{args.warmup} warm-up; {os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f} "
+        "(latency is only meaningful on an idle machine)\n"
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
 
@@ -114,6 +122,7 @@ def main() -> None:
         macs = row(f"iFAN 3T Iter{it}, inference (3 BN streams)", [(integrated, {"iterations": it})], n)
         ratios.append((f"Iter{it} 3 streams", macs))
     print("\nmulti-adds relative to 3 x single-task: " + ", ".join(f"{k} {v / separate_macs:.2f}" for k, v in ratios))
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

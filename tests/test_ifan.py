@@ -101,6 +101,14 @@ def test_iteration_zero_leaves_reencoders_and_feedback_weights_without_gradient(
     first = m.backbone.down[0].layers[0].conv.weight.grad
     fb = m.integrator.channels
     assert first[:, -fb:].abs().sum() == 0 and first[:, :-fb].abs().sum() > 0
+    # neutral feedback (None) is exactly all-zero maps, in train and eval mode alike
+    x = images(2, 64)
+    zeros = [torch.zeros(2, fb, 64 >> i, 64 >> i) for i in range(m.config.num_blocks + 1)]
+    for mode in (True, False):
+        m.train(mode)
+        with torch.no_grad():
+            a, b = m.backbone(x, 1, None)["out"], m.backbone(x, 1, zeros)["out"]
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # configured with iterations=0: a plain multi-task network without feedback inputs
     plain = make(iterations=0)
     assert plain.integrator is None

@@ -15,9 +15,10 @@ conv. Any input whose sides are divisible by ``2 ** num_blocks`` works.
 
 Level ``i`` means resolution ``input / 2**i`` (level 0 = input size, level ``num_blocks`` = the
 4x4 bottom). ``feedback[i]`` (the task integrator's maps, :mod:`facemtl.models.ifan`) is
-concatenated to the input of every dense block that runs at level ``i``: down block ``i`` and
-the up block at level ``i``. The feedback only conditions those blocks' layers; it is not copied
-into the block output, so channel counts downstream do not grow with the number of tasks.
+concatenated to the (normalised) input of every dense layer of every block that runs at level
+``i``: down block ``i`` and the up block at level ``i``. The feedback only conditions those
+layers; it is not copied into the block output, so channel counts downstream do not grow with
+the number of tasks.
 
 All batch norms are :class:`SourceBatchNorm2d`; ``streams`` selects the source rows.
 """
@@ -45,20 +46,46 @@ class BNReLUConv(nn.Module):
         return self.conv(F.relu(self.norm(x, streams)))
 
 
-class DenseBlock(nn.Module):
-    """``num_layers`` dense layers; returns only the new maps (``num_layers * growth_rate``)."""
+class DenseLayer(nn.Module):
+    """BN-ReLU-Conv3x3 whose conv also reads ``feedback_channels`` integrator maps.
 
-    def __init__(self, in_channels: int, growth_rate: int, num_layers: int, num_sources: int):
+    The feedback is concatenated AFTER the batch norm: re-encoded maps are already non-negative
+    features, and an all-zero (neutral) feedback then contributes exactly nothing, in training
+    and in eval alike (normalising zeros would give a bias that differs between batch and
+    running statistics). ``feedback=None`` means neutral and skips those weight columns.
+    """
+
+    def __init__(self, in_channels: int, growth_rate: int, num_sources: int, feedback_channels: int = 0):
+        super().__init__()
+        self.norm = SourceBatchNorm2d(in_channels, num_sources)
+        self.conv = nn.Conv2d(in_channels + feedback_channels, growth_rate, 3, padding=1, bias=False)
+        self.in_channels = in_channels
+
+    def forward(self, x: torch.Tensor, streams: Streams, feedback: torch.Tensor | None = None) -> torch.Tensor:
+        h = F.relu(self.norm(x, streams))
+        if feedback is not None:
+            return self.conv(torch.cat([h, feedback], 1))
+        if self.conv.in_channels == self.in_channels:
+            return self.conv(h)
+        return F.conv2d(h, self.conv.weight[:, : self.in_channels], padding=1)
+
+
+class DenseBlock(nn.Module):
+    """``num_layers`` dense layers; returns only the new maps (``num_layers * growth_rate``).
+    Every layer also reads the block's feedback maps (if any)."""
+
+    def __init__(self, in_channels: int, growth_rate: int, num_layers: int, num_sources: int, feedback_channels: int = 0):
         super().__init__()
         self.layers = nn.ModuleList(
-            BNReLUConv(in_channels + i * growth_rate, growth_rate, 3, num_sources) for i in range(num_layers)
+            DenseLayer(in_channels + i * growth_rate, growth_rate, num_sources, feedback_channels)
+            for i in range(num_layers)
         )
         self.out_channels = growth_rate * num_layers
 
-    def forward(self, x: torch.Tensor, streams: Streams) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, streams: Streams, feedback: torch.Tensor | None = None) -> torch.Tensor:
         new = []
         for layer in self.layers:
-            new.append(layer(torch.cat([x, *new], 1), streams))
+            new.append(layer(torch.cat([x, *new], 1), streams, feedback))
         return torch.cat(new, 1)
 
 
@@ -106,7 +133,7 @@ class FCDenseNet(nn.Module):
         self.down_channels: list[int] = []  # skip channels at level i
         c = stem_channels
         for i in range(num_blocks):
-            block = DenseBlock(c + fb[i], growth_rate, layers_per_block, num_sources)
+            block = DenseBlock(c, growth_rate, layers_per_block, num_sources, fb[i])
             self.down.append(block)
             c = c + block.out_channels
             self.down_channels.append(c)
@@ -116,7 +143,7 @@ class FCDenseNet(nn.Module):
         self.transitions = nn.ModuleList()
         for j in range(num_blocks):
             level = num_blocks - j
-            block = DenseBlock(c + fb[level], growth_rate, layers_per_block, num_sources)
+            block = DenseBlock(c, growth_rate, layers_per_block, num_sources, fb[level])
             self.up.append(block)
             self.transitions.append(TransitionUp(block.out_channels, up_channels, num_sources))
             c = up_channels + self.down_channels[level - 1]
@@ -125,22 +152,25 @@ class FCDenseNet(nn.Module):
     def forward(
         self, x: torch.Tensor, streams: Streams = 0, feedback: Sequence[torch.Tensor] | None = None
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """``{"down": [skip at level 0..n-1], "bottom": level n, "out": level 0 end of the up path}``."""
-        if (feedback is None) != (sum(self.feedback_channels) == 0):
-            raise ValueError("feedback maps must be given exactly when feedback_channels > 0")
+        """``{"down": [skip at level 0..n-1], "bottom": level n, "out": level 0 end of the up path}``.
 
-        def with_feedback(h: torch.Tensor, level: int) -> torch.Tensor:
-            return h if feedback is None else torch.cat([h, feedback[level]], 1)
+        ``feedback``: one map per level, or None for neutral (all-zero) feedback.
+        """
+        if feedback is not None and sum(self.feedback_channels) == 0:
+            raise ValueError("this backbone was built without feedback inputs")
+
+        def fb(level: int) -> torch.Tensor | None:
+            return None if feedback is None else feedback[level]
 
         h = self.stem(x)
         skips = []
         for i, block in enumerate(self.down):
-            h = torch.cat([h, block(with_feedback(h, i), streams)], 1)
+            h = torch.cat([h, block(h, streams, fb(i))], 1)
             skips.append(h)
             h = F.avg_pool2d(h, 2)
         bottom = h
         for j, (block, up) in enumerate(zip(self.up, self.transitions)):
             level = self.num_blocks - j
-            h = up(block(with_feedback(h, level), streams), streams)
+            h = up(block(h, streams, fb(level)), streams)
             h = torch.cat([h, skips[level - 1]], 1)
         return {"down": skips, "bottom": bottom, "out": h}

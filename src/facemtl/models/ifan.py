@@ -21,7 +21,8 @@ Components (Figure 2):
   the up path (see fc_densenet for where exactly), then re-runs the backbone and decoders.
   Iteration 0 is plain multi-task prediction: its integrator input is NEUTRAL = all-zero maps
   (f_INT^0 = f_S), so the same weights serve every iteration; iteration i feeds iteration i-1's
-  predictions back. Gradients flow through the feedback into earlier iterations (Eq. 5 sums the
+  predictions back. The maps enter each dense layer's conv after its batch norm, so zeros add
+  exactly nothing and Iter0 skips those weight columns (Iter0 costs one plain backbone pass). Gradients flow through the feedback into earlier iterations (Eq. 5 sums the
   losses of all iterations). ``forward(..., iterations=0)`` on such a model is the task-wise
   pre-training pass of Algorithm 1. A model CONFIGURED with ``iterations=0`` has no integrator
   and no feedback inputs at all (``model.integrator is None``): a plain multi-task FC-DenseNet.
@@ -198,7 +199,14 @@ class PointsDecoder(nn.Module):
 
     def forward(self, features: dict, stream: int) -> torch.Tensor:
         h = F.relu(self.norm(self.reduce(features["down"][-1], stream), stream))
-        h = F.adaptive_avg_pool2d(h, self.grid).flatten(1)
+        g = self.grid
+        if h.shape[-2] % g or h.shape[-1] % g:
+            # input smaller than the reference (e.g. 64): bilinear up to the grid (ONNX exports it;
+            # adaptive pooling to a non-divisor size does not)
+            h = F.interpolate(h, size=(g, g), mode="bilinear", align_corners=False)
+        elif tuple(h.shape[-2:]) != (g, g):
+            h = F.adaptive_avg_pool2d(h, g)
+        h = h.flatten(1)
         return torch.sigmoid(self.fc2(F.relu(self.fc1(h)))).view(-1, self.num_points, 2)
 
 
@@ -349,11 +357,6 @@ class TaskIntegrator(nn.Module):
         self.num_levels = num_levels
         self.channels = sum(r.out_channels for r in reencoders)
 
-    def neutral(self, batch: int, size: tuple[int, int], like: torch.Tensor) -> list[torch.Tensor]:
-        """Iter0's input: all-zero maps, so iteration 0 is ordinary multi-task prediction."""
-        h, w = size
-        return [like.new_zeros(batch, self.channels, h >> i, w >> i) for i in range(self.num_levels)]
-
     def forward(self, outputs: Sequence[torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
         pyramids = [r(o, size) for r, o in zip(self.reencoders, outputs)]
         return [torch.cat([p[i] for p in pyramids], 1) for i in range(self.num_levels)]
@@ -444,7 +447,7 @@ class IFAN(FaceModel):
         x = images if n == 1 else images.repeat(n, 1, 1, 1)
         bn_streams = streams[0] if n == 1 else streams
 
-        feedback = None if self.integrator is None else self.integrator.neutral(n * b, (h, w), images)
+        feedback = None  # Iter0: neutral (all-zero) feedback, which the backbone skips exactly
         results: list[dict] = []
         for i in range(n_iter + 1):
             if i:
