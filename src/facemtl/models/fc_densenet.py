@@ -47,27 +47,29 @@ class BNReLUConv(nn.Module):
 
 
 class DenseLayer(nn.Module):
-    """BN-ReLU-Conv3x3 whose conv also reads ``feedback_channels`` integrator maps.
+    """BN-ReLU-Conv3x3 whose convolution also reads ``feedback_channels`` integrator maps.
 
-    The feedback is concatenated AFTER the batch norm: re-encoded maps are already non-negative
-    features, and an all-zero (neutral) feedback then contributes exactly nothing, in training
-    and in eval alike (normalising zeros would give a bias that differs between batch and
-    running statistics). ``feedback=None`` means neutral and skips those weight columns.
+    ``conv(cat(h, feedback))`` is computed as ``conv(h) + feedback_conv(feedback)`` (the same
+    linear map with its weight split in two), and the feedback joins AFTER the batch norm:
+    re-encoded maps are already non-negative features, and an all-zero (neutral) feedback then
+    contributes exactly nothing, in training and eval alike (normalising zeros would give a
+    bias that differs between batch and running statistics). ``feedback=None`` is neutral and
+    skips ``feedback_conv``.
     """
 
     def __init__(self, in_channels: int, growth_rate: int, num_sources: int, feedback_channels: int = 0):
         super().__init__()
         self.norm = SourceBatchNorm2d(in_channels, num_sources)
-        self.conv = nn.Conv2d(in_channels + feedback_channels, growth_rate, 3, padding=1, bias=False)
-        self.in_channels = in_channels
+        self.conv = nn.Conv2d(in_channels, growth_rate, 3, padding=1, bias=False)
+        self.feedback_conv = (
+            nn.Conv2d(feedback_channels, growth_rate, 3, padding=1, bias=False) if feedback_channels else None
+        )
 
     def forward(self, x: torch.Tensor, streams: Streams, feedback: torch.Tensor | None = None) -> torch.Tensor:
-        h = F.relu(self.norm(x, streams))
+        out = self.conv(F.relu(self.norm(x, streams)))
         if feedback is not None:
-            return self.conv(torch.cat([h, feedback], 1))
-        if self.conv.in_channels == self.in_channels:
-            return self.conv(h)
-        return F.conv2d(h, self.conv.weight[:, : self.in_channels], padding=1)
+            out = out + self.feedback_conv(feedback)
+        return out
 
 
 class DenseBlock(nn.Module):

@@ -22,8 +22,9 @@ Components (Figure 2):
   Iteration 0 is plain multi-task prediction: its integrator input is NEUTRAL = all-zero maps
   (f_INT^0 = f_S), so the same weights serve every iteration; iteration i feeds iteration i-1's
   predictions back. The maps enter each dense layer's conv after its batch norm, so zeros add
-  exactly nothing and Iter0 skips those weight columns (Iter0 costs one plain backbone pass). Gradients flow through the feedback into earlier iterations (Eq. 5 sums the
-  losses of all iterations). ``forward(..., iterations=0)`` on such a model is the task-wise
+  exactly nothing and Iter0 skips the feedback convolutions (Iter0 costs one plain backbone
+  pass). Gradients flow through the feedback into earlier iterations (Eq. 5 sums the losses of
+  all iterations). ``forward(..., iterations=0)`` on such a model is the task-wise
   pre-training pass of Algorithm 1. A model CONFIGURED with ``iterations=0`` has no integrator
   and no feedback inputs at all (``model.integrator is None``): a plain multi-task FC-DenseNet.
 
