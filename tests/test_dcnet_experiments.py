@@ -183,3 +183,14 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
     assert main(["experiment", "dcnet", "scarcity", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("facemtl: error: config file not found") and "\n" not in err
+
+
+def test_finished_runs_are_reused(compared, capsys):
+    stamps = {p: p.stat().st_mtime_ns for p in compared.glob("*/metrics.json")}
+    assert len(stamps) == 3
+    assert main(["experiment", "dcnet", "compare", str(SMOKE), "--out", str(compared)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in compared.glob("*/metrics.json")} == stamps
+    # a changed recipe is not reused
+    assert main(["experiment", "dcnet", "compare", str(SMOKE), "--out", str(compared),
+                 "--set", "experiment.compare_models=[single]", "--set", "train.schedule.lr=0.002"]) == 0  # fmt: skip
+    assert (compared / "single" / "metrics.json").stat().st_mtime_ns != stamps[compared / "single" / "metrics.json"]
