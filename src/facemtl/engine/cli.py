@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     )
     e.add_argument("checkpoint", help="run folder, model.safetensors or model.json")
     e.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
-    e.add_argument("--split", default="test", help="split to score (default: test; synthetic sources have 'test')")
+    e.add_argument("--split", default="test", help="split to score (default: test; synthetic sources have train and test)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--config", metavar="YAML", help="config describing the data (default: the run's config.json)")
     e.set_defaults(func=_eval)
@@ -80,10 +80,17 @@ def _eval(args) -> int:
         config = load_run_config(run_dir)
     else:
         raise FacemtlError(f"{run_dir} has no config.json describing the data; pass --config YAML")
+    synthetic = [s.name == "synth" for s in config.data]
+    if args.split not in ("test", "train") and any(synthetic):
+        raise FacemtlError(f"--split {args.split!r}: synthetic sources have only 'train' and 'test' splits")
     if args.split != "test":
-        data = tuple(dataclasses.replace(s, test_split=args.split) for s in config.data)
+        data = tuple(s if s.name == "synth" else dataclasses.replace(s, test_split=args.split) for s in config.data)
         config = dataclasses.replace(config, data=data)
     sources = build_sources(config, model.tasks)
+    if args.split == "train":
+        for src, synth in zip(sources, synthetic):
+            if synth:
+                src.test = src.train
     result = evaluate(model, info, sources, batch_size=args.batch_size, progress=True)
     print(format_tables(result, model.tasks))
     if args.json:
