@@ -104,7 +104,9 @@ def test_predictions_follow_the_face_across_the_canvas(predictor):
         np.testing.assert_allclose(face["landmarks"], whole[0]["landmarks"] + [ox, oy], atol=1e-3)
         mask = face["parsing"]
         assert mask.shape == (150, 190) and mask.dtype == np.uint8
-        np.testing.assert_array_equal(mask[oy : oy + SIZE, ox : ox + SIZE], whole[0]["parsing"])
+        # Equal up to argmax near-ties (the two crop matrices agree to ~1e-15, not bit for bit);
+        # a one-pixel shift would break every class boundary (several % of the pixels).
+        assert (mask[oy : oy + SIZE, ox : ox + SIZE] != whole[0]["parsing"]).mean() < 0.003
         outside = np.ones_like(mask, bool)
         outside[oy : oy + SIZE, ox : ox + SIZE] = False
         assert not mask[outside].any()  # background outside the crop

@@ -180,17 +180,18 @@ class Predictor:
                 image = as_rgb(source)
                 rec.height, rec.width = image.shape[:2]
                 boxes, margin = self._faces(image, boxes_for(key) if boxes_for is not None else None)
-                rec.faces = [None] * len(boxes)
-                rec._remaining = len(boxes)
+                crops = []
                 for i, box in enumerate(boxes):
                     matrix = face_crop_matrix(box=box, size=self.input_size, margin=margin)
-                    queue.append((rec, i, box, matrix, warp_image(image, matrix, self.input_size)))
-                if keep_images:
-                    rec.image = image
+                    crops.append((rec, i, box, matrix, warp_image(image, matrix, self.input_size)))
             except FacemtlError as exc:
                 rec.error = str(exc)
-                rec.faces = []
-                rec._remaining = 0
+            else:
+                rec.faces = [None] * len(crops)
+                rec._remaining = len(crops)
+                queue.extend(crops)
+                if keep_images:
+                    rec.image = image
             while len(queue) >= self.batch_size:
                 self._run(queue[: self.batch_size])
                 del queue[: self.batch_size]

@@ -1,0 +1,130 @@
+"""ONNX export: onnxruntime agrees with PyTorch on the source=None (per-source streams) path."""
+
+import builtins
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import facemtl
+from facemtl.cli import main
+from facemtl.engine.checkpoint import load_model, save_checkpoint
+from facemtl.errors import FacemtlError
+from facemtl.inference.export import ExportWrapper, export_onnx, onnx_session, require_onnx
+
+pytest.importorskip("onnx", reason="the optional extra facemtl[onnx] is not installed")
+pytest.importorskip("onnxruntime", reason="the optional extra facemtl[onnx] is not installed")
+
+SIZE = 64
+CONFIG = dict(tasks=["landmarks", "parsing", "emotion"], num_sources=3, iterations=1, growth_rate=4,
+              layers_per_block=1, stem_channels=8, up_channels=8, reencoder_channels=4, points_hidden=32,
+              category_hidden=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """Random iFAN, three BN sources (task i from source i) with DIFFERENT running statistics,
+    so an export that ignored the per-source streams would not match."""
+    torch.manual_seed(1)
+    model = facemtl.create_model("ifan", **CONFIG).eval()
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_(0.0, 0.2)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("run")
+    save_checkpoint(path, model, {"model": {"name": "ifan", "config": CONFIG}, "input_size": SIZE})
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    assert main(["export", str(run_dir), "--onnx", str(out)]) == 0
+    return out
+
+
+def test_onnxruntime_matches_pytorch_with_a_new_batch_size(run_dir, exported):
+    model, info = load_model(run_dir)
+    session = onnx_session(exported)
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert [o.name for o in session.get_outputs()] == ["landmarks", "parsing", "emotion"]
+    images = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))  # export used batch 2
+    got = dict(zip(["landmarks", "parsing", "emotion"], session.run(None, {"images": images.numpy()})))
+    with torch.no_grad():
+        last = model(images)[-1]  # source=None: each task from its own source's stream, Iter1
+        single = model(images, source=0)[-1]
+    assert got["landmarks"].shape == (3, 5, 2) and got["parsing"].shape == (3, 11, SIZE, SIZE)
+    assert got["emotion"].shape == (3, 7)
+    for name, value in got.items():
+        np.testing.assert_allclose(value, last[name].numpy(), atol=1e-4, rtol=1e-4)
+    # The streams matter: one source's stream gives visibly different emotion logits.
+    assert np.abs(got["emotion"] - single["emotion"].numpy()).max() > 1e-2
+
+
+def test_metadata_describes_the_checkpoint(run_dir, exported):
+    import onnx
+
+    _, info = load_model(run_dir)
+    meta = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
+    assert json.loads(meta["facemtl_info"]) == info
+    assert json.loads(meta["outputs"]) == ["landmarks", "parsing", "emotion"]
+
+
+def test_iterations_zero_exports_iter0(run_dir, tmp_path):
+    model, info = load_model(run_dir)
+    path = export_onnx(model, info, tmp_path / "iter0.onnx", iterations=0)
+    images = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
+    got = onnx_session(path).run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        iter0 = model(images, iterations=0)
+    assert len(iter0) == 1
+    for value, name in zip(got, ["landmarks", "parsing", "emotion"]):
+        np.testing.assert_allclose(value, iter0[0][name].numpy(), atol=1e-4, rtol=1e-4)
+    with pytest.raises(FacemtlError, match="iterations"):
+        export_onnx(model, info, tmp_path / "bad.onnx", iterations=5)
+    with pytest.raises(FacemtlError, match=r"\.onnx"):
+        export_onnx(model, info, tmp_path / "model.bin")
+
+
+def test_missing_onnx_packages_give_an_install_hint(monkeypatch, run_dir, tmp_path, capsys):
+    real_import = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name == "onnx" or name.startswith("onnx."):
+            raise ImportError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    with pytest.raises(FacemtlError, match=r"pip install 'facemtl\[onnx\]'"):
+        require_onnx()
+    assert main(["export", str(run_dir), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "facemtl[onnx]" in err and "Traceback" not in err and not (tmp_path / "m.onnx").exists()
+
+
+def test_export_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nothing"), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and err.count("\n") == 1
+
+
+def test_wrapper_refuses_iterations_for_single_pass_models():
+    class SinglePass(torch.nn.Module):
+        tasks = ()
+
+        def forward(self, images, source=None):
+            return [{}]
+
+    with pytest.raises(FacemtlError, match="no refinement iterations"):
+        ExportWrapper(SinglePass(), iterations=1)
