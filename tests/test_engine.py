@@ -191,38 +191,34 @@ def _losses(run_dir):
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly_and_the_run_is_complete(tmp_path):
     cfg = _tiny_config(rounds=2)  # stage 1: 2 + 2 + 1 updates, stage 2: 2 rounds x 3 tasks
-    total = 5 + 6
-    full = train(cfg, tmp_path / "full", quiet=True, stop_after=10)
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    full = train(cfg, tmp_path / "full", quiet=True)
+    assert torch.equal(torch.rand(1), expected_next), "train() must not touch the global torch RNG"
+
     part = train(cfg, tmp_path / "part", quiet=True, stop_after=4)  # stops inside stage 1
-    assert _losses(part)[-1][0] == 4
-    train(cfg, part, resume=True, quiet=True, stop_after=7)  # stops inside stage 2 round 0
-    train(cfg, part, resume=True, quiet=True, stop_after=10)
-    assert _losses(part) == _losses(full)
+    assert _losses(part)[-1][0] == 4 and not (part / "metrics.json").exists()
+    train(cfg, part, resume=True, quiet=True, stop_after=7)  # stops inside stage-2 round 0
+    train(cfg, part, resume=True, quiet=True)
+    assert _losses(part) == _losses(full) and len(_losses(full)) == 11
     from facemtl.engine.checkpoint import load_train_state
 
     a, ma = load_train_state(full)
     b, mb = load_train_state(part)
-    assert ma["step"] == mb["step"] == 10 and ma["total_steps"] == total
+    assert ma["step"] == mb["step"] == ma["total_steps"] == 11
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # the RNG outside train() is untouched by it
-    torch.manual_seed(123)
-    x = torch.rand(1)
-    torch.manual_seed(123)
-    train(cfg, tmp_path / "rng", quiet=True, stop_after=1)
-    assert torch.equal(torch.rand(1), x)
 
-
-def test_train_writes_a_complete_run(tmp_path):
-    cfg = _tiny_config(rounds=1)
-    run = train(cfg, tmp_path / "run", quiet=True)
-    for name in ("model.safetensors", "model.json", "train_state.safetensors", "train_state.json",
-                 "config.json", "steps.csv", "epochs.csv", "metrics.json"):
-        assert (run / name).is_file(), name
+    # the run folder
     import json
 
-    metrics = json.loads((run / "metrics.json").read_text())
+    for name in ("model.safetensors", "model.json", "train_state.safetensors", "train_state.json",
+                 "config.json", "steps.csv", "epochs.csv", "metrics.json"):
+        assert (full / name).is_file(), name
+    metrics = json.loads((full / "metrics.json").read_text())
+    assert metrics == json.loads((part / "metrics.json").read_text())
     assert set(metrics["iterations"]) == {"0", "1"}
     it1 = metrics["iterations"]["1"]
     assert set(it1) == set(TASKS)
@@ -231,13 +227,17 @@ def test_train_writes_a_complete_run(tmp_path):
     assert set(it1["emotion"]) == {"accuracy", "mean_class_accuracy", "confusion"}
     assert sum(map(sum, it1["emotion"]["confusion"])) == 3  # the 3 test faces of source 2
     assert 0 <= it1["emotion"]["accuracy"] <= 100
-    # steps.csv: one row per update, losses per iteration
-    rows = list(csv.DictReader(open(run / "steps.csv")))
-    assert len(rows) == 5 + 3 and rows[-1]["stage"] == "2" and rows[-1]["task"] == "emotion"
+    rows = list(csv.DictReader(open(full / "steps.csv")))
+    assert [r["task"] for r in rows] == ["landmarks"] * 2 + ["parsing"] * 2 + ["emotion"] + TASK_ROUND * 2
+    assert [r["stage"] for r in rows] == ["1"] * 5 + ["2"] * 6
+    assert all(float(r["loss"]) == pytest.approx(float(r["loss_iter0"]) + float(r["loss_iter1"]), rel=1e-4) for r in rows[5:])
     from facemtl.errors import FacemtlError
 
     with pytest.raises(FacemtlError, match="already holds a run; use --resume"):
-        train(cfg, run, quiet=True)
+        train(cfg, full, quiet=True)
+
+
+TASK_ROUND = list(TASKS)
 
 
 def test_joint_training_updates_all_tasks_with_loss_weights(tmp_path):
