@@ -81,9 +81,13 @@ def test_metadata_describes_the_checkpoint(run_dir, exported):
     assert json.loads(meta["outputs"]) == ["landmarks", "parsing", "emotion"]
 
 
-def test_iterations_zero_exports_iter0(run_dir, tmp_path):
+def test_iterations_zero_exports_iter0(run_dir, tmp_path, capsys):
     model, info = load_model(run_dir)
-    path = export_onnx(model, info, tmp_path / "iter0.onnx", iterations=0)
+    path = tmp_path / "iter0.onnx"
+    assert main(["export", str(run_dir), "--onnx", str(path), "--iterations", "0", "--check"]) == 0
+    report = capsys.readouterr().err.splitlines()[-1]  # "... largest difference per output: landmarks 1e-08, ..."
+    diffs = [float(part.split()[-1]) for part in report.rsplit(": ", 1)[1].split(", ")]
+    assert len(diffs) == 3 and max(diffs) < 1e-4, report
     images = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
     got = onnx_session(path).run(None, {"images": images.numpy()})
     with torch.no_grad():

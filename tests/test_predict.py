@@ -122,6 +122,20 @@ def test_predictions_follow_the_face_across_the_canvas(predictor):
     np.testing.assert_allclose(b["landmarks"] - a["landmarks"], np.tile([78, -34], (5, 1)), atol=1e-3)
 
 
+def test_iterations_choose_the_refinement_step(predictor):
+    raw = render_face(3, 105, "studio", SIZE)
+    x = torch.from_numpy(raw["image"]).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # IMAGE_MEAN/STD 0.5
+    with torch.no_grad():
+        steps = predictor.model(x)
+    assert len(steps) == 2  # Iter0, Iter1
+    for iterations, expected in ((0, steps[0]), (None, steps[1])):
+        p = Predictor(predictor.model, predictor.info, detector="none", iterations=iterations)
+        np.testing.assert_allclose(p(raw["image"])[0]["landmarks"], expected["landmarks"][0].numpy() * SIZE,
+                                   atol=1e-3)
+    with pytest.raises(FacemtlError, match=r"0\.\.1"):
+        Predictor(predictor.model, predictor.info, iterations=2)
+
+
 def test_logits_to_mask_scales_and_shifts():
     # Crop of size 8 covering original x in [10, 26), y in [4, 20): scale 0.5, shift.
     matrix = np.array([[0.5, 0.0, -5.25], [0.0, 0.5, -2.25]])

@@ -30,8 +30,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "predict",
         help="run a checkpoint on photos: faces, landmarks, parsing masks, labels",
-        description="Detect faces, crop them as training does, run the model (all refinement iterations, "
-        "reporting the last) and map landmarks and parsing masks back to the original pixels.",
+        description="Detect faces, crop them as training does, run the model (all refinement iterations,\n"
+        "reporting the last) and map landmarks and parsing masks back to the original pixels.\n",
         epilog=PREDICT_EPILOG,
         formatter_class=_RawEpilog,
     )

@@ -137,8 +137,14 @@ class Predictor:
         self.detector_name = detector
         self.detector = HaarFaceDetector() if detector == "opencv" else None
         self.batch_size = batch_size
-        if iterations is not None and "iterations" not in inspect.signature(model.forward).parameters:
-            raise FacemtlError(f"model {info.get('model', {}).get('name', '?')!r} has no refinement iterations to set")
+        if iterations is not None:
+            if "iterations" not in inspect.signature(model.forward).parameters:
+                raise FacemtlError(f"model {info.get('model', {}).get('name', '?')!r} has no refinement iterations to set")
+            trained = getattr(getattr(model, "config", None), "iterations", None)
+            if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0 or (
+                    trained is not None and iterations > trained):
+                raise FacemtlError(f"iterations must be an integer in 0..{trained if trained is not None else 'N'}, "
+                                   f"got {iterations!r}")
         self.iterations = iterations
 
     @classmethod
