@@ -132,3 +132,24 @@ def test_wrapper_refuses_iterations_for_single_pass_models():
 
     with pytest.raises(FacemtlError, match="no refinement iterations"):
         ExportWrapper(SinglePass(), iterations=1)
+
+
+def test_deep_collaboration_model_exports_and_predicts_decoded_points(tmp_path):
+    """DCNet classifies coordinates over bins; the graph and the predictor both give decoded points."""
+    from facemtl.inference.export import compare_with_torch
+    from facemtl.inference.predictor import Predictor
+
+    torch.manual_seed(2)
+    model = facemtl.create_model("dcnet", tasks=["landmarks", "smile"], backbone="alexnet", input_size=SIZE,
+                                 width=16, head_hidden=32).eval()
+    info = {"input_size": SIZE}
+    path = export_onnx(model, info, tmp_path / "dcnet.onnx")
+    worst = compare_with_torch(model, path, size=SIZE)
+    assert set(worst) == {"landmarks", "smile"} and max(worst.values()) < 1e-4
+    points = onnx_session(path).run(None, {"images": np.zeros((2, 3, SIZE, SIZE), np.float32)})[0]
+    assert points.shape == (2, 5, 2) and points.min() >= 0 and points.max() <= 1
+    image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    (face,) = Predictor(model, info, detector="none")(image)
+    assert set(face) == {"box", "landmarks", "smile"}
+    assert face["smile"]["label"] in ("smiling", "not_smiling")
+    assert np.all((face["landmarks"] >= 0) & (face["landmarks"] <= SIZE))  # normalised [0, 1] x SIZE

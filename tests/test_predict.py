@@ -368,3 +368,16 @@ def test_overlay_draws_box_points_mask_and_label(predictor):
     expected = (0.55 * 200 + 0.45 * PALETTE[6] + 0.5).astype(np.uint8)
     assert tuple(out[65, 25]) == tuple(expected)
     assert (out[82:100, 10:80] != 200).any()  # label text under the box
+
+
+def test_detector_searches_big_photos_downscaled_and_reports_original_pixels():
+    from facemtl.inference.detect import HaarFaceDetector
+
+    path = TESTDATA / "astronaut.png"
+    if not path.exists():
+        pytest.skip(f"real test photo not found at {path} (shared/testdata beside the repo)")
+    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    full = HaarFaceDetector()(image)
+    half = HaarFaceDetector(max_side=256, min_size=20)(image)  # searched at 256 x 256
+    assert len(full) == 1 and len(half) >= 1
+    np.testing.assert_allclose(half[0], full[0], atol=12)  # largest face first, in 512-px coordinates

@@ -26,7 +26,7 @@ class HaarFaceDetector:
     back largest first. The cascade sees frontal faces only (profiles are missed).
     """
 
-    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24):
+    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24, max_side: int = 1280):
         path = Path(getattr(cv2, "data").haarcascades) / _CASCADE
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
@@ -37,10 +37,14 @@ class HaarFaceDetector:
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_size = min_size
+        self.max_side = max_side  # larger photos are searched at this size (the cascade is slow on huge images)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 RGB -> (N, 4) float boxes ``[x0, y0, x1, y1]``, largest first."""
         gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        scale = min(1.0, self.max_side / max(gray.shape))
+        if scale < 1.0:
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         found = self.cascade.detectMultiScale(
             gray,
             scaleFactor=self.scale_factor,
@@ -49,7 +53,7 @@ class HaarFaceDetector:
         )
         if len(found) == 0:
             return np.zeros((0, 4), np.float32)
-        xywh = np.asarray(found, np.float32).reshape(-1, 4)
+        xywh = np.asarray(found, np.float32).reshape(-1, 4) / scale
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         return boxes[np.argsort(-(xywh[:, 2] * xywh[:, 3]), kind="stable")]
 
