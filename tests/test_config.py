@@ -109,6 +109,8 @@ def test_shipped_configs_load():
     assert (paper.schedule.pretrain_epochs, paper.schedule.epochs) == (30, 200)
     assert (paper.schedule.lr, paper.schedule.lr_end, paper.schedule.pretrain_lr) == (1e-3, 1e-6, 1e-3)
     assert paper.model.kwargs["iterations"] == 2 and paper.optimiser.name == "rmsprop"
+    single = load_config("configs/ifan_synth_single_task.yaml")
+    assert single.task_names == ("landmarks",) and single.data[0].style == "wild"
 
 
 def test_configs_are_frozen():
