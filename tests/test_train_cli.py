@@ -73,6 +73,7 @@ def test_smoke_train_interrupt_resume_and_eval(tmp_path):
         (["train", SMOKE, "--out", "{tmp}/c", "--set", "schedule.lrr=1"], "unknown key 'schedule.lrr' (did you mean 'schedule.lr'?)"),
         (["train", SMOKE, "--out", "{tmp}/d", "--resume"], "facemtl: error: nothing to resume in"),
         (["train", "--out", "{tmp}/e", "--resume"], "facemtl: error: nothing to resume in"),
+        (["train", "--resume"], "facemtl: error: --resume needs --out DIR"),
         (["eval", "{tmp}/nothing"], "facemtl: error: checkpoint not found"),
     ],
 )
@@ -103,3 +104,11 @@ def test_help_matches_the_options(capsys):
     text = capsys.readouterr().out
     for opt in ("--json", "--split", "checkpoint"):
         assert opt in text
+
+
+def test_default_run_folder_is_named_after_the_config():
+    from facemtl.engine.cli import _default_run_dir
+
+    assert _default_run_dir("configs/ifan_synth_smoke.yaml").parent.name == "runs"
+    assert _default_run_dir("configs/ifan_synth_smoke.yaml").name.startswith("ifan_synth_smoke-")
+    assert _default_run_dir(None).name.startswith("ifan_synth_default-")

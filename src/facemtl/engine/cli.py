@@ -18,7 +18,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("config", nargs="?", help="YAML config file (omit for the built-in default run; "
                    "with --resume, omit to reuse the run's config.json)")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
+    p.add_argument("--out", metavar="DIR",
+                   help="run folder to write (default: runs/<config name>-<date>-<time>; required with --resume)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set schedule.lr=0.0005 --set data.0.n_train=64 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its saved state")
@@ -41,10 +42,21 @@ def register(subparsers) -> None:
     e.set_defaults(func=_eval)
 
 
+def _default_run_dir(config_path: str | None) -> Path:
+    import time
+
+    name = Path(config_path).stem if config_path else "ifan_synth_default"
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def _train(args) -> int:
     from facemtl.config import load_config
     from facemtl.engine.hybrid import load_run_config, train
 
+    if args.out is None:
+        if args.resume:
+            raise FacemtlError("--resume needs --out DIR: the run folder to continue")
+        args.out = str(_default_run_dir(args.config))
     if args.config is None and args.resume:
         config = load_run_config(args.out)
         if args.overrides:
