@@ -17,24 +17,22 @@ CLASS_COLOURS = np.array([[0, 0, 0], [230, 190, 150], [220, 40, 40], [40, 60, 22
 POSE_NAMES = ("Lprof", "left", "front", "right", "Rprof")
 
 
-def _positive(text: str) -> int:
+def _whole_number(text: str, lo: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    if value < lo:
+        raise argparse.ArgumentTypeError(f"expected a number >= {lo}, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
+    return _whole_number(text, 0)
 
 
 def _size(text: str) -> int:

@@ -37,15 +37,15 @@ import cv2
 import numpy as np
 
 from facemtl.data.formats.common import (
-    DecodeError,
     LazyDataset,
+    annotation_lines,
     check_split,
     find_first,
     line_error,
+    load_gray,
     load_image,
     need_dir,
     need_file,
-    read_gray,
     split_existing,
 )
 from facemtl.errors import FacemtlError
@@ -59,12 +59,9 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 
 def read_mapping(path: Path) -> dict[int, str]:
     out = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.read().splitlines()
-    for lineno, line in enumerate(lines[1:], 2):
-        fields = line.split()
-        if not fields:
-            continue
+    for lineno, line, fields in annotation_lines(path):
+        if lineno == 1:
+            continue  # header
         if len(fields) != 3 or not fields[0].isdigit():
             raise line_error(path, lineno, "'idx orig_idx orig_file'", line)
         out[int(fields[0])] = fields[2]
@@ -73,14 +70,10 @@ def read_mapping(path: Path) -> dict[int, str]:
 
 def read_partition(path: Path) -> dict[str, int]:
     out = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-                raise line_error(path, lineno, "'<image> <0|1|2>'", line)
-            out[fields[0]] = int(fields[1])
+    for lineno, line, fields in annotation_lines(path):
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise line_error(path, lineno, "'<image> <0|1|2>'", line)
+        out[fields[0]] = int(fields[1])
     return out
 
 
@@ -113,9 +106,7 @@ def load(root, split: str = "train", partition_file=None, image_size: int | None
             p = folder / f"{i:05d}_{CLASSES19[c]}.png"
             if not p.is_file():
                 continue
-            m = read_gray(p)
-            if m is None:
-                raise DecodeError(str(p))
+            m = load_gray(p)
             if m19 is None:
                 m19 = np.zeros(m.shape, np.uint8)
             m19[m > 127] = c

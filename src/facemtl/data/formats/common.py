@@ -96,21 +96,43 @@ def line_error(path, lineno: int, expected: str, line: str = "") -> FacemtlError
     return FacemtlError(f"{path}:{lineno}: expected {expected}{got}")
 
 
+def annotation_lines(path):
+    """``(lineno, line, fields)`` for every non-blank line of a text annotation file (1-based)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if fields:
+                yield lineno, line, fields
+
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+def image_files(folder: Path, exts: Sequence[str] = IMAGE_EXTS) -> list[Path]:
+    """Files of ``folder`` with an image extension (any case), sorted by name."""
+    return [p for p in sorted(folder.iterdir()) if p.suffix.lower() in exts]
+
+
 def check_split(split: str, splits: Sequence[str], dataset: str) -> str:
     if split not in splits:
         raise FacemtlError(f"{dataset}: unknown split {split!r}; expected one of {', '.join(splits)}")
     return split
 
 
-def read_image(path) -> np.ndarray | None:
-    """RGB uint8 (H, W, 3) or None if the file cannot be decoded (works with spaces/unicode)."""
+def _decode(path, flag: int) -> np.ndarray | None:
+    """``cv2.imdecode`` of a file's bytes (np.fromfile: works with spaces/unicode), or None."""
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError:
         return None
     if data.size == 0:
         return None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return cv2.imdecode(data, flag)
+
+
+def read_image(path) -> np.ndarray | None:
+    """RGB uint8 (H, W, 3) or None if the file cannot be decoded (works with spaces/unicode)."""
+    img = _decode(path, cv2.IMREAD_COLOR)
     if img is None:
         return None
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -118,13 +140,7 @@ def read_image(path) -> np.ndarray | None:
 
 def read_gray(path) -> np.ndarray | None:
     """Single-channel uint8 (H, W) or None."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+    return _decode(path, cv2.IMREAD_GRAYSCALE)
 
 
 class DecodeError(Exception):
@@ -223,6 +239,13 @@ def load_image(path) -> np.ndarray:
     if img is None:
         raise DecodeError(str(path))
     return img
+
+
+def load_gray(path) -> np.ndarray:
+    mask = read_gray(path)
+    if mask is None:
+        raise DecodeError(str(path))
+    return mask
 
 
 def parse_floats(fields: Sequence[str], path, lineno: int, line: str, what: str) -> np.ndarray:

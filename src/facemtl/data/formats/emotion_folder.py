@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facemtl.data.formats.common import LazyDataset, check_split, load_image, need_dir
+from facemtl.data.formats.common import LazyDataset, check_split, image_files, load_image, need_dir
 from facemtl.errors import FacemtlError
 from facemtl.tasks import STANDARD_TASKS
 
@@ -51,9 +51,7 @@ def index_folder(root: Path, classes, subject_regex: str) -> list[dict]:
         if label is None:
             raise FacemtlError(f"emotion-folder: folder {folder} matches no class; expected one of "
                                f"{', '.join(classes)} (set classes= to the dataset's class list)")
-        for f in sorted(folder.iterdir()):
-            if f.suffix.lower() not in IMAGE_EXTS:
-                continue
+        for f in image_files(folder, IMAGE_EXTS):
             m = pattern.search(f.name)
             if m is None:
                 raise FacemtlError(f"emotion-folder: cannot read a subject id from {f} with "

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from facemtl.data.formats.common import (
-    DecodeError,
     LazyDataset,
+    annotation_lines,
     check_split,
     line_error,
+    load_gray,
     load_image,
     need_dir,
     need_file,
-    read_gray,
     split_existing,
 )
 from facemtl.errors import FacemtlError
@@ -40,15 +40,12 @@ NUM_CLASSES = 11
 
 def read_list(path: Path) -> list[str]:
     names = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = [p.strip() for p in line.split(",")]
-            name = parts[1] if len(parts) >= 2 else parts[0]
-            if not name or len(parts) > 2 or " " in name:
-                raise line_error(path, lineno, "'<index> , <image name>'", line)
-            names.append(name)
+    for lineno, line, _ in annotation_lines(path):
+        parts = [p.strip() for p in line.split(",")]
+        name = parts[1] if len(parts) >= 2 else parts[0]
+        if not name or len(parts) > 2 or " " in name:
+            raise line_error(path, lineno, "'<index> , <image name>'", line)
+        names.append(name)
     return names
 
 
@@ -85,11 +82,9 @@ def load(root, split: str = "train", mask_rule: str = "argmax", strict: bool = F
         maps = []
         for c in range(NUM_CLASSES):
             p = labels / name / f"{name}_lbl{c:02d}.png"
-            m = read_gray(p)
-            if m is None:
-                if not p.is_file():
-                    raise FacemtlError(f"label file not found: {p} (expected from the official {DOWNLOAD} download)")
-                raise DecodeError(str(p))
+            if not p.is_file():
+                raise FacemtlError(f"label file not found: {p} (expected from the official {DOWNLOAD} download)")
+            m = load_gray(p)
             if m.shape != image.shape[:2]:
                 raise FacemtlError(f"{p}: label size {m.shape[1]}x{m.shape[0]} differs from the image's "
                                    f"{image.shape[1]}x{image.shape[0]}")

@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from facemtl.data.formats.common import (
+    IMAGE_EXTS,  # noqa: F401  (re-exported: ibug.IMAGE_EXTS)
     LazyDataset,
     check_split,
+    image_files,
     line_error,
     load_image,
     need_dir,
@@ -35,7 +37,6 @@ SPLITS = {
     "challenging": ("ibug",),
 }
 SPLITS["full"] = SPLITS["common"] + SPLITS["challenging"]
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
 def read_pts(path) -> np.ndarray:
@@ -91,9 +92,7 @@ def load(root, split: str = "train", points: int = 68, strict: bool = False):
     missing = []
     for sub in SPLITS[split]:
         folder = need_dir(root / sub, DOWNLOAD)
-        for img in sorted(folder.iterdir()):
-            if img.suffix.lower() not in IMAGE_EXTS:
-                continue
+        for img in image_files(folder):
             pts_path = img.with_suffix(".pts")
             if not pts_path.is_file():
                 missing.append(str(pts_path))

@@ -13,19 +13,19 @@ from pathlib import Path
 import numpy as np
 
 from facemtl.data.formats.common import (
-    DecodeError,
+    IMAGE_EXTS,  # noqa: F401  (re-exported: lapa.IMAGE_EXTS)
     LazyDataset,
     check_split,
+    image_files,
     line_error,
+    load_gray,
     load_image,
     need_dir,
     parse_floats,
-    read_gray,
 )
 from facemtl.errors import FacemtlError
 
 DOWNLOAD = "LaPa (LaPa.tar.gz: train/, val/, test/)"
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
 def read_landmarks(path: Path) -> np.ndarray:
@@ -59,9 +59,7 @@ def load(root, split: str = "train", landmarks: bool = True, strict: bool = Fals
     labels = need_dir(base / "labels", DOWNLOAD)
     lm_dir = need_dir(base / "landmarks", DOWNLOAD) if landmarks else None
     records = []
-    for img in sorted(images.iterdir()):
-        if img.suffix.lower() not in IMAGE_EXTS:
-            continue
+    for img in image_files(images):
         rec = {"image": img, "label": labels / f"{img.stem}.png"}
         if not rec["label"].is_file():
             raise FacemtlError(f"label file not found: {rec['label']} for {img} (official {DOWNLOAD} download)")
@@ -74,9 +72,7 @@ def load(root, split: str = "train", landmarks: bool = True, strict: bool = Fals
 
     def read(r):
         image = load_image(r["image"])
-        mask = read_gray(r["label"])
-        if mask is None:
-            raise DecodeError(str(r["label"]))
+        mask = load_gray(r["label"])
         if mask.shape != image.shape[:2]:
             raise FacemtlError(f"{r['label']}: label size differs from its image {r['image']}")
         if mask.max() > 10:

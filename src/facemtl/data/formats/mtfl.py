@@ -19,6 +19,7 @@ import numpy as np
 
 from facemtl.data.formats.common import (
     LazyDataset,
+    annotation_lines,
     check_split,
     line_error,
     load_image,
@@ -37,20 +38,16 @@ _ATTRS = (("gender", 2), ("smile", 2), ("glasses", 2), ("pose", 5))
 def parse_annotations(path: Path) -> list[dict]:
     """Index one MTFL list file; malformed lines raise FacemtlError with file and line."""
     records = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) < 15:
-                raise line_error(path, lineno, "'path x1..x5 y1..y5 gender smile glasses pose' (15 fields)", line)
-            name = " ".join(fields[:-14])  # a path with spaces keeps them
-            coords = parse_floats(fields[-14:-4], path, lineno, line, "10 numeric coordinates after the path")
-            attrs = {}
-            for (attr, n), field in zip(_ATTRS, fields[-4:]):
-                attrs[attr] = parse_int(field, path, lineno, line, f"{attr} label (1-based)", 1, n) - 1
-            records.append({"name": name.replace("\\", "/"), "xy": np.stack([coords[:5], coords[5:]], 1),
-                            "line": lineno, **attrs})
+    for lineno, line, fields in annotation_lines(path):
+        if len(fields) < 15:
+            raise line_error(path, lineno, "'path x1..x5 y1..y5 gender smile glasses pose' (15 fields)", line)
+        name = " ".join(fields[:-14])  # a path with spaces keeps them
+        coords = parse_floats(fields[-14:-4], path, lineno, line, "10 numeric coordinates after the path")
+        attrs = {}
+        for (attr, n), field in zip(_ATTRS, fields[-4:]):
+            attrs[attr] = parse_int(field, path, lineno, line, f"{attr} label (1-based)", 1, n) - 1
+        records.append({"name": name.replace("\\", "/"), "xy": np.stack([coords[:5], coords[5:]], 1),
+                        "line": lineno, **attrs})
     return records
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from facemtl.data.formats.common import (
     LazyDataset,
+    annotation_lines,
     check_split,
     find_first,
     line_error,
@@ -35,23 +36,19 @@ def load(root, split: str = "train", aligned: bool = True, strict: bool = False,
     ann = find_first(root, ("EmoLabel/list_patition_label.txt", "EmoLabel/list_partition_label.txt"), DOWNLOAD)
     img_dir = find_first(root, ("Image/aligned",) if aligned else ("Image/original",), DOWNLOAD, kind="dir")
     records = []
-    with open(ann, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise line_error(ann, lineno, "'<image name> <label 1..7>'", line)
-            name = fields[0]
-            label = parse_int(fields[1], ann, lineno, line, "label", 1, 7)
-            prefix = name.split("_", 1)[0]
-            if prefix not in ("train", "test"):
-                raise line_error(ann, lineno, "an image name starting with train_ or test_", line)
-            if prefix != split:
-                continue
-            stem = name.rsplit(".", 1)[0]
-            file = f"{stem}_aligned.jpg" if aligned else name
-            records.append({"file": file, "raf": label})
+    for lineno, line, fields in annotation_lines(ann):
+        if len(fields) != 2:
+            raise line_error(ann, lineno, "'<image name> <label 1..7>'", line)
+        name = fields[0]
+        label = parse_int(fields[1], ann, lineno, line, "label", 1, 7)
+        prefix = name.split("_", 1)[0]
+        if prefix not in ("train", "test"):
+            raise line_error(ann, lineno, "an image name starting with train_ or test_", line)
+        if prefix != split:
+            continue
+        stem = name.rsplit(".", 1)[0]
+        file = f"{stem}_aligned.jpg" if aligned else name
+        records.append({"file": file, "raf": label})
     records, missing = split_existing(records, lambda r: img_dir / r["file"], check_files)
 
     def read(r):

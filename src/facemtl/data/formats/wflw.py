@@ -16,6 +16,7 @@ import numpy as np
 
 from facemtl.data.formats.common import (
     LazyDataset,
+    annotation_lines,
     check_split,
     find_first,
     line_error,
@@ -33,17 +34,13 @@ _N = 98 * 2 + 4 + 6
 
 def parse_annotations(path: Path) -> list[dict]:
     records = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) < _N + 1:
-                raise line_error(path, lineno, "207 fields: 196 coordinates, 4 box values, 6 flags, image path", line)
-            nums = parse_floats(fields[:200], path, lineno, line, "196 coordinates and 4 box values")
-            flags = {n: parse_int(v, path, lineno, line, f"{n} flag", 0, 1) for n, v in zip(FLAGS, fields[200:206])}
-            records.append({"xy": nums[:196].reshape(98, 2).astype(np.float32), "box": nums[196:].astype(np.float32),
-                            "flags": flags, "name": " ".join(fields[206:]), "line": lineno})
+    for lineno, line, fields in annotation_lines(path):
+        if len(fields) < _N + 1:
+            raise line_error(path, lineno, "207 fields: 196 coordinates, 4 box values, 6 flags, image path", line)
+        nums = parse_floats(fields[:200], path, lineno, line, "196 coordinates and 4 box values")
+        flags = {n: parse_int(v, path, lineno, line, f"{n} flag", 0, 1) for n, v in zip(FLAGS, fields[200:206])}
+        records.append({"xy": nums[:196].reshape(98, 2).astype(np.float32), "box": nums[196:].astype(np.float32),
+                        "flags": flags, "name": " ".join(fields[206:]), "line": lineno})
     return records
 
 
