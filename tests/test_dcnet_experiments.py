@@ -59,7 +59,7 @@ def test_compare_writes_table_and_parameter_counts(compared, capsys):
     assert cfg["schedule"]["loss_weights"] == {"landmarks": 1.0, "gender": 1.0, "pose": 1.0}
     # checkpoints describe the model as built (resolved width, no ImageNet file needed)
     saved = json.loads((compared / "dcnet" / "model.json").read_text())["model"]["config"]
-    assert saved["width"] == 64 and saved["pretrained"] is None and saved["tasks"] == ["landmarks", "gender", "pose"]
+    assert saved["width"] == 64 and saved["pretrained"] is None and saved["input_size"] == 64  # 64 one-pixel bins and saved["tasks"] == ["landmarks", "gender", "pose"]
     # only the ablation model keeps its weights; no training state is left behind
     assert (compared / "dcnet" / "model.safetensors").exists() and not (compared / "hps" / "model.safetensors").exists()
     assert not list(compared.glob("*/train_state.*"))
@@ -159,7 +159,7 @@ def test_variant_sets_model_tasks_and_weights():
     assert single.model.name == "single" and single.task_names == ("landmarks",)
     dc = variant(base, "dcnet", 0.5, {"pose": 0.01})
     assert dict(dc.schedule.loss_weights) == {"landmarks": 1.0, "gender": 0.5, "pose": 0.01}
-    assert dc.model.kwargs["backbone"] == "alexnet" and dc.schedule.epochs == base.schedule.epochs
+    assert dict(dc.model.kwargs) == {"backbone": "alexnet", "input_size": 64} and dc.schedule.epochs == base.schedule.epochs
 
 
 def test_bad_experiment_files_fail_with_file_and_line(tmp_path):

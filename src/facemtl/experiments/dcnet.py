@@ -152,9 +152,11 @@ def variant(base: TrainConfig, model: str, related_weight: float, weights: Mappi
     src = base.data[0]
     tasks = (MAIN_TASK,) if model == "single" else src.tasks
     lw = {t: 1.0 if t == MAIN_TASK else float((weights or {}).get(t, related_weight)) for t in tasks}
+    # the heads bin coordinates over the image size: build them for the size the data has
+    kwargs = {"input_size": base.input_size, **base.model.kwargs}
     return dataclasses.replace(
         base,
-        model=dataclasses.replace(base.model, name=model),
+        model=dataclasses.replace(base.model, name=model, kwargs=types.MappingProxyType(kwargs)),
         data=(dataclasses.replace(src, tasks=tasks),),
         schedule=dataclasses.replace(base.schedule, mode="joint", loss_weights=types.MappingProxyType(lw)),
     )
