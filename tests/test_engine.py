@@ -217,6 +217,8 @@ def test_resume_continues_exactly_and_the_run_is_complete(tmp_path):
     for name in ("model.safetensors", "model.json", "train_state.safetensors", "train_state.json",
                  "config.json", "steps.csv", "epochs.csv", "metrics.json"):
         assert (full / name).is_file(), name
+    # synthetic sources: inference crops detected faces with the synthetic framing's margin
+    assert json.loads((full / "model.json").read_text())["crop"] == {"size": SIZE, "margin": 0.25}
     metrics = json.loads((full / "metrics.json").read_text())
     assert metrics == json.loads((part / "metrics.json").read_text())
     assert set(metrics["iterations"]) == {"0", "1"}

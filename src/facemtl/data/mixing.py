@@ -95,7 +95,7 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
             transform = FaceCrop(size=config.input_size, margin=margin, augment=cfg.augment, tasks=tuple(cfg.tasks))
             eval_transform = FaceCrop(size=config.input_size, margin=margin, augment=False, tasks=tuple(cfg.tasks))
             desc.update(root=str(cfg.root), train_split=cfg.train_split, test_split=cfg.test_split,
-                        options=dict(cfg.options))
+                        options=dict(cfg.options), crop={"size": config.input_size, "margin": margin})
         if len(train) == 0:
             raise FacemtlError(f"source {i} ({cfg.name}): the training split is empty")
         sources.append(Source(i, cfg.name, src_tasks, train, test, cfg.batch_size, transform, eval_transform, desc))
