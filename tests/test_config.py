@@ -120,3 +120,16 @@ def test_configs_are_frozen():
     with pytest.raises(TypeError):
         cfg.model.kwargs["iterations"] = 5  # type: ignore[index]
     assert isinstance(cfg.data[0], SourceConfig)
+
+
+def test_model_kwargs_pass_input_size_and_pretrained_only_where_the_model_takes_them():
+    from facemtl.engine.hybrid import model_kwargs
+
+    joint = ["schedule.mode=joint", "data=[{name: synth, tasks: [landmarks, smile], style: wild}]"]
+    cfg = load_config(None, [*joint, "model.name=hps", "model.kwargs={backbone: alexnet}", "input_size=96",
+                             "model.pretrained=weights.safetensors"])
+    kw = model_kwargs(cfg)
+    assert kw["input_size"] == 96 and kw["pretrained"] == "weights.safetensors"
+    assert "input_size" not in model_kwargs(load_config(None, []))  # iFAN works at any size
+    with pytest.raises(FacemtlError, match="model 'ifan' cannot load ImageNet weights"):
+        model_kwargs(load_config(None, ["model.pretrained=weights.safetensors"]))

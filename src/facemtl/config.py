@@ -57,12 +57,14 @@ DEFAULT_IFAN_KWARGS = {
 @dataclass(frozen=True)
 class ModelConfig:
     """``create_model(name, **kwargs)``; the trainer adds ``tasks`` (and, for hybrid
-    training, ``num_sources`` and ``task_sources``) from the data section."""
+    training, ``num_sources`` and ``task_sources``) from the data section, ``input_size`` for
+    models that take it, and ``pretrained`` (an ImageNet weights file, safetensors) when set."""
 
     name: str = "ifan"
     # A ``kwargs`` mapping written in a config file replaces this default whole; ``--set
     # model.kwargs.x=...`` edits the kwargs in effect.
     kwargs: Mapping[str, Any] = field(default_factory=lambda: _frozen_map(DEFAULT_IFAN_KWARGS))
+    pretrained: str | None = None
 
 
 @dataclass(frozen=True)

@@ -218,8 +218,17 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def model_kwargs(config: TrainConfig) -> dict:
+    from facemtl.models.registry import builder_parameters
+
     kwargs = dict(config.model.kwargs)
     kwargs["tasks"] = list(config.task_names)
+    accepted = builder_parameters(config.model.name)
+    if "input_size" in accepted:  # e.g. Deep Collaboration's one-pixel coordinate bins
+        kwargs.setdefault("input_size", config.input_size)
+    if config.model.pretrained is not None:
+        if "pretrained" not in accepted:
+            raise FacemtlError(f"model.pretrained: model {config.model.name!r} cannot load ImageNet weights")
+        kwargs["pretrained"] = config.model.pretrained
     if config.schedule.mode == "hybrid":
         kwargs["num_sources"] = len(config.data)
         kwargs["task_sources"] = list(config.task_sources)

@@ -46,6 +46,16 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def builder_parameters(name: str) -> frozenset[str]:
+    """The keyword arguments model ``name``'s builder accepts (to pass e.g. ``input_size`` only where it means something)."""
+    import inspect
+
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise FacemtlError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY)) or 'none'}")
+    return frozenset(inspect.signature(_REGISTRY[name]).parameters)
+
+
 def create_model(name: str, **config) -> nn.Module:
     _load_builtins()
     if name not in _REGISTRY:
