@@ -1,7 +1,6 @@
 """Deep Collaboration experiments (facemtl.experiments.dcnet) at smoke scale."""
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +21,7 @@ from facemtl.models.collab import DCNet
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "dcnet_synth_smoke.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: one intra-op thread avoids oversubscription when other jobs share the cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

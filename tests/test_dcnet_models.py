@@ -19,13 +19,7 @@ NAMES = ("single", "hps", "hps-wide", "cross-stitch", "cross-stitch-wide", "dcne
 TWO_TASKS = ("landmarks", "pose")  # one points and one category task keep the models small
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small batches: one intra-op thread avoids oversubscription when other jobs share the cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _targets(batch: int = 2) -> dict:

@@ -22,12 +22,7 @@ CONFIG = dict(tasks=["landmarks", "parsing", "emotion"], num_sources=3, iteratio
               category_hidden=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import facemtl
 from facemtl.errors import FacemtlError
 from facemtl.models.ifan import IFAN, IFANConfig, render_heatmaps
 from facemtl.models.norm import SourceBatchNorm2d
-from facemtl.tasks import Task, get_tasks
+from facemtl.tasks import Task
 
 TASKS = ("landmarks", "parsing", "emotion")
 

@@ -241,6 +241,6 @@ def run_export(args) -> int:
         from facemtl.inference.export import compare_with_torch
 
         worst = compare_with_torch(model, path, iterations=args.iterations, size=int(info.get("input_size", 128)))
-        print(f"facemtl export: onnxruntime vs PyTorch, largest difference per output: "
+        print("facemtl export: onnxruntime vs PyTorch, largest difference per output: "
               + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()), file=sys.stderr)
     return 0

@@ -3,11 +3,14 @@ collaborative blocks after each block of the underlying network (Fig. 2)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from facemtl.models.heads import DEFAULT_TASKS, HEAD_HIDDEN, ColumnNetwork
+from facemtl.models.backbones import search_width
+from facemtl.models.heads import DEFAULT_TASKS, HEAD_HIDDEN, ColumnNetwork, count_on_meta
 from facemtl.models.registry import register_model
 
 
@@ -73,3 +76,15 @@ class DCNet(ColumnNetwork):
 def dcnet(tasks=DEFAULT_TASKS, backbone="resnet18", input_size=128,
           pretrained=None, width=None, head_hidden=HEAD_HIDDEN) -> DCNet:  # fmt: skip
     return DCNet(tasks, backbone, input_size, pretrained, width, head_hidden)
+
+
+@functools.lru_cache(maxsize=32)
+def width_matching_dcnet(network, tasks, backbone: str, input_size: int, head_hidden: int) -> int:
+    """First-block width at which ``network`` (a widened baseline class: hard sharing or
+    Cross-Stitch) has DCNet's parameter count with the same tasks, within 5% (section 4.2)."""
+    target = count_on_meta(lambda: DCNet(tasks, backbone, input_size, head_hidden=head_hidden))
+    return search_width(
+        lambda w: count_on_meta(lambda: network(tasks, backbone, input_size, width=w, head_hidden=head_hidden)),
+        target,
+        start=64,
+    )

@@ -4,12 +4,10 @@ every block of the underlying network (the same places DCNet puts collaborative 
 
 from __future__ import annotations
 
-import functools
 import torch
 import torch.nn as nn
 
-from facemtl.models.backbones import search_width
-from facemtl.models.heads import DEFAULT_TASKS, HEAD_HIDDEN, ColumnNetwork, check_config, count_on_meta
+from facemtl.models.heads import DEFAULT_TASKS, HEAD_HIDDEN, ColumnNetwork, check_config
 from facemtl.models.registry import register_model
 
 
@@ -57,18 +55,7 @@ def cross_stitch_wide(tasks=DEFAULT_TASKS, backbone="resnet18", input_size=128, 
     """XSx: columns widened until the parameter count is within 5% of DCNet's with the same
     tasks (``width`` found by :func:`search_width` unless given)."""
     if width is None:
-        width = _matched_width(check_config(tasks, backbone, input_size), backbone, input_size, head_hidden)
+        from facemtl.models.collab import width_matching_dcnet
+
+        width = width_matching_dcnet(CrossStitchNet, check_config(tasks, backbone, input_size), backbone, input_size, head_hidden)
     return CrossStitchNet(tasks, backbone, input_size, pretrained, width, head_hidden)
-
-
-@functools.lru_cache(maxsize=32)
-def _matched_width(tasks, backbone: str, input_size: int, head_hidden: int) -> int:
-    """First-block width at which CrossStitchNet has DCNet's parameter count (within 5%)."""
-    from facemtl.models.collab import DCNet
-
-    target = count_on_meta(lambda: DCNet(tasks, backbone, input_size, head_hidden=head_hidden))
-    return search_width(
-        lambda w: count_on_meta(lambda: CrossStitchNet(tasks, backbone, input_size, width=w, head_hidden=head_hidden)),
-        target,
-        start=64,
-    )

@@ -4,18 +4,16 @@ trunk, one head per task) and hard sharing widened to DCNet's parameter count (R
 
 from __future__ import annotations
 
-import functools
 import torch
 
 from facemtl.errors import FacemtlError
-from facemtl.models.backbones import build_backbone, load_pretrained, read_weights, search_width
+from facemtl.models.backbones import build_backbone, load_pretrained, read_weights
 from facemtl.models.heads import (
     DEFAULT_TASKS,
     HEAD_HIDDEN,
     BinnedFaceModel,
     ComparisonConfig,
     check_config,
-    count_on_meta,
     make_heads,
 )
 from facemtl.models.registry import register_model
@@ -64,18 +62,7 @@ def hps_wide(tasks=DEFAULT_TASKS, backbone="resnet18", input_size=128, pretraine
     """RNx / ANx: the shared trunk widened until the parameter count is within 5% of DCNet's
     with the same tasks (``width`` found by :func:`search_width` unless given)."""
     if width is None:
-        width = _matched_width(check_config(tasks, backbone, input_size), backbone, input_size, head_hidden)
+        from facemtl.models.collab import width_matching_dcnet
+
+        width = width_matching_dcnet(HardSharingNet, check_config(tasks, backbone, input_size), backbone, input_size, head_hidden)
     return HardSharingNet(tasks, backbone, input_size, pretrained, width, head_hidden)
-
-
-@functools.lru_cache(maxsize=32)
-def _matched_width(tasks, backbone: str, input_size: int, head_hidden: int) -> int:
-    """First-block width at which HardSharingNet has DCNet's parameter count (within 5%)."""
-    from facemtl.models.collab import DCNet
-
-    target = count_on_meta(lambda: DCNet(tasks, backbone, input_size, head_hidden=head_hidden))
-    return search_width(
-        lambda w: count_on_meta(lambda: HardSharingNet(tasks, backbone, input_size, width=w, head_hidden=head_hidden)),
-        target,
-        start=64,
-    )
