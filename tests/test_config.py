@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from facemtl.config import (
     SourceConfig,
@@ -133,3 +134,16 @@ def test_model_kwargs_pass_input_size_and_pretrained_only_where_the_model_takes_
     assert "input_size" not in model_kwargs(load_config(None, []))  # iFAN works at any size
     with pytest.raises(FacemtlError, match="model 'ifan' cannot load ImageNet weights"):
         model_kwargs(load_config(None, ["model.pretrained=weights.safetensors"]))
+
+
+def test_device_is_validated_and_resolved():
+    from facemtl.engine.hybrid import resolve_device
+
+    with pytest.raises(FacemtlError, match=r"bad value for 'device': expected 'cpu', 'cuda', 'cuda:N' or 'auto', got 'gpu'"):
+        load_config(None, ["device=gpu"])
+    assert load_config(None, ["device=cuda:1"]).device == "cuda:1"
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FacemtlError, match="sees no CUDA GPU"):
+            resolve_device("cuda")

@@ -15,6 +15,7 @@ import collections.abc
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -160,6 +161,9 @@ class TrainConfig:
     seed: int = 0
     input_size: int = 64  # the paper's 128 in configs/ifan_paper.yaml; 64 keeps the default run short
     eval_batch_size: int = 32
+    # "cpu", "cuda", "cuda:N" or "auto" (cuda when available). Exact --resume holds on the CPU; on a
+    # GPU, cuDNN kernels and dropout's CUDA RNG may make resumed losses differ in the last digits.
+    device: str = "cpu"
 
     # -- derived views used by the engine ------------------------------------------------
     @property
@@ -318,6 +322,8 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
     for key, v in positive.items():
         if v <= 0:
             raise bad(key, "a positive integer", v)
+    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", cfg.device):
+        raise bad("device", "'cpu', 'cuda', 'cuda:N' or 'auto'", cfg.device)
     for key in ("lr", "lr_end", "pretrain_lr"):
         if getattr(cfg.schedule, key) <= 0:
             raise bad(f"schedule.{key}", "a positive number", getattr(cfg.schedule, key))

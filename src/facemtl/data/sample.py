@@ -65,3 +65,8 @@ def collate(samples: Sequence[dict]) -> dict:
         else:
             batch[key] = torch.stack([s[key] for s in samples])
     return batch
+
+
+def to_device(batch: dict, device) -> dict:
+    """The batch with its tensors on ``device`` (``meta`` and other non-tensors as they are)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

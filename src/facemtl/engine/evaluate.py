@@ -81,6 +81,7 @@ def evaluate(model, info: dict, datasets, *, batch_size: int = 32, progress: boo
     sources = _sources_from(info, tasks, datasets)
     task_sources = list(info.get("task_sources") or [0] * len(tasks))
     was_training = model.training
+    device = next(model.parameters()).device  # evaluate where the model lives; meters count on the CPU
     model.eval()
     meters: dict[int, dict[str, object]] = {}
     try:
@@ -94,12 +95,12 @@ def evaluate(model, info: dict, datasets, *, batch_size: int = 32, progress: boo
             it = eval_batches(src, batch_size, rank, world_size)
             for batch, raws in tqdm(it, total=n_batches, desc=f"eval {task.name}", disable=not progress,
                                     leave=False, dynamic_ncols=True):
-                outputs = model(batch["image"], source=None)
+                outputs = model(batch["image"].to(device), source=None)
                 for i, out in enumerate(outputs):
                     meter = meters.setdefault(i, {}).get(task.name)
                     if meter is None:
                         meter = meters[i][task.name] = _meter(task)
-                    _update(meter, task, model.decode(task.name, out[task.name]), batch, raws)
+                    _update(meter, task, model.decode(task.name, out[task.name]).cpu(), batch, raws)
     finally:
         model.train(was_training)
     result: dict = {"iterations": {}}

@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from facemtl.config import TrainConfig, config_from_dict, to_dict
+from facemtl.data.sample import to_device
 from facemtl.errors import FacemtlError
 from facemtl.tasks import Task, get_tasks
 
@@ -206,6 +207,15 @@ def hybrid_update(model, optimizer, batch: dict, task: Task, source: int, iterat
 # the training loop
 
 
+def resolve_device(name: str) -> torch.device:
+    """``config.device`` -> a torch device; a CUDA device that is not there is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FacemtlError(f"device {name!r}: this torch build sees no CUDA GPU (torch {torch.__version__}); use device: cpu or auto")
+    return torch.device(name)
+
+
 def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
     o = config.optimiser
     params = [p for p in model.parameters() if p.requires_grad]
@@ -347,6 +357,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
             streams = {0: BatchStream(sources[0], config.seed, 0, rank, world)}
             plan = JointPlan(streams[0].batches_per_pass, sched.epochs, sched.rounds, sched.lr, sched.lr_end, sched.decay)
             joint_iters = sched.iterations
+        device = resolve_device(config.device)
+        model.to(device)
         optimizer = make_optimizer(model, config)
 
         start = 0
@@ -412,7 +424,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
                     key = (u.stream, u.draw)
                     if last_batch is None or last_batch[0] != key:
                         last_batch = (key, streams[u.stream].batch(u.draw))
-                    batch = last_batch[1]
+                    batch = to_device(last_batch[1], device)
                     if hybrid:
                         task = tasks[u.task]
                         losses = hybrid_update(model, optimizer, batch, task, task_src[u.task], u.iteration,
