@@ -294,36 +294,45 @@ def _resize_pyramid(maps: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
     return [maps if i == 0 else F.adaptive_avg_pool2d(maps, (h >> i, w >> i)) for i in range(num_levels)]
 
 
-class PointsReencoder(nn.Module):
+class MapReencoder(nn.Module):
+    """Re-encoder of a task predicted per pixel (points, segmentation): the prediction becomes
+    maps at input resolution (:meth:`to_maps`), then a pyramid: learned conv/max-pool, or the
+    maps resized to every level (``reencoder="resize"``, 4.3.2)."""
+
     def __init__(self, task: Task, config: IFANConfig):
         super().__init__()
-        self.radius = config.heatmap_radius
-        self.reference_size = config.reference_size
         self.num_levels = config.num_blocks + 1
         self.learned = config.reencoder == "learned"
         if self.learned:
             self.pyramid = ConvPoolPyramid(task.num_outputs, config.reencoder_channels, self.num_levels)
         self.out_channels = config.reencoder_channels if self.learned else task.num_outputs
 
+    def to_maps(self, output: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, output: torch.Tensor, size: tuple[int, int]) -> list[torch.Tensor]:
-        h, w = size
-        radius = self.radius * min(h, w) / self.reference_size
-        maps = render_heatmaps(output, h, w, radius)
+        maps = self.to_maps(output, size)
         return self.pyramid(maps) if self.learned else _resize_pyramid(maps, self.num_levels)
 
 
-class SegmentationReencoder(nn.Module):
-    def __init__(self, task: Task, config: IFANConfig):
-        super().__init__()
-        self.num_levels = config.num_blocks + 1
-        self.learned = config.reencoder == "learned"
-        if self.learned:
-            self.pyramid = ConvPoolPyramid(task.num_outputs, config.reencoder_channels, self.num_levels)
-        self.out_channels = config.reencoder_channels if self.learned else task.num_outputs
+class PointsReencoder(MapReencoder):
+    """Points -> soft disks of radius ``heatmap_radius`` px at ``reference_size`` (scaled with the input)."""
 
-    def forward(self, output: torch.Tensor, size: tuple[int, int]) -> list[torch.Tensor]:
-        probs = output.softmax(1)
-        return self.pyramid(probs) if self.learned else _resize_pyramid(probs, self.num_levels)
+    def __init__(self, task: Task, config: IFANConfig):
+        super().__init__(task, config)
+        self.radius = config.heatmap_radius
+        self.reference_size = config.reference_size
+
+    def to_maps(self, output: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        h, w = size
+        return render_heatmaps(output, h, w, self.radius * min(h, w) / self.reference_size)
+
+
+class SegmentationReencoder(MapReencoder):
+    """Segmentation logits -> class-probability maps."""
+
+    def to_maps(self, output: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return output.softmax(1)
 
 
 class CategoryReencoder(nn.Module):
