@@ -64,7 +64,7 @@ def main() -> None:
         stage1.append(timings[0])
         per_task_round.append(tuple(sum(timings[i][k] for i in range(1, iters + 1)) for k in (0, 1)))
     s = cfg.schedule
-    plan = HybridPlan(tuple(batches), s.pretrain_epochs, s.epochs, s.rounds, iters, s.pretrain_lr, s.lr, s.lr_end, s.decay)
+    plan = HybridPlan(tuple(batches), s.pretrain_epochs, s.epochs, s.rounds, iters, s.pretrain_lr, s.lr, s.lr_end, s.decay, s.warmup)
     for k, label in ((0, "wall"), (1, "cpu/threads")):
         div = 1 if k == 0 else args.threads
         st1 = sum(s.pretrain_epochs * b * st[k] for b, st in zip(batches, stage1)) / div

@@ -149,6 +149,21 @@ def test_lr_schedules():
     assert lr_at(2, 5, 1e-3, 1e-5, "exponential") == pytest.approx(1e-4)
     assert lr_at(2, 5, 1.0, 0.0 + 1e-12, "linear") == pytest.approx(0.5)
     assert lr_at(3, 5, 0.1, 0.01, "constant") == 0.1
+    # cosine: lr at the first, the mean of the two half-way, lr_end at the last
+    assert [lr_at(i, 5, 1.0, 0.2, "cosine") for i in (0, 2, 4)] == pytest.approx([1.0, 0.6, 0.2])
+    # warm-up: lr * (i + 1) / (warmup + 1) for the first `warmup`, then the decay over the rest
+    assert [lr_at(i, 7, 1.0, 0.2, "cosine", warmup=2) for i in range(7)] == pytest.approx(
+        [1 / 3, 2 / 3, 1.0, 0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi / 4)), 0.6, 0.2 + 0.8 * 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.2])
+    assert lr_at(0, 1, 1.0, 0.2, "cosine", warmup=5) == 1.0  # a one-update schedule has no room to warm up
+
+
+def test_plan_warms_up_each_task_in_stage_1_and_stage_2():
+    plan = HybridPlan(batches=(3, 2), pretrain_epochs=1, epochs=2, rounds_override=None, iterations=1,
+                      pretrain_lr=1.0, lr=0.5, lr_end=0.1, decay="linear", warmup=1)
+    lrs = [(plan[k].stage, plan[k].task, plan[k].lr) for k in range(plan.total)]
+    assert lrs[:5] == [(1, 0, 0.5), (1, 0, 1.0), (1, 0, 1.0), (1, 1, 0.5), (1, 1, 1.0)]
+    stage2 = [lr for st, _, lr in lrs if st == 2]  # 6 rounds x 2 tasks, one update each
+    assert stage2[:2] == [0.25, 0.25] and stage2[2:4] == [0.5, 0.5] and stage2[-1] == pytest.approx(0.1)
 
 
 def _source(n=10, batch=4):

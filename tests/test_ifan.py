@@ -163,6 +163,7 @@ def test_inference_assembles_each_task_from_its_source_stream():
         assert not torch.allclose(per_source[0]["parsing"], per_source[1]["parsing"], atol=1e-3)
         # Iter1: every stream gets the ASSEMBLED Iter0 predictions as feedback
         fb = m.integrator([outs[0][n] for n in TASKS], (64, 64))
+        m.use_iteration_statistics(1)  # Iter1 normalises with its own running statistics
         for t, name in enumerate(TASKS):
             feats = m.backbone(x, t, fb)
             torch.testing.assert_close(outs[1][name], m.decoders[t](feats, t), rtol=1e-5, atol=1e-5)
@@ -291,3 +292,21 @@ def test_heatmaps_are_soft_disks_differentiable_in_the_coordinates():
     assert maps.sum().item() == pytest.approx(math.pi * (25 + math.pi**2 / 3), rel=0.01)
     (maps * torch.arange(64.0)).sum().backward()  # mass-weighted x: moving right increases it
     assert pts.grad[0, 0, 0] > 0
+
+
+def test_each_iteration_keeps_its_own_batch_norm_statistics():
+    """Iter0 at inference is the same function whether or not later iterations ran in training."""
+    torch.manual_seed(0)
+    m = make(iterations=1)
+    x = images(4, 64)
+    m.train()
+    m(x, source=0, iterations=1)
+    stem_norm = m.backbone.down[0].layers[0].norm
+    n = stem_norm.num_sources
+    assert stem_norm.running_mean.shape[0] == 2 * n
+    # a later layer sees the feedback: its Iter0 and Iter1 statistics differ
+    later = m.backbone.down[1].layers[0].norm
+    assert not torch.allclose(later.running_mean[0], later.running_mean[n])
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, source=0, iterations=1)[0], m(x, source=0, iterations=0)[0])

@@ -77,3 +77,21 @@ def test_gradients_reach_only_the_used_rows():
     bn(torch.randn(4, 2, 3, 3), 2).pow(2).sum().backward()
     assert bn.weight.grad[:2].abs().sum() == 0 and bn.weight.grad[2].abs().sum() > 0
     assert bn.bias.grad[:2].abs().sum() == 0 and bn.bias.grad[2].abs().sum() > 0
+
+
+def test_statistics_sets_are_separate_rows_and_share_the_affine_parameters():
+    torch.manual_seed(0)
+    bn = SourceBatchNorm2d(3, num_sources=2, statistics_sets=2)
+    assert bn.running_mean.shape == (4, 3) and bn.weight.shape == (2, 3)
+    bn.active_set = 1
+    x = torch.randn(4, 3, 5, 5) + 5
+    bn(x, 1)  # set 1, source 1 -> row 1 * 2 + 1
+    changed = [not torch.equal(bn.running_mean[r], torch.zeros(3)) for r in range(4)]
+    assert changed == [False, False, False, True]
+    bn(torch.cat([x, x]), (0, 1))  # stacked streams update set 1's rows only
+    assert torch.equal(bn.running_mean[:2], torch.zeros(2, 3)) and not torch.equal(bn.running_mean[2], torch.zeros(3))
+    bn.eval()
+    bn.running_mean[1] = 5.0  # set 0's row of source 1: unused while set 1 is active
+    out1 = bn(x, 1)
+    bn.active_set = 0
+    assert not torch.allclose(out1, bn(x, 1))

@@ -54,11 +54,13 @@ def test_smoke_train_interrupt_resume_and_eval(tmp_path):
     assert proc.returncode == 0, err
     assert "mean NME" in out and "mouth_all" in out and "Iter0" in out and "Iter1" in out
     res = json.loads((tmp_path / "out.json").read_text())
-    assert set(res) == {"iterations"} and set(res["iterations"]) == {"0", "1"}
+    assert set(res) == {"iterations", "baselines"} and set(res["iterations"]) == {"0", "1"}
+    assert set(res["baselines"]) == {"landmarks", "parsing", "emotion"}
     for it in res["iterations"].values():
         lm, pa, em = it["landmarks"], it["parsing"], it["emotion"]
         assert lm["nme"] > 0 and 0 <= lm["failure_rate"] <= 100 and len(lm["nme_per_point"]) == 5
-        assert all(0 <= v <= 100 for v in pa["f1"].values()) and 0 <= pa["overall"] <= 100 or math.isnan(pa["overall"])
+        assert all(0 <= v <= 100 for v in pa["f1"].values())
+        assert 0 <= pa["overall"] <= 100 or math.isnan(pa["overall"])
         assert 0 <= em["accuracy"] <= 100 and 0 <= em["mean_class_accuracy"] <= 100
         assert sum(map(sum, em["confusion"])) == 6  # n_test of the emotion source
     # evaluation of the checkpoint equals the metrics the trainer wrote at the end

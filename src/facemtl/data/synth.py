@@ -47,7 +47,8 @@ import numpy as np
 
 from facemtl.errors import FacemtlError
 
-STYLES: tuple[str, ...] = ("studio", "wild", "webcam")
+# New styles go at the end: a style's index seeds its samples.
+STYLES: tuple[str, ...] = ("studio", "wild", "webcam", "snapshot", "classroom")
 EMOTIONS: tuple[str, ...] = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 HAIR_STYLES: tuple[str, ...] = ("short", "bob", "long", "bun", "bald")
 IMAGES_PER_SUBJECT = 6
@@ -81,7 +82,17 @@ EMOTION_EXPR = {
     6: dict(),  # Neutral
 }
 
-# Style statistics (angles in degrees, sizes as fractions of the image side).
+# Style statistics (angles in degrees, sizes as fractions of the image side; ``expression``:
+# range of the expression strength). The default run uses the three CALIBRATED styles, each
+# framed and degraded like the cropped real data its task stands for:
+# * "snapshot" (landmarks; MTFL/AFLW-like): face-detector crops of everyday photos, |yaw| mostly
+#   under 45 degrees (MTFL's and 300W's inter-ocular NME is measured on such crops), varied light,
+#   some clutter and occluders, mild blur and JPEG;
+# * "studio" (parsing; Helen-like): well-lit, near-frontal, large faces;
+# * "classroom" (emotion; BNU-LSVED-like): students filmed by a classroom camera, moderate
+#   resolution loss, noise and grey cast, posed expressions at full strength.
+# "wild" (yaw up to 80 degrees, strong framing jitter) and "webcam" (heavy resolution loss and
+# JPEG: most of an expression is gone at 64 px) are the hard styles for stress tests.
 STYLE_PARAMS = {
     "studio": dict(yaw=(0.0, 14.0, 40.0), pitch=(0.0, 6.0, 15.0), roll=(0.0, 4.0, 10.0), iod=(0.26, 0.32),
                    shift=0.04, ambient=(0.6, 0.72), diffuse=(0.35, 0.45), side=0.35, clutter=0, occlude=0.0,
@@ -93,6 +104,13 @@ STYLE_PARAMS = {
                    shift=0.07, ambient=(0.4, 0.55), diffuse=(0.4, 0.6), side=0.5, clutter=4, occlude=0.08,
                    blur=(0.3, 1.0), noise=(4.0, 10.0), jpeg=(25, 60), lowres=(0.3, 0.5), grey=(0.5, 0.9),
                    glasses=0.3),
+    "snapshot": dict(yaw=(0.0, 18.0, 45.0), pitch=(0.0, 9.0, 25.0), roll=(0.0, 8.0, 25.0), iod=(0.24, 0.32),
+                     shift=0.05, ambient=(0.3, 0.55), diffuse=(0.5, 0.9), side=0.8, clutter=8, occlude=0.15,
+                     blur=(0.0, 1.0), noise=(0.5, 5.0), jpeg=(65, 95), lowres=None, grey=(0.0, 0.15), glasses=0.25),
+    "classroom": dict(yaw=(0.0, 12.0, 35.0), pitch=(-3.0, 8.0, 20.0), roll=(0.0, 5.0, 15.0), iod=(0.26, 0.32),
+                      shift=0.04, ambient=(0.45, 0.6), diffuse=(0.4, 0.6), side=0.5, clutter=4, occlude=0.05,
+                      blur=(0.0, 0.7), noise=(2.0, 5.0), jpeg=(60, 90), lowres=(0.7, 0.9), grey=(0.2, 0.6),
+                      glasses=0.3, expression=(0.9, 1.3)),
 }
 
 SKIN_TONES = np.array([[236, 200, 175], [224, 172, 140], [198, 145, 110], [160, 110, 80],
@@ -439,7 +457,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
     # --- shape: neutral mean + identity modes + expression fields (one matrix product)
     coef = np.zeros(m.basis.shape[0])
     coef[: m.n_modes] = subj["shape"]
-    strength = rng.uniform(0.6, 1.25)
+    strength = rng.uniform(*p.get("expression", (0.6, 1.25)))
     for name, value in EMOTION_EXPR[emotion].items():
         coef[m.expr_index[name]] += value * strength
     if emotion == 3:

@@ -20,8 +20,10 @@ whatever its dataset size (the balance argument of 3.3). A stage-2 *epoch* is de
 most batches has been traversed once (smaller sources cycle through new shuffles meanwhile).
 With ITER = 0 a round makes one Iter0 update per task.
 
-The optimiser is RMSprop (4.1.2) for both stages: ``pretrain_lr`` in stage 1, then ``lr``
-decaying to ``lr_end`` over the stage-2 rounds. Batches come from :mod:`facemtl.data.mixing`
+The paper's optimiser is RMSprop (4.1.2) for both stages (``configs/ifan_paper.yaml``); the
+default run uses AdamW (see :mod:`facemtl.config`): ``pretrain_lr`` in stage 1 (after a linear
+warm-up of ``warmup`` updates at the start of each task, whose decoder starts untrained), then
+``lr`` decaying to ``lr_end`` over the stage-2 rounds (after the same warm-up). Batches come from :mod:`facemtl.data.mixing`
 (deterministic, sharded by rank); the torch RNG is seeded inside a forked RNG scope, so the
 caller's global state is untouched; the state saved at every epoch end lets ``resume=True``
 continue with exactly the losses an uninterrupted run would have had.
@@ -64,13 +66,20 @@ class Update:
     round: int  # stage-2 round (stage 1: batch index within the task's stage)
 
 
-def lr_at(i: int, n: int, lr: float, lr_end: float, decay: str) -> float:
-    """Learning rate of update/round ``i`` of ``n``: ``lr`` at the first, ``lr_end`` at the last."""
+def lr_at(i: int, n: int, lr: float, lr_end: float, decay: str, warmup: int = 0) -> float:
+    """Learning rate of update/round ``i`` of ``n``: a linear warm-up over the first ``warmup``
+    (``lr / (warmup + 1)`` up to ``lr``), then ``lr`` decaying to ``lr_end`` at the last."""
+    warmup = min(warmup, max(n - 1, 0))
+    if i < warmup:
+        return lr * (i + 1) / (warmup + 1)
+    i, n = i - warmup, n - warmup
     if decay == "constant" or n <= 1:
         return lr
     f = i / (n - 1)
     if decay == "linear":
         return lr + (lr_end - lr) * f
+    if decay == "cosine":
+        return lr_end + (lr - lr_end) * 0.5 * (1.0 + math.cos(math.pi * f))
     return lr * (lr_end / lr) ** f
 
 
@@ -91,6 +100,7 @@ class HybridPlan:
     lr: float
     lr_end: float
     decay: str
+    warmup: int = 0  # updates of linear warm-up at the start of each task's stage 1 and of stage 2 (rounds)
 
     @property
     def updates_per_task_round(self) -> int:
@@ -126,7 +136,8 @@ class HybridPlan:
                 if k < start + n:
                     j = k - start
                     epoch, pos = divmod(j, b)
-                    return Update(k, 1, t, epoch, 0, 2 * t, j, self.pretrain_lr, pos == b - 1, j)
+                    lr = lr_at(j, n, self.pretrain_lr, self.pretrain_lr, "constant", self.warmup)
+                    return Update(k, 1, t, epoch, 0, 2 * t, j, lr, pos == b - 1, j)
                 start += n
         k2 = k - self.stage1_total
         per_round = len(self.batches) * self.updates_per_task_round
@@ -136,7 +147,7 @@ class HybridPlan:
         epoch = r // self.rounds_per_epoch
         last_of_round = within == per_round - 1
         epoch_end = last_of_round and ((r + 1) % self.rounds_per_epoch == 0 or r == self.rounds - 1)
-        lr = lr_at(r, self.rounds, self.lr, self.lr_end, self.decay)
+        lr = lr_at(r, self.rounds, self.lr, self.lr_end, self.decay, self.warmup)
         return Update(k, 2, t, epoch, iteration, 2 * t + 1, r, lr, epoch_end, r)
 
 
@@ -224,6 +235,8 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
                                    momentum=o.momentum, weight_decay=o.weight_decay)
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=config.schedule.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=config.schedule.lr, eps=o.eps, weight_decay=o.weight_decay)
     return torch.optim.Adam(params, lr=config.schedule.lr, eps=o.eps, weight_decay=o.weight_decay)
 
 
@@ -351,11 +364,12 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
                     streams[s] = BatchStream(sources[task_src[t]], config.seed, s, rank, world)
             plan = HybridPlan(tuple(streams[2 * t].batches_per_pass for t in range(len(tasks))),
                               sched.pretrain_epochs, sched.epochs, sched.rounds, iterations,
-                              sched.pretrain_lr, sched.lr, sched.lr_end, sched.decay)
+                              sched.pretrain_lr, sched.lr, sched.lr_end, sched.decay, sched.warmup)
             trainable = {(st, t): roles.trainable(st, t) for st in (1, 2) for t in range(len(tasks))}
         else:
             streams = {0: BatchStream(sources[0], config.seed, 0, rank, world)}
-            plan = JointPlan(streams[0].batches_per_pass, sched.epochs, sched.rounds, sched.lr, sched.lr_end, sched.decay)
+            plan = JointPlan(streams[0].batches_per_pass, sched.epochs, sched.rounds, sched.lr, sched.lr_end, sched.decay,
+                             sched.warmup)
             joint_iters = sched.iterations
         device = resolve_device(config.device)
         model.to(device)

@@ -24,6 +24,7 @@ class JointPlan:
     lr: float
     lr_end: float
     decay: str
+    warmup: int = 0
 
     @property
     def total(self) -> int:
@@ -37,7 +38,7 @@ class JointPlan:
         epoch = k // self.batches_per_pass
         last = k == self.total - 1 or (k + 1) % self.batches_per_pass == 0
         return Update(step=k, stage=0, task=-1, epoch=epoch, iteration=-1, stream=0, draw=k,
-                      lr=lr_at(k, self.total, self.lr, self.lr_end, self.decay), epoch_end=last, round=k)
+                      lr=lr_at(k, self.total, self.lr, self.lr_end, self.decay, self.warmup), epoch_end=last, round=k)
 
 
 def joint_update(model, optimizer, batch: dict, tasks, weights: dict, iterations: int | None) -> dict[str, float]:

@@ -15,6 +15,14 @@ A layer is called with ``streams``:
   norm, so a multi-source inference pass costs one kernel call per layer. Updating statistics
   this way is allowed only when the tuple is ``range(num_sources)`` (each chunk then updates
   only its own row); any other subset is evaluation-only.
+
+Statistics sets: ``statistics_sets=n`` keeps ``n`` sets of running statistics per source (rows
+``set * num_sources + source``) and the layer reads / updates set ``active_set`` (which the
+owning model sets; affine parameters stay one per source). iFAN gives every refinement
+iteration its own set: Iter0 runs with all-zero feedback and later iterations with re-encoded
+predictions, so their activations differ, and one shared running average would normalise each
+iteration at inference with a mixture of both (measured: 16 faces fitted to 0.95 pixel accuracy
+in train mode scored 0.71 at Iter0 in eval mode; with Iter0's own statistics 0.95).
 """
 
 from __future__ import annotations
@@ -35,29 +43,34 @@ class SourceBatchNorm2d(nn.Module):
     ordinary shared batch norm.
     """
 
-    def __init__(self, num_features: int, num_sources: int = 1, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, num_features: int, num_sources: int = 1, eps: float = 1e-5, momentum: float = 0.1,
+                 statistics_sets: int = 1):
         super().__init__()
         self.num_features = num_features
         self.num_sources = num_sources
+        self.statistics_sets = statistics_sets
+        self.active_set = 0
         self.eps = eps
         self.momentum = momentum
         self.weight = nn.Parameter(torch.ones(num_sources, num_features))
         self.bias = nn.Parameter(torch.zeros(num_sources, num_features))
-        self.register_buffer("running_mean", torch.zeros(num_sources, num_features))
-        self.register_buffer("running_var", torch.ones(num_sources, num_features))
+        self.register_buffer("running_mean", torch.zeros(statistics_sets * num_sources, num_features))
+        self.register_buffer("running_var", torch.ones(statistics_sets * num_sources, num_features))
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, num_sources={self.num_sources}, eps={self.eps}, momentum={self.momentum}"
+        sets = f", statistics_sets={self.statistics_sets}" if self.statistics_sets > 1 else ""
+        return f"{self.num_features}, num_sources={self.num_sources}{sets}, eps={self.eps}, momentum={self.momentum}"
 
     def forward(self, x: torch.Tensor, streams: Streams = 0) -> torch.Tensor:
         if isinstance(streams, int):
             if not 0 <= streams < self.num_sources:
                 raise IndexError(f"source {streams} out of range 0..{self.num_sources - 1}")
             # Row views share storage with the buffers, so training updates land in row s only.
+            row = self.active_set * self.num_sources + streams
             return F.batch_norm(
                 x,
-                self.running_mean[streams],
-                self.running_var[streams],
+                self.running_mean[row],
+                self.running_var[row],
                 self.weight[streams],
                 self.bias[streams],
                 self.training,
@@ -70,14 +83,18 @@ class SourceBatchNorm2d(nn.Module):
         n = len(streams)
         if x.shape[0] % n:
             raise ValueError(f"batch of {x.shape[0]} is not {n} equal source chunks")
+        first = self.active_set * self.num_sources
         if streams == tuple(range(self.num_sources)):
-            mean, var = self.running_mean.view(-1), self.running_var.view(-1)
+            # a contiguous slice: a view, so training updates land in this set's rows
+            mean = self.running_mean[first:first + self.num_sources].view(-1)
+            var = self.running_var[first:first + self.num_sources].view(-1)
             weight, bias = self.weight.reshape(-1), self.bias.reshape(-1)
         else:
             if self.training:
                 raise RuntimeError("training on a subset of stacked sources would lose the statistics update")
             idx = torch.tensor(streams, device=x.device)
-            mean, var = self.running_mean[idx].reshape(-1), self.running_var[idx].reshape(-1)
+            rows = idx + first
+            mean, var = self.running_mean[rows].reshape(-1), self.running_var[rows].reshape(-1)
             weight, bias = self.weight[idx].reshape(-1), self.bias[idx].reshape(-1)
         b, c = x.shape[0] // n, x.shape[1]
         rest = x.shape[2:]
