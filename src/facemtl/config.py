@@ -2,8 +2,8 @@
 
 The dataclass DEFAULTS are the built-in default run: iFAN on landmarks + parsing + emotion,
 each task learned from its own synthetic source in its own style (iFAN section 3.3: datasets
-that label different tasks and differ in image statistics), sized to finish in about 15
-minutes on a 2-core CPU. ``configs/ifan_paper.yaml`` holds the paper's settings (section 4.1.2).
+that label different tasks and differ in image statistics), sized to finish in about 10
+minutes on an idle 2-core CPU. ``configs/ifan_paper.yaml`` holds the paper's settings (section 4.1.2).
 
 Everything is validated when loaded; a mistake raises one :class:`FacemtlError` line that
 names the key (and the file line when it came from a file) and what was expected.
@@ -130,7 +130,7 @@ class ScheduleConfig:
     """
 
     mode: Literal["hybrid", "joint"] = "hybrid"
-    pretrain_epochs: int = 4
+    pretrain_epochs: int = 6
     epochs: int = 1  # the default run: 256 rounds (one pass of its largest source)
     rounds: int | None = None
     pretrain_lr: float = 3e-3  # configs/ifan_paper.yaml: the paper's 1e-3 with RMSprop
