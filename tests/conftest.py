@@ -10,3 +10,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def run_two_gloo_processes():
+    """``run(worker)``: ``worker(rank, port, results)`` in two spawned processes on a free local
+    port; returns ``{rank: what the worker stored in results[rank]}``."""
+    import os
+    import socket
+
+    import torch.multiprocessing as mp
+
+    def run(worker) -> dict:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        with mp.Manager() as manager:
+            results = manager.dict()
+            mp.start_processes(worker, args=(port, results), nprocs=2, start_method="spawn")
+            return dict(results)
+
+    return run

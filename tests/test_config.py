@@ -18,9 +18,9 @@ from facemtl.errors import FacemtlError
 def test_defaults_are_the_three_source_ifan_run():
     cfg = TrainConfig()
     assert cfg.model.name == "ifan"
-    assert cfg.task_names == ("landmarks", "parsing", "emotion")
+    assert cfg.task_names == ("parsing", "emotion", "landmarks")  # stage-1 order: landmarks last
     assert cfg.task_sources == (0, 1, 2)
-    assert [s.style for s in cfg.data] == ["snapshot", "studio", "classroom"]
+    assert [s.style for s in cfg.data] == ["studio", "classroom", "snapshot"]
     assert cfg.optimiser.name == "adamw" and cfg.schedule.decay == "cosine" and cfg.schedule.warmup > 0
     # to_dict -> from_dict is the identity (config.json of a run reloads to the same config)
     assert config_from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg
@@ -62,7 +62,7 @@ def test_bad_values_name_the_key_and_what_was_expected(data, message):
 
 
 def test_overrides_parse_yaml_scalars_and_lists():
-    cfg = load_config(None, ["schedule.lr=5e-4", "data.1.n_train=64", "data.0.tasks=[landmarks]",
+    cfg = load_config(None, ["schedule.lr=5e-4", "data.1.n_train=64", "data.0.tasks=[parsing]",
                              "logging.tensorboard=false", "schedule.rounds=null", "model.kwargs.growth_rate=6"])
     assert cfg.schedule.lr == 5e-4
     assert cfg.data[1].n_train == 64 and cfg.data[0].n_train == TrainConfig().data[0].n_train

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from facemtl.data.mixing import Source
@@ -150,14 +147,9 @@ def _close(a, b) -> bool:
     return a == b
 
 
-def test_baselines_over_two_gloo_processes_equal_the_single_process_ones():
+def test_baselines_over_two_gloo_processes_equal_the_single_process_ones(run_two_gloo_processes):
     whole = evaluate(FakeModel(), INFO, [_samples()])["baselines"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.start_processes(_dist_worker, args=(port, results), nprocs=2, start_method="spawn")
-        for rank in (0, 1):
-            assert _close(results[rank], whole)
+    results = run_two_gloo_processes(_dist_worker)
+    for rank in (0, 1):
+        assert _close(results[rank], whole)
+

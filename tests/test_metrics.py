@@ -1,12 +1,9 @@
 import math
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from facemtl.errors import FacemtlError
 from facemtl.metrics import (
@@ -257,17 +254,11 @@ def _dist_worker(rank: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
-def test_all_reduce_over_two_gloo_processes():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.start_processes(_dist_worker, args=(port, results), nprocs=2, start_method="spawn")
-        for rank in (0, 1):
-            for reduced, whole in results[rank]:
-                assert _same(reduced, whole)
+def test_all_reduce_over_two_gloo_processes(run_two_gloo_processes):
+    results = run_two_gloo_processes(_dist_worker)
+    for rank in (0, 1):
+        for reduced, whole in results[rank]:
+            assert _same(reduced, whole)
 
 
 def test_meter_for_picks_the_meter_from_the_task_kind():

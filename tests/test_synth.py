@@ -23,7 +23,7 @@ def _near(mask: np.ndarray, xy, classes, radius: int) -> bool:
 
 
 def test_styles_and_interface():
-    assert STYLES == ("studio", "wild", "webcam")
+    assert STYLES == ("studio", "wild", "webcam", "snapshot", "classroom")  # new styles only at the end
     s = render_face(0, 0)
     assert s["image"].shape == (128, 128, 3) and s["image"].dtype == np.uint8
     assert s["parsing"].shape == (128, 128) and s["parsing"].dtype == np.uint8
@@ -32,6 +32,13 @@ def test_styles_and_interface():
         assert isinstance(s[key], int) and 0 <= s[key] < n
     assert {"style", "seed", "index", "yaw", "pitch", "roll", "subject"} <= set(s["meta"])
     assert render_face(0, 0, "wild", 80)["image"].shape == (80, 80, 3)
+
+
+def test_calibrated_landmark_style_stays_within_detector_poses():
+    """"snapshot" (the default landmark source) keeps |yaw| <= 45 like MTFL's detector crops;
+    "wild" (the stress style) goes beyond."""
+    yaws = {style: [abs(render_face(1, i, style, 64)["meta"]["yaw"]) for i in range(60)] for style in ("snapshot", "wild")}
+    assert max(yaws["snapshot"]) <= 45 and max(yaws["wild"]) > 45
 
 
 def test_deterministic_and_index_dependent():
