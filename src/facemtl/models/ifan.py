@@ -69,8 +69,8 @@ import torch.nn.functional as F
 
 from facemtl.errors import FacemtlError
 from facemtl.models.base import FaceModel
-from facemtl.models.fc_densenet import BNReLUConv, FCDenseNet
-from facemtl.models.norm import SourceBatchNorm2d
+from facemtl.models.fc_densenet import POOLS, BNReLUConv, FCDenseNet
+from facemtl.models.norm import SourceBatchNorm2d, select_statistics, use_statistics_sets
 from facemtl.models.registry import register_model
 from facemtl.tasks import IGNORE_INDEX, STANDARD_TASKS, Task, get_tasks
 
@@ -200,8 +200,8 @@ class IFANConfig:
                 raise FacemtlError(f"ifan: {name} must be divisible by {2**self.num_blocks}, got {getattr(self, name)}")
         if self.segmentation_loss not in SEGMENTATION_LOSSES:
             raise FacemtlError(f"ifan: segmentation_loss must be one of {SEGMENTATION_LOSSES}, got {self.segmentation_loss!r}")
-        if self.pool not in ("avg", "max"):
-            raise FacemtlError(f"ifan: pool must be 'avg' or 'max', got {self.pool!r}")
+        if self.pool not in POOLS:
+            raise FacemtlError(f"ifan: pool must be one of {POOLS}, got {self.pool!r}")
         if not isinstance(self.heatmap_radius, (int, float)) or isinstance(self.heatmap_radius, bool) or not self.heatmap_radius > 0:
             raise FacemtlError(f"ifan: heatmap_radius must be a positive number, got {self.heatmap_radius!r}")
 
@@ -411,8 +411,9 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Why: with cross entropy alone, classes covering ~1% of the pixels (brows, eyes) contribute
     ~1% of the gradient and stay at F1 0 for hundreds of updates, while background and skin
-    are learned (measured on the synthetic studio style: after 600 updates nose 88%, brows and
-    eyes 0%). Dice weighs every class present equally, whatever its area.
+    are learned. Measured (studio style, parsing only, 500 updates of 8): cross entropy overall
+    F1 64.2 with brows, eyes and inner mouth at 0; plus Dice 78.1 (brows 39/22, inner mouth 59,
+    eyes still 0). Dice weighs every class present equally, whatever its area.
     """
     probs = logits.float().softmax(1)
     valid = target != IGNORE_INDEX
@@ -456,20 +457,15 @@ class IFAN(FaceModel):
         )
         self.decoders = nn.ModuleList(build_decoder(t, self.backbone, config) for t in self.tasks)
         self.integrator = integrator
-        self._norms = [m for m in self.modules() if isinstance(m, SourceBatchNorm2d)]
-        if config.iteration_statistics and config.iterations > 0:
-            for norm in self._norms:  # one set of running statistics per iteration (Iter0..IterN)
-                n = norm.num_sources * (config.iterations + 1)
-                norm.statistics_sets = config.iterations + 1
-                norm.running_mean = torch.zeros(n, norm.num_features)
-                norm.running_var = torch.ones(n, norm.num_features)
+        # one set of running statistics per iteration (Iter0..IterN), see the module docstring
+        sets = config.iterations + 1 if config.iteration_statistics else 1
+        self._norms = use_statistics_sets(self, sets)
 
     def use_iteration_statistics(self, iteration: int) -> None:
         """Make every batch norm read (and in training update) iteration ``iteration``'s running
         statistics; ``forward`` calls it before each iteration's backbone pass."""
         if self.config.iteration_statistics:
-            for norm in self._norms:
-                norm.active_set = iteration
+            select_statistics(self._norms, iteration)
 
     def task_loss(self, name: str, output: torch.Tensor, target: torch.Tensor, visible=None) -> torch.Tensor:
         loss = super().task_loss(name, output, target, visible)

@@ -101,3 +101,21 @@ class SourceBatchNorm2d(nn.Module):
         folded = x.reshape(n, b, c, *rest).transpose(0, 1).reshape(b, n * c, *rest)
         out = F.batch_norm(folded, mean, var, weight, bias, self.training, self.momentum, self.eps)
         return out.reshape(b, n, c, *rest).transpose(0, 1).reshape(n * b, c, *rest)
+
+
+def use_statistics_sets(module: nn.Module, sets: int) -> list[SourceBatchNorm2d]:
+    """Give every SourceBatchNorm2d in ``module`` ``sets`` fresh sets of running statistics
+    (called once, right after building); returns those layers for :func:`select_statistics`."""
+    norms = [m for m in module.modules() if isinstance(m, SourceBatchNorm2d)]
+    for norm in norms:
+        rows = sets * norm.num_sources
+        norm.statistics_sets = sets
+        norm.running_mean = torch.zeros(rows, norm.num_features, device=norm.weight.device)
+        norm.running_var = torch.ones(rows, norm.num_features, device=norm.weight.device)
+    return norms
+
+
+def select_statistics(norms: Sequence[SourceBatchNorm2d], index: int) -> None:
+    """Make ``norms`` read (and in training update) statistics set ``index``."""
+    for norm in norms:
+        norm.active_set = index
