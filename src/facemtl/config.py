@@ -192,6 +192,12 @@ class TrainConfig:
             names += [t for t in src.tasks if t not in names]
         return tuple(names)
 
+    def build_tasks(self) -> tuple:
+        """The configured tasks as :class:`facemtl.tasks.Task` objects, in ``task_names`` order."""
+        from facemtl.tasks import get_tasks
+
+        return get_tasks(self.task_names)
+
     @property
     def task_sources(self) -> tuple[int, ...]:
         """Index of the source each task learns from (the first that labels it)."""
