@@ -1,19 +1,13 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
-from facemtl.engine.checkpoint import (
-    FORMAT_VERSION,
-    atomic_write_bytes,
-    load_model,
-    load_train_state,
-    optimizer_state,
-    restore_optimizer,
-    save_checkpoint,
-    save_train_state,
-)
+from facemtl.engine.checkpoint import load_train_state, optimizer_state, restore_optimizer, save_train_state
+from facemtl.files import atomic_write_bytes
+from facemtl.models.checkpoint import FORMAT_VERSION, load_model, save_checkpoint
 from facemtl.errors import FacemtlError
 from facemtl.models.registry import create_model
 
@@ -58,7 +52,7 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     assert [t["name"] for t in info["tasks"]] == ["landmarks", "parsing", "emotion"]
     assert info["tasks"][0]["flip_permutation"] == [1, 0, 2, 4, 3]
     assert info["tasks"][2]["class_names"][3] == "Happy"
-    assert info["landmark_order"] == ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]
+    assert info["tasks"][0]["class_names"] == ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]
     assert info["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
     assert info["input_size"] == 64 and info["task_sources"] == [0, 1, 2] and info["sources"][1]["style"] == "studio"
     # no temp files left behind by the atomic writes
@@ -131,11 +125,47 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert os.listdir(tmp_path) == ["f.bin"]
 
 
-def test_checkpoint_code_never_unpickles():
-    import inspect
+_PREDICT_IN_FRESH_INTERPRETER = r"""
+import json, pickle, sys
+import numpy as np
+import torch
 
-    import facemtl.engine.checkpoint as ck
+def refuse(*args, **kwargs):
+    raise AssertionError("a checkpoint load reached an unpickler")
 
-    src = inspect.getsource(ck)
-    for forbidden in ("torch.load(", "import pickle", "pickle.load", "weights_only"):
-        assert forbidden not in src
+# safetensors + JSON only: every unpickling entry point fails loudly
+torch.load = torch.serialization.load = refuse
+pickle.load = pickle.loads = refuse
+pickle.Unpickler = refuse
+
+import facemtl
+
+predictor = facemtl.load(sys.argv[1], detector="none")
+image = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+faces = predictor(image)
+print(json.dumps({
+    "faces": len(faces),
+    "landmarks": np.asarray(faces[0]["landmarks"]).tolist(),
+    "parsing_shape": list(np.asarray(faces[0]["parsing"]).shape),
+    "emotion_probs": sum(faces[0]["emotion"]["probs"].values()),
+    "engine_modules": sorted(m for m in sys.modules if m == "facemtl.engine" or m.startswith("facemtl.engine.")),
+}))
+"""
+
+
+def test_prediction_from_a_checkpoint_needs_neither_the_trainer_nor_unpickling(tmp_path):
+    """In a fresh interpreter, ``facemtl.load`` + predict on one image with pickle/torch.load disabled,
+    and without importing any ``facemtl.engine`` module: inference must not depend on the trainer."""
+    import subprocess
+    import sys
+
+    save_checkpoint(tmp_path, _model(), _info())
+    proc = subprocess.run([sys.executable, "-c", _PREDICT_IN_FRESH_INTERPRETER, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["faces"] == 1 and out["parsing_shape"] == [48, 40]  # whole image is the face, original size
+    points = np.asarray(out["landmarks"])
+    assert points.shape == (5, 2) and np.isfinite(points).all()
+    assert out["emotion_probs"] == pytest.approx(1.0, abs=1e-5)
+    assert out["engine_modules"] == [], f"predicting imported the trainer: {out['engine_modules']}"

@@ -138,7 +138,7 @@ def test_configs_are_frozen():
 
 
 def test_model_kwargs_pass_input_size_and_pretrained_only_where_the_model_takes_them():
-    from facemtl.engine.hybrid import model_kwargs
+    from facemtl.engine.loop import model_kwargs
 
     joint = ["schedule.mode=joint", "data=[{name: synth, tasks: [landmarks, smile], style: wild}]"]
     cfg = load_config(None, [*joint, "model.name=hps", "model.kwargs={backbone: alexnet}", "input_size=96",
@@ -151,7 +151,7 @@ def test_model_kwargs_pass_input_size_and_pretrained_only_where_the_model_takes_
 
 
 def test_device_is_validated_and_resolved():
-    from facemtl.engine.hybrid import resolve_device
+    from facemtl.engine.loop import resolve_device
 
     with pytest.raises(FacemtlError, match=r"bad value for 'device': expected 'cpu', 'cuda', 'cuda:N' or 'auto', got 'gpu'"):
         load_config(None, ["device=gpu"])

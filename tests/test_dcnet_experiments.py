@@ -52,7 +52,8 @@ def test_compare_writes_table_and_parameter_counts(compared, capsys):
     assert cfg["schedule"]["loss_weights"] == {"landmarks": 1.0, "gender": 1.0, "pose": 1.0}
     # checkpoints describe the model as built (resolved width, no ImageNet file needed)
     saved = json.loads((compared / "dcnet" / "model.json").read_text())["model"]["config"]
-    assert saved["width"] == 64 and saved["pretrained"] is None and saved["input_size"] == 64  # 64 one-pixel bins and saved["tasks"] == ["landmarks", "gender", "pose"]
+    assert saved["width"] == 64 and saved["pretrained"] is None and saved["input_size"] == 64
+    assert saved["tasks"] == ["landmarks", "gender", "pose"]  # the task set it was trained with, in order
     # only the ablation model keeps its weights; no training state is left behind
     assert (compared / "dcnet" / "model.safetensors").exists() and not (compared / "hps" / "model.safetensors").exists()
     assert not list(compared.glob("*/train_state.*"))

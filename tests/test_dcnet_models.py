@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from facemtl.errors import FacemtlError
-from facemtl.models import create_model, list_models
+from facemtl.models import create_model
 from facemtl.models.alexnet import AlexNet
 from facemtl.models.collab import CollaborativeBlock, DCNet
 from facemtl.models.cross_stitch import CrossStitchNet
@@ -25,10 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _targets(batch: int = 2) -> dict:
     g = torch.Generator().manual_seed(0)
     return {"landmarks": torch.rand(batch, 5, 2, generator=g), "pose": torch.tensor([0, 4][:batch])}
-
-
-def test_all_models_registered():
-    assert set(NAMES) <= set(list_models())
 
 
 def test_collaborative_block_is_relu_of_input_when_last_bn_is_zero():
@@ -232,7 +228,7 @@ def test_angle_bins_are_30_degrees_wide():
 
 @pytest.mark.parametrize("name", ["hps-wide", "dcnet"])
 def test_checkpoint_records_resolved_width_and_no_weights_file(tmp_path, name):
-    from facemtl.engine.checkpoint import load_model, save_checkpoint
+    from facemtl.models.checkpoint import load_model, save_checkpoint
 
     torch.manual_seed(0)
     weights = tmp_path / "alex.safetensors"

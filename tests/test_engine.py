@@ -13,7 +13,9 @@ from facemtl.data.mixing import BatchStream, Source
 from facemtl.data.sample import collate, to_sample
 from facemtl.data.synth import SyntheticFaces
 from facemtl.engine.evaluate import evaluate, format_tables
-from facemtl.engine.hybrid import HybridPlan, hybrid_update, lr_at, parameter_roles, train
+from facemtl.engine.hybrid import HybridPlan, hybrid_update
+from facemtl.engine.loop import train
+from facemtl.engine.schedule import lr_at
 from facemtl.models.norm import SourceBatchNorm2d
 from facemtl.models.registry import create_model
 from facemtl.tasks import get_tasks
@@ -44,7 +46,7 @@ def changed(before, model):
 
 
 def role_names(model):
-    roles = parameter_roles(model)
+    roles = model.parameter_groups()
     names = {id(p): n for n, p in model.named_parameters()}
     return ({names[id(p)] for p in roles.shared}, [{names[id(p)] for p in d} for d in roles.decoders],
             {names[id(p)] for p in roles.interaction})
@@ -62,7 +64,7 @@ def test_parameter_roles_follow_the_model_structure():
 def test_stage1_update_changes_shared_and_own_decoder_only():
     """Algorithm 1 line 5: Delta^t_0 updates theta_S and theta_t (iterations=0)."""
     model = tiny_ifan()
-    roles = parameter_roles(model)
+    roles = model.parameter_groups()
     shared, decoders, interaction = role_names(model)
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
     for t, task in enumerate(model.tasks):
@@ -81,7 +83,7 @@ def test_stage1_update_changes_shared_and_own_decoder_only():
 def test_stage2_update_changes_interaction_and_own_decoder_not_others():
     """Algorithm 1 line 13 / Eq. (6): theta_S, theta_t and all theta_e; other decoders stay."""
     model = tiny_ifan(iterations=2)
-    roles = parameter_roles(model)
+    roles = model.parameter_groups()
     shared, decoders, interaction = role_names(model)
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
     t = 1  # parsing
@@ -106,7 +108,7 @@ def test_stage2_update_changes_interaction_and_own_decoder_not_others():
 
 def test_per_source_bn_statistics_untouched_for_other_sources():
     model = tiny_ifan()
-    roles = parameter_roles(model)
+    roles = model.parameter_groups()
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
     bns = [m for m in model.modules() if isinstance(m, SourceBatchNorm2d)]
     assert bns
@@ -240,7 +242,7 @@ def test_resume_continues_exactly_and_the_run_is_complete(tmp_path):
     it1 = metrics["iterations"]["1"]
     assert set(it1) == set(TASKS)
     assert set(it1["landmarks"]) == {"nme", "failure_rate", "nme_per_point"} and len(it1["landmarks"]["nme_per_point"]) == 5
-    assert set(it1["parsing"]) == {"f1", "mouth_all", "overall"}
+    assert set(it1["parsing"]) == {"f1", "eyes", "brows", "mouth_all", "overall"}  # the groups ParsingF1 scores
     assert set(it1["emotion"]) == {"accuracy", "mean_class_accuracy", "confusion"}
     assert sum(map(sum, it1["emotion"]["confusion"])) == 3  # the 3 test faces of source 2
     assert 0 <= it1["emotion"]["accuracy"] <= 100
@@ -259,7 +261,7 @@ TASK_ROUND = list(TASKS)
 
 def test_joint_training_updates_all_tasks_with_loss_weights(tmp_path):
     cfg = config_from_dict({
-        "model": {"name": "ifan", "kwargs": {"iterations": 0, "num_sources": 1, **TINY}},
+        "model": {"name": "ifan", "kwargs": {"iterations": 0, **TINY}},
         "input_size": SIZE,
         "data": [{"tasks": ["landmarks", "gender"], "style": "wild", "n_train": 6, "n_test": 2, "batch_size": 3}],
         "schedule": {"mode": "joint", "epochs": 1, "loss_weights": {"gender": 0.5}},

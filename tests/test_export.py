@@ -9,7 +9,7 @@ import torch
 
 import facemtl
 from facemtl.cli import main
-from facemtl.engine.checkpoint import load_model, save_checkpoint
+from facemtl.models.checkpoint import load_model, save_checkpoint
 from facemtl.errors import FacemtlError
 from facemtl.inference.export import ExportWrapper, export_onnx, onnx_session, require_onnx
 
@@ -119,10 +119,12 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):
 
 
 def test_wrapper_refuses_iterations_for_single_pass_models():
-    class SinglePass(torch.nn.Module):
+    from facemtl.models.base import FaceModel
+
+    class SinglePass(FaceModel):  # the contract's default: no refinement iterations
         tasks = ()
 
-        def forward(self, images, source=None):
+        def forward(self, images, source=None, iterations=None):
             return [{}]
 
     with pytest.raises(FacemtlError, match="no refinement iterations"):

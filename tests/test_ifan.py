@@ -272,7 +272,7 @@ def test_bad_forward_arguments_raise():
         m(torch.randn(1, 3, 100, 100), source=0)
     with pytest.raises(FacemtlError, match=r"\(B, 3, H, W\)"):
         m(torch.randn(3, 64, 64), source=0)
-    with pytest.raises(FacemtlError, match="iterations must be an int in 0..1"):
+    with pytest.raises(FacemtlError, match="iterations must be an integer in 0..1"):
         m(images(1), source=0, iterations=2)
     for bad in (1.5, "0", True):
         with pytest.raises(FacemtlError, match="source must be an int"):

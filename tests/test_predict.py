@@ -18,7 +18,7 @@ import facemtl
 from facemtl.cli import main
 from facemtl.data.sample import collate, to_sample
 from facemtl.data.synth import render_face
-from facemtl.engine.checkpoint import save_checkpoint
+from facemtl.models.checkpoint import save_checkpoint
 from facemtl.errors import FacemtlError
 from facemtl.inference.detect import BoxFile
 from facemtl.inference.predictor import Predictor, logits_to_mask

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from facemtl.data.synth import EMOTIONS, STYLES, SyntheticFaces, pose_bin, render_face
+from facemtl.data.synth import EMOTIONS, STYLES, SyntheticFaces, render_face
 from facemtl.errors import FacemtlError
+from facemtl.tasks import pose_from_yaw
 
 SIZE = 64
 N_PER_STYLE = 36
@@ -93,15 +94,11 @@ def test_error_messages_name_the_problem():
         SyntheticFaces(2, size=10)
 
 
-def test_pose_bins():
-    assert [pose_bin(y) for y in (-80, -46, -45, -16, -15, 0, 15, 16, 45, 46, 80)] == [0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4]
-
-
 def test_labels_valid_and_consistent(samples):
     for style, group in samples.items():
         for s in group:
             assert s["parsing"].max() <= 10
-            assert s["pose"] == pose_bin(s["meta"]["yaw"])
+            assert s["pose"] == pose_from_yaw(s["meta"]["yaw"])
             assert s["smile"] == (0 if s["emotion"] == EMOTIONS.index("Happy") else 1)
             assert np.isfinite(s["landmarks"]).all()
             # every face has skin, nose and hair-or-scalp pixels

@@ -47,3 +47,17 @@ def test_to_sample_normalises_points_and_keeps_only_present_labels():
     assert "parsing" not in s and s["emotion"].item() == 3 and s["source"] == 2
     batch = collate([s, s])
     assert batch["landmarks"].shape == (2, 5, 2) and batch["source"].tolist() == [2, 2]
+
+
+def test_pose_from_yaw_bins_and_mirror_symmetry():
+    from facemtl.tasks import pose_from_yaw
+
+    yaws = (-80, -46, -45, -16, -15, 0, 15, 16, 45, 46, 80)
+    assert [pose_from_yaw(y) for y in yaws] == [0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4]
+    # A mirrored face (yaw -> -yaw) gets the flipped class, as flip augmentation relabels it.
+    flip = STANDARD_TASKS["pose"].flip
+    for y in np.linspace(-90.0, 90.0, 721):
+        assert pose_from_yaw(-y) == flip[pose_from_yaw(y)]
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(FacemtlError, match="finite"):
+            pose_from_yaw(bad)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from facemtl.data.formats.common import POINT_SET_FLIPS
 from facemtl.data.transforms import (
     FaceCrop,
     face_crop_matrix,
@@ -15,8 +14,9 @@ from facemtl.data.transforms import (
     warp_points,
 )
 from facemtl.errors import FacemtlError
-from facemtl.tasks import STANDARD_TASKS
+from facemtl.tasks import POINT_SETS, STANDARD_TASKS
 
+POINT_SET_FLIPS = {name: task.flip for name, task in POINT_SETS.items()}
 PERMS = {t.name: t.flip for t in STANDARD_TASKS.values()}
 
 

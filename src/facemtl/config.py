@@ -32,48 +32,28 @@ def _frozen_map(d: Mapping | None = None) -> Mapping:
     return types.MappingProxyType(dict(d or {}))
 
 
-# The default run: the narrow iFAN below at 64 px on three calibrated synthetic sources, sized
-# for about 10-15 minutes on 2 CPU cores (README gives the measured time and numbers). Where it
-# departs from the paper (configs/ifan_paper.yaml keeps the paper's settings), and why:
-# * narrower and shallower (growth 6, 2 layers per block, 4 blocks at 64 px): the paper-sized
-#   network costs ~5 s per stage-1 update at 128 px on 2 cores;
-# * max pooling on the down path (``pool: max``): with average pooling the narrow network's
-#   emotion accuracy was 40.7% against 68.6% (see facemtl.models.fc_densenet);
-# * cross entropy plus soft Dice for parsing (``segmentation_loss: ce+dice``): with cross
-#   entropy alone brows, eyes and inner mouth stayed at F1 0 after 500 updates (overall 64%),
-#   with Dice 78% (see facemtl.models.ifan.soft_dice_loss);
-# * the landmark loss x10 (``points_loss_weight``): a squared distance in image units (~1e-3)
-#   is far smaller than the cross entropies, and in stage 2 the shared weights' AdamW second
-#   moments, fed by every task's updates, shrank the landmark steps accordingly;
-# * AdamW with warm-up and cosine decay instead of RMSprop 1e-3 -> 1e-6: torch's RMSprop at the
-#   paper's 1e-3 made the landmark loss climb in the first updates, and at 1e-4 learned far
-#   too slowly for this budget.
-DEFAULT_IFAN_KWARGS = {
-    "iterations": 2,
-    "num_blocks": 4,
-    "growth_rate": 6,
-    "layers_per_block": 2,
-    "stem_channels": 16,
-    "up_channels": 12,
-    "reencoder_channels": 8,
-    "points_hidden": 64,
-    "category_hidden": 64,
-    "pool": "max",
-    "segmentation_loss": "ce+dice",
-    "points_loss_weight": 10.0,
-}
+# The default run trains the narrow iFAN of facemtl.models.ifan.DEFAULT_RUN_KWARGS (where it
+# departs from the paper, and why, is noted there) with AdamW, warm-up and cosine decay instead of
+# RMSprop 1e-3 -> 1e-6: torch's RMSprop at the paper's 1e-3 made the landmark loss climb in the
+# first updates, and at 1e-4 learned far too slowly for this budget.
+
+
+def _default_model() -> "ModelConfig":
+    from facemtl.models.ifan import DEFAULT_RUN_KWARGS
+
+    return ModelConfig("ifan", _frozen_map(DEFAULT_RUN_KWARGS))
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``create_model(name, **kwargs)``; the trainer adds ``tasks`` (and, for hybrid
-    training, ``num_sources`` and ``task_sources``) from the data section, ``input_size`` for
-    models that take it, and ``pretrained`` (an ImageNet weights file, safetensors) when set."""
+    """``create_model(name, **kwargs)``; the trainer adds ``tasks``, and to builders that name
+    them in their signature ``num_sources`` / ``task_sources`` (from the training mode),
+    ``input_size`` and ``pretrained`` (an ImageNet weights file, safetensors) when set."""
 
     name: str = "ifan"
-    # A ``kwargs`` mapping written in a config file replaces this default whole; ``--set
-    # model.kwargs.x=...`` edits the kwargs in effect.
-    kwargs: Mapping[str, Any] = field(default_factory=lambda: _frozen_map(DEFAULT_IFAN_KWARGS))
+    # The builder's own defaults apply to everything not given here (each model keeps its
+    # defaults with its builder); ``--set model.kwargs.x=...`` edits the kwargs in effect.
+    kwargs: Mapping[str, Any] = field(default_factory=_frozen_map)
     pretrained: str | None = None
 
 
@@ -98,6 +78,32 @@ class SourceConfig:
     test_split: str = "test"
     augment: bool = True
     options: Mapping[str, Any] = field(default_factory=_frozen_map)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """A user's own task: one entry of the ``tasks:`` section (task name -> declaration),
+    built by :func:`facemtl.tasks.define_task`. Its name may then be listed in ``data.N.tasks``.
+
+    * ``kind``: ``points``, ``segmentation`` or ``category``;
+    * ``classes``: the class names (category, segmentation: at least 2) or the point names
+      (points, optional; naming two points ``left_eye`` and ``right_eye`` gives the NME its
+      inter-ocular normaliser). A category task read by ``emotion-folder`` may leave them out:
+      they are then that source's ``options.classes``, else its class folder names, sorted;
+    * ``points``: the number of points (points tasks without names);
+    * ``flip``: the horizontal-flip permutation (point/class ``i`` becomes ``flip[i]``), or
+      ``left_right``: pairs of names a flip swaps. A points task on an augmented source needs
+      one of them (a mirrored left eye labelled "left" would be a wrong label).
+
+    Names of tasks the toolkit defines (standard, dataset or reader tasks) are refused: a
+    checkpoint or metric reading ``emotion`` must always mean the same classes.
+    """
+
+    kind: Literal["points", "segmentation", "category"] | None = None
+    classes: tuple[str, ...] = ()
+    points: int | None = None
+    flip: tuple[int, ...] = ()
+    left_right: tuple[tuple[str, ...], ...] = ()
 
 
 def _default_sources() -> tuple[SourceConfig, ...]:
@@ -148,7 +154,7 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class OptimiserConfig:
-    """AdamW by default (the default run's recipe, see the note on DEFAULT_IFAN_KWARGS); RMSprop as
+    """AdamW by default (the default run's recipe, see the note above _default_model); RMSprop as
     iFAN section 4.1.2 in configs/ifan_paper.yaml; ``sgd`` / ``adam`` for experiments."""
 
     name: Literal["rmsprop", "sgd", "adam", "adamw"] = "adamw"
@@ -172,8 +178,11 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=_default_model)
     data: tuple[SourceConfig, ...] = field(default_factory=_default_sources)
+    # The user's own tasks, name -> declaration (see TaskConfig), e.g.
+    #   tasks: {bnu_emotion: {kind: category, classes: [Happy, Surprised, ...]}}
+    tasks: Mapping[str, TaskConfig] = field(default_factory=_frozen_map)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -193,10 +202,14 @@ class TrainConfig:
         return tuple(names)
 
     def build_tasks(self) -> tuple:
-        """The configured tasks as :class:`facemtl.tasks.Task` objects, in ``task_names`` order."""
+        """The configured tasks as :class:`facemtl.tasks.Task` objects, in ``task_names`` order:
+        standard and dataset tasks by name, tasks a source's reader serves (CelebA's
+        attributes), and the ``tasks:`` declarations (a category task read by ``emotion-folder``
+        without classes takes them from the source: its ``classes`` option, else its folder
+        names, sorted, read here)."""
         from facemtl.tasks import get_tasks
 
-        return get_tasks(self.task_names)
+        return get_tasks([_resolve_task(self, name) for name in self.task_names])
 
     @property
     def task_sources(self) -> tuple[int, ...]:
@@ -324,6 +337,12 @@ def _build(cls: type, data: Any, prefix: str, where: _Where) -> Any:
             if not isinstance(value, (list, tuple)) or not value:
                 raise FacemtlError(f"{where(full)}'{full}' must be a non-empty list of sources, got {value!r}")
             kwargs[key] = tuple(_build(SourceConfig, v, f"{full}.{i}", where) for i, v in enumerate(value))
+        elif key == "tasks" and cls is TrainConfig:
+            if not isinstance(value, Mapping):
+                raise FacemtlError(
+                    f"{where(full)}'{full}' must be a mapping of task names to declarations, got {value!r}")
+            kwargs[key] = _frozen_map({str(n): _build(TaskConfig, v, f"{full}.{n}", where)
+                                       for n, v in value.items()})
         else:
             out = _coerce(value, tp)
             if out is _NO:
@@ -332,9 +351,133 @@ def _build(cls: type, data: Any, prefix: str, where: _Where) -> Any:
     return cls(**kwargs)
 
 
+_TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _served_tasks(src: SourceConfig) -> dict:
+    """Tasks the reader of a source serves beyond the known ones (CelebA's attributes)."""
+    if src.name == "synth":
+        return {}
+    from facemtl.data import DATASETS, reader_tasks
+
+    return reader_tasks(src.name) if str(src.name).lower() in DATASETS else {}
+
+
+def _canonical_task_names(cfg: TrainConfig) -> TrainConfig:
+    """Reader tasks are named in any case in ``data.N.tasks`` (CelebA's ``Wearing_Hat`` is the
+    task ``wearing_hat``); the config keeps the reader's spelling."""
+    data = []
+    for src in cfg.data:
+        served = _served_tasks(src)
+        names = tuple(t.lower() if t not in served and t not in cfg.tasks and t.lower() in served else t
+                      for t in src.tasks)
+        data.append(src if names == src.tasks else dataclasses.replace(src, tasks=names))
+    return dataclasses.replace(cfg, data=tuple(data))
+
+
+def _task_choices(cfg: TrainConfig, src: SourceConfig) -> str:
+    from facemtl.tasks import DATASET_TASKS, STANDARD_TASKS
+
+    text = f"task names among {', '.join(STANDARD_TASKS)} (standard), {', '.join(DATASET_TASKS)} (dataset tasks)"
+    served = _served_tasks(src)
+    if served:
+        text += f", the {len(served)} tasks of the '{src.name}' reader (e.g. {next(iter(served))})"
+    if cfg.tasks:
+        return text + f", {', '.join(cfg.tasks)} (declared under 'tasks')"
+    return text + ", or a task declared under 'tasks'"
+
+
+def _declared_classes(cfg: TrainConfig, name: str) -> tuple[tuple[str, ...] | None, SourceConfig | None]:
+    """Where a category declaration without classes gets them: (the ``classes`` option of a
+    source labelling it, that source) or (None, the ``emotion-folder`` source whose folder
+    names give them) or (None, None)."""
+    owners = [s for s in cfg.data if name in s.tasks]
+    for src in owners:
+        if isinstance(src.options.get("classes"), (list, tuple)):
+            return tuple(str(c) for c in src.options["classes"]), src
+    folder = next((s for s in owners if s.name == "emotion-folder"), None)
+    return None, folder
+
+
+def _resolve_task(cfg: TrainConfig, name: str):
+    """The Task of a name listed in ``data.N.tasks`` (see :meth:`TrainConfig.build_tasks`)."""
+    from facemtl.tasks import KNOWN_TASKS, TaskDefinitionError, define_task
+
+    if name in cfg.tasks:
+        decl = cfg.tasks[name]
+        classes = decl.classes
+        if not classes and decl.kind == "category":
+            given, src = _declared_classes(cfg, name)
+            if given is not None:
+                classes = given
+            elif src is not None:
+                from facemtl.data.formats.emotion_folder import folder_classes
+
+                classes = folder_classes(src.root)
+        try:
+            return define_task(name, decl.kind, classes, decl.points, decl.flip, decl.left_right)
+        except TaskDefinitionError as exc:
+            raise FacemtlError(f"bad value for 'tasks.{name}.{exc.field}': expected {exc.expected}, got "
+                               f"{exc.value!r}") from None
+    if name in KNOWN_TASKS:
+        return KNOWN_TASKS[name]
+    for src in cfg.data:
+        if name in src.tasks and name in _served_tasks(src):
+            return _served_tasks(src)[name]
+    raise FacemtlError(f"unknown task {name!r}")  # _check refuses such configs
+
+
+def _check_task_declarations(cfg: TrainConfig, where: _Where) -> None:
+    """The ``tasks:`` section: names, and each declaration as :func:`define_task` checks it."""
+    from facemtl.tasks import DATASET_TASKS, STANDARD_TASKS, TaskDefinitionError, define_task
+
+    for name, decl in cfg.tasks.items():
+        key = f"tasks.{name}"
+        if not _TASK_NAME.fullmatch(name):
+            raise FacemtlError(f"{where(key)}bad task name '{name}' under 'tasks': expected letters, digits and "
+                               "underscores, starting with a letter")
+        if name in STANDARD_TASKS or name in DATASET_TASKS:
+            what = "standard" if name in STANDARD_TASKS else "dataset"
+            raise FacemtlError(f"{where(key)}bad task name '{name}' under 'tasks': '{name}' is a {what} task "
+                               "the toolkit defines; declare yours under another name")
+        for i, src in enumerate(cfg.data):
+            if name in src.tasks and name in _served_tasks(src):
+                raise FacemtlError(f"{where(key)}bad task name '{name}' under 'tasks': the '{src.name}' reader of "
+                                   f"data.{i} serves a task '{name}'; declare yours under another name")
+        if decl.kind is None:
+            raise FacemtlError(f"{where(key)}'{key}' needs a 'kind': one of points, segmentation, category")
+        classes, flip, left_right = decl.classes, decl.flip, decl.left_right
+        if not classes and decl.kind == "category":
+            given, src = _declared_classes(cfg, name)
+            if given is not None:
+                classes = given
+            elif src is not None:
+                # Folder names are read when the tasks are built; check the rest now.
+                classes, flip, left_right = ("?0", "?1"), (), ()
+        elif classes and decl.kind == "category":
+            for i, src in enumerate(cfg.data):
+                given = src.options.get("classes") if name in src.tasks else None
+                if given is not None and [str(c).lower() for c in given] != [c.lower() for c in classes]:
+                    k = f"data.{i}.options.classes"
+                    raise FacemtlError(f"{where(k)}bad value for '{k}': expected the classes of task '{name}' "
+                                       f"({', '.join(classes)}) or no classes option, got {list(given)!r}")
+        try:
+            define_task(name, decl.kind, classes, decl.points, flip, left_right)
+        except TaskDefinitionError as exc:
+            k = f"{key}.{exc.field}"
+            raise FacemtlError(f"{where(k)}bad value for '{k}': expected {exc.expected}, got {exc.value!r}") from None
+        if decl.kind == "points" and not decl.flip and not decl.left_right:
+            augmented = [i for i, s in enumerate(cfg.data) if name in s.tasks and s.augment]
+            if augmented:
+                raise FacemtlError(
+                    f"{where(key)}'{key}' needs 'flip' (the flip permutation of its points) or 'left_right' (pairs "
+                    f"of point names): data.{augmented[0]} augments with horizontal flips, which swap left and "
+                    f"right points (or set data.{augmented[0]}.augment: false)")
+
+
 def _check(cfg: TrainConfig, where: _Where) -> None:
     """Value checks beyond types (ranges, cross-field rules)."""
-    from facemtl.tasks import STANDARD_TASKS
+    from facemtl.tasks import KNOWN_TASKS
 
     def bad(key: str, expected: str, value: Any) -> FacemtlError:
         return FacemtlError(f"{where(key)}bad value for '{key}': expected {expected}, got {value!r}")
@@ -364,13 +507,14 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
     for key in ("momentum", "weight_decay", "eps"):
         if getattr(cfg.optimiser, key) < 0:
             raise bad(f"optimiser.{key}", "a number >= 0", getattr(cfg.optimiser, key))
+    _check_task_declarations(cfg, where)
     for i, src in enumerate(cfg.data):
         p = f"data.{i}"
         if not src.tasks:
             raise bad(f"{p}.tasks", "a non-empty list of task names", list(src.tasks))
         for t in src.tasks:
-            if t not in STANDARD_TASKS:
-                raise bad(f"{p}.tasks", "task names among " + ", ".join(STANDARD_TASKS), t)
+            if t not in KNOWN_TASKS and t not in cfg.tasks and t not in _served_tasks(src):
+                raise bad(f"{p}.tasks", _task_choices(cfg, src), t)
         if len(set(src.tasks)) != len(src.tasks):
             raise bad(f"{p}.tasks", "each task once", list(src.tasks))
         if src.batch_size <= 0:
@@ -400,21 +544,36 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
             f"{where('schedule.mode')}bad value for 'schedule.mode': joint training takes exactly one "
             f"source, got {len(cfg.data)} (use mode: hybrid for several)"
         )
-    # Hybrid training sets the sources itself; joint training leaves them to the user (e.g.
-    # ``num_sources: 1`` for iFAN trained on one source).
-    reserved = ({"tasks", "num_sources", "task_sources"} if cfg.schedule.mode == "hybrid" else {"tasks"}) & set(
-        cfg.model.kwargs)
+    # The training mode owns the task-to-source map (facemtl.engine.hybrid / joint).
+    reserved = {"tasks", "num_sources", "task_sources"} & set(cfg.model.kwargs)
     if reserved:
         raise FacemtlError(
             f"{where('model.kwargs')}bad value for 'model.kwargs': {sorted(reserved)} come from the data "
             "section, remove them"
         )
+    _check_model_kwargs(cfg, where)
+
+
+def _check_model_kwargs(cfg: TrainConfig, where: _Where) -> None:
+    """Arguments the model's builder does not take are named here, not in a traceback."""
+    from facemtl.models.registry import builder_parameters
+
+    try:
+        accepted = builder_parameters(cfg.model.name)
+    except FacemtlError as exc:
+        raise FacemtlError(f"{where('model.name')}{exc}") from None
+    if "**" in accepted:  # the builder checks its own keyword arguments
+        return
+    unknown = sorted(set(cfg.model.kwargs) - accepted)
+    if unknown:
+        raise FacemtlError(f"{where('model.kwargs')}bad value for 'model.kwargs': model {cfg.model.name!r} takes no "
+                           f"{', '.join(map(repr, unknown))} (it takes: {', '.join(sorted(accepted - {'tasks'}))})")
 
 
 def config_from_dict(data: Mapping | None, *, path: str | None = None, lines: dict[str, int] | None = None) -> TrainConfig:
     """Build and validate a :class:`TrainConfig`; keys missing from ``data`` keep their defaults."""
     where = _Where(path, lines)
-    cfg = _build(TrainConfig, data or {}, "", where)
+    cfg = _canonical_task_names(_build(TrainConfig, data or {}, "", where))
     _check(cfg, where)
     return cfg
 
@@ -491,6 +650,8 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
                     # Start from the default section, so that e.g. model.kwargs.x=1 keeps the
                     # other default kwargs (a section given whole replaces its default).
                     node[part] = to_dict(getattr(TrainConfig(), part))
+                    if part == "model":
+                        _drop_default_kwargs_on_rename(node[part], overrides)
                 node = node.setdefault(part, {})
             if not isinstance(node, (dict, list)):
                 raise FacemtlError(f"bad --set {item!r}: '{sofar}' is a value, not a section")
@@ -502,6 +663,14 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         else:
             node[last] = value
     return out
+
+
+def _drop_default_kwargs_on_rename(model: dict, overrides) -> None:
+    """``--set model.name=dcnet`` on the default config: the default kwargs are iFAN's, so the
+    other model starts from its builder's defaults (``model.kwargs.x=...`` overrides then add to them)."""
+    renamed = [item.partition("=")[2].strip() for item in overrides if item.partition("=")[0].strip() == "model.name"]
+    if renamed and renamed[-1] != model.get("name"):
+        model["kwargs"] = {}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -1,7 +1,7 @@
 """Data: the synthetic face generator, dataset format readers, transforms and mixing.
 
 ``load_dataset(name, root, split, **options)`` opens one of the standard face datasets as a
-lazy sequence of raw samples (DATASETS.md loader contract); each format's module in
+lazy sequence of raw samples (``docs/datasets.md``, "Loader contract"); each format's module in
 :mod:`facemtl.data.formats` documents its layout, splits, label conversions and options.
 """
 
@@ -30,12 +30,27 @@ DATASETS: dict[str, str] = {
 }
 
 
-def dataset_loader(name: str):
-    """The ``load`` function of dataset ``name``."""
+def _reader_module(name: str):
     key = str(name).lower()
     if key not in DATASETS:
         raise FacemtlError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
-    return importlib.import_module(f"facemtl.data.formats.{DATASETS[key]}").load
+    return importlib.import_module(f"facemtl.data.formats.{DATASETS[key]}")
+
+
+def dataset_loader(name: str):
+    """The ``load`` function of dataset ``name``."""
+    return _reader_module(name).load
+
+
+def reader_tasks(name: str) -> dict:
+    """Tasks dataset ``name``'s reader serves beyond the standard and dataset tasks of
+    :mod:`facemtl.tasks` (its module's ``TASKS``, e.g. CelebA's 40 attributes): name -> Task."""
+    return dict(getattr(_reader_module(name), "TASKS", {}))
+
+
+def loader_options(name: str) -> list[str]:
+    """The options ``load_dataset(name, root, split, **options)`` accepts."""
+    return [p for p in inspect.signature(dataset_loader(name)).parameters if p not in ("root", "split")]
 
 
 def load_dataset(name: str, root, split: str = "train", **options) -> Sequence[dict]:
@@ -56,4 +71,4 @@ def load_dataset(name: str, root, split: str = "train", **options) -> Sequence[d
     return load(root, split, **options)
 
 
-__all__ = ["DATASETS", "dataset_loader", "load_dataset"]
+__all__ = ["DATASETS", "dataset_loader", "load_dataset", "loader_options", "reader_tasks"]

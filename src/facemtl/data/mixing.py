@@ -61,6 +61,25 @@ class Source:
         return to_sample(raw, self.tasks, source=self.index)
 
 
+def source_options(name: str, tasks: Sequence[Task], options) -> dict:
+    """A source's reader options completed from its tasks.
+
+    A reader that files its one label under a configurable key (a ``task`` option, as
+    ``emotion-folder``) gets the name of the source's one category task, and, when the config
+    sets no ``classes``, that task's class names, so labels follow the task's class order
+    (FER2013's for the standard ``emotion``, a declaration's for the user's own task)."""
+    from facemtl.data import loader_options
+
+    out = dict(options)
+    accepted = loader_options(name)
+    category = [t for t in tasks if t.kind == "category"]
+    if len(category) == 1 and "task" in accepted:
+        out.setdefault("task", category[0].name)
+        if "classes" in accepted and "classes" not in out and category[0].class_names:
+            out["classes"] = list(category[0].class_names)
+    return out
+
+
 def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequence, Sequence]] | None = None) -> list[Source]:
     """Sources of a :class:`facemtl.config.TrainConfig`.
 
@@ -86,14 +105,15 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
             desc.update(style=cfg.style, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
         else:
             from facemtl.data import load_dataset
-            from facemtl.data.transforms import FaceCrop
+            from facemtl.data.transforms import DEFAULT_CROP_MARGIN, FaceCrop
 
-            options = dict(cfg.options)
-            margin = options.pop("margin", 0.25)
+            options = source_options(cfg.name, src_tasks, cfg.options)
+            margin = options.pop("margin", DEFAULT_CROP_MARGIN)
             train = load_dataset(cfg.name, cfg.root, cfg.train_split, **options)
             test = load_dataset(cfg.name, cfg.root, cfg.test_split, **options)
-            transform = FaceCrop(size=config.input_size, margin=margin, augment=cfg.augment, tasks=tuple(cfg.tasks))
-            eval_transform = FaceCrop(size=config.input_size, margin=margin, augment=False, tasks=tuple(cfg.tasks))
+            # The Task objects, not names: flips of users' own tasks come from their declarations.
+            transform = FaceCrop(size=config.input_size, margin=margin, augment=cfg.augment, tasks=src_tasks)
+            eval_transform = FaceCrop(size=config.input_size, margin=margin, augment=False, tasks=src_tasks)
             desc.update(root=str(cfg.root), train_split=cfg.train_split, test_split=cfg.test_split,
                         options=dict(cfg.options), crop={"size": config.input_size, "margin": margin})
         if len(train) == 0:

@@ -1,6 +1,6 @@
 """Raw samples -> model-ready samples, and batching.
 
-A *raw sample* follows the loader contract of DATASETS.md: ``image`` H x W x 3 uint8 RGB,
+A *raw sample* follows the loader contract of ``docs/datasets.md``: ``image`` H x W x 3 uint8 RGB,
 ``landmarks`` float (K, 2) 0-based pixel (x, y), ``parsing`` H x W uint8 class ids,
 category labels as 0-based ints, optional ``visibility`` (K,) bool, ``meta`` dict.
 
@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from facemtl.kinds import kind_of
 from facemtl.tasks import Task
 
 # Images are scaled to [-1, 1]; checkpoints record these so inference matches training.
@@ -38,18 +39,8 @@ def to_sample(raw: dict, tasks: Iterable[Task], source: int = 0) -> dict:
     h, w = image.shape[:2]
     sample = {"image": image_to_tensor(image), "source": int(source), "meta": dict(raw.get("meta", {}))}
     for task in tasks:
-        if task.name not in raw or raw[task.name] is None:
-            continue
-        value = raw[task.name]
-        if task.kind == "points":
-            pts = torch.as_tensor(np.asarray(value, dtype=np.float32))
-            sample[task.name] = pts / torch.tensor([w, h], dtype=torch.float32)
-            if raw.get("visibility") is not None:
-                sample[f"{task.name}_visible"] = torch.as_tensor(np.asarray(raw["visibility"], dtype=bool))
-        elif task.kind == "segmentation":
-            sample[task.name] = torch.from_numpy(np.ascontiguousarray(value).astype(np.int64))
-        else:
-            sample[task.name] = torch.tensor(int(value), dtype=torch.long)
+        if raw.get(task.name) is not None:
+            kind_of(task).add_target(sample, task, raw, w, h)
     return sample
 
 

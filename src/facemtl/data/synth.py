@@ -9,13 +9,12 @@ level) into one uint8 buffer; the RGB image and the Helen parsing mask are both
 lookups of that same buffer, so the mask matches the pixels exactly, and the 5
 landmarks are projections of the same deformed vertices.
 
-Conventions (see DATASETS.md for the loader contract a raw sample follows):
+Conventions (see ``docs/datasets.md``, "Loader contract", for what a raw sample holds):
 
 * Pose, degrees: ``yaw > 0`` turns the nose to IMAGE-right, ``pitch > 0`` lifts the chin
   (face looks up), ``roll > 0`` turns the face clockwise on screen.
-* Pose bins (MTFL's 5 bins, 0-based): ``yaw < -45`` left profile (0), ``-45 <= yaw < -15``
-  left (1), ``|yaw| <= 15`` frontal (2), ``15 < yaw <= 45`` right (3), ``yaw > 45`` right
-  profile (4); "left" = nose towards image-left. See :func:`pose_bin`.
+* Pose label: the yaw's class by :func:`facemtl.tasks.pose_from_yaw` (``|yaw| <= 15``
+  frontal, up to 45 left / right, beyond that a profile); "left" = nose towards image-left.
 * Glasses are drawn over the pixels only: the parsing mask keeps what is under them
   (eyes stay eye classes, frame over skin stays skin), as Helen has no glasses class.
 * A random occluder patch (hand/object/microphone-like blob) is labelled 0 (background)
@@ -46,6 +45,7 @@ import cv2
 import numpy as np
 
 from facemtl.errors import FacemtlError
+from facemtl.tasks import pose_from_yaw
 
 # New styles go at the end: a style's index seeds its samples.
 STYLES: tuple[str, ...] = ("studio", "wild", "webcam", "snapshot", "classroom")
@@ -321,19 +321,6 @@ def _mesh() -> _Mesh:
 # ---------------------------------------------------------------------------- helpers
 
 
-def pose_bin(yaw: float) -> int:
-    """MTFL pose bin (0-based) from yaw in degrees; thresholds 15 and 45 (see module doc)."""
-    if yaw < -45:
-        return 0
-    if yaw < -15:
-        return 1
-    if yaw <= 15:
-        return 2
-    if yaw <= 45:
-        return 3
-    return 4
-
-
 def rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """3x3 rotation (degrees) in the template frame (x right, y down, z to the camera)."""
     a, b, c = np.radians([yaw, pitch, roll])
@@ -428,7 +415,7 @@ def _noise_table() -> np.ndarray:
 
 
 def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -> dict:
-    """Render one raw sample (loader contract of DATASETS.md) for ``(seed, index, style, size)``.
+    """Render one raw sample (loader contract of ``docs/datasets.md``) for ``(seed, index, style, size)``.
 
     Returns ``image`` (size, size, 3) uint8 RGB, ``landmarks`` float32 (5, 2) 0-based pixel
     (x, y) in MTFL order, ``parsing`` (size, size) uint8 Helen ids, ``emotion`` (FER2013
@@ -641,7 +628,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128) -
         "gender": subj["gender"],
         "smile": 0 if emotion == 3 else 1,
         "glasses": 0 if glasses else 1,
-        "pose": pose_bin(yaw),
+        "pose": pose_from_yaw(yaw),
         "meta": {"style": style, "seed": seed, "index": index, "yaw": yaw, "pitch": pitch, "roll": roll,
                  "subject": subject, "hair": subj["hair"], "occluded": occluded},
     }

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     exp = sub.add_parser("export", help="write synthetic faces in a real dataset's on-disk format",
                          description="Write N synthetic faces as an MTFL, Helen or emotion-folder dataset.")
     exp.add_argument("--format", required=True, metavar="{mtfl,helen,emotion-folder}",
-                     help="on-disk layout (see DATASETS.md)")
+                     help="on-disk layout (see docs/datasets.md)")
     exp.add_argument("--n", type=int, required=True, help="number of faces (>= 1)")
     exp.add_argument("--style", choices=STYLES, default="studio", help="synthetic style (default studio)")
     exp.add_argument("--seed", type=_non_negative, default=0, help="random seed (default 0)")

@@ -1,6 +1,7 @@
-"""Write synthetic faces in the real on-disk formats of DATASETS.md (MTFL, Helen, emotion folders).
+"""Write synthetic faces in real datasets' on-disk formats (MTFL, Helen, emotion folders).
 
-Layouts written (``out`` is created; it must be new or an empty folder):
+Layouts written, as ``docs/datasets.md`` describes the real ones (``out`` is created; it must
+be new or an empty folder):
 
 * ``mtfl``: ``lfw_5590/synth_<index>.jpg`` (training) and ``AFLW/synth_<index>.jpg`` (testing),
   ``training.txt`` (first 80%, Windows backslash paths ``lfw_5590\\synth_000000.jpg``) and

@@ -1,7 +1,7 @@
 """Face-crop transforms: raw sample (original image) -> raw sample at ``size x size``.
 
-Format readers give the ORIGINAL image and labels (DATASETS.md loader contract); every crop,
-resize and augmentation happens here, so training and inference crop the same way.
+Format readers give the ORIGINAL image and labels (``docs/datasets.md``, "Loader contract");
+every crop, resize and augmentation happens here, so training and inference crop the same way.
 
 Conventions
 -----------
@@ -20,7 +20,7 @@ Conventions
   image are background (class 0), not "ignore", so a crop that pads a face still trains the
   background class (documented choice; set ``outside_label=255`` in :class:`FaceCrop` to ignore).
 
-To score parsing at the original resolution (DATASETS.md, Helen F-score), warp the crop
+To score parsing at the original resolution (``docs/datasets.md``, "Parsing F1"), warp the crop
 logits back with :func:`warp_logits_back` using the recorded ``meta["crop_matrix"]``.
 """
 
@@ -33,12 +33,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from facemtl.data.formats.common import MASK_FLIPS, POINT_SET_FLIPS
 from facemtl.errors import FacemtlError
-from facemtl.tasks import STANDARD_TASKS, Task, get_task
+from facemtl.tasks import KNOWN_TASKS, POINT_SETS, STANDARD_TASKS, Task, get_task
 
 INNER_POINTS_SCALE = 2.0  # 5-point boxes (eyes..mouth) -> face-sized boxes
-_POINT_KEYS_SKIP = ("image", "meta", "box", "visibility")
+# Crop margin per side, as a fraction of the face square's side (the crop spans 1.5 sides):
+# room for hair, ears and chin around a detector or landmark box, and close to how the
+# synthetic faces are framed, so a model trained on them sees detected faces at that scale.
+# Training crops (FaceCrop), source configs and the predictor fall back to it.
+DEFAULT_CROP_MARGIN = 0.25
 
 
 def _as_affine(matrix) -> np.ndarray:
@@ -111,7 +114,8 @@ def face_box(box=None, landmarks=None, visibility=None) -> np.ndarray:
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
 
 
-def face_crop_matrix(box=None, landmarks=None, size: int = 128, margin: float = 0.25, visibility=None) -> np.ndarray:
+def face_crop_matrix(box=None, landmarks=None, size: int = 128, margin: float = DEFAULT_CROP_MARGIN,
+                     visibility=None) -> np.ndarray:
     """(2, 3) similarity mapping the face square (with ``margin`` per side) onto a ``size`` crop.
 
     The face square has the centre of the box (or landmark box) and side ``max(w, h)``; adding
@@ -143,22 +147,24 @@ def hflip(raw: dict, flip_permutations: dict[str, tuple]) -> dict:
     Image and masks are mirrored; for every key in ``flip_permutations`` the labels are
     relabelled: point arrays get x -> W - 1 - x and index ``i`` moves to ``perm[i]`` (left eye
     becomes right eye); masks map class ``i`` to ``perm[i]`` (left brow <-> right brow);
-    categories map ``i`` to ``perm[i]`` (left pose <-> right pose). ``visibility`` follows
-    ``landmarks``; ``landmarks`` whose length does not match falls back to the flip of the
-    reader's ``meta["point_set"]`` (common.POINT_SET_FLIPS). Point arrays without a
+    categories map ``i`` to ``perm[i]`` (left pose <-> right pose). A key missing from
+    ``flip_permutations`` takes the flip of the known task of that name (facemtl.tasks
+    KNOWN_TASKS, e.g. ``parsing19``). A points key's visibility (:func:`visibility_key`)
+    follows its points; ``landmarks`` whose length does not match falls back to the flip of
+    the reader's ``meta["point_set"]`` (facemtl.tasks.POINT_SETS). Point arrays without a
     permutation are an error (a mirrored left eye labelled "left" would be a wrong label).
     """
     image = raw["image"]
     w = image.shape[1]
-    flip_permutations = _resolve_points(flip_permutations, raw)
+    flip_permutations = _resolve_points({**_KNOWN_FLIPS, **flip_permutations}, raw)
     out = dict(raw)
     out["image"] = np.ascontiguousarray(image[:, ::-1])
     out["meta"] = dict(raw.get("meta", {}))
     out["meta"]["flipped"] = not out["meta"].get("flipped", False)
     for key, value in raw.items():
-        if key in ("image", "meta", "visibility") or value is None:
+        if key in ("image", "meta") or _is_visibility(key, raw) or value is None:
             continue
-        perm = flip_permutations.get(key, MASK_FLIPS.get(key))
+        perm = flip_permutations.get(key)
         if key == "box":
             b = np.asarray(value, dtype=np.float32)
             out["box"] = np.array([w - 1 - b[2], b[1], w - 1 - b[0], b[3]], dtype=np.float32)
@@ -172,8 +178,9 @@ def hflip(raw: dict, flip_permutations: dict[str, tuple]) -> dict:
             pts = arr.astype(np.float32).copy()
             pts[:, 0] = w - 1 - pts[:, 0]
             out[key] = _permute_points(pts, perm)
-            if key == "landmarks" and raw.get("visibility") is not None:
-                out["visibility"] = _permute_points(np.asarray(raw["visibility"], dtype=bool), perm)
+            vis = visibility_key(key)
+            if raw.get(vis) is not None:
+                out[vis] = _permute_points(np.asarray(raw[vis], dtype=bool), perm)
         elif arr.ndim == 2 and arr.shape == image.shape[:2]:  # mask
             mask = np.ascontiguousarray(arr[:, ::-1])
             if perm is not None:
@@ -216,14 +223,29 @@ def warp_logits_back(logits, matrix, out_hw):
     return out.numpy().astype(np.asarray(logits).dtype, copy=False)
 
 
-def _flip_permutations(tasks, raw: dict) -> dict[str, tuple]:
-    """Flip permutations per raw key: standard tasks, overridden by ``tasks``, then the
-    reader's point set (``meta["point_set"]``) when ``landmarks`` is not the 5-point set.
+# Flips of every task the toolkit defines (standard and dataset schemas), by raw key.
+_KNOWN_FLIPS: dict[str, tuple[int, ...]] = {t.name: tuple(t.flip) for t in KNOWN_TASKS.values()}
 
-    Every standard task is included even when not trained, so no label left in the raw
-    sample (e.g. ``pose``) keeps its unflipped value."""
-    perms: dict[str, tuple] = dict(MASK_FLIPS)
-    for task in (*STANDARD_TASKS.values(), *tasks):
+
+def visibility_key(key: str) -> str:
+    """The raw key of a points key's visibility: ``visibility`` for ``landmarks`` (the loader
+    contract), ``<key>_visibility`` for other point sets (e.g. ``aflw21_visibility``)."""
+    return "visibility" if key == "landmarks" else f"{key}_visibility"
+
+
+def _is_visibility(key: str, raw: dict) -> bool:
+    return key == "visibility" or (key.endswith("_visibility") and key[: -len("_visibility")] in raw)
+
+
+def _flip_permutations(tasks, raw: dict) -> dict[str, tuple]:
+    """Flip permutations per raw key: every known task (facemtl.tasks.KNOWN_TASKS), overridden
+    by ``tasks`` (the tasks being trained, users' own included), then the reader's point set
+    (``meta["point_set"]``) when ``landmarks`` is not the 5-point set.
+
+    Every known task is included even when not trained, so no label left in the raw sample
+    (e.g. ``pose``) keeps its unflipped value."""
+    perms = dict(_KNOWN_FLIPS)
+    for task in tasks:
         perms[task.name] = tuple(task.flip)
     return _resolve_points(perms, raw)
 
@@ -235,7 +257,7 @@ def _resolve_points(perms: dict[str, tuple], raw: dict) -> dict[str, tuple]:
         k = len(pts)
         if len(perms.get("landmarks", ())) != k:
             name = raw.get("meta", {}).get("point_set")
-            perm = POINT_SET_FLIPS.get(name)
+            perm = POINT_SETS[name].flip if name in POINT_SETS else None
             if perm is not None and len(perm) == k:
                 perms["landmarks"] = perm
             else:
@@ -260,7 +282,7 @@ class FaceCrop:
     """
 
     size: int = 128
-    margin: float = 0.25
+    margin: float = DEFAULT_CROP_MARGIN
     augment: bool = False
     max_rotation: float = 15.0
     scale_jitter: float = 0.1
@@ -340,7 +362,7 @@ class FaceCrop:
         out["image"] = warp_image(image, matrix, self.size)
         perms = _flip_permutations(self._tasks, raw) if flipped else {}
         for key, value in raw.items():
-            if key in ("image", "meta", "visibility") or value is None:
+            if key in ("image", "meta") or _is_visibility(key, raw) or value is None:
                 continue
             arr = np.asarray(value)
             if key == "box":
@@ -362,15 +384,17 @@ class FaceCrop:
                             "(pass the task in FaceCrop(tasks=...) or use flip=False)"
                         )
                     pts = _permute_points(pts, perms[key])
-                    if key == "landmarks" and raw.get("visibility") is not None:
-                        out["visibility"] = _permute_points(np.asarray(raw["visibility"], dtype=bool), perms[key])
+                    vis = visibility_key(key)
+                    if raw.get(vis) is not None:
+                        out[vis] = _permute_points(np.asarray(raw[vis], dtype=bool), perms[key])
                 out[key] = pts
             elif arr.ndim == 0 and flipped and key in perms:
                 out[key] = int(perms[key][int(arr)])
             else:
                 out[key] = value
-        if "visibility" in raw and "visibility" not in out and raw["visibility"] is not None:
-            out["visibility"] = np.asarray(raw["visibility"], dtype=bool).copy()
+        for key, value in raw.items():  # visibility not permuted above (no flip) is kept as is
+            if _is_visibility(key, raw) and key not in out and value is not None:
+                out[key] = np.asarray(value, dtype=bool).copy()
         return out
 
 

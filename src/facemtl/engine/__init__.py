@@ -6,6 +6,6 @@
 
 def train(*args, **kwargs):
     """Train as the config says; see :func:`facemtl.engine.loop.train`."""
-    from facemtl.engine.hybrid import train as _train
+    from facemtl.engine.loop import train as _train
 
     return _train(*args, **kwargs)

@@ -51,7 +51,7 @@ def _default_run_dir(config_path: str | None) -> Path:
 
 def _train(args) -> int:
     from facemtl.config import load_config
-    from facemtl.engine.hybrid import load_run_config, train
+    from facemtl.engine.loop import load_run_config, train
 
     if args.out is None:
         if args.resume:
@@ -76,9 +76,9 @@ def _eval(args) -> int:
 
     from facemtl.config import load_config
     from facemtl.data.mixing import build_sources
-    from facemtl.engine.checkpoint import load_model
+    from facemtl.models.checkpoint import load_model
     from facemtl.engine.evaluate import evaluate, format_tables
-    from facemtl.engine.hybrid import load_run_config
+    from facemtl.engine.loop import load_run_config
 
     if args.batch_size <= 0:
         raise FacemtlError(f"--batch-size must be positive, got {args.batch_size}")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from facemtl.engine.hybrid import Update, lr_at
+from facemtl.engine.schedule import Update, lr_at
+from facemtl.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,10 @@ class JointPlan:
                       lr=lr_at(k, self.total, self.lr, self.lr_end, self.decay, self.warmup), epoch_end=last, round=k)
 
 
-def joint_update(model, optimizer, batch: dict, tasks, weights: dict, iterations: int | None) -> dict[str, float]:
-    """One step of joint training; returns each task's loss summed over iterations (unweighted)."""
+def joint_update(model, optimizer, batch: dict, tasks, weights, iterations: int | None) -> dict[str, float]:
+    """One step of joint training on source 0; returns each task's loss summed over iterations (unweighted)."""
     model.train()
-    outputs = model(batch["image"], source=batch["source"][0].item()) if iterations is None else \
-        model(batch["image"], source=batch["source"][0].item(), iterations=iterations)
+    outputs = model(batch["image"], source=0, iterations=iterations)
     total = 0.0
     logged: dict[str, float] = {}
     for task in tasks:
@@ -57,3 +57,35 @@ def joint_update(model, optimizer, batch: dict, tasks, weights: dict, iterations
     total.backward()
     optimizer.step()
     return logged
+
+
+class JointMode:
+    """Joint training for the loop: ONE source, so every task learns from (and is predicted
+    through the batch norm of) source 0; the model is built with exactly that map."""
+
+    name = "joint"
+
+    def __init__(self, config, tasks: tuple[Task, ...]):
+        self.config, self.tasks = config, tasks
+        self.task_sources = (0,) * len(tasks)
+        self.streams: dict = {}
+        self.plan: JointPlan | None = None
+
+    def model_arguments(self) -> dict:
+        return {"num_sources": 1, "task_sources": list(self.task_sources)}
+
+    def prepare(self, model, sources, rank: int, world: int) -> None:
+        from facemtl.data.mixing import BatchStream
+
+        sched = self.config.schedule
+        self.streams[0] = BatchStream(sources[0], self.config.seed, 0, rank, world)
+        self.plan = JointPlan(self.streams[0].batches_per_pass, sched.epochs, sched.rounds, sched.lr, sched.lr_end,
+                              sched.decay, sched.warmup)
+
+    def update(self, model, optimizer, batch: dict, u: Update) -> tuple[dict, dict[str, float]]:
+        weights = self.config.schedule.loss_weights
+        losses = joint_update(model, optimizer, batch, self.tasks, weights, self.config.schedule.iterations)
+        row = {"stage": 0, "epoch": u.epoch, "lr": u.lr,
+               "loss": sum(weights.get(n, 1.0) * v for n, v in losses.items()),
+               **{f"{n}_loss": v for n, v in losses.items()}}
+        return row, losses

@@ -165,7 +165,7 @@ def variant(base: TrainConfig, model: str, related_weight: float, weights: Mappi
 def run(config: TrainConfig, out_dir: Path, *, datasets=None, keep_weights: bool = False, verbose: bool = False) -> dict:
     """Train ``config`` into ``out_dir`` (or reuse a finished run with the same config) and
     return its test metrics (``metrics.json`` of the engine)."""
-    from facemtl.engine.hybrid import train
+    from facemtl.engine.loop import train
 
     out_dir = Path(out_dir)
     done = out_dir / "metrics.json"
@@ -187,7 +187,7 @@ def landmark_result(metrics: dict) -> dict:
 
 
 def parameter_count(config: TrainConfig) -> int:
-    from facemtl.engine.hybrid import model_kwargs
+    from facemtl.engine.loop import model_kwargs
     from facemtl.models.heads import count_on_meta
     from facemtl.models.registry import create_model
 
@@ -303,23 +303,20 @@ def block_ablation(model, samples: Sequence, batch_size: int = 32) -> dict:
     b's central aggregation H, score landmarks, restore. Relative change of the failure rate
     ``100 * (fr - fr_base) / fr_base`` (positive = worse; None when fr_base is 0), and the same
     for the NME (informative where the failure rate saturates at 0 or 100%)."""
-    blocks = getattr(model, "collaborative_blocks", None)
+    blocks = model.ablation_blocks
     if not blocks:
         raise FacemtlError(f"block ablation needs a model with collaborative blocks (dcnet), got {type(model).__name__}")
     base = landmark_scores(model, samples, batch_size)
     cells: dict[str, list[dict]] = {}
     from tqdm import tqdm
 
-    bar = tqdm(total=len(model.tasks) * len(blocks), desc="ablation", dynamic_ncols=True, unit="cell")
+    bar = tqdm(total=len(model.tasks) * blocks, desc="ablation", dynamic_ncols=True, unit="cell")
     try:
         for t, task in enumerate(model.tasks):
             cells[task.name] = []
-            for block in blocks:
-                block.dropped_tasks = {t}
-                try:
+            for b in range(blocks):
+                with model.ablate(b, t):
                     s = landmark_scores(model, samples, batch_size)
-                finally:
-                    block.dropped_tasks = set()
                 fr0 = base["failure_rate"]
                 s["relative_change"] = 100.0 * (s["failure_rate"] - fr0) / fr0 if fr0 > 0 else None
                 s["nme_relative_change"] = 100.0 * (s["nme"] - base["nme"]) / base["nme"]
@@ -327,7 +324,7 @@ def block_ablation(model, samples: Sequence, batch_size: int = 32) -> dict:
                 bar.update(1)
     finally:
         bar.close()
-    return {"base": base, "cells": cells, "blocks": len(blocks)}
+    return {"base": base, "cells": cells, "blocks": blocks}
 
 
 def ablation_table(result: dict) -> str:
@@ -373,7 +370,7 @@ def ablation_heatmap(result: dict, path) -> None:
 def ablation(base: TrainConfig, exp: DCNetExperiment, out_dir, *, checkpoint=None, verbose: bool = False) -> dict:
     """Train the ablation model (or load ``checkpoint``) and ablate it on the source's test split."""
     from facemtl.data.mixing import build_sources
-    from facemtl.engine.checkpoint import load_model
+    from facemtl.models.checkpoint import load_model
     from facemtl.tasks import get_tasks
 
     out = Path(out_dir)

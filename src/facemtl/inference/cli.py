@@ -10,7 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facemtl.data.transforms import DEFAULT_CROP_MARGIN
 from facemtl.errors import FacemtlError
+from facemtl.kinds import KINDS, kind_of
 
 PREDICT_EPILOG = """\
 output: one JSON object {"images": [{"path", "width", "height", "faces": [{"box": [x0, y0, x1, y1],
@@ -51,7 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--iterations", type=int, metavar="N",
                    help="refinement iterations to run (default: all the model was trained with)")
     p.add_argument("--margin", type=float, help="crop margin per side, as a fraction of the face box "
-                   "(default: the checkpoint's, else 0.25)")
+                   f"(default: the checkpoint's, else {DEFAULT_CROP_MARGIN:g})")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=run_predict)
 
@@ -122,14 +124,9 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 def _face_json(face: dict, tasks, mask_paths: dict[str, str]) -> dict:
     out: dict = {"box": [round(v, 2) for v in face["box"]]}
     for task in tasks:
-        value = face[task.name]
-        if task.kind == "points":
-            out[task.name] = [[round(float(x), 2), round(float(y), 2)] for x, y in value]
-        elif task.kind == "segmentation":
-            if task.name in mask_paths:
-                out[task.name] = mask_paths[task.name]
-        else:
-            out[task.name] = {"label": value["label"], "probs": {k: round(p, 5) for k, p in value["probs"].items()}}
+        value = kind_of(task).to_json(task, face[task.name], mask_paths.get(task.name))
+        if value is not None:
+            out[task.name] = value
     return out
 
 
@@ -152,7 +149,7 @@ def run_predict(args) -> int:
         mask_dir = args.json.parent / f"{args.json.stem}_masks"
     if mask_dir is None:
         mask_dir = args.overlays
-    has_masks = any(t.kind == "segmentation" for t in tasks)
+    mask_tasks = [t for t in tasks if kind_of(t) is KINDS["segmentation"]]
 
     out = _open_output(args.json) if args.json else sys.stdout
     names = _Names()
@@ -176,12 +173,11 @@ def run_predict(args) -> int:
             faces_json = []
             for i, face in enumerate(res.faces):
                 mask_paths: dict[str, str] = {}
-                if mask_dir is not None and has_masks:
-                    for task in tasks:
-                        if task.kind == "segmentation":
-                            mp = mask_dir / f"{stem}_face{i}_{task.name}.png"
-                            _write_png(mp, face[task.name])
-                            mask_paths[task.name] = _relative(mp, json_dir)
+                if mask_dir is not None:
+                    for task in mask_tasks:
+                        mp = mask_dir / f"{stem}_face{i}_{task.name}.png"
+                        _write_png(mp, face[task.name])
+                        mask_paths[task.name] = _relative(mp, json_dir)
                 faces_json.append(_face_json(face, tasks, mask_paths))
             n_faces += len(res.faces)
             if args.overlays is not None:
@@ -230,7 +226,7 @@ def _relative(path: Path, base: Path | None) -> str:
 
 
 def run_export(args) -> int:
-    from facemtl.engine.checkpoint import load_model
+    from facemtl.models.checkpoint import load_model
     from facemtl.inference.export import export_onnx, require_onnx
 
     require_onnx()  # fail before loading anything when the extra is missing

@@ -58,12 +58,6 @@ class HaarFaceDetector:
         return boxes[np.argsort(-(xywh[:, 2] * xywh[:, 3]), kind="stable")]
 
 
-def whole_image_box(image: np.ndarray) -> np.ndarray:
-    """``--detector none``: the image is one face crop; its box is the whole image."""
-    h, w = image.shape[:2]
-    return np.array([[0.0, 0.0, float(w), float(h)]], np.float32)
-
-
 def parse_box(value, where: str) -> np.ndarray:
     """One ``[x0, y0, x1, y1]`` with x1 > x0 and y1 > y0, or a FacemtlError naming ``where``."""
     try:

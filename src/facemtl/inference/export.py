@@ -16,7 +16,6 @@ only here, with a clear error when missing. The exporter is PyTorch's TorchScrip
 
 from __future__ import annotations
 
-import inspect
 import json
 import warnings
 from pathlib import Path
@@ -50,9 +49,8 @@ class ExportWrapper(nn.Module):
         super().__init__()
         self.model = model
         self.names = [t.name for t in model.tasks]
-        takes_iterations = "iterations" in inspect.signature(model.forward).parameters
-        if iterations is not None and not takes_iterations:
-            raise FacemtlError("this model has no refinement iterations; leave out --iterations")
+        if iterations is not None:
+            model.check_iterations(iterations)
         self.kwargs = {} if iterations is None else {"iterations": int(iterations)}
 
     def forward(self, images: torch.Tensor):

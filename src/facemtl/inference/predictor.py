@@ -7,15 +7,15 @@ Pipeline for one image:
    an emotion folder at training time);
 2. each box is cropped with :func:`facemtl.data.transforms.face_crop_matrix` at the
    checkpoint's input size and margin (``info["crop"]["margin"]`` when the run recorded one,
-   else 0.25, the training default of :class:`~facemtl.data.transforms.FaceCrop`) and
+   else :data:`~facemtl.data.transforms.DEFAULT_CROP_MARGIN`, the training default) and
    normalised with the checkpoint's mean/std;
 3. the crops of several faces (and images) go through the model together; all refinement
    iterations run and the LAST one is reported (iFAN section 3.2: IterN refines Iter0);
    with ``source=None`` each task comes from its own source's batch-norm stream;
 4. ``model.decode`` turns raw outputs into standard forms, which are mapped back with the
    inverse crop matrix: points to original pixels; segmentation logits warped back bilinearly
-   (:func:`~facemtl.data.transforms.warp_logits_back`) and argmaxed at full resolution
-   (DATASETS.md: score parsing at the original resolution), pixels outside the face crop set to
+   (:func:`~facemtl.data.transforms.warp_logits_back`) and argmaxed at full resolution (as
+   ``docs/datasets.md``, "Parsing F1", scores them), pixels outside the face crop set to
    class 0 (background); category logits to softmax probabilities.
 
 Per face the result is ``{"box": [x0, y0, x1, y1], <points task>: float32 (K, 2) array of
@@ -27,43 +27,32 @@ continuous pixel coordinates with pixel centres at integers (the transforms' con
 from __future__ import annotations
 
 import collections
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import cv2
 import numpy as np
 import torch
 
 from facemtl.data.sample import IMAGE_MEAN, IMAGE_STD
-from facemtl.data.transforms import face_crop_matrix, invert_affine, warp_image, warp_logits_back, warp_points
+from facemtl.data.images import read_image
+from facemtl.data.transforms import (
+    DEFAULT_CROP_MARGIN,
+    face_crop_matrix,
+    invert_affine,
+    warp_image,
+    warp_logits_back,
+    warp_points,
+)
 from facemtl.errors import FacemtlError
+from facemtl.kinds import kind_of
 from facemtl.inference.detect import DETECTORS, HaarFaceDetector, parse_box
 
-DEFAULT_MARGIN = 0.25  # FaceCrop's default, used when a checkpoint records no crop margin
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
 
 
 # ---------------------------------------------------------------------------------------
 # images in
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file -> H x W x 3 uint8 RGB, or a FacemtlError naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise FacemtlError(f"{path}: no such file")
-    if path.is_dir():
-        raise FacemtlError(f"{path}: is a folder, not an image")
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise FacemtlError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None or image.size == 0:
-        raise FacemtlError(f"{path}: not an image OpenCV can read (expected JPEG, PNG, BMP, TIFF, WebP ...)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def as_rgb(image: Any) -> np.ndarray:
@@ -128,7 +117,7 @@ class Predictor:
         self.tasks = tuple(model.tasks)
         self.input_size = int(info.get("input_size", 128))
         crop = info.get("crop") if isinstance(info.get("crop"), dict) else {}
-        self.margin = float(margin if margin is not None else crop.get("margin", DEFAULT_MARGIN))
+        self.margin = float(margin if margin is not None else crop.get("margin", DEFAULT_CROP_MARGIN))
         if self.margin < 0:
             raise FacemtlError(f"crop margin must be >= 0, got {self.margin}")
         norm = info.get("normalization") or {}
@@ -138,19 +127,13 @@ class Predictor:
         self.detector = HaarFaceDetector() if detector == "opencv" else None
         self.batch_size = batch_size
         if iterations is not None:
-            if "iterations" not in inspect.signature(model.forward).parameters:
-                raise FacemtlError(f"model {info.get('model', {}).get('name', '?')!r} has no refinement iterations to set")
-            trained = getattr(getattr(model, "config", None), "iterations", None)
-            if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0 or (
-                    trained is not None and iterations > trained):
-                raise FacemtlError(f"iterations must be an integer in 0..{trained if trained is not None else 'N'}, "
-                                   f"got {iterations!r}")
+            model.check_iterations(iterations)
         self.iterations = iterations
 
     @classmethod
     def from_checkpoint(cls, path, **kwargs) -> "Predictor":
         """Load a run folder, ``model.safetensors`` or ``model.json`` (safetensors + JSON only)."""
-        from facemtl.engine.checkpoint import load_model
+        from facemtl.models.checkpoint import load_model
 
         model, info = load_model(path)
         return cls(model, info, **kwargs)
@@ -246,14 +229,7 @@ class Predictor:
             rec._remaining -= 1
 
     def _map_back(self, task, value: torch.Tensor, matrix: np.ndarray, height: int, width: int):
-        if task.kind == "points":
-            crop_px = value.numpy().astype(np.float64) * self.input_size  # normalised [0, 1] -> crop pixels
-            return warp_points(crop_px, invert_affine(matrix))
-        if task.kind == "segmentation":
-            return logits_to_mask(value, matrix, self.input_size, height, width)
-        probs = torch.softmax(value, dim=0).numpy().astype(np.float64)
-        names = task.class_names or tuple(str(k) for k in range(task.num_outputs))
-        return {"label": names[int(probs.argmax())], "probs": {n: float(p) for n, p in zip(names, probs)}}
+        return kind_of(task).to_image(task, value, matrix, self.input_size, height, width)
 
 
 def logits_to_mask(logits: torch.Tensor, matrix: np.ndarray, crop_size: int, height: int, width: int) -> np.ndarray:

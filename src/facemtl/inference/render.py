@@ -46,32 +46,23 @@ def draw_overlay(image: np.ndarray, faces: list[dict], tasks, alpha: float = 0.4
     ``faces`` are the predictor's per-face dicts (``box``, then one entry per task of
     ``tasks``: points (K, 2) array, class-id mask array, or ``{"label", "probs"}``).
     """
+    from facemtl.kinds import kind_of
+
     out = np.ascontiguousarray(image, dtype=np.uint8).copy()
     h, w = out.shape[:2]
     scale = max(h, w) / 512.0
     thickness = max(1, round(2 * scale))
-    for face in faces:
+    for face in faces:  # layers first, so no face's marks are covered by another's layer
         for task in tasks:
-            if task.kind == "segmentation" and isinstance(face.get(task.name), np.ndarray):
-                mask = face[task.name]
-                on = mask > 0
-                blended = (1 - alpha) * out[on] + alpha * colour_mask(mask[on])
-                out[on] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+            if face.get(task.name) is not None:
+                kind_of(task).draw_layer(out, task, face[task.name], alpha)
     for face in faces:
         x0, y0, x1, y1 = (int(round(v)) for v in face["box"])
         cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
         lines = []
         for task in tasks:
-            value = face.get(task.name)
-            if value is None:
-                continue
-            if task.kind == "points":
-                for x, y in np.asarray(value, np.float64).reshape(-1, 2):
-                    if np.isfinite(x) and np.isfinite(y):
-                        cv2.circle(out, (int(round(x)), int(round(y))), max(2, thickness + 1), POINT_COLOUR, -1)
-            elif task.kind == "category":
-                label = value["label"]
-                lines.append(f"{task.name}: {label} {value['probs'][label]:.2f}")
+            if face.get(task.name) is not None:
+                lines += kind_of(task).draw(out, task, face[task.name], thickness)
         _draw_labels(out, lines, (x0, y1), scale)
     return out
 

@@ -4,7 +4,6 @@ Every meter keeps the protocol of :class:`facemtl.metrics.base.Meter`: ``update`
 ``reset``, ``state``, ``merge``, ``all_reduce``.
 """
 
-from facemtl.errors import FacemtlError
 from facemtl.metrics.base import Meter
 from facemtl.metrics.classification import ConfusionMatrix
 from facemtl.metrics.landmarks import LandmarkMeter, auc, ced_curve, failure_rate, nme, per_point_nme
@@ -28,19 +27,12 @@ __all__ = [
 
 
 def meter_for(task, **options) -> Meter:
-    """The meter of a task's KIND (never its name): points -> :class:`LandmarkMeter`,
-    segmentation -> :class:`ParsingF1`, category -> :class:`ConfusionMatrix`.
-
+    """The meter of a task's KIND (never its name), from the task-kind table
+    (:mod:`facemtl.kinds`): points -> :class:`LandmarkMeter` (NME normalised by the task's
+    eye points), segmentation -> :class:`ParsingF1`, category -> :class:`ConfusionMatrix`.
     ``options`` go to the meter (``eye_indices``/``threshold`` for points, ``groups`` for
-    segmentation). A points task with other than 5 points must say which points are the eyes.
-    """
+    segmentation)."""
+    from facemtl.kinds import kind_of
+
     task = get_task(task)
-    names = task.class_names or None
-    if task.kind == "points":
-        if task.num_outputs != 5 and "eye_indices" not in options:
-            raise FacemtlError(f"task {task.name!r} has {task.num_outputs} points: pass eye_indices= "
-                               "(e.g. 300W (36, 45), WFLW (60, 72)) to score its NME")
-        return LandmarkMeter(task.num_outputs, **options)
-    if task.kind == "segmentation":
-        return ParsingF1(task.num_outputs, names, **options)
-    return ConfusionMatrix(task.num_outputs, names, **options)
+    return kind_of(task).meter(task, **options)

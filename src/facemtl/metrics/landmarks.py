@@ -6,7 +6,7 @@ ground truth (or a given normaliser such as AFLW's box size). The functions retu
 (0.05 = 5 %); :class:`LandmarkMeter` reports percent. Any coordinate units work (pixels or
 normalised [0, 1]) as long as prediction and target agree, because ``d`` is measured in them.
 
-Conventions (see shared DATASETS.md "Metrics"): 5-point sets use ``eye_indices=(0, 1)`` (eye
+Conventions (``docs/datasets.md``, "Metrics"): 5-point sets use ``eye_indices=(0, 1)`` (eye
 centres); 300W inter-ocular ``(36, 45)``, inter-pupil ``(range(36, 42), range(42, 48))`` (a
 pair of index lists: each eye is the mean of its points); WFLW ``(60, 72)`` or ``(96, 97)``.
 """

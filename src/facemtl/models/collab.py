@@ -3,7 +3,9 @@ collaborative blocks after each block of the underlying network (Fig. 2)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -70,6 +72,20 @@ class DCNet(ColumnNetwork):
     @property
     def collaborative_blocks(self) -> list[CollaborativeBlock]:
         return list(self.connectors)
+
+    @property
+    def ablation_blocks(self) -> int:
+        return len(self.connectors)
+
+    @contextlib.contextmanager
+    def ablate(self, block: int, task: int) -> Iterator[None]:
+        """Section 4.4: task ``task``'s features are zeroed at the input of block ``block``'s H."""
+        connector = self.connectors[block]
+        connector.dropped_tasks = {task}
+        try:
+            yield
+        finally:
+            connector.dropped_tasks = set()
 
 
 @register_model("dcnet")

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from facemtl.errors import FacemtlError
-from facemtl.models.base import FaceModel
+from facemtl.models.base import FaceModel, ParameterGroups
 from facemtl.tasks import Task
 
 DEFAULT_TASKS = ("landmarks", "gender", "smile", "glasses", "pose")  # MTFL: main task first
@@ -98,7 +98,9 @@ def decode_bins(logits: torch.Tensor) -> torch.Tensor:
 def angle_to_bin(angle_degrees: float, width: float = 30.0, low: float = -90.0, high: float = 90.0) -> int:
     """Section 4.3: a head-pose angle -> the index of its ``width``-degree bin over [low, high).
 
-    Angles outside the range fall into the first / last bin.
+    Angles outside the range fall into the first / last bin. These are Deep Collaboration's
+    angle classes (one category task per angle, as many classes as bins), not the 5-class
+    ``pose`` task, whose classes come from :func:`facemtl.tasks.pose_from_yaw`.
     """
     count = math.ceil((high - low) / width)
     return min(max(int(math.floor((angle_degrees - low) / width)), 0), count - 1)
@@ -135,6 +137,13 @@ class BinnedFaceModel(FaceModel):
         if self.task(name).kind == "points":
             return decode_bins(output)
         return output
+
+    def parameter_groups(self) -> ParameterGroups:
+        """theta_t = task t's head (and its column, in column networks); no interaction parameters."""
+        columns = getattr(self, "columns", None)
+        decoders = [nn.ModuleList([self.heads[t.name]] + ([columns[i]] if columns is not None else []))
+                    for i, t in enumerate(self.tasks)]
+        return ParameterGroups.split(self, decoders)
 
 
 def num_parameters(module: nn.Module) -> int:
@@ -186,7 +195,8 @@ class ColumnNetwork(BinnedFaceModel):
     def make_connector(self, num_tasks: int, channels: int) -> nn.Module:
         raise NotImplementedError
 
-    def forward(self, images: torch.Tensor, source=None) -> list[dict[str, torch.Tensor]]:
+    def forward(self, images: torch.Tensor, source=None, iterations=None) -> list[dict[str, torch.Tensor]]:
+        self.check_iterations(iterations)
         xs = [images] * len(self.tasks)
         for b, connector in enumerate(self.connectors):
             xs = connector([column.forward_block(b, x) for column, x in zip(self.columns, xs)])

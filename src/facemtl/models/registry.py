@@ -53,11 +53,16 @@ def builder_parameters(name: str) -> frozenset[str]:
     _load_builtins()
     if name not in _REGISTRY:
         raise FacemtlError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY)) or 'none'}")
-    return frozenset(inspect.signature(_REGISTRY[name]).parameters)
+    params = inspect.signature(_REGISTRY[name]).parameters.values()
+    # "**" marks a builder that takes any keyword (and checks them itself)
+    return frozenset("**" if p.kind is p.VAR_KEYWORD else p.name for p in params)
 
 
 def create_model(name: str, **config) -> nn.Module:
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise FacemtlError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY)) or 'none'}")
+    """Build model ``name``; arguments its builder does not take are one clear error."""
+    accepted = builder_parameters(name)
+    unknown = sorted(set(config) - accepted)
+    if unknown and "**" not in accepted:
+        raise FacemtlError(f"model {name!r} takes no argument(s) {', '.join(map(repr, unknown))} "
+                           f"(it takes: {', '.join(sorted(accepted))})")
     return _REGISTRY[name](**config)

@@ -1,1 +1,1 @@
-"""One reader module per dataset format (DATASETS.md)."""
+"""One reader module per dataset format (layouts and labels: ``docs/datasets.md``)."""

@@ -27,12 +27,12 @@ from facemtl.data.formats.common import (
     check_split,
     find_first,
     line_error,
-    load_image,
     need_dir,
     parse_floats,
     parse_int,
     split_existing,
 )
+from facemtl.data.images import read_image
 from facemtl.errors import FacemtlError
 
 DOWNLOAD = "AffectNet (Manually_Annotated_file_lists.zip, Manually_Annotated_compressed.zip)"
@@ -94,7 +94,7 @@ def load(root, split: str = "train", contempt: str = "drop", strict: bool = Fals
     records, missing = split_existing(records, lambda r: img_dir / r["file"], check_files)
 
     def read(r):
-        raw = {"image": load_image(img_dir / r["file"]), "emotion": r["emotion"], "box": r["box"].copy(),
+        raw = {"image": read_image(img_dir / r["file"]), "emotion": r["emotion"], "box": r["box"].copy(),
                "meta": {"dataset": "affectnet", "path": str(img_dir / r["file"]), "id": r["file"],
                         "affectnet_label": r["expr"], **r["meta"]}}
         if r["xy"] is not None:

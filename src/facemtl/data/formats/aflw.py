@@ -1,8 +1,8 @@
 """AFLW (Koestinger et al. 2011): 21 landmarks with visibility, box, pose, gender, glasses.
 
 Layout: ``aflw.sqlite`` and ``flickr/{0,2,3}/...`` in ``root`` (or in ``root/data``, the
-official archive's layout). Tables are joined as DATASETS.md describes; one raw sample per
-face (an image with several faces gives several samples).
+official archive's layout). Tables are joined as ``docs/datasets.md`` ("AFLW") describes;
+one raw sample per face (an image with several faces gives several samples).
 
 * ``landmarks`` (21, 2) in feature_id order 1..21 (LeftBrowLeftCorner .. ChinCenter); only
   visible points have rows, so ``visibility`` (21,) marks them and invisible points hold the
@@ -13,8 +13,8 @@ face (an image with several faces gives several samples).
   (1 -> 0 "glasses", 0 -> 1 "no_glasses", the standard task order).
 * Angles: stored in radians (unconfirmed; values beyond +-2*pi would be degrees, so they are
   then taken as degrees) and given in degrees in ``meta["yaw"/"pitch"/"roll"]``; ``pose`` =
-  the yaw in MTFL's five 30-degree bins (common.YAW_BIN_EDGES); ``meta["pose_bins"]`` = the
-  DCNet 30-degree bins of roll, pitch and yaw (common.angle_bin).
+  the yaw's class of the standard ``pose`` task (:func:`facemtl.tasks.pose_from_yaw`);
+  ``meta["pose_bins"]`` = the DCNet 30-degree bins of roll, pitch and yaw (common.angle_bin).
 * Split: no official one. Faces are ordered by face_id, shuffled with ``seed`` and the first
   ``ratio`` share is ``train``, the rest ``test`` (DCNet trains on the first r% and tests on
   the rest, 0.1..0.9). ``all_visible=True`` keeps only faces with all 21 points (DCNet used
@@ -22,6 +22,11 @@ face (an image with several faces gives several samples).
 * ``points=5`` reduces the 21 points to the standard 5-point ``landmarks`` task in MTFL order:
   LeftEyeCenter, RightEyeCenter, NoseCenter, MouthLeftCorner, MouthRightCorner (assumes
   AFLW's "Left" is image-left, as in MTFL; unconfirmed), with their visibility.
+* ``aflw21`` (21, 2) and ``aflw21_visibility`` (21,): the 21 points as their own task
+  (:data:`facemtl.tasks.DATASET_TASKS` ``["aflw21"]``: point names, flip permutation), given
+  whatever ``points`` is, so a source can train ``aflw21`` next to the 5-point ``landmarks``.
+  Its NME is normalised by the distance between the eye centres (points ``left_eye`` and
+  ``right_eye``, LeftEyeCenter and RightEyeCenter), Deep Collaboration's inter-ocular distance.
 """
 
 from __future__ import annotations
@@ -37,22 +42,18 @@ from facemtl.data.formats.common import (
     angle_bin,
     check_split,
     find_first,
-    load_image,
     need_dir,
     split_existing,
-    yaw_to_pose,
 )
+from facemtl.data.images import read_image
 from facemtl.errors import FacemtlError
+from facemtl.tasks import DATASET_TASKS, STANDARD_TASKS, pose_from_yaw
 
 DOWNLOAD = "AFLW (aflw.tar.gz: data/aflw.sqlite and data/flickr/)"
 NUM_POINTS = 21
-FIVE_POINTS = (7, 10, 14, 17, 19)  # 0-based rows of the 5-point reduction (MTFL order)
-POINT_NAMES = (
-    "LeftBrowLeftCorner", "LeftBrowCenter", "LeftBrowRightCorner", "RightBrowLeftCorner", "RightBrowCenter",
-    "RightBrowRightCorner", "LeftEyeLeftCorner", "LeftEyeCenter", "LeftEyeRightCorner", "RightEyeLeftCorner",
-    "RightEyeCenter", "RightEyeRightCorner", "LeftEar", "NoseLeft", "NoseCenter", "NoseRight", "RightEar",
-    "MouthLeftCorner", "MouthCenter", "MouthRightCorner", "ChinCenter",
-)
+# Rows of the 5-point reduction in MTFL order: the aflw21 points named like the standard five,
+# (7, 10, 14, 17, 19).
+FIVE_POINTS = tuple(DATASET_TASKS["aflw21"].class_names.index(n) for n in STANDARD_TASKS["landmarks"].class_names)
 
 
 def _degrees(v) -> float:
@@ -127,9 +128,11 @@ def load(root, split: str = "train", ratio: float = 0.8, seed: int = 0, all_visi
 
     def read(f):
         raw = {
-            "image": load_image(image_root / f["filepath"]),
+            "image": read_image(image_root / f["filepath"]),
             "landmarks": f["xy"][rows].copy(),
             "visibility": f["vis"][rows].copy(),
+            "aflw21": f["xy"].copy(),
+            "aflw21_visibility": f["vis"].copy(),
             "meta": {"dataset": "aflw", "path": str(image_root / f["filepath"]), "id": f["face_id"],
                      "point_set": "aflw21" if points == 21 else "mtfl5"},
         }
@@ -142,7 +145,7 @@ def load(root, split: str = "train", ratio: float = 0.8, seed: int = 0, all_visi
         if "yaw" in f:
             raw["meta"].update(yaw=f["yaw"], pitch=f["pitch"], roll=f["roll"])
             if math.isfinite(f["yaw"]):
-                raw["pose"] = yaw_to_pose(f["yaw"])
+                raw["pose"] = pose_from_yaw(f["yaw"])
                 raw["meta"]["pose_bins"] = {k: angle_bin(f[k]) for k in ("roll", "pitch", "yaw") if math.isfinite(f[k])}
         return raw
 

@@ -14,6 +14,12 @@ corners), coordinates as stored (0-based assumed; unconfirmed); ``attributes`` (
 0/1 (file -1/1), names in ``meta["attribute_names"]``; the standard tasks taken from them:
 ``gender`` (Male 1 -> 0 male, -1 -> 1 female), ``smile`` (Smiling 1 -> 0), ``glasses``
 (Eyeglasses 1 -> 0); ``box`` for in-the-wild images; ``meta["identity"]``.
+
+Each of the 40 attributes is also a binary category task of its own, named by the attribute in
+lower case (``Wearing_Hat`` -> ``wearing_hat``; :data:`TASKS`), usable on a ``celeba`` source
+without a declaration (``tasks: [eyeglasses]``; the config accepts any case). Its classes are
+``("no", "yes")``: label 1 when the file says 1, 0 when it says -1, the order of
+``attributes`` (note: the MTFL-style ``gender``/``smile``/``glasses`` above count the other way).
 """
 
 from __future__ import annotations
@@ -27,16 +33,29 @@ from facemtl.data.formats.common import (
     check_split,
     find_first,
     line_error,
-    load_image,
     need_dir,
     parse_floats,
     split_existing,
 )
+from facemtl.data.images import read_image
 from facemtl.errors import FacemtlError
+from facemtl.tasks import Task
 
 DOWNLOAD = "CelebA (Img/img_align_celeba.zip, Anno/, Eval/)"
 SPLITS = {"train": 0, "val": 1, "test": 2}
 _DIRS = ("", "Anno/", "Eval/")
+# The 40 attributes of list_attr_celeba.txt, in the file's column order.
+ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
+    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses",
+    "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
+    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
+    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick",
+    "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+ATTRIBUTE_CLASSES = ("no", "yes")
+# Tasks this reader serves beyond the standard ones (facemtl.data.reader_tasks).
+TASKS: dict[str, Task] = {a.lower(): Task(a.lower(), "category", 2, ATTRIBUTE_CLASSES) for a in ATTRIBUTES}
 
 
 def _find(root: Path, name: str) -> Path:
@@ -89,6 +108,8 @@ def load(root, split: str = "train", aligned: bool = True, strict: bool = False,
     for needed in ("Male", "Smiling", "Eyeglasses"):
         if needed not in idx:
             raise FacemtlError(f"{attr_path}: header lacks the {needed!r} column")
+    # Attribute tasks present in this file's header (a renamed column gives no task, not a wrong one).
+    task_columns = {n.lower(): i for i, n in enumerate(attr_names) if n.lower() in TASKS}
     records = []
     for name, (p,) in parts.items():
         if p not in ("0", "1", "2"):
@@ -113,7 +134,7 @@ def load(root, split: str = "train", aligned: bool = True, strict: bool = False,
     def read(r):
         attr = r["attr"]
         raw = {
-            "image": load_image(img_dir / r["name"]),
+            "image": read_image(img_dir / r["name"]),
             "landmarks": r["xy"].copy(),
             "attributes": attr.copy(),
             "gender": 0 if attr[idx["Male"]] else 1,
@@ -122,6 +143,8 @@ def load(root, split: str = "train", aligned: bool = True, strict: bool = False,
             "meta": {"dataset": "celeba", "path": str(img_dir / r["name"]), "id": r["name"], "point_set": "mtfl5",
                      "attribute_names": tuple(attr_names)},
         }
+        for task_name, i in task_columns.items():
+            raw[task_name] = int(attr[i])
         if "box" in r:
             raw["box"] = r["box"].copy()
         if "identity" in r:

@@ -42,12 +42,11 @@ from facemtl.data.formats.common import (
     check_split,
     find_first,
     line_error,
-    load_gray,
-    load_image,
     need_dir,
     need_file,
     split_existing,
 )
+from facemtl.data.images import read_gray, read_image
 from facemtl.errors import FacemtlError
 
 DOWNLOAD = "CelebAMask-HQ (CelebAMask-HQ.zip)"
@@ -99,14 +98,14 @@ def load(root, split: str = "train", partition_file=None, image_size: int | None
     ids, missing = split_existing(ids, lambda i: images / f"{i}.jpg", check_files)
 
     def read(i):
-        image = load_image(images / f"{i}.jpg")
+        image = read_image(images / f"{i}.jpg")
         folder = anno / str(i // 2000)
         m19 = None
         for c in range(1, len(CLASSES19)):
             p = folder / f"{i:05d}_{CLASSES19[c]}.png"
             if not p.is_file():
                 continue
-            m = load_gray(p)
+            m = read_gray(p)
             if m19 is None:
                 m19 = np.zeros(m.shape, np.uint8)
             m19[m > 127] = c

@@ -1,10 +1,16 @@
 """Emotion images in one folder per class (generic; used for BNU-LSVED as in iFAN).
 
 Layout: ``root/<class name>/<image files>``; class folders are matched case-insensitively
-to ``classes`` (default: FER2013's names, so ``emotion`` labels follow the standard task's
-order; iFAN's BNU-LSVED classes are ``IFAN_BNU_CLASSES``). The label is the index in
-``classes``. A folder that matches no class is an error (never guessed); a class without a
-folder just has no images.
+to ``classes``, and the label is the index in ``classes``. Without ``classes`` the class list
+is the folder names, sorted (:func:`folder_classes`; like torchvision's ImageFolder: Python's
+string order, so capitals first). Given ``classes``, a folder that matches no class is an error
+(never guessed) and a class without a folder just has no images. Folders whose name starts
+with a dot are not classes (``.ipynb_checkpoints`` and the like).
+
+The label is stored under the raw key ``task`` (default ``emotion``, the standard task: pass
+``classes=FER_CLASSES`` for FER2013's order). A training source gets both from its task (the
+config's ``tasks:`` declaration, e.g. BNU-LSVED's seven classes, ``IFAN_BNU_CLASSES``, as iFAN
+uses them), see :func:`facemtl.data.mixing.build_sources`.
 
 Subject ids come from file names with ``subject_regex`` (its group ``subject``, or group 1;
 default: the part before the first underscore, ``s012_0003.jpg`` -> ``s012``). A file the
@@ -28,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from facemtl.data.formats.common import LazyDataset, check_split, image_files, load_image, need_dir
+from facemtl.data.formats.common import LazyDataset, check_split, image_files, need_dir
+from facemtl.data.images import read_image
 from facemtl.errors import FacemtlError
 from facemtl.tasks import STANDARD_TASKS
 
@@ -39,6 +46,24 @@ DEFAULT_SUBJECT_REGEX = r"^(?P<subject>[^_]+)_"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
+def _class_folders(root: Path) -> list[Path]:
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def folder_classes(root) -> tuple[str, ...]:
+    """The class list a folder tree gives when none is set: its sub-folder names, sorted."""
+    root = need_dir(Path(root), DOWNLOAD)
+    names = tuple(p.name for p in _class_folders(root))
+    if not names:
+        raise FacemtlError(f"emotion-folder: no class folders under {root} (expected one sub-folder per class)")
+    lowered = [n.lower() for n in names]
+    clash = sorted({n for n in names if lowered.count(n.lower()) > 1})
+    if clash:
+        # Folders match classes case-insensitively, so these would be one class.
+        raise FacemtlError(f"emotion-folder: class folders {', '.join(clash)} under {root} differ only in case")
+    return names
+
+
 def index_folder(root: Path, classes, subject_regex: str) -> list[dict]:
     try:
         pattern = re.compile(subject_regex)
@@ -46,7 +71,7 @@ def index_folder(root: Path, classes, subject_regex: str) -> list[dict]:
         raise FacemtlError(f"emotion-folder: bad subject_regex {subject_regex!r}: {exc}") from None
     lookup = {c.lower(): i for i, c in enumerate(classes)}
     records = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in _class_folders(root):
         label = lookup.get(folder.name.lower())
         if label is None:
             raise FacemtlError(f"emotion-folder: folder {folder} matches no class; expected one of "
@@ -89,21 +114,24 @@ def test_subjects(records: list[dict], test_share: float, seed: int) -> set[str]
     return chosen
 
 
-def load(root, split: str = "train", classes=FER_CLASSES, subject_regex: str = DEFAULT_SUBJECT_REGEX,
-         test_share: float = 0.2, seed: int = 0, strict: bool = False):
-    """Images of ``split`` (train/test/all) with ``emotion`` labels, lazily."""
+def load(root, split: str = "train", classes=None, subject_regex: str = DEFAULT_SUBJECT_REGEX,
+         test_share: float = 0.2, seed: int = 0, strict: bool = False, task: str = "emotion"):
+    """Images of ``split`` (train/test/all) with labels under ``task`` (index in ``classes``,
+    default: the folder names sorted), lazily."""
     root = need_dir(Path(root), DOWNLOAD)
     check_split(split, ("train", "test", "all"), "emotion-folder")
     if not 0.0 < test_share < 1.0:
         raise FacemtlError(f"emotion-folder: test_share must be in (0, 1), got {test_share}")
-    classes = tuple(classes)
+    if not isinstance(task, str) or not task or task in ("image", "meta"):
+        raise FacemtlError(f"emotion-folder: task must be the name of the task the labels are for, got {task!r}")
+    classes = folder_classes(root) if classes is None else tuple(classes)
     records = index_folder(root, classes, subject_regex)
     if split != "all":
         held_out = test_subjects(records, test_share, seed)
         records = [r for r in records if (r["subject"] in held_out) == (split == "test")]
 
     def read(r):
-        return {"image": load_image(r["path"]), "emotion": r["emotion"],
+        return {"image": read_image(r["path"]), task: r["emotion"],
                 "meta": {"dataset": "emotion-folder", "path": str(r["path"]), "id": r["path"].name,
                          "subject": r["subject"], "class_name": classes[r["emotion"]], "classes": classes}}
 

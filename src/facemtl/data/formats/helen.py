@@ -25,12 +25,11 @@ from facemtl.data.formats.common import (
     annotation_lines,
     check_split,
     line_error,
-    load_gray,
-    load_image,
     need_dir,
     need_file,
     split_existing,
 )
+from facemtl.data.images import read_gray, read_image
 from facemtl.errors import FacemtlError
 
 DOWNLOAD = "Helen (SmithCVPR2013_dataset_resized: images/, labels/, exemplars.txt, tuning.txt, testing.txt)"
@@ -78,13 +77,13 @@ def load(root, split: str = "train", mask_rule: str = "argmax", strict: bool = F
     names, missing = split_existing(names, lambda n: images / f"{n}.jpg", check_files)
 
     def read(name):
-        image = load_image(images / f"{name}.jpg")
+        image = read_image(images / f"{name}.jpg")
         maps = []
         for c in range(NUM_CLASSES):
             p = labels / name / f"{name}_lbl{c:02d}.png"
             if not p.is_file():
                 raise FacemtlError(f"label file not found: {p} (expected from the official {DOWNLOAD} download)")
-            m = load_gray(p)
+            m = read_gray(p)
             if m.shape != image.shape[:2]:
                 raise FacemtlError(f"{p}: label size {m.shape[1]}x{m.shape[0]} differs from the image's "
                                    f"{image.shape[1]}x{image.shape[0]}")

@@ -24,10 +24,10 @@ from facemtl.data.formats.common import (
     check_split,
     image_files,
     line_error,
-    load_image,
     need_dir,
     parse_floats,
 )
+from facemtl.data.images import read_image
 from facemtl.errors import FacemtlError
 
 DOWNLOAD = "300W (ibug_300W_large_face_landmark_dataset / 300w images with .pts)"
@@ -77,7 +77,7 @@ def read_pts(path) -> np.ndarray:
 
 
 def five_points(lm68: np.ndarray) -> np.ndarray:
-    """68 iBUG points -> 5 points in MTFL order (DATASETS.md)."""
+    """68 iBUG points -> 5 points in MTFL order (``docs/datasets.md``, "300W")."""
     lm68 = np.asarray(lm68, np.float32)
     return np.stack([lm68[36:42].mean(0), lm68[42:48].mean(0), lm68[30], lm68[48], lm68[54]]).astype(np.float32)
 
@@ -112,7 +112,7 @@ def load(root, split: str = "train", points: int = 68, strict: bool = False):
     def read(r):
         xy = r["xy"] if points == 68 else five_points(r["xy"])
         return {
-            "image": load_image(r["image"]),
+            "image": read_image(r["image"]),
             "landmarks": xy.astype(np.float32),
             "meta": {"dataset": "300w", "path": str(r["image"]), "id": r["image"].stem, "subset": r["subset"],
                      "point_set": "ibug68" if points == 68 else "mtfl5"},

@@ -18,11 +18,10 @@ from facemtl.data.formats.common import (
     check_split,
     image_files,
     line_error,
-    load_gray,
-    load_image,
     need_dir,
     parse_floats,
 )
+from facemtl.data.images import read_gray, read_image
 from facemtl.errors import FacemtlError
 
 DOWNLOAD = "LaPa (LaPa.tar.gz: train/, val/, test/)"
@@ -71,8 +70,8 @@ def load(root, split: str = "train", landmarks: bool = True, strict: bool = Fals
         records.append(rec)
 
     def read(r):
-        image = load_image(r["image"])
-        mask = load_gray(r["label"])
+        image = read_image(r["image"])
+        mask = read_gray(r["label"])
         if mask.shape != image.shape[:2]:
             raise FacemtlError(f"{r['label']}: label size differs from its image {r['image']}")
         if mask.max() > 10:

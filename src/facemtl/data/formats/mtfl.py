@@ -22,13 +22,13 @@ from facemtl.data.formats.common import (
     annotation_lines,
     check_split,
     line_error,
-    load_image,
     need_dir,
     need_file,
     parse_floats,
     parse_int,
     split_existing,
 )
+from facemtl.data.images import read_image
 
 DOWNLOAD = "MTFL (MTFL.zip)"
 SPLITS = {"train": "training.txt", "test": "testing.txt"}
@@ -61,7 +61,7 @@ def load(root, split: str = "train", one_based: bool = True, strict: bool = Fals
     records, missing = split_existing(records, lambda r: root / r["name"], check_files)
 
     def read(r):
-        image = load_image(root / r["name"])
+        image = read_image(root / r["name"])
         return {
             "image": image,
             "landmarks": (r["xy"] - offset).astype(np.float32),

@@ -19,11 +19,11 @@ from facemtl.data.formats.common import (
     check_split,
     find_first,
     line_error,
-    load_image,
     need_dir,
     parse_int,
     split_existing,
 )
+from facemtl.data.images import read_image
 
 DOWNLOAD = "RAF-DB basic (basic/EmoLabel, basic/Image)"
 RAF_TO_FER = {1: 5, 2: 2, 3: 1, 4: 3, 5: 4, 6: 0, 7: 6}
@@ -52,7 +52,7 @@ def load(root, split: str = "train", aligned: bool = True, strict: bool = False,
     records, missing = split_existing(records, lambda r: img_dir / r["file"], check_files)
 
     def read(r):
-        return {"image": load_image(img_dir / r["file"]), "emotion": RAF_TO_FER[r["raf"]],
+        return {"image": read_image(img_dir / r["file"]), "emotion": RAF_TO_FER[r["raf"]],
                 "meta": {"dataset": "rafdb", "path": str(img_dir / r["file"]), "id": r["file"], "raf_label": r["raf"]}}
 
     return LazyDataset(f"rafdb/{split}", records, read, strict, missing)

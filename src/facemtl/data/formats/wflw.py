@@ -20,12 +20,12 @@ from facemtl.data.formats.common import (
     check_split,
     find_first,
     line_error,
-    load_image,
     need_dir,
     parse_floats,
     parse_int,
     split_existing,
 )
+from facemtl.data.images import read_image
 
 DOWNLOAD = "WFLW (WFLW_images.tar.gz and WFLW_annotations.tar.gz)"
 FLAGS = ("pose", "expression", "illumination", "make-up", "occlusion", "blur")
@@ -55,7 +55,7 @@ def load(root, split: str = "train", strict: bool = False, check_files: bool = T
 
     def read(r):
         return {
-            "image": load_image(images / r["name"]),
+            "image": read_image(images / r["name"]),
             "landmarks": r["xy"].copy(),
             "box": r["box"].copy(),
             "meta": {"dataset": "wflw", "path": str(images / r["name"]), "id": f"{r['name']}#{r['line']}",

@@ -1,0 +1,365 @@
+"""The training loop: set a run up, make update k for k = start..total, keep its files.
+
+The loop knows nothing of Algorithm 1 or joint training: a *mode*
+(:class:`facemtl.engine.hybrid.HybridMode` or :class:`facemtl.engine.joint.JointMode`) owns the
+plan (step k -> :class:`~facemtl.engine.schedule.Update`), the update step, the model arguments
+it needs and the task-to-source map. The model is used only through its contract
+(:mod:`facemtl.models.base`).
+
+The torch RNG is seeded inside a forked RNG scope, so the caller's global state is untouched;
+the state saved at every epoch end (and on Ctrl-C) lets ``resume=True`` continue with exactly
+the losses an uninterrupted run would have had.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from facemtl.config import TrainConfig, config_from_dict, to_dict
+from facemtl.data.sample import to_device
+from facemtl.engine.hybrid import HybridMode
+from facemtl.engine.joint import JointMode
+from facemtl.errors import FacemtlError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``config.device`` -> a torch device; a CUDA device that is not there is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FacemtlError(f"device {name!r}: this torch build sees no CUDA GPU (torch {torch.__version__}); use device: cpu or auto")
+    return torch.device(name)
+
+
+def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
+    o = config.optimiser
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=config.schedule.lr, alpha=o.alpha, eps=o.eps,
+                                   momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=config.schedule.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=config.schedule.lr, eps=o.eps, weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=config.schedule.lr, eps=o.eps, weight_decay=o.weight_decay)
+
+
+def make_mode(config: TrainConfig, tasks) -> HybridMode | JointMode:
+    return (HybridMode if config.schedule.mode == "hybrid" else JointMode)(config, tasks)
+
+
+def model_kwargs(config: TrainConfig, tasks=None, mode=None) -> dict:
+    """``create_model`` kwargs: the config's, the tasks, and what the builder names of the
+    input size, the ImageNet weights and the mode's task-to-source map."""
+    from facemtl.models.registry import builder_parameters
+
+    tasks = config.build_tasks() if tasks is None else tasks
+    mode = make_mode(config, tasks) if mode is None else mode
+    kwargs = dict(config.model.kwargs)
+    kwargs["tasks"] = list(tasks)
+    accepted = builder_parameters(config.model.name)
+    if "input_size" in accepted:
+        kwargs.setdefault("input_size", config.input_size)
+    if config.model.pretrained is not None:
+        if "pretrained" not in accepted:
+            raise FacemtlError(f"model.pretrained: model {config.model.name!r} cannot load ImageNet weights")
+        kwargs["pretrained"] = config.model.pretrained
+    kwargs.update({k: v for k, v in mode.model_arguments().items() if k in accepted})
+    return kwargs
+
+
+class Training:
+    """A run's moving parts (tasks, sources, mode, model, optimiser, device) and
+    :meth:`run_update`. Build it inside a seeded RNG scope: the model's initial weights and the
+    updates draw from the global torch RNG."""
+
+    def __init__(self, config: TrainConfig, datasets: Sequence | None = None, rank: int = 0, world: int = 1):
+        from facemtl.data.mixing import build_sources
+        from facemtl.models.registry import create_model
+
+        self.config = config
+        self.tasks = config.build_tasks()
+        self.sources = build_sources(config, self.tasks, datasets)
+        self.mode = make_mode(config, self.tasks)
+        self.model = create_model(config.model.name, **model_kwargs(config, self.tasks, self.mode))
+        if [t.name for t in self.model.tasks] != [t.name for t in self.tasks]:
+            raise FacemtlError(f"model {config.model.name!r} does not predict the configured tasks {list(config.task_names)}")
+        used = self.model.task_sources
+        if any(used) and tuple(used) != tuple(self.mode.task_sources):
+            raise FacemtlError(f"model {config.model.name!r} predicts tasks through sources {list(used)}, "
+                               f"but {self.mode.name} training feeds them sources {list(self.mode.task_sources)}")
+        self.mode.prepare(self.model, self.sources, rank, world)
+        self.device = resolve_device(config.device)
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(self.model, config)
+        self._batch: tuple | None = None
+
+    @property
+    def plan(self):
+        return self.mode.plan
+
+    def run_update(self, k: int):
+        """Make update k of the plan; returns ``(update, log row, loss per task)``."""
+        u = self.plan[k]
+        for group in self.optimizer.param_groups:
+            group["lr"] = u.lr
+        key = (u.stream, u.draw)
+        if self._batch is None or self._batch[0] != key:  # stage 2 reuses a batch for I = 1..ITER
+            self._batch = (key, self.mode.streams[u.stream].batch(u.draw))
+        row, losses = self.mode.update(self.model, self.optimizer, to_device(self._batch[1], self.device), u)
+        return u, row, losses
+
+    def model_file_info(self) -> dict:
+        """``model.json``'s content beyond what the model knows of itself."""
+        from facemtl.data.transforms import DEFAULT_CROP_MARGIN
+
+        descriptions = [s.description for s in self.sources]
+        return {
+            "model": {"name": self.config.model.name, "config": self.model.builder_config()},
+            "task_sources": list(self.mode.task_sources),
+            "sources": descriptions,
+            "input_size": self.config.input_size,
+            # How inference should crop a detected face: as the real sources were cropped; synthetic
+            # faces are framed like the default margin around the landmark box (measured 0.91-0.96).
+            "crop": next((d["crop"] for d in descriptions if "crop" in d),
+                         {"size": self.config.input_size, "margin": DEFAULT_CROP_MARGIN}),
+        }
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Tensors and JSON of the resumable state (weights, optimiser, RNG)."""
+        from facemtl.engine.checkpoint import optimizer_state
+
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt_tensors, opt_meta = optimizer_state(self.optimizer, "optimizer")
+        tensors.update(opt_tensors)
+        tensors["rng.torch"] = torch.get_rng_state()
+        return tensors, {"optimizer": opt_meta, "total_steps": self.plan.total, "seed": self.config.seed}
+
+    def restore(self, run_dir: Path) -> int:
+        """Load a saved state; returns the step to continue from."""
+        from facemtl.engine.checkpoint import load_train_state, restore_optimizer
+
+        tensors, meta = load_train_state(run_dir)
+        weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(weights, strict=True)
+        except RuntimeError as exc:
+            raise FacemtlError(f"{run_dir}: saved weights do not fit the model ({str(exc).splitlines()[0]})") from None
+        restore_optimizer(self.optimizer, "optimizer", tensors, meta["optimizer"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if meta.get("total_steps") != self.plan.total:
+            raise FacemtlError(f"--resume: the saved run plans {meta.get('total_steps')} steps, this config {self.plan.total}")
+        return int(meta["step"])
+
+
+class _StopFlag:
+    """SIGINT sets a flag; the loop saves a resumable state after the current update."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame):
+                if self.set:  # second Ctrl-C: stop now
+                    raise KeyboardInterrupt
+                self.set = True
+
+            signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
+    from facemtl.engine.checkpoint import STATE_JSON
+
+    if not resume:
+        if (run_dir / STATE_JSON).exists():
+            raise FacemtlError(f"{run_dir} already holds a run; use --resume to continue it or choose a new --out folder")
+        return
+    if not (run_dir / STATE_JSON).exists():
+        raise FacemtlError(f"nothing to resume in {run_dir}: no {STATE_JSON} (train without --resume to start)")
+    saved = run_dir / "config.json"
+    if not saved.exists():
+        return
+    old, new = json.loads(saved.read_text()), to_dict(config)
+    for section in ("model", "data", "schedule", "optimiser", "seed", "input_size"):
+        if old.get(section) != new.get(section):
+            raise FacemtlError(f"--resume: the config's '{section}' differs from the run's {saved} "
+                               "(resume with the same config, or start a new run folder)")
+
+
+def load_run_config(run_dir) -> TrainConfig:
+    """The resolved config a run was started with (``config.json`` in the run dir)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FacemtlError(f"nothing to resume in {run_dir}: no config.json")
+    return config_from_dict(json.loads(path.read_text()), path=str(path))
+
+
+class _RunFiles:
+    """What a run writes (rank 0 only): model files, resumable state, config, metrics, logs."""
+
+    def __init__(self, run_dir: Path, training: Training, rank: int, quiet: bool):
+        from facemtl.engine.logging import RunLogger
+
+        self.run_dir, self.training, self.rank = run_dir, training, rank
+        self.info = training.model_file_info()
+        self.log = RunLogger(run_dir, rank, tensorboard=training.config.logging.tensorboard, quiet=quiet)
+
+    def save(self, step: int, stage: int) -> None:
+        from facemtl.engine.checkpoint import save_train_state
+        from facemtl.models.checkpoint import save_checkpoint
+
+        if self.rank != 0:
+            return
+        tr = self.training
+        save_checkpoint(self.run_dir, tr.model, {**self.info, "training": {"mode": tr.mode.name, "step": step,
+                                                                             "total_steps": tr.plan.total}})
+        tensors, meta = tr.state()
+        save_train_state(self.run_dir, tensors, {"step": step, "stage": stage, **meta})
+
+    def write_json(self, name: str, data: dict) -> None:
+        from facemtl.files import atomic_write_json
+
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.run_dir / name, data)
+
+    def evaluate(self) -> dict:
+        from facemtl.engine.evaluate import evaluate
+        from facemtl.engine.logging import process_rank
+
+        rank, world = process_rank()
+        tr = self.training
+        return evaluate(tr.model, self.info, tr.sources, batch_size=tr.config.eval_batch_size, rank=rank, world_size=world)
+
+
+def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Sequence | None = None,
+          stop_after: int | None = None, quiet: bool = False) -> Path:
+    """Train as ``config`` says (Algorithm 1 or joint) into ``out_dir``; returns the run dir.
+
+    ``resume``: continue from ``out_dir``'s training state. ``datasets``: optional
+    ``(train, test)`` raw sequences per source instead of building them from the config.
+    ``stop_after``: save a resumable state and return once this many updates (counted from
+    step 0) are done. The run dir gets model.safetensors/json, train_state.*, config.json,
+    steps.csv, epochs.csv, tb/ and metrics.json (test-split evaluation of the final model).
+    """
+    from facemtl.engine.logging import process_rank
+
+    run_dir = Path(out_dir)
+    rank, world = process_rank()
+    _check_run_dir(run_dir, config, resume)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        training = Training(config, datasets, rank, world)
+        start = training.restore(run_dir) if resume else 0
+        files = _RunFiles(run_dir, training, rank, quiet)
+        files.write_json("config.json", to_dict(config))
+        pairs = ", ".join(f"{t.name}<-source {s}" for t, s in zip(training.tasks, training.mode.task_sources))
+        files.log.info(f"facemtl train: {training.mode.name} training of {config.model.name} on {pairs}; "
+                       f"{training.plan.total} updates" + (f", resuming at {start}" if start else ""))
+        finished, elapsed, step_times, stage = _run_updates(training, files, start, stop_after, quiet)
+        if finished:
+            _finish(training, files, start, elapsed, step_times, stage)
+        files.log.close()
+    return run_dir
+
+
+def _run_updates(training: Training, files: _RunFiles, start: int, stop_after: int | None, quiet: bool):
+    """Updates start..total (or until ``stop_after`` / Ctrl-C) with logs, epoch-end evaluation and
+    checkpoints. Returns (finished, seconds, per-update seconds, last stage)."""
+    from tqdm import tqdm
+
+    config, plan, log = training.config, training.plan, files.log
+    bar = tqdm(total=plan.total, initial=start, disable=files.rank != 0 or not config.logging.progress or quiet,
+               desc=training.mode.name, dynamic_ncols=True, unit="upd")
+    epoch_losses: dict[str, list[float]] = {}
+    t0, step_times, stage = time.perf_counter(), [], plan[start - 1].stage if start else 0
+    try:
+        with _StopFlag() as stop:
+            for k in range(start, plan.total):
+                ts = time.perf_counter()
+                u, row, losses = training.run_update(k)
+                stage = u.stage
+                if not math.isfinite(row["loss"]):
+                    raise FacemtlError(f"training diverged at update {k + 1}: the loss is {row['loss']}; try a lower schedule.lr")
+                step_times.append(time.perf_counter() - ts)
+                for name, value in losses.items():
+                    epoch_losses.setdefault(f"mean_{name}_loss", []).append(value)
+                bar.update(1)
+                bar.set_postfix(stage=u.stage, loss=f"{row['loss']:.4g}", refresh=False)
+                if (k + 1) % config.logging.log_every == 0 or k == start:
+                    log.step(k + 1, {**row, "step_seconds": step_times[-1]})
+                if u.epoch_end:
+                    erow = {n: sum(v) / len(v) for n, v in epoch_losses.items()}
+                    if config.logging.eval_every_epoch:
+                        erow.update(headline(files.evaluate(), training.tasks))
+                    log.epoch(k + 1, u.stage, u.epoch, erow)
+                    epoch_losses = {}
+                    files.save(k + 1, u.stage)
+                elif config.logging.checkpoint_every and (k + 1) % config.logging.checkpoint_every == 0:
+                    files.save(k + 1, u.stage)
+                if stop_after is not None and k + 1 >= stop_after and k + 1 < plan.total:
+                    files.save(k + 1, u.stage)
+                    log.info(f"stopped after update {k + 1} of {plan.total}; continue with --resume")
+                    return False, time.perf_counter() - t0, step_times, stage
+                if stop.set:
+                    files.save(k + 1, u.stage)
+                    bar.close()
+                    log.info(f"interrupted: saved a resumable state at update {k + 1} of {plan.total} in "
+                             f"{files.run_dir}; continue with --resume")
+                    raise KeyboardInterrupt
+    finally:
+        bar.close()
+    return True, time.perf_counter() - t0, step_times, stage
+
+
+def _finish(training: Training, files: _RunFiles, start: int, elapsed: float, step_times: list[float], stage: int) -> None:
+    """Final checkpoint, test-split evaluation, metrics.json and the summary tables."""
+    from facemtl.engine.evaluate import format_tables
+
+    plan = training.plan
+    files.save(plan.total, stage)
+    result = files.evaluate()
+    if files.rank != 0:
+        return
+    files.write_json("metrics.json", result)
+    files.log.epoch(plan.total, "final", "", headline(result, training.tasks))
+    files.log.info(_summary(plan, start, elapsed, step_times) + "\n\n" + format_tables(result, training.tasks))
+
+
+def headline(result: dict, tasks) -> dict:
+    """One number per task and iteration for logs: NME, overall F1, accuracy."""
+    from facemtl.kinds import kind_of
+
+    out = {}
+    for i, per_task in result["iterations"].items():
+        for task in tasks:
+            r = per_task.get(task.name)
+            if r is not None:
+                key = kind_of(task).headline
+                out[f"{task.name}_{key}_iter{i}"] = r[key]
+    return out
+
+
+def _summary(plan, start: int, elapsed: float, step_times: list[float]) -> str:
+    done = plan.total - start
+    mean = sum(step_times) / len(step_times) if step_times else float("nan")
+    parts = ", ".join(f"stage {s}: {n}" for s, n in plan.stage_totals.items())
+    return (f"trained {done} updates ({parts}) in {elapsed:.1f} s, {mean * 1000:.0f} ms per update "
+            f"(data + forward + backward)")

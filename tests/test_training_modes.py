@@ -1,0 +1,90 @@
+"""The training modes own the task-to-source map; the config's model section follows the model.
+
+Defects these pin down: joint-mode iFAN trained on source 0 but was built with one batch-norm
+row per task, so parsing and emotion were predicted through rows that never trained; and
+``--set model.name=dcnet`` died with a TypeError traceback on iFAN's default kwargs.
+"""
+
+import json
+
+import pytest
+import torch
+
+from facemtl.config import config_from_dict, load_config
+from facemtl.engine.loop import Training, model_kwargs, train
+from facemtl.errors import FacemtlError
+from facemtl.models.checkpoint import load_model
+from facemtl.models.norm import SourceBatchNorm2d
+
+TINY = dict(iterations=1, growth_rate=2, layers_per_block=1, num_blocks=3, stem_channels=4, up_channels=4,
+            reencoder_channels=2, points_hidden=8, category_hidden=8, decoder_channels=4)
+
+
+def _joint_config():
+    return config_from_dict({
+        "model": {"name": "ifan", "kwargs": TINY},
+        "input_size": 64,
+        "data": [{"tasks": ["landmarks", "parsing", "emotion"], "style": "studio", "n_train": 6, "n_test": 3,
+                  "batch_size": 3}],
+        "schedule": {"mode": "joint", "epochs": 1},
+        "logging": {"tensorboard": False, "progress": False},
+    })
+
+
+def test_joint_mode_predicts_every_task_through_the_source_it_trained(tmp_path):
+    run = train(_joint_config(), tmp_path / "joint", quiet=True)
+    info = json.loads((run / "model.json").read_text())
+    assert info["task_sources"] == [0, 0, 0]
+    assert info["model"]["config"]["num_sources"] == 1 and info["model"]["config"]["task_sources"] == [0, 0, 0]
+    model, _ = load_model(run)
+    assert model.task_sources == (0, 0, 0)
+    norms = [m for m in model.modules() if isinstance(m, SourceBatchNorm2d)]
+    # every batch-norm row used at inference was updated by training (running means moved off 0)
+    assert norms and all(bool(m.running_mean.abs().sum() > 0) for m in norms)
+
+
+def test_hybrid_mode_builds_the_model_with_its_own_map():
+    cfg = load_config("configs/ifan_synth_smoke.yaml")
+    kwargs = model_kwargs(cfg)
+    assert kwargs["num_sources"] == 3 and kwargs["task_sources"] == [0, 1, 2]
+    joint = model_kwargs(_joint_config())
+    assert joint["num_sources"] == 1 and joint["task_sources"] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("key", ["num_sources", "task_sources"])
+def test_the_source_map_cannot_be_set_by_hand(key):
+    value = 1 if key == "num_sources" else [0, 0, 0]
+    with pytest.raises(FacemtlError, match=f"'{key}'.*come from the data section"):
+        config_from_dict({"model": {"name": "ifan", "kwargs": {key: value}},
+                          "data": [{"tasks": ["landmarks", "parsing", "emotion"]}], "schedule": {"mode": "joint"}})
+
+
+def test_set_model_name_starts_from_that_models_defaults():
+    cfg = load_config(None, ["model.name=dcnet"])
+    assert cfg.model.name == "dcnet" and dict(cfg.model.kwargs) == {}
+    # model.kwargs given with the rename are kept
+    cfg = load_config(None, ["model.name=dcnet", "model.kwargs.backbone=alexnet"])
+    assert dict(cfg.model.kwargs)["backbone"] == "alexnet"
+
+
+def test_a_kwarg_the_model_does_not_take_is_one_line():
+    with pytest.raises(FacemtlError, match=r"model 'dcnet' takes no 'iterations'") as err:
+        load_config(None, ["model.name=dcnet", "model.kwargs.iterations=2"])
+    assert "\n" not in str(err.value)
+
+
+def test_dcnet_trains_with_algorithm_1_on_the_landmark_and_attribute_sources(tmp_path):
+    # Hybrid training needs only the model's parameter groups: each DCNet task's column and head
+    # is its theta_t, the collaborative blocks are shared.
+    cfg = load_config(None, [
+        "model.name=dcnet", "model.kwargs.backbone=alexnet", "model.kwargs.width=8", "model.kwargs.head_hidden=8",
+        "data=[{tasks: [landmarks], n_train: 4, n_test: 2, batch_size: 2}, {tasks: [smile], n_train: 4, n_test: 2, batch_size: 2}]",
+        "schedule.pretrain_epochs=1", "schedule.rounds=1", "logging.progress=false", "logging.tensorboard=false",
+    ])
+    torch.manual_seed(0)
+    tr = Training(cfg)
+    groups = tr.model.parameter_groups()
+    assert not groups.interaction and len(groups.decoders) == 2
+    run = train(cfg, tmp_path / "dc", quiet=True)
+    metrics = json.loads((run / "metrics.json").read_text())["iterations"]["0"]
+    assert set(metrics) == {"landmarks", "smile"}
