@@ -399,6 +399,13 @@ def _declared_classes(cfg: TrainConfig, name: str) -> tuple[tuple[str, ...] | No
     return None, folder
 
 
+def _kind(decl):
+    """The task-kind table's entry of a declaration (its base entry for a kind not yet validated)."""
+    from facemtl.kinds import KINDS, TaskKind
+
+    return KINDS.get(decl.kind, TaskKind())
+
+
 def _resolve_task(cfg: TrainConfig, name: str):
     """The Task of a name listed in ``data.N.tasks`` (see :meth:`TrainConfig.build_tasks`)."""
     from facemtl.tasks import KNOWN_TASKS, TaskDefinitionError, define_task
@@ -406,7 +413,7 @@ def _resolve_task(cfg: TrainConfig, name: str):
     if name in cfg.tasks:
         decl = cfg.tasks[name]
         classes = decl.classes
-        if not classes and decl.kind == "category":
+        if not classes and _kind(decl).label_per_image:
             given, src = _declared_classes(cfg, name)
             if given is not None:
                 classes = given
@@ -447,14 +454,14 @@ def _check_task_declarations(cfg: TrainConfig, where: _Where) -> None:
         if decl.kind is None:
             raise FacemtlError(f"{where(key)}'{key}' needs a 'kind': one of points, segmentation, category")
         classes, flip, left_right = decl.classes, decl.flip, decl.left_right
-        if not classes and decl.kind == "category":
+        if not classes and _kind(decl).label_per_image:
             given, src = _declared_classes(cfg, name)
             if given is not None:
                 classes = given
             elif src is not None:
                 # Folder names are read when the tasks are built; check the rest now.
                 classes, flip, left_right = ("?0", "?1"), (), ()
-        elif classes and decl.kind == "category":
+        elif classes and _kind(decl).label_per_image:
             for i, src in enumerate(cfg.data):
                 given = src.options.get("classes") if name in src.tasks else None
                 if given is not None and [str(c).lower() for c in given] != [c.lower() for c in classes]:
@@ -466,7 +473,7 @@ def _check_task_declarations(cfg: TrainConfig, where: _Where) -> None:
         except TaskDefinitionError as exc:
             k = f"{key}.{exc.field}"
             raise FacemtlError(f"{where(k)}bad value for '{k}': expected {exc.expected}, got {exc.value!r}") from None
-        if decl.kind == "points" and not decl.flip and not decl.left_right:
+        if _kind(decl).named_points and not decl.flip and not decl.left_right:
             augmented = [i for i, s in enumerate(cfg.data) if name in s.tasks and s.augment]
             if augmented:
                 raise FacemtlError(

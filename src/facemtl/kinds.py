@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from facemtl.errors import FacemtlError
 from facemtl.metrics.base import Meter
+from facemtl.tasks import IGNORE_INDEX
 
 NAN = float("nan")
 
@@ -69,6 +70,10 @@ class TaskKind:
     name: str
     headline: str  # the one number logs show per task
     lower_is_better: bool
+    # What a task of this kind is made of (the rules of a declaration, facemtl.tasks.define_task):
+    named_points = False  # outputs are K points (count or names; eyes normalise the NME; flips swap them)
+    label_per_image = False  # one class per image: a folder or attribute reader can supply the classes
+    max_classes: int | None = None  # class ids must stay below the ignore label
 
     # -- training ---------------------------------------------------------------------------
     def loss(self, task, output: torch.Tensor, target: torch.Tensor, visible=None) -> torch.Tensor:
@@ -128,6 +133,7 @@ class Baseline:
 
 class PointsKind(TaskKind):
     name, headline, lower_is_better = "points", "nme", True
+    named_points = True
 
     def loss(self, task, output, target, visible=None):
         sq = (output - target.to(output.dtype)).pow(2).sum(-1)  # (B, K)
@@ -233,10 +239,9 @@ class _MeanShape(Baseline):
 
 class SegmentationKind(TaskKind):
     name, headline, lower_is_better = "segmentation", "overall", False
+    max_classes = IGNORE_INDEX
 
     def loss(self, task, output, target, visible=None):
-        from facemtl.tasks import IGNORE_INDEX
-
         return F.cross_entropy(output, target.long(), ignore_index=IGNORE_INDEX)
 
     def add_target(self, sample, task, raw, width, height):
@@ -328,6 +333,7 @@ class _ConstantMasks(Baseline):
 
 class CategoryKind(TaskKind):
     name, headline, lower_is_better = "category", "accuracy", False
+    label_per_image = True
 
     def loss(self, task, output, target, visible=None):
         return F.cross_entropy(output, target.long())

@@ -69,7 +69,9 @@ class Task:
         centres ``left_eye``/``right_eye`` (MTFL's 5 points, AFLW's 21), else the outer eye
         corners ``left_eye_outer``/``right_eye_outer`` (300W, WFLW); () when neither pair is
         named (a metric must then be told, never guess)."""
-        names = list(self.class_names) if self.kind == "points" else []
+        from facemtl.kinds import kind_of
+
+        names = list(self.class_names) if kind_of(self).named_points else []
         for pair in (("left_eye", "right_eye"), ("left_eye_outer", "right_eye_outer")):
             if set(pair) <= set(names):
                 return names.index(pair[0]), names.index(pair[1])
@@ -219,15 +221,18 @@ def define_task(name: str, kind: str, classes=(), points: int | None = None, fli
       ``flip[i]``), or ``left_right``, pairs of names swapped by a flip (the rest stay); not
       both. A flip must be its own inverse. Neither: the identity.
     """
+    from facemtl.kinds import KINDS as KIND_TABLE
+
     if kind not in KINDS:
         raise TaskDefinitionError(name, "kind", "one of " + ", ".join(KINDS), kind)
+    spec = KIND_TABLE[kind]
     classes = tuple(classes)
     if any(not isinstance(c, str) or not c for c in classes):
         raise TaskDefinitionError(name, "classes", "a list of non-empty names (quote yes/no/on/off)", list(classes))
     lowered = [c.lower() for c in classes]
     if len(set(lowered)) != len(lowered):
         raise TaskDefinitionError(name, "classes", "names that differ (case-insensitively)", list(classes))
-    if kind == "points":
+    if spec.named_points:
         if points is None and not classes:
             raise TaskDefinitionError(name, "points", "the number of points (or their names under 'classes')", points)
         if points is not None and (isinstance(points, bool) or not isinstance(points, int) or points < 1):
@@ -242,7 +247,7 @@ def define_task(name: str, kind: str, classes=(), points: int | None = None, fli
                                       f"no 'points' for a {kind} task (name its classes under 'classes')", points)
         if len(classes) < 2:
             raise TaskDefinitionError(name, "classes", "a list of at least 2 class names", list(classes))
-        if kind == "segmentation" and len(classes) > IGNORE_INDEX:
+        if spec.max_classes is not None and len(classes) > spec.max_classes:
             raise TaskDefinitionError(name, "classes", f"at most {IGNORE_INDEX} classes ({IGNORE_INDEX} is 'ignore')",
                                       len(classes))
         n = len(classes)

@@ -72,7 +72,9 @@ def source_options(name: str, tasks: Sequence[Task], options) -> dict:
 
     out = dict(options)
     accepted = loader_options(name)
-    category = [t for t in tasks if t.kind == "category"]
+    from facemtl.kinds import kind_of
+
+    category = [t for t in tasks if kind_of(t).label_per_image]
     if len(category) == 1 and "task" in accepted:
         out.setdefault("task", category[0].name)
         if "classes" in accepted and "classes" not in out and category[0].class_names:
