@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "facemtl.engine.cli",
     "facemtl.inference.cli",
     "facemtl.experiments.cli",
+    "facemtl.experiments.reproduce",
 )
 
 

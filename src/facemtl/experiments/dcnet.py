@@ -1,6 +1,6 @@
 """Deep Collaboration experiments (Trottier et al., section 4) as runnable recipes.
 
-All of them train with the team's engine (:func:`facemtl.engine.hybrid.train`, JOINT mode:
+All of them train with the team's engine (:func:`facemtl.engine.loop.train`, JOINT mode:
 one source labelling landmarks + the related tasks, loss weight 1 for landmarks and
 ``related_weight`` (lambda) for the others, section 4.1) and score landmarks with
 :mod:`facemtl.metrics` (failure rate: NME > 10% of the inter-ocular distance; NME).

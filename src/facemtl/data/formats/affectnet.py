@@ -26,10 +26,12 @@ from facemtl.data.formats.common import (
     LazyDataset,
     check_split,
     find_first,
+    inside_root,
     line_error,
     need_dir,
     parse_floats,
     parse_int,
+    parse_number,
     split_existing,
 )
 from facemtl.data.images import read_image
@@ -52,7 +54,7 @@ def load(root, split: str = "train", contempt: str = "drop", strict: bool = Fals
                          DOWNLOAD, kind="dir")
     records = []
     dropped: Counter = Counter()
-    with open(ann, newline="", encoding="utf-8", errors="replace") as f:
+    with open(ann, newline="", encoding="utf-8-sig", errors="replace") as f:
         reader = csv.reader(f)
         header = [h.strip().lower() for h in next(reader, [])]
         missing_cols = [c for c in _COLUMNS if c not in header]
@@ -65,30 +67,31 @@ def load(root, split: str = "train", contempt: str = "drop", strict: bool = Fals
             line = ",".join(row)
             if len(row) < len(header):
                 raise line_error(ann, lineno, f"{len(header)} comma-separated columns", line)
-            expr = parse_int(row[col["expression"]], ann, lineno, line, "expression", 0, 10)
+            expr = parse_int(row[col["expression"]], ann, lineno, line, "expression", 0, 10, at="in column expression")
             if expr >= 8:
                 dropped[("none", "uncertain", "no-face")[expr - 8]] += 1
                 continue
             if expr == 7 and contempt == "drop":
                 dropped["contempt"] += 1
                 continue
-            x, y, w, h = parse_floats([row[col[c]] for c in ("face_x", "face_y", "face_width", "face_height")],
-                                      ann, lineno, line, "numeric face_x, face_y, face_width, face_height")
+            x, y, w, h = (parse_number(row[col[c]], ann, lineno, f"a number {c}", f"in column {c}")
+                          for c in ("face_x", "face_y", "face_width", "face_height"))
             lm_text = row[col["facial_landmarks"]].strip()
             xy = None
             if lm_text:
-                vals = parse_floats(lm_text.split(";"), ann, lineno, line, "facial_landmarks 'x;y;x;y;...'")
+                vals = parse_floats(lm_text.split(";"), ann, lineno, line, "facial_landmarks 'x;y;x;y;...'",
+                                    column="facial_landmarks")
                 if len(vals) % 2:
                     raise line_error(ann, lineno, "an even number of facial_landmarks values", line)
                 xy = vals.reshape(-1, 2).astype(np.float32)
             meta = {}
             for extra in ("valence", "arousal"):
                 if extra in header:
-                    try:
-                        meta[extra] = float(row[header.index(extra)])
-                    except ValueError:
-                        raise line_error(ann, lineno, f"numeric {extra}", line) from None
-            records.append({"file": row[col["subdirectory_filepath"]].strip().replace("\\", "/"),
+                    meta[extra] = parse_number(row[header.index(extra)], ann, lineno, f"a number {extra}",
+                                               f"in column {extra}")
+            file = row[col["subdirectory_filepath"]].strip().replace("\\", "/")
+            inside_root(img_dir, file, ann, lineno)
+            records.append({"file": file, "annotation": f"{ann}:{lineno}",
                             "emotion": 7 if expr == 7 else AFFECTNET_TO_FER[expr], "expr": expr,
                             "box": np.array([x, y, x + w, y + h], np.float32), "xy": xy, "meta": meta})
     records, missing = split_existing(records, lambda r: img_dir / r["file"], check_files)
@@ -96,7 +99,7 @@ def load(root, split: str = "train", contempt: str = "drop", strict: bool = Fals
     def read(r):
         raw = {"image": read_image(img_dir / r["file"]), "emotion": r["emotion"], "box": r["box"].copy(),
                "meta": {"dataset": "affectnet", "path": str(img_dir / r["file"]), "id": r["file"],
-                        "affectnet_label": r["expr"], **r["meta"]}}
+                        "affectnet_label": r["expr"], "annotation": r["annotation"], **r["meta"]}}
         if r["xy"] is not None:
             raw["landmarks"] = r["xy"].copy()
             if len(r["xy"]) == 68:

@@ -42,7 +42,10 @@ from facemtl.data.formats.common import (
     angle_bin,
     check_split,
     find_first,
+    inside_root,
     need_dir,
+    parse_int,
+    parse_number,
     split_existing,
 )
 from facemtl.data.images import read_image
@@ -56,10 +59,15 @@ NUM_POINTS = 21
 FIVE_POINTS = tuple(DATASET_TASKS["aflw21"].class_names.index(n) for n in STANDARD_TASKS["landmarks"].class_names)
 
 
-def _degrees(v) -> float:
+def _number(v, where: str, what: str) -> float:
+    """A finite number from an sqlite cell (int, float, text or NULL); ``where`` names table and face."""
+    return parse_number("NULL" if v is None else v, where, None, what)
+
+
+def _degrees(v, where: str, what: str) -> float:
     if v is None:
-        return float("nan")
-    v = float(v)
+        return float("nan")  # no angle stored: no pose label
+    v = _number(v, where, what)
     return v if abs(v) > 2 * math.pi else math.degrees(v)
 
 
@@ -82,16 +90,22 @@ def index_faces(db_path: Path) -> list[dict]:
             f = faces.get(face_id)
             if f is None:
                 continue
-            if not 1 <= int(fid) <= NUM_POINTS:
-                raise FacemtlError(f"{db_path}: featurecoords of face {face_id}: feature_id {fid} outside 1..21")
-            f["xy"][int(fid) - 1] = (float(x), float(y))
-            f["vis"][int(fid) - 1] = True
+            where = f"{db_path}: featurecoords of face_id {face_id}"
+            k = parse_int("NULL" if fid is None else fid, where, None, "", "feature_id", 1, NUM_POINTS) - 1
+            where += f", feature_id {k + 1}"
+            f["xy"][k] = (_number(x, where, "a finite x"), _number(y, where, "a finite y"))
+            f["vis"][k] = True
         for face_id, x, y, w, h in cur.execute("SELECT face_id, x, y, w, h FROM facerect"):
             if face_id in faces and "box" not in faces[face_id]:
+                where = f"{db_path}: facerect of face_id {face_id}"
+                x, y, w, h = (_number(v, where, f"a finite {n}") for v, n in zip((x, y, w, h), "xywh"))
                 faces[face_id]["box"] = np.array([x, y, x + w, y + h], np.float32)
         for face_id, roll, pitch, yaw in cur.execute("SELECT face_id, roll, pitch, yaw FROM facepose"):
             if face_id in faces and "yaw" not in faces[face_id]:
-                faces[face_id].update(roll=_degrees(roll), pitch=_degrees(pitch), yaw=_degrees(yaw))
+                where = f"{db_path}: facepose of face_id {face_id}"
+                faces[face_id].update(roll=_degrees(roll, where, "a finite roll or NULL"),
+                                      pitch=_degrees(pitch, where, "a finite pitch or NULL"),
+                                      yaw=_degrees(yaw, where, "a finite yaw or NULL"))
         for face_id, sex, glasses in cur.execute("SELECT face_id, sex, glasses FROM facemetadata"):
             if face_id in faces and "sex" not in faces[face_id]:
                 faces[face_id].update(sex=sex, glasses=glasses)
@@ -124,6 +138,8 @@ def load(root, split: str = "train", ratio: float = 0.8, seed: int = 0, all_visi
         faces = [faces[i] for i in order[:n_train]]
     elif split == "test":
         faces = [faces[i] for i in order[n_train:]]
+    for f in faces:
+        inside_root(image_root, f["filepath"], f"{db}: faceimages.filepath of face_id {f['face_id']}", None)
     faces, missing = split_existing(faces, lambda f: image_root / f["filepath"], check_files)
 
     def read(f):
@@ -134,6 +150,7 @@ def load(root, split: str = "train", ratio: float = 0.8, seed: int = 0, all_visi
             "aflw21": f["xy"].copy(),
             "aflw21_visibility": f["vis"].copy(),
             "meta": {"dataset": "aflw", "path": str(image_root / f["filepath"]), "id": f["face_id"],
+                     "annotation": f"{db}: face_id {f['face_id']}",
                      "point_set": "aflw21" if points == 21 else "mtfl5"},
         }
         if "box" in f:

@@ -32,10 +32,13 @@ from facemtl.data.formats.common import (
     LazyDataset,
     check_split,
     find_first,
+    inside_root,
     line_error,
     need_dir,
     parse_floats,
+    parse_int,
     split_existing,
+    value_error,
 )
 from facemtl.data.images import read_image
 from facemtl.errors import FacemtlError
@@ -63,10 +66,12 @@ def _find(root: Path, name: str) -> Path:
 
 
 def read_table(path: Path, columns: int | None = None, header: bool = True, numeric: bool = False):
-    """``name v v ...`` rows after an optional count line and header line -> (header names, rows)."""
+    """``name v v ...`` rows after an optional count line and header line -> (header names, rows,
+    line number of each row), rows and line numbers keyed by image name."""
     rows: dict[str, list[str]] = {}
+    linenos: dict[str, int] = {}
     names: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         lines = f.read().splitlines()
     start = 0
     if header:
@@ -81,8 +86,10 @@ def read_table(path: Path, columns: int | None = None, header: bool = True, nume
             continue
         if columns is not None and len(fields) != columns + 1:
             raise line_error(path, lineno, f"an image name and {columns} values", line)
-        rows[fields[0]] = parse_floats(fields[1:], path, lineno, line, f"{columns} numbers") if numeric else fields[1:]
-    return names, rows
+        rows[fields[0]] = (parse_floats(fields[1:], path, lineno, line, f"{columns} numbers", first_field=2)
+                           if numeric else fields[1:])
+        linenos[fields[0]] = lineno
+    return names, rows, linenos
 
 
 def load(root, split: str = "train", aligned: bool = True, strict: bool = False, check_files: bool = True):
@@ -92,18 +99,21 @@ def load(root, split: str = "train", aligned: bool = True, strict: bool = False,
     img_dir = find_first(root, ("img_align_celeba", "Img/img_align_celeba") if aligned else ("img_celeba", "Img/img_celeba"),
                          DOWNLOAD, kind="dir")
     lm_path = _find(root, "list_landmarks_align_celeba.txt" if aligned else "list_landmarks_celeba.txt")
-    _, lms = read_table(lm_path, 10, numeric=True)
+    _, lms, lm_lines = read_table(lm_path, 10, numeric=True)
     attr_path = _find(root, "list_attr_celeba.txt")
-    attr_names, attrs = read_table(attr_path, 40)
-    _, parts = read_table(_find(root, "list_eval_partition.txt"), 1, header=False)
+    attr_names, attrs, attr_lines = read_table(attr_path, 40)
+    part_path = _find(root, "list_eval_partition.txt")
+    _, parts, part_lines = read_table(part_path, 1, header=False)
     boxes = {}
     if not aligned:
-        _, boxes = read_table(_find(root, "list_bbox_celeba.txt"), 4, numeric=True)
+        _, boxes, _ = read_table(_find(root, "list_bbox_celeba.txt"), 4, numeric=True)
     ids = {}
     try:
-        _, ids = read_table(_find(root, "identity_CelebA.txt"), 1, header=False)
+        id_path = _find(root, "identity_CelebA.txt")
     except FacemtlError:
-        pass  # identities are optional
+        id_path = None  # identities are optional
+    if id_path is not None:
+        _, ids, id_lines = read_table(id_path, 1, header=False)
     idx = {n: i for i, n in enumerate(attr_names)}
     for needed in ("Male", "Smiling", "Eyeglasses"):
         if needed not in idx:
@@ -113,21 +123,27 @@ def load(root, split: str = "train", aligned: bool = True, strict: bool = False,
     records = []
     for name, (p,) in parts.items():
         if p not in ("0", "1", "2"):
-            raise FacemtlError(f"{_find(root, 'list_eval_partition.txt')}: partition of {name} must be 0, 1 or 2, got {p!r}")
+            raise value_error(part_path, part_lines[name], f"the partition of {name}: 0, 1 or 2", p, "in field 2")
         if split != "all" and int(p) != SPLITS[split]:
             continue
+        inside_root(img_dir, name, part_path, part_lines[name])
         if name not in lms or name not in attrs:
-            raise FacemtlError(f"{name} is in the partition file but not in {lm_path.name} / {attr_path.name}")
+            raise FacemtlError(f"{part_path}:{part_lines[name]}: {name} is in the partition file but not in "
+                               f"{lm_path.name} / {attr_path.name}")
         xy = lms[name].reshape(5, 2)
         a = attrs[name]
-        if any(v not in ("1", "-1") for v in a):
-            raise FacemtlError(f"{attr_path}: attributes of {name} must be -1 or 1, got {' '.join(a)}")
-        rec = {"name": name, "xy": xy.astype(np.float32), "attr": np.array([v == "1" for v in a], np.uint8)}
+        bad = next((k for k, v in enumerate(a) if v not in ("1", "-1")), None)
+        if bad is not None:
+            column = attr_names[bad] if bad < len(attr_names) else f"{bad + 1}"
+            raise value_error(attr_path, attr_lines[name], f"attribute {column} -1 or 1", a[bad], f"in field {bad + 2}")
+        rec = {"name": name, "xy": xy.astype(np.float32), "attr": np.array([v == "1" for v in a], np.uint8),
+               "annotation": f"{lm_path}:{lm_lines[name]}"}
         if name in boxes:
             x, y, w, h = boxes[name]
             rec["box"] = np.array([x, y, x + w, y + h], np.float32)
         if name in ids:
-            rec["identity"] = int(ids[name][0])
+            rec["identity"] = parse_int(ids[name][0], id_path, id_lines[name], "", "an identity number", 0, 2**31 - 1,
+                                        at="in field 2")
         records.append(rec)
     records, missing = split_existing(records, lambda r: img_dir / r["name"], check_files)
 
@@ -141,6 +157,7 @@ def load(root, split: str = "train", aligned: bool = True, strict: bool = False,
             "smile": 0 if attr[idx["Smiling"]] else 1,
             "glasses": 0 if attr[idx["Eyeglasses"]] else 1,
             "meta": {"dataset": "celeba", "path": str(img_dir / r["name"]), "id": r["name"], "point_set": "mtfl5",
+                     "annotation": r["annotation"],
                      "attribute_names": tuple(attr_names)},
         }
         for task_name, i in task_columns.items():

@@ -1,8 +1,9 @@
 """FER2013 (Goodfellow et al. 2013): 48x48 gray faces in one CSV, 7 emotions.
 
 ``fer2013.csv`` columns ``emotion, pixels, Usage`` (some copies have leading spaces in the
-column names: names are stripped). ``pixels`` = 2,304 space-separated 0..255 values, row
-major. Usage: Training -> ``train``, PublicTest -> ``val``, PrivateTest -> ``test``.
+column names: names are stripped, matched in any case; a byte-order mark is ignored).
+``pixels`` = 2,304 space-separated 0..255 values, row major. Usage: Training -> ``train``,
+PublicTest -> ``val``, PrivateTest -> ``test``.
 Images are returned as 48x48x3 RGB (the gray value repeated). Labels are FER2013's order
 (0 Angry .. 6 Neutral), the standard ``emotion`` task order. The CSV is indexed once (label
 and byte offset of each row; the ~300 MB of pixel text stays on disk); a row's pixels are
@@ -33,13 +34,16 @@ def load(root, split: str = "train", strict: bool = False):
     records = []  # (line number, label, byte offset of the line): the pixels stay on disk
     with open(path, "rb") as f:
         head = f.readline()
-        header = [h.strip().strip('"').lower() for h in head.decode("utf-8", "replace").strip().split(",")]
+        # utf-8-sig: a byte-order mark would stick to the first name; byte offsets still count it.
+        names = [h.strip().strip('"') for h in head.decode("utf-8-sig", "replace").strip().split(",")]
+        header = [h.lower() for h in names]  # names match case-insensitively (Usage, usage, USAGE)
         if not head.strip():
             raise line_error(path, 1, "a header 'emotion,pixels,Usage'")
         cols = {}
         for need in ("emotion", "pixels", "usage"):
             if need not in header:
-                raise FacemtlError(f"{path}:1: expected columns emotion, pixels, Usage; got {', '.join(header)}")
+                raise FacemtlError(f"{path}:1: expected columns emotion, pixels, Usage (any case); "
+                                   f"got {', '.join(names)}, no {need}")
             cols[need] = header.index(need)
         usages = set(USAGE.values())
         lineno, offset = 1, len(head)
@@ -67,12 +71,19 @@ def load(root, split: str = "train", strict: bool = False):
         with open(path, "rb") as f:
             f.seek(line_offset)
             pixels = f.readline().decode("utf-8", "replace").split(",")[pixel_col].strip().strip('"')
+        texts = pixels.split()
+        expected = "2304 pixel values 0..255"
+        if len(texts) != 48 * 48:
+            raise DecodeError(f"{path}:{lineno}: expected {expected}; got {len(texts)} values")
         try:
-            values = np.array(pixels.split(), dtype=np.int64)
+            values = np.array(texts, dtype=np.int64)
+            bad = np.flatnonzero((values < 0) | (values > 255))
         except ValueError:
-            raise DecodeError(f"{path}:{lineno} (pixels are not integers)") from None
-        if values.size != 48 * 48 or values.min(initial=0) < 0 or values.max(initial=0) > 255:
-            raise DecodeError(f"{path}:{lineno} (expected 2304 pixel values 0..255, got {values.size})")
+            bad = [k for k, t in enumerate(texts) if not (t.isascii() and t.isdigit())]
+        if len(bad):
+            k = int(bad[0])  # the first bad value and where it is, not just the count
+            raise DecodeError(f"{path}:{lineno}: expected {expected}; got {texts[k]!r} at pixel {k + 1} "
+                              f"(row {k // 48 + 1}, column {k % 48 + 1})")
         gray = values.astype(np.uint8).reshape(48, 48)
         return {"image": np.repeat(gray[:, :, None], 3, axis=2), "emotion": label,
                 "meta": {"dataset": "fer2013", "path": str(path), "id": lineno, "usage": USAGE[split]}}

@@ -24,6 +24,7 @@ from facemtl.data.formats.common import (
     LazyDataset,
     annotation_lines,
     check_split,
+    inside_root,
     line_error,
     need_dir,
     need_file,
@@ -37,13 +38,16 @@ SPLITS = {"train": "exemplars.txt", "val": "tuning.txt", "test": "testing.txt"}
 NUM_CLASSES = 11
 
 
-def read_list(path: Path) -> list[str]:
+def read_list(path: Path, root: Path | None = None) -> list[str]:
+    """Image names of a list file; with ``root``, names that would lead outside it are errors."""
     names = []
     for lineno, line, _ in annotation_lines(path):
         parts = [p.strip() for p in line.split(",")]
         name = parts[1] if len(parts) >= 2 else parts[0]
         if not name or len(parts) > 2 or " " in name:
             raise line_error(path, lineno, "'<index> , <image name>'", line)
+        if root is not None:
+            inside_root(root, name, path, lineno)  # names images/<name>.jpg and labels/<name>/
         names.append(name)
     return names
 
@@ -73,7 +77,7 @@ def load(root, split: str = "train", mask_rule: str = "argmax", strict: bool = F
     combine_masks(np.zeros((NUM_CLASSES, 1, 1), np.uint8), mask_rule)  # validate the rule now
     images = need_dir(root / "images", DOWNLOAD)
     labels = need_dir(root / "labels", DOWNLOAD)
-    names = read_list(need_file(root / SPLITS[split], DOWNLOAD))
+    names = read_list(need_file(root / SPLITS[split], DOWNLOAD), root)
     names, missing = split_existing(names, lambda n: images / f"{n}.jpg", check_files)
 
     def read(name):

@@ -41,7 +41,7 @@ SPLITS["full"] = SPLITS["common"] + SPLITS["challenging"]
 
 def read_pts(path) -> np.ndarray:
     """(N, 2) float32 points of a ``.pts`` file, as stored (1-based)."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         lines = [ln for ln in f.read().splitlines()]
     body = [(i + 1, ln) for i, ln in enumerate(lines) if ln.strip()]
     n = None
@@ -68,7 +68,7 @@ def read_pts(path) -> np.ndarray:
         fields = s.split()
         if len(fields) != 2:
             raise line_error(path, lineno, "two numbers 'x y'", ln)
-        pts.append(parse_floats(fields, path, lineno, ln, "two numbers 'x y'"))
+        pts.append(parse_floats(fields, path, lineno, ln, "two numbers 'x y'", first_field=1))
     if n is None:
         raise FacemtlError(f"{path}: no 'n_points:' line")
     if inside or len(pts) != n:
@@ -100,7 +100,7 @@ def load(root, split: str = "train", points: int = 68, strict: bool = False):
             xy = read_pts(pts_path)
             if len(xy) != 68:
                 raise FacemtlError(f"{pts_path}: expected 68 points, found {len(xy)}")
-            records.append({"image": img, "xy": xy - 1.0, "subset": sub})
+            records.append({"image": img, "xy": xy - 1.0, "subset": sub, "pts": pts_path})
     if missing:
         msg = f"300w/{split}: {len(missing)} image(s) without a .pts file (first: {missing[0]})"
         if strict:
@@ -115,6 +115,7 @@ def load(root, split: str = "train", points: int = 68, strict: bool = False):
             "image": read_image(r["image"]),
             "landmarks": xy.astype(np.float32),
             "meta": {"dataset": "300w", "path": str(r["image"]), "id": r["image"].stem, "subset": r["subset"],
+                     "annotation": str(r["pts"]),
                      "point_set": "ibug68" if points == 68 else "mtfl5"},
         }
 

@@ -28,7 +28,7 @@ DOWNLOAD = "LaPa (LaPa.tar.gz: train/, val/, test/)"
 
 
 def read_landmarks(path: Path) -> np.ndarray:
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         lines = [ln for ln in f.read().splitlines()]
     if not lines:
         raise line_error(path, 1, "a point count line")
@@ -43,7 +43,7 @@ def read_landmarks(path: Path) -> np.ndarray:
         fields = ln.split()
         if len(fields) != 2:
             raise line_error(path, lineno, "two numbers 'x y'", ln)
-        pts.append(parse_floats(fields, path, lineno, ln, "two numbers 'x y'"))
+        pts.append(parse_floats(fields, path, lineno, ln, "two numbers 'x y'", first_field=1))
     if len(pts) != n:
         raise FacemtlError(f"{path}: the first line says {n} points, found {len(pts)}")
     return np.array(pts, np.float32).reshape(-1, 2)
@@ -67,6 +67,7 @@ def load(root, split: str = "train", landmarks: bool = True, strict: bool = Fals
             if not lp.is_file():
                 raise FacemtlError(f"landmark file not found: {lp} for {img} (official {DOWNLOAD} download)")
             rec["xy"] = read_landmarks(lp)
+            rec["pts"] = lp
         records.append(rec)
 
     def read(r):
@@ -80,6 +81,7 @@ def load(root, split: str = "train", landmarks: bool = True, strict: bool = Fals
                "meta": {"dataset": "lapa", "path": str(r["image"]), "id": r["image"].stem, "point_set": "lapa106"}}
         if "xy" in r:
             raw["landmarks"] = r["xy"].copy()
+            raw["meta"]["annotation"] = str(r["pts"])
         return raw
 
     return LazyDataset(f"lapa/{split}", records, read, strict)

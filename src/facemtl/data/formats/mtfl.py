@@ -21,12 +21,13 @@ from facemtl.data.formats.common import (
     LazyDataset,
     annotation_lines,
     check_split,
-    line_error,
+    inside_root,
     need_dir,
     need_file,
     parse_floats,
     parse_int,
     split_existing,
+    value_error,
 )
 from facemtl.data.images import read_image
 
@@ -35,17 +36,37 @@ SPLITS = {"train": "training.txt", "test": "testing.txt"}
 _ATTRS = (("gender", 2), ("smile", 2), ("glasses", 2), ("pose", 5))
 
 
+def _trailing_numbers(fields: list[str]) -> int:
+    """How many fields after the first (always the path) are numbers, counted from the end."""
+    n = 0
+    for f in reversed(fields[1:]):
+        try:
+            float(f)
+        except ValueError:
+            break
+        n += 1
+    return n
+
+
 def parse_annotations(path: Path) -> list[dict]:
     """Index one MTFL list file; malformed lines raise FacemtlError with file and line."""
     records = []
+    layout = "'path x1..x5 y1..y5 gender smile glasses pose' (15 fields)"
     for lineno, line, fields in annotation_lines(path):
         if len(fields) < 15:
-            raise line_error(path, lineno, "'path x1..x5 y1..y5 gender smile glasses pose' (15 fields)", line)
+            raise value_error(path, lineno, layout, line, why=f"{len(fields)} fields")
+        numbers = _trailing_numbers(fields)
+        if numbers > 14:
+            # Else the extra number would join the path and the line read as a missing image.
+            raise value_error(path, lineno, layout, line, why=f"{len(fields)} fields: a path and {numbers} numbers")
         name = " ".join(fields[:-14])  # a path with spaces keeps them
-        coords = parse_floats(fields[-14:-4], path, lineno, line, "10 numeric coordinates after the path")
+        first = len(fields) - 13  # 1-based field number of x1
+        coords = parse_floats(fields[-14:-4], path, lineno, line, "10 numeric coordinates after the path",
+                              first_field=first)
         attrs = {}
-        for (attr, n), field in zip(_ATTRS, fields[-4:]):
-            attrs[attr] = parse_int(field, path, lineno, line, f"{attr} label (1-based)", 1, n) - 1
+        for k, ((attr, n), field) in enumerate(zip(_ATTRS, fields[-4:])):
+            attrs[attr] = parse_int(field, path, lineno, line, f"{attr} label (1-based)", 1, n,
+                                    at=f"in field {first + 10 + k}") - 1
         records.append({"name": name.replace("\\", "/"), "xy": np.stack([coords[:5], coords[5:]], 1),
                         "line": lineno, **attrs})
     return records
@@ -57,6 +78,8 @@ def load(root, split: str = "train", one_based: bool = True, strict: bool = Fals
     check_split(split, tuple(SPLITS), "mtfl")
     ann = need_file(root / SPLITS[split], DOWNLOAD)
     records = parse_annotations(ann)
+    for r in records:
+        inside_root(root, r["name"], ann, r["line"])
     offset = 1.0 if one_based else 0.0
     records, missing = split_existing(records, lambda r: root / r["name"], check_files)
 

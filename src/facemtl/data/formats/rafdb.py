@@ -18,6 +18,7 @@ from facemtl.data.formats.common import (
     annotation_lines,
     check_split,
     find_first,
+    inside_root,
     line_error,
     need_dir,
     parse_int,
@@ -40,7 +41,7 @@ def load(root, split: str = "train", aligned: bool = True, strict: bool = False,
         if len(fields) != 2:
             raise line_error(ann, lineno, "'<image name> <label 1..7>'", line)
         name = fields[0]
-        label = parse_int(fields[1], ann, lineno, line, "label", 1, 7)
+        label = parse_int(fields[1], ann, lineno, line, "label", 1, 7, at="in field 2")
         prefix = name.split("_", 1)[0]
         if prefix not in ("train", "test"):
             raise line_error(ann, lineno, "an image name starting with train_ or test_", line)
@@ -48,6 +49,7 @@ def load(root, split: str = "train", aligned: bool = True, strict: bool = False,
             continue
         stem = name.rsplit(".", 1)[0]
         file = f"{stem}_aligned.jpg" if aligned else name
+        inside_root(img_dir, file, ann, lineno)
         records.append({"file": file, "raf": label})
     records, missing = split_existing(records, lambda r: img_dir / r["file"], check_files)
 

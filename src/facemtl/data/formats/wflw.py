@@ -19,6 +19,7 @@ from facemtl.data.formats.common import (
     annotation_lines,
     check_split,
     find_first,
+    inside_root,
     line_error,
     need_dir,
     parse_floats,
@@ -37,8 +38,9 @@ def parse_annotations(path: Path) -> list[dict]:
     for lineno, line, fields in annotation_lines(path):
         if len(fields) < _N + 1:
             raise line_error(path, lineno, "207 fields: 196 coordinates, 4 box values, 6 flags, image path", line)
-        nums = parse_floats(fields[:200], path, lineno, line, "196 coordinates and 4 box values")
-        flags = {n: parse_int(v, path, lineno, line, f"{n} flag", 0, 1) for n, v in zip(FLAGS, fields[200:206])}
+        nums = parse_floats(fields[:200], path, lineno, line, "196 coordinates and 4 box values", first_field=1)
+        flags = {n: parse_int(v, path, lineno, line, f"{n} flag", 0, 1, at=f"in field {201 + k}")
+                 for k, (n, v) in enumerate(zip(FLAGS, fields[200:206]))}
         records.append({"xy": nums[:196].reshape(98, 2).astype(np.float32), "box": nums[196:].astype(np.float32),
                         "flags": flags, "name": " ".join(fields[206:]), "line": lineno})
     return records
@@ -51,7 +53,10 @@ def load(root, split: str = "train", strict: bool = False, check_files: bool = T
     name = f"list_98pt_rect_attr_{split}.txt"
     ann = find_first(root, (f"WFLW_annotations/list_98pt_rect_attr_train_test/{name}", f"list_98pt_rect_attr_train_test/{name}", name), DOWNLOAD)
     images = find_first(root, ("WFLW_images",), DOWNLOAD, kind="dir")
-    records, missing = split_existing(parse_annotations(ann), lambda r: images / r["name"], check_files)
+    records = parse_annotations(ann)
+    for r in records:
+        inside_root(images, r["name"], ann, r["line"])
+    records, missing = split_existing(records, lambda r: images / r["name"], check_files)
 
     def read(r):
         return {
@@ -59,7 +64,7 @@ def load(root, split: str = "train", strict: bool = False, check_files: bool = T
             "landmarks": r["xy"].copy(),
             "box": r["box"].copy(),
             "meta": {"dataset": "wflw", "path": str(images / r["name"]), "id": f"{r['name']}#{r['line']}",
-                     "flags": dict(r["flags"]), "point_set": "wflw98"},
+                     "flags": dict(r["flags"]), "point_set": "wflw98", "annotation": f"{ann}:{r['line']}"},
         }
 
     return LazyDataset(f"wflw/{split}", records, read, strict, missing)

@@ -1,0 +1,82 @@
+"""``facemtl reproduce``: the verdict logic on hand-made numbers, and the smoke suite end to end."""
+
+import base64
+import json
+import math
+import re
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+import pytest
+
+from facemtl.experiments import claims as C
+
+
+def test_interval_matches_a_hand_computed_t_interval():
+    diffs = [1.0, 2.0, 3.0]  # mean 2, sd 1, n 3: half width t(2) * 1 / sqrt(3)
+    mean, low, high = C.interval(diffs)
+    half = 4.303 / math.sqrt(3)
+    assert mean == pytest.approx(2.0) and low == pytest.approx(2.0 - half) and high == pytest.approx(2.0 + half)
+
+
+@pytest.mark.parametrize("diffs, expected", [
+    ([1.0, 1.2, 0.9, 1.1], "reproduced"),      # interval above 0
+    ([-1.0, -1.2, -0.9, -1.1], "refuted"),     # the opposite effect
+    ([1.0, -1.0, 0.5, -0.4], "inconclusive"),  # interval contains 0
+    ([5.0], "inconclusive"),                   # one seed: no interval
+    ([], "inconclusive"),
+    ([2.0, math.nan, 2.1, 1.9], "reproduced"),  # non-finite differences are left out
+])
+def test_verdicts(diffs, expected):
+    assert C.verdict(diffs) == expected
+
+
+def test_a_row_carries_the_claim_and_the_numbers():
+    claim = C.Claim("x", "ifan", "A beats B", "Table 9", "1 vs 2", "B minus A")
+    r = C.row(claim, [1.0, 3.0])
+    assert r["id"] == "x" and r["n"] == 2 and r["mean"] == 2.0 and r["verdict"] == "inconclusive"
+    assert r["ci95"][0] == pytest.approx(2.0 - 12.706 * math.sqrt(2) / math.sqrt(2), abs=1e-3)
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+
+def test_smoke_suite_end_to_end(tmp_path):
+    from facemtl.cli import main
+
+    out = tmp_path / "suite"
+    assert main(["reproduce", "all", "--budget", "smoke", "--seeds", "2", "--out", str(out)]) == 0
+    result = json.loads((out / "claims.json").read_text())
+    ids = {r["id"] for r in result["claims"]}
+    tasks = ("landmarks", "parsing", "emotion")
+    expected = ({f"{c}.{t}" for c in "abcde" for t in tasks} | {"a2.landmarks", "a2.parsing", "f", "g.degrade",
+                                                                "g.recover", "h", "k", "l"}
+                | {f"i.alexnet.{m}" for m in ("single", "hps", "cross-stitch")}
+                | {f"j.{m}" for m in ("single", "hps", "cross-stitch")})
+    assert ids == expected
+    for r in result["claims"]:
+        assert r["verdict"] in ("reproduced", "refuted", "inconclusive") and r["paper_numbers"] and r["test"]
+        assert r["verdict"] == C.verdict(r["differences"])
+    seeded = [r for r in result["claims"] if r["id"][0] in "abcdefhij"]
+    assert all(r["n"] == 2 for r in seeded)  # one difference per seed
+    page = (out / "report.html").read_text()
+    parser = _Images()
+    parser.feed(page)
+    assert len(parser.sources) >= 8
+    for src in parser.sources:  # every figure is embedded and decodes
+        data = base64.b64decode(re.sub("^data:image/png;base64,", "", src))
+        assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
+    assert all(f">{r['id']}<" in page for r in result["claims"])
+    # a second call reuses every finished run (same claims, no training)
+    again = json.loads(json.dumps(result))
+    assert main(["reproduce", "all", "--budget", "smoke", "--seeds", "2", "--out", str(out)]) == 0
+    assert [r["differences"] for r in json.loads((out / "claims.json").read_text())["claims"]] == \
+        [r["differences"] for r in again["claims"]]
