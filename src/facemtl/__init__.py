@@ -13,7 +13,6 @@ Two systems in one toolkit:
 __version__ = "0.1.0"
 
 from facemtl.errors import FacemtlError
-from facemtl.models.registry import create_model, list_models, register_model
 
 __all__ = ["FacemtlError", "__version__", "create_model", "list_models", "load", "register_model"]
 
@@ -24,3 +23,12 @@ def load(path, **kw):
     from facemtl.inference.predictor import Predictor
 
     return Predictor.from_checkpoint(path, **kw)
+
+
+def __getattr__(name: str):
+    # The model API imports torch (about a second); `facemtl --help` and the config tools need not.
+    if name in ("create_model", "list_models", "register_model"):
+        from facemtl.models import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'facemtl' has no attribute {name!r}")

@@ -32,11 +32,12 @@ MTFL's 5 points (for AFLW and CelebAMask-HQ an assumption, unconfirmed).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from facemtl.errors import FacemtlError
+
+if TYPE_CHECKING:  # the task tables load without torch (fast `facemtl --help`)
+    import torch
 
 Kind = Literal["points", "segmentation", "category"]
 KINDS: tuple[str, ...] = ("points", "segmentation", "category")

@@ -7,11 +7,12 @@ first use so that registering needs no import-order tricks.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Callable
 
 from facemtl.errors import FacemtlError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _BUILTIN_MODULES: tuple[str, ...] = (
