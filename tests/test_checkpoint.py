@@ -101,7 +101,7 @@ def test_optimizer_and_train_state_round_trip(tmp_path):
         net(torch.randn(5, 4)).pow(2).mean().backward()
         opt.step()
     tensors, meta = optimizer_state(opt, "optimizer")
-    save_train_state(tmp_path, tensors, {"step": 3, "optimizer": meta})
+    save_train_state(tmp_path, tensors, {"step": 3, "total_steps": 5, "optimizer": meta})
     t2, m2 = load_train_state(tmp_path)
     assert m2["step"] == 3
     opt2 = torch.optim.RMSprop(net.parameters(), lr=1.0)

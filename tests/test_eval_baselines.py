@@ -12,13 +12,14 @@ from torch import nn
 
 from facemtl.data.mixing import Source
 from facemtl.engine.evaluate import evaluate, format_tables
+from facemtl.models.base import FaceModel
 from facemtl.tasks import STANDARD_TASKS
 
 TASKS = (STANDARD_TASKS["landmarks"], STANDARD_TASKS["parsing"], STANDARD_TASKS["emotion"])
 H, W = 24, 32
 
 
-class FakeModel(nn.Module):
+class FakeModel(FaceModel):
     """Predicts the image centre, all background and 'Angry' for every face (one iteration)."""
 
     def __init__(self) -> None:
@@ -29,7 +30,7 @@ class FakeModel(nn.Module):
     def decode(self, name, out):
         return out
 
-    def forward(self, images, source=None):
+    def forward(self, images, source=None, iterations=None):
         b, _, h, w = images.shape
         return [{"landmarks": torch.full((b, 5, 2), 0.5), "parsing": torch.zeros(b, 11, h, w),
                  "emotion": torch.zeros(b, 7)}]

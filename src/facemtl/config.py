@@ -32,6 +32,17 @@ def _frozen_map(d: Mapping | None = None) -> Mapping:
     return types.MappingProxyType(dict(d or {}))
 
 
+# Upper bounds, so that a typo fails at once instead of hanging or exhausting memory:
+# - input_size: 1024 px (the papers use 64 to 224; model.json refuses more too);
+# - synthetic n_train / n_test: 1_000_000 faces each. Faces are rendered on first use and kept
+#   (about 12 KB each at 64 px: 12 GB for a million), and each pass draws a permutation of the
+#   set; the default run uses 4096;
+# - seeds: 0..2**32 - 1, what every RNG here takes.
+MAX_INPUT_SIZE = 1024
+MAX_SYNTH_FACES = 1_000_000
+MAX_SEED = 2**32 - 1
+
+
 # The default run trains the narrow iFAN of facemtl.models.ifan.DEFAULT_RUN_KWARGS (where it
 # departs from the paper, and why, is noted there) with AdamW, warm-up and cosine decay instead of
 # RMSprop 1e-3 -> 1e-6: torch's RMSprop at the paper's 1e-3 made the landmark loss climb in the
@@ -497,6 +508,17 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
     for key, v in positive.items():
         if v <= 0:
             raise bad(key, "a positive integer", v)
+    if cfg.input_size > MAX_INPUT_SIZE:
+        raise bad("input_size", f"at most {MAX_INPUT_SIZE} pixels", cfg.input_size)
+    if any(s.name == "synth" for s in cfg.data):
+        from facemtl.data.synth import MIN_SIZE
+
+        if cfg.input_size < MIN_SIZE:
+            raise bad("input_size", f"at least {MIN_SIZE} pixels with synthetic sources", cfg.input_size)
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise bad("seed", f"an integer in 0..{MAX_SEED}", cfg.seed)
+    if not 0 <= cfg.optimiser.alpha < 1:  # RMSprop's smoothing constant; 1 would never update the average
+        raise bad("optimiser.alpha", "a number in [0, 1)", cfg.optimiser.alpha)
     if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", cfg.device):
         raise bad("device", "'cpu', 'cuda', 'cuda:N' or 'auto'", cfg.device)
     for key in ("lr", "lr_end", "pretrain_lr"):
@@ -526,11 +548,13 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
             raise bad(f"{p}.tasks", "each task once", list(src.tasks))
         if src.batch_size <= 0:
             raise bad(f"{p}.batch_size", "a positive integer", src.batch_size)
+        if not 0 <= src.seed <= MAX_SEED:
+            raise bad(f"{p}.seed", f"an integer in 0..{MAX_SEED}", src.seed)
         if src.name == "synth":
-            if src.n_train <= 0:
-                raise bad(f"{p}.n_train", "a positive integer", src.n_train)
-            if src.n_test < 0:
-                raise bad(f"{p}.n_test", "an integer >= 0", src.n_test)
+            if not 0 < src.n_train <= MAX_SYNTH_FACES:
+                raise bad(f"{p}.n_train", f"an integer in 1..{MAX_SYNTH_FACES:_}", src.n_train)
+            if not 0 <= src.n_test <= MAX_SYNTH_FACES:
+                raise bad(f"{p}.n_test", f"an integer in 0..{MAX_SYNTH_FACES:_}", src.n_test)
         elif not src.root:
             raise bad(f"{p}.root", f"the dataset folder of source '{src.name}'", src.root)
     for t, w in cfg.schedule.loss_weights.items():
@@ -607,7 +631,14 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
     path = Path(path)
     if not path.is_file():
         raise FacemtlError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise FacemtlError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                           "save the config as UTF-8") from None
+    except OSError as exc:
+        raise FacemtlError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

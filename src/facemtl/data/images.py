@@ -35,7 +35,9 @@ def _decode(path, flag: int) -> np.ndarray:
         if not path.exists():
             raise DecodeError(f"{path}: no such file") from None
         raise DecodeError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    image = cv2.imdecode(data, flag) if data.size else None
+    from facemtl.data.image_header import decode_within_limit  # refuses huge images from the header
+
+    image = decode_within_limit(path, data, flag) if data.size else None
     if image is None or image.size == 0:
         raise DecodeError(f"{path}: not an image OpenCV can read ({_EXPECTED})")
     return image

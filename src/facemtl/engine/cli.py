@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from facemtl.errors import FacemtlError
@@ -53,18 +52,19 @@ def _train(args) -> int:
     from facemtl.config import load_config
     from facemtl.engine.loop import load_run_config, train
 
+    # Every argument and the whole config are checked before any work; train() checks the folder.
+    if args.stop_after is not None and args.stop_after <= 0:
+        raise FacemtlError(f"--stop-after must be a positive number of updates, got {args.stop_after}")
     if args.out is None:
         if args.resume:
             raise FacemtlError("--resume needs --out DIR: the run folder to continue")
         args.out = str(_default_run_dir(args.config))
     if args.config is None and args.resume:
-        config = load_run_config(args.out)
         if args.overrides:
             raise FacemtlError("--set with --resume needs the config file too (facemtl train CONFIG --out DIR --resume)")
+        config = load_run_config(args.out)
     else:
         config = load_config(args.config, args.overrides)
-    if args.stop_after is not None and args.stop_after <= 0:
-        raise FacemtlError(f"--stop-after must be a positive number of updates, got {args.stop_after}")
     run = train(config, args.out, resume=args.resume, stop_after=args.stop_after, quiet=args.quiet)
     if not args.quiet:
         print(f"run saved in {run}")
@@ -80,8 +80,13 @@ def _eval(args) -> int:
     from facemtl.engine.evaluate import evaluate, format_tables
     from facemtl.engine.loop import load_run_config
 
+    from facemtl.files import atomic_write_bytes
+    from facemtl.outputs import check_output_file, dumps
+
     if args.batch_size <= 0:
         raise FacemtlError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.json:  # before the evaluation, not after it
+        check_output_file(args.json, "--json")
     model, info = load_model(args.checkpoint)
     ckpt = Path(args.checkpoint)
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
@@ -104,8 +109,6 @@ def _eval(args) -> int:
                 src.test = src.train
     result = evaluate(model, info, sources, batch_size=args.batch_size, progress=True)
     print(format_tables(result, model.tasks))
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:  # atomic (an abort keeps the old file), strict JSON (a NaN metric is null)
+        atomic_write_bytes(Path(args.json), (dumps(result, indent=2) + "\n").encode("utf-8"))
     return 0

@@ -85,6 +85,10 @@ def evaluate(model, info: dict, datasets, *, batch_size: int = 32, progress: boo
                 continue
             kind = kind_of(task)
             baseline = baselines[task.name] = kind.baseline(task)
+            # One meter per iteration made up front: a process whose shard is empty must still
+            # take part in every all-reduce below.
+            for i in range(model.refinement_iterations + 1):
+                meters.setdefault(i, {})[task.name] = kind.meter(task)
             n_batches = (len(range(rank, len(src.test), world_size)) + batch_size - 1) // batch_size
             it = eval_batches(src, batch_size, rank, world_size)
             for batch, raws in tqdm(it, total=n_batches, desc=f"eval {task.name}", disable=not progress,
@@ -92,10 +96,7 @@ def evaluate(model, info: dict, datasets, *, batch_size: int = 32, progress: boo
                 outputs = model(batch["image"].to(device), source=None)
                 baseline.update(batch, raws)
                 for i, out in enumerate(outputs):
-                    meter = meters.setdefault(i, {}).get(task.name)
-                    if meter is None:
-                        meter = meters[i][task.name] = kind.meter(task)
-                    kind.score(meter, task, model.decode(task.name, out[task.name]).cpu(), batch, raws)
+                    kind.score(meters[i][task.name], task, model.decode(task.name, out[task.name]).cpu(), batch, raws)
     finally:
         model.train(was_training)
     result: dict = {"iterations": {}}

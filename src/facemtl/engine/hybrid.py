@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from facemtl.engine.distributed import average_gradients
 from facemtl.engine.schedule import Update, lr_at
 from facemtl.tasks import Task
 
@@ -120,6 +121,7 @@ def hybrid_update(model, optimizer, batch: dict, task: Task, source: int, iterat
     for p in model.parameters():
         if id(p) not in trainable:
             p.grad = None  # Eq. (6) does not optimise this parameter for task t
+    average_gradients(model)  # several processes (torchrun): one model
     optimizer.step()
     return [float(x.detach()) for x in losses]
 

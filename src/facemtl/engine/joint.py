@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from facemtl.engine.distributed import average_gradients
 from facemtl.engine.schedule import Update, lr_at
 from facemtl.tasks import Task
 
@@ -55,6 +56,7 @@ def joint_update(model, optimizer, batch: dict, tasks, weights, iterations: int 
         logged[task.name] = float(loss.detach())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
+    average_gradients(model)  # several processes (torchrun): one model
     optimizer.step()
     return logged
 

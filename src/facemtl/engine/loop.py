@@ -13,7 +13,6 @@ the losses an uninterrupted run would have had.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import threading
@@ -96,6 +95,11 @@ class Training:
         if any(used) and tuple(used) != tuple(self.mode.task_sources):
             raise FacemtlError(f"model {config.model.name!r} predicts tasks through sources {list(used)}, "
                                f"but {self.mode.name} training feeds them sources {list(self.mode.task_sources)}")
+        wanted, built = config.schedule.iterations, self.model.refinement_iterations
+        if wanted is not None and wanted > built:  # else it fails only when stage 2 starts
+            raise FacemtlError(f"bad value for 'schedule.iterations': {wanted}, but model {config.model.name!r} is built "
+                               f"with {built} refinement iteration(s) (model.kwargs.iterations): set it to at most "
+                               f"{built}, or null for the model's own")
         self.mode.prepare(self.model, self.sources, rank, world)
         self.device = resolve_device(config.device)
         self.model.to(self.device)
@@ -116,6 +120,23 @@ class Training:
             self._batch = (key, self.mode.streams[u.stream].batch(u.draw))
         row, losses = self.mode.update(self.model, self.optimizer, to_device(self._batch[1], self.device), u)
         return u, row, losses
+
+    def describe_batch(self, shown: int = 4) -> str:
+        """The last batch's source and samples (training-split positions, and the readers' ids or
+        paths), for messages about that batch."""
+        (stream_id, draw), batch = self._batch
+        stream = self.mode.streams[stream_id]
+        src = stream.source
+        positions = [int(i) for i in stream.indices(draw)[2]]
+        metas = batch.get("meta") or [{}] * len(positions)
+        items = []
+        for pos, meta in zip(positions[:shown], metas):
+            ident = meta.get("id", meta.get("path")) if isinstance(meta, dict) else None
+            items.append(f"{pos} ({ident})" if ident is not None else str(pos))
+        more = f", ... ({len(positions)} in all)" if len(positions) > shown else ""
+        style = src.description.get("style")
+        what = f"{src.name}, style {style}" if style else src.name
+        return f"source {src.index} ({what}), training samples {', '.join(items)}{more}"
 
     def model_file_info(self) -> dict:
         """``model.json``'s content beyond what the model knows of itself."""
@@ -147,17 +168,22 @@ class Training:
         """Load a saved state; returns the step to continue from."""
         from facemtl.engine.checkpoint import load_train_state, restore_optimizer
 
-        tensors, meta = load_train_state(run_dir)
+        tensors, meta = load_train_state(run_dir)  # one save's pair; step, total_steps, optimizer checked
+        if meta["total_steps"] != self.plan.total:
+            raise FacemtlError(f"--resume: the saved run plans {meta['total_steps']} steps, this config {self.plan.total}")
         weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         try:
             self.model.load_state_dict(weights, strict=True)
         except RuntimeError as exc:
             raise FacemtlError(f"{run_dir}: saved weights do not fit the model ({str(exc).splitlines()[0]})") from None
         restore_optimizer(self.optimizer, "optimizer", tensors, meta["optimizer"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if meta.get("total_steps") != self.plan.total:
-            raise FacemtlError(f"--resume: the saved run plans {meta.get('total_steps')} steps, this config {self.plan.total}")
-        return int(meta["step"])
+        rng = tensors.get("rng.torch")
+        try:
+            torch.set_rng_state(rng)
+        except (RuntimeError, TypeError) as exc:
+            raise FacemtlError(f"{run_dir}: the training state holds no usable torch RNG state 'rng.torch' "
+                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        return meta["step"]
 
 
 class _StopFlag:
@@ -184,19 +210,49 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
-    from facemtl.engine.checkpoint import STATE_JSON
+def _check_writable(run_dir: Path) -> None:
+    """The run folder must be a folder (or a new one) this process can write in: checked before
+    any work, with a file that is gone at once."""
+    import tempfile
 
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FacemtlError(f"--out {run_dir}: is a file, expected a run folder")
+    probe = run_dir
+    while not probe.exists() and probe.parent != probe:  # the folder mkdir will write in
+        probe = probe.parent
+    if not probe.is_dir():
+        raise FacemtlError(f"--out {run_dir}: {probe} is a file, expected a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".facemtl-probe-"):
+            pass
+    except OSError as exc:
+        raise FacemtlError(f"--out {run_dir}: cannot write in {probe} ({exc.strerror or exc})") from None
+
+
+def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
+    """What the run folder holds fits the call: a new run needs an empty or new folder (a
+    folder with other files, a run killed before its first checkpoint included, would mix
+    logs), ``resume`` a saved state and the same config."""
+    from facemtl.engine.checkpoint import STATE_JSON
+    from facemtl.files import FolderLock, read_json
+
+    _check_writable(run_dir)
     if not resume:
         if (run_dir / STATE_JSON).exists():
             raise FacemtlError(f"{run_dir} already holds a run; use --resume to continue it or choose a new --out folder")
+        held = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
+                      if p.name != FolderLock.LOCK_NAME) if run_dir.is_dir() else []
+        if held:
+            shown = ", ".join(held[:6]) + (f", ... ({len(held)} in all)" if len(held) > 6 else "")
+            raise FacemtlError(f"{run_dir} is not empty and holds no resumable run (it has {shown}): a new run "
+                               "needs an empty or new --out folder")
         return
     if not (run_dir / STATE_JSON).exists():
         raise FacemtlError(f"nothing to resume in {run_dir}: no {STATE_JSON} (train without --resume to start)")
     saved = run_dir / "config.json"
     if not saved.exists():
         return
-    old, new = json.loads(saved.read_text()), to_dict(config)
+    old, new = read_json(saved, "run config"), to_dict(config)
     for section in ("model", "data", "schedule", "optimiser", "seed", "input_size"):
         if old.get(section) != new.get(section):
             raise FacemtlError(f"--resume: the config's '{section}' differs from the run's {saved} "
@@ -205,33 +261,90 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
 
 def load_run_config(run_dir) -> TrainConfig:
     """The resolved config a run was started with (``config.json`` in the run dir)."""
+    from facemtl.files import read_json
+
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise FacemtlError(f"nothing to resume in {run_dir}: no config.json")
-    return config_from_dict(json.loads(path.read_text()), path=str(path))
+    return config_from_dict(read_json(path, "run config"), path=str(path))
+
+
+class _RunFolder:
+    """The run folder for one :func:`train` call (rank 0): locked, checked again under the
+    lock, stale temporary files of interrupted writes removed. Until :attr:`started` is set, a
+    failure (Ctrl-C included) removes what a new run wrote, so it leaves nothing half-made."""
+
+    WRITTEN = ("config.json", "steps.csv", "epochs.csv", "tb")  # what start-up may have made
+
+    def __init__(self, run_dir: Path, config: TrainConfig, resume: bool, rank: int):
+        self.run_dir, self.config, self.resume, self.active = run_dir, config, resume, rank == 0
+        self.started = False
+        self.lock = None
+
+    def __enter__(self) -> _RunFolder:
+        from facemtl.files import FolderLock, remove_stale_temps
+
+        if not self.active:
+            return self
+        self.created = not self.run_dir.exists()
+        self.lock = FolderLock(self.run_dir, "facemtl train")
+        try:
+            self.lock.acquire()
+            _check_run_dir(self.run_dir, self.config, self.resume)  # again: another run may have been quicker
+            remove_stale_temps(self.run_dir)
+        except BaseException:
+            self._leave()
+            raise
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.active and exc_type is not None and not self.started and not self.resume:
+            import shutil
+
+            for name in self.WRITTEN:
+                path = self.run_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.exists():
+                    path.unlink(missing_ok=True)
+        self._leave()
+
+    def _leave(self) -> None:
+        if self.lock is not None:
+            held = self.lock.held
+            self.lock.release()
+            self.lock = None
+            if held and self.created and not self.resume:
+                try:
+                    self.run_dir.rmdir()  # only if start-up left it empty
+                except OSError:
+                    pass
 
 
 class _RunFiles:
     """What a run writes (rank 0 only): model files, resumable state, config, metrics, logs."""
 
-    def __init__(self, run_dir: Path, training: Training, rank: int, quiet: bool):
+    def __init__(self, run_dir: Path, training: Training, rank: int, quiet: bool, resume_step: int | None = None):
         from facemtl.engine.logging import RunLogger
 
         self.run_dir, self.training, self.rank = run_dir, training, rank
         self.info = training.model_file_info()
-        self.log = RunLogger(run_dir, rank, tensorboard=training.config.logging.tensorboard, quiet=quiet)
+        self.log = RunLogger(run_dir, rank, tensorboard=training.config.logging.tensorboard, quiet=quiet,
+                             resume_step=resume_step)
 
     def save(self, step: int, stage: int) -> None:
-        from facemtl.engine.checkpoint import save_train_state
+        """One checkpoint as one set of files (model, then training state, its JSON last): a write
+        that fails leaves the previous checkpoint whole, and a pair from two saves is refused."""
+        from facemtl.engine.checkpoint import train_state_files
         from facemtl.models.checkpoint import save_checkpoint
 
         if self.rank != 0:
             return
         tr = self.training
-        save_checkpoint(self.run_dir, tr.model, {**self.info, "training": {"mode": tr.mode.name, "step": step,
-                                                                             "total_steps": tr.plan.total}})
         tensors, meta = tr.state()
-        save_train_state(self.run_dir, tensors, {"step": step, "stage": stage, **meta})
+        save_checkpoint(self.run_dir, tr.model, {**self.info, "training": {"mode": tr.mode.name, "step": step,
+                                                                             "total_steps": tr.plan.total}},
+                        also=train_state_files(tensors, {"step": step, "stage": stage, **meta}))
 
     def write_json(self, name: str, data: dict) -> None:
         from facemtl.files import atomic_write_json
@@ -258,25 +371,38 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
     ``stop_after``: save a resumable state and return once this many updates (counted from
     step 0) are done. The run dir gets model.safetensors/json, train_state.*, config.json,
     steps.csv, epochs.csv, tb/ and metrics.json (test-split evaluation of the final model).
+
+    Everything is checked before the first file is written: the config, the model and the
+    sources (built first), and the folder (writable; new or empty for a new run, a saved state
+    for ``resume``). The folder is locked while the run uses it (``run.lock``: a second run is
+    refused), and a resumed run cuts its logs back to the checkpoint it continues from.
     """
     from facemtl.engine.logging import process_rank
 
     run_dir = Path(out_dir)
     rank, world = process_rank()
-    _check_run_dir(run_dir, config, resume)
+    if rank == 0:
+        _check_run_dir(run_dir, config, resume)  # before any work
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
+        # Builds the model and the sources, which check what the config alone cannot: no file yet.
         training = Training(config, datasets, rank, world)
-        start = training.restore(run_dir) if resume else 0
-        files = _RunFiles(run_dir, training, rank, quiet)
-        files.write_json("config.json", to_dict(config))
-        pairs = ", ".join(f"{t.name}<-source {s}" for t, s in zip(training.tasks, training.mode.task_sources))
-        files.log.info(f"facemtl train: {training.mode.name} training of {config.model.name} on {pairs}; "
-                       f"{training.plan.total} updates" + (f", resuming at {start}" if start else ""))
-        finished, elapsed, step_times, stage = _run_updates(training, files, start, stop_after, quiet)
-        if finished:
-            _finish(training, files, start, elapsed, step_times, stage)
-        files.log.close()
+        with _RunFolder(run_dir, config, resume, rank) as folder:
+            files = None
+            try:
+                start = training.restore(run_dir) if resume else 0
+                files = _RunFiles(run_dir, training, rank, quiet, resume_step=start if resume else None)
+                files.write_json("config.json", to_dict(config))
+                pairs = ", ".join(f"{t.name}<-source {s}" for t, s in zip(training.tasks, training.mode.task_sources))
+                files.log.info(f"facemtl train: {training.mode.name} training of {config.model.name} on {pairs}; "
+                               f"{training.plan.total} updates" + (f", resuming at {start}" if start else ""))
+                folder.started = True
+                finished, elapsed, step_times, stage = _run_updates(training, files, start, stop_after, quiet)
+                if finished:
+                    _finish(training, files, start, elapsed, step_times, stage)
+            finally:
+                if files is not None:
+                    files.log.close()
     return run_dir
 
 
@@ -297,7 +423,8 @@ def _run_updates(training: Training, files: _RunFiles, start: int, stop_after: i
                 u, row, losses = training.run_update(k)
                 stage = u.stage
                 if not math.isfinite(row["loss"]):
-                    raise FacemtlError(f"training diverged at update {k + 1}: the loss is {row['loss']}; try a lower schedule.lr")
+                    raise FacemtlError(f"training diverged at update {k + 1}: the loss is {row['loss']} on the batch of "
+                                       f"{training.describe_batch()}; try a lower schedule.lr")
                 step_times.append(time.perf_counter() - ts)
                 for name, value in losses.items():
                     epoch_losses.setdefault(f"mean_{name}_loss", []).append(value)

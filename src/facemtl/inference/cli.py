@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from facemtl.data.transforms import DEFAULT_CROP_MARGIN
 from facemtl.errors import FacemtlError
+from facemtl.inference.export import MAX_OPSET, MIN_OPSET, OPSET
 from facemtl.kinds import KINDS, kind_of
+from facemtl.models.checkpoint import MAX_CROP_MARGIN
 
 PREDICT_EPILOG = """\
 output: one JSON object {"images": [{"path", "width", "height", "faces": [{"box": [x0, y0, x1, y1],
 "landmarks": [[x, y], ...], "parsing": "<mask PNG>", "emotion": {"label", "probs": {name: p}}, ...}]}],
-"errors": [{"path", "error"}]}, with only the tasks the model has; coordinates are original-image
-pixels (pixel centres at integers). Segmentation masks are written as single-channel PNGs of class
+"errors": [{"path", "error"} or {"path", "box", "error"}]}, with only the tasks the model has;
+coordinates are original-image pixels (pixel centres at integers); a value that could not be
+computed is null (never NaN). The --json file and every PNG are written atomically: an interrupted
+run leaves the previous file as it was. Segmentation masks are written as single-channel PNGs of class
 ids at full image size, named <image stem>_face<i>_<task>.png, into --masks DIR, else into
 <OUT stem>_masks/ next to the --json file, else into the --overlays folder; with none of these the
 masks are not written and the field is left out. Mask paths in the JSON are relative to the JSON
 file's folder (absolute when the JSON goes to stdout). Without --json the JSON goes to stdout.
-An input that does not exist or is not an image is reported on stderr and skipped; the exit status
-is then 1.
+An input that does not exist, is not an image, is a broken symbolic link or a link loop (also
+inside a folder), or has more than 100 megapixels (FACEMTL_MAX_IMAGE_PIXELS) is reported on stderr
+and in "errors" and skipped; a face whose box is degenerate (not finite, outside the image, more
+than 10 times its size) is left out and reported with its box. The exit status is then 1.
 """
 
 
@@ -52,9 +56,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="face crops per forward pass (default: 16)")
     p.add_argument("--iterations", type=int, metavar="N",
                    help="refinement iterations to run (default: all the model was trained with)")
-    p.add_argument("--margin", type=float, help="crop margin per side, as a fraction of the face box "
-                   f"(default: the checkpoint's, else {DEFAULT_CROP_MARGIN:g})")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--margin", type=float, help="crop margin per side, as a fraction of the face box, "
+                   f"0 to {MAX_CROP_MARGIN:g} (default: the checkpoint's, else {DEFAULT_CROP_MARGIN:g})")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default: cpu)")
     p.set_defaults(func=run_predict)
 
     e = subparsers.add_parser(
@@ -68,7 +72,7 @@ def register(subparsers) -> None:
     e.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="run folder, model.safetensors or model.json")
     e.add_argument("--onnx", required=True, type=Path, metavar="OUT.onnx", help="output file")
     e.add_argument("--iterations", type=int, metavar="N", help="refinement iterations to unroll (default: all)")
-    e.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    e.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: {OPSET})")
     e.add_argument("--check", action="store_true", help="run the file with onnxruntime and compare with PyTorch")
     e.set_defaults(func=run_export)
 
@@ -84,20 +88,24 @@ class _RawEpilog(argparse.HelpFormatter):
 # predict
 
 
-def _expand(inputs: list[str]) -> tuple[list[Path], bool]:
-    """Image paths in order (folders expanded), and whether any folder was given."""
-    from facemtl.inference.predictor import find_images
+def _expand(inputs: list[str]) -> tuple[list[Path], bool, list[tuple[Path, str]]]:
+    """Image paths in order (folders expanded), whether any folder was given, and the inputs
+    that lead nowhere (broken symbolic links, loops) as ``(path, reason)``."""
+    from facemtl.inference.predictor import link_problem, find_images
 
     paths: list[Path] = []
+    problems: list[tuple[Path, str]] = []
     folder = False
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             folder = True
-            paths.extend(find_images(p))
+            paths.extend(find_images(p, problems))
+        elif p.is_symlink() and link_problem(p) is not None:
+            problems.append((p, link_problem(p)))
         else:
             paths.append(p)  # missing or unreadable files are reported when read
-    return paths, folder
+    return paths, folder, problems
 
 
 class _Names:
@@ -115,12 +123,6 @@ class _Names:
         return name
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):
-        raise FacemtlError(f"cannot write {path}")
-
-
 def _face_json(face: dict, tasks, mask_paths: dict[str, str]) -> dict:
     out: dict = {"box": [round(v, 2) for v in face["box"]]}
     for task in tasks:
@@ -130,86 +132,113 @@ def _face_json(face: dict, tasks, mask_paths: dict[str, str]) -> dict:
     return out
 
 
+def _check_predict_args(args) -> None:
+    """Every argument and output place, checked before a model or an image is loaded."""
+    from facemtl.inference.predictor import resolve_device
+    from facemtl.models.checkpoint import check_crop_margin
+    from facemtl.outputs import check_output_dir, check_output_file
+
+    if args.margin is not None:
+        check_crop_margin(args.margin, "--margin")
+    if args.batch_size < 1:
+        raise FacemtlError(f"--batch-size must be a positive number of face crops, got {args.batch_size}")
+    resolve_device(args.device, "--device")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+    if args.overlays is not None:
+        check_output_dir(args.overlays, "--overlays")
+    if args.masks is not None:
+        check_output_dir(args.masks, "--masks")
+
+
 def run_predict(args) -> int:
+    import contextlib
+
     from tqdm import tqdm
 
     from facemtl.inference.detect import BoxFile
     from facemtl.inference.predictor import Predictor
     from facemtl.inference.render import draw_overlay
+    from facemtl.outputs import AtomicTextFile, check_output_dir, dumps, write_png
 
+    _check_predict_args(args)
     box_file = BoxFile(args.boxes) if args.boxes else None
     predictor = Predictor.from_checkpoint(args.checkpoint, detector=args.detector, batch_size=args.batch_size,
                                           iterations=args.iterations, margin=args.margin, device=args.device)
     tasks = predictor.tasks
-    paths, folder = _expand(args.inputs)
+    paths, folder, problems = _expand(args.inputs)
 
     json_dir = args.json.parent if args.json else None
     mask_dir = args.masks
+    mask_tasks = [t for t in tasks if kind_of(t) is KINDS["segmentation"]]
     if mask_dir is None and args.json is not None:
         mask_dir = args.json.parent / f"{args.json.stem}_masks"
+        if mask_tasks:
+            check_output_dir(mask_dir, "masks folder")
     if mask_dir is None:
         mask_dir = args.overlays
-    mask_tasks = [t for t in tasks if kind_of(t) is KINDS["segmentation"]]
 
-    out = _open_output(args.json) if args.json else sys.stdout
     names = _Names()
     errors: list[dict] = []
-    n_faces = 0
+    n_faces = n_skipped = n_left_out = 0
     bar = tqdm(total=len(paths), unit="img", desc="predict", disable=not (folder or len(paths) > 1), file=sys.stderr,
                dynamic_ncols=True)
+    for path, reason in problems:
+        bar.write(f"facemtl: error: {path}: {reason}", file=sys.stderr)
+        errors.append({"path": str(path), "error": reason})
+    # The JSON goes to a temporary file moved into place at the end: an abort keeps the old one.
+    output = AtomicTextFile(args.json, "--json") if args.json else contextlib.nullcontext(sys.stdout)
     try:
-        out.write('{"images": [')
-        first = True
-        items = ((p, p) for p in paths)
-        boxes_for = box_file.lookup if box_file else None
-        for res in predictor.stream(items, boxes_for=boxes_for, keep_images=args.overlays is not None):
-            bar.update(1)
-            path: Path = res.key
-            if res.error:
-                bar.write(f"facemtl: error: {res.error}", file=sys.stderr)
-                errors.append({"path": str(path), "error": res.error})
-                continue
-            stem = names(path)
-            faces_json = []
-            for i, face in enumerate(res.faces):
-                mask_paths: dict[str, str] = {}
-                if mask_dir is not None:
-                    for task in mask_tasks:
-                        mp = mask_dir / f"{stem}_face{i}_{task.name}.png"
-                        _write_png(mp, face[task.name])
-                        mask_paths[task.name] = _relative(mp, json_dir)
-                faces_json.append(_face_json(face, tasks, mask_paths))
-            n_faces += len(res.faces)
-            if args.overlays is not None:
-                overlay = draw_overlay(res.image, res.faces, tasks)
-                _write_png(args.overlays / f"{stem}.png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-            record = {"path": str(path), "width": res.width, "height": res.height, "faces": faces_json}
-            out.write(("\n  " if first else ",\n  ") + json.dumps(record))
-            first = False
-        out.write("\n], \"errors\": " + json.dumps(errors) + "}\n")
+        with output as out:
+            out.write('{"images": [')
+            first = True
+            items = ((p, p) for p in paths)
+            boxes_for = box_file.lookup if box_file else None
+            for res in predictor.stream(items, boxes_for=boxes_for, keep_images=args.overlays is not None):
+                bar.update(1)
+                path: Path = res.key
+                if res.error:
+                    bar.write(f"facemtl: error: {res.error}", file=sys.stderr)
+                    errors.append({"path": str(path), "error": res.error})
+                    n_skipped += 1
+                    continue
+                for bad in res.face_errors:  # this face is left out; the image's others go on
+                    bar.write(f"facemtl: error: {path}: {bad['error']}", file=sys.stderr)
+                    errors.append({"path": str(path), "box": bad["box"], "error": bad["error"]})
+                    n_left_out += 1
+                stem = names(path)
+                faces_json = []
+                for i, face in enumerate(res.faces):
+                    mask_paths: dict[str, str] = {}
+                    if mask_dir is not None:
+                        for task in mask_tasks:
+                            mp = mask_dir / f"{stem}_face{i}_{task.name}.png"
+                            write_png(mp, face[task.name])
+                            mask_paths[task.name] = _relative(mp, json_dir)
+                    faces_json.append(_face_json(face, tasks, mask_paths))
+                n_faces += len(res.faces)
+                if args.overlays is not None:
+                    overlay = draw_overlay(res.image, res.faces, tasks)
+                    write_png(args.overlays / f"{stem}.png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+                record = {"path": str(path), "width": res.width, "height": res.height, "faces": faces_json}
+                out.write(("\n  " if first else ",\n  ") + dumps(record))
+                first = False
+            out.write("\n], \"errors\": " + dumps(errors) + "}\n")
     finally:
         bar.close()
-        if out is not sys.stdout:
-            out.close()
-    done = len(paths) - len(errors)
+    done = len(paths) - n_skipped
     summary = f"facemtl predict: {n_faces} face(s) in {done} image(s)"
-    if errors:
-        summary += f"; {len(errors)} input(s) skipped"
+    if n_skipped + len(problems):
+        summary += f"; {n_skipped + len(problems)} input(s) skipped"
+    if n_left_out:
+        summary += f"; {n_left_out} face(s) left out"
     if args.json:
         summary += f"; results in {args.json}"
     print(summary, file=sys.stderr)
-    if not paths:
+    if not paths and not problems:
         print("facemtl: error: no images found in the given inputs", file=sys.stderr)
         return 1
     return 1 if errors else 0
-
-
-def _open_output(path: Path):
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "w", encoding="utf-8")
-    except OSError as exc:
-        raise FacemtlError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _relative(path: Path, base: Path | None) -> str:
@@ -227,9 +256,14 @@ def _relative(path: Path, base: Path | None) -> str:
 
 def run_export(args) -> int:
     from facemtl.models.checkpoint import load_model
-    from facemtl.inference.export import export_onnx, require_onnx
+    from facemtl.inference.export import check_opset, export_onnx, require_onnx
+    from facemtl.outputs import check_output_file
 
     require_onnx()  # fail before loading anything when the extra is missing
+    check_opset(args.opset)
+    if args.onnx.suffix.lower() != ".onnx":
+        raise FacemtlError(f"--onnx output must end in .onnx, got {args.onnx}")
+    check_output_file(args.onnx, "--onnx")
     model, info = load_model(args.checkpoint)
     path = export_onnx(model, info, args.onnx, iterations=args.iterations, opset=args.opset)
     print(f"facemtl export: wrote {path} (outputs: {', '.join(t.name for t in model.tasks)})", file=sys.stderr)

@@ -16,6 +16,7 @@ only here, with a clear error when missing. The exporter is PyTorch's TorchScrip
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -24,9 +25,21 @@ import torch
 import torch.nn as nn
 
 from facemtl.errors import FacemtlError
+from facemtl.files import atomic_write_bytes
 
 OPSET = 17
+# Opsets the TorchScript exporter supports and iFAN's graph needs (Slice with tensor inputs: 10;
+# Resize with coordinate modes, used by the upsampling pool below: 11).
+MIN_OPSET, MAX_OPSET = 11, 20
 _ADAPTIVE_AVG = "aten::adaptive_avg_pool2d"
+
+
+def check_opset(opset) -> int:
+    """An opset this exporter writes, or one line with the supported range."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise FacemtlError(f"--opset {opset!r}: facemtl exports ONNX opsets {MIN_OPSET} to {MAX_OPSET} "
+                           f"(default {OPSET})")
+    return opset
 
 
 def require_onnx():
@@ -91,11 +104,14 @@ def export_onnx(model: nn.Module, info: dict, out_path: str | Path, iterations: 
     """Write ``model`` (eval mode, CPU) as ONNX to ``out_path``; returns the path.
 
     ``iterations``: refinement iterations to unroll (None: all the model was built with).
+    The graph is built in memory and the file written atomically: a failed or interrupted
+    export leaves the previous file as it was.
     """
     onnx, _ = require_onnx()
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".onnx":
         raise FacemtlError(f"--onnx output must end in .onnx, got {out_path}")
+    check_opset(opset)
     model = model.cpu().eval()
     wrapper = ExportWrapper(model, iterations).eval()
     size = int(info.get("input_size", 128))
@@ -104,24 +120,24 @@ def export_onnx(model: nn.Module, info: dict, out_path: str | Path, iterations: 
         wrapper(example)  # argument errors (bad iterations) surface as FacemtlError here, not inside the exporter
     names = wrapper.names
     axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in names}}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
     torch.onnx.register_custom_op_symbolic(_ADAPTIVE_AVG, _adaptive_avg_pool2d, opset)
     try:
         with warnings.catch_warnings():
             # The TorchScript exporter warns that it is legacy and that traced shapes are constants.
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, (example,), str(out_path), input_names=["images"], output_names=names,
+            torch.onnx.export(wrapper, (example,), buffer, input_names=["images"], output_names=names,
                               dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
     finally:
         torch.onnx.unregister_custom_op_symbolic(_ADAPTIVE_AVG, opset)
-    proto = onnx.load(str(out_path))
+    proto = onnx.load_model_from_string(buffer.getvalue())
     meta = {"facemtl_info": json.dumps(info), "iterations": str(iterations if iterations is not None else "all"),
             "outputs": json.dumps(names)}
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(out_path))
+    atomic_write_bytes(out_path, proto.SerializeToString())
     return out_path
 
 

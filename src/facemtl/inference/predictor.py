@@ -22,11 +22,19 @@ Per face the result is ``{"box": [x0, y0, x1, y1], <points task>: float32 (K, 2)
 (x, y) original pixels, <segmentation task>: uint8 (H, W) class-id array, <category task>:
 {"label": name, "probs": {name: p}}}``, with only the tasks the model has. Coordinates are
 continuous pixel coordinates with pixel centres at integers (the transforms' convention).
+
+Limits: the margin is a finite number from 0 to ``MAX_CROP_MARGIN`` (5, models/checkpoint.py);
+a face whose box is not finite with positive size, lies outside the photo or is more than
+:data:`MAX_BOX_FACTOR` times its longer side is left out and listed in the image's
+``face_errors`` (the other faces go on); images above the pixel limit of
+:mod:`facemtl.data.image_header` (100 megapixels) are refused from their header.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -49,6 +57,9 @@ from facemtl.kinds import kind_of
 from facemtl.inference.detect import DETECTORS, HaarFaceDetector, parse_box
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
+# A face box may exceed the photo (a face cut by the border) but not by more than this factor of
+# the photo's longer side: beyond it the crop is almost all padding and cannot be mapped back.
+MAX_BOX_FACTOR = 10
 
 
 # ---------------------------------------------------------------------------------------
@@ -74,9 +85,89 @@ def as_rgb(image: Any) -> np.ndarray:
     raise FacemtlError(f"cannot predict on {type(image).__name__}: expected a path, a numpy RGB array or a PIL image")
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, by extension), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+def find_images(folder: Path, problems: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Image files under ``folder`` (recursively, by extension, following symbolic links), sorted.
+
+    A symbolic link that leads nowhere (broken, or a loop) is appended to ``problems`` as
+    ``(path, reason)`` when its name has an image extension or no extension at all (it may
+    have been a folder); other names are not images and are ignored like regular files.
+    """
+    found: list[Path] = []
+    bad: list[tuple[Path, str]] = []
+    _walk(Path(folder), found, bad, ancestors=())
+    if problems is not None:
+        problems.extend(sorted(bad))
+    return sorted(found)
+
+
+def _walk(folder: Path, found: list, bad: list, ancestors: tuple) -> None:
+    try:
+        real = folder.resolve(strict=True)
+        entries = sorted(folder.iterdir())
+    except (OSError, RuntimeError) as exc:  # RuntimeError: pathlib's own symlink-loop report
+        bad.append((folder, f"cannot list the folder ({getattr(exc, 'strerror', None) or exc})"))
+        return
+    ancestors = ancestors + (real,)
+    for path in entries:
+        suffix = path.suffix.lower()
+        if path.is_symlink():
+            problem = link_problem(path)
+            if problem is not None:
+                if suffix in IMAGE_EXTENSIONS or suffix == "":
+                    bad.append((path, problem))
+                continue
+        if path.is_dir():
+            if path.resolve() in ancestors:  # a link back up the tree would recurse forever
+                bad.append((path, f"symbolic link loop: leads back to {path.resolve()}"))
+            else:
+                _walk(path, found, bad, ancestors)
+        elif suffix in IMAGE_EXTENSIONS and path.is_file():
+            found.append(path)
+
+
+def link_problem(path: Path) -> str | None:
+    """Why a symbolic link cannot be followed, or None when it leads to a file or folder."""
+    try:
+        path.stat()
+        return None
+    except FileNotFoundError:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"broken symbolic link: its target {target} does not exist"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop: following it never reaches a file"
+        return f"symbolic link cannot be followed ({exc.strerror or exc})"
+
+
+def resolve_device(device, what: str = "device") -> torch.device:
+    """A torch device this machine has, or one line (naming ``what``) saying what is missing."""
+    expected = "expected cpu, cuda, cuda:N or mps"
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise FacemtlError(f"{what} {device!r}: not a torch device; {expected}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FacemtlError(f"{what} {device!r}: CUDA is not available (torch {torch.__version__} "
+                               f"{'has no CUDA support' if torch.version.cuda is None else 'finds no GPU'}); "
+                               "use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise FacemtlError(f"{what} {device!r}: there are {count} CUDA device(s), numbered 0 to {count - 1}")
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise FacemtlError(f"{what} {device!r}: Apple MPS is not available here; use --device cpu")
+        return dev
+    backend = getattr(torch, dev.type, None)  # e.g. torch.xpu
+    if callable(getattr(backend, "is_available", None)) and backend.is_available():
+        return dev
+    raise FacemtlError(f"{what} {device!r}: not available on this machine; {expected}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -93,6 +184,8 @@ class ImageResult:
     faces: list = field(default_factory=list)
     error: str | None = None
     image: np.ndarray | None = None  # kept only with ``keep_images=True``
+    # Faces left out because their crop is degenerate: {"box": [x0, y0, x1, y1] or the value given, "error"}.
+    face_errors: list = field(default_factory=list)
     _remaining: int = 0
 
 
@@ -111,15 +204,18 @@ class Predictor:
             raise FacemtlError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise FacemtlError(f"batch size must be a positive integer, got {batch_size!r}")
-        self.device = torch.device(device)
+        from facemtl.models.checkpoint import check_crop_margin
+
+        crop = info.get("crop") if isinstance(info.get("crop"), dict) else {}
+        if margin is not None:
+            self.margin = check_crop_margin(margin, "crop margin")
+        else:
+            self.margin = check_crop_margin(crop.get("margin", DEFAULT_CROP_MARGIN), "checkpoint 'crop.margin'")
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.info = info
         self.tasks = tuple(model.tasks)
         self.input_size = int(info.get("input_size", 128))
-        crop = info.get("crop") if isinstance(info.get("crop"), dict) else {}
-        self.margin = float(margin if margin is not None else crop.get("margin", DEFAULT_CROP_MARGIN))
-        if self.margin < 0:
-            raise FacemtlError(f"crop margin must be >= 0, got {self.margin}")
         norm = info.get("normalization") or {}
         self.mean = torch.tensor(norm.get("mean", IMAGE_MEAN), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(norm.get("std", IMAGE_STD), dtype=torch.float32).view(1, 3, 1, 1)
@@ -141,8 +237,15 @@ class Predictor:
     # -- public API --------------------------------------------------------------------------
 
     def __call__(self, image, boxes=None) -> list[dict]:
-        """Faces of one image (path, RGB uint8 array or PIL image); ``boxes`` skip detection."""
-        return self.predict_image(image, boxes).faces
+        """Faces of one image (path, RGB uint8 array or PIL image); ``boxes`` skip detection.
+
+        A degenerate face box raises here (a list of faces has no room to report it);
+        :meth:`predict_image` and :meth:`stream` return the other faces and list it in ``face_errors``.
+        """
+        result = self.predict_image(image, boxes)
+        if result.face_errors:
+            raise FacemtlError(result.face_errors[0]["error"])
+        return result.faces
 
     def predict_image(self, image, boxes=None) -> ImageResult:
         items = [(image, image)]
@@ -171,8 +274,12 @@ class Predictor:
                 boxes, margin = self._faces(image, boxes_for(key) if boxes_for is not None else None)
                 crops = []
                 for i, box in enumerate(boxes):
-                    matrix = face_crop_matrix(box=box, size=self.input_size, margin=margin)
-                    crops.append((rec, i, box, matrix, warp_image(image, matrix, self.input_size)))
+                    try:  # one degenerate face is reported; the image's other faces go on
+                        box, matrix = self._crop(box, margin, rec.height, rec.width)
+                    except FacemtlError as exc:
+                        rec.face_errors.append({"box": _box_json(box), "error": str(exc)})
+                        continue
+                    crops.append((rec, len(crops), box, matrix, warp_image(image, matrix, self.input_size)))
             except FacemtlError as exc:
                 rec.error = str(exc)
             else:
@@ -185,27 +292,45 @@ class Predictor:
                 self._run(queue[: self.batch_size])
                 del queue[: self.batch_size]
             while pending and pending[0]._remaining == 0:
-                yield pending.popleft()
+                yield _done(pending.popleft())
         if queue:
             self._run(queue)
         while pending:
-            yield pending.popleft()
+            yield _done(pending.popleft())
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _faces(self, image: np.ndarray, boxes) -> tuple[np.ndarray, float]:
-        """(boxes, margin) for one image."""
+    def _faces(self, image: np.ndarray, boxes) -> tuple[list, float]:
+        """(boxes, margin) for one image; given boxes are checked one by one in :meth:`_crop`."""
         h, w = image.shape[:2]
         if boxes is not None:
             rows = list(boxes)
             if len(rows) == 4 and all(np.isscalar(v) for v in rows):  # one box given flat
                 rows = [rows]
-            parsed = [parse_box(b, "face box") for b in rows]
-            return (np.stack(parsed) if parsed else np.zeros((0, 4))), self.margin
+            return rows, self.margin
         if self.detector is None:
             # The whole image is the crop, as training crops a face-crop dataset (margin 0).
-            return np.array([[-0.5, -0.5, w - 0.5, h - 0.5]]), 0.0
-        return self.detector(image), self.margin
+            return [np.array([-0.5, -0.5, w - 0.5, h - 0.5])], 0.0
+        return list(self.detector(image)), self.margin
+
+    def _crop(self, value, margin: float, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(box, crop matrix) of one face, or a FacemtlError when its crop is degenerate: a box
+        that is not finite with positive size, lies outside the image, or is so large against
+        the image that the crop cannot be mapped back (:data:`MAX_BOX_FACTOR`)."""
+        box = parse_box(value, "face box")
+        shown = _box_json(box)
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if x1 <= -0.5 or y1 <= -0.5 or x0 >= width - 0.5 or y0 >= height - 0.5:
+            raise FacemtlError(f"face box {shown} lies outside the {width} x {height} image")
+        side = max(x1 - x0, y1 - y0)
+        if side > MAX_BOX_FACTOR * max(width, height):
+            raise FacemtlError(f"face box {shown} is {side:.4g} pixels across, more than {MAX_BOX_FACTOR} times "
+                               f"the {width} x {height} image; expected a box around one face")
+        matrix = face_crop_matrix(box=box, size=self.input_size, margin=margin)
+        if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix[:, :2])) < 1e-12:
+            raise FacemtlError(f"face box {shown} with margin {margin:g} gives a degenerate crop (scale "
+                               f"{matrix[0, 0]:.3g}); expected a box of finite, positive size")
+        return box, matrix
 
     def forward(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised crops (B, 3, S, S) -> decoded outputs of the last iteration, per task."""
@@ -223,13 +348,31 @@ class Predictor:
         out = self.forward(self.normalise(np.stack([item[4] for item in batch])))
         for j, (rec, i, box, matrix, _crop) in enumerate(batch):
             face: dict = {"box": [float(v) for v in box]}
-            for task in self.tasks:
-                face[task.name] = self._map_back(task, out[task.name][j], matrix, rec.height, rec.width)
-            rec.faces[i] = face
+            try:
+                for task in self.tasks:
+                    face[task.name] = self._map_back(task, out[task.name][j], matrix, rec.height, rec.width)
+            except FacemtlError as exc:  # e.g. a crop too small to invert: this face only
+                rec.face_errors.append({"box": _box_json(box), "error": str(exc)})
+            else:
+                rec.faces[i] = face
             rec._remaining -= 1
 
     def _map_back(self, task, value: torch.Tensor, matrix: np.ndarray, height: int, width: int):
         return kind_of(task).to_image(task, value, matrix, self.input_size, height, width)
+
+
+def _box_json(box) -> Any:
+    """A box for an error record: 4 numbers (non-finite ones as None), else the value as given."""
+    try:
+        values = np.asarray(box, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return repr(box)
+    return [round(float(v), 2) if np.isfinite(v) else None for v in values]
+
+
+def _done(rec: ImageResult) -> ImageResult:
+    rec.faces = [f for f in rec.faces if f is not None]  # faces that failed are in face_errors
+    return rec
 
 
 def logits_to_mask(logits: torch.Tensor, matrix: np.ndarray, crop_size: int, height: int, width: int) -> np.ndarray:

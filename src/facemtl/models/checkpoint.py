@@ -11,11 +11,12 @@ RNG) stays with the engine (:mod:`facemtl.engine.checkpoint`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from facemtl import __version__
 from facemtl.errors import FacemtlError
-from facemtl.files import atomic_write_bytes, atomic_write_json, read_json, read_tensors, tensors_bytes
+from facemtl.files import read_json, read_tensors, tensors_bytes
 from facemtl.tasks import Task
 
 FORMAT = "facemtl-checkpoint"
@@ -64,13 +65,22 @@ def model_info(model, info: dict) -> dict:
     return out
 
 
-def save_checkpoint(run_dir, model, info: dict) -> None:
-    """Write ``model.safetensors`` and ``model.json`` into ``run_dir`` (atomically, weights first)."""
+def save_checkpoint(run_dir, model, info: dict, also=()) -> None:
+    """Write ``model.safetensors`` and ``model.json`` into ``run_dir`` (atomically, weights first).
+
+    ``model.json`` records the SHA-256 of the weights (``weights_sha256``), so a pair from two
+    saves can be told. ``also``: more ``(file name, bytes)`` written in the same set after the
+    model files (the trainer's state): nothing is replaced until every file is written, so a
+    failed write (a full disk) leaves the previous checkpoint whole."""
+    from facemtl.files import atomic_write_files, json_bytes, sha256_hex
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = model_info(model, info)
-    atomic_write_bytes(run_dir / MODEL_WEIGHTS, tensors_bytes(model.state_dict()))
-    atomic_write_json(run_dir / MODEL_JSON, meta)
+    weights = tensors_bytes(model.state_dict())
+    meta["weights_sha256"] = sha256_hex(weights)
+    atomic_write_files([(run_dir / MODEL_WEIGHTS, weights), (run_dir / MODEL_JSON, json_bytes(meta)),
+                        *((run_dir / name, data) for name, data in also)])
 
 
 def _resolve(path) -> tuple[Path, Path]:
@@ -102,24 +112,146 @@ def read_model_info(path) -> dict:
         raise FacemtlError(f"{json_path}: 'model' must be {{'name': str, 'config': {{...}}}}")
     if not isinstance(info.get("tasks"), list) or not info["tasks"]:
         raise FacemtlError(f"{json_path}: 'tasks' must be a non-empty list")
+    for i, task in enumerate(info["tasks"]):
+        if not isinstance(task, dict) or not isinstance(task.get("name"), str) or not task["name"]:
+            raise FacemtlError(f"{json_path}: 'tasks.{i}' is {_show(task)}; expected an object with a 'name' string")
+    _check_fields(info, json_path)
     return info
 
 
-def build_model(info: dict):
-    """``create_model`` from a checkpoint description (tasks rebuilt from their JSON)."""
+# Bounds of the fields inference relies on; a description outside them is refused on reading.
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 1024  # face crop side in pixels (the papers use 64 to 224)
+MAX_CROP_MARGIN = 5.0  # margin per side as a fraction of the face box: at 5 the face is 1/11 of the crop
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_crop_margin(value, where: str) -> float:
+    """A crop margin: a finite number from 0 to :data:`MAX_CROP_MARGIN`, else one line naming ``where``."""
+    if not _is_number(value) or not 0 <= value <= MAX_CROP_MARGIN:
+        raise FacemtlError(f"{where} is {_show(value)}; expected a number from 0 to {MAX_CROP_MARGIN:g} "
+                           "(a fraction of the face box added on each side)")
+    return float(value)
+
+
+def _check_fields(info: dict, json_path: Path) -> None:
+    """Every optional field that prediction, evaluation and export read, with file, key and what is expected."""
+    n_tasks = len(info["tasks"])
+    if "input_size" in info:
+        size = info["input_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+            raise FacemtlError(f"{json_path}: 'input_size' is {_show(size)}; expected an integer number of pixels "
+                               f"from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}")
+    if "crop" in info:
+        crop = info["crop"]
+        if not isinstance(crop, dict):
+            raise FacemtlError(f"{json_path}: 'crop' is {_show(crop)}; expected an object {{'margin': number}}")
+        if "margin" in crop:
+            check_crop_margin(crop["margin"], f"{json_path}: 'crop.margin'")
+    if "normalization" in info:
+        norm = info["normalization"]
+        if not isinstance(norm, dict):
+            raise FacemtlError(f"{json_path}: 'normalization' is {_show(norm)}; expected an object "
+                               "{'mean': [r, g, b], 'std': [r, g, b]}")
+        for key in ("mean", "std"):
+            if key not in norm:
+                continue
+            values = norm[key]
+            if not isinstance(values, list) or len(values) != 3 or not all(_is_number(v) for v in values):
+                raise FacemtlError(f"{json_path}: 'normalization.{key}' is {_show(values)}; expected 3 finite numbers "
+                                   "(red, green, blue)")
+            if key == "std" and not all(v > 0 for v in values):
+                raise FacemtlError(f"{json_path}: 'normalization.std' is {_show(values)}; expected 3 numbers above 0")
+    if "task_sources" in info:
+        ts = info["task_sources"]
+        if (not isinstance(ts, list) or len(ts) != n_tasks
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in ts)):
+            raise FacemtlError(f"{json_path}: 'task_sources' is {_show(ts)}; expected {n_tasks} source indices "
+                               "(integers >= 0), one per task")
+    if "weights_sha256" in info:
+        digest = info["weights_sha256"]
+        if not isinstance(digest, str) or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise FacemtlError(f"{json_path}: 'weights_sha256' is {_show(digest)}; expected 64 lowercase hex digits")
+    if "sources" in info:
+        sources = info["sources"]
+        if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+            raise FacemtlError(f"{json_path}: 'sources' is {_show(sources)}; expected a list of objects")
+
+
+def build_model(info: dict, where="checkpoint"):
+    """``create_model`` from a checkpoint description (tasks rebuilt from their JSON); ``where``
+    (the model.json path) prefixes the errors."""
     from facemtl.models.registry import create_model
 
     config = dict(info["model"].get("config", {}))
     try:
         tasks = {t["name"]: task_from_json(t) for t in info["tasks"]}
     except (KeyError, TypeError, ValueError) as exc:
-        raise FacemtlError(f"checkpoint 'tasks' entry is malformed ({exc})") from None
+        raise FacemtlError(f"{where}: 'tasks' entry is malformed ({exc})") from None
     if "tasks" in config:
         config["tasks"] = tuple(tasks.get(n, n) if isinstance(n, str) else n for n in config["tasks"])
     try:
         return create_model(info["model"]["name"], **config)
-    except TypeError as exc:
-        raise FacemtlError(f"checkpoint model config does not fit model {info['model']['name']!r}: {exc}") from None
+    except FacemtlError as exc:  # the builder's own check: say which file holds the value
+        raise FacemtlError(f"{where}: 'model': {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a width of "abc" or -4 reaching torch
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FacemtlError(f"{where}: 'model.config' does not fit model {info['model']['name']!r}: "
+                           f"{detail[:300]}") from None
+
+
+def _weights_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from the safetensors header, without reading the data."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights_path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except FileNotFoundError:
+        raise FacemtlError(f"checkpoint weights not found: {weights_path}") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise FacemtlError(f"{weights_path}: not a readable safetensors file ({exc})") from None
+
+
+def _check_weights_fit(info: dict, json_path: Path, weights_path: Path) -> None:
+    """Build the described model on the meta device (no memory) and compare its tensors with the
+    file's header, so a model.json asking for a far larger network than its weights is refused
+    before anything is allocated."""
+    import torch
+
+    shapes = _weights_shapes(weights_path)
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(info, json_path)
+    except FacemtlError:
+        raise
+    except Exception:  # a builder that cannot run on the meta device: load_state_dict still checks
+        return
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    other = [k for k in expected if k in shapes and expected[k] != shapes[k]]
+    if not (missing or unexpected or other):
+        return
+    n_model = sum(math.prod(s) for s in expected.values())
+    n_file = sum(math.prod(s) for s in shapes.values())
+    parts = [f"{json_path.name} describes {n_model:,} values in {len(expected)} tensors, "
+             f"the file holds {n_file:,} in {len(shapes)}"]
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
+    if other:
+        k = other[0]
+        parts.append(f"{len(other)} of another shape (e.g. {k!r}: file {list(shapes[k])}, model {list(expected[k])})")
+    raise FacemtlError(f"{weights_path}: weights do not match model {info['model']['name']!r}: " + "; ".join(parts))
 
 
 def load_model(path):
@@ -133,8 +265,10 @@ def load_model(path):
     if not json_path.exists() and not weights_path.exists():
         raise FacemtlError(f"checkpoint not found: {path}")
     info = read_model_info(json_path)
-    model = build_model(info)
-    state = read_tensors(weights_path, "checkpoint weights")
+    _check_weights_fit(info, json_path, weights_path)  # before building for real: nothing allocated yet
+    model = build_model(info, json_path)
+    # A model.json written by save_checkpoint records its weights' hash: a pair from two saves is refused.
+    state = read_tensors(weights_path, "checkpoint weights", sha256=info.get("weights_sha256"), recorded_in=json_path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
