@@ -94,3 +94,25 @@ def average_buffers(model: torch.nn.Module) -> None:
             if b.is_floating_point():
                 dist.all_reduce(b)
                 b /= dist.get_world_size()
+
+
+def rank0_decides(check) -> None:
+    """Run ``check()`` on rank 0 only (e.g. the run folder's checks) and let every rank share its
+    outcome: when it raises, the other ranks raise a FacemtlError with the same message instead
+    of waiting forever at the next collective call."""
+    if not active():
+        check()
+        return
+    message = None
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            check()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below on rank 0, reported on the others
+            error, message = exc, str(exc) or type(exc).__name__
+    shared = [message]
+    dist.broadcast_object_list(shared, 0)
+    if error is not None:
+        raise error
+    if shared[0] is not None:
+        raise FacemtlError(f"rank 0 stopped: {shared[0]}")

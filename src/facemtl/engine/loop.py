@@ -84,7 +84,7 @@ class Training:
         from facemtl.data.mixing import build_sources
         from facemtl.models.registry import create_model
 
-        self.config = config
+        self.config, self.world = config, world
         self.tasks = config.build_tasks()
         self.sources = build_sources(config, self.tasks, datasets)
         self.mode = make_mode(config, self.tasks)
@@ -162,13 +162,18 @@ class Training:
         opt_tensors, opt_meta = optimizer_state(self.optimizer, "optimizer")
         tensors.update(opt_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
-        return tensors, {"optimizer": opt_meta, "total_steps": self.plan.total, "seed": self.config.seed}
+        return tensors, {"optimizer": opt_meta, "total_steps": self.plan.total, "seed": self.config.seed,
+                         "world_size": self.world}
 
     def restore(self, run_dir: Path) -> int:
         """Load a saved state; returns the step to continue from."""
         from facemtl.engine.checkpoint import load_train_state, restore_optimizer
 
         tensors, meta = load_train_state(run_dir)  # one save's pair; step, total_steps, optimizer checked
+        saved_world = meta.get("world_size", 1)
+        if saved_world != self.world:  # the batch shards (and so the plan) depend on it
+            raise FacemtlError(f"--resume: the run was trained by {saved_world} process(es), this is {self.world}; "
+                               f"resume with the same number (torchrun --nproc_per_node {saved_world} ...)")
         if meta["total_steps"] != self.plan.total:
             raise FacemtlError(f"--resume: the saved run plans {meta['total_steps']} steps, this config {self.plan.total}")
         weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -284,17 +289,20 @@ class _RunFolder:
     def __enter__(self) -> _RunFolder:
         from facemtl.files import FolderLock, remove_stale_temps
 
-        if not self.active:
-            return self
-        self.created = not self.run_dir.exists()
-        self.lock = FolderLock(self.run_dir, "facemtl train")
-        try:
-            self.lock.acquire()
-            _check_run_dir(self.run_dir, self.config, self.resume)  # again: another run may have been quicker
-            remove_stale_temps(self.run_dir)
-        except BaseException:
-            self._leave()
-            raise
+        from facemtl.engine.distributed import rank0_decides
+
+        def take() -> None:
+            self.created = not self.run_dir.exists()
+            self.lock = FolderLock(self.run_dir, "facemtl train")
+            try:
+                self.lock.acquire()
+                _check_run_dir(self.run_dir, self.config, self.resume)  # again: another run may have been quicker
+                remove_stale_temps(self.run_dir)
+            except BaseException:
+                self._leave()
+                raise
+
+        rank0_decides(take if self.active else (lambda: None))
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -336,8 +344,10 @@ class _RunFiles:
         """One checkpoint as one set of files (model, then training state, its JSON last): a write
         that fails leaves the previous checkpoint whole, and a pair from two saves is refused."""
         from facemtl.engine.checkpoint import train_state_files
+        from facemtl.engine.distributed import average_buffers
         from facemtl.models.checkpoint import save_checkpoint
 
+        average_buffers(self.training.model)  # every rank: the saved statistics summarise every shard
         if self.rank != 0:
             return
         tr = self.training
@@ -354,11 +364,13 @@ class _RunFiles:
             atomic_write_json(self.run_dir / name, data)
 
     def evaluate(self) -> dict:
+        from facemtl.engine.distributed import average_buffers
         from facemtl.engine.evaluate import evaluate
         from facemtl.engine.logging import process_rank
 
         rank, world = process_rank()
         tr = self.training
+        average_buffers(tr.model)
         return evaluate(tr.model, self.info, tr.sources, batch_size=tr.config.eval_batch_size, rank=rank, world_size=world)
 
 
@@ -377,16 +389,16 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
     for ``resume``). The folder is locked while the run uses it (``run.lock``: a second run is
     refused), and a resumed run cuts its logs back to the checkpoint it continues from.
     """
-    from facemtl.engine.logging import process_rank
+    from facemtl.engine import distributed
 
     run_dir = Path(out_dir)
-    rank, world = process_rank()
-    if rank == 0:
-        _check_run_dir(run_dir, config, resume)  # before any work
+    rank, world = distributed.init_from_env(config.device)  # torchrun: join the other processes
+    distributed.rank0_decides(lambda: _check_run_dir(run_dir, config, resume))  # before any work
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         # Builds the model and the sources, which check what the config alone cannot: no file yet.
         training = Training(config, datasets, rank, world)
+        distributed.broadcast_parameters(training.model)
         with _RunFolder(run_dir, config, resume, rank) as folder:
             files = None
             try:
