@@ -80,3 +80,22 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert main(["reproduce", "all", "--budget", "smoke", "--seeds", "2", "--out", str(out)]) == 0
     assert [r["differences"] for r in json.loads((out / "claims.json").read_text())["claims"]] == \
         [r["differences"] for r in again["claims"]]
+
+
+def test_a_training_run_and_eval_report_leave_a_readable_report(tmp_path):
+    from facemtl.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "configs/ifan_synth_smoke.yaml", "--out", str(run), "--quiet"]) == 0
+    page = (run / "report.html").read_text()
+    parser = _Images()
+    parser.feed(page)
+    # loss and epoch curves, the emotion confusion matrix, the landmark CED curves, the strip
+    assert len(parser.sources) >= 4
+    for src in parser.sources:
+        data = base64.b64decode(re.sub("^data:image/png;base64,", "", src))
+        assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
+    assert "Iter1" in page and "majority" in page  # the result tables with their baselines
+    (run / "report.html").unlink()
+    assert main(["eval", str(run), "--report"]) == 0
+    assert (run / "report.html").exists()

@@ -178,13 +178,16 @@ class OptimiserConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     """``log_every`` steps to steps.csv / TensorBoard; ``checkpoint_every`` steps (0: at stage
-    and epoch ends only); ``eval_every_epoch``: score the test splits after each epoch."""
+    and epoch ends only); ``eval_every_epoch``: score the test splits after each epoch;
+    ``report``: write report.html (tables, curves, confusion matrices, CED curves, predictions)
+    into the run folder at the end."""
 
     log_every: int = 10
     checkpoint_every: int = 0
     tensorboard: bool = True
     progress: bool = True
     eval_every_epoch: bool = False
+    report: bool = True
 
 
 @dataclass(frozen=True)

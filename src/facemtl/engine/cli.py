@@ -38,6 +38,8 @@ def register(subparsers) -> None:
     e.add_argument("--split", default="test", help="split to score (default: test; synthetic sources have train and test)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--config", metavar="YAML", help="config describing the data (default: the run's config.json)")
+    e.add_argument("--report", action="store_true",
+                   help="also write RUN/report.html (tables, curves, confusion matrices, CED curves, predictions)")
     e.set_defaults(func=_eval)
 
 
@@ -76,17 +78,19 @@ def _eval(args) -> int:
 
     from facemtl.config import load_config
     from facemtl.data.mixing import build_sources
-    from facemtl.models.checkpoint import load_model
     from facemtl.engine.evaluate import evaluate, format_tables
     from facemtl.engine.loop import load_run_config
-
     from facemtl.files import atomic_write_bytes
+    from facemtl.models.checkpoint import load_model
     from facemtl.outputs import check_output_file, dumps
 
     if args.batch_size <= 0:
         raise FacemtlError(f"--batch-size must be positive, got {args.batch_size}")
     if args.json:  # before the evaluation, not after it
         check_output_file(args.json, "--json")
+    if args.report:
+        ckpt = Path(args.checkpoint)
+        check_output_file((ckpt if ckpt.is_dir() else ckpt.parent) / "report.html", "--report")
     model, info = load_model(args.checkpoint)
     ckpt = Path(args.checkpoint)
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
@@ -111,4 +115,8 @@ def _eval(args) -> int:
     print(format_tables(result, model.tasks))
     if args.json:  # atomic (an abort keeps the old file), strict JSON (a NaN metric is null)
         atomic_write_bytes(Path(args.json), (dumps(result, indent=2) + "\n").encode("utf-8"))
+    if args.report:
+        from facemtl.experiments.report import write_run_report
+
+        print(f"report: {write_run_report(run_dir, result)}")
     return 0

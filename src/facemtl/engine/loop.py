@@ -480,6 +480,10 @@ def _finish(training: Training, files: _RunFiles, start: int, elapsed: float, st
     files.write_json("metrics.json", result)
     files.log.epoch(plan.total, "final", "", headline(result, training.tasks))
     files.log.info(_summary(plan, start, elapsed, step_times) + "\n\n" + format_tables(result, training.tasks))
+    if training.config.logging.report:
+        from facemtl.experiments.report import write_run_report
+
+        files.log.info(f"report: {write_run_report(files.run_dir, result)}")
 
 
 def headline(result: dict, tasks) -> dict:

@@ -308,16 +308,16 @@ def _run_confusions(metrics: dict, tasks) -> str:
     return "".join(parts)
 
 
-def write_run_report(run_dir) -> Path:
+def write_run_report(run_dir, metrics: dict | None = None) -> Path:
     """``run_dir/report.html`` for one training run: the result tables (one row per iteration,
-    trivial baselines below), the loss and per-epoch curves, confusion matrices, CED curves and a
-    strip of test predictions."""
+    trivial baselines below; ``metrics`` or the run's metrics.json), the loss and per-epoch curves,
+    confusion matrices, CED curves and a strip of test predictions."""
     from facemtl.engine.evaluate import format_tables
     from facemtl.files import atomic_write_bytes
     from facemtl.models.checkpoint import load_model
 
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = metrics if metrics is not None else json.loads((run_dir / "metrics.json").read_text())
     model, _ = load_model(run_dir)
     sections = [f"<h1>facemtl run {html.escape(run_dir.name)}</h1>",
                 "<h2>Test results</h2>", f"<pre>{html.escape(format_tables(metrics, model.tasks))}</pre>",

@@ -51,7 +51,8 @@ IFAN_TASKS = ("landmarks", "parsing", "emotion")
 
 def ifan_base(budget: str, overrides: Sequence[str] = ()) -> TrainConfig:
     """The 3T config of a budget (sources in Algorithm 1's stage-1 order: parsing, emotion, landmarks)."""
-    logging = {"tensorboard": False, "progress": False, "eval_every_epoch": True, "log_every": 10}
+    # no per-run report.html: the suite writes one report of its own
+    logging = {"tensorboard": False, "progress": False, "eval_every_epoch": True, "log_every": 10, "report": False}
     if budget == "smoke":
         data = {
             "model": {"name": "ifan", "kwargs": {"iterations": 2, "num_blocks": 4, "growth_rate": 4, "layers_per_block": 1,
@@ -93,7 +94,8 @@ def dcnet_base(budget: str):
 
     train = {"input_size": 64, "model": {"name": "dcnet", "kwargs": {"backbone": "alexnet"}},
              "schedule": {"mode": "joint", "epochs": 1, "lr": 1e-3, "lr_end": 1e-4, "decay": "exponential"},
-             "optimiser": {"name": "adam"}, "logging": {"tensorboard": False, "progress": False, "log_every": 10},
+             "optimiser": {"name": "adam"},
+             "logging": {"tensorboard": False, "progress": False, "log_every": 10, "report": False},
              "eval_batch_size": 32}
     src = {"name": "synth", "style": "wild", "tasks": ["landmarks", "gender", "smile", "glasses", "pose"], "seed": 1}
     models = ("single", "hps", "hps-wide", "cross-stitch", "cross-stitch-wide", "dcnet")
