@@ -427,6 +427,7 @@ def _run_updates(training: Training, files: _RunFiles, start: int, stop_after: i
     bar = tqdm(total=plan.total, initial=start, disable=files.rank != 0 or not config.logging.progress or quiet,
                desc=training.mode.name, dynamic_ncols=True, unit="upd")
     epoch_losses: dict[str, list[float]] = {}
+    shown: dict[str, float] = {}
     t0, step_times, stage = time.perf_counter(), [], plan[start - 1].stage if start else 0
     try:
         with _StopFlag() as stop:
@@ -441,7 +442,11 @@ def _run_updates(training: Training, files: _RunFiles, start: int, stop_after: i
                 for name, value in losses.items():
                     epoch_losses.setdefault(f"mean_{name}_loss", []).append(value)
                 bar.update(1)
-                bar.set_postfix(stage=u.stage, loss=f"{row['loss']:.4g}", refresh=False)
+                # each task's loss on its own scale (a running mean): one jumping number would mix
+                # a landmark loss of 1e-2 with cross entropies of 1
+                for name, value in losses.items():
+                    shown[name] = value if name not in shown else 0.9 * shown[name] + 0.1 * value
+                bar.set_postfix(stage=u.stage, **{n: f"{v:.3g}" for n, v in shown.items()}, refresh=False)
                 if (k + 1) % config.logging.log_every == 0 or k == start:
                     log.step(k + 1, {**row, "step_seconds": step_times[-1]})
                 if u.epoch_end:
