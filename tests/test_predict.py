@@ -361,7 +361,23 @@ def test_overlay_draws_box_points_mask_and_label(predictor):
     assert tuple(out[10, 45]) == (0, 255, 0)  # top edge of the box
     expected = (0.55 * 200 + 0.45 * PALETTE[6] + 0.5).astype(np.uint8)
     assert tuple(out[65, 25]) == tuple(expected)
-    assert (out[82:100, 10:80] != 200).any()  # label text under the box
+    # the label is too wide for either side of this box in a 120-px image: it goes under the box
+    assert (out[82:100, 10:80] != 200).any()
+    # the colour legend of the class present (nose) is a light panel in the top-left corner
+    assert out[0, 0].mean() > 200
+
+
+def test_overlay_labels_go_left_when_the_right_is_full_and_point_names_on_demand(predictor):
+    tasks = predictor.tasks
+    image = np.full((100, 300, 3), 200, np.uint8)
+    face = {"box": [180.0, 10.0, 298.0, 80.0], "landmarks": np.array([[240.0, 40.0]] * 5, np.float32),
+            "parsing": np.zeros((100, 300), np.uint8), "emotion": {"label": "Happy", "probs": {"Happy": 0.9}}}
+    out = draw_overlay(image, [face], tasks)
+    assert (out[10:40, 0:178] != 200).sum() > 20  # no room on the right: the label is left of the box
+    assert (out[81:100] == 200).all()  # and not under it
+    plain = draw_overlay(image, [face], tasks, legend=False)
+    named = draw_overlay(image, [face], tasks, point_names=True, legend=False)
+    assert (named != plain).any()  # point names drawn beside the points
 
 
 def test_detector_searches_big_photos_downscaled_and_reports_original_pixels():

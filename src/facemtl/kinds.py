@@ -108,8 +108,9 @@ class TaskKind:
     def to_json(self, task, value, mask_path: str | None = None):
         raise NotImplementedError
 
-    def draw(self, out: np.ndarray, task, value, thickness: int) -> list[str]:
-        """Draw marks on ``out`` (RGB, in place); returns text lines for the face's label."""
+    def draw(self, out: np.ndarray, task, value, thickness: int, names: bool = False) -> list[str]:
+        """Draw marks on ``out`` (RGB, in place; point names too with ``names``); returns text
+        lines for the face's label."""
         return []
 
     def draw_layer(self, out: np.ndarray, task, value, alpha: float) -> None:
@@ -185,14 +186,18 @@ class PointsKind(TaskKind):
     def to_json(self, task, value, mask_path=None):
         return [[round(float(x), 2), round(float(y), 2)] for x, y in value]
 
-    def draw(self, out, task, value, thickness):
+    def draw(self, out, task, value, thickness, names=False):
         import cv2
 
-        from facemtl.inference.render import POINT_COLOUR
+        from facemtl.inference.render import POINT_COLOUR, put_text
 
-        for x, y in np.asarray(value, np.float64).reshape(-1, 2):
+        radius = max(2, thickness + 1)
+        for k, (x, y) in enumerate(np.asarray(value, np.float64).reshape(-1, 2)):
             if np.isfinite(x) and np.isfinite(y):
-                cv2.circle(out, (int(round(x)), int(round(y))), max(2, thickness + 1), POINT_COLOUR, -1)
+                cv2.circle(out, (int(round(x)), int(round(y))), radius, POINT_COLOUR, -1)
+                if names and k < len(task.class_names):
+                    put_text(out, task.class_names[k], (int(round(x)) + radius + 1, int(round(y)) - radius),
+                             max(out.shape[:2]) / 1024.0)
         return []
 
 
@@ -368,7 +373,7 @@ class CategoryKind(TaskKind):
     def to_json(self, task, value, mask_path=None):
         return {"label": value["label"], "probs": {k: round(p, 5) for k, p in value["probs"].items()}}
 
-    def draw(self, out, task, value, thickness):
+    def draw(self, out, task, value, thickness, names=False):
         return [f"{task.name}: {value['label']} {value['probs'][value['label']]:.2f}"]
 
 
