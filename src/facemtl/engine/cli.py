@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     e.add_argument("checkpoint", help="run folder, model.safetensors or model.json")
     e.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
     e.add_argument("--split", default="test", help="split to score (default: test; synthetic sources have train and test)")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default: 32)")
     e.add_argument("--config", metavar="YAML", help="config describing the data (default: the run's config.json)")
     e.add_argument("--report", action="store_true",
                    help="also write RUN/report.html (tables, curves, confusion matrices, CED curves, predictions)")

@@ -138,6 +138,22 @@ def _curves(run_dir: Path) -> str:
     return "".join(out)
 
 
+def _draw_confusion(ax, confusion, names, title: str) -> None:
+    """A confusion matrix with rows (true classes) normalised, each cell labelled."""
+    conf = np.array(confusion, dtype=float)
+    rows = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{rows[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+
+
 def _confusions(results: dict) -> str:
     plt = _plt()
     from facemtl.tasks import get_task
@@ -146,18 +162,7 @@ def _confusions(results: dict) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     for ax, (label, run) in zip(axes, (("single task", "single_emotion"), ("iFAN 3T (last iteration)", "3T"))):
         its = results[0][run]["iterations"]
-        conf = np.array(its[str(max(map(int, its)))]["emotion"]["confusion"], dtype=float)
-        rows = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-        ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        for i in range(len(names)):
-            for j in range(len(names)):
-                ax.text(j, i, f"{rows[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if rows[i, j] > 0.5 else "black")
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        _draw_confusion(ax, its[str(max(map(int, its)))]["emotion"]["confusion"], names, label)
     fig.suptitle("Figure 6: emotion confusion matrices (rows normalised, seed 0)", fontsize=10)
     return _png(fig)
 
@@ -290,20 +295,9 @@ def _run_confusions(metrics: dict, tasks) -> str:
         r = last.get(task.name)
         if not r or "confusion" not in r:
             continue
-        conf = np.array(r["confusion"], dtype=float)
-        rows = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-        names = task.class_names or [str(i) for i in range(len(conf))]
+        names = task.class_names or [str(i) for i in range(len(r["confusion"]))]
         fig, ax = plt.subplots(figsize=(0.5 * len(names) + 2.5, 0.5 * len(names) + 2))
-        ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        for i in range(len(names)):
-            for j in range(len(names)):
-                ax.text(j, i, f"{rows[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if rows[i, j] > 0.5 else "black")
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{task.name}: confusion (rows normalised)", fontsize=9)
+        _draw_confusion(ax, r["confusion"], names, f"{task.name}: confusion (rows normalised)")
         parts.append(_png(fig))
     return "".join(parts)
 
