@@ -1,19 +1,32 @@
-"""Prediction speed on CPU: faces per second for 128x128 face crops.
+"""Prediction speed on CPU: faces per second for 128x128 face crops, torch vs onnxruntime backends.
 
 The model is a RANDOMLY INITIALISED iFAN with the paper's configuration (IFANConfig defaults:
-FC-DenseNet growth 12, 3 layers per block, 5 blocks; landmarks + parsing + emotion, one BN
-source per task, so ``source=None`` runs 3 stacked streams). Speed does not depend on the
-weights, so no training is needed; the numbers are NOT accuracy numbers.
+128 px, FC-DenseNet growth 12, 3 layers per block, 5 blocks, iterations 2; landmarks + parsing +
+emotion). ``--sources 3`` is the paper's hybrid model (one BN source per task, so ``source=None``
+runs 3 streams); ``--sources 1`` predicts every task through one stream, which shows what the
+per-source streams cost. Speed does not depend on the weights, so no training is needed; the
+numbers are NOT accuracy numbers. The per-source batch-norm rows are made to differ (random
+running statistics and affine parameters): with the identical rows of a fresh model the ONNX
+exporter would merge the identical constants and onnxruntime the then identical streams,
+measuring a one-stream model.
 
-Two measurements per (batch size, iterations):
+Per (sources, iterations, batch, backend):
 
+* ``setup s``: building the predictor (onnxruntime: exporting the graph in memory and
+  optimising it in a session; torch: nothing);
 * ``model``: ``Predictor.forward`` on normalised crops (network + decode);
 * ``predict``: the whole ``Predictor.stream`` path on 128x128 RGB images with
   ``detector="none"`` (crop warp, normalisation, network, mapping points and the parsing mask
   back to the image, softmax), i.e. what ``facemtl predict --detector none`` does per face
-  minus file I/O.
+  minus file I/O;
+* ``x torch``: model faces/s over the torch backend's for the same model, iterations and batch.
 
-Usage: python benchmarks/predict_speed.py [--threads 2] [--batches 1 32] [--iterations 0 2] [--seconds 5]
+The backends' calls alternate (see :func:`timed`) and each figure is a median.
+
+Usage: python benchmarks/predict_speed.py [--threads 2] [--batches 1 32] [--iterations 0 2]
+       [--backends torch onnxruntime] [--sources 3 1] [--seconds 5]
+The full default table takes several minutes on 2 cores (torch at batch 32, Iter2, is ~10 s per
+forward); ``--batches 1 --seconds 2`` is a quick look.
 """
 
 from __future__ import annotations
@@ -21,24 +34,48 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 
 import numpy as np
 import torch
 
 import facemtl
-from facemtl.inference.predictor import Predictor
+from facemtl.inference.predictor import BACKENDS, Predictor
+from facemtl.models.norm import SourceBatchNorm2d
 
 
-def timed(fn, n_faces: int, seconds: float) -> float:
-    """Faces per second of ``fn``: repeated until ``seconds`` have passed (at least once)."""
-    runs, start = 0, time.perf_counter()
-    while True:
-        fn()
-        runs += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return runs * n_faces / elapsed
+def timed(fns: dict, n_faces: int, seconds: float) -> dict:
+    """Faces per second of each function in ``fns``, from its MEDIAN call time. The functions are
+    called in turn (round robin) until ``seconds`` per function have passed (at least one round),
+    so that the backends share whatever load other processes put on the machine, and a median
+    resists their bursts."""
+    times: dict = {name: [] for name in fns}
+    start = time.perf_counter()
+    while not times[next(iter(fns))] or time.perf_counter() - start < seconds * len(fns):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: n_faces / statistics.median(ts) for name, ts in times.items()}
+
+
+def paper_model(sources: int) -> torch.nn.Module:
+    """The paper's iFAN (random weights) with ``sources`` BN sources; rows made to differ."""
+    torch.manual_seed(0)
+    model = facemtl.create_model("ifan", input_size=128, num_sources=sources).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, SourceBatchNorm2d):
+                module.running_mean.normal_(0.0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.8, 1.2)
+                module.bias.normal_(0.0, 0.1)
+    return model
+
+
+def load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def main() -> None:
@@ -46,31 +83,49 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--iterations", type=int, nargs="+", default=[0, 2])
-    ap.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure")
+    ap.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    ap.add_argument("--sources", type=int, nargs="+", default=[3, 1], help="BN sources of the model (3: the paper's)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure and backend")
     args = ap.parse_args()
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = facemtl.create_model("ifan").eval()  # paper config, random weights
-    info = {"input_size": 128}
-    n_params = sum(p.numel() for p in model.parameters())
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"iFAN paper config (random init, {n_params / 1e6:.2f} M parameters), 128x128 crops, "
-          f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
-          f"load average {load:.1f} at start")
-    print(f"{'batch':>5} {'iters':>5} {'model faces/s':>14} {'predict faces/s':>16}")
+    torch.set_num_threads(args.threads)  # the onnxruntime session takes the same number (Predictor default)
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = "not installed"
+    print(f"iFAN paper config (IFANConfig defaults, random init), 128x128 crops, torch {torch.__version__}, "
+          f"onnxruntime {ort_version}, {args.threads} thread(s), "
+          f"{platform.processor() or platform.machine()}, load average {load_average():.1f} at start")
+    print(f"{'sources':>7} {'iters':>5} {'batch':>5} {'backend':>11} {'setup s':>7} {'model faces/s':>13} "
+          f"{'predict faces/s':>15} {'x torch':>7}")
     rng = np.random.default_rng(0)
-    for iterations in args.iterations:
-        predictor = Predictor(model, info, detector="none", iterations=iterations)
-        for batch in args.batches:
-            predictor.batch_size = batch
-            crops = torch.randn(batch, 3, 128, 128)
-            images = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(batch)]
-            predictor.forward(crops)  # warm-up (allocator, oneDNN kernels)
-            model_fps = timed(lambda: predictor.forward(crops), batch, args.seconds)
-            predict_fps = timed(lambda: list(predictor.stream((i, im) for i, im in enumerate(images))), batch,
-                                args.seconds)
-            print(f"{batch:>5} {iterations:>5} {model_fps:>14.1f} {predict_fps:>16.1f}", flush=True)
+    for sources in args.sources:
+        model = paper_model(sources)
+        for iterations in args.iterations:
+            predictors, setup_s = {}, {}
+            for backend in args.backends:
+                start = time.perf_counter()
+                predictors[backend] = Predictor(model, {"input_size": 128}, detector="none", iterations=iterations,
+                                                backend=backend)
+                setup_s[backend] = time.perf_counter() - start
+            for batch in args.batches:
+                crops = torch.randn(batch, 3, 128, 128)
+                images = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(batch)]
+                for predictor in predictors.values():
+                    predictor.batch_size = batch
+                    predictor.forward(crops)  # warm-up (allocator, kernels)
+                model_fps = timed({b: (lambda p=p, x=crops: p.forward(x)) for b, p in predictors.items()}, batch,
+                                  args.seconds)
+                predict_fps = timed({b: (lambda p=p, ims=images: list(p.stream(enumerate(ims))))
+                                     for b, p in predictors.items()}, batch, args.seconds)
+                for backend in predictors:
+                    base = model_fps.get("torch")
+                    ratio = f"{model_fps[backend] / base:7.2f}" if base else f"{'-':>7}"
+                    print(f"{sources:>7} {iterations:>5} {batch:>5} {backend:>11} {setup_s[backend]:>7.1f} "
+                          f"{model_fps[backend]:>13.1f} {predict_fps[backend]:>15.1f} {ratio}", flush=True)
+    print(f"load average {load_average():.1f} at the end (other processes on the machine skew the figures)")
 
 
 if __name__ == "__main__":

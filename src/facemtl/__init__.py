@@ -19,7 +19,8 @@ __all__ = ["FacemtlError", "__version__", "create_model", "list_models", "load",
 
 def load(path, **kw):
     """A checkpoint (run folder, model.safetensors or model.json) as a ready
-    :class:`facemtl.inference.predictor.Predictor`; ``kw`` go to it (detector, batch_size, ...)."""
+    :class:`facemtl.inference.predictor.Predictor`; ``kw`` go to it (detector, batch_size, ...,
+    ``backend="onnxruntime"`` for the ONNX graph in onnxruntime on the CPU, ``threads``)."""
     from facemtl.inference.predictor import Predictor
 
     return Predictor.from_checkpoint(path, **kw)

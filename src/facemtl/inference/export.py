@@ -9,6 +9,13 @@ normalised like training (mean/std in the metadata); one output per task, named 
 the batch axis is dynamic. The checkpoint's JSON description is stored in the model's
 metadata under ``facemtl_info`` so the file is self-describing.
 
+For an iFAN with several batch-norm streams the graph runs the streams one at a time
+(:mod:`facemtl.inference.streams`: plain batch norms with constant parameters, no up path for
+streams whose tasks do not read it, shared work done once); :class:`ExportWrapper` (the model's
+own forward) stays the reference that :func:`compare_with_torch` checks it against.
+:func:`onnx_model` builds the graph in memory, which the onnxruntime prediction backend
+(:class:`facemtl.inference.predictor.OnnxRuntimeBackend`) runs without writing a file.
+
 onnx and onnxruntime are an optional extra (``pip install facemtl[onnx]``); they are imported
 only here, with a clear error when missing. The exporter is PyTorch's TorchScript-based one
 (``dynamo=False``): it needs no onnxscript.
@@ -42,14 +49,14 @@ def check_opset(opset) -> int:
     return opset
 
 
-def require_onnx():
-    """Import onnx and onnxruntime, or say how to install them."""
+def require_onnx(what: str = "ONNX export"):
+    """Import onnx and onnxruntime, or say (naming ``what`` needs them) how to install them."""
     try:
         import onnx
         import onnxruntime
     except ImportError as exc:
         raise FacemtlError(
-            f"ONNX export needs the optional packages onnx and onnxruntime ({exc.name} is missing): "
+            f"{what} needs the optional packages onnx and onnxruntime ({exc.name} is missing): "
             "pip install 'facemtl[onnx]'"
         ) from None
     return onnx, onnxruntime
@@ -107,18 +114,31 @@ def export_onnx(model: nn.Module, info: dict, out_path: str | Path, iterations: 
     The graph is built in memory and the file written atomically: a failed or interrupted
     export leaves the previous file as it was.
     """
-    onnx, _ = require_onnx()
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".onnx":
         raise FacemtlError(f"--onnx output must end in .onnx, got {out_path}")
+    proto = onnx_model(model, info, iterations, opset, batch)
+    atomic_write_bytes(out_path, proto.SerializeToString())
+    return out_path
+
+
+def onnx_model(model: nn.Module, info: dict, iterations: int | None = None, opset: int = OPSET, batch: int = 2):
+    """The checked ONNX ``ModelProto`` of ``model`` (moved to the CPU, eval mode), in memory.
+
+    ``batch`` is the traced example's batch size (the batch axis is dynamic in the graph); the
+    trace runs the model once on it, the larger part of an export's time.
+    """
+    from facemtl.inference.streams import inference_module
+
+    onnx, _ = require_onnx()
     check_opset(opset)
     model = model.cpu().eval()
-    wrapper = ExportWrapper(model, iterations).eval()
+    reference = ExportWrapper(model, iterations).eval()  # checks iterations with the model's own message
+    # eval(): the exporter puts the module back in the mode it found it in, submodules included
+    graph = (inference_module(model, iterations) or reference).eval()
     size = int(info.get("input_size", 128))
     example = torch.zeros(batch, 3, size, size)
-    with torch.inference_mode():
-        wrapper(example)  # argument errors (bad iterations) surface as FacemtlError here, not inside the exporter
-    names = wrapper.names
+    names = reference.names
     axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in names}}
     buffer = io.BytesIO()
     torch.onnx.register_custom_op_symbolic(_ADAPTIVE_AVG, _adaptive_avg_pool2d, opset)
@@ -126,7 +146,7 @@ def export_onnx(model: nn.Module, info: dict, out_path: str | Path, iterations: 
         with warnings.catch_warnings():
             # The TorchScript exporter warns that it is legacy and that traced shapes are constants.
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, (example,), buffer, input_names=["images"], output_names=names,
+            torch.onnx.export(graph, (example,), buffer, input_names=["images"], output_names=names,
                               dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
     finally:
         torch.onnx.unregister_custom_op_symbolic(_ADAPTIVE_AVG, opset)
@@ -137,14 +157,28 @@ def export_onnx(model: nn.Module, info: dict, out_path: str | Path, iterations: 
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
-    atomic_write_bytes(out_path, proto.SerializeToString())
-    return out_path
+    return proto
 
 
-def onnx_session(path: str | Path):
-    """An onnxruntime CPU session for an exported file."""
+def onnx_session(model: str | Path | bytes, threads: int | None = None, optimized_path: str | Path | None = None):
+    """An onnxruntime CPU session for an exported file or serialised graph (``bytes``).
+
+    ``threads``: intra-op threads (None: onnxruntime's default, one per core). Graph optimisation
+    is at level ALL (constant folding, Conv+BN and Conv+activation fusions, the NCHWc layout);
+    ``optimized_path`` saves the optimised graph there (to inspect which nodes remain).
+    """
     _, ort = require_onnx()
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+        options.log_severity_level = 3  # the optimised graph's "hardware specific" warning
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def compare_with_torch(model: nn.Module, path: str | Path, iterations: int | None = None, size: int = 128,

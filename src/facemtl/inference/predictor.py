@@ -18,6 +18,14 @@ Pipeline for one image:
    ``docs/datasets.md``, "Parsing F1", scores them), pixels outside the face crop set to
    class 0 (background); category logits to softmax probabilities.
 
+Backends (``backend=``, ``facemtl predict --backend``): ``"torch"`` runs the model eagerly
+(``model(crops)``, any torch device); ``"onnxruntime"`` exports the model once, in memory (no
+file is written), to the graph of :mod:`facemtl.inference.export` (for iFAN the per-source
+streams one at a time, :mod:`facemtl.inference.streams`) and runs it in an onnxruntime CPU
+session with ``threads`` intra-op threads (default ``torch.get_num_threads()``). Building the
+session costs one export (seconds for the paper's model); both give the same results up to
+float rounding (tests/test_backends.py). onnxruntime is the optional extra ``facemtl[onnx]``.
+
 Per face the result is ``{"box": [x0, y0, x1, y1], <points task>: float32 (K, 2) array of
 (x, y) original pixels, <segmentation task>: uint8 (H, W) class-id array, <category task>:
 {"label": name, "probs": {name: p}}}``, with only the tasks the model has. Coordinates are
@@ -56,6 +64,7 @@ from facemtl.errors import FacemtlError
 from facemtl.kinds import kind_of
 from facemtl.inference.detect import DETECTORS, HaarFaceDetector, parse_box
 
+BACKENDS = ("torch", "onnxruntime")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
 # A face box may exceed the photo (a face cut by the border) but not by more than this factor of
 # the photo's longer side: beyond it the crop is almost all padding and cannot be mapped back.
@@ -171,6 +180,65 @@ def resolve_device(device, what: str = "device") -> torch.device:
 
 
 # ---------------------------------------------------------------------------------------
+# backends: normalised crops (B, 3, S, S) -> decoded last-iteration outputs per task
+
+
+class TorchBackend:
+    """The model run eagerly by PyTorch on ``device`` (``source=None``: each task from its own stream)."""
+
+    name = "torch"
+
+    def __init__(self, model, iterations: int | None, device: torch.device):
+        self.model, self.device = model, device
+        self.kwargs = {} if iterations is None else {"iterations": iterations}
+
+    def __call__(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            outputs = self.model(crops.to(self.device), source=None, **self.kwargs)[-1]
+            return {t.name: self.model.decode(t.name, outputs[t.name]).float().cpu() for t in self.model.tasks}
+
+
+class OnnxRuntimeBackend:
+    """The model's ONNX graph (exported once, in memory) in an onnxruntime CPU session."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model, info: dict, iterations: int | None, threads: int):
+        from facemtl.inference.export import onnx_model, onnx_session, require_onnx
+
+        require_onnx("the onnxruntime backend")
+        graph = onnx_model(model, info, iterations, batch=1).SerializeToString()  # one image: the cheapest trace
+        self.session = onnx_session(graph, threads=threads)
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
+        # normalise() keeps the uint8 crops' channels-last strides; onnxruntime wants C order.
+        images = np.ascontiguousarray(crops.detach().cpu().numpy(), dtype=np.float32)
+        outputs = self.session.run(None, {"images": images})
+        return {name: torch.from_numpy(value) for name, value in zip(self.names, outputs)}
+
+
+def check_backend(backend, device: torch.device | None = None, threads=None) -> str:
+    """``backend`` if it is known and fits ``device`` and ``threads``, else one line saying why not."""
+    if backend not in BACKENDS:
+        raise FacemtlError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise FacemtlError(f"threads must be a positive integer, got {threads!r}")
+        if backend == "torch":
+            raise FacemtlError("threads sets the onnxruntime session's threads; the torch backend uses "
+                               "torch's process-wide setting (torch.set_num_threads)")
+    if backend == "onnxruntime":
+        if device is not None and device.type != "cpu":
+            raise FacemtlError(f"the onnxruntime backend runs on the CPU, not on {device}; "
+                               "use device cpu or the torch backend")
+        from facemtl.inference.export import require_onnx
+
+        require_onnx("the onnxruntime backend")
+    return backend
+
+
+# ---------------------------------------------------------------------------------------
 # the predictor
 
 
@@ -195,11 +263,14 @@ class Predictor:
     ``detector``: ``"opencv"`` (Haar cascade) or ``"none"`` (each image is one face crop).
     ``batch_size``: face crops per forward pass (across images). ``iterations``: refinement
     iterations to run (None: all the model was built with). ``margin``: crop margin
-    overriding the checkpoint's. ``device``: torch device for the model.
+    overriding the checkpoint's. ``device``: torch device for the model. ``backend``:
+    ``"torch"`` or ``"onnxruntime"`` (CPU; see the module docstring); ``threads``: the
+    onnxruntime session's intra-op threads (None: ``torch.get_num_threads()``).
     """
 
     def __init__(self, model, info: dict, *, detector: str = "opencv", batch_size: int = 16,
-                 iterations: int | None = None, margin: float | None = None, device: str | torch.device = "cpu"):
+                 iterations: int | None = None, margin: float | None = None, device: str | torch.device = "cpu",
+                 backend: str = "torch", threads: int | None = None):
         if detector not in DETECTORS:
             raise FacemtlError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -212,6 +283,7 @@ class Predictor:
         else:
             self.margin = check_crop_margin(crop.get("margin", DEFAULT_CROP_MARGIN), "checkpoint 'crop.margin'")
         self.device = resolve_device(device)
+        check_backend(backend, self.device, threads)
         self.model = model.to(self.device).eval()
         self.info = info
         self.tasks = tuple(model.tasks)
@@ -225,12 +297,19 @@ class Predictor:
         if iterations is not None:
             model.check_iterations(iterations)
         self.iterations = iterations
+        if backend == "onnxruntime":
+            self.backend = OnnxRuntimeBackend(self.model, info, iterations,
+                                              threads if threads is not None else torch.get_num_threads())
+        else:
+            self.backend = TorchBackend(self.model, iterations, self.device)
 
     @classmethod
     def from_checkpoint(cls, path, **kwargs) -> "Predictor":
         """Load a run folder, ``model.safetensors`` or ``model.json`` (safetensors + JSON only)."""
         from facemtl.models.checkpoint import load_model
 
+        # a missing onnxruntime or a bad backend option is reported before the model is loaded
+        check_backend(kwargs.get("backend", "torch"), resolve_device(kwargs.get("device", "cpu")), kwargs.get("threads"))
         model, info = load_model(path)
         return cls(model, info, **kwargs)
 
@@ -333,11 +412,8 @@ class Predictor:
         return box, matrix
 
     def forward(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalised crops (B, 3, S, S) -> decoded outputs of the last iteration, per task."""
-        kwargs = {} if self.iterations is None else {"iterations": self.iterations}
-        with torch.inference_mode():
-            outputs = self.model(crops.to(self.device), source=None, **kwargs)[-1]
-            return {t.name: self.model.decode(t.name, outputs[t.name]).float().cpu() for t in self.tasks}
+        """Normalised crops (B, 3, S, S) -> decoded outputs of the last iteration, per task (CPU float)."""
+        return self.backend(crops)
 
     def normalise(self, crops: np.ndarray) -> torch.Tensor:
         """(B, S, S, 3) uint8 RGB -> (B, 3, S, S) float with the checkpoint's mean/std."""
