@@ -88,6 +88,68 @@ def test_emotion_folder_export_reads_back(tmp_path):
     assert found == 14
 
 
+def test_aflw_export_reads_back_through_the_aflw_reader(tmp_path):
+    import sqlite3
+
+    from facemtl.data import load_dataset
+    from facemtl.data.transforms import face_box
+
+    out = _export(tmp_path, "aflw", 10, seed=2)  # seed 2: every pose class, both genders and glasses
+    con = sqlite3.connect(out / "aflw.sqlite")
+    # only the five features the synthetic points are: eye centres, nose centre, mouth corners
+    assert {r[0] for r in con.execute("SELECT DISTINCT feature_id FROM featurecoords")} == {8, 11, 15, 18, 20}
+    assert con.execute("SELECT COUNT(*) FROM featurecoords").fetchone()[0] == 5 * 10
+    con.close()
+    full = load_dataset("aflw", out, "all")  # 21 points: the reader's visibility mask
+    five = load_dataset("aflw", out, "all", points=5)
+    assert len(full) == len(five) == 10
+    for r21, r in zip(full, five):
+        i = r["meta"]["id"] - 1  # face_id = index + 1
+        assert r["meta"]["path"].endswith(f"flickr/0/synth_{i:06d}.jpg")
+        s = render_face(2, i, "wild", SIZE)
+        assert r21["visibility"].sum() == 5 and list(np.nonzero(r21["visibility"])[0]) == [7, 10, 14, 17, 19]
+        np.testing.assert_array_equal(r21["landmarks"][r21["visibility"]], s["landmarks"])
+        np.testing.assert_array_equal(r["landmarks"], s["landmarks"])  # 0-based, as the reader takes them
+        assert r["visibility"].all() and r["meta"]["point_set"] == "mtfl5"
+        assert (r["gender"], r["glasses"], r["pose"]) == (s["gender"], s["glasses"], s["pose"])
+        for k in ("yaw", "pitch", "roll"):  # stored in radians, read back in degrees
+            assert r["meta"][k] == pytest.approx(s["meta"][k], abs=1e-9)
+        # facerect: FaceCrop's five-point face square in whole pixels
+        np.testing.assert_allclose(r["box"], face_box(landmarks=s["landmarks"]), atol=1.0)
+        assert r["box"][2] - r["box"][0] == r["box"][3] - r["box"][1]
+        assert r["image"].shape == (SIZE, SIZE, 3)
+    assert {r["pose"] for r in five} == set(range(5))
+    assert {r["gender"] for r in five} == {r["glasses"] for r in five} == {0, 1}
+    tr, te = load_dataset("aflw", out, "train", ratio=0.7), load_dataset("aflw", out, "test", ratio=0.7)
+    assert (len(tr), len(te)) == (7, 3)
+    assert len(load_dataset("aflw", out, "all", all_visible=True)) == 0  # no synthetic face has all 21 points
+
+
+def test_celeba_export_reads_back_through_the_celeba_reader(tmp_path):
+    from facemtl.data import load_dataset
+    from facemtl.data.formats.celeba import ATTRIBUTES
+
+    out = _export(tmp_path, "celeba", 12, seed=2)  # seed 2: both values of Male, Smiling, Eyeglasses
+    header = (out / "Anno" / "list_attr_celeba.txt").read_text().splitlines()[1].split()
+    assert tuple(header) == ATTRIBUTES
+    sizes = {split: len(load_dataset("celeba", out, split)) for split in ("train", "val", "test", "all")}
+    assert sizes == {"train": 10, "val": 1, "test": 1, "all": 12}
+    seen = []
+    for r in load_dataset("celeba", out, "all"):
+        i = int(Path(r["meta"]["path"]).stem) - 1  # 000001.jpg is face 0
+        s = render_face(2, i, "wild", SIZE)
+        np.testing.assert_allclose(r["landmarks"], s["landmarks"], atol=5e-4)  # written with 3 decimals
+        assert (r["gender"], r["smile"], r["glasses"]) == (s["gender"], s["smile"], s["glasses"])
+        on = {a for a, v in zip(ATTRIBUTES, r["attributes"]) if v}
+        assert on == {a for a, yes in (("Male", s["gender"] == 0), ("Smiling", s["smile"] == 0),
+                                       ("Eyeglasses", s["glasses"] == 0)) if yes}
+        assert r["eyeglasses"] == int(s["glasses"] == 0)  # the attribute task: 1 = yes
+        assert r["meta"]["identity"] == s["meta"]["subject"]
+        assert Image.open(r["meta"]["path"]).format == "JPEG" and r["image"].shape == (SIZE, SIZE, 3)
+        seen.append(tuple(r["attributes"]))
+    assert len(seen) == 12 and all(len(set(column)) == 2 for column in np.array(seen)[:, [15, 20, 31]].T)
+
+
 def test_preview_writes_grid(tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["synth", "preview", "--out", str(out), "--n", "2", "--style", "studio", "--size", "64"]) == 0

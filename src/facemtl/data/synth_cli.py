@@ -48,8 +48,8 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="synth_command", metavar="ACTION", required=True)
 
     exp = sub.add_parser("export", help="write synthetic faces in a real dataset's on-disk format",
-                         description="Write N synthetic faces as an MTFL, Helen or emotion-folder dataset.")
-    exp.add_argument("--format", required=True, metavar="{mtfl,helen,emotion-folder}",
+                         description="Write N synthetic faces as an MTFL, AFLW, CelebA, Helen or emotion-folder dataset.")
+    exp.add_argument("--format", required=True, metavar="{mtfl,aflw,celeba,helen,emotion-folder}",
                      help="on-disk layout (see docs/datasets.md)")
     exp.add_argument("--n", type=int, required=True, help="number of faces (>= 1)")
     exp.add_argument("--style", choices=STYLES, default="studio", help="synthetic style (default studio)")

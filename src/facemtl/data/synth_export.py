@@ -1,4 +1,4 @@
-"""Write synthetic faces in real datasets' on-disk formats (MTFL, Helen, emotion folders).
+"""Write synthetic faces in real datasets' on-disk formats (MTFL, AFLW, CelebA, Helen, emotion folders).
 
 Layouts written, as ``docs/datasets.md`` describes the real ones (``out`` is created; it must
 be new or an empty folder):
@@ -7,6 +7,25 @@ be new or an empty folder):
   ``training.txt`` (first 80%, Windows backslash paths ``lfw_5590\\synth_000000.jpg``) and
   ``testing.txt`` (the rest, forward slashes). Line: ``path x1 .. x5 y1 .. y5 gender smile
   glasses pose`` with 1-based (Matlab) coordinates and 1-based attributes, as the real files.
+* ``aflw``: ``aflw.sqlite`` and ``flickr/0/synth_<index>.jpg``. Tables: those the AFLW reader
+  joins (the real database has more): ``faceimages(image_id, db_id, file_id, filepath, bw,
+  width, height)`` with ``filepath = 0/synth_<index>.jpg``; ``faces(face_id, file_id, db_id)``,
+  ``face_id = index + 1``; ``featurecoords(face_id, feature_id, x, y)``: the faces have only the
+  5 points, so only the five AFLW features that are those points (LeftEyeCenter 8,
+  RightEyeCenter 11, NoseCenter 15, MouthLeftCorner 18, MouthRightCorner 20), 0-based pixels
+  (AFLW stores only visible points: the reader marks the other 16 invisible, and
+  ``all_visible=True`` keeps no synthetic face); ``facerect(face_id, x, y, w, h,
+  annot_type_id)``: the face square FaceCrop takes from the five points
+  (:func:`facemtl.data.transforms.face_box`), in whole pixels as AFLW stores it;
+  ``facepose(face_id, roll, pitch, yaw, annot_type_id)`` in radians (the synthetic
+  convention: yaw > 0 turns the nose to image-right); ``facemetadata(face_id, sex, occluded,
+  glasses, bw, annot_type_id)`` with sex ``m``/``f`` and glasses 1/0.
+* ``celeba``: ``img_align_celeba/<index + 1:06d>.jpg``; ``Anno/list_landmarks_align_celeba.txt``
+  (count line, header, ``000001.jpg lefteye_x lefteye_y .. rightmouth_y``, 0-based pixels as
+  the reader takes them), ``Anno/list_attr_celeba.txt`` (all 40 columns: Male, Smiling and
+  Eyeglasses from the synthetic labels, every other attribute -1), ``Anno/identity_CelebA.txt``
+  (the synthetic subject) and ``Eval/list_eval_partition.txt`` (0 train, 1 val, 2 test: 10%
+  each of val and test, each at least 1 once N >= 3, at the end; the rest train).
 * ``helen``: ``images/<name>.jpg``, ``labels/<name>/<name>_lbl00.png .. _lbl10.png`` (8-bit,
   255 inside the class, PNG so masks stay exact), and ``exemplars.txt`` / ``tuning.txt`` /
   ``testing.txt`` with lines ``<k> , <name>``; ``name = synth_<index>`` (6 digits).
@@ -18,16 +37,20 @@ be new or an empty folder):
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from facemtl.data.formats.aflw import FIVE_POINTS
+from facemtl.data.formats.celeba import ATTRIBUTES
 from facemtl.data.synth import EMOTIONS, render_face
+from facemtl.data.transforms import face_box
 from facemtl.errors import FacemtlError
 
-FORMATS: tuple[str, ...] = ("mtfl", "helen", "emotion-folder")
+FORMATS: tuple[str, ...] = ("mtfl", "aflw", "celeba", "helen", "emotion-folder")
 
 
 def prepare_out(out: Path) -> Path:
@@ -62,6 +85,64 @@ def _mtfl_line(path: str, s: dict) -> str:
     return f"{path} {xs} {ys} {s['gender'] + 1} {s['smile'] + 1} {s['glasses'] + 1} {s['pose'] + 1}\n"
 
 
+def _aflw(out: Path, faces) -> None:
+    """``faces``: (index, rendered face) pairs -> ``aflw.sqlite`` and ``flickr/0/*.jpg``."""
+    con = sqlite3.connect(out / "aflw.sqlite")
+    try:
+        c = con.cursor()
+        c.execute("CREATE TABLE faceimages(image_id INTEGER PRIMARY KEY, db_id TEXT, file_id TEXT, filepath TEXT, "
+                  "bw INTEGER, width INTEGER, height INTEGER)")
+        c.execute("CREATE TABLE faces(face_id INTEGER PRIMARY KEY, file_id TEXT, db_id TEXT)")
+        c.execute("CREATE TABLE featurecoords(face_id INTEGER, feature_id INTEGER, x REAL, y REAL)")
+        c.execute("CREATE TABLE facerect(face_id INTEGER, x INTEGER, y INTEGER, w INTEGER, h INTEGER, "
+                  "annot_type_id INTEGER)")
+        c.execute("CREATE TABLE facepose(face_id INTEGER, roll REAL, pitch REAL, yaw REAL, annot_type_id INTEGER)")
+        c.execute("CREATE TABLE facemetadata(face_id INTEGER, sex TEXT, occluded INTEGER, glasses INTEGER, "
+                  "bw INTEGER, annot_type_id INTEGER)")
+        for i, s in faces:
+            name, face_id = f"synth_{i:06d}.jpg", i + 1
+            _write(out / "flickr" / "0" / name, s["image"])
+            h, w = s["image"].shape[:2]
+            c.execute("INSERT INTO faceimages VALUES (?,?,?,?,?,?,?)", (face_id, "synth", name, f"0/{name}", 0, w, h))
+            c.execute("INSERT INTO faces VALUES (?,?,?)", (face_id, name, "synth"))
+            c.executemany("INSERT INTO featurecoords VALUES (?,?,?,?)",
+                          [(face_id, row + 1, float(x), float(y)) for row, (x, y) in zip(FIVE_POINTS, s["landmarks"])])
+            x0, y0, x1, _ = face_box(landmarks=s["landmarks"])
+            side = round(x1 - x0)
+            c.execute("INSERT INTO facerect VALUES (?,?,?,?,?,?)", (face_id, round(x0), round(y0), side, side, 1))
+            m = s["meta"]
+            c.execute("INSERT INTO facepose VALUES (?,?,?,?,?)",
+                      (face_id, *(float(np.radians(m[k])) for k in ("roll", "pitch", "yaw")), 1))
+            c.execute("INSERT INTO facemetadata VALUES (?,?,?,?,?,?)",
+                      (face_id, "m" if s["gender"] == 0 else "f", int(bool(m.get("occluded"))),
+                       1 if s["glasses"] == 0 else 0, 0, 1))
+        con.commit()
+    finally:
+        con.close()
+
+
+def _celeba(out: Path, faces, n: int) -> None:
+    """``faces``: (index, rendered face) pairs -> CelebA's aligned layout (see the module doc)."""
+    n_eval = max(1, n // 10) if n >= 3 else 0  # each of val and test
+    (out / "Anno").mkdir()
+    (out / "Eval").mkdir()
+    lm_cols = " ".join(f"{p}_{a}" for p in ("lefteye", "righteye", "nose", "leftmouth", "rightmouth") for a in "xy")
+    with open(out / "Anno" / "list_landmarks_align_celeba.txt", "w", newline="\n") as lms, \
+            open(out / "Anno" / "list_attr_celeba.txt", "w", newline="\n") as attrs, \
+            open(out / "Anno" / "identity_CelebA.txt", "w", newline="\n") as ids, \
+            open(out / "Eval" / "list_eval_partition.txt", "w", newline="\n") as parts:
+        lms.write(f"{n}\n{lm_cols}\n")
+        attrs.write(f"{n}\n{' '.join(ATTRIBUTES)}\n")
+        for i, s in faces:
+            name = f"{i + 1:06d}.jpg"
+            _write(out / "img_align_celeba" / name, s["image"])
+            lms.write(name + "".join(f" {v:8.3f}" for v in s["landmarks"].astype(np.float64).reshape(-1)) + "\n")
+            on = {"Male": s["gender"] == 0, "Smiling": s["smile"] == 0, "Eyeglasses": s["glasses"] == 0}
+            attrs.write(name + "".join(f" {1 if on.get(a) else -1:2d}" for a in ATTRIBUTES) + "\n")
+            ids.write(f"{name} {s['meta']['subject']}\n")
+            parts.write(f"{name} {2 if i >= n - n_eval else 1 if i >= n - 2 * n_eval else 0}\n")
+
+
 def export(fmt: str, out, n: int, style: str = "studio", seed: int = 0, size: int = 128,
            progress: bool = True) -> int:
     """Render faces ``0..n-1`` of ``(seed, style, size)`` into ``out`` in format ``fmt``; returns n."""
@@ -85,6 +166,10 @@ def export(fmt: str, out, n: int, style: str = "studio", seed: int = 0, size: in
                 else:
                     _write(out / "AFLW" / name, s["image"])
                     test.write(_mtfl_line(f"AFLW/{name}", s))
+    elif fmt == "aflw":
+        _aflw(out, ((i, render_face(seed, i, style, size)) for i in bar))
+    elif fmt == "celeba":
+        _celeba(out, ((i, render_face(seed, i, style, size)) for i in bar), n)
     elif fmt == "helen":
         n_test = max(1, n // 20) if n >= 3 else 0
         n_tune = max(1, n // 10) if n >= 3 else 0
