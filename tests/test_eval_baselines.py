@@ -154,3 +154,11 @@ def test_baselines_over_two_gloo_processes_equal_the_single_process_ones(run_two
     for rank in (0, 1):
         assert _close(results[rank], whole)
 
+
+
+def test_a_task_with_an_empty_test_split_is_named_not_dropped():
+    res = evaluate(FakeModel(), INFO, [[]], batch_size=4)
+    assert set(res["not_evaluated"]) == {t.name for t in TASKS}
+    assert "is empty" in res["not_evaluated"]["emotion"]
+    table = format_tables(res, TASKS)
+    assert "emotion: not evaluated: the test split of source 0 (a) is empty" in table

@@ -76,12 +76,14 @@ def evaluate(model, info: dict, datasets, *, batch_size: int = 32, progress: boo
     model.eval()
     meters: dict[int, dict[str, object]] = {}
     baselines: dict = {}
+    skipped: dict[str, str] = {}
     try:
         for t, task in enumerate(tasks):
             src = sources[task_sources[t]]
             if task not in src.tasks and task.name not in [x.name for x in src.tasks]:
                 raise FacemtlError(f"evaluate: source {src.index} ({src.name}) does not label task {task.name!r}")
             if len(src.test) == 0:
+                skipped[task.name] = f"the test split of source {src.index} ({src.name}) is empty"
                 continue
             kind = kind_of(task)
             baseline = baselines[task.name] = kind.baseline(task)
@@ -108,6 +110,8 @@ def evaluate(model, info: dict, datasets, *, batch_size: int = 32, progress: boo
                 continue
             meter.all_reduce()
             result["iterations"][str(i)][task.name] = kind_of(task).result(task, meter)
+    if skipped:  # said, not silently missing from the tables
+        result["not_evaluated"] = skipped
     result["baselines"] = {}
     for name, baseline in baselines.items():  # task order: the same on every process
         r = baseline.result()
@@ -144,4 +148,5 @@ def format_tables(result: dict, tasks: Sequence[Task]) -> str:
             continue
         title, header, body = kind_of(task).table(task, rows, result.get("baselines", {}).get(task.name))
         out.append(_table(title, header, body))
+    out += [f"{name}: not evaluated: {why}" for name, why in result.get("not_evaluated", {}).items()]
     return "\n\n".join(out)
