@@ -64,7 +64,9 @@ def test_smoke_train_interrupt_resume_and_eval(tmp_path):
         assert 0 <= em["accuracy"] <= 100 and 0 <= em["mean_class_accuracy"] <= 100
         assert sum(map(sum, em["confusion"])) == 6  # n_test of the emotion source
     # evaluation of the checkpoint equals the metrics the trainer wrote at the end
-    assert res == json.loads((run / "metrics.json").read_text())
+    # training scores its model through the CPU speed paths (channels-last), `facemtl eval` loads
+    # the same weights into the eager layout: equal up to float rounding
+    assert _close(res, json.loads((run / "metrics.json").read_text()))
 
 
 @pytest.mark.parametrize(
@@ -114,3 +116,16 @@ def test_default_run_folder_is_named_after_the_config():
     assert _default_run_dir("configs/ifan_synth_smoke.yaml").parent.name == "runs"
     assert _default_run_dir("configs/ifan_synth_smoke.yaml").name.startswith("ifan_synth_smoke-")
     assert _default_run_dir(None).name.startswith("ifan_synth_default-")
+
+
+def _close(a, b, rel=1e-6) -> bool:
+    """Nested results equal, numbers up to a relative ``rel`` (NaN equals NaN)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return b == pytest.approx(a, rel=rel, abs=1e-9)
+    return a == b
