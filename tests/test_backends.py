@@ -155,7 +155,7 @@ def test_optimised_graph_keeps_only_unfoldable_batch_norms(model, tmp_path):
 
 
 def test_one_stream_and_single_pass_models_use_their_own_graph():
-    from facemtl.inference.streams import inference_module
+    from facemtl.models.streamwise import inference_module
 
     assert inference_module(random_ifan(num_sources=1), 0) is None  # one stream: already plain
     torch.manual_seed(2)

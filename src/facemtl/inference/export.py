@@ -10,7 +10,7 @@ the batch axis is dynamic. The checkpoint's JSON description is stored in the mo
 metadata under ``facemtl_info`` so the file is self-describing.
 
 For an iFAN with several batch-norm streams the graph runs the streams one at a time
-(:mod:`facemtl.inference.streams`: plain batch norms with constant parameters, no up path for
+(:mod:`facemtl.models.streamwise`: plain batch norms with constant parameters, no up path for
 streams whose tasks do not read it, shared work done once); :class:`ExportWrapper` (the model's
 own forward) stays the reference that :func:`compare_with_torch` checks it against.
 :func:`onnx_model` builds the graph in memory, which the onnxruntime prediction backend
@@ -128,7 +128,7 @@ def onnx_model(model: nn.Module, info: dict, iterations: int | None = None, opse
     ``batch`` is the traced example's batch size (the batch axis is dynamic in the graph); the
     trace runs the model once on it, the larger part of an export's time.
     """
-    from facemtl.inference.streams import inference_module
+    from facemtl.models.streamwise import inference_module
 
     onnx, _ = require_onnx()
     check_opset(opset)

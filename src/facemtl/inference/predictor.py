@@ -21,7 +21,7 @@ Pipeline for one image:
 Backends (``backend=``, ``facemtl predict --backend``): ``"torch"`` runs the model eagerly
 (``model(crops)``, any torch device); ``"onnxruntime"`` exports the model once, in memory (no
 file is written), to the graph of :mod:`facemtl.inference.export` (for iFAN the per-source
-streams one at a time, :mod:`facemtl.inference.streams`) and runs it in an onnxruntime CPU
+streams one at a time, :mod:`facemtl.models.streamwise`) and runs it in an onnxruntime CPU
 session with ``threads`` intra-op threads (default ``torch.get_num_threads()``). Building the
 session costs one export (seconds for the paper's model); both give the same results up to
 float rounding (tests/test_backends.py). onnxruntime is the optional extra ``facemtl[onnx]``.
