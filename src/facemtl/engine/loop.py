@@ -496,7 +496,9 @@ def _finish(training: Training, files: _RunFiles, start: int, elapsed: float, st
     if training.config.logging.report:
         from facemtl.experiments.report import write_run_report
 
-        files.log.info(f"report: {write_run_report(files.run_dir, result)}")
+        # the trained model and its sources as they are: nothing re-read from disk or re-rendered
+        report = write_run_report(files.run_dir, result, (training.model, files.info, training.sources))
+        files.log.info(f"report: {report}")
 
 
 def headline(result: dict, tasks) -> dict:

@@ -92,6 +92,21 @@ def _ifan_tables(results: dict) -> str:
     rows.append(["3T Iter4 (Table 4)", *[v for t in IFAN_TASKS for v in (_PAPER["3T_iter4"][t], ours("iter4", t, 4))]])
     rows.append(["resize re-encoders", *[v for t in IFAN_TASKS for v in (_PAPER["resize"][t], ours("resize", t))]])
     rows.append(["shared batch norm", *[v for t in IFAN_TASKS for v in (_PAPER["shared_bn"][t], ours("shared_bn", t))]])
+    # what a trivial predictor scores on the same test sets: every row above must beat it to mean anything
+    trivial = {"landmarks": ("mean_shape_nme",), "parsing": ("all_skin", "overall"), "emotion": ("majority_accuracy",)}
+
+    def baseline(task):
+        vals = []
+        for s in seeds:
+            b = results[s]["3T"].get("baselines", {}).get(task)
+            for key in trivial[task] if b else ():
+                b = b.get(key) if isinstance(b, dict) else None
+            if isinstance(b, (int, float)):
+                vals.append(float(b))
+        return float(np.mean(vals)) if vals else math.nan
+
+    rows.append(["trivial: mean shape / all skin / majority class",
+                 *[v for t in IFAN_TASKS for v in (math.nan, baseline(t))]])
     header = ["model", "NME paper", "NME ours", "parsing F1 paper", "F1 ours", "emotion acc. paper", "acc. ours"]
     return _table(header, rows) + (f"<p>Ours: mean over {len(seeds)} seed(s), last iteration unless named; "
                                    "NME in % of the inter-ocular distance (lower is better).</p>")
@@ -167,21 +182,30 @@ def _confusions(results: dict) -> str:
     return _png(fig)
 
 
-def _model_views(run_dir: Path) -> str:
-    """CED curves per iteration for every points task, and a qualitative strip, from a kept model."""
-    if not (run_dir / "model.safetensors").exists():
-        return "<p>(no model weights in the run folder: no CED curves or qualitative strip)</p>"
-    import torch
-
+def _load_run(run_dir: Path):
+    """(model, info, sources) of a finished run folder, from its files."""
     from facemtl.config import config_from_dict
-    from facemtl.data.mixing import build_sources, eval_batches
-    from facemtl.kinds import eye_indices, kind_of
-    from facemtl.metrics.landmarks import ced_curve, nme
+    from facemtl.data.mixing import build_sources
     from facemtl.models.checkpoint import load_model
 
     model, info = load_model(run_dir)
     config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
-    sources = build_sources(config, config.build_tasks())
+    return model, info, build_sources(config, config.build_tasks())
+
+
+def _model_views(run_dir: Path, loaded: tuple | None = None) -> str:
+    """CED curves per iteration for every points task, and a qualitative strip, from a kept model
+    (``loaded``: its (model, info, sources) when the caller has them, else read from the folder)."""
+    if loaded is None and not (run_dir / "model.safetensors").exists():
+        return "<p>(no model weights in the run folder: no CED curves or qualitative strip)</p>"
+    import torch
+
+    from facemtl.data.mixing import eval_batches
+    from facemtl.kinds import eye_indices, kind_of
+    from facemtl.metrics.landmarks import ced_curve, nme
+
+    model, info, sources = loaded if loaded is not None else _load_run(run_dir)
+    model.eval()  # the trainer hands over its model as training left it
     plt = _plt()
     parts = []
     for task in (t for t in model.tasks if kind_of(t).named_points):
@@ -302,22 +326,24 @@ def _run_confusions(metrics: dict, tasks) -> str:
     return "".join(parts)
 
 
-def write_run_report(run_dir, metrics: dict | None = None) -> Path:
+def write_run_report(run_dir, metrics: dict | None = None, loaded: tuple | None = None) -> Path:
     """``run_dir/report.html`` for one training run: the result tables (one row per iteration,
     trivial baselines below; ``metrics`` or the run's metrics.json), the loss and per-epoch curves,
-    confusion matrices, CED curves and a strip of test predictions."""
+    confusion matrices, CED curves and a strip of test predictions. ``loaded``: the run's
+    (model, info, sources) when the caller holds them (the trainer), so nothing is read or
+    rendered again."""
     from facemtl.engine.evaluate import format_tables
     from facemtl.files import atomic_write_bytes
-    from facemtl.models.checkpoint import load_model
 
     run_dir = Path(run_dir)
     metrics = metrics if metrics is not None else json.loads((run_dir / "metrics.json").read_text())
-    model, _ = load_model(run_dir)
+    loaded = loaded if loaded is not None else _load_run(run_dir)
+    model = loaded[0]
     sections = [f"<h1>facemtl run {html.escape(run_dir.name)}</h1>",
                 "<h2>Test results</h2>", f"<pre>{html.escape(format_tables(metrics, model.tasks))}</pre>",
                 "<h2>Training curves</h2>", _curves(run_dir),
                 "<h2>Confusion matrices</h2>", _run_confusions(metrics, model.tasks),
-                "<h2>CED curves and predictions</h2>", _model_views(run_dir)]
+                "<h2>CED curves and predictions</h2>", _model_views(run_dir, loaded)]
     path = run_dir / "report.html"
     atomic_write_bytes(path, _page("facemtl run", sections).encode("utf-8"))
     return path
