@@ -7,6 +7,11 @@ Writes two fixture datasets in a temporary folder, in the real formats and at re
 * MTFL-sized: ~250x250 JPEG faces with one annotation line each, read with
   ``load_dataset("mtfl", ...)`` and cropped to 128x128.
 
+Helen is measured with its class-map cache off (11 label PNGs decoded per read) and on (one
+cached PNG per read, after a first pass fills the cache); then whole training batches of the
+Helen fixture through ``BatchStream`` with 1 and 2 reader threads (``reader_threads``),
+wall-clock.
+
 Run: ``python benchmarks/read_speed.py [--n 64] [--size 128]`` (prints the figures).
 OpenCV is limited to one thread and the rates are per CPU-second of this process, so the
 numbers are per core and hold on a busy machine (wall-clock rates are printed beside them).
@@ -15,6 +20,7 @@ numbers are per core and hold on a busy machine (wall-clock rates are printed be
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -84,14 +90,19 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        os.environ["FACEMTL_CACHE"] = str(tmp / "cache")  # a cold, private class-map cache
         write_helen(tmp / "helen", args.n, rng)
         write_mtfl(tmp / "mtfl", args.n, rng)
         t = time.perf_counter()
-        helen = load_dataset("helen", tmp / "helen", "train")
+        helen = load_dataset("helen", tmp / "helen", "train", cache=False)
         mtfl = load_dataset("mtfl", tmp / "mtfl", "train")
         index_ms = (time.perf_counter() - t) * 1000
         print(f"indexing both annotation sets ({args.n} images each): {index_ms:.1f} ms")
-        for name, ds in (("helen ~500x500 + 11 label PNGs", helen), ("mtfl ~250x250", mtfl)):
+        cached = load_dataset("helen", tmp / "helen", "train")
+        for i in range(len(cached)):  # fill the cache
+            cached[i]
+        for name, ds in (("helen ~500x500, 11 label PNGs decoded per read (cache=False)", helen),
+                         ("helen ~500x500, cached class map", cached), ("mtfl ~250x250", mtfl)):
             read_only = measure(ds, lambda raw, rng: raw, args.repeats)
             plain = measure(ds, FaceCrop(size=args.size), args.repeats)
             aug = measure(ds, FaceCrop(size=args.size, augment=True), args.repeats)
@@ -99,6 +110,25 @@ def main(argv=None) -> None:
             for label, (per_cpu, per_wall) in (("read only", read_only), (f"read + FaceCrop({args.size})", plain),
                                                ("read + FaceCrop + augment", aug)):
                 print(f"    {label:28s} {per_cpu:8.1f}   ({per_wall:.1f})")
+        print("helen (cached) training batches of 16, read + FaceCrop + augment, wall-clock samples/s:")
+        for threads in (1, 2):
+            print(f"    reader_threads={threads}: {batch_rate(cached, args.size, threads):8.1f}")
+
+
+def batch_rate(ds, size: int, threads: int) -> float:
+    """Samples per wall-clock second of whole batches through ``BatchStream``."""
+    from facemtl.data.mixing import BatchStream, Source
+    from facemtl.tasks import get_tasks
+
+    tasks = tuple(get_tasks(["parsing"]))
+    src = Source(0, "helen", tasks, ds, [], 16, FaceCrop(size=size, augment=True, tasks=tasks), threads=threads)
+    stream = BatchStream(src, seed=0, stream=0)
+    stream.batch(0)  # warm-up
+    n = max(1, stream.batches_per_pass) * 2
+    t = time.perf_counter()
+    for draw in range(1, n + 1):
+        stream.batch(draw)
+    return n * stream.batch_size / (time.perf_counter() - t)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Faces per second of the synthetic generator on ONE core, per style.
 
-Run: python benchmarks/synth_speed.py [--n 2000] [--size 128]
-Target (issue): >= 1,000 faces/s per core at 128x128.
+Run: python benchmarks/synth_speed.py [--n 2000] [--size 128] [--styles studio,snapshot]
+         [--without eyes --without camera | --plain | --only smooth_shading,eyes] [--per-feature]
+Target (issue): >= 1,000 faces/s per core at 128x128. ``--per-feature`` prints what each
+realism feature costs (the time saved by switching it off), for the first style given.
 """
 
 from __future__ import annotations
@@ -15,25 +17,47 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import cv2  # noqa: E402
 import torch  # noqa: E402
 
-from facemtl.data.synth import STYLES, render_face  # noqa: E402
+from facemtl.data.synth import ALL_FEATURES, FEATURES, STYLES, render_face  # noqa: E402
+
+
+def rate(style: str, n: int, size: int, features) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) to render ``n`` faces."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(n):
+        render_face(1, i, style, size, features)
+    return time.process_time() - c0, time.perf_counter() - t0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="faces per style")
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--styles", default=",".join(STYLES), help="comma-separated styles (default all)")
+    parser.add_argument("--without", action="append", default=[], choices=FEATURES, metavar="FEATURE",
+                        help="switch a realism feature off (repeatable)")
+    parser.add_argument("--plain", action="store_true", help="no realism features (the first renderer's look)")
+    parser.add_argument("--only", default=None, help="comma-separated features to keep (the rest off)")
+    parser.add_argument("--per-feature", action="store_true", help="also time each feature switched off")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    render_face(0, 0, "studio", args.size)  # load the template and build tables once
-    for style in STYLES:
-        t0, c0 = time.perf_counter(), time.process_time()
-        for i in range(args.n):
-            render_face(1, i, style, args.size)
-        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    features = frozenset() if args.plain else ALL_FEATURES - set(args.without)
+    if args.only is not None:
+        features = frozenset(f for f in args.only.split(",") if f)
+    styles = [s for s in args.styles.split(",") if s]
+    render_face(0, 0, "studio", args.size, features)  # load the template and build tables once
+    print(f"features: {'all' if features == ALL_FEATURES else ', '.join(sorted(features)) or 'none'}")
+    for style in styles:
+        dc, dt = rate(style, args.n, args.size, features)
         # CPU time is the fairer figure on a shared machine (wall time includes waiting for a core)
-        print(f"{style:7s} {args.n / dc:8.1f} faces/s per CPU-second ({dc / args.n * 1e3:.3f} ms CPU/face); "
+        print(f"{style:9s} {args.n / dc:8.1f} faces/s per CPU-second ({dc / args.n * 1e3:.3f} ms CPU/face); "
               f"wall {args.n / dt:.1f} faces/s; size {args.size}, 1 thread")
+    if args.per_feature:
+        base = rate(styles[0], args.n, args.size, features)[0] / args.n
+        for name in FEATURES:
+            if name in features:
+                off = rate(styles[0], args.n, args.size, features - {name})[0] / args.n
+                print(f"  {name:15s} costs {(base - off) * 1e3:+.3f} ms/face ({styles[0]})")
 
 
 if __name__ == "__main__":

@@ -17,11 +17,17 @@ kind, the best of ``--repeat`` wall / CPU times, the ratio to the first variant,
 the projected run and the relative difference of the variants' first loss (same weights,
 same batch: float rounding only). Variants:
 
-* ``eager``: the model as the engine builds it today (NCHW, glibc's default malloc);
+* ``eager``: the eager reference (NCHW, glibc's default malloc, a per-tensor optimiser step);
 * ``channels_last``: :func:`facemtl.models.fc_densenet.use_channels_last` on the model;
 * ``batched_feedback``: one feedback convolution per level (``FCDenseNet.batched_feedback``);
 * ``allocator``: :func:`keep_freed_memory` in the process;
-* ``fast``: all three (:func:`facemtl.models.fc_densenet.use_speed_paths` + the allocator).
+* ``foreach``: the optimiser's multi-tensor (``foreach=True``) step, the engine's default
+  (the other variants step tensor by tensor, as the engine did before);
+* ``last_only``: the update asks the model only for its task at the last iteration
+  (``tasks=(t,)``: iFAN skips the other decoders there and, for landmark and emotion updates,
+  the up path); the other variants compute every task, as the engine did before;
+* ``fast``: all of them (:func:`facemtl.models.fc_densenet.use_speed_paths`, the allocator,
+  the multi-tensor optimiser step and ``last_only``): what the engine runs today.
 
 Measured (2-core AMD EPYC VM shared with other jobs, best of 5, ``--compare --variants
 eager,channels_last,batched_feedback,allocator,fast``), projected default run, wall:
@@ -42,6 +48,7 @@ per face once per run (8,192 training faces: ~12 s of a ~6-10 min run).
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing as mp
 import resource
 import time
@@ -59,7 +66,9 @@ VARIANTS = {
     "channels_last": ("channels_last",),
     "batched_feedback": ("batched_feedback",),
     "allocator": ("allocator",),
-    "fast": ("speed_paths", "allocator"),
+    "foreach": ("foreach",),
+    "last_only": ("last_only",),
+    "fast": ("speed_paths", "allocator", "foreach", "last_only"),
 }
 
 
@@ -77,7 +86,17 @@ def _build(cfg, variant: str = "eager") -> Training:
         for module in training.model.modules():
             if isinstance(module, FCDenseNet):
                 module.batched_feedback = True
+    if "foreach" not in switches:  # the optimiser as it was: a Python loop over the tensors
+        for group in training.optimizer.param_groups:
+            group["foreach"] = False
+    if "last_only" not in switches:  # the model computes every task at the last iteration, as it did
+        model = training.model
+        model.forward = functools.partial(_every_task, type(model).forward, model)
     return training
+
+
+def _every_task(forward, model, images, source=None, iterations=None, tasks=None):
+    return forward(model, images, source, iterations)
 
 
 def _first_updates(plan) -> dict[tuple[int, int, int], int]:

@@ -2,6 +2,14 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Readers' caches (Helen class maps) go to a temporary folder, not the user's home."""
+    import os
+
+    os.environ["FACEMTL_CACHE"] = str(tmp_path_factory.mktemp("facemtl-cache"))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models: one intra-op thread is faster than two and avoids oversubscription when

@@ -136,6 +136,59 @@ def test_scarcity_and_task_weights_end_to_end(tmp_path, capsys):
     assert "random task weightings" in capsys.readouterr().out
 
 
+def test_scarcity_repeats_ratio_splits_of_aflw_and_of_the_synthetic_pool(tmp_path, monkeypatch):
+    """Section 4.3's protocol: each ratio's split drawn `repeats` times, the table their mean."""
+    import dataclasses
+
+    from facemtl.experiments import dcnet as D
+
+    base, exp = load_experiment(SMOKE)
+    exp = dataclasses.replace(exp, ratios=(0.5,), repeats=3, scarcity_models=("dcnet",))
+    seen = []
+
+    def fake_run(cfg, folder, datasets=None, **kw):  # records the split; failure rate = 10 * repeat
+        seen.append((cfg, folder, datasets))
+        k = int(Path(folder).parent.name.split("_")[1])
+        return {"iterations": {"0": {"landmarks": {"failure_rate": 10.0 * k, "nme": 5.0}}}}
+
+    monkeypatch.setattr(D, "run", fake_run)
+    aflw = dataclasses.replace(base, data=(dataclasses.replace(
+        base.data[0], name="aflw", root=str(tmp_path), options={"ratio": 0.8, "seed": 7, "points": 5}),))
+    result = D.scarcity(aflw, exp, tmp_path / "aflw")
+    assert [dict(c.data[0].options) for c, _, _ in seen] == [{"ratio": 0.5, "seed": 7 + k, "points": 5} for k in range(3)]
+    assert all(d is None for _, _, d in seen)  # the reader splits by its own options
+    cell = result["0.5"]["dcnet"]
+    assert cell["failure_rate"] == pytest.approx(10.0) and cell["failure_rate_sd"] == pytest.approx(10.0)
+    assert "10.00 +- 10.00" in (tmp_path / "aflw" / "scarcity.md").read_text()
+
+    seen.clear()
+    D.scarcity(base, exp, tmp_path / "synth")
+    splits = [d[0] for _, _, d in seen]
+    pool = base.data[0].n_train + base.data[0].n_test
+    for train, test in splits:  # disjoint halves of the whole pool
+        assert sorted(train.indices + test.indices) == list(range(pool)) and len(train) == pool // 2
+    assert splits[0][0].indices == list(range(pool // 2))  # repeat 0: the pool's first half, as before
+    assert len({tuple(t.indices) for t, _ in splits}) == 3
+
+    with pytest.raises(FacemtlError, match="ratio and seed options"):
+        D.scarcity(dataclasses.replace(base, data=(dataclasses.replace(base.data[0], name="mtfl", root="x"),)),
+                   exp, tmp_path / "mtfl")
+
+
+def test_the_aflw_protocol_file_names_its_training_config(tmp_path):
+    path = SMOKE.parent / "dcnet_aflw_scarcity.yaml"
+    cfg, exp = load_experiment(path, ["train.data.0.root=/data/aflw", "experiment.repeats=2"])
+    assert cfg.data[0].name == "aflw" and cfg.data[0].root == "/data/aflw" and exp.repeats == 2
+    assert exp.ratios == (0.1, 0.3, 0.5, 0.7, 0.9)
+    (tmp_path / "exp.yaml").write_text("train: missing.yaml\nexperiment: {repeats: 3}\n")
+    with pytest.raises(FacemtlError, match=r"exp.yaml:1: 'train' names .*missing.yaml, which is not a file"):
+        load_experiment(tmp_path / "exp.yaml")
+    (tmp_path / "train.yaml").write_text("schedule:\n  mode: joint\n  epochs: -1\n")
+    (tmp_path / "exp.yaml").write_text("train: train.yaml\n")
+    with pytest.raises(FacemtlError, match=r"train.yaml:3: bad value for 'schedule.epochs'"):
+        load_experiment(tmp_path / "exp.yaml")
+
+
 def test_task_weights_are_log_uniform_and_seeded():
     draws = sample_task_weights(["gender", "pose"], 2000, 1e-4, 1.0, seed=0)
     assert draws == sample_task_weights(["gender", "pose"], 2000, 1e-4, 1.0, seed=0)

@@ -372,6 +372,34 @@ def test_helen_masks_argmax_and_threshold(tmp_path):
         load_dataset("helen", tmp_path, "test", mask_rule="max")
 
 
+def test_helen_class_map_cache(tmp_path, monkeypatch):
+    from facemtl.data.formats import helen
+
+    monkeypatch.setenv("FACEMTL_CACHE", str(tmp_path / "cache"))
+    make_helen(tmp_path / "h")
+    fresh = load_dataset("helen", tmp_path / "h", "train", cache=False)[0]["parsing"]
+    first = load_dataset("helen", tmp_path / "h", "train")[0]["parsing"]
+    assert len(list(helen.cache_dir().glob("*.png"))) == 1
+    decoded = []
+    monkeypatch.setattr(helen, "read_gray", lambda p: decoded.append(p) or pytest.fail("decoded a label PNG"))
+    again = load_dataset("helen", tmp_path / "h", "train")[0]["parsing"]  # from the cache: no label decoded
+    np.testing.assert_array_equal(first, fresh)
+    np.testing.assert_array_equal(again, fresh)
+    monkeypatch.undo()
+    monkeypatch.setenv("FACEMTL_CACHE", str(tmp_path / "cache"))
+    # another rule is another key; an edited label file is a new key too
+    thr = load_dataset("helen", tmp_path / "h", "train", mask_rule="threshold")[0]["parsing"]
+    assert thr[1, 1] == 10 and fresh[1, 1] == 0
+    maps = np.zeros((16, 20), np.uint8)
+    maps[:, :] = 255
+    import os
+    label = tmp_path / "h" / "labels" / "100032540_1" / "100032540_1_lbl09.png"
+    write_png(label, maps)
+    os.utime(label, ns=(1, 1))  # a different modification time even on a coarse clock
+    edited = load_dataset("helen", tmp_path / "h", "train")[0]["parsing"]
+    assert (edited == 9).all()
+
+
 def test_helen_missing_label_and_bad_list(tmp_path):
     make_helen(tmp_path)
     (tmp_path / "labels" / "2_b" / "2_b_lbl07.png").unlink()

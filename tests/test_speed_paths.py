@@ -164,3 +164,35 @@ def test_a_fast_model_saves_a_checkpoint_an_eager_model_loads(tmp_path):
         for a, b in zip(model(x), loaded(x)):
             for task in TASKS:
                 torch.testing.assert_close(a[task], b[task], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("iterations", [0, 2])
+def test_asking_for_one_task_gives_its_numbers_and_gradients(iterations):
+    """``tasks=(t,)`` skips what task t's last output does not depend on (other decoders and
+    streams; the up path without a segmentation task): same loss, same gradients."""
+    model = tiny(torch.float64).train()
+    images = torch.rand(3, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for task in TASKS:
+        grads = []
+        for tasks in (None, (task,)):
+            model.zero_grad(set_to_none=True)
+            outputs = model(images, source=1, iterations=iterations, tasks=tasks)
+            assert set(outputs[-1]) == ({task} if tasks else set(TASKS))
+            assert all(set(o) == set(TASKS) for o in outputs[:-1])  # earlier steps feed the integrator
+            sum(o[task].double().square().sum() for o in outputs).backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        assert grads[0].keys() == grads[1].keys()
+        for name, g in grads[0].items():
+            torch.testing.assert_close(grads[1][name], g, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_inference_for_some_tasks_runs_only_their_streams():
+    model = tiny().eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(images)
+        part = model(images, tasks=["landmarks"])
+    assert set(part[-1]) == {"landmarks"}
+    torch.testing.assert_close(part[-1]["landmarks"], full[-1]["landmarks"])
+    with pytest.raises(Exception, match="tasks must name some of"):
+        model(images, tasks=["age"])

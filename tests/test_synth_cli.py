@@ -150,12 +150,46 @@ def test_celeba_export_reads_back_through_the_celeba_reader(tmp_path):
     assert len(seen) == 12 and all(len(set(column)) == 2 for column in np.array(seen)[:, [15, 20, 31]].T)
 
 
-def test_preview_writes_grid(tmp_path, capsys):
+def _tile_size():
+    from facemtl.data import synth_cli as C
+
+    return 2 * C.CELL + C.GAP + 2 * C.PAD, C.CELL + C.LABEL_LINES * C.LINE_H + 8 + 2 * C.PAD
+
+
+def test_preview_n_counts_faces_in_total_and_labels_stay_under_the_faces(tmp_path, capsys):
+    import cv2
+
+    from facemtl.data.synth import STYLES
+    from facemtl.data.synth_cli import CELL, COLS, LABEL_LINES, PAD
+
     out = tmp_path / "grid.png"
-    assert main(["synth", "preview", "--out", str(out), "--n", "2", "--style", "studio", "--size", "64"]) == 0
-    img = Image.open(out)
-    # 2 tiles side by side (raw + annotated, 2x zoom each) in a 4-column grid -> one row
-    assert img.size[1] == 2 * SIZE + 14 + 4 and img.size[0] == 4 * (2 * 2 * SIZE + 4 + 4)
+    assert main(["synth", "preview", "--out", str(out), "--n", "7", "--style", "all", "--size", str(SIZE)]) == 0
+    assert "(7 faces" in capsys.readouterr().out
+    img = np.asarray(Image.open(out).convert("RGB"))
+    tile_w, tile_h = _tile_size()
+    assert img.shape == (2 * tile_h, COLS * tile_w, 3)  # 7 faces: rows of 4, the 8th place blank
+    assert (img[tile_h:, 3 * tile_w:] == 255).all()
+    for k in range(7):  # the styles take turns: studio #0, wild #0, ..., classroom #0, studio #1, wild #1
+        y, x = (k // COLS) * tile_h + PAD, (k % COLS) * tile_w + PAD
+        face = render_face(0, k // len(STYLES), STYLES[k % len(STYLES)], SIZE)["image"]
+        np.testing.assert_array_equal(img[y:y + CELL, x:x + CELL],  # nothing drawn over the face
+                                      cv2.resize(face, (CELL, CELL), interpolation=cv2.INTER_NEAREST))
+        band = img[y + CELL:y + tile_h - 2 * PAD, x:x + tile_w - 2 * PAD].min(axis=2) < 128
+        inked = np.flatnonzero(band.any(axis=1))
+        runs = np.split(inked, np.flatnonzero(np.diff(inked) > 1) + 1)
+        # one run of ink per label line, each tall enough to read, none cut off at the band's edges
+        assert len(runs) == LABEL_LINES and all(len(r) >= 10 for r in runs), [len(r) for r in runs]
+        assert not band[0].any() and not band[-1].any() and not band[:, -1].any()
+
+
+def test_preview_help_states_the_png_size_it_writes(capsys):
+    with pytest.raises(SystemExit):
+        main(["synth", "preview", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    w, h = map(int, re.search(r"16 faces make a PNG of about (\d+)x(\d+) pixels", text).groups())
+    tile_w, tile_h = _tile_size()
+    assert abs(4 * tile_w - w) <= 0.05 * w and abs(4 * tile_h - h) <= 0.05 * h
+    assert "number of faces in total" in text
 
 
 @pytest.mark.parametrize("args, message", [

@@ -129,3 +129,55 @@ def _close(a, b, rel=1e-6) -> bool:
     if isinstance(a, (int, float)) and not isinstance(a, bool):
         return b == pytest.approx(a, rel=rel, abs=1e-9)
     return a == b
+
+
+def test_epoch_means_agree_with_the_step_rows_across_a_resume(tmp_path, capsys, one_thread):
+    import csv
+    import re
+
+    run = tmp_path / "run"
+    # 6 stage-1 updates, then one stage-2 epoch of 2 rounds x 3 tasks x I = 1, 2: 18 updates;
+    # stopped at 9, inside that epoch
+    args = ["train", SMOKE, "--out", str(run), "--set", "model.kwargs.iterations=2",
+            "--set", "logging.tensorboard=false", "--set", "logging.report=false", "--set", "logging.log_every=1"]
+    assert main([*args, "--stop-after", "9", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    # training ends with the evaluation tables, trivial baselines included: no `facemtl eval` needed
+    err = capsys.readouterr().err
+    assert all(row in err for row in ("Iter0", "Iter2", "mean shape", "all background", "majority ("))
+    steps = list(csv.DictReader(open(run / "steps.csv")))
+    assert [int(r["step"]) for r in steps] == list(range(1, 19))
+    checked = set()
+    for e in csv.DictReader(open(run / "epochs.csv")):
+        m = re.fullmatch(r"mean_(\w+?)_(loss(?:_iter\d)?)", e["name"])
+        if not m:
+            continue
+        task, column = m.groups()
+        values = [float(r[column]) for r in steps if (r["stage"], r["epoch"], r["task"]) == (e["stage"], e["epoch"], task)
+                  and r[column] != "nan"]
+        assert values and abs(float(e["value"]) - sum(values) / len(values)) <= 1e-6, (e, values)
+        checked.add((e["stage"], task, column))
+    tasks = ("landmarks", "parsing", "emotion")
+    assert checked == {("1", t, "loss") for t in tasks} | {("2", t, c) for t in tasks
+                                                          for c in ("loss", "loss_iter0", "loss_iter1", "loss_iter2")}
+
+
+def test_progress_bar_shows_stage_2_losses_per_iteration():
+    from facemtl.engine.loop import _BarLosses
+
+    bar = _BarLosses()
+    assert bar.update(1, {"task": "landmarks", "iteration": 0, "loss_iter0": 0.5, "loss_iter1": math.nan},
+                      {"landmarks": 0.5}) == "stage 1: landmarks 0.5"
+    assert bar.update(1, {"task": "emotion", "iteration": 0, "loss_iter0": 1.9}, {"emotion": 1.9}) \
+        == "stage 1: landmarks 0.5, emotion 1.9"
+    # stage 2: per iteration, not their sum; stage 1's numbers are not carried over
+    text = bar.update(2, {"task": "landmarks", "iteration": 1, "loss_iter0": 0.12, "loss_iter1": 0.1,
+                          "loss_iter2": math.nan}, {"landmarks": 0.22})
+    assert text == "stage 2: landmarks I0 0.12 I1 0.1"
+    text = bar.update(2, {"task": "landmarks", "iteration": 2, "loss_iter0": 0.22, "loss_iter1": 0.2,
+                          "loss_iter2": 0.09}, {"landmarks": 0.51})
+    assert text == "stage 2: landmarks I0 0.13 I1 0.11 I2 0.09"  # running means (0.9 decay)
+    # joint training names no task in its row: one loss per task
+    assert _BarLosses().update(0, {"stage": 0, "loss": 3.0, "landmarks_loss": 1.0}, {"landmarks": 1.0, "emotion": 2.0}) \
+        == "stage 0: landmarks 1, emotion 2"

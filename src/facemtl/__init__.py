@@ -17,12 +17,17 @@ from facemtl.errors import FacemtlError
 __all__ = ["FacemtlError", "__version__", "create_model", "list_models", "load", "register_model"]
 
 
-def load(path, **kw):
-    """A checkpoint (run folder, model.safetensors or model.json) as a ready
+def load(path=None, **kw):
+    """A checkpoint (run folder, model.safetensors or model.json; None: the model bundled with
+    the package, trained on synthetic faces only) as a ready
     :class:`facemtl.inference.predictor.Predictor`; ``kw`` go to it (detector, batch_size, ...,
     ``backend="onnxruntime"`` for the ONNX graph in onnxruntime on the CPU, ``threads``)."""
     from facemtl.inference.predictor import Predictor
 
+    if path is None:
+        from facemtl.models.checkpoint import bundled_model
+
+        path = bundled_model()
     return Predictor.from_checkpoint(path, **kw)
 
 

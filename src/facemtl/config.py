@@ -89,6 +89,9 @@ class SourceConfig:
     test_split: str = "test"
     augment: bool = True
     options: Mapping[str, Any] = field(default_factory=_frozen_map)
+    # synth only: the renderer's realism features (facemtl.data.synth_look.FEATURES); null = all,
+    # [] = the plain low-poly renderer, a list = an ablation
+    features: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,14 @@ class TrainConfig:
     # "cpu", "cuda", "cuda:N" or "auto" (cuda when available). Exact --resume holds on the CPU; on a
     # GPU, cuDNN kernels and dropout's CUDA RNG may make resumed losses differ in the last digits.
     device: str = "cpu"
+    # Forward passes in "fp32" or "bf16" (autocast; weights, optimiser and losses stay float32):
+    # bf16 is for GPUs with bf16 tensor cores (facemtl.engine.precision).
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # torch.compile the model (nn.Module.compile) for training and evaluation: pays on a GPU for
+    # long runs; the first update of each kind (task, iteration) waits for its compilation.
+    compile: bool = False
+    # Threads that read and crop real-dataset samples of a batch (image decoding releases the GIL).
+    reader_threads: int = 2
 
     # -- derived views used by the engine ------------------------------------------------
     @property
@@ -507,6 +518,7 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
         "input_size": cfg.input_size,
         "eval_batch_size": cfg.eval_batch_size,
         "logging.log_every": cfg.logging.log_every,
+        "reader_threads": cfg.reader_threads,
     }
     for key, v in positive.items():
         if v <= 0:
@@ -553,6 +565,14 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
             raise bad(f"{p}.batch_size", "a positive integer", src.batch_size)
         if not 0 <= src.seed <= MAX_SEED:
             raise bad(f"{p}.seed", f"an integer in 0..{MAX_SEED}", src.seed)
+        if src.features is not None:
+            from facemtl.data.synth_look import FEATURES
+
+            if src.name != "synth":
+                raise bad(f"{p}.features", "no value: only synthetic sources have renderer features", list(src.features))
+            unknown = [f for f in src.features if f not in FEATURES]
+            if unknown:
+                raise bad(f"{p}.features", f"names from {', '.join(FEATURES)}", unknown[0])
         if src.name == "synth":
             if not 0 < src.n_train <= MAX_SYNTH_FACES:
                 raise bad(f"{p}.n_train", f"an integer in 1..{MAX_SYNTH_FACES:_}", src.n_train)

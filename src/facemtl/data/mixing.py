@@ -20,6 +20,8 @@ so a resumed run sees the same augmented images as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -43,6 +45,7 @@ class Source:
     transform: Any = None  # training transform ``(raw, rng) -> raw`` (FaceCrop) or None
     eval_transform: Any = None
     description: dict = field(default_factory=dict)  # JSON for checkpoints
+    threads: int = 1  # samples of a batch read in parallel (real readers: decoding releases the GIL)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def raw(self, i: int) -> dict:
@@ -99,12 +102,15 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
         if datasets is not None:
             train, test = datasets[i]
         elif cfg.name == "synth":
-            from facemtl.data.synth import SyntheticFaces
+            from facemtl.data.synth import ALL_FEATURES, SyntheticFaces
 
-            train = SyntheticFaces(cfg.n_train, style=cfg.style, seed=cfg.seed, size=config.input_size)
+            features = ALL_FEATURES if cfg.features is None else frozenset(cfg.features)
+            train = SyntheticFaces(cfg.n_train, style=cfg.style, seed=cfg.seed, size=config.input_size, features=features)
             # A disjoint stream of faces for testing: seeds far from any training seed.
-            test = SyntheticFaces(cfg.n_test, style=cfg.style, seed=cfg.seed + 1_000_003, size=config.input_size)
-            desc.update(style=cfg.style, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
+            test = SyntheticFaces(cfg.n_test, style=cfg.style, seed=cfg.seed + 1_000_003, size=config.input_size,
+                                  features=features)
+            desc.update(style=cfg.style, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed,
+                        features=None if cfg.features is None else sorted(features))
         else:
             from facemtl.data import load_dataset
             from facemtl.data.transforms import DEFAULT_CROP_MARGIN, FaceCrop
@@ -120,7 +126,9 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
                         options=dict(cfg.options), crop={"size": config.input_size, "margin": margin})
         if len(train) == 0:
             raise FacemtlError(f"source {i} ({cfg.name}): the training split is empty")
-        sources.append(Source(i, cfg.name, src_tasks, train, test, cfg.batch_size, transform, eval_transform, desc))
+        threads = config.reader_threads if transform is not None else 1  # synthetic faces are cached in memory
+        sources.append(Source(i, cfg.name, src_tasks, train, test, cfg.batch_size, transform, eval_transform, desc,
+                              threads))
     return sources
 
 
@@ -156,11 +164,20 @@ class BatchStream:
     def batch(self, draw: int) -> dict:
         """The ``draw``-th batch (collated samples); the same draw gives the same batch."""
         p, b, idx = self.indices(draw)
-        samples = []
-        for j, i in enumerate(idx):
+
+        def sample(j: int):  # each sample's augmentation has its own key: any thread order gives the same batch
             rng = np.random.default_rng(self._key(p, b * self.batch_size + j, 1)) if self.source.transform else None
-            samples.append(self.source.sample(int(i), rng))
-        return collate(samples)
+            return self.source.sample(int(idx[j]), rng)
+
+        if self.source.threads > 1 and len(idx) > 1:
+            return collate(list(_reader_pool(self.source.threads).map(sample, range(len(idx)))))
+        return collate([sample(j) for j in range(len(idx))])
+
+
+@functools.lru_cache(maxsize=4)
+def _reader_pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per thread count for the process (its threads idle between batches)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="facemtl-reader")
 
 
 def eval_batches(source: Source, batch_size: int, rank: int = 0, world_size: int = 1):

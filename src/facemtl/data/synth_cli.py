@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from facemtl.data.synth import EMOTIONS, STYLES, render_face
+# cv2, numpy and the renderer are imported by the commands: the parser must stay light.
+from facemtl.constants import SYNTH_STYLES as STYLES
 from facemtl.errors import FacemtlError
 
 # Helen class colours for overlays (RGB), index = class id.
-CLASS_COLOURS = np.array([[0, 0, 0], [230, 190, 150], [220, 40, 40], [40, 60, 220], [250, 150, 0], [0, 220, 230],
-                          [80, 200, 80], [200, 60, 200], [30, 30, 40], [250, 120, 150], [120, 70, 20]], np.uint8)
-POSE_NAMES = ("Lprof", "left", "front", "right", "Rprof")
+CLASS_COLOURS = ((0, 0, 0), (230, 190, 150), (220, 40, 40), (40, 60, 220), (250, 150, 0), (0, 220, 230),
+                 (80, 200, 80), (200, 60, 200), (30, 30, 40), (250, 120, 150), (120, 70, 20))
+POSE_NAMES = ("left profile", "turned left", "frontal", "turned right", "right profile")
+# Preview layout: each face is shown raw and annotated at CELL x CELL pixels whatever --size,
+# COLS faces a row, and a label band under the pair, so the sheet's size depends only on --n.
+CELL, GAP, PAD, COLS = 192, 4, 4, 4
+FONT_SCALE, LINE_H = 0.55, 20
+LABEL_LINES = 3
 
 
 def _whole_number(text: str, lo: int) -> int:
@@ -58,13 +61,18 @@ def register(subparsers) -> None:
     exp.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
     exp.set_defaults(func=run_export)
 
-    pre = sub.add_parser("preview", help="draw a grid of samples with landmarks and mask overlay",
-                         description="Draw samples raw and annotated (landmarks, mask overlay, labels) into one PNG.")
+    pre = sub.add_parser("preview", help="draw a contact sheet of faces with landmarks, mask overlay and labels",
+                         description="Draw N synthetic faces into one PNG: each face raw and annotated (parsing "
+                         f"mask overlay, the 5 landmarks) at {CELL}x{CELL} pixels, with its labels (style and "
+                         f"index, emotion, gender, smile, glasses, pose) under it, {COLS} faces a row. "
+                         "16 faces make a PNG of about 1600x1100 pixels.")
     pre.add_argument("--out", type=Path, required=True, help="output image file (.png)")
-    pre.add_argument("--n", type=_positive, default=16, help="samples per style (default 16)")
+    pre.add_argument("--n", type=_positive, default=16,
+                     help="number of faces in total, shared in turn among the styles shown (default 16)")
     pre.add_argument("--style", choices=STYLES + ("all",), default="all", help="style or 'all' (default all)")
     pre.add_argument("--seed", type=_non_negative, default=0, help="random seed (default 0)")
-    pre.add_argument("--size", type=_size, default=128, help="image side in pixels (default 128)")
+    pre.add_argument("--size", type=_size, default=128,
+                     help=f"side in pixels the faces are rendered at, >= 64; shown scaled to {CELL} (default 128)")
     pre.set_defaults(func=run_preview)
 
 
@@ -76,46 +84,69 @@ def run_export(args) -> int:
     return 0
 
 
-def annotate(sample: dict, scale: int = 2) -> np.ndarray:
-    """The sample's image with a semi-transparent mask overlay, landmarks and a caption (RGB)."""
+def annotate(sample: dict, cell: int = CELL):
+    """The sample's image at ``cell`` x ``cell`` with a semi-transparent mask overlay and the landmarks (RGB)."""
+    import cv2
+    import numpy as np
+
     img = sample["image"]
     h, w = img.shape[:2]
-    over = (0.55 * img + 0.45 * CLASS_COLOURS[sample["parsing"]]).astype(np.uint8)
-    over = cv2.resize(over, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
+    over = (0.55 * img + 0.45 * np.array(CLASS_COLOURS, np.uint8)[sample["parsing"]]).astype(np.uint8)
+    over = _resized(over, cell)
     colours = [(0, 255, 0), (0, 255, 255), (255, 0, 0), (255, 255, 0), (255, 0, 255)]
-    for (x, y), col in zip(sample["landmarks"], colours):
-        cv2.circle(over, (int(round((x + 0.5) * scale - 0.5)), int(round((y + 0.5) * scale - 0.5))), 2, col, -1)
+    sx, sy = cell / w, cell / h
+    for (x, y), col in zip(sample["landmarks"], colours):  # pixel centres map to pixel centres
+        centre = (int(round((x + 0.5) * sx - 0.5)), int(round((y + 0.5) * sy - 0.5)))
+        cv2.circle(over, centre, 3, col, -1, cv2.LINE_AA)
     return over
 
 
-def _caption(sample: dict) -> str:
-    return (f"{EMOTIONS[sample['emotion']]} {'F' if sample['gender'] else 'M'} "
-            f"{'smile' if sample['smile'] == 0 else '-'} {'glasses' if sample['glasses'] == 0 else '-'} "
-            f"{POSE_NAMES[sample['pose']]}")
+def _resized(img, cell: int):
+    import cv2
+
+    # Enlarged faces keep their pixels visible; shrunk ones are averaged, not aliased.
+    inter = cv2.INTER_NEAREST if cell >= img.shape[0] else cv2.INTER_AREA
+    return cv2.resize(img, (cell, cell), interpolation=inter)
 
 
-def preview_grid(n: int, styles, seed: int = 0, size: int = 128, scale: int = 2) -> np.ndarray:
-    """One row pair per style: raw image next to its annotated copy, with a caption."""
-    cell = size * scale
-    cap = 14
-    cols = 4
+def _labels(sample: dict, style: str, index: int) -> list[str]:
+    """The label lines under a face (LABEL_LINES of them): who it is and what it is labelled."""
+    from facemtl.data.synth import EMOTIONS
+
+    # MTFL attributes, 0-based: gender 0 male / 1 female; smile and glasses 0 = yes.
+    return [f"{style} #{index}: {EMOTIONS[sample['emotion']].lower()}",
+            f"{'female' if sample['gender'] else 'male'}, {'smiling' if sample['smile'] == 0 else 'not smiling'}, "
+            f"{'glasses' if sample['glasses'] == 0 else 'no glasses'}",
+            f"pose: {POSE_NAMES[sample['pose']]}"]
+
+
+def preview_faces(n: int, styles) -> list[tuple[str, int]]:
+    """(style, index) of the ``n`` faces of a preview: the styles take turns, so every style shows
+    from the first faces on, and one style shows the faces its export would write first."""
+    return [(styles[k % len(styles)], k // len(styles)) for k in range(n)]
+
+
+def preview_grid(n: int, styles, seed: int = 0, size: int = 128):
+    """A contact sheet of ``n`` faces in total: each raw next to its annotated copy, labels under them."""
+    import cv2
+    import numpy as np
+
+    from facemtl.data.synth import render_face
+
+    band = LABEL_LINES * LINE_H + 8
     tiles = []
-    for style in styles:
-        for i in range(n):
-            s = render_face(seed, i, style, size)
-            raw = cv2.resize(s["image"], (cell, cell), interpolation=cv2.INTER_NEAREST)
-            tile = np.full((cell + cap, 2 * cell + 4, 3), 255, np.uint8)
-            tile[cap:, :cell] = raw
-            tile[cap:, cell + 4:] = annotate(s, scale)
-            text = f"{style} #{i} " + _caption(s)
-            cv2.putText(tile, text, (2, cap - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
-            tiles.append(tile)
-    rows = []
-    for k in range(0, len(tiles), cols):
-        row = tiles[k:k + cols]
-        row += [np.full_like(tiles[0], 255)] * (cols - len(row))
-        rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in row], 1))
-    return np.concatenate(rows, 0)
+    for style, i in preview_faces(n, styles):
+        s = render_face(seed, i, style, size)
+        tile = np.full((CELL + band, 2 * CELL + GAP, 3), 255, np.uint8)
+        tile[:CELL, :CELL] = _resized(s["image"], CELL)
+        tile[:CELL, CELL + GAP:] = annotate(s, CELL)
+        for k, line in enumerate(_labels(s, style, i)):  # in the band under the faces, never on them
+            cv2.putText(tile, line, (4, CELL + (k + 1) * LINE_H), cv2.FONT_HERSHEY_SIMPLEX, FONT_SCALE,
+                        (0, 0, 0), 1, cv2.LINE_AA)
+        tiles.append(np.pad(tile, ((PAD, PAD), (PAD, PAD), (0, 0)), constant_values=255))
+    cols = min(COLS, len(tiles))
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % cols)
+    return np.concatenate([np.concatenate(tiles[k:k + cols], 1) for k in range(0, len(tiles), cols)], 0)
 
 
 def run_preview(args) -> int:
@@ -126,9 +157,11 @@ def run_preview(args) -> int:
         raise FacemtlError(f"--out {out} is a folder; expected a .png file path")
     if not out.parent.exists():
         raise FacemtlError(f"folder {out.parent} does not exist")
+    import cv2
+
     styles = STYLES if args.style == "all" else (args.style,)
     grid = preview_grid(args.n, styles, args.seed, args.size)
     if not cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
         raise FacemtlError(f"could not write {out}")
-    print(f"wrote {out} ({len(styles) * args.n} samples)")
+    print(f"wrote {out} ({args.n} faces, {grid.shape[1]}x{grid.shape[0]} pixels)")
     return 0

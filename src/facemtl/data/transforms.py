@@ -33,15 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facemtl.constants import DEFAULT_CROP_MARGIN
 from facemtl.errors import FacemtlError
 from facemtl.tasks import KNOWN_TASKS, POINT_SETS, STANDARD_TASKS, Task, get_task
 
 INNER_POINTS_SCALE = 2.0  # 5-point boxes (eyes..mouth) -> face-sized boxes
-# Crop margin per side, as a fraction of the face square's side (the crop spans 1.5 sides):
-# room for hair, ears and chin around a detector or landmark box, and close to how the
-# synthetic faces are framed, so a model trained on them sees detected faces at that scale.
-# Training crops (FaceCrop), source configs and the predictor fall back to it.
-DEFAULT_CROP_MARGIN = 0.25
 
 
 def _as_affine(matrix) -> np.ndarray:

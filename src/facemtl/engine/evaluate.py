@@ -35,6 +35,7 @@ from typing import Sequence
 import torch
 
 from facemtl.data.mixing import Source, eval_batches
+from facemtl.engine.precision import autocast, to_float32
 from facemtl.errors import FacemtlError
 from facemtl.kinds import kind_of
 from facemtl.tasks import Task
@@ -57,12 +58,13 @@ def _sources_from(info: dict, tasks: Sequence[Task], datasets) -> list[Source]:
 
 @torch.no_grad()
 def evaluate(model, info: dict, datasets, *, batch_size: int = 32, progress: bool = False,
-             rank: int = 0, world_size: int = 1) -> dict:
+             rank: int = 0, world_size: int = 1, precision: str = "fp32") -> dict:
     """Score ``model`` on each task's source test split, per iteration (percent values).
 
     ``datasets``: for each source of ``info["sources"]`` (same order), its test split as a
     sequence of raw samples at the model's input size (or :class:`Source` objects, whose
-    ``eval_transform`` crops real images). Returns
+    ``eval_transform`` crops real images); ``precision``: forward passes in fp32 or under bf16
+    autocast (:mod:`facemtl.engine.precision`). Returns
     ``{"iterations": {"0": {task: {...}}, "1": ...}, "baselines": {task: {...}}}``; see the
     module docstring. Metric totals are all-reduced when torch.distributed is initialised.
     """
@@ -95,7 +97,8 @@ def evaluate(model, info: dict, datasets, *, batch_size: int = 32, progress: boo
             it = eval_batches(src, batch_size, rank, world_size)
             for batch, raws in tqdm(it, total=n_batches, desc=f"eval {task.name}", disable=not progress,
                                     leave=False, dynamic_ncols=True):
-                outputs = model(batch["image"].to(device), source=None)
+                with autocast(device, precision):
+                    outputs = to_float32(model(batch["image"].to(device), source=None))
                 baseline.update(batch, raws)
                 for i, out in enumerate(outputs):
                     kind.score(meters[i][task.name], task, model.decode(task.name, out[task.name]).cpu(), batch, raws)

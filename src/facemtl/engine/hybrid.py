@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from facemtl.engine.distributed import average_gradients
+from facemtl.engine.precision import autocast, to_float32
 from facemtl.engine.schedule import Update, lr_at
 from facemtl.tasks import Task
 
@@ -107,12 +108,15 @@ class HybridPlan:
 
 
 def hybrid_update(model, optimizer, batch: dict, task: Task, source: int, iteration: int,
-                  trainable: set[int], weight: float = 1.0) -> list[float]:
+                  trainable: set[int], weight: float = 1.0, precision: str = "fp32") -> list[float]:
     """One update Delta^t_I (Eq. 6): forward at ``iterations=I`` on source ``source``'s BN
-    stream, loss ``sum_{i<=I} l_t``, step only the ``trainable`` parameters.
+    stream (under ``precision``, :mod:`facemtl.engine.precision`), loss ``sum_{i<=I} l_t``
+    in float32, step only the ``trainable`` parameters.
     Returns the task's loss at each iteration 0..I."""
     model.train()
-    outputs = model(batch["image"], source=source, iterations=iteration)
+    with autocast(batch["image"].device, precision):
+        # only task t is read at iteration I: the model may skip the other decoders there
+        outputs = to_float32(model(batch["image"], source=source, iterations=iteration, tasks=(task.name,)))
     visible = batch.get(f"{task.name}_visible")
     losses = [model.task_loss(task.name, out[task.name], batch[task.name], visible) for out in outputs[: iteration + 1]]
     loss = weight * sum(losses)
@@ -166,7 +170,7 @@ class HybridMode:
         task = self.tasks[u.task]
         weight = self.config.schedule.loss_weights.get(task.name, 1.0)
         losses = hybrid_update(model, optimizer, batch, task, self.task_sources[u.task], u.iteration,
-                               self.trainable[(u.stage, u.task)], weight)
+                               self.trainable[(u.stage, u.task)], weight, self.config.precision)
         nan = float("nan")
         row = {"stage": u.stage, "epoch": u.epoch, "task": task.name, "iteration": u.iteration, "lr": u.lr,
                "loss": sum(losses),

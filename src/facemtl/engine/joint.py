@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from facemtl.engine.distributed import average_gradients
+from facemtl.engine.precision import autocast, to_float32
 from facemtl.engine.schedule import Update, lr_at
 from facemtl.tasks import Task
 
@@ -43,10 +44,13 @@ class JointPlan:
                       lr=lr_at(k, self.total, self.lr, self.lr_end, self.decay, self.warmup), epoch_end=last, round=k)
 
 
-def joint_update(model, optimizer, batch: dict, tasks, weights, iterations: int | None) -> dict[str, float]:
-    """One step of joint training on source 0; returns each task's loss summed over iterations (unweighted)."""
+def joint_update(model, optimizer, batch: dict, tasks, weights, iterations: int | None,
+                 precision: str = "fp32") -> dict[str, float]:
+    """One step of joint training on source 0 (forward under ``precision``, losses in float32);
+    returns each task's loss summed over iterations (unweighted)."""
     model.train()
-    outputs = model(batch["image"], source=0, iterations=iterations)
+    with autocast(batch["image"].device, precision):
+        outputs = to_float32(model(batch["image"], source=0, iterations=iterations))
     total = 0.0
     logged: dict[str, float] = {}
     for task in tasks:
@@ -86,7 +90,8 @@ class JointMode:
 
     def update(self, model, optimizer, batch: dict, u: Update) -> tuple[dict, dict[str, float]]:
         weights = self.config.schedule.loss_weights
-        losses = joint_update(model, optimizer, batch, self.tasks, weights, self.config.schedule.iterations)
+        losses = joint_update(model, optimizer, batch, self.tasks, weights, self.config.schedule.iterations,
+                              self.config.precision)
         row = {"stage": 0, "epoch": u.epoch, "lr": u.lr,
                "loss": sum(weights.get(n, 1.0) * v for n, v in losses.items()),
                **{f"{n}_loss": v for n, v in losses.items()}}

@@ -78,8 +78,10 @@ def _int(text: str) -> int | None:
 
 
 def _fmt(v):
+    # 9 significant digits: a float32 loss reads back exactly, so epochs.csv's means can be checked
+    # against the steps.csv rows they average
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.6g}"
+        return "nan" if math.isnan(v) else f"{v:.9g}"
     return v
 
 

@@ -11,7 +11,10 @@ one source labelling landmarks + the related tasks, loss weight 1 for landmarks 
   at block b before they enter the central aggregation H; the relative change of the
   landmark failure rate, as a task x block table and a heat map.
 * :func:`scarcity` -- section 4.3 / Table 1: train on the first r of a pool of faces and test
-  on the rest, for r in ``ratios``.
+  on the rest, for r in ``ratios``, ``repeats`` times per ratio with differently shuffled
+  pools (the paper: three times on AFLW), reporting the mean and the spread. The pool is the
+  synthetic source's ``n_train + n_test`` faces, or a real source whose reader splits by a
+  ratio (AFLW: ``options.ratio`` and ``options.seed``, repeat k using seed + k).
 * :func:`task_weights` -- section 4.3 / Fig. 5: ``trials`` runs with related-task weights
   lambda = exp(U(log low, log high)) (one draw per related task), the same weights for two
   models; the improvement is the difference of failure rates in percentage points
@@ -19,7 +22,8 @@ one source labelling landmarks + the related tasks, loss weight 1 for landmarks 
 
 An experiment file is YAML with two sections: ``train`` (a :class:`facemtl.config.TrainConfig`,
 the shared recipe: model kwargs such as ``backbone``/``pretrained``, the synthetic or MTFL
-source, the schedule) and ``experiment`` (:class:`DCNetExperiment`). Results are written as
+source, the schedule; or the name of a training config file beside the experiment file) and
+``experiment`` (:class:`DCNetExperiment`). Results are written as
 JSON + markdown (+ PNG figures) under the output folder; finished runs found there (same
 config) are reused, so an interrupted experiment continues where it stopped.
 """
@@ -27,6 +31,7 @@ config) are reused, so an interrupted experiment continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -35,11 +40,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
-import torch
-
 from facemtl.config import TrainConfig, apply_overrides, config_from_dict, read_yaml, to_dict
 from facemtl.errors import FacemtlError
+
+
+def _no_grad(fn):
+    # torch.no_grad() as a decorator would import torch when `facemtl --help` builds the parser.
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
 
 MAIN_TASK = "landmarks"
 
@@ -53,6 +68,7 @@ class DCNetExperiment:
     ablation_model: str = "dcnet"
     scarcity_models: tuple[str, ...] = ("single", "hps", "cross-stitch", "dcnet")
     ratios: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    repeats: int = 1  # splits drawn per ratio (the paper, section 4.3: 3 on AFLW); results are their mean
     trial_models: tuple[str, ...] = ("cross-stitch", "dcnet")  # improvement = first - second
     trials: int = 100
     trial_ratio: float = 0.5
@@ -111,6 +127,8 @@ def _check_experiment(data, path: str, lines: dict[str, int]) -> DCNetExperiment
                 raise FacemtlError(f"{where(key)}bad value for 'experiment.{key}': train ratios must lie in (0, 1), got {r}")
     if not 0 < exp.trial_ratio < 1:
         raise FacemtlError(f"{where('trial_ratio')}bad value for 'experiment.trial_ratio': expected a ratio in (0, 1), got {exp.trial_ratio}")
+    if exp.repeats < 1:
+        raise FacemtlError(f"{where('repeats')}bad value for 'experiment.repeats': expected an integer >= 1, got {exp.repeats}")
     if exp.trials < 1:
         raise FacemtlError(f"{where('trials')}bad value for 'experiment.trials': expected an integer >= 1, got {exp.trials}")
     if not 0 < exp.weight_low <= exp.weight_high:
@@ -124,16 +142,31 @@ def _check_experiment(data, path: str, lines: dict[str, int]) -> DCNetExperiment
 def load_experiment(path, overrides: Sequence[str] = ()) -> tuple[TrainConfig, DCNetExperiment]:
     """Read an experiment file; ``overrides`` like ``train.schedule.epochs=2`` or ``experiment.trials=5``."""
     data, lines = read_yaml(path)
-    if overrides:
-        data = apply_overrides(data, list(overrides))
-        for item in overrides:
+    train_ref = data.get("train") if isinstance(data, dict) and isinstance(data.get("train"), str) else None
+    # `train: dcnet_aflw.yaml` names a training config file beside this one; train.* overrides go to it
+    train_overrides = [o.partition("train.")[2] for o in overrides if train_ref and o.strip().startswith("train.")]
+    own = [o for o in overrides if not (train_ref and o.strip().startswith("train."))]
+    if own:
+        data = apply_overrides(data, own)
+        for item in own:
             lines.pop(item.partition("=")[0].strip(), None)
     extra = set(data) - {"train", "experiment"}
     if extra:
         key = sorted(extra)[0]
         raise FacemtlError(f"{path}:{lines.get(key, 1)}: unknown section '{key}' (expected 'train' and 'experiment')")
     train_lines = {k[len("train."):]: v for k, v in lines.items() if k.startswith("train.")}
-    config = config_from_dict(data.get("train") or {}, path=str(path), lines=train_lines)
+    train_path, train_data = str(path), data.get("train") or {}
+    if train_ref is not None:
+        ref = Path(path).parent / train_ref
+        if not ref.is_file():
+            raise FacemtlError(f"{path}:{lines.get('train', 1)}: 'train' names {ref}, which is not a file")
+        train_data, train_lines = read_yaml(ref)
+        train_path = str(ref)
+        if train_overrides:
+            train_data = apply_overrides(train_data, train_overrides)
+            for item in train_overrides:
+                train_lines.pop(item.partition("=")[0].strip(), None)
+    config = config_from_dict(train_data, path=train_path, lines=train_lines)
     if config.schedule.mode != "joint" or len(config.data) != 1 or MAIN_TASK not in config.data[0].tasks:
         raise FacemtlError(
             f"{path}: Deep Collaboration experiments need 'train.schedule.mode: joint' and one source "
@@ -195,31 +228,44 @@ def parameter_count(config: TrainConfig) -> int:
     return count_on_meta(lambda: create_model(config.model.name, **kwargs))
 
 
-def _split(base: TrainConfig, ratio: float):
-    """(train, test): the first ``ratio`` of a pool of n_train + n_test faces, and the rest."""
-    from facemtl.data.synth import SyntheticFaces
+def _split(base: TrainConfig, ratio: float, repeat: int = 0) -> tuple[TrainConfig, list | None]:
+    """``(config, datasets)`` of a train/test split at ``ratio`` (its ``repeat``-th draw).
+
+    Synthetic source: the first ``ratio`` of a pool of n_train + n_test faces and the rest;
+    repeat 0 keeps the pool's order, repeat k > 0 shuffles it with seed (source seed, k).
+    Real source: its reader's own ratio split (``options.ratio``, ``options.seed`` + k)."""
+    import numpy as np
 
     src = base.data[0]
     if src.name != "synth":
-        raise FacemtlError("the data-scarcity and task-weight experiments split a synthetic pool; set train.data.0.name: synth")
+        from facemtl.data import loader_options
+
+        if not {"ratio", "seed"} <= set(loader_options(src.name)):
+            raise FacemtlError(f"the data-scarcity and task-weight experiments need a pool to split: a synthetic "
+                               f"source, or a reader with ratio and seed options (aflw); {src.name!r} has neither")
+        options = {**src.options, "ratio": float(ratio), "seed": int(src.options.get("seed", 0)) + repeat}
+        data = (dataclasses.replace(src, options=types.MappingProxyType(options), train_split="train",
+                                    test_split="test"),)
+        return dataclasses.replace(base, data=data), None
+    from facemtl.data.synth import SyntheticFaces
+
     pool = SyntheticFaces(src.n_train + src.n_test, style=src.style, seed=src.seed, size=base.input_size)
     cut = int(round(ratio * len(pool)))
     if cut < 1 or cut >= len(pool):
         raise FacemtlError(f"train ratio {ratio} leaves an empty split of {len(pool)} faces; raise n_train + n_test")
-    return _Slice(pool, 0, cut), _Slice(pool, cut, len(pool))
+    order = np.arange(len(pool)) if repeat == 0 else np.random.default_rng([src.seed, repeat]).permutation(len(pool))
+    return base, [(_Subset(pool, order[:cut]), _Subset(pool, order[cut:]))]
 
 
-class _Slice(Sequence):
-    def __init__(self, data, start: int, stop: int):
-        self.data, self.start, self.stop = data, start, stop
+class _Subset(Sequence):
+    def __init__(self, data, indices):
+        self.data, self.indices = data, [int(i) for i in indices]
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return len(self.indices)
 
     def __getitem__(self, i: int):
-        if not -len(self) <= i < len(self):
-            raise IndexError(i)
-        return self.data[self.start + (i % len(self))]
+        return self.data[self.indices[i]]
 
 
 def _progress(items, desc: str):
@@ -273,7 +319,7 @@ def _budget(base: TrainConfig) -> dict:
 # section 4.4: block ablation
 
 
-@torch.no_grad()
+@_no_grad
 def landmark_scores(model, samples: Sequence, batch_size: int = 32) -> dict:
     """Landmark failure rate and NME (%) of ``model`` on raw ``samples``.
 
@@ -344,6 +390,7 @@ def ablation_table(result: dict) -> str:
 def ablation_heatmap(result: dict, path) -> None:
     """Fig. 6-style heat map: rows tasks (main task first), columns blocks."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -396,22 +443,40 @@ def ablation(base: TrainConfig, exp: DCNetExperiment, out_dir, *, checkpoint=Non
 
 def scarcity(base: TrainConfig, exp: DCNetExperiment, out_dir, *, verbose: bool = False) -> dict:
     """Table 1: failure rate per train/test ratio (rows) and model (columns)."""
+    import numpy as np
+
     out = Path(out_dir)
+    runs: dict = {}
+    jobs = [(r, k, m) for r in exp.ratios for k in range(exp.repeats) for m in exp.scarcity_models]
+    for ratio, k, name in _progress(jobs, "scarcity"):
+        split_cfg, datasets = _split(base, ratio, k)
+        folder = out / f"ratio_{ratio:g}" / (f"repeat_{k}" if exp.repeats > 1 else "") / name
+        m = run(variant(split_cfg, name, exp.related_weight), folder, datasets=datasets, verbose=verbose)
+        runs.setdefault(f"{ratio:g}", {}).setdefault(name, []).append(landmark_result(m))
     result: dict = {}
-    jobs = [(r, m) for r in exp.ratios for m in exp.scarcity_models]
-    for ratio, name in _progress(jobs, "scarcity"):
-        cfg = variant(base, name, exp.related_weight)
-        m = run(cfg, out / f"ratio_{ratio:g}" / name, datasets=[_split(base, ratio)], verbose=verbose)
-        result.setdefault(f"{ratio:g}", {})[name] = landmark_result(m)
-    rows = [[f"{float(r):g} / {1 - float(r):.2g}"] + [result[r][m]["failure_rate"] for m in exp.scarcity_models]
-            for r in result]
-    table = _markdown(["train / test", *exp.scarcity_models], rows)
-    _write(out, "scarcity", {"failure_rate": result, "pool": base.data[0].n_train + base.data[0].n_test}, table)
+    for r, models in runs.items():
+        for name, reps in models.items():
+            fr = np.array([x["failure_rate"] for x in reps])
+            result.setdefault(r, {})[name] = {
+                "failure_rate": float(fr.mean()), "nme": float(np.mean([x["nme"] for x in reps])),
+                "failure_rate_sd": float(fr.std(ddof=1)) if len(fr) > 1 else 0.0, "repeats": reps}
+
+    def cell(x: dict) -> str:
+        return f"{x['failure_rate']:.2f} +- {x['failure_rate_sd']:.2f}" if exp.repeats > 1 else f"{x['failure_rate']:.2f}"
+
+    rows = [[f"{float(r):g} / {1 - float(r):.2g}"] + [cell(result[r][m]) for m in exp.scarcity_models] for r in result]
+    table = (f"failure rate %, mean +- sd over {exp.repeats} splits per ratio\n\n" if exp.repeats > 1 else "") + \
+        _markdown(["train / test", *exp.scarcity_models], rows)
+    src = base.data[0]
+    pool = src.n_train + src.n_test if src.name == "synth" else f"{src.name} at {src.root}"
+    _write(out, "scarcity", {"failure_rate": result, "pool": pool, "repeats": exp.repeats}, table)
     return result
 
 
 def sample_task_weights(related: Sequence[str], trials: int, low: float, high: float, seed: int) -> list[dict]:
     """lambda = exp(gamma), gamma ~ U(log low, log high), one draw per related task and trial."""
+    import numpy as np
+
     rng = np.random.default_rng(np.random.SeedSequence([seed, 4_3]))
     gamma = rng.uniform(math.log(low), math.log(high), size=(trials, len(related)))
     return [{t: float(math.exp(g)) for t, g in zip(related, row)} for row in gamma]
@@ -419,16 +484,19 @@ def sample_task_weights(related: Sequence[str], trials: int, low: float, high: f
 
 def task_weights(base: TrainConfig, exp: DCNetExperiment, out_dir, *, verbose: bool = False) -> dict:
     """Fig. 5: per trial, both ``trial_models`` trained with the same random weights."""
+    import numpy as np
+
     out = Path(out_dir)
     related = [t for t in base.data[0].tasks if t != MAIN_TASK]
     draws = sample_task_weights(related, exp.trials, exp.weight_low, exp.weight_high, exp.seed)
-    data = [_split(base, exp.trial_ratio)]
+    split_cfg, data = _split(base, exp.trial_ratio)
     first, second = exp.trial_models
     trials = []
     for i, w in enumerate(_progress(draws, "task weights")):
         fr = {}
         for name in (first, second):
-            m = run(variant(base, name, exp.related_weight, w), out / f"trial_{i:03d}" / name, datasets=data, verbose=verbose)
+            m = run(variant(split_cfg, name, exp.related_weight, w), out / f"trial_{i:03d}" / name, datasets=data,
+                    verbose=verbose)
             fr[name] = landmark_result(m)["failure_rate"]
         trials.append({"weights": w, "failure_rate": fr, "improvement": fr[first] - fr[second]})
     imp = np.array([t["improvement"] for t in trials])

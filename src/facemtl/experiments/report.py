@@ -120,15 +120,21 @@ def _curves(run_dir: Path) -> str:
     if steps:
         fig, ax = plt.subplots(figsize=(7, 3))
         # hybrid rows name their task; joint rows carry one <task>_loss column per task
-        curves: dict[str, list] = {}
+        # one line per (task, stage): a task's stage-1 and stage-2 losses are not joined across
+        # the updates of the other tasks' pre-training
+        curves: dict[tuple[str, str], list] = {}
         for r in steps:
+            stage = r.get("stage", "")
             if r.get("task"):
-                curves.setdefault(r["task"], []).append((int(r["step"]), float(r["loss"])))
+                curves.setdefault((r["task"], stage), []).append((int(r["step"]), float(r["loss"])))
             for key, value in r.items():
                 if key.endswith("_loss") and value not in ("", None):
-                    curves.setdefault(key[: -len("_loss")], []).append((int(r["step"]), float(value)))
-        for task, pts in sorted(curves.items()):
-            ax.plot(*zip(*pts), ".-", ms=3, label=task)
+                    curves.setdefault((key[: -len("_loss")], stage), []).append((int(r["step"]), float(value)))
+        colours = {}
+        for (task, stage), pts in sorted(curves.items()):
+            first = task not in colours
+            line, = ax.plot(*zip(*pts), ".-", ms=3, label=task if first else None, color=colours.get(task))
+            colours.setdefault(task, line.get_color())
         ax.set_yscale("log")
         ax.set_xlabel("update")
         ax.set_ylabel("loss (sum over iterations)")
@@ -139,7 +145,12 @@ def _curves(run_dir: Path) -> str:
 
     epochs = epoch_rows(run_dir / "epochs.csv") if (run_dir / "epochs.csv").exists() else []
     keys = sorted({k for r in epochs for k in r if k.endswith("_iter0") and not k.startswith("mean_")})
-    if epochs and keys:
+    scored = [r for r in epochs if any(not math.isnan(r.get(k, math.nan)) for k in keys)]
+    if len(scored) < 2:
+        if (run_dir / "epochs.csv").exists():
+            out.append("<p>Figure 7 (each task's Iter0 score at every epoch end) needs per-epoch evaluation: "
+                       "train with <code>--set logging.eval_every_epoch=true</code>.</p>")
+    else:
         fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 2.8))
         for ax, key in zip(np.atleast_1d(axes), keys):
             vals = [r.get(key, math.nan) for r in epochs]
@@ -251,7 +262,8 @@ def _strip(model, info: dict, sources) -> str:
             crop = src.eval_transform(raw) if src.eval_transform is not None else raw
             # drawn at 3x so the marks and labels stay readable; the model sees the same crop
             image = np.kron(crop["image"], np.ones((3, 3, 1), np.uint8))
-            tiles.append(draw_overlay(image, predictor(image), model.tasks))
+            # the strip has one legend below it: none inside each small tile
+            tiles.append(draw_overlay(image, predictor(image), model.tasks, legend=False))
     if not tiles:
         return ""
     h = max(t.shape[0] for t in tiles)
@@ -353,7 +365,8 @@ def _page(title: str, sections: list[str]) -> str:
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
              "td,th{border:1px solid #bbb;padding:3px 6px;text-align:left}th{background:#f0f0f0}"
-             "img{max-width:100%;margin:0.5em 0;display:block}")
+             "img{max-width:100%;margin:0.5em 0;display:block}"
+             "pre{font-size:11px;overflow-x:auto;max-width:100%}")
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
 

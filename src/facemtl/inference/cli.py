@@ -6,13 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
-
-from facemtl.data.transforms import DEFAULT_CROP_MARGIN
+# Light imports only: building the parser (facemtl --help) must not load torch or cv2.
+from facemtl.constants import DEFAULT_CROP_MARGIN, MAX_CROP_MARGIN, MAX_OPSET, MIN_OPSET, OPSET
 from facemtl.errors import FacemtlError
-from facemtl.inference.export import MAX_OPSET, MIN_OPSET, OPSET
-from facemtl.kinds import KINDS, kind_of
-from facemtl.models.checkpoint import MAX_CROP_MARGIN
 
 PREDICT_EPILOG = """\
 output: one JSON object {"images": [{"path", "width", "height", "faces": [{"box": [x0, y0, x1, y1],
@@ -47,8 +43,15 @@ def register(subparsers) -> None:
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the results here (default: stdout)")
     p.add_argument("--overlays", type=Path, metavar="DIR", help="write one overlay PNG per image here")
     p.add_argument("--masks", type=Path, metavar="DIR", help="write the class-id mask PNGs here (see below)")
-    p.add_argument("--detector", choices=("opencv", "none"), default="opencv",
-                   help="opencv: OpenCV's Haar frontal-face cascade; none: each image is one face crop (default: opencv)")
+    p.add_argument("--detector", choices=("opencv", "mediapipe", "none"), default="opencv",  # detect.DETECTORS
+                   help="opencv: OpenCV's Haar frontal-face cascade (misses turned faces); mediapipe: MediaPipe's "
+                   "BlazeFace, also finds turned and small faces (needs pip install 'facemtl[detect]'); none: each "
+                   "image is one face crop (default: opencv). Detected boxes are moved and scaled to the face "
+                   "square training crops (calibrated per detector)")
+    p.add_argument("--passes", type=int, choices=(1, 2), metavar="{1,2}",
+                   help="crops per face: 2 re-crops each face from its predicted landmarks the way training crops, "
+                   "and reports every task from that second crop; 1 keeps the first crop (default: 2 for detected "
+                   "faces, 1 for --boxes and --detector none)")
     p.add_argument("--boxes", type=Path, metavar="BOXES.json",
                    help='face boxes per image: {"path/to/img.jpg": [[x0, y0, x1, y1], ...]}; keys are paths '
                    "(relative to the boxes file or the current folder) or bare file names; images it does not "
@@ -130,6 +133,8 @@ class _Names:
 
 
 def _face_json(face: dict, tasks, mask_paths: dict[str, str]) -> dict:
+    from facemtl.kinds import kind_of
+
     out: dict = {"box": [round(v, 2) for v in face["box"]]}
     for task in tasks:
         value = kind_of(task).to_json(task, face[task.name], mask_paths.get(task.name))
@@ -169,12 +174,14 @@ def _check_predict_args(args) -> None:
 def run_predict(args) -> int:
     import contextlib
 
+    import cv2
     import torch
     from tqdm import tqdm
 
     from facemtl.inference.detect import BoxFile
     from facemtl.inference.predictor import Predictor
     from facemtl.inference.render import draw_overlay
+    from facemtl.kinds import KINDS, kind_of
     from facemtl.outputs import AtomicTextFile, check_output_dir, dumps, write_png
 
     _check_predict_args(args)
@@ -183,7 +190,7 @@ def run_predict(args) -> int:
         torch.set_num_threads(args.threads)  # the command owns its process; onnxruntime follows it
     predictor = Predictor.from_checkpoint(args.checkpoint, detector=args.detector, batch_size=args.batch_size,
                                           iterations=args.iterations, margin=args.margin, device=args.device,
-                                          backend=args.backend)
+                                          backend=args.backend, passes=args.passes)
     tasks = predictor.tasks
     paths, folder, problems = _expand(args.inputs)
 

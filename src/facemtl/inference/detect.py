@@ -1,22 +1,68 @@
-"""Where the faces are: OpenCV's bundled Haar cascade, or boxes the user supplies.
+"""Where the faces are: a face detector, or boxes the user supplies.
 
-A box is ``[x0, y0, x1, y1]`` in original-image pixels (float). The predictor crops every
-box the way training crops (:func:`facemtl.data.transforms.face_crop_matrix` with the
-checkpoint's margin), so the detector only has to say roughly where a face is.
+A box is ``[x0, y0, x1, y1]`` in original-image pixels (float). A :class:`Detector` is any
+callable from an RGB image to such boxes, largest first. Two are built in:
+
+* ``"opencv"`` (default): OpenCV's bundled Haar frontal-face cascade (:class:`HaarFaceDetector`);
+  nothing to install, but it misses turned faces;
+* ``"mediapipe"``: MediaPipe's BlazeFace full-range model (:class:`MediaPipeFaceDetector`),
+  whose weights ship inside the ``mediapipe`` wheel (optional extra ``facemtl[detect]``;
+  nothing is downloaded at run time).
+
+Each detector carries a :class:`~facemtl.inference.alignment.Calibration` (``.calibration``):
+how its boxes relate to the face square training crops from landmarks. The predictor crops the
+calibrated square, then (two passes) re-crops from its own landmark prediction; see
+:mod:`facemtl.inference.alignment`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
 from facemtl.errors import FacemtlError
+from facemtl.inference.alignment import CALIBRATIONS, Calibration
 
-DETECTORS = ("opencv", "none")
+DETECTORS = ("opencv", "mediapipe", "none")
 _CASCADE = "haarcascade_frontalface_default.xml"
+MEDIAPIPE_INSTALL = "pip install 'facemtl[detect]'"
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """H x W x 3 uint8 RGB image -> (N, 4) float boxes ``[x0, y0, x1, y1]``, largest first.
+
+    ``calibration`` (optional attribute): the detector's box-to-training-square mapping; a
+    detector without one is cropped as its boxes are (the identity).
+    """
+
+    def __call__(self, image: np.ndarray) -> np.ndarray: ...
+
+
+def make_detector(name: str):
+    """A built-in detector by name (:data:`DETECTORS`); ``"none"`` gives None (no detection)."""
+    if name == "opencv":
+        return HaarFaceDetector()
+    if name == "mediapipe":
+        return MediaPipeFaceDetector()
+    if name == "none":
+        return None
+    raise FacemtlError(f"unknown detector {name!r}; expected one of {', '.join(DETECTORS)}")
+
+
+def check_detector(detector) -> None:
+    """Fail early (before a model is loaded) when a named detector cannot run here."""
+    if detector == "mediapipe":
+        _import_mediapipe()
+    elif isinstance(detector, str) and detector not in DETECTORS:
+        raise FacemtlError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
 
 
 class HaarFaceDetector:
@@ -25,6 +71,8 @@ class HaarFaceDetector:
     ``min_size`` is the smallest face side in pixels the cascade looks for; the faces come
     back largest first. The cascade sees frontal faces only (profiles are missed).
     """
+
+    calibration: Calibration = CALIBRATIONS["opencv"]
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24, max_side: int = 1280):
         path = Path(getattr(cv2, "data").haarcascades) / _CASCADE
@@ -56,6 +104,91 @@ class HaarFaceDetector:
         xywh = np.asarray(found, np.float32).reshape(-1, 4) / scale
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         return boxes[np.argsort(-(xywh[:, 2] * xywh[:, 3]), kind="stable")]
+
+
+class MediaPipeFaceDetector:
+    """MediaPipe's BlazeFace detector (legacy ``mediapipe.solutions.face_detection``).
+
+    ``model``: ``"full"`` (full-range model, 192 px input: faces up to about 5 m from the
+    camera, the better choice for photos with small faces) or ``"short"`` (128 px, faces close
+    to the camera). ``min_confidence``: the detector's score threshold. Its tflite weights ship
+    inside the ``mediapipe`` wheel. Needs ``pip install 'facemtl[detect]'``.
+    """
+
+    calibration: Calibration = CALIBRATIONS["mediapipe"]
+
+    def __init__(self, model: str = "full", min_confidence: float = 0.5):
+        if model not in ("full", "short"):
+            raise FacemtlError(f"unknown MediaPipe face model {model!r}; expected full or short")
+        face_detection = _import_mediapipe()
+        # The graph logs its start-up (TFLite delegate, feedback manager) on stderr at the first
+        # image: run that image here, silenced, so a command's stderr keeps only its own lines.
+        with _quiet_stderr():
+            self._graph = face_detection.FaceDetection(model_selection=1 if model == "full" else 0,
+                                                       min_detection_confidence=min_confidence)
+            self._graph.process(np.zeros((64, 64, 3), np.uint8))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 RGB -> (N, 4) float boxes ``[x0, y0, x1, y1]``, largest first."""
+        h, w = image.shape[:2]
+        result = self._graph.process(np.ascontiguousarray(image))
+        rows = []
+        for det in result.detections or ():
+            rel = det.location_data.relative_bounding_box
+            # relative 0..1 spans pixel edges; pixel centres are at integers, edges at -0.5
+            x0, y0 = rel.xmin * w - 0.5, rel.ymin * h - 0.5
+            rows.append([x0, y0, x0 + rel.width * w, y0 + rel.height * h])
+        if not rows:
+            return np.zeros((0, 4), np.float32)
+        boxes = np.asarray(rows, np.float32)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        return boxes[np.argsort(-area, kind="stable")]
+
+    def close(self) -> None:
+        self._graph.close()
+
+
+def _import_mediapipe():
+    """``mediapipe.solutions.face_detection``, or a FacemtlError naming the pip command."""
+    try:
+        with _quiet_stderr():  # its C++ side prints a harmless protobuf complaint on import
+            from mediapipe.python.solutions import face_detection
+    except ImportError as exc:
+        raise FacemtlError(f"the mediapipe detector needs the optional package mediapipe ({exc}); install it "
+                           f"with: {MEDIAPIPE_INSTALL}  (or use --detector opencv)") from None
+    _protobuf_compat()
+    return face_detection
+
+
+def _protobuf_compat() -> None:
+    """mediapipe 0.10.x reads its results with ``SymbolDatabase.GetPrototype``, which protobuf 5
+    removed; the replacement (``message_factory.GetMessageClass``) does the same thing. Adding the
+    old name back lets mediapipe run beside the protobuf that onnx and tensorboard want."""
+    from google.protobuf import message_factory, symbol_database
+
+    cls = type(symbol_database.Default())
+    if not hasattr(cls, "GetPrototype") and hasattr(message_factory, "GetMessageClass"):
+        cls.GetPrototype = lambda self, descriptor: message_factory.GetMessageClass(descriptor)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (C++ logging) for the block; Python exceptions still propagate."""
+    sys.stderr.flush()  # what Python already wrote goes out before the redirection
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (e.g. some embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def parse_box(value, where: str) -> np.ndarray:

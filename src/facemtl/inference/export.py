@@ -31,13 +31,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from facemtl.constants import MAX_OPSET, MIN_OPSET, OPSET
 from facemtl.errors import FacemtlError
 from facemtl.files import atomic_write_bytes
 
-OPSET = 17
-# Opsets the TorchScript exporter supports and iFAN's graph needs (Slice with tensor inputs: 10;
-# Resize with coordinate modes, used by the upsampling pool below: 11).
-MIN_OPSET, MAX_OPSET = 11, 20
 _ADAPTIVE_AVG = "aten::adaptive_avg_pool2d"
 
 

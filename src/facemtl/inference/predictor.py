@@ -2,13 +2,23 @@
 
 Pipeline for one image:
 
-1. faces: boxes from OpenCV's Haar cascade, from the caller, or the whole image
-   (``detector="none"``: the image already is a face crop, cropped with margin 0 exactly like
-   an emotion folder at training time);
+1. faces: boxes from a detector (:mod:`facemtl.inference.detect`: OpenCV's Haar cascade by
+   default, MediaPipe's BlazeFace as the extra ``facemtl[detect]``, or any callable image ->
+   boxes), from the caller, or the whole image (``detector="none"``: the image already is a
+   face crop, cropped with margin 0 exactly like an emotion folder at training time);
 2. each box is cropped with :func:`facemtl.data.transforms.face_crop_matrix` at the
    checkpoint's input size and margin (``info["crop"]["margin"]`` when the run recorded one,
    else :data:`~facemtl.data.transforms.DEFAULT_CROP_MARGIN`, the training default) and
-   normalised with the checkpoint's mean/std;
+   normalised with the checkpoint's mean/std. A DETECTED box is first moved and scaled by its
+   detector's calibration (:mod:`facemtl.inference.alignment`) to the face square training
+   crops from landmarks; boxes the caller gives are cropped as given;
+2b. two passes (``passes``; default: two for detected faces, one for given boxes and
+   ``detector="none"``): the landmarks predicted on the first crop give a second crop made
+   exactly as training crops from landmarks (:func:`~facemtl.inference.alignment.landmark_square`),
+   and every task is reported from that second crop. It needs a model with a ``landmarks``
+   task; when the predicted points give no usable crop (not finite, or a square more than
+   :data:`MAX_RECROP_CHANGE` times larger or smaller than the first, or centred outside it) the
+   first crop's results are kept;
 3. the crops of several faces (and images) go through the model together; all refinement
    iterations run and the LAST one is reported (iFAN section 3.2: IterN refines Iter0);
    with ``source=None`` each task comes from its own source's batch-norm stream;
@@ -26,7 +36,10 @@ session with ``threads`` intra-op threads (default ``torch.get_num_threads()``).
 session costs one export (seconds for the paper's model); both give the same results up to
 float rounding (tests/test_backends.py). onnxruntime is the optional extra ``facemtl[onnx]``.
 
-Per face the result is ``{"box": [x0, y0, x1, y1], <points task>: float32 (K, 2) array of
+Per face the result is ``{"box": [x0, y0, x1, y1] (the face box the reported outputs were
+cropped from, before the margin: the caller's box as given; for a detected face its calibrated
+or landmark square), "detection_box": [x0, y0, x1, y1] (the box the face came with: the
+detector's, or the caller's), <points task>: float32 (K, 2) array of
 (x, y) original pixels, <segmentation task>: uint8 (H, W) class-id array, <category task>:
 {"label": name, "probs": {name: p}}}``, with only the tasks the model has. Coordinates are
 continuous pixel coordinates with pixel centres at integers (the transforms' convention).
@@ -62,13 +75,17 @@ from facemtl.data.transforms import (
 )
 from facemtl.errors import FacemtlError
 from facemtl.kinds import kind_of
-from facemtl.inference.detect import DETECTORS, HaarFaceDetector, parse_box
+from facemtl.inference.alignment import IDENTITY, landmark_square
+from facemtl.inference.detect import DETECTORS, check_detector, make_detector, parse_box
 
 BACKENDS = ("torch", "onnxruntime")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
 # A face box may exceed the photo (a face cut by the border) but not by more than this factor of
 # the photo's longer side: beyond it the crop is almost all padding and cannot be mapped back.
 MAX_BOX_FACTOR = 10
+# The second pass keeps the first crop when the predicted landmarks' square is this many times
+# larger or smaller than the first crop's square (or centred outside it): not a face's points.
+MAX_RECROP_CHANGE = 3.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,7 +277,12 @@ class ImageResult:
 class Predictor:
     """A loaded model ready for photos. ``predictor(image)`` -> list of per-face dicts.
 
-    ``detector``: ``"opencv"`` (Haar cascade) or ``"none"`` (each image is one face crop).
+    ``detector``: ``"opencv"`` (Haar cascade), ``"mediapipe"`` (BlazeFace; needs
+    ``pip install 'facemtl[detect]'``), ``"none"`` (each image is one face crop) or a
+    :class:`~facemtl.inference.detect.Detector` (a callable image -> boxes, largest first, with an
+    optional ``calibration``). ``passes``: 1 or 2 crops per face (None: 2 for detected faces when
+    the model has a ``landmarks`` task, else 1; see the module docstring). ``calibrate``: crop a
+    detected box as its detector's calibrated face square (False: as the raw box).
     ``batch_size``: face crops per forward pass (across images). ``iterations``: refinement
     iterations to run (None: all the model was built with). ``margin``: crop margin
     overriding the checkpoint's. ``device``: torch device for the model. ``backend``:
@@ -270,9 +292,16 @@ class Predictor:
 
     def __init__(self, model, info: dict, *, detector: str = "opencv", batch_size: int = 16,
                  iterations: int | None = None, margin: float | None = None, device: str | torch.device = "cpu",
-                 backend: str = "torch", threads: int | None = None):
-        if detector not in DETECTORS:
-            raise FacemtlError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
+                 backend: str = "torch", threads: int | None = None, passes: int | None = None,
+                 calibrate: bool = True):
+        if isinstance(detector, str):
+            if detector not in DETECTORS:
+                raise FacemtlError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
+        elif not callable(detector):
+            raise FacemtlError(f"detector must be one of {', '.join(DETECTORS)} or a callable image -> boxes, "
+                               f"got {type(detector).__name__}")
+        if passes is not None and (isinstance(passes, bool) or passes not in (1, 2)):
+            raise FacemtlError(f"passes must be 1 or 2 (or None: 2 for detected faces), got {passes!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise FacemtlError(f"batch size must be a positive integer, got {batch_size!r}")
         from facemtl.models.checkpoint import check_crop_margin
@@ -291,8 +320,16 @@ class Predictor:
         norm = info.get("normalization") or {}
         self.mean = torch.tensor(norm.get("mean", IMAGE_MEAN), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(norm.get("std", IMAGE_STD), dtype=torch.float32).view(1, 3, 1, 1)
-        self.detector_name = detector
-        self.detector = HaarFaceDetector() if detector == "opencv" else None
+        # The task whose prediction the second pass crops from: training crops from "landmarks".
+        self.recrop_task = next((t for t in self.tasks if t.name == "landmarks" and t.kind == "points"), None)
+        if passes == 2 and self.recrop_task is None:
+            raise FacemtlError("passes=2 re-crops each face from its predicted landmarks, but this model has no "
+                               "'landmarks' task; use passes=1")
+        self.passes = passes
+        self.detector_name = detector if isinstance(detector, str) else type(detector).__name__
+        self.detector = make_detector(detector) if isinstance(detector, str) else detector
+        found = getattr(self.detector, "calibration", None)
+        self.calibration = found if calibrate and found is not None else IDENTITY
         self.batch_size = batch_size
         if iterations is not None:
             model.check_iterations(iterations)
@@ -310,6 +347,7 @@ class Predictor:
 
         # a missing onnxruntime or a bad backend option is reported before the model is loaded
         check_backend(kwargs.get("backend", "torch"), resolve_device(kwargs.get("device", "cpu")), kwargs.get("threads"))
+        check_detector(kwargs.get("detector", "opencv"))  # e.g. mediapipe missing: say so before loading
         model, info = load_model(path)
         return cls(model, info, **kwargs)
 
@@ -343,22 +381,24 @@ class Predictor:
         ``boxes_for(key)`` may supply boxes (None: use the detector).
         """
         pending: collections.deque[ImageResult] = collections.deque()
-        queue: list[tuple] = []
+        queue: list[_Crop] = []
         for key, source in items:
             rec = ImageResult(key)
             pending.append(rec)
             try:
                 image = as_rgb(source)
                 rec.height, rec.width = image.shape[:2]
-                boxes, margin = self._faces(image, boxes_for(key) if boxes_for is not None else None)
+                boxes, margin, detected = self._faces(image, boxes_for(key) if boxes_for is not None else None)
+                passes = self._passes(detected)
                 crops = []
                 for i, box in enumerate(boxes):
                     try:  # one degenerate face is reported; the image's other faces go on
-                        box, matrix = self._crop(box, margin, rec.height, rec.width)
+                        box, crop_box, matrix = self._crop(box, margin, rec.height, rec.width, detected)
                     except FacemtlError as exc:
                         rec.face_errors.append({"box": _box_json(box), "error": str(exc)})
                         continue
-                    crops.append((rec, len(crops), box, matrix, warp_image(image, matrix, self.input_size)))
+                    crops.append(_Crop(rec, len(crops), box, crop_box, matrix, warp_image(image, matrix, self.input_size),
+                                       image if passes > 1 else None))
             except FacemtlError as exc:
                 rec.error = str(exc)
             else:
@@ -368,34 +408,46 @@ class Predictor:
                 if keep_images:
                     rec.image = image
             while len(queue) >= self.batch_size:
-                self._run(queue[: self.batch_size])
+                batch = queue[: self.batch_size]
                 del queue[: self.batch_size]
+                queue.extend(self._run(batch) or ())  # second-pass crops join the queue
             while pending and pending[0]._remaining == 0:
                 yield _done(pending.popleft())
-        if queue:
-            self._run(queue)
+        while queue:
+            batch = queue[: self.batch_size]
+            del queue[: self.batch_size]
+            queue.extend(self._run(batch) or ())
         while pending:
             yield _done(pending.popleft())
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _faces(self, image: np.ndarray, boxes) -> tuple[list, float]:
-        """(boxes, margin) for one image; given boxes are checked one by one in :meth:`_crop`."""
+    def _faces(self, image: np.ndarray, boxes) -> tuple[list, float, bool]:
+        """(boxes, margin, detected) for one image; given boxes are checked one by one in :meth:`_crop`."""
         h, w = image.shape[:2]
         if boxes is not None:
             rows = list(boxes)
             if len(rows) == 4 and all(np.isscalar(v) for v in rows):  # one box given flat
                 rows = [rows]
-            return rows, self.margin
+            return rows, self.margin, False
         if self.detector is None:
             # The whole image is the crop, as training crops a face-crop dataset (margin 0).
-            return [np.array([-0.5, -0.5, w - 0.5, h - 0.5])], 0.0
-        return list(self.detector(image)), self.margin
+            return [np.array([-0.5, -0.5, w - 0.5, h - 0.5])], 0.0, False
+        return list(self.detector(image)), self.margin, True
 
-    def _crop(self, value, margin: float, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """(box, crop matrix) of one face, or a FacemtlError when its crop is degenerate: a box
-        that is not finite with positive size, lies outside the image, or is so large against
-        the image that the crop cannot be mapped back (:data:`MAX_BOX_FACTOR`)."""
+    def _passes(self, detected: bool) -> int:
+        """Crops per face: ``passes`` when set, else two for detected faces (when the model
+        predicts landmarks to re-crop from), one for the caller's boxes and whole images."""
+        if self.passes is not None:
+            return self.passes
+        return 2 if detected and self.recrop_task is not None else 1
+
+    def _crop(self, value, margin: float, height: int, width: int,
+              detected: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(box, crop box, crop matrix) of one face, or a FacemtlError when its crop is
+        degenerate: a box that is not finite with positive size, lies outside the image, or is so
+        large against the image that the crop cannot be mapped back (:data:`MAX_BOX_FACTOR`).
+        A detected box is cropped as its calibrated square (:attr:`calibration`)."""
         box = parse_box(value, "face box")
         shown = _box_json(box)
         x0, y0, x1, y1 = (float(v) for v in box)
@@ -405,11 +457,31 @@ class Predictor:
         if side > MAX_BOX_FACTOR * max(width, height):
             raise FacemtlError(f"face box {shown} is {side:.4g} pixels across, more than {MAX_BOX_FACTOR} times "
                                f"the {width} x {height} image; expected a box around one face")
-        matrix = face_crop_matrix(box=box, size=self.input_size, margin=margin)
+        # A given (or uncalibrated) box is cropped from the box itself: bit for bit the crop it always gave.
+        crop_box = self.calibration.apply(box) if detected and self.calibration != IDENTITY else box
+        matrix = face_crop_matrix(box=crop_box, size=self.input_size, margin=margin)
         if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix[:, :2])) < 1e-12:
             raise FacemtlError(f"face box {shown} with margin {margin:g} gives a degenerate crop (scale "
                                f"{matrix[0, 0]:.3g}); expected a box of finite, positive size")
-        return box, matrix
+        return box, crop_box, matrix
+
+    def _recrop(self, item: _Crop, points: np.ndarray) -> _Crop | None:
+        """The second-pass crop of a face: the training crop from its predicted landmarks
+        (:func:`~facemtl.inference.alignment.landmark_square` with the checkpoint's margin), or
+        None when the points give no plausible face square (:data:`MAX_RECROP_CHANGE`)."""
+        try:
+            square = landmark_square(points)
+        except FacemtlError:  # fewer than two finite points
+            return None
+        first = np.asarray(item.crop_box, np.float64)
+        ratio = (square[2] - square[0]) / max(first[2] - first[0], first[3] - first[1])
+        centre = (square[:2] + square[2:]) / 2
+        if not (np.all(np.isfinite(square)) and 1 / MAX_RECROP_CHANGE <= ratio <= MAX_RECROP_CHANGE
+                and np.all(centre >= first[:2]) and np.all(centre <= first[2:])):
+            return None
+        matrix = face_crop_matrix(box=square, size=self.input_size, margin=self.margin)
+        pixels = warp_image(item.image, matrix, self.input_size)
+        return _Crop(item.rec, item.index, item.box, square, matrix, pixels, None)
 
     def forward(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised crops (B, 3, S, S) -> decoded outputs of the last iteration, per task (CPU float)."""
@@ -420,21 +492,49 @@ class Predictor:
         t = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
         return (t - self.mean) / self.std
 
-    def _run(self, batch: list[tuple]) -> None:
-        out = self.forward(self.normalise(np.stack([item[4] for item in batch])))
-        for j, (rec, i, box, matrix, _crop) in enumerate(batch):
-            face: dict = {"box": [float(v) for v in box]}
+    def _run(self, batch: list[_Crop]) -> list[_Crop]:
+        """Run one batch of crops; fills the faces of final crops and returns the second-pass
+        crops of faces that have one (their results are reported from that crop instead)."""
+        out = self.forward(self.normalise(np.stack([item.pixels for item in batch])))
+        again: list[_Crop] = []
+        for j, item in enumerate(batch):
+            rec, box, matrix = item.rec, item.box, item.matrix
+            if item.image is not None:  # a first pass: only its landmarks are needed
+                task = self.recrop_task
+                try:
+                    points = self._map_back(task, out[task.name][j], matrix, rec.height, rec.width)
+                except FacemtlError:
+                    points = None
+                follow = self._recrop(item, points) if points is not None else None
+                if follow is not None:
+                    again.append(follow)
+                    continue  # the face is finished by its second crop
+            face: dict = {"box": [float(v) for v in item.crop_box], "detection_box": [float(v) for v in box]}
             try:
                 for task in self.tasks:
                     face[task.name] = self._map_back(task, out[task.name][j], matrix, rec.height, rec.width)
             except FacemtlError as exc:  # e.g. a crop too small to invert: this face only
                 rec.face_errors.append({"box": _box_json(box), "error": str(exc)})
             else:
-                rec.faces[i] = face
+                rec.faces[item.index] = face
             rec._remaining -= 1
+        return again
 
     def _map_back(self, task, value: torch.Tensor, matrix: np.ndarray, height: int, width: int):
         return kind_of(task).to_image(task, value, matrix, self.input_size, height, width)
+
+
+@dataclass
+class _Crop:
+    """One face crop waiting for the model."""
+
+    rec: ImageResult
+    index: int  # the face's place in rec.faces
+    box: np.ndarray  # the detector's or caller's box (reported as "detection_box")
+    crop_box: np.ndarray  # the box this crop was made from (reported as "box")
+    matrix: np.ndarray  # original -> crop
+    pixels: np.ndarray  # (S, S, 3) uint8
+    image: np.ndarray | None  # the photo, kept while a second pass will re-crop from it
 
 
 def _box_json(box) -> Any:

@@ -9,6 +9,10 @@ the experiments may ask of a model. Nothing outside ``facemtl.models`` reaches p
   per-source normalisation and ignored by the others; ``None`` at inference means "each task
   through the source that trained it" (:attr:`task_sources`). ``iterations`` (0..
   :attr:`refinement_iterations`, None = all) is checked by :meth:`check_iterations`.
+  ``tasks`` (names, None = all): the tasks whose outputs the caller reads at the LAST step; a
+  model may then skip work no requested output depends on (iFAN: the other tasks' decoders,
+  their batch-norm streams and, without a segmentation task, the backbone's up path), so the
+  last dict may hold only those tasks. Earlier steps always hold every task.
 * ``model.task_loss(name, output, target, visible=None)``: the training loss of one raw output.
 * ``model.decode(name, output)``: raw output -> the task's standard form (points ``(B, K, 2)``
   normalised to [0, 1], segmentation logits ``(B, C, H, W)``, category logits ``(B, N)``).

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from facemtl import __version__
+from facemtl.constants import MAX_CROP_MARGIN
 from facemtl.errors import FacemtlError
 from facemtl.files import read_json, read_tensors, tensors_bytes
 from facemtl.tasks import Task
@@ -83,6 +84,18 @@ def save_checkpoint(run_dir, model, info: dict, also=()) -> None:
                         *((run_dir / name, data) for name, data in also)])
 
 
+def bundled_model() -> Path:
+    """The folder of the model shipped inside the package (``facemtl/assets/default_model``:
+    trained on synthetic faces only, its provenance in its model.json), used when no
+    checkpoint is given."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("facemtl") / "assets" / "default_model"))
+    if not (folder / MODEL_JSON).is_file():
+        raise FacemtlError(f"this installation has no bundled model ({folder} is missing); pass a checkpoint")
+    return folder
+
+
 def _resolve(path) -> tuple[Path, Path]:
     p = Path(path)
     if p.is_dir():
@@ -121,7 +134,7 @@ def read_model_info(path) -> dict:
 
 # Bounds of the fields inference relies on; a description outside them is refused on reading.
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 1024  # face crop side in pixels (the papers use 64 to 224)
-MAX_CROP_MARGIN = 5.0  # margin per side as a fraction of the face box: at 5 the face is 1/11 of the crop
+# (MAX_CROP_MARGIN is in facemtl.constants: the CLI parser shows it)
 
 
 def _show(value) -> str:

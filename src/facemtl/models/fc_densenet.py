@@ -210,11 +210,12 @@ class FCDenseNet(nn.Module):
         return terms
 
     def forward(
-        self, x: torch.Tensor, streams: Streams = 0, feedback: Sequence[torch.Tensor] | None = None
+        self, x: torch.Tensor, streams: Streams = 0, feedback: Sequence[torch.Tensor] | None = None, up: bool = True
     ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """``{"down": [skip at level 0..n-1], "bottom": level n, "out": level 0 end of the up path}``.
 
-        ``feedback``: one map per level, or None for neutral (all-zero) feedback.
+        ``feedback``: one map per level, or None for neutral (all-zero) feedback. ``up=False``
+        stops at the bottom (no ``"out"``): for readers of the down path only.
         """
         if feedback is not None and sum(self.feedback_channels) == 0:
             raise ValueError("this backbone was built without feedback inputs")
@@ -238,9 +239,11 @@ class FCDenseNet(nn.Module):
             skips.append(h)
             h = self.pool(h, 2)
         bottom = h
-        for j, (block, up) in enumerate(zip(self.up, self.transitions)):
+        if not up:
+            return {"down": skips, "bottom": bottom}
+        for j, (block, transition) in enumerate(zip(self.up, self.transitions)):
             level = self.num_blocks - j
-            h = up(run(block, h, level), streams)
+            h = transition(run(block, h, level), streams)
             h = torch.cat([h, skips[level - 1]], 1)
         return {"down": skips, "bottom": bottom, "out": h}
 

@@ -195,7 +195,7 @@ class ColumnNetwork(BinnedFaceModel):
     def make_connector(self, num_tasks: int, channels: int) -> nn.Module:
         raise NotImplementedError
 
-    def forward(self, images: torch.Tensor, source=None, iterations=None) -> list[dict[str, torch.Tensor]]:
+    def forward(self, images: torch.Tensor, source=None, iterations=None, tasks=None) -> list[dict[str, torch.Tensor]]:
         self.check_iterations(iterations)
         xs = [images] * len(self.tasks)
         for b, connector in enumerate(self.connectors):

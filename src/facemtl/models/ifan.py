@@ -248,12 +248,16 @@ class PointsDecoder(FlatDecoder):
         super().__init__(in_channels, 2 * num_points, grid, hidden, num_sources, width)
         self.num_points = num_points
 
+    reads = "down"  # the backbone features it needs (iFAN.forward skips the rest where it can)
+
     def forward(self, features: dict, stream: int) -> torch.Tensor:
         return torch.sigmoid(self.read(features["down"][-1], stream)).view(-1, self.num_points, 2)
 
 
 class CategoryDecoder(FlatDecoder):
     """Class logits from the bottom features (4x4 at 128 with 5 blocks)."""
+
+    reads = "bottom"
 
     def forward(self, features: dict, stream: int) -> torch.Tensor:
         return self.read(features["bottom"], stream)
@@ -267,6 +271,8 @@ class SegmentationDecoder(nn.Module):
         super().__init__()
         self.norm = SourceBatchNorm2d(in_channels, num_sources)
         self.classify = nn.Conv2d(in_channels, num_classes, 1)
+
+    reads = "out"
 
     def forward(self, features: dict, stream: int) -> torch.Tensor:
         return self.classify(F.relu(self.norm(features["out"], stream)))
@@ -529,7 +535,13 @@ class IFAN(FaceModel):
 
     # -- forward -----------------------------------------------------------------------------
 
-    def forward(self, images: torch.Tensor, source: Any = None, iterations: int | None = None) -> list[dict]:
+    def forward(self, images: torch.Tensor, source: Any = None, iterations: int | None = None,
+                tasks: Sequence[str] | None = None) -> list[dict]:
+        """Iter0..IterN outputs (see :mod:`facemtl.models.base`). ``tasks``: the tasks read at the
+        last iteration; only their decoders and batch-norm streams run there, and the up path
+        only for a segmentation task. The requested outputs are the same numbers; what is skipped
+        feeds nothing requested (in training it would only update running statistics of outputs
+        no loss reads)."""
         n_iter = self.check_iterations(iterations)
         if images.dim() != 4 or images.shape[1] != 3:
             raise FacemtlError(f"ifan: images must be (B, 3, H, W), got {tuple(images.shape)}")
@@ -538,26 +550,39 @@ class IFAN(FaceModel):
         if h % div or w % div:
             raise FacemtlError(f"ifan: image height and width must be divisible by {div}, got {h}x{w}")
         streams, position = self._streams(source)
-        n = len(streams)
-        x = images if n == 1 else images.repeat(n, 1, 1, 1)
-        bn_streams = streams[0] if n == 1 else streams
+        wanted = self._wanted(tasks)
 
         feedback = None  # Iter0: neutral (all-zero) feedback, which the backbone skips exactly
         results: list[dict] = []
         for i in range(n_iter + 1):
+            needed = wanted if i == n_iter else range(len(self.tasks))
+            run = sorted({position[t] for t in needed})  # the streams this pass needs, in stack order
+            n = len(run)
             if i:
                 # Re-encode the assembled predictions once and give the same maps to every stream.
                 maps = self.integrator([results[-1][t.name] for t in self.tasks], (h, w))
                 feedback = maps if n == 1 else [m.repeat(n, 1, 1, 1) for m in maps]
             self.use_iteration_statistics(i)
-            features = self.backbone(x, bn_streams, feedback)
+            x = images if n == 1 else images.repeat(n, 1, 1, 1)
+            bn_streams = streams[run[0]] if n == 1 else tuple(streams[k] for k in run)
+            up = any(self.decoders[t].reads == "out" for t in needed)
+            features = self.backbone(x, bn_streams, feedback, up=up)
             outputs = {}
-            for t, (task, decoder) in enumerate(zip(self.tasks, self.decoders)):
-                k = position[t]
+            for t in needed:
+                k = run.index(position[t])
                 chunk = features if n == 1 else _take_chunk(features, k, b)
-                outputs[task.name] = decoder(chunk, streams[k])
+                outputs[self.tasks[t].name] = self.decoders[t](chunk, streams[position[t]])
             results.append(outputs)
         return results
+
+    def _wanted(self, tasks: Sequence[str] | None) -> list[int]:
+        if tasks is None:
+            return list(range(len(self.tasks)))
+        names = [t.name for t in self.tasks]
+        unknown = [t for t in tasks if t not in names]
+        if unknown or not tasks:
+            raise FacemtlError(f"ifan: tasks must name some of {names}, got {list(tasks)}")
+        return [names.index(t) for t in names if t in tasks]
 
 
 def _take_chunk(features: dict, k: int, b: int) -> dict:

@@ -35,7 +35,7 @@ class HardSharingNet(BinnedFaceModel):
         if pretrained:
             load_pretrained(self.trunk, read_weights(pretrained), str(pretrained))
 
-    def forward(self, images: torch.Tensor, source=None, iterations=None) -> list[dict[str, torch.Tensor]]:
+    def forward(self, images: torch.Tensor, source=None, iterations=None, tasks=None) -> list[dict[str, torch.Tensor]]:
         self.check_iterations(iterations)
         features = self.trunk.forward_features(images)
         return [{t.name: self.heads[t.name](features) for t in self.tasks}]

@@ -12,12 +12,21 @@ Mask rule (each lbl image is an 8-bit soft mask): ``mask_rule="argmax"`` (defaul
 pixel with the class of the largest of the 11 values, ties to the lower class id;
 ``mask_rule="threshold"`` starts from background and paints classes 1..10 in order where the
 value is > 127, later classes overwriting earlier ones.
+
+Class-map cache (``cache=True``, default): decoding 11 label PNGs per image is most of a Helen
+read, so the combined class map is kept as one PNG under ``$FACEMTL_CACHE`` (default
+``~/.cache/facemtl``) ``/helen-masks/``, keyed by the label files' paths, sizes and
+modification times and the mask rule: an edited label file or another rule is a new key. A
+cache folder that cannot be written is left alone (the maps are then combined on every read).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from facemtl.data.formats.common import (
@@ -70,8 +79,41 @@ def combine_masks(maps: np.ndarray, rule: str = "argmax") -> np.ndarray:
     raise FacemtlError(f"helen: mask_rule must be 'argmax' or 'threshold', got {rule!r}")
 
 
-def load(root, split: str = "train", mask_rule: str = "argmax", strict: bool = False, check_files: bool = True):
-    """Helen images of ``split`` (train/val/test) with ``parsing`` masks, lazily."""
+def cache_dir() -> Path:
+    """Where combined class maps are kept (module docstring)."""
+    return Path(os.environ.get("FACEMTL_CACHE") or Path.home() / ".cache" / "facemtl") / "helen-masks"
+
+
+def _cache_key(files: list[Path], rule: str) -> str:
+    h = hashlib.sha256(rule.encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:32]
+
+
+def _cached_class_map(files: list[Path], rule: str, combine) -> np.ndarray:
+    """``combine()`` once per (files, rule): later reads decode one PNG instead of 11."""
+    from facemtl.files import atomic_write_bytes
+
+    path = cache_dir() / f"{_cache_key(files, rule)}.png"
+    if path.is_file():
+        hit = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if hit is not None and hit.ndim == 2:
+            return hit
+    out = combine()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, cv2.imencode(".png", out)[1].tobytes())
+    except OSError:  # a read-only home: no cache, same result
+        pass
+    return out
+
+
+def load(root, split: str = "train", mask_rule: str = "argmax", strict: bool = False, check_files: bool = True,
+         cache: bool = True):
+    """Helen images of ``split`` (train/val/test) with ``parsing`` masks, lazily; ``cache``: keep
+    each image's combined class map (module docstring)."""
     root = need_dir(Path(root), DOWNLOAD)
     check_split(split, tuple(SPLITS), "helen")
     combine_masks(np.zeros((NUM_CLASSES, 1, 1), np.uint8), mask_rule)  # validate the rule now
@@ -82,19 +124,27 @@ def load(root, split: str = "train", mask_rule: str = "argmax", strict: bool = F
 
     def read(name):
         image = read_image(images / f"{name}.jpg")
-        maps = []
-        for c in range(NUM_CLASSES):
-            p = labels / name / f"{name}_lbl{c:02d}.png"
+        files = [labels / name / f"{name}_lbl{c:02d}.png" for c in range(NUM_CLASSES)]
+        for p in files:
             if not p.is_file():
                 raise FacemtlError(f"label file not found: {p} (expected from the official {DOWNLOAD} download)")
-            m = read_gray(p)
-            if m.shape != image.shape[:2]:
-                raise FacemtlError(f"{p}: label size {m.shape[1]}x{m.shape[0]} differs from the image's "
-                                   f"{image.shape[1]}x{image.shape[0]}")
-            maps.append(m)
+
+        def combine() -> np.ndarray:
+            maps = []
+            for p in files:
+                m = read_gray(p)
+                if m.shape != image.shape[:2]:
+                    raise FacemtlError(f"{p}: label size {m.shape[1]}x{m.shape[0]} differs from the image's "
+                                       f"{image.shape[1]}x{image.shape[0]}")
+                maps.append(m)
+            return combine_masks(np.stack(maps), mask_rule)
+
+        parsing = _cached_class_map(files, mask_rule, combine) if cache else combine()
+        if parsing.shape != image.shape[:2]:  # a cached map of a since-replaced image of another size
+            parsing = combine()
         return {
             "image": image,
-            "parsing": combine_masks(np.stack(maps), mask_rule),
+            "parsing": parsing,
             "meta": {"dataset": "helen", "path": str(images / f"{name}.jpg"), "id": name},
         }
 

@@ -1,0 +1,20 @@
+"""Plain values that both the heavy modules and the command-line parsers need.
+
+They live here, away from torch, cv2 and numpy, so that building the ``facemtl`` parser
+(``facemtl --help``) imports none of those; the modules that use them import them from here.
+"""
+
+# Crop margin per side, as a fraction of the face square's side (the crop spans 1.5 sides):
+# room for hair, ears and chin around a detector or landmark box, and close to how the
+# synthetic faces are framed, so a model trained on them sees detected faces at that scale.
+# Training crops (FaceCrop), source configs and the predictor fall back to it.
+DEFAULT_CROP_MARGIN = 0.25
+MAX_CROP_MARGIN = 5.0  # margin per side as a fraction of the face box: at 5 the face is 1/11 of the crop
+
+OPSET = 17
+# Opsets the TorchScript exporter supports and iFAN's graph needs (Slice with tensor inputs: 10;
+# Resize with coordinate modes, used by inference/export.py's upsampling pool: 11).
+MIN_OPSET, MAX_OPSET = 11, 20
+
+# Synthetic face styles; new styles go at the end: a style's index seeds its samples.
+SYNTH_STYLES: tuple[str, ...] = ("studio", "wild", "webcam", "snapshot", "classroom")

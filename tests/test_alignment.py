@@ -1,0 +1,290 @@
+"""Detector boxes -> training crops: synthetic scenes, calibration, the two-pass re-crop, detectors.
+
+The two-pass tests use a stub model whose landmark output is fixed (in crop coordinates), so the
+crop each pass must make can be computed by hand from the transforms training uses.
+"""
+
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from facemtl.data.synth import render_face
+from facemtl.data.transforms import face_crop_matrix, invert_affine, warp_image, warp_points
+from facemtl.errors import FacemtlError
+from facemtl.inference.alignment import (
+    CALIBRATIONS,
+    IDENTITY,
+    SCENE_GROUPS,
+    Calibration,
+    box_offsets,
+    find_match,
+    fit_calibration,
+    landmark_square,
+    matches,
+    render_scene,
+)
+from facemtl.inference.detect import Detector, HaarFaceDetector
+from facemtl.inference.predictor import Predictor
+from facemtl.tasks import get_task
+
+SIZE = 32  # the stub model's crop size
+
+
+# ---------------------------------------------------------------------------------------
+# synthetic scenes
+
+
+@pytest.mark.parametrize("group", list(SCENE_GROUPS))
+def test_scene_landmarks_are_the_rendered_face_moved_into_the_scene(group):
+    scene = render_scene(4, 2, group)
+    image, pts = scene["image"], scene["landmarks"]
+    h, w = image.shape[:2]
+    assert image.dtype == np.uint8 and image.shape[2] == 3 and 320 <= h <= 640 and 320 <= w <= 640
+    x0, y0, side = scene["patch"]
+    assert 0 <= x0 and x0 + side <= w and 0 <= y0 and y0 + side <= h
+    # The same face rendered on its own, scaled to the patch and shifted: the scene's landmarks.
+    spec = SCENE_GROUPS[group]
+    render_size = max(side, 128)
+    raw = render_face(4, scene["meta"]["face_index"], spec["style"], render_size)
+    expected = (raw["landmarks"] + 0.5) * (side / render_size) - 0.5 + [x0, y0]
+    np.testing.assert_allclose(pts, expected, atol=1e-3)
+    assert np.all((pts >= [x0, y0]) & (pts <= [x0 + side - 1, y0 + side - 1]))
+    assert abs(scene["meta"]["yaw"]) >= spec["min_yaw"]
+    np.testing.assert_allclose(scene["square"], landmark_square(pts))
+    # The face's pixels are where its landmarks say: the patch centre is the render's (up to JPEG).
+    patch = raw["image"] if render_size == side else cv2.resize(raw["image"], (side, side), interpolation=cv2.INTER_AREA)
+    a, b = side // 4, side - side // 4
+    diff = np.abs(image[y0 + a : y0 + b, x0 + a : x0 + b].astype(int) - patch[a:b, a:b].astype(int)).mean()
+    assert diff < 8, diff
+
+
+def test_scenes_are_deterministic_and_groups_differ():
+    a, b = render_scene(7, 3, "small"), render_scene(7, 3, "small")
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["landmarks"], b["landmarks"])
+    assert 40 <= a["patch"][2] <= 72  # small faces: 40-72 px patches
+    other = render_scene(7, 4, "small")
+    assert a["image"].shape != other["image"].shape or not np.array_equal(a["image"], other["image"])
+    with pytest.raises(FacemtlError, match="unknown scene group"):
+        render_scene(0, 0, "profile")
+
+
+# ---------------------------------------------------------------------------------------
+# calibration math
+
+
+def test_calibration_moves_and_scales_by_the_box_side():
+    cal = Calibration(dx=0.1, dy=-0.05, scale=1.2)
+    # box centre (60, 70), side 100 -> centre (70, 65), side 120
+    np.testing.assert_allclose(cal.apply([10, 20, 110, 120]), [10, 5, 130, 125])
+    # a non-square box counts by its longer side, as face_crop_matrix does
+    np.testing.assert_allclose(cal.apply([10, 20, 60, 120]), [10, 5, 130, 125] + np.array([-25, 0, -25, 0]))
+    np.testing.assert_allclose(IDENTITY.apply([0, 0, 10, 10]), [0, 0, 10, 10])
+
+
+def test_fit_recovers_known_constants_despite_an_outlier():
+    truth = Calibration(dx=-0.02, dy=0.11, scale=0.83)
+    rng = np.random.default_rng(0)
+    boxes = []
+    for _ in range(9):
+        x, y, s = rng.uniform(0, 300), rng.uniform(0, 300), rng.uniform(20, 200)
+        boxes.append([x, y, x + s, y + s])
+    squares = [truth.apply(b) for b in boxes]
+    boxes.append([0, 0, 50, 50])
+    squares.append([100, 100, 400, 400])  # a detection of something else: medians ignore it
+    fitted = fit_calibration(boxes, squares)
+    assert fitted.dx == pytest.approx(truth.dx) and fitted.dy == pytest.approx(truth.dy)
+    assert fitted.scale == pytest.approx(truth.scale)
+    rel = box_offsets(boxes[:1], squares[:1])[0]
+    np.testing.assert_allclose(rel, [truth.dx, truth.dy, np.log(truth.scale)], atol=1e-12)
+    with pytest.raises(FacemtlError, match="without any matched face"):
+        fit_calibration(np.zeros((0, 4)), np.zeros((0, 4)))
+
+
+def test_fitted_constants_are_plausible():
+    # Detector boxes include brows and forehead: the landmark square is lower and smaller.
+    for cal in CALIBRATIONS.values():
+        assert abs(cal.dx) < 0.05 and 0 < cal.dy < 0.2 and 0.7 < cal.scale < 1.0
+
+
+def test_matching_a_detection_to_the_face():
+    square = [100, 100, 200, 200]
+    assert matches([95, 90, 205, 195], square)
+    assert not matches([300, 300, 400, 400], square)  # elsewhere
+    assert not matches([0, 0, 400, 400], square)  # centre inside, but 4x the face
+    assert find_match([[300, 300, 400, 400], [110, 105, 190, 200]], square) == 1
+    assert find_match(np.zeros((0, 4)), square) is None
+
+
+# ---------------------------------------------------------------------------------------
+# the predictor: calibrated crop, then the training crop from the predicted landmarks
+
+
+class StubModel(torch.nn.Module):
+    """Predicts the same landmarks (crop coordinates in [0, 1]) for every crop; records the crops."""
+
+    def __init__(self, points, tasks=("landmarks",)):
+        super().__init__()
+        self.tasks = tuple(get_task(t) for t in tasks)
+        self.points = torch.tensor(points, dtype=torch.float32)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x, source=None, **kwargs):
+        self.seen.append(x.clone())
+        n = x.shape[0]
+        out = {}
+        for t in self.tasks:
+            out[t.name] = self.points.expand(n, -1, -1) if t.name == "landmarks" else torch.zeros(n, t.num_outputs)
+        return [out]
+
+    def decode(self, name, output):
+        return output
+
+
+class FixedBoxes:
+    """A detector (the Detector protocol) that always finds the same boxes."""
+
+    def __init__(self, boxes, calibration=None):
+        self.boxes = np.asarray(boxes, np.float32)
+        if calibration is not None:
+            self.calibration = calibration
+
+    def __call__(self, image):
+        return self.boxes
+
+
+POINTS = [[0.38, 0.40], [0.64, 0.41], [0.52, 0.56], [0.40, 0.70], [0.62, 0.71]]  # a face-like layout
+
+
+def photo():
+    return np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+
+
+def crop_as_seen(predictor, image, matrix):
+    return predictor.normalise(warp_image(image, matrix, SIZE)[None])
+
+
+def test_two_passes_recrop_from_the_predicted_landmarks_like_training():
+    image, box = photo(), [50.0, 30.0, 98.0, 78.0]
+    cal = Calibration(dx=0.05, dy=0.1, scale=0.9)
+    model = StubModel(POINTS)
+    predictor = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], cal))
+    (face,) = predictor(image)
+    assert len(model.seen) == 2  # two passes for a detected face by default
+    # pass 1: the calibrated square, cropped as training crops a box
+    first = face_crop_matrix(box=cal.apply(box), size=SIZE, margin=predictor.margin)
+    torch.testing.assert_close(model.seen[0], crop_as_seen(predictor, image, first))
+    # pass 2: the training crop from the landmarks pass 1 predicted (in photo pixels)
+    landmarks_1 = warp_points(np.array(POINTS) * SIZE, invert_affine(first))
+    second = face_crop_matrix(landmarks=landmarks_1, size=SIZE, margin=predictor.margin)
+    torch.testing.assert_close(model.seen[1], crop_as_seen(predictor, image, second))
+    # reported: the second crop's square as the box, the detector's box, the second crop's landmarks
+    assert face["detection_box"] == box
+    np.testing.assert_allclose(face["box"], landmark_square(landmarks_1))
+    np.testing.assert_allclose(face["landmarks"], warp_points(np.array(POINTS) * SIZE, invert_affine(second)),
+                               atol=1e-4)
+
+
+def test_one_pass_and_uncalibrated_options():
+    image, box = photo(), [50.0, 30.0, 98.0, 78.0]
+    cal = Calibration(dx=0.05, dy=0.1, scale=0.9)
+    model = StubModel(POINTS)
+    (face,) = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], cal), passes=1)(image)
+    assert len(model.seen) == 1
+    np.testing.assert_allclose(face["box"], cal.apply(box))
+    model.seen.clear()
+    p = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], cal), passes=1, calibrate=False)
+    assert p(image)[0]["box"] == box  # cropped from the raw box, reported as such
+    torch.testing.assert_close(model.seen[0], crop_as_seen(p, image, face_crop_matrix(box=box, size=SIZE)))
+    # a detector without a calibration is cropped as its boxes are
+    assert Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box])).calibration == IDENTITY
+    assert isinstance(FixedBoxes([box]), Detector)
+
+
+def test_given_boxes_take_one_pass_unless_asked():
+    image, box = photo(), [50.0, 30.0, 98.0, 78.0]
+    model = StubModel(POINTS)
+    Predictor(model, {"input_size": SIZE}, detector="none")(image, boxes=[box])
+    assert len(model.seen) == 1  # the caller's box is the crop
+    torch.testing.assert_close(model.seen[0], crop_as_seen(Predictor(model, {"input_size": SIZE}, detector="none"),
+                                                           image, face_crop_matrix(box=box, size=SIZE)))
+    model.seen.clear()
+    Predictor(model, {"input_size": SIZE}, detector="none", passes=2)(image, boxes=[box])
+    assert len(model.seen) == 2
+
+
+def test_implausible_landmarks_keep_the_first_crop():
+    image, box = photo(), [50.0, 30.0, 98.0, 78.0]
+    model = StubModel([[0.5, 0.5]] * 5)  # all points in one place: a 2-pixel "face"
+    (face,) = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], IDENTITY))(image)
+    assert len(model.seen) == 1
+    np.testing.assert_allclose(face["box"], box)
+
+
+def test_passes_need_a_landmarks_task_and_are_checked():
+    model = StubModel(POINTS, tasks=("emotion",))
+    assert Predictor(model, {"input_size": SIZE}, detector="none").recrop_task is None
+    with pytest.raises(FacemtlError, match="no 'landmarks' task"):
+        Predictor(model, {"input_size": SIZE}, detector="none", passes=2)
+    for bad in (0, 3, True, "2"):
+        with pytest.raises(FacemtlError, match="passes must be 1 or 2"):
+            Predictor(StubModel(POINTS), {"input_size": SIZE}, detector="none", passes=bad)
+    with pytest.raises(FacemtlError, match="callable"):
+        Predictor(StubModel(POINTS), {"input_size": SIZE}, detector=42)
+
+
+# ---------------------------------------------------------------------------------------
+# detectors
+
+
+def test_haar_detector_has_the_fitted_calibration():
+    assert HaarFaceDetector.calibration == CALIBRATIONS["opencv"]
+
+
+def test_cli_passes_and_detector_options():
+    from facemtl.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["predict", "x.png", "--checkpoint", "run", "--passes", "1", "--detector", "mediapipe"])
+    assert (args.passes, args.detector) == (1, "mediapipe")
+    assert parser.parse_args(["predict", "x.png", "--checkpoint", "run"]).passes is None  # auto: 2 when detected
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "x.png", "--checkpoint", "run", "--passes", "3"])
+
+
+def test_mediapipe_missing_is_one_clear_error(monkeypatch, tmp_path, capsys):
+    from facemtl.cli import main
+
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe now raises ImportError
+    with pytest.raises(FacemtlError, match=r"pip install 'facemtl\[detect\]'"):
+        Predictor(StubModel(POINTS), {"input_size": SIZE}, detector="mediapipe")
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), np.zeros((64, 64, 3), np.uint8))
+    # refused before the (missing) checkpoint is even looked at
+    code = main(["predict", str(img), "--checkpoint", str(tmp_path / "nowhere"), "--detector", "mediapipe"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'facemtl[detect]'" in err and err.count("\n") == 1, err
+
+
+def test_mediapipe_finds_a_scene_face_and_the_astronaut():
+    pytest.importorskip("mediapipe", reason="the optional detector extra (pip install 'facemtl[detect]') is not installed")
+    from pathlib import Path
+
+    from facemtl.inference.detect import MediaPipeFaceDetector
+
+    detector = MediaPipeFaceDetector()
+    assert detector.calibration == CALIBRATIONS["mediapipe"]
+    scene = render_scene(0, 0, "frontal")
+    boxes = detector(scene["image"])
+    assert boxes.dtype == np.float32 and boxes.shape[1] == 4
+    assert find_match(boxes, scene["square"]) is not None
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    assert np.all(np.diff(areas) <= 0)  # largest first
+    astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"
+    if astronaut.exists():
+        image = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
+        (box,) = detector(image)
+        assert 160 <= box[0] < box[2] <= 290 and 50 <= box[1] < box[3] <= 200, box
