@@ -10,7 +10,7 @@ running statistics and affine parameters): with the identical rows of a fresh mo
 exporter would merge the identical constants and onnxruntime the then identical streams,
 measuring a one-stream model.
 
-Per (sources, iterations, batch, backend):
+Per (sources, iterations, batch, backend, tasks):
 
 * ``setup s``: building the predictor (onnxruntime: exporting the graph in memory and
   optimising it in a session; torch: nothing);
@@ -19,14 +19,20 @@ Per (sources, iterations, batch, backend):
   ``detector="none"`` (crop warp, normalisation, network, mapping points and the parsing mask
   back to the image, softmax), i.e. what ``facemtl predict --detector none`` does per face
   minus file I/O;
-* ``x torch``: model faces/s over the torch backend's for the same model, iterations and batch.
+* ``x torch``: model faces/s over the torch backend's for the same model, iterations, batch and
+  tasks;
+* ``x all``: model faces/s over the same backend's with every task, i.e. what reporting only
+  ``tasks`` saves (``Predictor(tasks=...)``, ``facemtl predict --tasks``): at the last iteration
+  only their streams and decoders run, and the up path only for a segmentation task; at Iter0
+  that is the whole pass.
 
-The backends' calls alternate (see :func:`timed`) and each figure is a median.
+The calls of every (backend, tasks) alternate (see :func:`timed`) and each figure is a median.
 
 Usage: python benchmarks/predict_speed.py [--threads 2] [--batches 1 32] [--iterations 0 2]
-       [--backends torch onnxruntime] [--sources 3 1] [--seconds 5]
+       [--backends torch onnxruntime] [--sources 3 1] [--tasks all landmarks] [--seconds 5]
 The full default table takes several minutes on 2 cores (torch at batch 32, Iter2, is ~10 s per
-forward); ``--batches 1 --seconds 2`` is a quick look.
+forward); ``--batches 1 --seconds 2`` is a quick look, and
+``--sources 3 --batches 1 --backends torch --iterations 0 2`` compares landmarks with all tasks.
 """
 
 from __future__ import annotations
@@ -85,8 +91,11 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     ap.add_argument("--sources", type=int, nargs="+", default=[3, 1], help="BN sources of the model (3: the paper's)")
+    ap.add_argument("--tasks", nargs="+", default=["all", "landmarks"], metavar="T1,T2",
+                    help="task sets to report, each comma-separated, or all (default: all landmarks)")
     ap.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure and backend")
     args = ap.parse_args()
+    task_sets = {name: None if name == "all" else name.split(",") for name in args.tasks}
 
     torch.set_num_threads(args.threads)  # the onnxruntime session takes the same number (Predictor default)
     try:
@@ -98,18 +107,20 @@ def main() -> None:
     print(f"iFAN paper config (IFANConfig defaults, random init), 128x128 crops, torch {torch.__version__}, "
           f"onnxruntime {ort_version}, {args.threads} thread(s), "
           f"{platform.processor() or platform.machine()}, load average {load_average():.1f} at start")
-    print(f"{'sources':>7} {'iters':>5} {'batch':>5} {'backend':>11} {'setup s':>7} {'model faces/s':>13} "
-          f"{'predict faces/s':>15} {'x torch':>7}")
+    width = max(9, *(len(name) for name in task_sets))
+    print(f"{'sources':>7} {'iters':>5} {'batch':>5} {'backend':>11} {'tasks':>{width}} {'setup s':>7} "
+          f"{'model faces/s':>13} {'predict faces/s':>15} {'x torch':>7} {'x all':>6}")
     rng = np.random.default_rng(0)
     for sources in args.sources:
         model = paper_model(sources)
         for iterations in args.iterations:
-            predictors, setup_s = {}, {}
+            predictors, setup_s = {}, {}  # keyed by (backend, task set)
             for backend in args.backends:
-                start = time.perf_counter()
-                predictors[backend] = Predictor(model, {"input_size": 128}, detector="none", iterations=iterations,
-                                                backend=backend)
-                setup_s[backend] = time.perf_counter() - start
+                for name, tasks in task_sets.items():
+                    start = time.perf_counter()
+                    predictors[backend, name] = Predictor(model, {"input_size": 128}, detector="none",
+                                                          iterations=iterations, backend=backend, tasks=tasks)
+                    setup_s[backend, name] = time.perf_counter() - start
             for batch in args.batches:
                 crops = torch.randn(batch, 3, 128, 128)
                 images = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(batch)]
@@ -120,11 +131,14 @@ def main() -> None:
                                   args.seconds)
                 predict_fps = timed({b: (lambda p=p, ims=images: list(p.stream(enumerate(ims))))
                                      for b, p in predictors.items()}, batch, args.seconds)
-                for backend in predictors:
-                    base = model_fps.get("torch")
-                    ratio = f"{model_fps[backend] / base:7.2f}" if base else f"{'-':>7}"
-                    print(f"{sources:>7} {iterations:>5} {batch:>5} {backend:>11} {setup_s[backend]:>7.1f} "
-                          f"{model_fps[backend]:>13.1f} {predict_fps[backend]:>15.1f} {ratio}", flush=True)
+                for key in predictors:
+                    backend, name = key
+                    base, every = model_fps.get(("torch", name)), model_fps.get((backend, "all"))
+                    ratio = f"{model_fps[key] / base:7.2f}" if base else f"{'-':>7}"
+                    saved = f"{model_fps[key] / every:6.2f}" if every else f"{'-':>6}"
+                    print(f"{sources:>7} {iterations:>5} {batch:>5} {backend:>11} {name:>{width}} "
+                          f"{setup_s[key]:>7.1f} {model_fps[key]:>13.1f} {predict_fps[key]:>15.1f} {ratio} {saved}",
+                          flush=True)
     print(f"load average {load_average():.1f} at the end (other processes on the machine skew the figures)")
 
 

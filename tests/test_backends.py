@@ -107,6 +107,27 @@ def test_predictor_results_agree(model):
                 assert abs(b["emotion"]["probs"][name] - p) < 1e-5
 
 
+@pytest.mark.parametrize("iterations", [0, 2])
+def test_a_graph_for_some_tasks_outputs_only_them_and_runs_less(model, iterations):
+    """``tasks``: the graph's outputs are those tasks and its last iteration runs only their
+    stream; when a face may get a second pass the graph keeps the landmarks the re-crop reads."""
+    from facemtl.inference.export import onnx_model
+
+    info, x = {"input_size": SIZE}, crops(3, 5)
+    expected = Predictor(model, info, detector="none", iterations=iterations).forward(x)
+    part = Predictor(model, info, detector="none", iterations=iterations, backend="onnxruntime", tasks=["emotion"])
+    assert part.backend.names == ["emotion"]
+    got = part.forward(x)
+    assert set(got) == {"emotion"} and (got["emotion"] - expected["emotion"]).abs().max() < 1e-4
+
+    def convs(tasks):
+        return sum(n.op_type == "Conv" for n in onnx_model(model, info, iterations, batch=1, tasks=tasks).graph.node)
+
+    assert convs(["emotion"]) < convs(None)
+    two = Predictor(model, info, iterations=iterations, backend="onnxruntime", tasks=["emotion"], passes=2)
+    assert two.backend.names == ["landmarks", "emotion"]
+
+
 def test_graph_runs_streams_one_at_a_time(model):
     """Plain per-stream batch norms (no transposes of the grouped form) and no work that no output
     reads: the landmark and emotion streams skip the up path, the stem is computed once."""

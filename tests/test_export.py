@@ -147,6 +147,6 @@ def test_deep_collaboration_model_exports_and_predicts_decoded_points(tmp_path):
     assert points.shape == (2, 5, 2) and points.min() >= 0 and points.max() <= 1
     image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     (face,) = Predictor(model, info, detector="none")(image)
-    assert set(face) == {"box", "landmarks", "smile"}
+    assert set(face) == {"box", "detection_box", "landmarks", "smile"}
     assert face["smile"]["label"] in ("smiling", "not_smiling")
     assert np.all((face["landmarks"] >= 0) & (face["landmarks"] <= SIZE))  # normalised [0, 1] x SIZE

@@ -178,9 +178,9 @@ def test_stream_is_lazy_ordered_and_batches_are_bounded(predictor, monkeypatch):
     sizes = []
     real_forward = predictor.forward
 
-    def counting_forward(crops):
+    def counting_forward(crops, tasks=None):
         sizes.append(crops.shape[0])
-        return real_forward(crops)
+        return real_forward(crops, tasks)
 
     monkeypatch.setattr(predictor, "forward", counting_forward)
 
@@ -391,3 +391,79 @@ def test_detector_searches_big_photos_downscaled_and_reports_original_pixels():
     half = HaarFaceDetector(max_side=256, min_size=20)(image)  # searched at 256 x 256
     assert len(full) == 1 and len(half) >= 1
     np.testing.assert_allclose(half[0], full[0], atol=12)  # largest face first, in 512-px coordinates
+
+
+# ---------------------------------------------------------------------------------------
+# tasks: only the requested tasks are reported (and run at the last iteration)
+
+
+@pytest.mark.parametrize("iterations", [0, None])
+def test_requested_tasks_only_and_the_same_numbers(predictor, iterations):
+    raw = render_face(3, 106, "studio", SIZE)
+    kw = {"detector": "none", "passes": 1, "iterations": iterations}  # one crop, the same in both runs
+    (full,) = Predictor(predictor.model, predictor.info, **kw)(raw["image"])
+    only = Predictor(predictor.model, predictor.info, tasks=["landmarks"], **kw)
+    assert [t.name for t in only.tasks] == ["landmarks"]
+    (face,) = only(raw["image"])
+    assert set(face) == {"box", "detection_box", "landmarks"}
+    # Only landmarks' stream ran at the last iteration (one of two here): the same numbers up to
+    # float rounding, so effectively equal in pixels.
+    np.testing.assert_allclose(face["landmarks"], full["landmarks"], rtol=0, atol=1e-4)
+    (emotion,) = Predictor(predictor.model, predictor.info, tasks=["emotion"], **kw)(raw["image"])
+    assert set(emotion) == {"box", "detection_box", "emotion"}
+    assert emotion["emotion"] == {"label": full["emotion"]["label"],
+                                  "probs": pytest.approx(full["emotion"]["probs"], abs=1e-6)}
+
+
+def test_two_passes_without_landmarks_still_recrop_from_them(predictor, monkeypatch):
+    raw = render_face(3, 107, "studio", SIZE)
+    canvas = paste(raw["image"], 60, 40)
+    box = [[v + 3 for v in face_box_for_crop(60, 40)]]  # off the face a little: the re-crop moves it
+    (full,) = Predictor(predictor.model, predictor.info, passes=2)(canvas, boxes=box)
+    assert full["box"] != full["detection_box"]  # the second crop was taken
+    p = Predictor(predictor.model, predictor.info, passes=2, tasks=["emotion"])
+    asked = []
+    real_forward = p.forward
+
+    def spy(crops, tasks=None):
+        asked.append(tasks)
+        return real_forward(crops, tasks)
+
+    monkeypatch.setattr(p, "forward", spy)
+    (face,) = p(canvas, boxes=box)
+    assert asked == [("landmarks", "emotion"), ("emotion",)]  # the first pass also asks for landmarks
+    assert set(face) == {"box", "detection_box", "emotion"}  # but only emotion is reported
+    np.testing.assert_allclose(face["box"], full["box"], atol=1e-4)
+    assert face["emotion"] == {"label": full["emotion"]["label"],
+                               "probs": pytest.approx(full["emotion"]["probs"], abs=1e-6)}
+
+
+def test_unknown_or_malformed_tasks_are_one_clear_error(run_dir, predictor):
+    with pytest.raises(FacemtlError, match=r"unknown task\(s\) 'age'; this model's tasks are landmarks, parsing, emotion"):
+        facemtl.load(run_dir, tasks=["landmarks", "age"])
+    with pytest.raises(FacemtlError, match="must be a list of task names"):
+        Predictor(predictor.model, predictor.info, tasks="landmarks")
+    with pytest.raises(FacemtlError, match="names no task"):
+        Predictor(predictor.model, predictor.info, tasks=[])
+
+
+def test_cli_tasks_writes_only_those_tasks(run_dir, predictor, tmp_path, capsys):
+    raw = render_face(3, 108, "studio", SIZE)
+    img = write_rgb(tmp_path / "crop.png", raw["image"])
+    out = tmp_path / "pred.json"
+    code = main(["predict", str(img), "--checkpoint", str(run_dir), "--detector", "none", "--json", str(out),
+                 "--overlays", str(tmp_path / "overlays"), "--tasks", "emotion, landmarks"])
+    assert code == 0, capsys.readouterr().err
+    (face,) = json.loads(out.read_text())["images"][0]["faces"]
+    assert set(face) == {"box", "landmarks", "emotion"}
+    assert not (tmp_path / "pred_masks").exists()  # no parsing requested: no masks written
+    assert (tmp_path / "overlays" / "crop.png").exists()
+    (whole,) = Predictor(predictor.model, predictor.info, detector="none")(raw["image"])
+    np.testing.assert_allclose(face["landmarks"], whole["landmarks"], atol=0.006)
+    assert face["emotion"]["label"] == whole["emotion"]["label"]
+    capsys.readouterr()
+    assert main(["predict", str(img), "--checkpoint", str(run_dir), "--tasks", "age"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task(s) 'age'" in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit):  # an empty name: argparse's usage error
+        main(["predict", str(img), "--checkpoint", str(run_dir), "--tasks", "landmarks,"])

@@ -470,8 +470,8 @@ def test_nan_outputs_are_null_in_the_json(run_dir, tmp_path, monkeypatch, capsys
 
     real = Predictor.forward
 
-    def nan_points(self, crops):
-        out = {k: v.clone() for k, v in real(self, crops).items()}  # inference tensors are read-only
+    def nan_points(self, crops, tasks=None):
+        out = {k: v.clone() for k, v in real(self, crops, tasks).items()}  # inference tensors are read-only
         out["landmarks"][:, 0, :] = float("nan")
         out["emotion"][:, 0] = float("inf")
         return out

@@ -21,7 +21,8 @@ def load(path=None, **kw):
     """A checkpoint (run folder, model.safetensors or model.json; None: the model bundled with
     the package, trained on synthetic faces only) as a ready
     :class:`facemtl.inference.predictor.Predictor`; ``kw`` go to it (detector, batch_size, ...,
-    ``backend="onnxruntime"`` for the ONNX graph in onnxruntime on the CPU, ``threads``)."""
+    ``backend="onnxruntime"`` for the ONNX graph in onnxruntime on the CPU, ``threads``,
+    ``tasks=["landmarks"]`` to report, and run at the last iteration, only those tasks)."""
     from facemtl.inference.predictor import Predictor
 
     if path is None:

@@ -13,7 +13,8 @@ from facemtl.errors import FacemtlError
 PREDICT_EPILOG = """\
 output: one JSON object {"images": [{"path", "width", "height", "faces": [{"box": [x0, y0, x1, y1],
 "landmarks": [[x, y], ...], "parsing": "<mask PNG>", "emotion": {"label", "probs": {name: p}}, ...}]}],
-"errors": [{"path", "error"} or {"path", "box", "error"}]}, with only the tasks the model has;
+"errors": [{"path", "error"} or {"path", "box", "error"}]}, with only the tasks the model has
+(with --tasks, only those);
 coordinates are original-image pixels (pixel centres at integers); a value that could not be
 computed is null (never NaN). The --json file and every PNG are written atomically: an interrupted
 run leaves the previous file as it was. Segmentation masks are written as single-channel PNGs of class
@@ -38,8 +39,9 @@ def register(subparsers) -> None:
         formatter_class=_RawEpilog,
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
-    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_CKPT",
-                   help="run folder, model.safetensors or model.json")
+    p.add_argument("--checkpoint", metavar="RUN_OR_CKPT",
+                   help="run folder, model.safetensors or model.json (default: the bundled model, trained on "
+                        "synthetic faces only; see README, 'The bundled model')")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the results here (default: stdout)")
     p.add_argument("--overlays", type=Path, metavar="DIR", help="write one overlay PNG per image here")
     p.add_argument("--masks", type=Path, metavar="DIR", help="write the class-id mask PNGs here (see below)")
@@ -68,6 +70,11 @@ def register(subparsers) -> None:
                    "'facemtl[onnx]') (default: torch)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for the network (default: torch's default, one per core)")
+    p.add_argument("--tasks", type=_task_list, metavar="T1,T2",
+                   help="comma-separated tasks to report, e.g. landmarks,emotion; the others are left out of "
+                   "every output. Saves time: only these tasks' batch-norm streams and decoders run at the last "
+                   "refinement iteration (earlier ones run every task, which the integrator reads), so with "
+                   "--iterations 0 only their streams run at all (default: every task of the model)")
     p.set_defaults(func=run_predict)
 
     e = subparsers.add_parser(
@@ -84,6 +91,14 @@ def register(subparsers) -> None:
     e.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: {OPSET})")
     e.add_argument("--check", action="store_true", help="run the file with onnxruntime and compare with PyTorch")
     e.set_defaults(func=run_export)
+
+
+def _task_list(text: str) -> list[str]:
+    """``--tasks a,b`` -> ["a", "b"]; the names are checked against the model once it is loaded."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated task names, e.g. landmarks,emotion; got {text!r}")
+    return names
 
 
 class _RawEpilog(argparse.HelpFormatter):
@@ -188,9 +203,13 @@ def run_predict(args) -> int:
     box_file = BoxFile(args.boxes) if args.boxes else None
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # the command owns its process; onnxruntime follows it
+    if args.checkpoint is None:
+        from facemtl.models.checkpoint import bundled_model
+
+        args.checkpoint = bundled_model()
     predictor = Predictor.from_checkpoint(args.checkpoint, detector=args.detector, batch_size=args.batch_size,
                                           iterations=args.iterations, margin=args.margin, device=args.device,
-                                          backend=args.backend, passes=args.passes)
+                                          backend=args.backend, passes=args.passes, tasks=args.tasks)
     tasks = predictor.tasks
     paths, folder, problems = _expand(args.inputs)
 

@@ -7,7 +7,8 @@ number of refinement iterations, and reports the LAST iteration, decoded
 logits ``(B, C, S, S)``, category logits ``(B, N)``. One input ``images`` (B, 3, S, S),
 normalised like training (mean/std in the metadata); one output per task, named after it;
 the batch axis is dynamic. The checkpoint's JSON description is stored in the model's
-metadata under ``facemtl_info`` so the file is self-describing.
+metadata under ``facemtl_info`` so the file is self-describing. :func:`onnx_model` can keep only
+some tasks' outputs (``tasks``), whose streams alone then run at the last iteration.
 
 For an iFAN with several batch-norm streams the graph runs the streams one at a time
 (:mod:`facemtl.models.streamwise`: plain batch norms with constant parameters, no up path for
@@ -60,15 +61,20 @@ def require_onnx(what: str = "ONNX export"):
 
 
 class ExportWrapper(nn.Module):
-    """``images -> tuple of decoded last-iteration outputs`` in ``model.tasks`` order."""
+    """``images -> tuple of decoded last-iteration outputs`` in ``model.tasks`` order
+    (``tasks``: only these names' outputs, still in model order; None = every task)."""
 
-    def __init__(self, model: nn.Module, iterations: int | None = None):
+    def __init__(self, model: nn.Module, iterations: int | None = None, tasks=None):
         super().__init__()
         self.model = model
-        self.names = [t.name for t in model.tasks]
+        self.names = [t.name for t in model.tasks if tasks is None or t.name in tasks]
+        if tasks is not None and (not self.names or set(tasks) - set(self.names)):
+            raise FacemtlError(f"tasks must name some of {[t.name for t in model.tasks]}, got {list(tasks)}")
         if iterations is not None:
             model.check_iterations(iterations)
         self.kwargs = {} if iterations is None else {"iterations": int(iterations)}
+        if tasks is not None and len(self.names) < len(model.tasks):  # all tasks: the plain call
+            self.kwargs["tasks"] = list(self.names)
 
     def forward(self, images: torch.Tensor):
         last = self.model(images, source=None, **self.kwargs)[-1]
@@ -119,20 +125,23 @@ def export_onnx(model: nn.Module, info: dict, out_path: str | Path, iterations: 
     return out_path
 
 
-def onnx_model(model: nn.Module, info: dict, iterations: int | None = None, opset: int = OPSET, batch: int = 2):
+def onnx_model(model: nn.Module, info: dict, iterations: int | None = None, opset: int = OPSET, batch: int = 2,
+               tasks=None):
     """The checked ONNX ``ModelProto`` of ``model`` (moved to the CPU, eval mode), in memory.
 
     ``batch`` is the traced example's batch size (the batch axis is dynamic in the graph); the
-    trace runs the model once on it, the larger part of an export's time.
+    trace runs the model once on it, the larger part of an export's time. ``tasks`` (names,
+    None = all): the graph's outputs; the last iteration then runs only their streams and
+    decoders (earlier iterations still run every task, which the integrator reads).
     """
     from facemtl.models.streamwise import inference_module
 
     onnx, _ = require_onnx()
     check_opset(opset)
     model = model.cpu().eval()
-    reference = ExportWrapper(model, iterations).eval()  # checks iterations with the model's own message
+    reference = ExportWrapper(model, iterations, tasks).eval()  # checks iterations with the model's own message
     # eval(): the exporter puts the module back in the mode it found it in, submodules included
-    graph = (inference_module(model, iterations) or reference).eval()
+    graph = (inference_module(model, iterations, tasks) or reference).eval()
     size = int(info.get("input_size", 128))
     example = torch.zeros(batch, 3, size, size)
     names = reference.names

@@ -22,6 +22,11 @@ Pipeline for one image:
 3. the crops of several faces (and images) go through the model together; all refinement
    iterations run and the LAST one is reported (iFAN section 3.2: IterN refines Iter0);
    with ``source=None`` each task comes from its own source's batch-norm stream;
+3b. ``tasks`` (names; None: every task of the model) are the tasks reported. The model is asked
+   for only those at the last iteration (iFAN then runs only their streams and decoders there,
+   and the up path only for a segmentation task; earlier iterations run every task, which the
+   integrator reads). A first pass of two also asks for ``landmarks``, which the re-crop needs,
+   but reports only ``tasks`` when it is a face's final crop;
 4. ``model.decode`` turns raw outputs into standard forms, which are mapped back with the
    inverse crop matrix: points to original pixels; segmentation logits warped back bilinearly
    (:func:`~facemtl.data.transforms.warp_logits_back`) and argmaxed at full resolution (as
@@ -35,13 +40,16 @@ streams one at a time, :mod:`facemtl.models.streamwise`) and runs it in an onnxr
 session with ``threads`` intra-op threads (default ``torch.get_num_threads()``). Building the
 session costs one export (seconds for the paper's model); both give the same results up to
 float rounding (tests/test_backends.py). onnxruntime is the optional extra ``facemtl[onnx]``.
+With ``tasks`` the graph's outputs are those tasks (plus ``landmarks`` when a face may get a
+second pass: one graph serves both passes), so it too runs only their streams at the last
+iteration.
 
 Per face the result is ``{"box": [x0, y0, x1, y1] (the face box the reported outputs were
 cropped from, before the margin: the caller's box as given; for a detected face its calibrated
 or landmark square), "detection_box": [x0, y0, x1, y1] (the box the face came with: the
 detector's, or the caller's), <points task>: float32 (K, 2) array of
 (x, y) original pixels, <segmentation task>: uint8 (H, W) class-id array, <category task>:
-{"label": name, "probs": {name: p}}}``, with only the tasks the model has. Coordinates are
+{"label": name, "probs": {name: p}}}``, with only the requested tasks. Coordinates are
 continuous pixel coordinates with pixel centres at integers (the transforms' convention).
 
 Limits: the margin is a finite number from 0 to ``MAX_CROP_MARGIN`` (5, models/checkpoint.py);
@@ -208,11 +216,17 @@ class TorchBackend:
     def __init__(self, model, iterations: int | None, device: torch.device):
         self.model, self.device = model, device
         self.kwargs = {} if iterations is None else {"iterations": iterations}
+        self.all = tuple(t.name for t in model.tasks)
 
-    def __call__(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, crops: torch.Tensor, tasks=None) -> dict[str, torch.Tensor]:
+        """Decoded last-iteration outputs of ``tasks`` (names; None: every task)."""
+        names = self.all if tasks is None else tuple(tasks)
+        kwargs = dict(self.kwargs)
+        if set(names) != set(self.all):  # every task: the plain call, as before ``tasks`` existed
+            kwargs["tasks"] = list(names)
         with torch.inference_mode():
-            outputs = self.model(crops.to(self.device), source=None, **self.kwargs)[-1]
-            return {t.name: self.model.decode(t.name, outputs[t.name]).float().cpu() for t in self.model.tasks}
+            outputs = self.model(crops.to(self.device), source=None, **kwargs)[-1]
+            return {n: self.model.decode(n, outputs[n]).float().cpu() for n in names}
 
 
 class OnnxRuntimeBackend:
@@ -220,19 +234,27 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, model, info: dict, iterations: int | None, threads: int):
+    def __init__(self, model, info: dict, iterations: int | None, threads: int, tasks=None):
         from facemtl.inference.export import onnx_model, onnx_session, require_onnx
 
         require_onnx("the onnxruntime backend")
-        graph = onnx_model(model, info, iterations, batch=1).SerializeToString()  # one image: the cheapest trace
+        # one image: the cheapest trace; ``tasks`` (None: all) are the graph's only outputs
+        graph = onnx_model(model, info, iterations, batch=1, tasks=tasks).SerializeToString()
         self.session = onnx_session(graph, threads=threads)
         self.names = [o.name for o in self.session.get_outputs()]
 
-    def __call__(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, crops: torch.Tensor, tasks=None) -> dict[str, torch.Tensor]:
+        """Decoded last-iteration outputs of ``tasks`` (None: every output of the graph). The
+        graph's outputs are fixed when it is built, so it computes them all either way."""
+        missing = [n for n in tasks or () if n not in self.names]
+        if missing:
+            raise FacemtlError(f"the onnxruntime graph was built without {', '.join(missing)} "
+                               f"(its outputs: {', '.join(self.names)})")
         # normalise() keeps the uint8 crops' channels-last strides; onnxruntime wants C order.
         images = np.ascontiguousarray(crops.detach().cpu().numpy(), dtype=np.float32)
         outputs = self.session.run(None, {"images": images})
-        return {name: torch.from_numpy(value) for name, value in zip(self.names, outputs)}
+        return {name: torch.from_numpy(value) for name, value in zip(self.names, outputs)
+                if tasks is None or name in tasks}
 
 
 def check_backend(backend, device: torch.device | None = None, threads=None) -> str:
@@ -287,13 +309,14 @@ class Predictor:
     iterations to run (None: all the model was built with). ``margin``: crop margin
     overriding the checkpoint's. ``device``: torch device for the model. ``backend``:
     ``"torch"`` or ``"onnxruntime"`` (CPU; see the module docstring); ``threads``: the
-    onnxruntime session's intra-op threads (None: ``torch.get_num_threads()``).
+    onnxruntime session's intra-op threads (None: ``torch.get_num_threads()``). ``tasks``: names
+    of the tasks to report (None: all the model has); only they run at the last iteration.
     """
 
     def __init__(self, model, info: dict, *, detector: str = "opencv", batch_size: int = 16,
                  iterations: int | None = None, margin: float | None = None, device: str | torch.device = "cpu",
                  backend: str = "torch", threads: int | None = None, passes: int | None = None,
-                 calibrate: bool = True):
+                 calibrate: bool = True, tasks=None):
         if isinstance(detector, str):
             if detector not in DETECTORS:
                 raise FacemtlError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
@@ -315,13 +338,13 @@ class Predictor:
         check_backend(backend, self.device, threads)
         self.model = model.to(self.device).eval()
         self.info = info
-        self.tasks = tuple(model.tasks)
+        self.tasks = select_tasks(model.tasks, tasks)  # the tasks reported, in the model's order
         self.input_size = int(info.get("input_size", 128))
         norm = info.get("normalization") or {}
         self.mean = torch.tensor(norm.get("mean", IMAGE_MEAN), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(norm.get("std", IMAGE_STD), dtype=torch.float32).view(1, 3, 1, 1)
         # The task whose prediction the second pass crops from: training crops from "landmarks".
-        self.recrop_task = next((t for t in self.tasks if t.name == "landmarks" and t.kind == "points"), None)
+        self.recrop_task = next((t for t in model.tasks if t.name == "landmarks" and t.kind == "points"), None)
         if passes == 2 and self.recrop_task is None:
             raise FacemtlError("passes=2 re-crops each face from its predicted landmarks, but this model has no "
                                "'landmarks' task; use passes=1")
@@ -334,9 +357,17 @@ class Predictor:
         if iterations is not None:
             model.check_iterations(iterations)
         self.iterations = iterations
+        # What the model is asked for: a final crop needs only the reported tasks; a first crop of
+        # two also needs the landmarks it is re-cropped from.
+        self.task_names = tuple(t.name for t in self.tasks)
+        self.first_pass_names = tuple(t.name for t in model.tasks if t.name in self.task_names
+                                      or t is self.recrop_task)
         if backend == "onnxruntime":
+            # One graph serves both passes: it keeps the landmarks when a face may be re-cropped.
+            recrop = self.recrop_task is not None and (passes == 2 or (passes is None and self.detector is not None))
+            outputs = None if tasks is None else self.first_pass_names if recrop else self.task_names
             self.backend = OnnxRuntimeBackend(self.model, info, iterations,
-                                              threads if threads is not None else torch.get_num_threads())
+                                              threads if threads is not None else torch.get_num_threads(), outputs)
         else:
             self.backend = TorchBackend(self.model, iterations, self.device)
 
@@ -483,9 +514,10 @@ class Predictor:
         pixels = warp_image(item.image, matrix, self.input_size)
         return _Crop(item.rec, item.index, item.box, square, matrix, pixels, None)
 
-    def forward(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalised crops (B, 3, S, S) -> decoded outputs of the last iteration, per task (CPU float)."""
-        return self.backend(crops)
+    def forward(self, crops: torch.Tensor, tasks=None) -> dict[str, torch.Tensor]:
+        """Normalised crops (B, 3, S, S) -> decoded outputs of the last iteration, per task (CPU
+        float), for ``tasks`` (names; None: the predictor's :attr:`tasks`)."""
+        return self.backend(crops, self.task_names if tasks is None else tuple(tasks))
 
     def normalise(self, crops: np.ndarray) -> torch.Tensor:
         """(B, S, S, 3) uint8 RGB -> (B, 3, S, S) float with the checkpoint's mean/std."""
@@ -495,7 +527,9 @@ class Predictor:
     def _run(self, batch: list[_Crop]) -> list[_Crop]:
         """Run one batch of crops; fills the faces of final crops and returns the second-pass
         crops of faces that have one (their results are reported from that crop instead)."""
-        out = self.forward(self.normalise(np.stack([item.pixels for item in batch])))
+        first = any(item.image is not None for item in batch)  # a first pass needs the landmarks too
+        out = self.forward(self.normalise(np.stack([item.pixels for item in batch])),
+                           self.first_pass_names if first else self.task_names)
         again: list[_Crop] = []
         for j, item in enumerate(batch):
             rec, box, matrix = item.rec, item.box, item.matrix
@@ -535,6 +569,24 @@ class _Crop:
     matrix: np.ndarray  # original -> crop
     pixels: np.ndarray  # (S, S, 3) uint8
     image: np.ndarray | None  # the photo, kept while a second pass will re-crop from it
+
+
+def select_tasks(model_tasks, tasks) -> tuple:
+    """The tasks of ``model_tasks`` that ``tasks`` names (None: all), in the model's order, or
+    one line listing the model's tasks."""
+    names = [t.name for t in model_tasks]
+    if tasks is None:
+        return tuple(model_tasks)
+    listed = ", ".join(names)
+    if isinstance(tasks, str) or not isinstance(tasks, Iterable):  # a str would be read letter by letter
+        raise FacemtlError(f"tasks must be a list of task names (this model's: {listed}), got {tasks!r}")
+    asked = list(tasks)
+    unknown = [t for t in asked if t not in names]
+    if unknown:
+        raise FacemtlError(f"unknown task(s) {', '.join(repr(t) for t in unknown)}; this model's tasks are {listed}")
+    if not asked:
+        raise FacemtlError(f"tasks names no task; name some of this model's tasks ({listed}) or pass None for all")
+    return tuple(t for t in model_tasks if t.name in asked)
 
 
 def _box_json(box) -> Any:

@@ -41,15 +41,20 @@ def task_streams(model: IFAN) -> tuple[int, ...]:
 
 class StreamwiseIFAN(nn.Module):
     """``images -> tuple of decoded last-iteration outputs`` (``model.tasks`` order), one stream
-    at a time; the same numbers as ``ExportWrapper`` (up to float rounding)."""
+    at a time; the same numbers as ``ExportWrapper`` (up to float rounding).
 
-    def __init__(self, model: IFAN, iterations: int | None = None):
+    ``tasks`` (names, None = all): the outputs of the graph. Earlier iterations still run every
+    stream (the integrator reads every task); the last runs only the requested tasks' streams."""
+
+    def __init__(self, model: IFAN, iterations: int | None = None, tasks=None):
         super().__init__()
         self.model = model
         self.iterations = model.check_iterations(iterations)
         self.names = [t.name for t in model.tasks]
         self.task_streams = task_streams(model)
         self.streams = tuple(sorted(set(self.task_streams)))
+        self.outputs = [self.names[t] for t in model._wanted(tasks)]  # model order; checks the names
+        self.last_streams = tuple(sorted({s for n, s in zip(self.names, self.task_streams) if n in self.outputs}))
 
     def forward(self, images: torch.Tensor):
         model = self.model
@@ -59,15 +64,19 @@ class StreamwiseIFAN(nn.Module):
             if i:  # the assembled predictions, re-encoded once, feed every stream (as in IFAN.forward)
                 feedback = model.integrator([last[name] for name in self.names], size)
             model.use_iteration_statistics(i)
-            features = {s: model.backbone(images, s, feedback) for s in self.streams}
+            final = i == self.iterations
+            # Explicit, not left to the exporter's dead-code pass: the eager module is cheaper too.
+            streams = self.last_streams if final else self.streams
+            features = {s: model.backbone(images, s, feedback) for s in streams}
             last = {name: decoder(features[s], s)
-                    for name, decoder, s in zip(self.names, model.decoders, self.task_streams)}
-        return tuple(model.decode(name, last[name]) for name in self.names)
+                    for name, decoder, s in zip(self.names, model.decoders, self.task_streams)
+                    if not final or name in self.outputs}
+        return tuple(model.decode(name, last[name]) for name in self.outputs)
 
 
-def inference_module(model: nn.Module, iterations: int | None = None) -> nn.Module | None:
-    """:class:`StreamwiseIFAN` for an iFAN that predicts through several streams, else None
-    (one stream: the model's own forward is already the plain graph)."""
+def inference_module(model: nn.Module, iterations: int | None = None, tasks=None) -> nn.Module | None:
+    """:class:`StreamwiseIFAN` (outputs: ``tasks``, None = all) for an iFAN that predicts through
+    several streams, else None (one stream: the model's own forward is already the plain graph)."""
     if isinstance(model, IFAN) and len(set(task_streams(model))) > 1:
-        return StreamwiseIFAN(model, iterations)
+        return StreamwiseIFAN(model, iterations, tasks)
     return None
