@@ -47,7 +47,10 @@ def build(name: str, task: str):
 @pytest.fixture(scope="module")
 def batch():
     tasks = [get_task(task) for task, _, _ in PLAN.values()]
-    faces = SyntheticFaces(SAMPLES, style="studio", seed=0, size=64)
+    # The plain renderer (features: none): this test asks whether each model can fit a handful
+    # of faces in its budget, calibrated on these faces; the realism features' harder faces
+    # (teeth, irises, make-up) are the training runs' business (README, default run).
+    faces = SyntheticFaces(SAMPLES, style="studio", seed=0, size=64, features=frozenset())
     return collate([to_sample(faces[i], tasks) for i in range(len(faces))])
 
 

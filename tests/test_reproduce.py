@@ -49,6 +49,7 @@ class _Images(HTMLParser):
             self.sources.append(dict(attrs)["src"])
 
 
+@pytest.mark.usefixtures("one_thread")  # tiny runs: a second thread only waits when the cores are shared
 def test_smoke_suite_end_to_end(tmp_path):
     from facemtl.cli import main
 
