@@ -35,6 +35,9 @@ eager,channels_last,batched_feedback,allocator,fast``), projected default run, w
     threads 2: channels_last x1.44, batched_feedback x1.10, allocator x1.15, fast x1.52
                (per update x1.39 .. x1.81: stage-1 emotion 96.9 -> 56.5 ms)
     threads 1: channels_last x1.46, batched_feedback x1.05, allocator x1.09, fast x1.79
+    (these before foreach and last_only existed; with them, on the idle machine, ``--compare
+    --repeat 5``: fast x1.81 at 2 threads, 9.20 -> 5.08 min; per update x1.42 .. x2.84,
+    stage-1 emotion 100.1 -> 35.2 ms, stage-2 emotion I=2 392.6 -> 235.6 ms)
 
 Profile (torch.profiler, self CPU, eager, all nine update kinds): convolution ~65% (backward
 ~46%: oneDNN reorders NCHW to a blocked layout and back on every call), batch norm ~10%,
