@@ -97,6 +97,12 @@ def test_a_training_run_and_eval_report_leave_a_readable_report(tmp_path):
         data = base64.b64decode(re.sub("^data:image/png;base64,", "", src))
         assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
     assert "Iter1" in page and "majority" in page  # the result tables with their baselines
+    # the same figures as PNG files beside the CSVs
+    pngs = sorted(p.name for p in run.glob("*.png"))
+    assert {"training_loss.png", "confusion_emotion.png", "ced_landmarks.png", "predictions.png"} <= set(pngs)
+    assert len(pngs) == len(parser.sources)
+    for name in pngs:
+        assert cv2.imread(str(run / name)) is not None
     (run / "report.html").unlink()
     assert main(["eval", str(run), "--report"]) == 0
     assert (run / "report.html").exists()

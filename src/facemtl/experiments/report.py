@@ -15,6 +15,7 @@ import html
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +32,13 @@ def _plt():
     return plt
 
 
-def _png(fig) -> str:
+def _png(fig, name: str = "figure") -> str:
+    """The figure as an embedded <img>; ``name`` is its alt text and, in a run report, its PNG
+    file name in the run folder."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     _plt().close(fig)
-    return _img(buf.getvalue())
+    return _img(buf.getvalue(), name)
 
 
 def _img(data: bytes, alt: str = "figure") -> str:
@@ -140,7 +143,7 @@ def _curves(run_dir: Path) -> str:
         ax.set_ylabel("loss (sum over iterations)")
         ax.legend(fontsize=8)
         ax.set_title("training loss per task", fontsize=9)
-        out.append(_png(fig))
+        out.append(_png(fig, "training_loss"))
     from facemtl.experiments.reproduce import epoch_rows
 
     epochs = epoch_rows(run_dir / "epochs.csv") if (run_dir / "epochs.csv").exists() else []
@@ -160,7 +163,7 @@ def _curves(run_dir: Path) -> str:
             ax.set_title(key.replace("_iter0", " (Iter0)"), fontsize=9)
             ax.set_xlabel("epoch end (dashed: stage 2 starts)", fontsize=8)
         fig.suptitle("Figure 7: each task during task-wise pre-training and batch-wise alternation", fontsize=10, y=1.06)
-        out.append(_png(fig))
+        out.append(_png(fig, "figure7_per_epoch"))
     return "".join(out)
 
 
@@ -240,7 +243,7 @@ def _model_views(run_dir: Path, loaded: tuple | None = None) -> str:
         ax.set_ylabel("fraction of test faces")
         ax.set_title(f"CED curves, {task.name}", fontsize=9)
         ax.legend(fontsize=8)
-        parts.append(_png(fig))
+        parts.append(_png(fig, f"ced_{task.name}"))
     parts.append(_strip(model, info, sources))
     return "".join(parts)
 
@@ -277,7 +280,7 @@ def _strip(model, info: dict, sources) -> str:
     if handles:
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=5, fontsize=7, frameon=False)
     ax.set_title("test predictions (last iteration), every task drawn", fontsize=9)
-    return _png(fig)
+    return _png(fig, "predictions")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +337,7 @@ def _run_confusions(metrics: dict, tasks) -> str:
         names = task.class_names or [str(i) for i in range(len(r["confusion"]))]
         fig, ax = plt.subplots(figsize=(0.5 * len(names) + 2.5, 0.5 * len(names) + 2))
         _draw_confusion(ax, r["confusion"], names, f"{task.name}: confusion (rows normalised)")
-        parts.append(_png(fig))
+        parts.append(_png(fig, f"confusion_{task.name}"))
     return "".join(parts)
 
 
@@ -357,7 +360,12 @@ def write_run_report(run_dir, metrics: dict | None = None, loaded: tuple | None 
                 "<h2>Confusion matrices</h2>", _run_confusions(metrics, model.tasks),
                 "<h2>CED curves and predictions</h2>", _model_views(run_dir, loaded)]
     path = run_dir / "report.html"
-    atomic_write_bytes(path, _page("facemtl run", sections).encode("utf-8"))
+    page = _page("facemtl run", sections)
+    # the same figures as PNG files beside the CSVs, named by their alt text (training_loss.png,
+    # confusion_<task>.png, ced_<task>.png, predictions.png, figure7_per_epoch.png)
+    for name, data in re.findall(r'<img alt="([A-Za-z0-9_]+)" src="data:image/png;base64,([^"]+)">', page):
+        atomic_write_bytes(run_dir / f"{name}.png", base64.b64decode(data))
+    atomic_write_bytes(path, page.encode("utf-8"))
     return path
 
 

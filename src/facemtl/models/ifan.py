@@ -593,7 +593,7 @@ def _take_chunk(features: dict, k: int, b: int) -> dict:
 
 
 # The default training run's iFAN (facemtl.config.TrainConfig()): the narrow network below at
-# 64 px on three calibrated synthetic sources, sized for about 7.5 minutes on 2 idle CPU cores
+# 64 px on three calibrated synthetic sources, sized for about 7 minutes on 2 idle CPU cores
 # (README gives the measured time and numbers). Where it departs from IFANConfig's paper
 # defaults (configs/ifan_paper.yaml keeps the paper's settings), and why:
 # * narrower and shallower (growth 6, 2 layers per block, 4 blocks at 64 px): the paper-sized
