@@ -401,7 +401,8 @@ def ablation_heatmap(result: dict, path) -> None:
         key = "nme_relative_change"  # failure rate saturated (0 or 100%): show the NME instead
     values = np.array([[np.nan if c[key] is None else c[key] for c in result["cells"][t]] for t in tasks])
     fig, ax = plt.subplots(figsize=(1.4 * result["blocks"] + 2, 0.6 * len(tasks) + 1.5))
-    lim = max(np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0, 1e-6)
+    # at least +-1%: an all-zero ablation (no effect) reads as a neutral map, not a +-1e-6 colour scale
+    lim = max(np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0, 1.0)
     im = ax.imshow(values, cmap="RdBu_r", vmin=-lim, vmax=lim)
     ax.set_xticks(range(result["blocks"]), [f"Block {b + 1}" for b in range(result["blocks"])])
     ax.set_yticks(range(len(tasks)), tasks)
