@@ -5,7 +5,10 @@ One photo is an anecdote, not a benchmark: it catches a model that has not trans
 (a shrunken mean face, flat emotion probabilities), not small differences. Prints, per
 checkpoint: the face box found, the 5-point NME (inter-ocular, hand labels; about 3.5% of it
 is label noise), the mouth-corner distance (labelled 45.5 px), the emotion probabilities (the
-face smiles: Happy), and writes an overlay PNG per checkpoint with --out.
+face smiles: Happy), the trivial baseline (the synthetic landmark source's mean shape placed in the
+same face square: with --passes 1 that square is the calibrated detector box, independent of the
+model; with two passes it is the model's own re-crop), and writes an overlay PNG per checkpoint
+with --out.
 
     python benchmarks/real_photo.py RUN_DIR [RUN_DIR ...] [--passes 1|2] [--out DIR]
 """
@@ -56,6 +59,11 @@ def main(argv=None) -> None:
             top = sorted(probs.items(), key=lambda kv: -kv[1])[:3]
             line.append(f"emotion {face['emotion']['label']} ({', '.join(f'{k} {v:.2f}' for k, v in top)}; "
                         f"labelled {labels['emotion']})")
+        if "landmarks" in face:
+            # trivial baseline: the synthetic landmark source's mean shape, placed in the same face
+            # square the model's outputs were cropped from
+            base = mean_shape_in(face["box"], pred.info) - truth
+            line.append(f"mean shape in the same square: NME {np.linalg.norm(base, axis=1).mean() / iod * 100:.1f}%")
         print("    " + "\n    ".join(line))
         if args.out:
             from facemtl.data.images import read_image
@@ -64,6 +72,23 @@ def main(argv=None) -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             name = Path(ckpt).resolve().name
             write_png(args.out / f"astronaut_{name}.png", draw_overlay(read_image(image_path), result.faces, pred.tasks))
+
+
+def mean_shape_in(square, info: dict, n: int = 500) -> np.ndarray:
+    """The mean of n synthetic landmark-source faces' 5 points, in units of each face's own
+    training square (:func:`facemtl.inference.alignment.landmark_square`), mapped into ``square``."""
+    from facemtl.data.synth import SyntheticFaces
+    from facemtl.inference.alignment import landmark_square
+
+    src = next(s for s in info["sources"] if "landmarks" in s["tasks"])
+    faces = SyntheticFaces(n, style=src.get("style", "snapshot"), seed=src.get("seed", 0), size=128)
+    unit = []
+    for i in range(n):
+        pts = np.asarray(faces[i]["landmarks"], np.float64)
+        q = landmark_square(pts)
+        unit.append((pts - q[:2]) / (q[2] - q[0]))
+    q = np.asarray(square, np.float64)
+    return np.mean(unit, axis=0) * (q[2] - q[0]) + q[:2]
 
 
 if __name__ == "__main__":

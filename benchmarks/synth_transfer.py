@@ -59,7 +59,8 @@ def main(argv=None) -> None:
                     b = result["baselines"]
                     print(f"{'  (trivial baselines)':28s} {r:8s} {style:10s} "
                           f"{b.get('landmarks', {}).get('mean_shape_nme', float('nan')):7.2f} "
-                          f"{b.get('landmarks', {}).get('mean_shape_failure_rate', float('nan')):7.1f} {0.0:6.1f} "
+                          f"{b.get('landmarks', {}).get('mean_shape_failure_rate', float('nan')):7.1f} "
+                          f"{max(b.get('parsing', {}).get(k, {}).get('overall', float('nan')) for k in ('all_background', 'all_skin')):6.1f} "
                           f"{b.get('emotion', {}).get('majority_accuracy', float('nan')):6.1f}")
 
 

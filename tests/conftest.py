@@ -40,3 +40,22 @@ def run_two_gloo_processes():
             return dict(results)
 
     return run
+
+
+@pytest.fixture
+def hide_module(monkeypatch):
+    """``hide(name)``: importing ``name`` or its submodules raises ImportError, as when the
+    package is not installed (for the install-hint messages of optional extras)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def hide(name: str) -> None:
+        def blocked(module, *args, **kwargs):
+            if module == name or module.startswith(name + "."):
+                raise ImportError(f"No module named {module!r}", name=module)
+            return real_import(module, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", blocked)
+
+    return hide

@@ -7,7 +7,6 @@ predictor's landmarks within 1e-3 pixel, masks equal but for argmax near-ties, l
 probabilities within 1e-5.
 """
 
-import builtins
 import json
 
 import numpy as np
@@ -225,15 +224,8 @@ def test_load_and_cli_predict_with_onnxruntime(run_dir, tmp_path, capsys):
     assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
-def test_missing_onnxruntime_is_one_line_naming_the_extra(monkeypatch, run_dir, tmp_path, capsys):
-    real_import = builtins.__import__
-
-    def no_onnxruntime(name, *args, **kwargs):
-        if name == "onnxruntime" or name.startswith("onnxruntime."):
-            raise ImportError(f"No module named {name!r}", name=name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+def test_missing_onnxruntime_is_one_line_naming_the_extra(hide_module, run_dir, tmp_path, capsys):
+    hide_module("onnxruntime")
     with pytest.raises(FacemtlError, match=r"onnxruntime backend needs .*pip install 'facemtl\[onnx\]'"):
         facemtl.load(tmp_path / "not-a-run", backend="onnxruntime")  # before the checkpoint is read
     image = tmp_path / "face.png"

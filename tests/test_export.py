@@ -1,6 +1,5 @@
 """ONNX export: onnxruntime agrees with PyTorch on the source=None (per-source streams) path."""
 
-import builtins
 import json
 
 import numpy as np
@@ -96,15 +95,8 @@ def test_iterations_zero_exports_iter0(run_dir, tmp_path, capsys):
         export_onnx(model, info, tmp_path / "model.bin")
 
 
-def test_missing_onnx_packages_give_an_install_hint(monkeypatch, run_dir, tmp_path, capsys):
-    real_import = builtins.__import__
-
-    def no_onnx(name, *args, **kwargs):
-        if name == "onnx" or name.startswith("onnx."):
-            raise ImportError(f"No module named {name!r}", name=name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_onnx)
+def test_missing_onnx_packages_give_an_install_hint(hide_module, run_dir, tmp_path, capsys):
+    hide_module("onnx")
     with pytest.raises(FacemtlError, match=r"pip install 'facemtl\[onnx\]'"):
         require_onnx()
     assert main(["export", str(run_dir), "--onnx", str(tmp_path / "m.onnx")]) == 2
