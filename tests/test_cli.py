@@ -1,8 +1,12 @@
+import os
 import subprocess
 import sys
 
+import cv2
+
 import facemtl
 from facemtl.cli import main
+from facemtl.data.synth import render_face
 
 
 def test_version_flag(capsys):
@@ -99,3 +103,22 @@ def test_every_option_of_every_command_has_help_text():
             if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
                 missing.append(f"{prefix} {'/'.join(action.option_strings) or action.dest}")
     assert not missing, missing
+
+
+def _run_into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m facemtl ARGS`` with stdout a pipe whose reader is already gone (``| head``)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "facemtl", *args], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    finally:
+        os.close(write_end)
+
+
+def test_a_closed_pipe_ends_quietly_with_the_sigpipe_status(tmp_path):
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), cv2.cvtColor(render_face(0, 0, "studio", 128)["image"], cv2.COLOR_RGB2BGR))
+    out = _run_into_a_closed_pipe("predict", str(image), "--detector", "none")
+    assert out.returncode == 141, out.stderr
+    assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr

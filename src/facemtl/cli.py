@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from facemtl import __version__
@@ -38,17 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:  # building the parser imports the subcommands: a Ctrl-C there is an interruption too
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:  # --help, --version, a usage error: flush here, where a closed pipe is caught
+            sys.stdout.flush()
+            raise
         if not getattr(args, "func", None):
             parser.print_help()
-            return 2
-        return int(args.func(args) or 0)
+            status = 2
+        else:
+            status = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return status
     except FacemtlError as exc:
         print(f"facemtl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("facemtl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`facemtl predict ... | head`): stop quietly, like other Unix tools;
+        # point stdout at /dev/null so that the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 
 
 if __name__ == "__main__":
