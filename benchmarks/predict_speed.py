@@ -48,7 +48,7 @@ import torch
 
 import facemtl
 from facemtl.inference.predictor import BACKENDS, Predictor
-from facemtl.models.norm import SourceBatchNorm2d
+from facemtl.models.norm import randomise_norms
 
 
 def timed(fns: dict, n_faces: int, seconds: float) -> dict:
@@ -69,15 +69,7 @@ def timed(fns: dict, n_faces: int, seconds: float) -> dict:
 def paper_model(sources: int) -> torch.nn.Module:
     """The paper's iFAN (random weights) with ``sources`` BN sources; rows made to differ."""
     torch.manual_seed(0)
-    model = facemtl.create_model("ifan", input_size=128, num_sources=sources).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, SourceBatchNorm2d):
-                module.running_mean.normal_(0.0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.8, 1.2)
-                module.bias.normal_(0.0, 0.1)
-    return model
+    return randomise_norms(facemtl.create_model("ifan", input_size=128, num_sources=sources).eval())
 
 
 def load_average() -> float:

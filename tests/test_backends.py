@@ -18,7 +18,7 @@ from facemtl.cli import main
 from facemtl.errors import FacemtlError
 from facemtl.inference.predictor import Predictor
 from facemtl.models.checkpoint import save_checkpoint
-from facemtl.models.norm import SourceBatchNorm2d
+from facemtl.models.norm import SourceBatchNorm2d, randomise_norms
 
 SIZE = 64
 CONFIG = dict(tasks=["landmarks", "parsing", "emotion"], num_sources=3, iterations=2, growth_rate=4,
@@ -31,15 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def random_ifan(**overrides) -> torch.nn.Module:
     torch.manual_seed(3)
-    model = facemtl.create_model("ifan", **{**CONFIG, **overrides}).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, SourceBatchNorm2d):
-                module.running_mean.normal_(0.0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.7, 1.3)
-                module.bias.normal_(0.0, 0.2)
-    return model
+    return randomise_norms(facemtl.create_model("ifan", **{**CONFIG, **overrides}).eval())
 
 
 @pytest.fixture(scope="module")

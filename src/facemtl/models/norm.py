@@ -119,3 +119,18 @@ def select_statistics(norms: Sequence[SourceBatchNorm2d], index: int) -> None:
     """Make ``norms`` read (and in training update) statistics set ``index``."""
     for norm in norms:
         norm.active_set = index
+
+
+@torch.no_grad()
+def randomise_norms(model: nn.Module, spread: float = 0.2) -> nn.Module:
+    """Give every :class:`SourceBatchNorm2d` row its own random running statistics and affine
+    parameters. A freshly built model has identical rows (mean 0, var 1, weight 1, bias 0), under
+    which per-source streams, batch-norm folding and the sources' order cannot be told apart; tests
+    and benchmarks of those paths call this first. Uses the global torch generator."""
+    for module in model.modules():
+        if isinstance(module, SourceBatchNorm2d):
+            module.running_mean.normal_(0.0, spread)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.uniform_(1.0 - 1.5 * spread, 1.0 + 1.5 * spread)
+            module.bias.normal_(0.0, spread)
+    return model
