@@ -49,6 +49,22 @@ class _Images(HTMLParser):
             self.sources.append(dict(attrs)["src"])
 
 
+def test_single_task_runs_get_the_3t_runs_stage2_rounds_also_under_torchrun(monkeypatch):
+    from facemtl.config import config_from_dict
+    from facemtl.experiments.reproduce import _stage2_rounds, ifan_variants
+
+    cfg = config_from_dict({"schedule": {"epochs": 3}, "data": [
+        {"tasks": ["parsing"], "n_train": 40, "batch_size": 4},
+        {"tasks": ["emotion"], "n_train": 31, "batch_size": 3},
+        {"tasks": ["landmarks"], "n_train": 22, "batch_size": 4}]})
+    # per epoch max_t floor(floor(n_t / W) / b_t): W=1 max(10, 10, 5); W=2 max(5, 5, 2); W=3 max(3, 3, 1)
+    assert [_stage2_rounds(cfg, w) for w in (1, 2, 3)] == [30, 15, 9]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert ifan_variants(cfg)["single_emotion"].schedule.rounds == 15
+    monkeypatch.delenv("WORLD_SIZE")
+    assert ifan_variants(cfg)["single_landmarks"].schedule.rounds == 30
+
+
 @pytest.mark.usefixtures("one_thread")  # tiny runs: a second thread only waits when the cores are shared
 def test_smoke_suite_end_to_end(tmp_path):
     from facemtl.cli import main

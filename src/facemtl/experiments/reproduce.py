@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 import types
 from pathlib import Path
@@ -127,12 +128,16 @@ def dcnet_base(budget: str):
 # iFAN runs
 
 
-def _stage2_rounds(cfg: TrainConfig) -> int:
-    """Rounds of the 3T run's stage 2 (``max_t floor(n_t / b_t)`` per epoch): the single-task runs
-    get as many, so every task makes the same number of updates in both."""
+def _stage2_rounds(cfg: TrainConfig, world: int | None = None) -> int:
+    """Rounds of the 3T run's stage 2 (``max_t floor(floor(n_t / W) / b_t)`` per epoch, W processes:
+    each takes its shard of every pass, see :mod:`facemtl.data.mixing`): the single-task runs get as
+    many, so every task makes the same number of updates in both. ``world`` defaults to torchrun's
+    ``WORLD_SIZE`` (1 without torchrun)."""
     if cfg.schedule.rounds is not None:
         return cfg.schedule.rounds
-    return cfg.schedule.epochs * max(s.n_train // s.batch_size for s in cfg.data)
+    if world is None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    return cfg.schedule.epochs * max((s.n_train // world) // s.batch_size for s in cfg.data)
 
 
 def ifan_variants(base: TrainConfig) -> dict[str, TrainConfig]:
