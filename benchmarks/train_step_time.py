@@ -27,7 +27,9 @@ same batch: float rounding only). Variants:
   (``tasks=(t,)``: iFAN skips the other decoders there and, for landmark and emotion updates,
   the up path); the other variants compute every task, as the engine did before;
 * ``fast``: all of them (:func:`facemtl.models.fc_densenet.use_speed_paths`, the allocator,
-  the multi-tensor optimiser step and ``last_only``): what the engine runs today.
+  the multi-tensor optimiser step and ``last_only``): what the engine runs today;
+* ``compiled``: ``fast`` plus ``compile: true`` (``nn.Module.compile()``, TorchInductor); the
+  warm-up call of each update kind compiles (its time is printed apart).
 
 Measured (2-core AMD EPYC VM shared with other jobs, best of 5, ``--compare --variants
 eager,channels_last,batched_feedback,allocator,fast``), projected default run, wall:
@@ -72,6 +74,7 @@ VARIANTS = {
     "foreach": ("foreach",),
     "last_only": ("last_only",),
     "fast": ("speed_paths", "allocator", "foreach", "last_only"),
+    "compiled": ("speed_paths", "allocator", "foreach", "last_only", "compile"),
 }
 
 
@@ -92,6 +95,8 @@ def _build(cfg, variant: str = "eager") -> Training:
     if "foreach" not in switches:  # the optimiser as it was: a Python loop over the tensors
         for group in training.optimizer.param_groups:
             group["foreach"] = False
+    if "compile" in switches:  # what `compile: true` does (engine/loop.py); the warm-up call compiles
+        training.model.compile()
     if "last_only" not in switches:  # the model computes every task at the last iteration, as it did
         model = training.model
         model.forward = functools.partial(_every_task, type(model).forward, model)
@@ -187,6 +192,7 @@ def _compare_runs(args, variants, children, first, counts, task_names):
           f"repetitions (after one warm-up), wall / process-CPU ms per update")
     print(f"{'update':24s}" + "".join(f"{v:>26s}" for v in variants))
     total = {v: [0.0, 0.0] for v in variants}
+    warmup = {v: 0.0 for v in variants}
     first_loss: dict[str, float] = {}
     peak: dict[str, int] = {}
     for key, k in sorted(first.items()):
@@ -198,6 +204,8 @@ def _compare_runs(args, variants, children, first, counts, task_names):
                 first_loss.setdefault(v, loss)
                 if r:
                     times[v].append((wall, cpu))
+                else:
+                    warmup[v] += wall
         best = {v: (min(t[0] for t in ts), min(t[1] for t in ts)) for v, ts in times.items()}
         cells = []
         for v in variants:
@@ -209,6 +217,8 @@ def _compare_runs(args, variants, children, first, counts, task_names):
         stage, t, i = key
         label = f"stage {stage} {task_names[t]} I={i}"
         print(f"{label:24s}" + "".join(f"{c:>26s}" for c in cells), flush=True)
+    print("first (warm-up) call of every update kind, wall: " +
+          ", ".join(f"{v} {warmup[v]:.1f} s" for v in variants) + " (with compile: the compilation)")
     return total, first_loss, peak
 
 

@@ -178,6 +178,6 @@ def test_progress_bar_shows_stage_2_losses_per_iteration():
     text = bar.update(2, {"task": "landmarks", "iteration": 2, "loss_iter0": 0.22, "loss_iter1": 0.2,
                           "loss_iter2": 0.09}, {"landmarks": 0.51})
     assert text == "stage 2: landmarks I0 0.13 I1 0.11 I2 0.09"  # running means (0.9 decay)
-    # joint training names no task in its row: one loss per task
+    # joint training (stage 0: no stages) names no task in its row: one loss per task
     assert _BarLosses().update(0, {"stage": 0, "loss": 3.0, "landmarks_loss": 1.0}, {"landmarks": 1.0, "emotion": 2.0}) \
-        == "stage 0: landmarks 1, emotion 2"
+        == "landmarks 1, emotion 2"

@@ -536,7 +536,8 @@ class _BarLosses:
         parts: dict[str, list[str]] = {}
         for (name, i), value in self.means.items():
             parts.setdefault(name, []).append(f"{value:.3g}" if i is None else f"I{i} {value:.3g}")
-        return f"stage {stage}: " + ", ".join(f"{name} {' '.join(p)}" for name, p in parts.items())
+        losses_text = ", ".join(f"{name} {' '.join(p)}" for name, p in parts.items())
+        return losses_text if stage == 0 else f"stage {stage}: {losses_text}"  # stage 0: joint training, no stages
 
 
 def _finish(training: Training, files: _RunFiles, start: int, elapsed: float, step_times: list[float], stage: int) -> None:
@@ -576,6 +577,7 @@ def headline(result: dict, tasks) -> dict:
 def _summary(plan, start: int, elapsed: float, step_times: list[float]) -> str:
     done = plan.total - start
     mean = sum(step_times) / len(step_times) if step_times else float("nan")
-    parts = ", ".join(f"stage {s}: {n}" for s, n in plan.stage_totals.items())
-    return (f"trained {done} updates ({parts}) in {elapsed:.1f} s, {mean * 1000:.0f} ms per update "
+    totals = plan.stage_totals
+    parts = "" if set(totals) == {0} else " (" + ", ".join(f"stage {s}: {n}" for s, n in totals.items()) + ")"
+    return (f"trained {done} updates{parts} in {elapsed:.1f} s, {mean * 1000:.0f} ms per update "
             f"(data + forward + backward)")
