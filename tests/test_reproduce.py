@@ -122,3 +122,27 @@ def test_a_training_run_and_eval_report_leave_a_readable_report(tmp_path):
     (run / "report.html").unlink()
     assert main(["eval", str(run), "--report"]) == 0
     assert (run / "report.html").exists()
+
+
+def test_deep_collaboration_rows_are_untested_when_dcnet_does_not_beat_the_mean_shape():
+    from facemtl.experiments.reproduce import dcnet_claims
+
+    def result(dcnet_nme):
+        per_model = {m: {"failure_rate": f, "nme": 20.0} for m, f in (("single", 40.0), ("hps", 35.0))}
+        per_model["dcnet"] = {"failure_rate": 10.0, "nme": dcnet_nme}
+        return {"experiment": {"compare_models": ["single", "hps", "dcnet"], "scarcity_models": ["single", "dcnet"]},
+                "compare": {"alexnet": {0: per_model, 1: {**per_model, "single": {"failure_rate": 45.0, "nme": 21.0}}}},
+                "mean_shape_nme": {"alexnet": {0: 15.0, 1: 15.0}},
+                "scarcity": {0: {"0.5": {"single": {"failure_rate": 40.0}, "dcnet": {"failure_rate": 10.0}}},
+                             1: {"0.5": {"single": {"failure_rate": 42.0}, "dcnet": {"failure_rate": 11.0}}}},
+                "task_weights": {"trials": [{"improvement": 5.0}, {"improvement": 6.0}], "summary": {"wins": 2}},
+                "ablation": {"cells": {"landmarks": [{"nme_relative_change": 3.0}, {"nme_relative_change": 4.0}]}}}
+
+    learned = {r["id"]: r for r in dcnet_claims(result(dcnet_nme=9.0))}
+    assert learned["i.alexnet.single"]["verdict"] == "reproduced" and "untested" not in learned["i.alexnet.single"]
+    assert learned["j.single"]["verdict"] == "reproduced"
+    # DCNet no better than the mean shape (seed 1): every row inconclusive, with the reason
+    noise = dcnet_claims(result(dcnet_nme=15.0))
+    assert {r["verdict"] for r in noise} == {"inconclusive"}
+    assert all("DCNet 15.0 vs mean shape 15.0" in r["untested"] for r in noise)
+    assert noise[0]["differences"] == learned["i.alexnet.single"]["differences"]  # the numbers are still reported

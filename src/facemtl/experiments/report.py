@@ -63,10 +63,11 @@ def _claims_table(claims: list[dict]) -> str:
         ci = f"[{lo:+.2f}, {hi:+.2f}]" if lo is not None else "n/a"
         mean = f"{c['mean']:+.2f}" if c["mean"] is not None else "n/a"
         colour = VERDICT_COLOURS[c["verdict"]]
+        untested = f"<br><small>{html.escape(c['untested'])}</small>" if c.get("untested") else ""
         rows.append(f"<tr><td>{html.escape(c['id'])}</td><td>{html.escape(c['statement'])}</td>"
                     f"<td>{html.escape(c['where'])}</td><td>{html.escape(c['paper_numbers'])}</td>"
                     f"<td>{html.escape(c['measure'])}</td><td>{mean}</td><td>{ci}</td><td>{c['n']}</td>"
-                    f"<td style=\"background:{colour}\"><b>{c['verdict']}</b></td></tr>")
+                    f"<td style=\"background:{colour}\"><b>{c['verdict']}</b>{untested}</td></tr>")
     head = "".join(f"<th>{h}</th>" for h in ("id", "claim", "where", "paper", "our measure", "mean", "95% CI", "n",
                                               "verdict"))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
