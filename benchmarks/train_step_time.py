@@ -40,6 +40,10 @@ eager,channels_last,batched_feedback,allocator,fast``), projected default run, w
     (these before foreach and last_only existed; with them, on the idle machine, ``--compare
     --repeat 5``: fast x1.81 at 2 threads, 9.20 -> 5.08 min; per update x1.42 .. x2.84,
     stage-1 emotion 100.1 -> 35.2 ms, stage-2 emotion I=2 392.6 -> 235.6 ms)
+    ``--compare --variants eager,fast,compiled --repeat 3`` on the idle machine (another day):
+    fast x1.63, compiled x1.69 (10.32 / 6.32 / 6.11 min of updates), but compiling took 575 s of
+    warm-up calls and dynamo's recompile limit (8 graphs) was hit at the ninth update kind
+    (landmarks I=2 ran uncompiled): on this model and a CPU, compile does not pay.
 
 Profile (torch.profiler, self CPU, eager, all nine update kinds): convolution ~65% (backward
 ~46%: oneDNN reorders NCHW to a blocked layout and back on every call), batch norm ~10%,
