@@ -244,3 +244,25 @@ def test_checkpoint_records_resolved_width_and_no_weights_file(tmp_path, name):
     assert info["model"]["config"]["width"] == model.config.width
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_widened_baselines_match_a_narrow_dcnet_and_the_experiment_asks_for_it():
+    import facemtl
+    from facemtl.config import config_from_dict
+    from facemtl.experiments.dcnet import variant
+
+    tasks = ["landmarks", "gender", "smile", "glasses", "pose"]
+
+    def count(name, **kw):
+        return sum(p.numel() for p in facemtl.create_model(name, tasks=tasks, backbone="resnet18", input_size=64,
+                                                           **kw).parameters())
+
+    target = count("dcnet", width=16)
+    for name in ("hps-wide", "cross-stitch-wide"):
+        assert abs(count(name, match_width=16) - target) <= 0.05 * target
+    assert count("hps-wide", width=16) < 0.5 * target  # a given width is not widened
+    base = config_from_dict({"input_size": 64, "model": {"name": "dcnet", "kwargs": {"backbone": "resnet18", "width": 16}},
+                             "schedule": {"mode": "joint"}, "data": [{"tasks": tasks, "style": "snapshot"}]})
+    assert dict(variant(base, "hps-wide", 1.0).model.kwargs)["match_width"] == 16
+    assert "width" not in dict(variant(base, "cross-stitch-wide", 1.0).model.kwargs)
+    assert dict(variant(base, "hps", 1.0).model.kwargs)["width"] == 16

@@ -187,6 +187,9 @@ def variant(base: TrainConfig, model: str, related_weight: float, weights: Mappi
     lw = {t: 1.0 if t == MAIN_TASK else float((weights or {}).get(t, related_weight)) for t in tasks}
     # the heads bin coordinates over the image size: build them for the size the data has
     kwargs = {"input_size": base.input_size, **base.model.kwargs}
+    if model.endswith("-wide") and kwargs.get("width") is not None:
+        # narrow columns (a small budget): the widened baselines match DCNet at that width
+        kwargs["match_width"] = kwargs.pop("width")
     return dataclasses.replace(
         base,
         model=dataclasses.replace(base.model, name=model, kwargs=types.MappingProxyType(kwargs)),

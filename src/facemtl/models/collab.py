@@ -95,12 +95,14 @@ def dcnet(tasks=DEFAULT_TASKS, backbone="resnet18", input_size=128,
 
 
 @functools.lru_cache(maxsize=32)
-def width_matching_dcnet(network, tasks, backbone: str, input_size: int, head_hidden: int) -> int:
+def width_matching_dcnet(network, tasks, backbone: str, input_size: int, head_hidden: int,
+                         dcnet_width: int | None = None) -> int:
     """First-block width at which ``network`` (a widened baseline class: hard sharing or
-    Cross-Stitch) has DCNet's parameter count with the same tasks, within 5% (section 4.2)."""
-    target = count_on_meta(lambda: DCNet(tasks, backbone, input_size, head_hidden=head_hidden))
+    Cross-Stitch) has the parameter count of DCNet with the same tasks and columns of
+    ``dcnet_width`` (default: the backbone's standard width), within 5% (section 4.2)."""
+    target = count_on_meta(lambda: DCNet(tasks, backbone, input_size, width=dcnet_width, head_hidden=head_hidden))
     return search_width(
         lambda w: count_on_meta(lambda: network(tasks, backbone, input_size, width=w, head_hidden=head_hidden)),
         target,
-        start=64,
+        start=dcnet_width or 64,
     )

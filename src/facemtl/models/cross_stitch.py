@@ -51,11 +51,13 @@ def cross_stitch(tasks=DEFAULT_TASKS, backbone="resnet18", input_size=128, pretr
 
 @register_model("cross-stitch-wide")
 def cross_stitch_wide(tasks=DEFAULT_TASKS, backbone="resnet18", input_size=128, pretrained=None, width=None,
-                      head_hidden=HEAD_HIDDEN) -> CrossStitchNet:  # fmt: skip
+                      head_hidden=HEAD_HIDDEN, match_width=None) -> CrossStitchNet:  # fmt: skip
     """XSx: columns widened until the parameter count is within 5% of DCNet's with the same
-    tasks (``width`` found by :func:`search_width` unless given)."""
+    tasks (``width`` found by :func:`search_width` unless given; ``match_width``: the width of the
+    DCNet columns to match, default the backbone's standard)."""
     if width is None:
         from facemtl.models.collab import width_matching_dcnet
 
-        width = width_matching_dcnet(CrossStitchNet, check_config(tasks, backbone, input_size), backbone, input_size, head_hidden)
+        width = width_matching_dcnet(CrossStitchNet, check_config(tasks, backbone, input_size), backbone, input_size, head_hidden,
+                                     match_width)
     return CrossStitchNet(tasks, backbone, input_size, pretrained, width, head_hidden)

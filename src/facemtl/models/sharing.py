@@ -59,11 +59,13 @@ def hps(tasks=DEFAULT_TASKS, backbone="resnet18", input_size=128, pretrained=Non
 
 @register_model("hps-wide")
 def hps_wide(tasks=DEFAULT_TASKS, backbone="resnet18", input_size=128, pretrained=None, width=None,
-             head_hidden=HEAD_HIDDEN) -> HardSharingNet:  # fmt: skip
+             head_hidden=HEAD_HIDDEN, match_width=None) -> HardSharingNet:  # fmt: skip
     """RNx / ANx: the shared trunk widened until the parameter count is within 5% of DCNet's
-    with the same tasks (``width`` found by :func:`search_width` unless given)."""
+    with the same tasks (``width`` found by :func:`search_width` unless given; ``match_width``:
+    the width of the DCNet columns to match, default the backbone's standard)."""
     if width is None:
         from facemtl.models.collab import width_matching_dcnet
 
-        width = width_matching_dcnet(HardSharingNet, check_config(tasks, backbone, input_size), backbone, input_size, head_hidden)
+        width = width_matching_dcnet(HardSharingNet, check_config(tasks, backbone, input_size), backbone, input_size, head_hidden,
+                                     match_width)
     return HardSharingNet(tasks, backbone, input_size, pretrained, width, head_hidden)
