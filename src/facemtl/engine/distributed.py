@@ -116,3 +116,11 @@ def rank0_decides(check) -> None:
         raise error
     if shared[0] is not None:
         raise FacemtlError(f"rank 0 stopped: {shared[0]}")
+
+
+def wait_for_all() -> None:
+    """Barrier (no-op in one process): every rank leaves training together, after rank 0 has
+    written the checkpoint and the results, so no process tears the group down while another
+    is still using it."""
+    if active():
+        dist.barrier()

@@ -429,6 +429,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
                 finished, elapsed, step_times, stage = _run_updates(training, files, start, stop_after, quiet)
                 if finished:
                     _finish(training, files, start, elapsed, step_times, stage)
+                distributed.wait_for_all()
             finally:
                 if files is not None:
                     files.log.close()
