@@ -218,8 +218,11 @@ def run(config: TrainConfig, out_dir: Path, *, datasets=None, keep_weights: bool
 
 
 def landmark_result(metrics: dict) -> dict:
+    """Landmark failure rate and NME (%) of a run, with the trivial baseline of its test set (the
+    mean shape's NME): a model that does not beat it has learned nothing."""
     r = metrics["iterations"]["0"][MAIN_TASK]
-    return {"failure_rate": r["failure_rate"], "nme": r["nme"]}
+    baseline = metrics.get("baselines", {}).get(MAIN_TASK, {}).get("mean_shape_nme")
+    return {"failure_rate": r["failure_rate"], "nme": r["nme"], "mean_shape_nme": baseline}
 
 
 def parameter_count(config: TrainConfig) -> int:
