@@ -36,13 +36,17 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def world_size_from_env() -> int:
+    """The number of processes torchrun launched (``WORLD_SIZE``; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_from_env(device: str = "cpu") -> tuple[int, int]:
     """Join the process group torchrun describes in the environment; returns (rank, world size).
     Without torchrun (no ``WORLD_SIZE`` > 1) nothing happens: (0, 1)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world_size_from_env() <= 1:
         return 0, 1
     if not dist.is_available():
         raise FacemtlError("WORLD_SIZE > 1 but this torch build has no torch.distributed")

@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 import types
 from pathlib import Path
@@ -144,7 +143,9 @@ def _stage2_rounds(cfg: TrainConfig, world: int | None = None) -> int:
     if cfg.schedule.rounds is not None:
         return cfg.schedule.rounds
     if world is None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        from facemtl.engine.distributed import world_size_from_env
+
+        world = world_size_from_env()
     return cfg.schedule.epochs * max((s.n_train // world) // s.batch_size for s in cfg.data)
 
 
