@@ -16,6 +16,7 @@ with --out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -74,21 +75,27 @@ def main(argv=None) -> None:
             write_png(args.out / f"astronaut_{name}.png", draw_overlay(read_image(image_path), result.faces, pred.tasks))
 
 
-def mean_shape_in(square, info: dict, n: int = 500) -> np.ndarray:
-    """The mean of n synthetic landmark-source faces' 5 points, in units of each face's own
-    training square (:func:`facemtl.inference.alignment.landmark_square`), mapped into ``square``."""
+def mean_shape_in(square, info: dict) -> np.ndarray:
+    """The synthetic landmark source's mean 5 points (:func:`unit_mean_shape`) mapped into ``square``."""
+    src = next(s for s in info["sources"] if "landmarks" in s["tasks"])
+    q = np.asarray(square, np.float64)
+    return unit_mean_shape(src.get("style", "snapshot"), src.get("seed", 0)) * (q[2] - q[0]) + q[:2]
+
+
+@functools.lru_cache(maxsize=None)
+def unit_mean_shape(style: str, seed: int, n: int = 500) -> np.ndarray:
+    """The mean of n synthetic faces' 5 points, in units of each face's own training square
+    (:func:`facemtl.inference.alignment.landmark_square`); rendered once per source, not per checkpoint."""
     from facemtl.data.synth import SyntheticFaces
     from facemtl.inference.alignment import landmark_square
 
-    src = next(s for s in info["sources"] if "landmarks" in s["tasks"])
-    faces = SyntheticFaces(n, style=src.get("style", "snapshot"), seed=src.get("seed", 0), size=128)
+    faces = SyntheticFaces(n, style=style, seed=seed, size=128)
     unit = []
     for i in range(n):
         pts = np.asarray(faces[i]["landmarks"], np.float64)
         q = landmark_square(pts)
         unit.append((pts - q[:2]) / (q[2] - q[0]))
-    q = np.asarray(square, np.float64)
-    return np.mean(unit, axis=0) * (q[2] - q[0]) + q[:2]
+    return np.mean(unit, axis=0)
 
 
 if __name__ == "__main__":
