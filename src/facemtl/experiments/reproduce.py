@@ -9,10 +9,10 @@ Budgets:
 * ``smoke``: tiny networks and data, for tests and CI (about two minutes for ``all``); its
   numbers mean nothing.
 * ``cpu``: the default run's narrow iFAN with a shorter schedule (2 pre-training epochs per
-  task, 128 stage-2 rounds; its 24 runs took 68 min with 3 seeds on two cores) and Deep
+  task, 128 stage-2 rounds; its 24 runs took 77 min with 3 seeds on two cores) and Deep
   Collaboration's small CPU budget: ResNet18 columns at width 16, 64 px, 2,048 `snapshot` faces,
   8 epochs (not yet run as a suite; the first budget, AlexNet columns on 320 `wild` faces, took
-  30 min and learned nothing, so its rows came out "untested").
+  21 min and learned nothing, so its rows came out "untested").
 * ``paper``: the papers' networks and schedules (iFAN section 4.1.2; Deep Collaboration
   section 4 with ResNet18 and AlexNet columns), for a GPU: add ``--set device=cuda``.
 
