@@ -75,6 +75,39 @@ def test_dataset_sequence():
     assert sum(1 for _ in ds) == 5  # Sequence iteration stops on IndexError
 
 
+def _same_face(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            assert a[key] == b[key], key
+
+
+def test_prerender_in_worker_processes_gives_the_faces_rendered_on_access(monkeypatch):
+    import facemtl.data.synth as synth
+
+    monkeypatch.setattr(synth, "PARALLEL_RENDER_MIN", 4)  # a pool for 7 faces: the test stays short
+    on_access = SyntheticFaces(7, style="studio", seed=5, size=SIZE)
+    kept = SyntheticFaces(7, style="studio", seed=5, size=SIZE).prerender(processes=3)  # ranges 3 + 3 + 1
+    assert kept._rendered is not None and len(kept._rendered) == 7
+    for i in range(7):
+        _same_face(kept[i], on_access[i])
+    assert kept[2] is kept[2]  # kept, not rendered again
+    serial = SyntheticFaces(3, style="webcam", seed=1, size=SIZE).prerender(processes=1)
+    _same_face(serial[-1], render_face(1, 2, "webcam", SIZE))
+
+
+def test_prerender_worker_failure_is_reported(monkeypatch):
+    import facemtl.data.synth as synth
+
+    monkeypatch.setattr(synth, "PARALLEL_RENDER_MIN", 1)
+    broken = SyntheticFaces(4, style="studio", seed=5, size=SIZE)
+    broken.features = "not a feature set"  # the workers cannot render with it
+    with pytest.raises(FacemtlError, match="worker process failed"):
+        broken.prerender(processes=2)
+
+
 @pytest.mark.parametrize("call", [
     lambda: render_face(0, 0, "cartoon"),
     lambda: render_face(0, 0, "studio", 63),

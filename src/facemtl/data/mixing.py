@@ -21,6 +21,7 @@ so a resumed run sees the same augmented images as an uninterrupted one.
 from __future__ import annotations
 
 import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -130,6 +131,20 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
         sources.append(Source(i, cfg.name, src_tasks, train, test, cfg.batch_size, transform, eval_transform, desc,
                               threads))
     return sources
+
+
+def prerender_synthetic(sources: Sequence[Source], local_processes: int = 1) -> None:
+    """Render the synthetic sources' training and test faces up front and keep them
+    (:meth:`facemtl.data.synth.SyntheticFaces.prerender`), in parallel on the machine's cores
+    shared by ``local_processes`` training processes: then no update waits on rendering and no
+    evaluation re-renders its test split."""
+    from facemtl.data.synth import SyntheticFaces
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for source in sources:
+        for split in (source.train, source.test):
+            if isinstance(split, SyntheticFaces):
+                split.prerender(max(1, cores // max(1, local_processes)))
 
 
 class BatchStream:

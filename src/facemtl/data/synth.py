@@ -57,6 +57,7 @@ from __future__ import annotations
 import collections.abc
 import json
 import math
+import os
 from functools import lru_cache
 from importlib import resources
 
@@ -1457,6 +1458,11 @@ def _draw_glasses(image, rng, v, m, rot, anchor, iod, centre, rim_scale=1.0, lig
         cv2.line(image, tuple(int(q) for q in a), tuple(int(q) for q in b), colour, thick, cv2.LINE_AA, 4)
 
 
+# Below this many faces a worker pool's start (each worker imports the renderer: ~1-2 s) costs
+# more than it saves.
+PARALLEL_RENDER_MIN = 1024
+
+
 class SyntheticFaces(collections.abc.Sequence):
     """``n`` synthetic raw samples; item ``i`` is ``render_face(seed, i, style, size, features)``.
 
@@ -1474,6 +1480,8 @@ class SyntheticFaces(collections.abc.Sequence):
         self.n, self.style, self.seed, self.size = int(n), style, int(seed), int(size)
         self.features = _features(features)
 
+        self._rendered: list[dict] | None = None  # every face, once prerender() ran
+
     def __len__(self) -> int:
         return self.n
 
@@ -1485,10 +1493,66 @@ class SyntheticFaces(collections.abc.Sequence):
             i += self.n
         if not 0 <= i < self.n:
             raise IndexError(f"index {i} out of range for {self.n} synthetic faces")
+        if self._rendered is not None:
+            return self._rendered[i]
         return render_face(self.seed, i, self.style, self.size, self.features)
+
+    def prerender(self, processes: int = 1) -> SyntheticFaces:
+        """Render every face now, in ``processes`` worker processes, and keep them in memory
+        (returns self). Faces are identical to those rendered on access (each depends only on
+        ``(seed, index, style, size, features)``). Why: rendering takes a few ms per face on one
+        core, so a GPU run that renders on access waits on it for its first epoch, and every
+        evaluation re-renders the test split."""
+        if self._rendered is not None:
+            return self
+        args = (self.seed, self.style, self.size, self.features)
+        if processes <= 1 or self.n < PARALLEL_RENDER_MIN:
+            self._rendered = _render_range(args, 0, self.n)
+        else:
+            step = -(-self.n // processes)
+            self._rendered = _render_in_processes(args, [(a, min(a + step, self.n)) for a in range(0, self.n, step)])
+        return self
 
     def __repr__(self) -> str:
         extra = ""
         if self.features != ALL_FEATURES:
             extra = f", features=frozenset({sorted(self.features)!r})"
         return f"SyntheticFaces(n={self.n}, style={self.style!r}, seed={self.seed}, size={self.size}{extra})"
+
+
+
+def _render_in_processes(args: tuple, ranges: list[tuple[int, int]]) -> list[dict]:
+    """``_render_range(args, a, b)`` for every range, each in its own Python process.
+
+    Plain child interpreters, not multiprocessing: a spawned multiprocessing worker re-imports
+    the caller's main script (a user's training script without a ``__main__`` guard would run
+    again), and a forked one can hang in OpenCV or OpenMP thread pools the parent started."""
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), OMP_NUM_THREADS="1")
+    code = ("import pickle, sys; from facemtl.data.synth import _render_range; "
+            "a = pickle.load(open(sys.argv[1], 'rb')); pickle.dump(_render_range(*a), open(sys.argv[2], 'wb'), protocol=5)")
+    with tempfile.TemporaryDirectory(prefix="facemtl-render-") as tmp:
+        jobs = []
+        for w, (a, b) in enumerate(ranges):
+            job, out = Path(tmp) / f"{w}.job", Path(tmp) / f"{w}.faces"
+            job.write_bytes(pickle.dumps((args, a, b)))
+            jobs.append((out, subprocess.Popen([sys.executable, "-c", code, str(job), str(out)], env=env,
+                                               stderr=subprocess.PIPE)))
+        faces = []
+        for out, proc in jobs:
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                raise FacemtlError(f"rendering synthetic faces in a worker process failed (exit {proc.returncode}):\n"
+                                   f"{err.decode(errors='replace')[-2000:]}")
+            faces += pickle.loads(out.read_bytes())
+    return faces
+
+def _render_range(args: tuple, start: int, stop: int) -> list[dict]:
+    """Faces ``start..stop-1`` of ``SyntheticFaces(*args)`` (a worker of :meth:`SyntheticFaces.prerender`)."""
+    seed, style, size, features = args
+    return [render_face(seed, i, style, size, features) for i in range(start, stop)]

@@ -41,6 +41,11 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_world_size_from_env() -> int:
+    """The number of processes torchrun launched on this machine (``LOCAL_WORLD_SIZE``; 1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def init_from_env(device: str = "cpu") -> tuple[int, int]:
     """Join the process group torchrun describes in the environment; returns (rank, world size).
     Without torchrun (no ``WORLD_SIZE`` > 1) nothing happens: (0, 1)."""

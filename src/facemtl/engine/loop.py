@@ -406,6 +406,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
     for ``resume``). The folder is locked while the run uses it (``run.lock``: a second run is
     refused), and a resumed run cuts its logs back to the checkpoint it continues from.
     """
+    from facemtl.data.mixing import prerender_synthetic
     from facemtl.engine import distributed
 
     run_dir = Path(out_dir)
@@ -415,6 +416,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
         torch.manual_seed(config.seed)
         # Builds the model and the sources, which check what the config alone cannot: no file yet.
         training = Training(config, datasets, rank, world)
+        prerender_synthetic(training.sources, distributed.local_world_size_from_env())
         distributed.broadcast_parameters(training.model)
         with _RunFolder(run_dir, config, resume, rank) as folder:
             files = None
