@@ -98,8 +98,12 @@ def test_smoke_suite_end_to_end(tmp_path):
     # a second call reuses every finished run (same claims, no training)
     again = json.loads(json.dumps(result))
     assert main(["reproduce", "all", "--budget", "smoke", "--seeds", "2", "--out", str(out)]) == 0
-    assert [r["differences"] for r in json.loads((out / "claims.json").read_text())["claims"]] == \
-        [r["differences"] for r in again["claims"]]
+    rerun = json.loads((out / "claims.json").read_text())
+    assert [r["differences"] for r in rerun["claims"]] == [r["differences"] for r in again["claims"]]
+    # the suite's time is the sum of its invocations', not the reusing rerun's alone
+    assert [r["wall_seconds"] for r in rerun["invocations"]] == [result["wall_seconds"], rerun["wall_seconds"]]
+    total = result["wall_seconds"] + rerun["wall_seconds"]
+    assert f"{total:.0f} s over the 2 invocations" in (out / "report.html").read_text()
 
 
 def test_a_training_run_and_eval_report_leave_a_readable_report(tmp_path):

@@ -380,6 +380,16 @@ def _page(title: str, sections: list[str]) -> str:
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
 
 
+def _wall_time(result: dict) -> str:
+    """This invocation's wall time and, when the folder saw several, all of theirs."""
+    text = f"{result['wall_seconds']:.0f} s"
+    runs = result.get("invocations", [])
+    if len(runs) > 1:
+        text += (f" for this invocation; {sum(r['wall_seconds'] for r in runs):.0f} s over the {len(runs)} "
+                 f"invocations in this folder (interrupted, continued or rerun suites)")
+    return text
+
+
 def write_report(result: dict, data: dict, out: Path) -> Path:
     """Write ``out/report.html`` for a reproduce result (claims.json content + the raw results)."""
     from facemtl.files import atomic_write_bytes
@@ -388,7 +398,7 @@ def write_report(result: dict, data: dict, out: Path) -> Path:
     sections = [
         f"<h1>facemtl reproduce: {html.escape(result['suite'])}</h1>",
         f"<p>Budget <b>{html.escape(result['budget'])}</b>, {result['seeds']} seed(s), wall time "
-        f"{result['wall_seconds']:.0f} s; facemtl {v['facemtl']}, torch {v['torch']}, Python {v['python']}.<br>"
+        f"{_wall_time(result)}; facemtl {v['facemtl']}, torch {v['torch']}, Python {v['python']}.<br>"
         f"Command: <code>{html.escape(result['command'] or '')}</code></p>",
         "<p>Each claim's differences are oriented so that a positive value supports it; the verdict comes from the "
         "95% t-interval of their mean (reproduced: above 0; refuted: below 0; inconclusive: contains 0 or n &lt; 2).</p>",

@@ -440,15 +440,36 @@ def reproduce(suite: str, budget: str, out_dir, *, seeds: int | None = None, ove
     if suite in ("dcnet", "all"):
         data["dcnet"] = run_dcnet(budget, seeds, out, overrides, progress)
         rows += dcnet_claims(data["dcnet"])
+    wall = round(time.perf_counter() - t0, 1)
     result = {
         "suite": suite, "budget": budget, "seeds": seeds, "command": command, "overrides": list(overrides),
-        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "wall_seconds": wall,
+        "invocations": _log_invocation(out, suite, budget, wall),
         "versions": {"facemtl": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "claims": rows,
     }
     atomic_write_json(out / "claims.json", result)
     write_report(result, data, out)
     return result
+
+
+def _log_invocation(out: Path, suite: str, budget: str, seconds: float) -> list[dict]:
+    """Append this invocation to ``out/invocations.json`` and return the whole list. A suite that
+    was interrupted and continued, or rerun on finished runs, took the sum of its invocations'
+    times, not the last one's."""
+    from datetime import datetime, timezone
+
+    from facemtl.files import atomic_write_json
+
+    path = out / "invocations.json"
+    try:
+        seen = json.loads(path.read_text()) if path.exists() else []
+    except (OSError, ValueError):
+        seen = []  # unreadable: start again rather than fail a finished suite
+    seen.append({"suite": suite, "budget": budget, "wall_seconds": seconds,
+                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    atomic_write_json(path, seen)
+    return seen
 
 
 def register(subparsers) -> None:
