@@ -152,3 +152,34 @@ def test_deep_collaboration_rows_are_untested_when_dcnet_does_not_beat_the_mean_
     assert {r["verdict"] for r in noise} == {"inconclusive"}
     assert all("DCNet 15.0 vs mean shape 15.0" in r["untested"] for r in noise)
     assert noise[0]["differences"] == learned["i.alexnet.single"]["differences"]  # the numbers are still reported
+
+
+def test_ifan_rows_are_untested_where_a_run_does_not_beat_its_trivial_baseline(tmp_path):
+    from facemtl.experiments.reproduce import ifan_claims
+
+    def metrics(nme, f1, acc, iterations=3):
+        per_iter = {"landmarks": {"nme": nme}, "parsing": {"overall": f1}, "emotion": {"accuracy": acc,
+                                                                                      "mean_class_accuracy": acc}}
+        return {"iterations": {str(i): per_iter for i in range(iterations)},
+                "baselines": {"landmarks": {"mean_shape_nme": 20.0}, "parsing": {"all_background": {"overall": 0.0}},
+                              "emotion": {"majority_accuracy": 15.0}}}
+
+    results = {}
+    for s in (0, 1):
+        results[s] = {name: metrics(8.0 + s, 80.0 + s, 50.0 + s) for name in
+                      ("3T", "2T", "single_landmarks", "single_parsing", "single_emotion", "resize", "shared_bn")}
+        results[s]["iter4"] = metrics(8.0, 80.0, 50.0, iterations=5)
+        run = tmp_path / "ifan" / f"seed{s}" / "3T"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"data": [{"tasks": ["parsing"]}], "schedule": {"pretrain_epochs": 1}}))
+        (run / "epochs.csv").write_text("step,stage,epoch,name,value\n")
+    results[1]["single_parsing"] = metrics(9.0, 0.0, 51.0)  # parsing not learned: F1 0 = all background
+    results[0]["resize"] = metrics(25.0, 80.0, 50.0)  # landmarks worse than the mean shape
+    rows = {r["id"]: r for r in ifan_claims(results, tmp_path)}
+    assert "seed 1 single_parsing: overall 0.0 vs trivial 0.0" in rows["a.parsing"]["untested"]
+    assert "single_parsing" in rows["a2.parsing"]["untested"]
+    assert "seed 0 resize: nme 25.0 vs trivial 20.0" in rows["d.landmarks"]["untested"]
+    assert rows["a.parsing"]["verdict"] == rows["d.landmarks"]["verdict"] == "inconclusive"
+    assert rows["a.parsing"]["differences"] == [0.0, 81.0]  # still reported
+    for learned in ("a.landmarks", "a.emotion", "b.parsing", "d.parsing", "e.landmarks", "f", "h", "g.recover"):
+        assert "untested" not in rows[learned], learned

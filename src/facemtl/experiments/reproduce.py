@@ -16,6 +16,10 @@ Budgets:
 * ``paper``: the papers' networks and schedules (iFAN section 4.1.2; Deep Collaboration
   section 4 with ResNet18 and AlexNet columns), for a GPU: add ``--set device=cuda``.
 
+A claim is only tested by models that learned: a row whose runs do not beat their task's trivial
+baseline in some seed (the mean shape's landmark NME, all-background parsing F1, the majority
+class's accuracy) stays ``inconclusive`` and says why in ``untested``.
+
 Data: the built-in synthetic sources. ``--set`` overrides apply to every iFAN run's config
 (e.g. ``--set data.0.root=...``, ``--set device=cuda``).
 
@@ -225,6 +229,32 @@ _PAPER = {  # iFAN Tables 1-4 and section 4.3 (NME %, overall F1 %, accuracy %)
 _UNIT = {"landmarks": "NME points", "parsing": "overall-F1 points", "emotion": "accuracy points"}
 
 
+def _not_learned(metrics: dict, task: str) -> str | None:
+    """Why a run's ``task`` did not beat its trivial baseline at any evaluated iteration (None
+    when it did): landmark NME below the mean shape's, overall F1 above all-background's,
+    accuracy above the majority class's (the baselines in the run's metrics.json)."""
+    base = metrics.get("baselines", {}).get(task, {})
+    trivial = {"landmarks": base.get("mean_shape_nme"), "parsing": base.get("all_background", {}).get("overall"),
+               "emotion": base.get("majority_accuracy")}.get(task)
+    if trivial is None:
+        return None
+    best = [_metric(metrics, task, i) for i in metrics["iterations"] if task in metrics["iterations"][i]]
+    value = min(best) if task == "landmarks" else max(best)
+    if (value < trivial) if task == "landmarks" else (value > trivial):
+        return None
+    return f"{_headline(task)} {value:.1f} vs trivial {trivial:.1f}"
+
+
+def _untested_ifan(results: dict, runs: Sequence[str], task: str) -> dict | None:
+    """Rows whose runs did not learn ``task`` (in some seed) stay inconclusive, with the reason:
+    a difference between models that learned nothing is noise (see also :func:`_untested`)."""
+    failed = [f"seed {s} {name}: {why}" for s in sorted(results) for name in runs
+              if (why := _not_learned(results[s][name], task))]
+    if not failed:
+        return None
+    return {"verdict": "inconclusive", "untested": f"no learning on {task}: " + "; ".join(failed)}
+
+
 def ifan_claims(results: dict, out: Path) -> list[dict]:
     seeds = sorted(results)
     rows = []
@@ -232,51 +262,60 @@ def ifan_claims(results: dict, out: Path) -> list[dict]:
     def per_seed(fn):
         return [fn(results[s]) for s in seeds]
 
+    def add(claim, runs, task, diffs):
+        rows.append(C.row(claim, diffs, _untested_ifan(results, runs, task)))
+
     for task in IFAN_TASKS:
         p = {k: v.get(task) for k, v in _PAPER.items()}
         claim = C.Claim(f"a.{task}", "ifan", f"3T beats single-task on {task} at equal updates per task",
                         "Tables 1-3", f"single {p['single']} vs 3T Iter2 {p['3T']}",
                         f"3T last iteration minus single-task, {_UNIT[task]} (positive: 3T better)")
-        rows.append(C.row(claim, per_seed(lambda r: _gain(task, _metric(r["3T"], task), _metric(r[f"single_{task}"], task)))))
+        add(claim, ("3T", f"single_{task}"), task,
+            per_seed(lambda r: _gain(task, _metric(r["3T"], task), _metric(r[f"single_{task}"], task))))
         if task != "emotion":
             claim = C.Claim(f"a2.{task}", "ifan", f"2T beats single-task on {task}", "Tables 1-2",
                             f"single {p['single']} vs 2T Iter2 {p['2T']}", f"2T minus single-task, {_UNIT[task]}")
-            rows.append(C.row(claim, per_seed(lambda r: _gain(task, _metric(r["2T"], task), _metric(r[f"single_{task}"], task)))))
+            add(claim, ("2T", f"single_{task}"), task,
+                per_seed(lambda r: _gain(task, _metric(r["2T"], task), _metric(r[f"single_{task}"], task))))
         claim = C.Claim(f"b.{task}", "ifan", f"Iter2 beats Iter0 on {task} (task interaction helps)", "Tables 1-4",
                         f"Iter0 {p['3T_iter0']} vs Iter2 {p['3T']}", f"3T Iter2 minus Iter0, {_UNIT[task]}")
-        rows.append(C.row(claim, per_seed(lambda r: _gain(task, _metric(r["3T"], task, 2), _metric(r["3T"], task, 0)))))
+        add(claim, ("3T",), task, per_seed(lambda r: _gain(task, _metric(r["3T"], task, 2), _metric(r["3T"], task, 0))))
         claim = C.Claim(f"c.{task}", "ifan", f"further iterations saturate on {task}: Iter2->Iter4 gains less than "
                         "Iter0->Iter2", "Table 4", f"Iter0 {p['3T_iter0']}, Iter2 {p['3T']}, Iter4 {p['3T_iter4']}",
                         f"(Iter0->Iter2 gain) minus (Iter2->Iter4 gain) of the Iter0..Iter4 model, {_UNIT[task]}")
-        rows.append(C.row(claim, per_seed(lambda r: _gain(task, _metric(r["iter4"], task, 2), _metric(r["iter4"], task, 0))
-                                          - _gain(task, _metric(r["iter4"], task, 4), _metric(r["iter4"], task, 2)))))
+        add(claim, ("iter4",), task, per_seed(lambda r: _gain(task, _metric(r["iter4"], task, 2), _metric(r["iter4"], task, 0))
+                                              - _gain(task, _metric(r["iter4"], task, 4), _metric(r["iter4"], task, 2))))
         claim = C.Claim(f"d.{task}", "ifan", f"learned re-encoders beat resizing on {task}", "section 4.3.2",
                         f"resizing {p['resize']} vs learned {p['3T']}", f"learned minus resize, {_UNIT[task]}")
-        rows.append(C.row(claim, per_seed(lambda r: _gain(task, _metric(r["3T"], task), _metric(r["resize"], task)))))
+        add(claim, ("3T", "resize"), task, per_seed(lambda r: _gain(task, _metric(r["3T"], task), _metric(r["resize"], task))))
         claim = C.Claim(f"e.{task}", "ifan", f"per-source batch norm beats shared batch norm on {task}",
                         "section 4.3.3", f"shared {p['shared_bn']} vs per-source {p['3T']}",
                         f"per-source minus shared, {_UNIT[task]}")
-        rows.append(C.row(claim, per_seed(lambda r: _gain(task, _metric(r["3T"], task), _metric(r["shared_bn"], task)))))
+        add(claim, ("3T", "shared_bn"), task,
+            per_seed(lambda r: _gain(task, _metric(r["3T"], task), _metric(r["shared_bn"], task))))
     claim = C.Claim("f", "ifan", "adding the emotion task helps landmarks (3T vs 2T)", "Table 1",
                     "2T Iter2 6.19 vs 3T Iter2 5.84 NME", "2T NME minus 3T NME (points)")
-    rows.append(C.row(claim, per_seed(lambda r: _gain("landmarks", _metric(r["3T"], "landmarks"), _metric(r["2T"], "landmarks")))))
+    add(claim, ("3T", "2T"), "landmarks",
+        per_seed(lambda r: _gain("landmarks", _metric(r["3T"], "landmarks"), _metric(r["2T"], "landmarks"))))
     degrade, recover = [], []
     for s in seeds:
         d, rc = _stage_effects(out / "ifan" / f"seed{s}" / "3T")
         degrade.append(d)
         recover.append(rc)
+    reasons = [u["untested"] for t in IFAN_TASKS if (u := _untested_ifan(results, ("3T",), t))]
+    untested_3t = {"verdict": "inconclusive", "untested": "; ".join(reasons)} if reasons else None
     rows.append(C.row(C.Claim("g.degrade", "ifan", "during stage 1, each later task's pre-training degrades the earlier "
                               "tasks", "Figure 7", "parsing F1 and landmark NME drop during later tasks' pre-training",
                               "mean over earlier tasks of (metric at the end of its own pre-training minus at the end of "
-                              "stage 1), oriented so positive = degraded; Iter0"), degrade))
+                              "stage 1), oriented so positive = degraded; Iter0"), degrade, untested_3t))
     rows.append(C.row(C.Claim("g.recover", "ifan", "stage 2 (batch-wise alternation) recovers every task", "Figure 7",
                               "all three curves improve in the batch-wise alternation", "mean over tasks of the gain from "
-                              "the end of stage 1 to the final model (Iter0)"), recover))
+                              "the end of stage 1 to the final model (Iter0)"), recover, untested_3t))
     claim = C.Claim("h", "ifan", "iFAN's emotion confusion matrix is better than single-task's (mean per-class accuracy)",
                     "Figure 6 / Table 3", "accuracy 42.26 (single, cropped) vs 45.40 (iFAN Iter2)",
                     "3T minus single-task mean per-class accuracy (points)")
-    rows.append(C.row(claim, per_seed(lambda r: _last(r["3T"], "emotion")["mean_class_accuracy"]
-                                      - _last(r["single_emotion"], "emotion")["mean_class_accuracy"])))
+    add(claim, ("3T", "single_emotion"), "emotion", per_seed(lambda r: _last(r["3T"], "emotion")["mean_class_accuracy"]
+                                                             - _last(r["single_emotion"], "emotion")["mean_class_accuracy"]))
     return rows
 
 
