@@ -212,8 +212,10 @@ class TrainConfig:
     # Forward passes in "fp32" or "bf16" (autocast; weights, optimiser and losses stay float32):
     # bf16 is for GPUs with bf16 tensor cores (facemtl.engine.precision).
     precision: Literal["fp32", "bf16"] = "fp32"
-    # torch.compile the model (nn.Module.compile) for training and evaluation: pays on a GPU for
-    # long runs; the first update of each kind (task, iteration) waits for its compilation.
+    # torch.compile the model (nn.Module.compile) for training and evaluation; the first update of
+    # each kind (task, iteration) waits for its compilation. Not measured to pay: x1.04 on a CPU
+    # after ~10 min of compiling, and on an H200 the paper model's updates were still compiling
+    # after 5 min (benchmarks/train_step_time.py, benchmarks/gpu_speed.py).
     compile: bool = False
     # Threads that read and crop real-dataset samples of a batch (image decoding releases the GIL).
     reader_threads: int = 2
