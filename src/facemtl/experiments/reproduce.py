@@ -11,10 +11,12 @@ Budgets:
 * ``cpu``: the default run's narrow iFAN with a shorter schedule (2 pre-training epochs per
   task, 128 stage-2 rounds; its 24 runs took 77 min with 3 seeds on two cores) and Deep
   Collaboration's small CPU budget: ResNet18 columns at width 16, 64 px, 2,048 `snapshot` faces,
-  8 epochs (not yet run as a suite; the first budget, AlexNet columns on 320 `wild` faces, took
-  21 min and learned nothing, so its rows came out "untested").
+  8 epochs (about 65 min with 3 seeds; every model learns: landmark NME 12.5-17.5% against the
+  mean shape's 19.7%. The first budget, AlexNet columns on 320 `wild` faces, learned nothing).
 * ``paper``: the papers' networks and schedules (iFAN section 4.1.2; Deep Collaboration
-  section 4 with ResNet18 and AlexNet columns), for a GPU: add ``--set device=cuda``.
+  section 4 with ResNet18 and AlexNet columns), for GPUs: add ``--set device=cuda`` (and
+  ``--set precision=bf16``). Long: one 3T run is ~4 h of updates on an H200
+  (``benchmarks/gpu_speed.py``), and a seed has 8 iFAN runs.
 
 A claim is only tested by models that learned: a row whose runs do not beat their task's trivial
 baseline in some seed (the mean shape's landmark NME, all-background parsing F1, the majority
