@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def test_smoke_train_interrupt_resume_and_eval(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "run saved in" in out and "Iter1" in err
+    assert re.search(r"rendered \d+ synthetic faces in [\d.]+ s", err)  # up front, said in the log
     rows = (run / "steps.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 13))  # every update logged once
     assert list((run / "tb").iterdir()), "TensorBoard events expected"

@@ -133,18 +133,25 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
     return sources
 
 
-def prerender_synthetic(sources: Sequence[Source], local_processes: int = 1) -> None:
+def prerender_synthetic(sources: Sequence[Source], local_processes: int = 1) -> str | None:
     """Render the synthetic sources' training and test faces up front and keep them
     (:meth:`facemtl.data.synth.SyntheticFaces.prerender`), in parallel on the machine's cores
     shared by ``local_processes`` training processes: then no update waits on rendering and no
-    evaluation re-renders its test split."""
+    evaluation re-renders its test split. Returns a line for the run's log (None: nothing to do)."""
+    import time
+
     from facemtl.data.synth import SyntheticFaces
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    for source in sources:
-        for split in (source.train, source.test):
-            if isinstance(split, SyntheticFaces):
-                split.prerender(max(1, cores // max(1, local_processes)))
+    processes = max(1, cores // max(1, local_processes))
+    splits = [split for source in sources for split in (source.train, source.test) if isinstance(split, SyntheticFaces)]
+    if not splits:
+        return None
+    start = time.perf_counter()
+    for split in splits:
+        split.prerender(processes)
+    return (f"rendered {sum(len(split) for split in splits):,} synthetic faces in {time.perf_counter() - start:.1f} s "
+            f"(up to {processes} processes)")
 
 
 class BatchStream:

@@ -416,7 +416,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
         torch.manual_seed(config.seed)
         # Builds the model and the sources, which check what the config alone cannot: no file yet.
         training = Training(config, datasets, rank, world)
-        prerender_synthetic(training.sources, distributed.local_world_size_from_env())
+        rendered = prerender_synthetic(training.sources, distributed.local_world_size_from_env())
         distributed.broadcast_parameters(training.model)
         with _RunFolder(run_dir, config, resume, rank) as folder:
             files = None
@@ -427,6 +427,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
                 pairs = ", ".join(f"{t.name}<-source {s}" for t, s in zip(training.tasks, training.mode.task_sources))
                 files.log.info(f"facemtl train: {training.mode.name} training of {config.model.name} on {pairs}; "
                                f"{training.plan.total} updates" + (f", resuming at {start}" if start else ""))
+                if rendered:
+                    files.log.info(rendered)
                 folder.started = True
                 finished, elapsed, step_times, stage = _run_updates(training, files, start, stop_after, quiet)
                 if finished:
