@@ -1479,7 +1479,6 @@ class SyntheticFaces(collections.abc.Sequence):
             raise FacemtlError(f"seed must be >= 0, got {seed}")
         self.n, self.style, self.seed, self.size = int(n), style, int(seed), int(size)
         self.features = _features(features)
-
         self._rendered: list[dict] | None = None  # every face, once prerender() ran
 
     def __len__(self) -> int:
@@ -1520,7 +1519,6 @@ class SyntheticFaces(collections.abc.Sequence):
         return f"SyntheticFaces(n={self.n}, style={self.style!r}, seed={self.seed}, size={self.size}{extra})"
 
 
-
 def _render_in_processes(args: tuple, ranges: list[tuple[int, int]]) -> list[dict]:
     """``_render_range(args, a, b)`` for every range, each in its own Python process.
 
@@ -1544,13 +1542,20 @@ def _render_in_processes(args: tuple, ranges: list[tuple[int, int]]) -> list[dic
             jobs.append((out, subprocess.Popen([sys.executable, "-c", code, str(job), str(out)], env=env,
                                                stderr=subprocess.PIPE)))
         faces = []
-        for out, proc in jobs:
-            _, err = proc.communicate()
-            if proc.returncode != 0:
-                raise FacemtlError(f"rendering synthetic faces in a worker process failed (exit {proc.returncode}):\n"
-                                   f"{err.decode(errors='replace')[-2000:]}")
-            faces += pickle.loads(out.read_bytes())
+        try:
+            for out, proc in jobs:
+                _, err = proc.communicate()
+                if proc.returncode != 0:
+                    raise FacemtlError(f"rendering synthetic faces in a worker process failed (exit {proc.returncode}):\n"
+                                       f"{err.decode(errors='replace')[-2000:]}")
+                faces += pickle.loads(out.read_bytes())
+        finally:  # a failure or Ctrl-C: no worker outlives the call
+            for _, proc in jobs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     return faces
+
 
 def _render_range(args: tuple, start: int, stop: int) -> list[dict]:
     """Faces ``start..stop-1`` of ``SyntheticFaces(*args)`` (a worker of :meth:`SyntheticFaces.prerender`)."""

@@ -240,9 +240,9 @@ def _not_learned(metrics: dict, task: str) -> str | None:
                "emotion": base.get("majority_accuracy")}.get(task)
     if trivial is None:
         return None
-    best = [_metric(metrics, task, i) for i in metrics["iterations"] if task in metrics["iterations"][i]]
-    value = min(best) if task == "landmarks" else max(best)
-    if (value < trivial) if task == "landmarks" else (value > trivial):
+    values = [_metric(metrics, task, i) for i in metrics["iterations"] if task in metrics["iterations"][i]]
+    value = max(values, key=lambda v: _gain(task, v, trivial))
+    if _gain(task, value, trivial) > 0:
         return None
     return f"{_headline(task)} {value:.1f} vs trivial {trivial:.1f}"
 
