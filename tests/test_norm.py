@@ -95,3 +95,21 @@ def test_statistics_sets_are_separate_rows_and_share_the_affine_parameters():
     out1 = bn(x, 1)
     bn.active_set = 0
     assert not torch.allclose(out1, bn(x, 1))
+
+
+@pytest.mark.parametrize("streams", [(0, 1, 2), (2, 0)])
+def test_evaluation_of_stacked_streams_is_batch_norm_and_keeps_channels_last(streams):
+    """Evaluation applies each chunk's running-statistics batch norm without changing the memory
+    layout (folding into channels used to return NCHW)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    bn = SourceBatchNorm2d(6, 3).eval()
+    _randomise(bn)
+    x = torch.randn(2 * len(streams), 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    out = bn(x, streams)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    for k, s in enumerate(streams):
+        expected = F.batch_norm(x[2 * k: 2 * k + 2], bn.running_mean[s], bn.running_var[s], bn.weight[s], bn.bias[s],
+                                False, 0.0, bn.eps)
+        torch.testing.assert_close(out[2 * k: 2 * k + 2], expected, rtol=1e-5, atol=1e-6)
