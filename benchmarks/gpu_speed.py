@@ -44,7 +44,8 @@ Measured (one NVIDIA H200, torch 2.11.0+cu130, cuDNN 9.19, 16 CPU cores; default
     plain FC-DenseNet parsing update (24): 16.4 ms fp32, 16.9 ms bf16 (626,220 parameters
     against iFAN's 1,559,000)
 
-    inference faces/s, batch 1 / 256   fp32            bf16
+    inference faces/s, batch 1 / 256   fp32            bf16   (before evaluation-mode batch norm
+                                                              stopped folding streams into channels)
     iFAN Iter0                         179 / 1,119     125 / 1,354
     iFAN Iter2                          48 / 353        40 / 426
     plain FC-DenseNet                  351 / 5,329     233 / 6,593
