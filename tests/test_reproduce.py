@@ -66,12 +66,29 @@ def test_single_task_runs_get_the_3t_runs_stage2_rounds_also_under_torchrun(monk
 
 
 @pytest.mark.usefixtures("one_thread")  # tiny runs: a second thread only waits when the cores are shared
-def test_smoke_suite_end_to_end(tmp_path):
+def test_smoke_suite_end_to_end(tmp_path, monkeypatch, capsys):
+    import facemtl.engine.loop
     from facemtl.cli import main
 
     out = tmp_path / "suite"
-    assert main(["reproduce", "all", "--budget", "smoke", "--seeds", "2", "--out", str(out)]) == 0
+    suite = ["reproduce", "all", "--budget", "smoke", "--seeds", "2", "--out", str(out)]
+    # two shards train the suite between them (as two GPUs would) and write no claims ...
+    for k, shard in enumerate(("0/2", "1/2")):
+        assert main([*suite, "--shard", shard]) == 0
+        assert f"shard {shard}: its runs are finished" in capsys.readouterr().out
+        assert len(list(out.glob("ifan/seed*/*/metrics.json"))) == 8 * (k + 1)  # half of the runs each
+    assert not (out / "claims.json").exists()
+    assert len(list(out.glob("ifan/seed*/*/metrics.json"))) == 16  # 8 iFAN runs per seed, split between them
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run the shards finished was trained again")
+
+    # ... then the unsharded command reuses every run and writes the claims
+    with monkeypatch.context() as patch:
+        patch.setattr(facemtl.engine.loop, "train", no_training)
+        assert main(suite) == 0
     result = json.loads((out / "claims.json").read_text())
+    assert [r.get("shard") for r in result["invocations"]] == ["0/2", "1/2", None]
     ids = {r["id"] for r in result["claims"]}
     tasks = ("landmarks", "parsing", "emotion")
     expected = ({f"{c}.{t}" for c in "abcde" for t in tasks} | {"a2.landmarks", "a2.parsing", "f", "g.degrade",
@@ -101,9 +118,9 @@ def test_smoke_suite_end_to_end(tmp_path):
     rerun = json.loads((out / "claims.json").read_text())
     assert [r["differences"] for r in rerun["claims"]] == [r["differences"] for r in again["claims"]]
     # the suite's time is the sum of its invocations', not the reusing rerun's alone
-    assert [r["wall_seconds"] for r in rerun["invocations"]] == [result["wall_seconds"], rerun["wall_seconds"]]
-    total = result["wall_seconds"] + rerun["wall_seconds"]
-    assert f"{total:.0f} s over the 2 invocations" in (out / "report.html").read_text()
+    times = [r["wall_seconds"] for r in rerun["invocations"]]
+    assert times[2:] == [result["wall_seconds"], rerun["wall_seconds"]] and len(times) == 4
+    assert f"{sum(times):.0f} s over the 4 invocations" in (out / "report.html").read_text()
 
 
 def test_a_training_run_and_eval_report_leave_a_readable_report(tmp_path):
@@ -183,3 +200,14 @@ def test_ifan_rows_are_untested_where_a_run_does_not_beat_its_trivial_baseline(t
     assert rows["a.parsing"]["differences"] == [0.0, 81.0]  # still reported
     for learned in ("a.landmarks", "a.emotion", "b.parsing", "d.parsing", "e.landmarks", "f", "h", "g.recover"):
         assert "untested" not in rows[learned], learned
+
+
+@pytest.mark.parametrize("shard", ["2/2", "a/2", "1"])
+def test_a_bad_shard_is_refused_before_any_run(tmp_path, capsys, shard):
+    from facemtl.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["reproduce", "all", "--out", str(tmp_path / "suite"), "--shard", shard])
+    assert stop.value.code == 2
+    assert "--shard: expected" in capsys.readouterr().err
+    assert not (tmp_path / "suite").exists()

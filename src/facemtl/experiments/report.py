@@ -386,7 +386,8 @@ def _wall_time(result: dict) -> str:
     runs = result.get("invocations", [])
     if len(runs) > 1:
         text += (f" for this invocation; {sum(r['wall_seconds'] for r in runs):.0f} s over the {len(runs)} "
-                 f"invocations in this folder (interrupted, continued or rerun suites)")
+                 f"invocations in this folder (interrupted, continued, rerun or sharded suites; shards may have run "
+                 f"at the same time)")
     return text
 
 

@@ -22,6 +22,10 @@ A claim is only tested by models that learned: a row whose runs do not beat thei
 baseline in some seed (the mean shape's landmark NME, all-background parsing F1, the majority
 class's accuracy) stays ``inconclusive`` and says why in ``untested``.
 
+Several GPUs or machines: ``--shard I/N`` makes a process train only every N-th run (from the
+I-th) into the shared ``--out`` and write no claims; the same command without ``--shard`` then
+reuses all their runs and writes the claims (see :func:`reproduce`).
+
 Data: the built-in synthetic sources. ``--set`` overrides apply to every iFAN run's config
 (e.g. ``--set data.0.root=...``, ``--set device=cuda``).
 
@@ -37,6 +41,7 @@ of the seed-0 DCNet (Figure 6).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -183,12 +188,18 @@ def _run(cfg: TrainConfig, out: Path, keep_weights: bool = False) -> dict:
     return run(cfg, out, keep_weights=keep_weights)
 
 
-def run_ifan(base: TrainConfig, seeds: int, out: Path, progress) -> dict:
-    """metrics.json of every iFAN run: ``{seed: {variant: metrics}}``; the seed-0 3T run keeps its weights."""
+def _mine(items: list, shard: tuple[int, int] | None) -> list:
+    """The items shard ``(i, n)`` runs: every n-th from the i-th (all without a shard)."""
+    return items if shard is None else items[shard[0]::shard[1]]
+
+
+def run_ifan(base: TrainConfig, seeds: int, out: Path, progress, shard: tuple[int, int] | None = None) -> dict:
+    """metrics.json of every iFAN run: ``{seed: {variant: metrics}}``; the seed-0 3T run keeps its weights.
+    With ``shard``, only that shard's runs (the result is then partial)."""
     results: dict = {}
     jobs = [(s, name, cfg) for s in range(seeds)
             for name, cfg in ifan_variants(dataclasses.replace(base, seed=s)).items()]
-    for s, name, cfg in progress(jobs, "iFAN runs"):
+    for s, name, cfg in progress(_mine(jobs, shard), "iFAN runs"):
         results.setdefault(s, {})[name] = _run(cfg, out / "ifan" / f"seed{s}" / name, keep_weights=s == 0 and name == "3T")
     return results
 
@@ -366,7 +377,12 @@ def epoch_rows(path: Path) -> list[dict]:
 # Deep Collaboration
 
 
-def run_dcnet(budget: str, seeds: int, out: Path, overrides: Sequence[str], progress) -> dict:
+def run_dcnet(budget: str, seeds: int, out: Path, overrides: Sequence[str], progress,
+              shard: tuple[int, int] | None = None) -> dict:
+    """Every Deep Collaboration experiment: per seed the comparison (per backbone) and the
+    scarcity sweep, then the task-weight trials and the ablation. With ``shard``, only that
+    shard's experiments (the result is then partial); the ablation goes with the seed-0
+    comparison it reads."""
     from facemtl.experiments import dcnet as D
 
     base, exp, backbones = dcnet_base(budget)
@@ -374,16 +390,30 @@ def run_dcnet(budget: str, seeds: int, out: Path, overrides: Sequence[str], prog
         data = apply_overrides(to_dict(base), [o for o in overrides if o.split("=")[0].split(".")[0] in ("device",)])
         base = config_from_dict(data)
     result: dict = {"compare": {}, "scarcity": {}, "backbones": list(backbones), "experiment": to_dict(exp)}
-    for s in progress(range(seeds), "Deep Collaboration seeds"):
-        for bb in backbones:
-            cfg = _with_backbone(dataclasses.replace(base, seed=s), bb)
-            result["compare"].setdefault(bb, {})[s] = D.compare(cfg, exp, out / "dcnet" / f"seed{s}" / bb / "compare")
+    first = _with_backbone(base, backbones[0])
+
+    def compare(s, bb):
+        cfg = _with_backbone(dataclasses.replace(base, seed=s), bb)
+        result["compare"].setdefault(bb, {})[s] = D.compare(cfg, exp, out / "dcnet" / f"seed{s}" / bb / "compare")
+
+    def scarcity(s):
         result["scarcity"][s] = D.scarcity(_with_backbone(dataclasses.replace(base, seed=s), backbones[-1]), exp,
                                            out / "dcnet" / f"seed{s}" / "scarcity")
-    first = _with_backbone(base, backbones[0])
-    result["task_weights"] = D.task_weights(first, exp, out / "dcnet" / "task_weights")
-    result["ablation"] = D.ablation(first, exp, out / "dcnet" / "ablation",
-                                    checkpoint=out / "dcnet" / "seed0" / backbones[0] / "compare" / exp.ablation_model)
+
+    def task_weights():
+        result["task_weights"] = D.task_weights(first, exp, out / "dcnet" / "task_weights")
+
+    def ablation():
+        result["ablation"] = D.ablation(first, exp, out / "dcnet" / "ablation",
+                                        checkpoint=out / "dcnet" / "seed0" / backbones[0] / "compare" / exp.ablation_model)
+
+    units = [functools.partial(fn, *a) for s in range(seeds)
+             for fn, a in [*((compare, (s, bb)) for bb in backbones), (scarcity, (s,))]] + [task_weights]
+    mine = _mine(units, shard)
+    if units[0] in mine:
+        mine = mine + [ablation]  # after the seed-0 comparison it reads
+    for unit in progress(mine, "Deep Collaboration experiments"):
+        unit()
     return result
 
 
@@ -452,8 +482,14 @@ def dcnet_claims(result: dict) -> list[dict]:
 
 
 def reproduce(suite: str, budget: str, out_dir, *, seeds: int | None = None, overrides: Sequence[str] = (),
-              command: str = "", progress=None) -> dict:
-    """Run the suite (reusing finished runs), write claims.json and report.html; returns claims.json's content."""
+              command: str = "", progress=None, shard: tuple[int, int] | None = None) -> dict:
+    """Run the suite (reusing finished runs), write claims.json and report.html; returns claims.json's content.
+
+    ``shard=(i, n)``: run only the i-th of n shares of the suite's runs (every n-th, from the
+    i-th) and write no claims, so that n processes (one per GPU or machine, on one shared
+    ``out_dir``) train the suite together; an invocation without ``shard`` afterwards reuses
+    all their runs and writes claims.json and report.html. Returns ``{"shard", "wall_seconds"}``
+    then."""
     import platform
 
     import torch
@@ -469,11 +505,21 @@ def reproduce(suite: str, budget: str, out_dir, *, seeds: int | None = None, ove
     seeds = DEFAULT_SEEDS[budget] if seeds is None else seeds
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise FacemtlError(f"--seeds must be a positive integer, got {seeds!r}")
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise FacemtlError(f"--shard must be I/N with 0 <= I < N, got {shard!r}")
     progress = progress or (lambda items, desc: items)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = ifan_base(budget, overrides)  # validates the overrides before any run
     t0 = time.perf_counter()
+    if shard is not None:
+        if suite in ("ifan", "all"):
+            run_ifan(base, seeds, out, progress, shard)
+        if suite in ("dcnet", "all"):
+            run_dcnet(budget, seeds, out, overrides, progress, shard)
+        wall = round(time.perf_counter() - t0, 1)
+        _log_invocation(out, suite, budget, wall, shard)
+        return {"shard": list(shard), "wall_seconds": wall}
     rows, data = [], {}
     if suite in ("ifan", "all"):
         data["ifan"] = run_ifan(base, seeds, out, progress)
@@ -494,7 +540,8 @@ def reproduce(suite: str, budget: str, out_dir, *, seeds: int | None = None, ove
     return result
 
 
-def _log_invocation(out: Path, suite: str, budget: str, seconds: float) -> list[dict]:
+def _log_invocation(out: Path, suite: str, budget: str, seconds: float,
+                    shard: tuple[int, int] | None = None) -> list[dict]:
     """Append this invocation to ``out/invocations.json`` and return the whole list. A suite that
     was interrupted and continued, or rerun on finished runs, took the sum of its invocations'
     times, not the last one's."""
@@ -508,7 +555,8 @@ def _log_invocation(out: Path, suite: str, budget: str, seconds: float) -> list[
     except (OSError, ValueError):
         seen = []  # unreadable: start again rather than fail a finished suite
     seen.append({"suite": suite, "budget": budget, "wall_seconds": seconds,
-                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 **({"shard": f"{shard[0]}/{shard[1]}"} if shard else {})})
     atomic_write_json(path, seen)
     return seen
 
@@ -530,7 +578,23 @@ def register(subparsers) -> None:
                    help=f"seeds per experiment (default: {', '.join(f'{b} {n}' for b, n in DEFAULT_SEEDS.items())})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of every iFAN run's config (e.g. device=cuda, data.2.n_train=512)")
+    p.add_argument("--shard", metavar="I/N", type=_shard,
+                   help="run only the I-th of N shares of the suite's runs (I = 0..N-1) and write no claims: N "
+                        "processes, one per GPU or machine on one shared --out, train the suite together; then run "
+                        "the same command without --shard to write claims.json and report.html from their runs")
     p.set_defaults(func=_main)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    import argparse
+
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"expected 0 <= I < N, got {text!r}")
+    return i, n
 
 
 def _main(args) -> int:
@@ -544,7 +608,12 @@ def _main(args) -> int:
     command = "facemtl " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("facemtl") else \
         f"facemtl reproduce {args.suite} --budget {args.budget} --out {args.out}"
     result = reproduce(args.suite, args.budget, args.out, seeds=args.seeds, overrides=args.overrides,
-                       command=command, progress=progress)
+                       command=command, progress=progress, shard=args.shard)
+    if args.shard is not None:
+        i, n = args.shard
+        print(f"shard {i}/{n}: its runs are finished in {args.out} ({result['wall_seconds']:.0f} s); once every shard's "
+              f"are, run the same command without --shard to write claims.json and report.html")
+        return 0
     width = max(len(r["id"]) for r in result["claims"])
     for r in result["claims"]:
         lo, hi = r["ci95"]
