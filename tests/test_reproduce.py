@@ -37,6 +37,11 @@ def test_a_row_carries_the_claim_and_the_numbers():
     r = C.row(claim, [1.0, 3.0])
     assert r["id"] == "x" and r["n"] == 2 and r["mean"] == 2.0 and r["verdict"] == "inconclusive"
     assert r["ci95"][0] == pytest.approx(2.0 - 12.706 * math.sqrt(2) / math.sqrt(2), abs=1e-3)
+    clear = C.row(claim, [5.0, 6.0, 7.0])
+    assert clear["verdict"] == "reproduced" and "untested" not in clear
+    noise = C.row(claim, [5.0, 6.0, 7.0], untested="no learning")
+    assert noise["verdict"] == "inconclusive" and noise["untested"] == "no learning"
+    assert noise["differences"] == clear["differences"] and noise["ci95"] == clear["ci95"]
 
 
 class _Images(HTMLParser):

@@ -67,14 +67,19 @@ def verdict(diffs) -> str:
     return "inconclusive"
 
 
-def row(claim: Claim, diffs, extra: dict | None = None) -> dict:
-    """One row of claims.json."""
+def row(claim: Claim, diffs, extra: dict | None = None, untested: str | None = None) -> dict:
+    """One row of claims.json. ``untested``: why the models compared did not learn (they do not
+    beat a trivial baseline); the row is then ``inconclusive`` whatever the differences, which it
+    still reports, and carries the reason."""
     values = [float(d) for d in diffs if d is not None and math.isfinite(float(d))]
     mean, low, high = interval(values)
-    return {"id": claim.id, "paper": claim.paper, "statement": claim.statement, "where": claim.where,
-            "paper_numbers": claim.paper_numbers, "measure": claim.measure, "test": claim.test,
-            "n": len(values), "differences": values, "mean": _num(mean), "ci95": [_num(low), _num(high)],
-            "verdict": verdict(values), **(extra or {})}
+    out = {"id": claim.id, "paper": claim.paper, "statement": claim.statement, "where": claim.where,
+           "paper_numbers": claim.paper_numbers, "measure": claim.measure, "test": claim.test,
+           "n": len(values), "differences": values, "mean": _num(mean), "ci95": [_num(low), _num(high)],
+           "verdict": verdict(values), **(extra or {})}
+    if untested:
+        out.update(verdict="inconclusive", untested=untested)
+    return out
 
 
 def _num(v: float):

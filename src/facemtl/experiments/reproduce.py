@@ -258,14 +258,12 @@ def _not_learned(metrics: dict, task: str) -> str | None:
     return f"{_headline(task)} {value:.1f} vs trivial {trivial:.1f}"
 
 
-def _untested_ifan(results: dict, runs: Sequence[str], task: str) -> dict | None:
-    """Rows whose runs did not learn ``task`` (in some seed) stay inconclusive, with the reason:
-    a difference between models that learned nothing is noise (see also :func:`_untested`)."""
+def _untested_ifan(results: dict, runs: Sequence[str], task: str) -> str | None:
+    """Why rows comparing ``runs`` on ``task`` are untested (None: every run learned it in every
+    seed): a difference between models that learned nothing is noise (see also :func:`_untested`)."""
     failed = [f"seed {s} {name}: {why}" for s in sorted(results) for name in runs
               if (why := _not_learned(results[s][name], task))]
-    if not failed:
-        return None
-    return {"verdict": "inconclusive", "untested": f"no learning on {task}: " + "; ".join(failed)}
+    return f"no learning on {task}: " + "; ".join(failed) if failed else None
 
 
 def ifan_claims(results: dict, out: Path) -> list[dict]:
@@ -276,7 +274,7 @@ def ifan_claims(results: dict, out: Path) -> list[dict]:
         return [fn(results[s]) for s in seeds]
 
     def add(claim, runs, task, diffs):
-        rows.append(C.row(claim, diffs, _untested_ifan(results, runs, task)))
+        rows.append(C.row(claim, diffs, untested=_untested_ifan(results, runs, task)))
 
     for task in IFAN_TASKS:
         p = {k: v.get(task) for k, v in _PAPER.items()}
@@ -315,15 +313,14 @@ def ifan_claims(results: dict, out: Path) -> list[dict]:
         d, rc = _stage_effects(out / "ifan" / f"seed{s}" / "3T")
         degrade.append(d)
         recover.append(rc)
-    reasons = [u["untested"] for t in IFAN_TASKS if (u := _untested_ifan(results, ("3T",), t))]
-    untested_3t = {"verdict": "inconclusive", "untested": "; ".join(reasons)} if reasons else None
+    untested_3t = "; ".join(u for t in IFAN_TASKS if (u := _untested_ifan(results, ("3T",), t))) or None
     rows.append(C.row(C.Claim("g.degrade", "ifan", "during stage 1, each later task's pre-training degrades the earlier "
                               "tasks", "Figure 7", "parsing F1 and landmark NME drop during later tasks' pre-training",
                               "mean over earlier tasks of (metric at the end of its own pre-training minus at the end of "
-                              "stage 1), oriented so positive = degraded; Iter0"), degrade, untested_3t))
+                              "stage 1), oriented so positive = degraded; Iter0"), degrade, untested=untested_3t))
     rows.append(C.row(C.Claim("g.recover", "ifan", "stage 2 (batch-wise alternation) recovers every task", "Figure 7",
                               "all three curves improve in the batch-wise alternation", "mean over tasks of the gain from "
-                              "the end of stage 1 to the final model (Iter0)"), recover, untested_3t))
+                              "the end of stage 1 to the final model (Iter0)"), recover, untested=untested_3t))
     claim = C.Claim("h", "ifan", "iFAN's emotion confusion matrix is better than single-task's (mean per-class accuracy)",
                     "Figure 6 / Table 3", "accuracy 42.26 (single, cropped) vs 45.40 (iFAN Iter2)",
                     "3T minus single-task mean per-class accuracy (points)")
@@ -422,7 +419,7 @@ def _with_backbone(cfg: TrainConfig, backbone: str) -> TrainConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kwargs=kwargs))
 
 
-def _untested(result: dict) -> dict | None:
+def _untested(result: dict) -> str | None:
     """A claim about how much better DCNet learns is not tested by models that learned nothing:
     when DCNet's landmark NME is not below the mean shape's in some (backbone, seed) comparison,
     every Deep Collaboration row says so and stays inconclusive (found at the cpu budget: AlexNet
@@ -432,8 +429,8 @@ def _untested(result: dict) -> dict | None:
              if d.get("mean_shape_nme") is not None and d["nme"] >= d["mean_shape_nme"]]
     if not worse:
         return None
-    return {"verdict": "inconclusive", "untested": "no learning: DCNet's landmark NME % is not below the mean "
-            "shape's (" + "; ".join(worse) + "), so the models' differences are noise"}
+    return ("no learning: DCNet's landmark NME % is not below the mean shape's (" + "; ".join(worse)
+            + "), so the models' differences are noise")
 
 
 def dcnet_claims(result: dict) -> list[dict]:
@@ -449,7 +446,7 @@ def dcnet_claims(result: dict) -> list[dict]:
                             "Figure 3", "AlexNet: DCNet 19.67 vs XS 26.41, XSx 25.23, HF 27.75; ResNet18: 14.95 vs XS 18.43",
                             f"{model} failure rate minus DCNet's (points)")
             rows.append(C.row(claim, [per_seed[s][model]["failure_rate"] - per_seed[s]["dcnet"]["failure_rate"]
-                                      for s in seeds], untested))
+                                      for s in seeds], untested=untested))
     seeds = sorted(result["scarcity"])
     for model in exp["scarcity_models"]:
         if model == "dcnet":
@@ -461,19 +458,19 @@ def dcnet_claims(result: dict) -> list[dict]:
         for s in seeds:
             per_ratio = result["scarcity"][s]
             diffs.append(sum(v[model]["failure_rate"] - v["dcnet"]["failure_rate"] for v in per_ratio.values()) / len(per_ratio))
-        rows.append(C.row(claim, diffs, untested))
+        rows.append(C.row(claim, diffs, untested=untested))
     tw = result["task_weights"]
     claim = C.Claim("k", "dcnet", "with random log-uniform related-task weights DCNet beats Cross-Stitch", "Figure 5",
                     "better in 86 of 100 tries; mean improvement 2.80, median 3.66 points",
                     "per trial: Cross-Stitch failure rate minus DCNet's (points)",
                     test="over trials (paired by the weights drawn): 95% t-interval of the mean improvement")
-    rows.append(C.row(claim, [t["improvement"] for t in tw["trials"]], {"wins": tw["summary"]["wins"], **(untested or {})}))
+    rows.append(C.row(claim, [t["improvement"] for t in tw["trials"]], {"wins": tw["summary"]["wins"]}, untested))
     cells = [c["nme_relative_change"] for per_task in result["ablation"]["cells"].values() for c in per_task]
     claim = C.Claim("l", "dcnet", "withholding any task's features from a collaborative block worsens landmarks",
                     "Figure 6", "landmark failure rate worse by 29.72% (block 3) and 47.00% (block 2) without the "
                     "landmark column's features", "per (task, block) cell: relative change of the landmark NME (%)",
                     test="over the task x block cells of the seed-0 DCNet: 95% t-interval of the mean relative change")
-    rows.append(C.row(claim, cells, untested))
+    rows.append(C.row(claim, cells, untested=untested))
     return rows
 
 
