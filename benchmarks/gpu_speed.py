@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from facemtl.engine.loop import Training, train
 from facemtl.engine.precision import autocast
 from facemtl.experiments.reproduce import ifan_base
+from train_step_time import _counts, _first_updates  # the benchmark beside this one
 
 PAPER_STAGE1_EPOCHS, PAPER_STAGE2_EPOCHS = 30, 200
 
@@ -153,11 +154,7 @@ def training_speed(args, precision: str, layout: str) -> dict:
     extra = ["compile=true"] if layout == "compiled" else []
     training = Training(paper_config(args, precision, extra), speed_paths=layout != "eager")
     plan = training.plan
-    first, counts = {}, {}
-    for k in range(plan.total):
-        u = plan[k]
-        first.setdefault((u.stage, u.task, u.iteration), k)
-        counts[(u.stage, u.task, u.iteration)] = counts.get((u.stage, u.task, u.iteration), 0) + 1
+    first, counts = _first_updates(plan), _counts(plan)
     rows, total, t0 = [], 0.0, time.perf_counter()
     for key, k in sorted(first.items()):
         seconds = timed(lambda: training.run_update(k), args.repeat, args.warmup)

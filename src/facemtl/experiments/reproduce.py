@@ -502,7 +502,7 @@ def reproduce(suite: str, budget: str, out_dir, *, seeds: int | None = None, ove
     seeds = DEFAULT_SEEDS[budget] if seeds is None else seeds
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise FacemtlError(f"--seeds must be a positive integer, got {seeds!r}")
-    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):  # the CLI's _shard checks too
         raise FacemtlError(f"--shard must be I/N with 0 <= I < N, got {shard!r}")
     progress = progress or (lambda items, desc: items)
     out = Path(out_dir)

@@ -110,9 +110,9 @@ class SourceBatchNorm2d(nn.Module):
         (a view, any memory layout kept). Folding the chunks into channels instead copies the
         batch in and out and returns it NCHW: measured 3-7x slower on a CPU for channels-last
         inputs, and the next convolution then converts the layout back."""
-        var = _rows(self.running_var, tuple(first + s for s in streams))
-        scale = _rows(self.weight, streams) * torch.rsqrt(var + self.eps)
-        shift = _rows(self.bias, streams) - _rows(self.running_mean, tuple(first + s for s in streams)) * scale
+        rows = tuple(first + s for s in streams)
+        scale = _rows(self.weight, streams) * torch.rsqrt(_rows(self.running_var, rows) + self.eps)
+        shift = _rows(self.bias, streams) - _rows(self.running_mean, rows) * scale
         shape = (n, 1, c) + (1,) * len(rest)
         out = torch.addcmul(shift.view(shape).to(x.dtype), x.reshape(n, b, c, *rest), scale.view(shape).to(x.dtype))
         return out.reshape(n * b, c, *rest)
