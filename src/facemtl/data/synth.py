@@ -1523,8 +1523,9 @@ def _render_in_processes(args: tuple, ranges: list[tuple[int, int]]) -> list[dic
     """``_render_range(args, a, b)`` for every range, each in its own Python process.
 
     Plain child interpreters, not multiprocessing: a spawned multiprocessing worker re-imports
-    the caller's main script (a user's training script without a ``__main__`` guard would run
-    again), and a forked one can hang in OpenCV or OpenMP thread pools the parent started."""
+    the caller's main script (seen: a script without a ``__main__`` guard ran again in each
+    worker and the pool broke), and forking a process that already runs OpenCV's and OpenMP's
+    thread pools is a known hazard (not tried here)."""
     import pickle
     import subprocess
     import sys
