@@ -57,7 +57,7 @@ class BNReLUConv(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x: torch.Tensor, streams: Streams) -> torch.Tensor:
-        return self.conv(F.relu(self.norm(x, streams)))
+        return self.conv(self.norm.norm_relu(x, streams))
 
 
 class DenseLayer(nn.Module):
@@ -82,7 +82,7 @@ class DenseLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, streams: Streams, feedback: torch.Tensor | None = None,
                 feedback_term: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.conv(F.relu(self.norm(x, streams)))
+        out = self.conv(self.norm.norm_relu(x, streams))
         if feedback_term is not None:
             out = out + feedback_term
         elif feedback is not None:
@@ -91,9 +91,10 @@ class DenseLayer(nn.Module):
 
 
 class DenseBlock(nn.Module):
-    """``num_layers`` dense layers; returns only the new maps (``num_layers * growth_rate``).
-    Every layer also reads the block's feedback maps (if any), or gets its precomputed
-    ``feedback_terms[i]`` (see :class:`DenseLayer`)."""
+    """``num_layers`` dense layers; returns the new maps (``num_layers * growth_rate``), or with
+    ``with_input`` the input followed by them (the down path's ``cat(x, block(x))``, built by the
+    layers' own concatenations instead of two more copies). Every layer also reads the block's
+    feedback maps (if any), or gets its precomputed ``feedback_terms[i]`` (see :class:`DenseLayer`)."""
 
     def __init__(self, in_channels: int, growth_rate: int, num_layers: int, num_sources: int, feedback_channels: int = 0):
         super().__init__()
@@ -104,14 +105,16 @@ class DenseBlock(nn.Module):
         self.out_channels = growth_rate * num_layers
 
     def forward(self, x: torch.Tensor, streams: Streams, feedback: torch.Tensor | None = None,
-                feedback_terms: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
-        new = []
+                feedback_terms: Sequence[torch.Tensor | None] | None = None, with_input: bool = False) -> torch.Tensor:
+        features, new = x, []  # features: what the next layer reads, cat(x, new maps so far)
         for i, layer in enumerate(self.layers):
             if feedback_terms is None:
-                new.append(layer(torch.cat([x, *new], 1), streams, feedback))
+                new.append(layer(features, streams, feedback))
             else:
-                new.append(layer(torch.cat([x, *new], 1), streams, None, feedback_terms[i]))
-        return torch.cat(new, 1)
+                new.append(layer(features, streams, None, feedback_terms[i]))
+            if with_input or i + 1 < len(self.layers):
+                features = torch.cat([features, new[-1]], 1)
+        return features if with_input else torch.cat(new, 1)
 
 
 class TransitionUp(nn.Module):
@@ -228,14 +231,14 @@ class FCDenseNet(nn.Module):
 
         terms = self.feedback_terms(feedback) if feedback is not None and self.batched_feedback else None
 
-        def run(block: DenseBlock, h: torch.Tensor, level: int) -> torch.Tensor:
+        def run(block: DenseBlock, h: torch.Tensor, level: int, with_input: bool = False) -> torch.Tensor:
             if terms is not None:
-                return block(h, streams, None, [terms.get(layer) for layer in block.layers])
-            return block(h, streams, None if feedback is None else feedback[level])
+                return block(h, streams, None, [terms.get(layer) for layer in block.layers], with_input)
+            return block(h, streams, None if feedback is None else feedback[level], None, with_input)
 
         skips = []
         for i, block in enumerate(self.down):
-            h = torch.cat([h, run(block, h, i)], 1)
+            h = run(block, h, i, with_input=True)  # cat(h, new maps)
             skips.append(h)
             h = self.pool(h, 2)
         bottom = h
@@ -283,4 +286,6 @@ def use_speed_paths(model: nn.Module, enabled: bool = True) -> nn.Module:
     for module in model.modules():
         if isinstance(module, FCDenseNet):
             module.batched_feedback = enabled
+        if isinstance(module, SourceBatchNorm2d):
+            module.fused = enabled
     return model

@@ -234,7 +234,7 @@ class FlatDecoder(nn.Module):
         self.fc2 = nn.Linear(hidden, outputs)
 
     def read(self, features: torch.Tensor, stream: int) -> torch.Tensor:
-        h = F.relu(self.norm(self.reduce(features, stream), stream))
+        h = self.norm.norm_relu(self.reduce(features, stream), stream)
         g = self.grid
         if tuple(h.shape[-2:]) != (g, g):
             h = F.interpolate(h, size=(g, g), mode="bilinear", align_corners=False)
@@ -275,7 +275,7 @@ class SegmentationDecoder(nn.Module):
     reads = "out"
 
     def forward(self, features: dict, stream: int) -> torch.Tensor:
-        return self.classify(F.relu(self.norm(features["out"], stream)))
+        return self.classify(self.norm.norm_relu(features["out"], stream))
 
 
 def build_decoder(task: Task, backbone: FCDenseNet, config: IFANConfig) -> nn.Module:

@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facemtl.models import bn_relu
+
 Streams = Union[int, Sequence[int]]
 
 
@@ -53,6 +55,7 @@ class SourceBatchNorm2d(nn.Module):
         self.active_set = 0
         self.eps = eps
         self.momentum = momentum
+        self.fused = False  # norm_relu's fused kernel (the CPU speed paths switch it on)
         self.weight = nn.Parameter(torch.ones(num_sources, num_features))
         self.bias = nn.Parameter(torch.zeros(num_sources, num_features))
         self.register_buffer("running_mean", torch.zeros(statistics_sets * num_sources, num_features))
@@ -103,6 +106,27 @@ class SourceBatchNorm2d(nn.Module):
         folded = x.reshape(n, b, c, *rest).transpose(0, 1).reshape(b, n * c, *rest)
         out = F.batch_norm(folded, mean, var, weight, bias, self.training, self.momentum, self.eps)
         return out.reshape(b, n, c, *rest).transpose(0, 1).reshape(n * b, c, *rest)
+
+    def norm_relu(self, x: torch.Tensor, streams: Streams = 0) -> torch.Tensor:
+        """``relu(self(x, streams))``. With ``fused`` set (:func:`facemtl.models.fc_densenet.use_speed_paths`),
+        in training, on a float32 channels-last CPU batch, one kernel does both
+        (:mod:`facemtl.models.bn_relu`); otherwise the two ops."""
+        if not (self.fused and self.training and bn_relu.applies(x)):
+            return F.relu(self(x, streams))
+        if isinstance(streams, int) or len(streams) == 1:
+            s = streams if isinstance(streams, int) else int(streams[0])
+            if not 0 <= s < self.num_sources:
+                raise IndexError(f"source {s} out of range 0..{self.num_sources - 1}")
+            first, n = s, 1
+        else:
+            n = len(streams)
+            if tuple(int(s) for s in streams) != tuple(range(self.num_sources)):
+                raise RuntimeError("training on a subset of stacked sources would lose the statistics update")
+            first = 0
+        row = self.active_set * self.num_sources + first
+        # contiguous row slices: views, so the kernel's statistics updates land in the buffers
+        return bn_relu.bn_relu(x, self.weight[first:first + n], self.bias[first:first + n],
+                               self.running_mean[row:row + n], self.running_var[row:row + n], self.momentum, self.eps)
 
     def _stacked_eval(self, x, streams, first, n, b, c, rest):
         """Evaluation (also of a single stream): each chunk's batch norm is an affine map from its row's

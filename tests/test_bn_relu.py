@@ -1,0 +1,176 @@
+"""The fused batch norm + ReLU of the CPU speed paths (facemtl.models.bn_relu, used by
+SourceBatchNorm2d.norm_relu) against float64 arithmetic, its fallbacks and its build."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from facemtl.models import bn_relu
+from facemtl.models.fc_densenet import use_speed_paths
+from facemtl.models.norm import SourceBatchNorm2d
+from facemtl.models.registry import create_model
+
+needs_kernel = pytest.mark.skipif(not bn_relu.available(), reason="no C compiler: the kernel cannot be built")
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def norm(channels: int, sources: int, fused: bool, sets: int = 1) -> SourceBatchNorm2d:
+    torch.manual_seed(3)
+    bn = SourceBatchNorm2d(channels, sources, statistics_sets=sets)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_(0, 0.3)
+        bn.running_mean.normal_(0, 1)
+        bn.running_var.uniform_(0.5, 2)
+    bn.fused = fused
+    return bn.train()
+
+
+def run(bn: SourceBatchNorm2d, x: torch.Tensor, gy: torch.Tensor, streams):
+    x = x.detach().clone().requires_grad_()
+    y = bn.norm_relu(x, streams)
+    y.backward(gy)
+    return [y.detach(), x.grad, bn.weight.grad, bn.bias.grad, bn.running_mean.clone(), bn.running_var.clone()]
+
+
+def reference(bn: SourceBatchNorm2d, x: torch.Tensor, gy: torch.Tensor, streams):
+    """The same layer in float64, the unfused ops."""
+    ref = norm(bn.num_features, bn.num_sources, False, bn.statistics_sets).double()
+    ref.load_state_dict({k: v.double() for k, v in bn.state_dict().items()})
+    ref.active_set = bn.active_set
+    return run(ref, x.double(), gy.double(), streams)
+
+
+# (shape, streams, sources): channel counts off and on multiples of 16, a batch whose rows do not
+# fill the kernel's period, stacked sources (one chunk each), and one big enough for two threads
+CASES = [
+    ((4, 6, 8, 8), 1, 3),
+    ((2, 7, 5, 3), 0, 1),
+    ((3, 32, 4, 4), 0, 2),
+    ((6, 22, 6, 6), (0, 1, 2), 3),
+    ((8, 22, 32, 32), 2, 3),
+]
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the largest case crosses the kernel's two-thread threshold
+    yield
+    torch.set_num_threads(before)
+
+
+@needs_kernel
+@pytest.mark.usefixtures("two_threads")
+@pytest.mark.parametrize("shape,streams,sources", CASES)
+def test_the_fused_kernel_computes_batch_norm_and_relu_and_their_gradients(shape, streams, sources):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = channels_last(torch.randn(shape, generator=g) * 3 + 2)
+    gy = channels_last(torch.randn(shape, generator=g))
+    bn = norm(shape[1], sources, True, sets=2)
+    bn.active_set = 1  # rows of the second statistics set
+    assert bn_relu.applies(x)
+    want = reference(bn, x, gy, streams)  # first: run() updates the running statistics
+    got = run(bn, x, gy, streams)
+    names = ["output", "input gradient", "weight gradient", "bias gradient", "running mean", "running var"]
+    for name, a, b in zip(names, got, want):
+        scale = float(b.abs().max()) + 1e-6
+        assert float((a.double() - b).abs().max()) <= 2e-5 * scale, name
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    # rows of sources not in the batch, and of the other statistics set, are untouched
+    used = set(range(sources)) if isinstance(streams, tuple) else {streams}
+    for s in set(range(sources)) - used:
+        assert float(got[2][s].abs().max()) == 0.0 and float(got[3][s].abs().max()) == 0.0
+    before = norm(shape[1], sources, True, sets=2)
+    assert torch.equal(got[4][:sources], before.running_mean[:sources])
+
+
+@needs_kernel
+def test_the_kernel_is_more_accurate_than_float32_batch_norm_on_large_batches():
+    """PyTorch's channels-last float32 backward sums naively; the kernel sums in double."""
+    g = torch.Generator().manual_seed(0)
+    x = channels_last(torch.randn(24, 22, 32, 32, generator=g) * 3 + 2)
+    gy = channels_last(torch.randn(24, 22, 32, 32, generator=g))
+    want = reference(norm(22, 1, False), x, gy, 0)
+    fused = run(norm(22, 1, True), x, gy, 0)
+    plain = run(norm(22, 1, False), x, gy, 0)
+    err = [float((a.double() - b).abs().max()) for a, b in zip(fused[1:4], want[1:4])]
+    plain_err = [float((a.double() - b).abs().max()) for a, b in zip(plain[1:4], want[1:4])]
+    assert all(e <= p for e, p in zip(err, plain_err)), (err, plain_err)
+
+
+def test_norm_relu_takes_the_plain_ops_where_the_kernel_does_not_apply():
+    x = torch.randn(4, 6, 5, 5)
+    bn = norm(6, 2, True)
+    # NCHW, float64 and evaluation: relu(bn(x)) exactly
+    assert not bn_relu.applies(x)
+    assert torch.equal(bn.norm_relu(x, 1), F.relu(norm(6, 2, False)(x, 1)))
+    assert not bn_relu.applies(channels_last(x).double())
+    bn.eval()
+    xc = channels_last(x)
+    assert torch.equal(bn.norm_relu(xc, 1), F.relu(bn(xc, 1)))
+
+
+@needs_kernel
+def test_norm_relu_refuses_what_forward_refuses():
+    bn = norm(6, 3, True)
+    x = channels_last(torch.randn(4, 6, 5, 5))
+    with pytest.raises(IndexError, match="source 3 out of range"):
+        bn.norm_relu(x, 3)
+    with pytest.raises(RuntimeError, match="subset of stacked sources"):
+        bn.norm_relu(x, (0, 2))
+
+
+def test_speed_paths_switch_the_fused_norm_on_and_off():
+    model = create_model("ifan", tasks=["landmarks", "parsing"], num_sources=2, task_sources=[0, 1], growth_rate=3,
+                         layers_per_block=1, num_blocks=2, stem_channels=4, up_channels=4, reencoder_channels=2,
+                         points_hidden=8, decoder_channels=4, input_size=16)
+    norms = [m for m in model.modules() if isinstance(m, SourceBatchNorm2d)]
+    assert norms and not any(n.fused for n in norms)
+    use_speed_paths(model)
+    assert all(n.fused for n in norms)
+    use_speed_paths(model, False)
+    assert not any(n.fused for n in norms)
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """A kernel build of its own (empty cache), forgotten afterwards."""
+    monkeypatch.setenv("FACEMTL_CACHE", str(tmp_path))
+    bn_relu._library.cache_clear()
+    yield tmp_path
+    bn_relu._library.cache_clear()
+
+
+@needs_kernel
+def test_the_kernel_is_built_into_the_cache_once(fresh_build):
+    assert bn_relu.available()
+    built = list((fresh_build / "kernels").glob("bn_relu-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    bn_relu._library.cache_clear()
+    assert bn_relu.available() and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+def test_without_a_working_compiler_the_plain_ops_are_used_with_one_warning(fresh_build, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    with pytest.warns(UserWarning, match="could not be built"):
+        assert not bn_relu.available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not on every call
+        assert not bn_relu.available()
+        bn = norm(6, 1, True)
+        x = channels_last(torch.randn(4, 6, 5, 5))
+        assert not bn_relu.applies(x)
+        assert torch.equal(bn.norm_relu(x, 0), F.relu(norm(6, 1, False)(x, 0)))
+
+
+def test_facemtl_native_0_switches_the_kernel_off(fresh_build, monkeypatch):
+    monkeypatch.setenv("FACEMTL_NATIVE", "0")
+    assert not bn_relu.available()
+    assert not list(fresh_build.glob("**/*.so"))
