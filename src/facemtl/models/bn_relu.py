@@ -85,10 +85,11 @@ def available() -> bool:
 
 def applies(x: torch.Tensor) -> bool:
     """Whether :func:`bn_relu` takes ``x``: a 4-d float32 channels-last CPU tensor, outside an
-    ONNX export (which must see BatchNormalization nodes)."""
+    ONNX export (which must see BatchNormalization nodes) and outside ``torch.compile`` (which
+    cannot trace a ctypes call, and fuses the two ops itself)."""
     return (x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
             and x.is_contiguous(memory_format=torch.channels_last) and not torch.onnx.is_in_onnx_export()
-            and available())
+            and not torch.compiler.is_compiling() and available())
 
 
 def bn_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor,
