@@ -21,13 +21,15 @@ same batch: float rounding only). Variants:
 * ``channels_last``: :func:`facemtl.models.fc_densenet.use_channels_last` on the model;
 * ``batched_feedback``: one feedback convolution per level (``FCDenseNet.batched_feedback``);
 * ``allocator``: :func:`keep_freed_memory` in the process;
-* ``foreach``: the optimiser's multi-tensor (``foreach=True``) step, the engine's default
-  (the other variants step tensor by tensor, as the engine did before);
+* ``foreach``: the optimiser's step as the engine makes it (:func:`facemtl.engine.loop.make_optimizer`:
+  fused where torch has it, else multi-tensor); the other variants step tensor by tensor, as
+  the engine did before;
 * ``last_only``: the update asks the model only for its task at the last iteration
   (``tasks=(t,)``: iFAN skips the other decoders there and, for landmark and emotion updates,
   the up path); the other variants compute every task, as the engine did before;
-* ``fast``: all of them (:func:`facemtl.models.fc_densenet.use_speed_paths`, the allocator,
-  the multi-tensor optimiser step and ``last_only``): what the engine runs today;
+* ``fast``: all of them (:func:`facemtl.models.fc_densenet.use_speed_paths`, which also
+  switches on the fused batch norm + ReLU kernel of :mod:`facemtl.models.bn_relu`, the
+  allocator, the multi-tensor optimiser step and ``last_only``): what the engine runs today;
 * ``compiled``: ``fast`` plus ``compile: true`` (``nn.Module.compile()``, TorchInductor); the
   warm-up call of each update kind compiles (its time is printed apart).
 
@@ -45,11 +47,18 @@ eager,channels_last,batched_feedback,allocator,fast``), projected default run, w
     warm-up calls and dynamo's recompile limit (8 graphs) was hit at the ninth update kind
     (landmarks I=2 ran uncompiled): on this model and a CPU, compile does not pay.
 
+With the fused batch norm + ReLU kernel and the dense blocks' fewer concatenations (2026-12-01,
+idle machine, ``--compare --repeat 5``, three runs): fast x2.09, x1.98, x2.01 (eager 9.69 /
+9.76 / 9.51 min, fast 4.63 / 4.94 / 4.73 min of updates); the same day before them x1.68 (10.46
+-> 6.23 min). How much the batch norm could give was measured first by replacing it, in the
+fast variant only, with a per-channel multiply-add (x1.87) and with nothing (x2.32).
+
 Profile (torch.profiler, self CPU, eager, all nine update kinds): convolution ~65% (backward
 ~46%: oneDNN reorders NCHW to a blocked layout and back on every call), batch norm ~10%,
 concatenation ~4%, max pooling ~4%, optimiser <1%; forward 55%, backward 44%. With the speed
-paths at 2 threads: convolution ~40%, batch norm ~30% (PyTorch's channels-last batch norm
-does not get faster with a second thread, the NCHW one does), concatenation ~6%. Rendering the
+paths at 2 threads before the fused kernel: convolution ~40%, batch norm ~30% (PyTorch's
+channels-last batch norm does not get faster with a second thread, the NCHW one does),
+concatenation ~6%; with it: convolution ~55%, fused batch norm + ReLU ~15%, concatenation ~5%. Rendering the
 synthetic faces is not in the timed updates (batches are cached per source) and costs ~1.5 ms
 per face once per run (8,192 training faces: ~12 s of a ~6-10 min run).
 """
@@ -99,6 +108,7 @@ def _build(cfg, variant: str = "eager") -> Training:
     if "foreach" not in switches:  # the optimiser as it was: a Python loop over the tensors
         for group in training.optimizer.param_groups:
             group["foreach"] = False
+            group["fused"] = False
     if "compile" in switches:  # what `compile: true` does (engine/loop.py); the warm-up call compiles
         training.model.compile()
     if "last_only" not in switches:  # the model computes every task at the last iteration, as it did

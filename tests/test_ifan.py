@@ -310,3 +310,31 @@ def test_each_iteration_keeps_its_own_batch_norm_statistics():
     m.eval()
     with torch.no_grad():
         torch.testing.assert_close(m(x, source=0, iterations=1)[0], m(x, source=0, iterations=0)[0])
+
+
+def test_soft_dice_loss_by_hand_and_against_the_one_hot_formula():
+    import torch.nn.functional as F
+
+    from facemtl.models.ifan import soft_dice_loss
+    from facemtl.tasks import IGNORE_INDEX
+
+    # two pixels: p = (.5, .5) with truth 0, p = (.75, .25) with truth 1
+    logits = torch.tensor([[[[0.0, math.log(3.0)]], [[0.0, 0.0]]]])
+    dice0, dice1 = 2 * 0.5 / (1.25 + 1), 2 * 0.25 / (0.75 + 1)
+    assert soft_dice_loss(logits, torch.tensor([[[0, 1]]])).item() == pytest.approx(1 - (dice0 + dice1) / 2)
+    # the second pixel ignored: class 1 is absent, class 0 alone
+    assert soft_dice_loss(logits, torch.tensor([[[0, IGNORE_INDEX]]])).item() == pytest.approx(1 - 2 * 0.5 / 1.5)
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 11, 9, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 9, (3, 9, 7), generator=g)  # classes 9, 10 absent
+    target[0, :2] = IGNORE_INDEX
+    valid = (target != IGNORE_INDEX).unsqueeze(1).double()
+    onehot = F.one_hot(target.clamp(max=10) * (target != IGNORE_INDEX), 11).permute(0, 3, 1, 2).double() * valid
+    probs = logits.softmax(1) * valid
+    inter, sizes = (probs * onehot).sum((0, 2, 3)), probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    want = 1 - (2 * inter[:9] / sizes[:9]).mean()
+    got = soft_dice_loss(logits, target)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)  # computed in float32
+    (g_got,), (g_want,) = torch.autograd.grad(got, logits), torch.autograd.grad(want, logits)
+    assert torch.allclose(g_got, g_want, rtol=1e-4, atol=1e-8)

@@ -275,9 +275,11 @@ def use_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
 def use_speed_paths(model: nn.Module, enabled: bool = True) -> nn.Module:
     """The CPU training speed paths, in place (``enabled=False`` turns them off again, back to
     the reference eager path); returns ``model``: channels-last weights
-    (:func:`use_channels_last`) and, in every :class:`FCDenseNet` inside ``model``, one
-    feedback convolution per level (``batched_feedback``). Same losses and gradients up to
-    float rounding (tests/test_speed_paths.py). Call it after building the model and moving
+    (:func:`use_channels_last`), the fused batch norm + ReLU kernel in every
+    :class:`SourceBatchNorm2d` (``fused``, :mod:`facemtl.models.bn_relu`) and, in every
+    :class:`FCDenseNet` inside ``model``, one feedback convolution per level
+    (``batched_feedback``). Same losses and gradients up to float rounding
+    (tests/test_speed_paths.py, tests/test_bn_relu.py). Call it after building the model and moving
     it to its device, before making the optimiser; checkpoints are unaffected (weights are
     saved contiguous and load into either layout). ``benchmarks/train_step_time.py --compare``
     times it against the eager path (measured on iFAN; other models only get the layout).

@@ -421,15 +421,18 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     F1 64.2 with brows, eyes and inner mouth at 0; plus Dice 78.1 (brows 39/22, inner mouth 59,
     eyes still 0). Dice weighs every class present equally, whatever its area.
     """
+    c = logits.shape[1]
     probs = logits.float().softmax(1)
     valid = target != IGNORE_INDEX
-    onehot = F.one_hot(target.clamp(max=logits.shape[1] - 1) * valid, logits.shape[1]).permute(0, 3, 1, 2)
-    mask = valid.unsqueeze(1).to(probs.dtype)
-    onehot = onehot.to(probs.dtype) * mask
-    probs = probs * mask
-    inter = (probs * onehot).sum((0, 2, 3))
-    sizes = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-    present = onehot.sum((0, 2, 3)) > 0
+    truth = (target.clamp(max=c - 1) * valid).unsqueeze(1)  # ignored pixels: class 0, weight 0 below
+    probs = probs * valid.unsqueeze(1).to(probs.dtype)
+    # per-class sums without a one-hot tensor: |P_c . G_c| adds each pixel's probability of its
+    # own class to that class, |G_c| counts the class's (valid) pixels
+    hit = probs.gather(1, truth).flatten()
+    inter = torch.zeros(c, dtype=probs.dtype, device=probs.device).index_add_(0, truth.flatten(), hit)
+    count = torch.bincount(truth.flatten(), weights=valid.flatten().to(probs.dtype), minlength=c)
+    sizes = probs.sum((0, 2, 3)) + count
+    present = count > 0
     dice = 2 * inter[present] / sizes[present].clamp_min(1e-6)
     return 1.0 - dice.mean() if present.any() else logits.sum() * 0.0
 
@@ -486,8 +489,12 @@ class IFAN(FaceModel):
             select_statistics(self._norms, iteration)
 
     def task_loss(self, name: str, output: torch.Tensor, target: torch.Tensor, visible=None) -> torch.Tensor:
-        loss = super().task_loss(name, output, target, visible)
         kind = self.task(name).kind
+        if kind == "segmentation":
+            # channels-last logits (the speed paths): one NCHW copy for both losses; measured on
+            # the default run's parsing batch, cross entropy + Dice forward and backward 4.6 -> 3.3 ms
+            output = output.contiguous()
+        loss = super().task_loss(name, output, target, visible)
         if kind == "segmentation" and self.config.segmentation_loss == "ce+dice":
             loss = loss + soft_dice_loss(output, target.long())
         elif kind == "points":
