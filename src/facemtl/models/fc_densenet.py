@@ -224,7 +224,7 @@ class FCDenseNet(nn.Module):
             raise ValueError("this backbone was built without feedback inputs")
 
         h = self.stem(x)
-        if feedback is not None and _is_channels_last(h):
+        if feedback is not None and is_channels_last(h):
             # Every dense layer of a level reads its feedback map; converting it once here
             # replaces one layout copy per feedback convolution (see use_channels_last).
             feedback = [f.contiguous(memory_format=torch.channels_last) for f in feedback]
@@ -251,7 +251,7 @@ class FCDenseNet(nn.Module):
         return {"down": skips, "bottom": bottom, "out": h}
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
     # a (B, 1, H, W) or (B, C, 1, 1) map is contiguous in both layouts: count it as NCHW
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 

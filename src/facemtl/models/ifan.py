@@ -69,7 +69,7 @@ import torch.nn.functional as F
 
 from facemtl.errors import FacemtlError
 from facemtl.models.base import FaceModel, ParameterGroups
-from facemtl.models.fc_densenet import POOLS, BNReLUConv, FCDenseNet
+from facemtl.models.fc_densenet import POOLS, BNReLUConv, FCDenseNet, is_channels_last
 from facemtl.models.norm import SourceBatchNorm2d, select_statistics, use_statistics_sets
 from facemtl.models.registry import register_model
 from facemtl.tasks import IGNORE_INDEX, STANDARD_TASKS, Task, get_tasks
@@ -408,7 +408,15 @@ class TaskIntegrator(nn.Module):
 
     def forward(self, outputs: Sequence[torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
         pyramids = [r(o, size) for r, o in zip(self.reencoders, outputs)]
-        return [torch.cat([p[i] for p in pyramids], 1) for i in range(self.num_levels)]
+        levels = []
+        for i in range(self.num_levels):
+            pieces = [p[i] for p in pyramids]
+            if any(is_channels_last(t) for t in pieces):
+                # keep the speed paths' layout: a category's broadcast maps (zero strides) would
+                # make the concatenation NCHW and the backbone convert it back, a copy of every piece
+                pieces = [t.contiguous(memory_format=torch.channels_last) for t in pieces]
+            levels.append(torch.cat(pieces, 1))
+        return levels
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
