@@ -33,46 +33,60 @@ def main(argv=None) -> None:
     ap.add_argument("--detector", default="opencv", help="face detector (default: opencv)")
     ap.add_argument("--out", type=Path, help="write an overlay PNG per checkpoint here")
     args = ap.parse_args(argv)
+    for ckpt in args.checkpoints:
+        score = astronaut(ckpt, args.passes, args.detector)
+        print(f"{ckpt}: {score['faces']} face(s)")
+        if not score["faces"]:
+            continue
+        print("    " + "\n    ".join(score["lines"]))
+        if args.out:
+            from facemtl.data.images import read_image
+            from facemtl.inference.render import draw_overlay
+            from facemtl.outputs import write_png
 
+            args.out.mkdir(parents=True, exist_ok=True)
+            name = Path(ckpt).resolve().name
+            write_png(args.out / f"astronaut_{name}.png",
+                      draw_overlay(read_image(score["image"]), score["result"].faces, score["tasks"]))
+
+
+def astronaut(ckpt, passes=None, detector: str = "opencv") -> dict:
+    """One checkpoint on the astronaut photo: ``faces`` found, and for the first face ``nme`` (%),
+    ``mouth`` (px), ``emotion`` (label), ``baseline_nme`` (the mean shape in the same square, %),
+    the printable ``lines``; also the predictor's ``result``, ``tasks`` and the ``image`` path."""
     from facemtl.inference.predictor import Predictor
-    from facemtl.inference.render import draw_overlay
 
     labels = json.loads(LABELS.read_text())
     image_path = (ROOT.parent / labels["image"]).resolve()
     truth = np.asarray(labels["landmarks"], np.float64)
     iod = np.linalg.norm(truth[0] - truth[1])
-    for ckpt in args.checkpoints:
-        pred = Predictor.from_checkpoint(ckpt, detector=args.detector, passes=args.passes)
-        result = pred.predict_image(str(image_path))
-        print(f"{ckpt}: {len(result.faces)} face(s)")
-        if not result.faces:
-            continue
-        face = result.faces[0]
-        line = [f"box {np.round(np.asarray(face['box']), 1).tolist()}"]
-        if "landmarks" in face:
-            points = np.asarray(face["landmarks"], np.float64).reshape(-1, 2)
-            nme = np.linalg.norm(points - truth, axis=1).mean() / iod * 100
-            mouth = np.linalg.norm(points[3] - points[4])
-            line.append(f"NME {nme:.1f}% (per point {np.round(np.linalg.norm(points - truth, axis=1) / iod * 100, 1).tolist()}), "
-                        f"mouth corners {mouth:.1f} px apart (labelled {np.linalg.norm(truth[3] - truth[4]):.1f})")
-        if "emotion" in face:
-            probs = face["emotion"]["probs"]
-            top = sorted(probs.items(), key=lambda kv: -kv[1])[:3]
-            line.append(f"emotion {face['emotion']['label']} ({', '.join(f'{k} {v:.2f}' for k, v in top)}; "
-                        f"labelled {labels['emotion']})")
-        if "landmarks" in face:
-            # trivial baseline: the synthetic landmark source's mean shape, placed in the same face
-            # square the model's outputs were cropped from
-            base = mean_shape_in(face["box"], pred.info) - truth
-            line.append(f"mean shape in the same square: NME {np.linalg.norm(base, axis=1).mean() / iod * 100:.1f}%")
-        print("    " + "\n    ".join(line))
-        if args.out:
-            from facemtl.data.images import read_image
-            from facemtl.outputs import write_png
-
-            args.out.mkdir(parents=True, exist_ok=True)
-            name = Path(ckpt).resolve().name
-            write_png(args.out / f"astronaut_{name}.png", draw_overlay(read_image(image_path), result.faces, pred.tasks))
+    pred = Predictor.from_checkpoint(ckpt, detector=detector, passes=passes)
+    result = pred.predict_image(str(image_path))
+    out = {"faces": len(result.faces), "result": result, "tasks": pred.tasks, "image": image_path, "lines": []}
+    if not result.faces:
+        return out
+    face = result.faces[0]
+    line = out["lines"]
+    line.append(f"box {np.round(np.asarray(face['box']), 1).tolist()}")
+    if "landmarks" in face:
+        points = np.asarray(face["landmarks"], np.float64).reshape(-1, 2)
+        out["nme"] = np.linalg.norm(points - truth, axis=1).mean() / iod * 100
+        out["mouth"] = np.linalg.norm(points[3] - points[4])
+        line.append(f"NME {out['nme']:.1f}% (per point {np.round(np.linalg.norm(points - truth, axis=1) / iod * 100, 1).tolist()}), "
+                    f"mouth corners {out['mouth']:.1f} px apart (labelled {np.linalg.norm(truth[3] - truth[4]):.1f})")
+    if "emotion" in face:
+        probs = face["emotion"]["probs"]
+        top = sorted(probs.items(), key=lambda kv: -kv[1])[:3]
+        out["emotion"] = face["emotion"]["label"]
+        line.append(f"emotion {face['emotion']['label']} ({', '.join(f'{k} {v:.2f}' for k, v in top)}; "
+                    f"labelled {labels['emotion']})")
+    if "landmarks" in face:
+        # trivial baseline: the synthetic landmark source's mean shape, placed in the same face
+        # square the model's outputs were cropped from
+        base = mean_shape_in(face["box"], pred.info) - truth
+        out["baseline_nme"] = np.linalg.norm(base, axis=1).mean() / iod * 100
+        line.append(f"mean shape in the same square: NME {out['baseline_nme']:.1f}%")
+    return out
 
 
 def mean_shape_in(square, info: dict) -> np.ndarray:

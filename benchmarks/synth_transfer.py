@@ -31,25 +31,18 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from facemtl.data.synth import ALL_FEATURES, SyntheticFaces
-    from facemtl.engine.evaluate import evaluate
     from facemtl.models.checkpoint import load_model
     from facemtl.models.fc_densenet import use_speed_paths
 
-    renderers = {"plain": frozenset(), "full": ALL_FEATURES}
     header = f"{'checkpoint':28s} {'renderer':8s} {'style':10s} {'NME %':>7s} {'fail %':>7s} {'F1 %':>6s} {'emo %':>6s}"
     print(header)
     baselines_done = set()
     for ckpt in args.checkpoints:
         model, info = load_model(ckpt)
         use_speed_paths(model)  # channels-last: the same numbers up to float rounding, faster on a CPU
-        size = int(info["input_size"])
         for r in args.renderers.split(","):
             for style in args.styles.split(","):
-                faces = SyntheticFaces(args.n, style=style, seed=args.seed, size=size, features=renderers[r])
-                cached = [faces[i] for i in range(len(faces))]
-                result = evaluate(model, info, [cached] * len(info["sources"]), batch_size=50, progress=False)
-                last = result["iterations"][str(max(map(int, result["iterations"])))]
+                last, result = score(model, info, style, r, args.n, args.seed)
                 lm, pa, em = last.get("landmarks", {}), last.get("parsing", {}), last.get("emotion", {})
                 print(f"{str(ckpt)[-28:]:28s} {r:8s} {style:10s} {lm.get('nme', float('nan')):7.2f} "
                       f"{lm.get('failure_rate', float('nan')):7.1f} {pa.get('overall', float('nan')):6.1f} "
@@ -62,6 +55,19 @@ def main(argv=None) -> None:
                           f"{b.get('landmarks', {}).get('mean_shape_failure_rate', float('nan')):7.1f} "
                           f"{max(b.get('parsing', {}).get(k, {}).get('overall', float('nan')) for k in ('all_background', 'all_skin')):6.1f} "
                           f"{b.get('emotion', {}).get('majority_accuracy', float('nan')):6.1f}")
+
+
+def score(model, info: dict, style: str, renderer: str, n: int = 200, seed: int = 77) -> tuple[dict, dict]:
+    """A checkpoint's metrics (last iteration) on ``n`` test faces of ``style`` drawn by the
+    ``renderer`` ("plain" or "full"), and the whole evaluation (with its trivial baselines)."""
+    from facemtl.data.synth import ALL_FEATURES, SyntheticFaces
+    from facemtl.engine.evaluate import evaluate
+
+    features = {"plain": frozenset(), "full": ALL_FEATURES}[renderer]
+    faces = SyntheticFaces(n, style=style, seed=seed, size=int(info["input_size"]), features=features)
+    cached = [faces[i] for i in range(len(faces))]
+    result = evaluate(model, info, [cached] * len(info["sources"]), batch_size=50, progress=False)
+    return result["iterations"][str(max(map(int, result["iterations"])))], result
 
 
 if __name__ == "__main__":
