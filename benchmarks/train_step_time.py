@@ -21,9 +21,8 @@ same batch: float rounding only). Variants:
 * ``channels_last``: :func:`facemtl.models.fc_densenet.use_channels_last` on the model;
 * ``batched_feedback``: one feedback convolution per level (``FCDenseNet.batched_feedback``);
 * ``allocator``: :func:`keep_freed_memory` in the process;
-* ``foreach``: the optimiser's step as the engine makes it (:func:`facemtl.engine.loop.make_optimizer`:
-  fused where torch has it, else multi-tensor); the other variants step tensor by tensor, as
-  the engine did before;
+* ``foreach``: the optimiser's multi-tensor (``foreach=True``) step, the engine's default
+  (the other variants step tensor by tensor, as the engine did before);
 * ``last_only``: the update asks the model only for its task at the last iteration
   (``tasks=(t,)``: iFAN skips the other decoders there and, for landmark and emotion updates,
   the up path); the other variants compute every task, as the engine did before;
@@ -108,7 +107,6 @@ def _build(cfg, variant: str = "eager") -> Training:
     if "foreach" not in switches:  # the optimiser as it was: a Python loop over the tensors
         for group in training.optimizer.param_groups:
             group["foreach"] = False
-            group["fused"] = False
     if "compile" in switches:  # what `compile: true` does (engine/loop.py); the warm-up call compiles
         training.model.compile()
     if "last_only" not in switches:  # the model computes every task at the last iteration, as it did

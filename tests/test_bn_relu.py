@@ -91,6 +91,23 @@ def test_the_fused_kernel_computes_batch_norm_and_relu_and_their_gradients(shape
 
 
 @needs_kernel
+def test_the_kernel_gives_the_same_bits_on_every_call_with_several_threads():
+    """Per-thread partial sums are added in thread order, not as the threads finish."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        g = torch.Generator().manual_seed(5)
+        x = channels_last(torch.randn(8, 22, 32, 32, generator=g))
+        gy = channels_last(torch.randn(8, 22, 32, 32, generator=g))
+        first = run(norm(22, 1, True), x, gy, 0)
+        for _ in range(5):
+            again = run(norm(22, 1, True), x, gy, 0)
+            assert all(torch.equal(a, b) for a, b in zip(first, again))
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernel
 def test_the_kernel_is_more_accurate_than_float32_batch_norm_on_large_batches():
     """PyTorch's channels-last float32 backward sums naively; the kernel sums in double."""
     g = torch.Generator().manual_seed(0)

@@ -292,28 +292,3 @@ def test_evaluate_scores_each_task_on_its_source_and_prints_tables():
     table = format_tables(res, model.tasks)
     assert "Iter0" in table and "Iter1" in table and "mouth_all" in table and "mean NME" in table
 
-
-@pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "rmsprop"])
-def test_the_optimiser_takes_the_fused_step_where_torch_has_one(name, monkeypatch):
-    from facemtl.config import load_config
-    from facemtl.engine.loop import make_optimizer
-
-    model = torch.nn.Linear(3, 2)
-    cfg = load_config(None, [f"optimiser.name={name}"])
-    opt = make_optimizer(model, cfg)
-    group = opt.param_groups[0]
-    if name == "rmsprop":  # torch has no fused RMSprop
-        assert group["foreach"] is True
-    else:
-        assert group["fused"] is True
-        # where torch refuses fused (an older torch, another device), the multi-tensor step
-        real = type(opt).__init__
-
-        def refuse(self, params, *args, fused=None, **kwargs):
-            if fused:
-                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
-            real(self, params, *args, **kwargs)
-
-        monkeypatch.setattr(type(opt), "__init__", refuse)
-        group = make_optimizer(model, cfg).param_groups[0]
-        assert group["foreach"] is True and not group["fused"]

@@ -9,6 +9,7 @@
    Sums are taken per thread in float over short runs and added up in double. */
 
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,10 +41,13 @@ static void channel_sums(int mode, const float *x, const float *scale, const flo
     float *kt = tiled(k, c, p), *st = tiled(mode ? scale : k, c, p), *ht = tiled(mode ? shift : k, c, p);
     memset(s1, 0, c * sizeof(double));
     memset(s2, 0, c * sizeof(double));
+    /* one partial sum per thread, added up in thread order afterwards: the same result on
+       every run (a critical section would add them in whichever order the threads finish) */
+    double *parts = calloc((size_t)threads * 2 * p, sizeof(double));
 #pragma omp parallel num_threads(threads)
     {
         float *a1 = calloc(2 * p, sizeof(float)), *a2 = a1 + p;
-        double *d1 = calloc(2 * p, sizeof(double)), *d2 = d1 + p;
+        double *d1 = parts + (size_t)omp_get_thread_num() * 2 * p, *d2 = d1 + p;
         int n = 0;
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < groups; q++) {
@@ -63,11 +67,13 @@ static void channel_sums(int mode, const float *x, const float *scale, const flo
             }
         }
         for (int64_t j = 0; j < p; j++) { d1[j] += a1[j]; d2[j] += a2[j]; }
-#pragma omp critical
-        for (int64_t j = 0; j < p; j++) { s1[j % c] += d1[j]; s2[j % c] += d2[j]; }
         free(a1);
-        free(d1);
     }
+    for (int t = 0; t < threads; t++) {
+        const double *d1 = parts + (size_t)t * 2 * p, *d2 = d1 + p;
+        for (int64_t j = 0; j < p; j++) { s1[j % c] += d1[j]; s2[j % c] += d2[j]; }
+    }
+    free(parts);
     for (int64_t i = groups * p; i < m * c; i++) { /* the rows that do not fill a period */
         int64_t j = i % c;
         double u = mode == 0 ? x[i] - k[j] : (PRE(x[i], scale[j], shift[j]) > 0.f ? g[i] : 0.f);
