@@ -2,7 +2,7 @@
 
 The dataclass DEFAULTS are the built-in default run: iFAN on landmarks + parsing + emotion,
 each task learned from its own synthetic source in its own style (iFAN section 3.3: datasets
-that label different tasks and differ in image statistics), sized to finish in about 7
+that label different tasks and differ in image statistics), sized to finish in about 5
 minutes on an idle 2-core CPU. ``configs/ifan_paper.yaml`` holds the paper's settings (section 4.1.2).
 
 Everything is validated when loaded; a mistake raises one :class:`FacemtlError` line that
