@@ -46,11 +46,13 @@ eager,channels_last,batched_feedback,allocator,fast``), projected default run, w
     warm-up calls and dynamo's recompile limit (8 graphs) was hit at the ninth update kind
     (landmarks I=2 ran uncompiled): on this model and a CPU, compile does not pay.
 
-With the fused batch norm + ReLU kernel and the dense blocks' fewer concatenations (2026-12-01,
-idle machine, ``--compare --repeat 5``, three runs): fast x2.09, x1.98, x2.01 (eager 9.69 /
-9.76 / 9.51 min, fast 4.63 / 4.94 / 4.73 min of updates); the same day before them x1.68 (10.46
--> 6.23 min). How much the batch norm could give was measured first by replacing it, in the
-fast variant only, with a per-channel multiply-add (x1.87) and with nothing (x2.32).
+With the fused batch norm + ReLU kernel, the dense blocks' fewer concatenations, a channels-last
+feedback pyramid and cheaper segmentation losses (2026-12-01, idle machine, ``--compare --repeat
+5``, five runs of the final code): fast x1.92, x1.93, x1.90, x1.90, x1.95 (eager 10.1-11.5 min,
+fast 5.3-6.0 min of updates); earlier runs the same day with part of these changes gave
+x1.93-2.09, and before them x1.68 (10.46 -> 6.23 min): the VM's speed moves both variants by
+about +-4% between runs. How much batch norm could give was measured first by replacing it, in
+the fast variant only, with a per-channel multiply-add (x1.87) and with nothing (x2.32).
 
 Profile (torch.profiler, self CPU, eager, all nine update kinds): convolution ~65% (backward
 ~46%: oneDNN reorders NCHW to a blocked layout and back on every call), batch norm ~10%,
