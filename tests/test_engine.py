@@ -291,4 +291,3 @@ def test_evaluate_scores_each_task_on_its_source_and_prints_tables():
     assert nme["nme"] == pytest.approx(np.mean(nme["nme_per_point"]), rel=1e-6)  # all points visible
     table = format_tables(res, model.tasks)
     assert "Iter0" in table and "Iter1" in table and "mouth_all" in table and "mean NME" in table
-

@@ -67,8 +67,7 @@ class SourceBatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor, streams: Streams = 0) -> torch.Tensor:
         if isinstance(streams, int):
-            if not 0 <= streams < self.num_sources:
-                raise IndexError(f"source {streams} out of range 0..{self.num_sources - 1}")
+            self._check_source(streams)
             # Evaluation takes the stacked chunks' arithmetic (the same numbers either way); an ONNX
             # export keeps a BatchNormalization node, which onnxruntime folds into the convolution.
             if not self.training and not torch.onnx.is_in_onnx_export():
@@ -97,8 +96,7 @@ class SourceBatchNorm2d(nn.Module):
         rest = x.shape[2:]
         if not self.training:
             return self._stacked_eval(x, streams, first, n, b, c, rest)
-        if streams != tuple(range(self.num_sources)):
-            raise RuntimeError("training on a subset of stacked sources would lose the statistics update")
+        self._training_sources(streams)
         # a contiguous slice: a view, so training updates land in this set's rows
         mean = self.running_mean[first:first + self.num_sources].view(-1)
         var = self.running_var[first:first + self.num_sources].view(-1)
@@ -113,20 +111,26 @@ class SourceBatchNorm2d(nn.Module):
         (:mod:`facemtl.models.bn_relu`); otherwise the two ops."""
         if not (self.fused and self.training and bn_relu.applies(x)):
             return F.relu(self(x, streams))
-        if isinstance(streams, int) or len(streams) == 1:
-            s = streams if isinstance(streams, int) else int(streams[0])
-            if not 0 <= s < self.num_sources:
-                raise IndexError(f"source {s} out of range 0..{self.num_sources - 1}")
-            first, n = s, 1
-        else:
-            n = len(streams)
-            if tuple(int(s) for s in streams) != tuple(range(self.num_sources)):
-                raise RuntimeError("training on a subset of stacked sources would lose the statistics update")
-            first = 0
+        first, n = self._training_sources(streams)
         row = self.active_set * self.num_sources + first
         # contiguous row slices: views, so the kernel's statistics updates land in the buffers
         return bn_relu.bn_relu(x, self.weight[first:first + n], self.bias[first:first + n],
                                self.running_mean[row:row + n], self.running_var[row:row + n], self.momentum, self.eps)
+
+    def _check_source(self, s: int) -> None:
+        if not 0 <= s < self.num_sources:
+            raise IndexError(f"source {s} out of range 0..{self.num_sources - 1}")
+
+    def _training_sources(self, streams: Streams) -> tuple[int, int]:
+        """(first source, count) of a training call: one source in range, or every source stacked
+        in order (a subset would lose the other rows' statistics update)."""
+        if isinstance(streams, int) or len(streams) == 1:
+            s = streams if isinstance(streams, int) else int(streams[0])
+            self._check_source(s)
+            return s, 1
+        if tuple(int(s) for s in streams) != tuple(range(self.num_sources)):
+            raise RuntimeError("training on a subset of stacked sources would lose the statistics update")
+        return 0, len(streams)
 
     def _stacked_eval(self, x, streams, first, n, b, c, rest):
         """Evaluation (also of a single stream): each chunk's batch norm is an affine map from its row's
