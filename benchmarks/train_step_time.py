@@ -27,7 +27,7 @@ same batch: float rounding only). Variants:
   (``tasks=(t,)``: iFAN skips the other decoders there and, for landmark and emotion updates,
   the up path); the other variants compute every task, as the engine did before;
 * ``fast``: all of them (:func:`facemtl.models.fc_densenet.use_speed_paths`, which also
-  switches on the fused batch norm + ReLU kernel of :mod:`facemtl.models.bn_relu`, the
+  switches on the fused batch norm + ReLU kernel of :mod:`facemtl.models.cpu_kernels`, the
   allocator, the multi-tensor optimiser step and ``last_only``): what the engine runs today;
 * ``compiled``: ``fast`` plus ``compile: true`` (``nn.Module.compile()``, TorchInductor); the
   warm-up call of each update kind compiles (its time is printed apart).

@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facemtl.models import cpu_kernels
 from facemtl.models.norm import SourceBatchNorm2d, Streams
 
 POOLS = ("avg", "max")
@@ -82,7 +83,12 @@ class DenseLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, streams: Streams, feedback: torch.Tensor | None = None,
                 feedback_term: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.conv(self.norm.norm_relu(x, streams))
+        return self.convolve(self.norm.norm_relu(x, streams), feedback, feedback_term)
+
+    def convolve(self, h: torch.Tensor, feedback: torch.Tensor | None = None,
+                 feedback_term: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer after its batch norm and ReLU: ``conv(h)`` plus the feedback's term."""
+        out = self.conv(h)
         if feedback_term is not None:
             out = out + feedback_term
         elif feedback is not None:
@@ -108,13 +114,12 @@ class DenseBlock(nn.Module):
                 feedback_terms: Sequence[torch.Tensor | None] | None = None, with_input: bool = False) -> torch.Tensor:
         features, new = x, []  # features: what the next layer reads, cat(x, new maps so far)
         for i, layer in enumerate(self.layers):
-            if feedback_terms is None:
-                new.append(layer(features, streams, feedback))
-            else:
-                new.append(layer(features, streams, None, feedback_terms[i]))
-            if with_input or i + 1 < len(self.layers):
-                features = torch.cat([features, new[-1]], 1)
-        return features if with_input else torch.cat(new, 1)
+            if i == 0:
+                h = layer.norm.norm_relu(features, streams)
+            else:  # the concatenation and the batch norm that reads it: one kernel on the speed paths
+                features, h = layer.norm.cat_norm_relu(features, new[-1], streams)
+            new.append(layer.convolve(h, feedback, None if feedback_terms is None else feedback_terms[i]))
+        return torch.cat([features, new[-1]], 1) if with_input else torch.cat(new, 1)
 
 
 class TransitionUp(nn.Module):
@@ -189,6 +194,16 @@ class FCDenseNet(nn.Module):
             c = up_channels + self.down_channels[level - 1]
         self.out_channels = c
         self.batched_feedback = False
+        self.fused_pool = False  # pool_keeping_input's kernel (use_speed_paths switches it on)
+
+    def pool_keeping_input(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, pool(h))``: the down path's skip and the next level's input. With ``fused_pool``,
+        in training, max pooling of a float32 channels-last CPU batch is one kernel whose backward
+        adds the skip's gradient in the same pass (:func:`facemtl.models.cpu_kernels.max_pool_keeping_input`)."""
+        if (self.fused_pool and self.training and self.pool is F.max_pool2d and h.shape[2] % 2 == 0
+                and h.shape[3] % 2 == 0 and cpu_kernels.applies(h)):
+            return cpu_kernels.max_pool_keeping_input(h)
+        return h, self.pool(h, 2)
 
     def level_layers(self, level: int) -> list[DenseLayer]:
         """The dense layers that run at ``level`` (down block ``level``, then the up block there)."""
@@ -238,9 +253,8 @@ class FCDenseNet(nn.Module):
 
         skips = []
         for i, block in enumerate(self.down):
-            h = run(block, h, i, with_input=True)  # cat(h, new maps)
-            skips.append(h)
-            h = self.pool(h, 2)
+            skip, h = self.pool_keeping_input(run(block, h, i, with_input=True))  # cat(h, new maps), pooled
+            skips.append(skip)
         bottom = h
         if not up:
             return {"down": skips, "bottom": bottom}
@@ -276,10 +290,10 @@ def use_speed_paths(model: nn.Module, enabled: bool = True) -> nn.Module:
     """The CPU training speed paths, in place (``enabled=False`` turns them off again, back to
     the reference eager path); returns ``model``: channels-last weights
     (:func:`use_channels_last`), the fused batch norm + ReLU kernel in every
-    :class:`SourceBatchNorm2d` (``fused``, :mod:`facemtl.models.bn_relu`) and, in every
+    :class:`SourceBatchNorm2d` (``fused``, :mod:`facemtl.models.cpu_kernels`) and, in every
     :class:`FCDenseNet` inside ``model``, one feedback convolution per level
     (``batched_feedback``). Same losses and gradients up to float rounding
-    (tests/test_speed_paths.py, tests/test_bn_relu.py). Call it after building the model and moving
+    (tests/test_speed_paths.py, tests/test_cpu_kernels.py). Call it after building the model and moving
     it to its device, before making the optimiser; checkpoints are unaffected (weights are
     saved contiguous and load into either layout). ``benchmarks/train_step_time.py --compare``
     times it against the eager path (measured on iFAN; other models only get the layout).
@@ -288,6 +302,7 @@ def use_speed_paths(model: nn.Module, enabled: bool = True) -> nn.Module:
     for module in model.modules():
         if isinstance(module, FCDenseNet):
             module.batched_feedback = enabled
+            module.fused_pool = enabled
         if isinstance(module, SourceBatchNorm2d):
             module.fused = enabled
     return model

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from facemtl.models import bn_relu
+from facemtl.models import cpu_kernels
 
 Streams = Union[int, Sequence[int]]
 
@@ -108,14 +108,27 @@ class SourceBatchNorm2d(nn.Module):
     def norm_relu(self, x: torch.Tensor, streams: Streams = 0) -> torch.Tensor:
         """``relu(self(x, streams))``. With ``fused`` set (:func:`facemtl.models.fc_densenet.use_speed_paths`),
         in training, on a float32 channels-last CPU batch, one kernel does both
-        (:mod:`facemtl.models.bn_relu`); otherwise the two ops."""
-        if not (self.fused and self.training and bn_relu.applies(x)):
+        (:mod:`facemtl.models.cpu_kernels`); otherwise the two ops."""
+        if not (self.fused and self.training and cpu_kernels.applies(x)):
             return F.relu(self(x, streams))
         first, n = self._training_sources(streams)
         row = self.active_set * self.num_sources + first
         # contiguous row slices: views, so the kernel's statistics updates land in the buffers
-        return bn_relu.bn_relu(x, self.weight[first:first + n], self.bias[first:first + n],
+        return cpu_kernels.bn_relu(x, self.weight[first:first + n], self.bias[first:first + n],
                                self.running_mean[row:row + n], self.running_var[row:row + n], self.momentum, self.eps)
+
+    def cat_norm_relu(self, a: torch.Tensor, b: torch.Tensor, streams: Streams = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, self.norm_relu(x, streams))`` with ``x = torch.cat([a, b], 1)``: a dense layer's
+        input and what its convolution reads. Where :meth:`norm_relu` takes the fused kernel, one
+        kernel also makes the concatenation (:func:`facemtl.models.cpu_kernels.cat_bn_relu`)."""
+        if not (self.fused and self.training and cpu_kernels.applies(a) and cpu_kernels.applies(b)):
+            x = torch.cat([a, b], 1)
+            return x, self.norm_relu(x, streams)
+        first, n = self._training_sources(streams)
+        row = self.active_set * self.num_sources + first
+        return cpu_kernels.cat_bn_relu(a, b, self.weight[first:first + n], self.bias[first:first + n],
+                                   self.running_mean[row:row + n], self.running_var[row:row + n],
+                                   self.momentum, self.eps)
 
     def _check_source(self, s: int) -> None:
         if not 0 <= s < self.num_sources:

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facemtl.models import bn_relu
-from facemtl.models.fc_densenet import use_speed_paths
+from facemtl.models import cpu_kernels
+from facemtl.models.fc_densenet import FCDenseNet, use_speed_paths
 from facemtl.models.norm import SourceBatchNorm2d
 from facemtl.models.registry import create_model
 
-needs_kernel = pytest.mark.skipif(not bn_relu.available(), reason="no C compiler: the kernel cannot be built")
+needs_kernel = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler: the kernel cannot be built")
 
 
 def channels_last(t: torch.Tensor) -> torch.Tensor:
@@ -74,7 +74,7 @@ def test_the_fused_kernel_computes_batch_norm_and_relu_and_their_gradients(shape
     gy = channels_last(torch.randn(shape, generator=g))
     bn = norm(shape[1], sources, True, sets=2)
     bn.active_set = 1  # rows of the second statistics set
-    assert bn_relu.applies(x)
+    assert cpu_kernels.applies(x)
     want = reference(bn, x, gy, streams)  # first: run() updates the running statistics
     got = run(bn, x, gy, streams)
     names = ["output", "input gradient", "weight gradient", "bias gradient", "running mean", "running var"]
@@ -121,13 +121,120 @@ def test_the_kernel_is_more_accurate_than_float32_batch_norm_on_large_batches():
     assert all(e <= p for e, p in zip(err, plain_err)), (err, plain_err)
 
 
+def run_cat(bn: SourceBatchNorm2d, a, b, gx, gy, streams):
+    """cat_norm_relu forward and backward; gx: the concatenation's gradient from its other readers (None: none)."""
+    a, b = (t.detach().clone().requires_grad_() for t in (a, b))
+    x, y = bn.cat_norm_relu(a, b, streams)
+    torch.autograd.backward([x, y] if gx is not None else [y], [gx, gy] if gx is not None else [gy])
+    return [x.detach(), y.detach(), a.grad, b.grad, bn.weight.grad, bn.bias.grad, bn.running_mean.clone(),
+            bn.running_var.clone()]
+
+
+# (batch, channels of a, channels of b, height, width, streams, sources): a dense layer's pieces
+CAT_CASES = [(4, 22, 6, 8, 8, 0, 1), (6, 5, 3, 5, 3, (0, 1, 2), 3), (8, 34, 6, 16, 16, 1, 2)]
+
+
+@needs_kernel
+@pytest.mark.usefixtures("two_threads")
+@pytest.mark.parametrize("n,ca,cb,h,w,streams,sources", CAT_CASES)
+@pytest.mark.parametrize("other_gradient", ["slice", "none"])
+def test_the_concatenating_kernel_computes_the_concatenation_batch_norm_and_gradients(
+        n, ca, cb, h, w, streams, sources, other_gradient):
+    g = torch.Generator().manual_seed(n * ca + cb)
+    a = channels_last(torch.randn(n, ca, h, w, generator=g) * 2 + 1)
+    b = channels_last(torch.randn(n, cb, h, w, generator=g) - 1)
+    gy = channels_last(torch.randn(n, ca + cb, h, w, generator=g))
+    # what a concatenation's backward hands on: the first channels of a wider channels-last tensor
+    gx = channels_last(torch.randn(n, ca + cb + 6, h, w, generator=g))[:, :ca + cb] if other_gradient == "slice" else None
+    bn = norm(ca + cb, sources, True)
+    ref = norm(ca + cb, sources, False).double()
+    ref.load_state_dict({k: v.double() for k, v in bn.state_dict().items()})
+    want = run_cat(ref, a.double(), b.double(), None if gx is None else gx.double(), gy.double(), streams)
+    assert cpu_kernels.applies(a) and cpu_kernels.applies(b)
+    got = run_cat(bn, a, b, gx, gy, streams)
+    assert torch.equal(got[0], torch.cat([a, b], 1))
+    names = ["output", "gradient of a", "gradient of b", "weight gradient", "bias gradient", "running mean",
+             "running var"]
+    for name, x, y in zip(names, got[1:], want[1:]):
+        assert float((x.double() - y).abs().max()) <= 2e-5 * (float(y.abs().max()) + 1e-6), name
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in got[:4])
+
+
+def test_cat_norm_relu_without_the_kernel_is_cat_then_norm_relu():
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 2, 4, 4)
+    x, y = norm(5, 1, True).cat_norm_relu(a, b, 0)  # NCHW: not the kernel
+    assert torch.equal(x, torch.cat([a, b], 1))
+    assert torch.equal(y, norm(5, 1, False).norm_relu(x, 0))
+
+
+def run_pool(x, gskip, gout, fused: bool):
+    x = x.detach().clone().requires_grad_()
+    if fused:
+        skip, out = cpu_kernels.max_pool_keeping_input(x)
+    else:
+        skip, out = x, F.max_pool2d(x, 2)
+    if gskip is None:
+        out.backward(gout)
+    else:
+        torch.autograd.backward([skip, out], [gskip, gout])
+    return out.detach(), x.grad
+
+
+@needs_kernel
+@pytest.mark.usefixtures("two_threads")
+@pytest.mark.parametrize("shape", [(2, 5, 6, 4), (3, 28, 8, 10), (2, 16, 2, 2), (4, 40, 32, 32)])
+@pytest.mark.parametrize("other_gradient", ["slice", "none"])
+def test_the_pooling_kernel_is_pytorchs_max_pooling_bit_for_bit(shape, other_gradient):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = channels_last(torch.randn(shape, generator=g))
+    x[0, 0, :2, :2] = 1.0  # a four-way tie: the first in scan order wins
+    x[0, 1, 0, 1] = x[0, 1, 1, 0] = 5.0  # a two-way tie
+    x[-1, -1, 0, 1] = x[-1, -1, 1, 1] = float("nan")  # NaNs win over numbers, the last NaN
+    gskip = (channels_last(torch.randn(shape[0], shape[1] + 3, *shape[2:], generator=g))[:, :shape[1]]
+             if other_gradient == "slice" else None)
+    gout = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=g)
+    out, grad = run_pool(x, gskip, gout, True)
+    want_out, want_grad = run_pool(x, gskip, gout, False)
+    assert torch.equal(out.nan_to_num(), want_out.nan_to_num()) and torch.equal(grad, want_grad)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernel
+def test_the_pooling_kernel_refuses_odd_sizes():
+    with pytest.raises(ValueError, match="even"):
+        cpu_kernels.max_pool_keeping_input(channels_last(torch.randn(1, 4, 5, 4)))
+
+
+@needs_kernel
+def test_a_speed_path_training_step_runs_through_the_kernels(monkeypatch):
+    """The concatenating batch norm and the pooling kernel are used in a model's training step
+    (so the float32 speed-path tests in test_speed_paths.py check them inside the model)."""
+    calls = {"cat_bn_relu": 0, "max_pool_keeping_input": 0}
+    for name in calls:
+        original = getattr(cpu_kernels, name)
+
+        def counted(*args, _original=original, _name=name):
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(cpu_kernels, name, counted)
+    torch.manual_seed(0)
+    net = use_speed_paths(FCDenseNet(growth_rate=4, layers_per_block=2, num_blocks=2, stem_channels=8,
+                                     up_channels=8, pool="max")).train()
+    out = net(channels_last(torch.randn(2, 3, 16, 16)))["out"]
+    out.sum().backward()
+    # 2 down + 2 up blocks, whose second layer reads a concatenation; pooling after each down block
+    assert calls == {"cat_bn_relu": 4, "max_pool_keeping_input": 2}
+    assert all(p.grad is not None for p in net.parameters())
+
+
 def test_norm_relu_takes_the_plain_ops_where_the_kernel_does_not_apply():
     x = torch.randn(4, 6, 5, 5)
     bn = norm(6, 2, True)
     # NCHW, float64 and evaluation: relu(bn(x)) exactly
-    assert not bn_relu.applies(x)
+    assert not cpu_kernels.applies(x)
     assert torch.equal(bn.norm_relu(x, 1), F.relu(norm(6, 2, False)(x, 1)))
-    assert not bn_relu.applies(channels_last(x).double())
+    assert not cpu_kernels.applies(channels_last(x).double())
     bn.eval()
     xc = channels_last(x)
     assert torch.equal(bn.norm_relu(xc, 1), F.relu(bn(xc, 1)))
@@ -159,35 +266,35 @@ def test_speed_paths_switch_the_fused_norm_on_and_off():
 def fresh_build(monkeypatch, tmp_path):
     """A kernel build of its own (empty cache), forgotten afterwards."""
     monkeypatch.setenv("FACEMTL_CACHE", str(tmp_path))
-    bn_relu._library.cache_clear()
+    cpu_kernels._library.cache_clear()
     yield tmp_path
-    bn_relu._library.cache_clear()
+    cpu_kernels._library.cache_clear()
 
 
 @needs_kernel
 def test_the_kernel_is_built_into_the_cache_once(fresh_build):
-    assert bn_relu.available()
-    built = list((fresh_build / "kernels").glob("bn_relu-*.so"))
+    assert cpu_kernels.available()
+    built = list((fresh_build / "kernels").glob("cpu_kernels-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
-    bn_relu._library.cache_clear()
-    assert bn_relu.available() and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+    cpu_kernels._library.cache_clear()
+    assert cpu_kernels.available() and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 
 def test_without_a_working_compiler_the_plain_ops_are_used_with_one_warning(fresh_build, monkeypatch):
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     with pytest.warns(UserWarning, match="could not be built"):
-        assert not bn_relu.available()
+        assert not cpu_kernels.available()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once, not on every call
-        assert not bn_relu.available()
+        assert not cpu_kernels.available()
         bn = norm(6, 1, True)
         x = channels_last(torch.randn(4, 6, 5, 5))
-        assert not bn_relu.applies(x)
+        assert not cpu_kernels.applies(x)
         assert torch.equal(bn.norm_relu(x, 0), F.relu(norm(6, 1, False)(x, 0)))
 
 
 def test_facemtl_native_0_switches_the_kernel_off(fresh_build, monkeypatch):
     monkeypatch.setenv("FACEMTL_NATIVE", "0")
-    assert not bn_relu.available()
+    assert not cpu_kernels.available()
     assert not list(fresh_build.glob("**/*.so"))
