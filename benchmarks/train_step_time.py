@@ -21,14 +21,16 @@ same batch: float rounding only). Variants:
 * ``channels_last``: :func:`facemtl.models.fc_densenet.use_channels_last` on the model;
 * ``batched_feedback``: one feedback convolution per level (``FCDenseNet.batched_feedback``);
 * ``allocator``: :func:`keep_freed_memory` in the process;
-* ``foreach``: the optimiser's multi-tensor (``foreach=True``) step, the engine's default
-  (the other variants step tensor by tensor, as the engine did before);
+* ``foreach``: the optimiser's multi-tensor (``foreach=True``) step (the other variants step
+  tensor by tensor, as the engine did before);
+* ``fused_step``: the optimiser's fused step (``fused=True``; Adam, AdamW and SGD), the
+  engine's default where torch has one (RMSprop: foreach);
 * ``last_only``: the update asks the model only for its task at the last iteration
   (``tasks=(t,)``: iFAN skips the other decoders there and, for landmark and emotion updates,
   the up path); the other variants compute every task, as the engine did before;
-* ``fast``: all of them (:func:`facemtl.models.fc_densenet.use_speed_paths`, which also
-  switches on the fused batch norm + ReLU kernel of :mod:`facemtl.models.cpu_kernels`, the
-  allocator, the multi-tensor optimiser step and ``last_only``): what the engine runs today;
+* ``fast``: :func:`facemtl.models.fc_densenet.use_speed_paths` (channels-last, batched
+  feedback and the kernels of :mod:`facemtl.models.cpu_kernels`), the allocator, the fused
+  optimiser step and ``last_only``: what the engine runs today;
 * ``compiled``: ``fast`` plus ``compile: true`` (``nn.Module.compile()``, TorchInductor); the
   warm-up call of each update kind compiles (its time is printed apart).
 
@@ -87,8 +89,9 @@ VARIANTS = {
     "allocator": ("allocator",),
     "foreach": ("foreach",),
     "last_only": ("last_only",),
-    "fast": ("speed_paths", "allocator", "foreach", "last_only"),
-    "compiled": ("speed_paths", "allocator", "foreach", "last_only", "compile"),
+    "fused_step": ("fused_step",),
+    "fast": ("speed_paths", "allocator", "fused_step", "last_only"),
+    "compiled": ("speed_paths", "allocator", "fused_step", "last_only", "compile"),
 }
 
 
@@ -106,9 +109,13 @@ def _build(cfg, variant: str = "eager") -> Training:
         for module in training.model.modules():
             if isinstance(module, FCDenseNet):
                 module.batched_feedback = True
-    if "foreach" not in switches:  # the optimiser as it was: a Python loop over the tensors
-        for group in training.optimizer.param_groups:
+    for group in training.optimizer.param_groups:  # the engine's step is fused (where torch has one)
+        if "fused_step" not in switches and group.get("fused"):
+            group["fused"] = False
+        if "foreach" not in switches and not group.get("fused"):  # as it was: a Python loop over the tensors
             group["foreach"] = False
+        elif not group.get("fused"):
+            group["foreach"] = True
     if "compile" in switches:  # what `compile: true` does (engine/loop.py); the warm-up call compiles
         training.model.compile()
     if "last_only" not in switches:  # the model computes every task at the last iteration, as it did

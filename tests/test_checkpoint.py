@@ -115,6 +115,40 @@ def test_optimizer_and_train_state_round_trip(tmp_path):
         load_train_state(tmp_path / "empty")
 
 
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_a_fused_optimiser_resumes_channels_last_weights_exactly(tmp_path, name):
+    """State is saved contiguous; restored, each tensor takes its weight's layout again (a fused
+    step walks memory as flat: NCHW moments beside a channels-last weight pair the wrong elements)."""
+    def build():
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(6, 4, 3, 3).contiguous(memory_format=torch.channels_last))
+        opt = (torch.optim.AdamW([w], lr=0.1, fused=True) if name == "adamw"
+               else torch.optim.SGD([w], lr=0.1, momentum=0.9, fused=True))
+        return w, opt
+
+    grads = [torch.randn(6, 4, 3, 3).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    w, opt = build()
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+    uninterrupted = w.detach().clone()
+    w, opt = build()
+    w.grad = grads[0].clone()
+    opt.step()
+    tensors, meta = optimizer_state(opt, "optimizer")
+    save_train_state(tmp_path, {**tensors, "w": w.detach()}, {"step": 1, "total_steps": 2, "optimizer": meta})
+    saved, meta = load_train_state(tmp_path)
+    assert all(t.is_contiguous() for t in saved.values())
+    w2, opt2 = build()
+    with torch.no_grad():
+        w2.copy_(saved.pop("w"))
+    restore_optimizer(opt2, "optimizer", saved, meta["optimizer"])
+    assert all(v.stride() == w2.stride() for v in opt2.state[w2].values() if v.dim())
+    w2.grad = grads[1].clone()
+    opt2.step()
+    assert torch.equal(w2.detach(), uninterrupted)
+
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "f.bin"
     atomic_write_bytes(target, b"old")

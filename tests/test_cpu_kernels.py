@@ -223,8 +223,9 @@ def test_a_speed_path_training_step_runs_through_the_kernels(monkeypatch):
                                      up_channels=8, pool="max")).train()
     out = net(channels_last(torch.randn(2, 3, 16, 16)))["out"]
     out.sum().backward()
-    # 2 down + 2 up blocks, whose second layer reads a concatenation; pooling after each down block
-    assert calls == {"cat_bn_relu": 4, "max_pool_keeping_input": 2}
+    # 2 down + 2 up blocks, whose second layer reads a concatenation, and the second up block's
+    # first layer, which joins the skip; pooling after each down block
+    assert calls == {"cat_bn_relu": 5, "max_pool_keeping_input": 2}
     assert all(p.grad is not None for p in net.parameters())
 
 

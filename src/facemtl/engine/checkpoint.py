@@ -52,6 +52,15 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, prefix: str, tensors: di
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
         raise FacemtlError(f"training state does not fit this model/optimiser ({exc})") from None
+    # State is stored contiguous; a fused optimiser step walks memory as flat and would pair a
+    # channels-last weight's elements with the wrong moments: give each state tensor its
+    # parameter's layout (the values are unchanged).
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for key, value in st.items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    st[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def train_state_files(tensors: dict[str, torch.Tensor], meta: dict) -> list[tuple[str, bytes]]:

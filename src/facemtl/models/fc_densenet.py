@@ -100,7 +100,9 @@ class DenseBlock(nn.Module):
     """``num_layers`` dense layers; returns the new maps (``num_layers * growth_rate``), or with
     ``with_input`` the input followed by them (the down path's ``cat(x, block(x))``, built by the
     layers' own concatenations instead of two more copies). Every layer also reads the block's
-    feedback maps (if any), or gets its precomputed ``feedback_terms[i]`` (see :class:`DenseLayer`)."""
+    feedback maps (if any), or gets its precomputed ``feedback_terms[i]`` (see :class:`DenseLayer`).
+    ``x`` may be a pair ``(a, b)``: the input is ``cat(a, b)``, made by the first layer's
+    :meth:`~facemtl.models.norm.SourceBatchNorm2d.cat_norm_relu` (the up path's skip join)."""
 
     def __init__(self, in_channels: int, growth_rate: int, num_layers: int, num_sources: int, feedback_channels: int = 0):
         super().__init__()
@@ -110,14 +112,15 @@ class DenseBlock(nn.Module):
         )
         self.out_channels = growth_rate * num_layers
 
-    def forward(self, x: torch.Tensor, streams: Streams, feedback: torch.Tensor | None = None,
-                feedback_terms: Sequence[torch.Tensor | None] | None = None, with_input: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor], streams: Streams,
+                feedback: torch.Tensor | None = None, feedback_terms: Sequence[torch.Tensor | None] | None = None,
+                with_input: bool = False) -> torch.Tensor:
         features, new = x, []  # features: what the next layer reads, cat(x, new maps so far)
         for i, layer in enumerate(self.layers):
-            if i == 0:
+            if i == 0 and not isinstance(x, tuple):
                 h = layer.norm.norm_relu(features, streams)
             else:  # the concatenation and the batch norm that reads it: one kernel on the speed paths
-                features, h = layer.norm.cat_norm_relu(features, new[-1], streams)
+                features, h = layer.norm.cat_norm_relu(*(x if i == 0 else (features, new[-1])), streams)
             new.append(layer.convolve(h, feedback, None if feedback_terms is None else feedback_terms[i]))
         return torch.cat([features, new[-1]], 1) if with_input else torch.cat(new, 1)
 
@@ -260,9 +263,9 @@ class FCDenseNet(nn.Module):
             return {"down": skips, "bottom": bottom}
         for j, (block, transition) in enumerate(zip(self.up, self.transitions)):
             level = self.num_blocks - j
-            h = transition(run(block, h, level), streams)
-            h = torch.cat([h, skips[level - 1]], 1)
-        return {"down": skips, "bottom": bottom, "out": h}
+            # joined with the skip by the next block's first layer, or below for the decoders
+            h = (transition(run(block, h, level), streams), skips[level - 1])
+        return {"down": skips, "bottom": bottom, "out": torch.cat(h, 1) if isinstance(h, tuple) else h}
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
