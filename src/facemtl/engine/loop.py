@@ -121,10 +121,14 @@ class Training:
             from facemtl.models.fc_densenet import use_speed_paths
 
             use_speed_paths(self.model)
+        # channels-last images: the stem convolution would convert an NCHW batch in every
+        # forward pass and again for its weight gradient (3 iterations: 6 copies per update)
+        self.image_layout = torch.channels_last if speed_paths else torch.contiguous_format
         if config.compile:
             self.model.compile()  # in place: parameter names and state_dict keys do not change
         self.optimizer = make_optimizer(self.model, config)
-        self._batch: tuple | None = None
+        self._batch: tuple | None = None  # ((stream, draw), batch as drawn)
+        self._device_batch: dict | None = None  # the same on the device, images in image_layout
 
     @property
     def plan(self):
@@ -138,7 +142,11 @@ class Training:
         key = (u.stream, u.draw)
         if self._batch is None or self._batch[0] != key:  # stage 2 reuses a batch for I = 1..ITER
             self._batch = (key, self.mode.streams[u.stream].batch(u.draw))
-        row, losses = self.mode.update(self.model, self.optimizer, to_device(self._batch[1], self.device), u)
+            batch = to_device(self._batch[1], self.device)
+            if batch["image"].dim() == 4:
+                batch["image"] = batch["image"].contiguous(memory_format=self.image_layout)
+            self._device_batch = batch
+        row, losses = self.mode.update(self.model, self.optimizer, self._device_batch, u)
         return u, row, losses
 
     def describe_batch(self, shown: int = 4) -> str:
