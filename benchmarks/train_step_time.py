@@ -101,8 +101,9 @@ def _build(cfg, variant: str = "eager") -> Training:
         keep_freed_memory()
     torch.manual_seed(0)
     training = Training(cfg, speed_paths=False)  # the eager reference; the variant's switches below
-    if "speed_paths" in switches:
+    if "speed_paths" in switches:  # what Training(speed_paths=True) does
         use_speed_paths(training.model)
+        training.image_layout = torch.channels_last
     if "channels_last" in switches:
         use_channels_last(training.model)
     if "batched_feedback" in switches:
