@@ -13,8 +13,10 @@
 * :func:`max_pool_keeping_input`: 2x2 max pooling that keeps which input won in a byte (PyTorch
   keeps an int64 index) and whose backward writes the input's gradient in one pass, the skip
   connection's share included (PyTorch: zeros, a scatter, then the engine's add).
-Measured on the default run's updates (profiler, 2 idle cores): concatenation + gradient adds
-+ max pooling 0.66 -> 0.39 min of a ~4.8 min run of updates; on their own a few percent.
+Measured on the default run's updates (2 idle cores, ``benchmarks/train_step_time.py
+--compare`` with the speed paths with and without these last two, interleaved): x1.02 and x1.04
+in two runs (x1.00-1.01 in two shorter ones); the profiler shows concatenation, gradient adds and
+max pooling 0.61 -> 0.37 min of a ~4.8 min run of updates, partly given back as kernel time.
 
 The C source (``cpu_kernels.c``) is compiled with the system C compiler (``cc``, or ``$CC``) into
 the user's cache (``$FACEMTL_CACHE`` or ``~/.cache/facemtl``), keyed by the source, the compiler
