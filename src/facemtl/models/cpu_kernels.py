@@ -15,8 +15,9 @@
   connection's share included (PyTorch: zeros, a scatter, then the engine's add).
 Measured on the default run's updates (2 idle cores, ``benchmarks/train_step_time.py
 --compare`` with the speed paths with and without these last two, interleaved): x1.02 and x1.04
-in two runs (x1.00-1.01 in two shorter ones); the profiler shows concatenation, gradient adds and
-max pooling 0.61 -> 0.37 min of a ~4.8 min run of updates, partly given back as kernel time.
+in two runs (x1.00-1.01 in two shorter ones), and ~3% less peak memory: the concatenations,
+gradient adds and pooling they remove are memory-bound passes, and the batch-norm kernel takes
+on part of that traffic.
 
 The C source (``cpu_kernels.c``) is compiled with the system C compiler (``cc``, or ``$CC``) into
 the user's cache (``$FACEMTL_CACHE`` or ``~/.cache/facemtl``), keyed by the source, the compiler
