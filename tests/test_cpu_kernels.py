@@ -167,24 +167,34 @@ def test_cat_norm_relu_without_the_kernel_is_cat_then_norm_relu():
     assert torch.equal(y, norm(5, 1, False).norm_relu(x, 0))
 
 
-def run_pool(x, gskip, gout, fused: bool):
-    x = x.detach().clone().requires_grad_()
+def run_pool(x, gskip, gout, fused: bool, split: int | None = None):
+    """(pooled, gradient of x) through the kernel or PyTorch; with ``split``, x is given as
+    its two pieces (channels :split and split:) and their gradients are concatenated back."""
+    x = x.detach().clone()
+    pieces = [x] if split is None else [x[:, :split].contiguous(memory_format=torch.channels_last),
+                                        x[:, split:].contiguous(memory_format=torch.channels_last)]
+    for t in pieces:
+        t.requires_grad_()
     if fused:
-        skip, out = cpu_kernels.max_pool_keeping_input(x)
+        skip, out = cpu_kernels.max_pool_keeping_input(*pieces)
     else:
-        skip, out = x, F.max_pool2d(x, 2)
+        skip = pieces[0] if split is None else torch.cat(pieces, 1)
+        out = F.max_pool2d(skip, 2)
+    if split is not None:  # the concatenation, bit for bit (NaNs included)
+        assert torch.equal(skip.detach().view(torch.int32), x.view(torch.int32))
     if gskip is None:
         out.backward(gout)
     else:
         torch.autograd.backward([skip, out], [gskip, gout])
-    return out.detach(), x.grad
+    return out.detach(), torch.cat([t.grad for t in pieces], 1)
 
 
 @needs_kernel
 @pytest.mark.usefixtures("two_threads")
 @pytest.mark.parametrize("shape", [(2, 5, 6, 4), (3, 28, 8, 10), (2, 16, 2, 2), (4, 40, 32, 32)])
 @pytest.mark.parametrize("other_gradient", ["slice", "none"])
-def test_the_pooling_kernel_is_pytorchs_max_pooling_bit_for_bit(shape, other_gradient):
+@pytest.mark.parametrize("split", [None, 3])
+def test_the_pooling_kernel_is_pytorchs_max_pooling_bit_for_bit(shape, other_gradient, split):
     g = torch.Generator().manual_seed(sum(shape))
     x = channels_last(torch.randn(shape, generator=g))
     x[0, 0, :2, :2] = 1.0  # a four-way tie: the first in scan order wins
@@ -193,8 +203,8 @@ def test_the_pooling_kernel_is_pytorchs_max_pooling_bit_for_bit(shape, other_gra
     gskip = (channels_last(torch.randn(shape[0], shape[1] + 3, *shape[2:], generator=g))[:, :shape[1]]
              if other_gradient == "slice" else None)
     gout = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=g)
-    out, grad = run_pool(x, gskip, gout, True)
-    want_out, want_grad = run_pool(x, gskip, gout, False)
+    out, grad = run_pool(x, gskip, gout, True, split)
+    want_out, want_grad = run_pool(x, gskip, gout, False, split)
     assert torch.equal(out.nan_to_num(), want_out.nan_to_num()) and torch.equal(grad, want_grad)
     assert out.is_contiguous(memory_format=torch.channels_last)
 

@@ -253,12 +253,16 @@ static inline void pool_lanes(int64_t len, const float *restrict p0, const float
     }
 }
 
-void max_pool_forward(const float *x, float *out, uint8_t *idx, int64_t n, int64_t h, int64_t w, int64_t c,
-                      int threads) {
+/* With cat_a (rows of ca floats) and cat_b (rows of c - ca), x is first written as their
+   concatenation along channels, two input rows at a time, just before they are pooled. */
+void max_pool_forward(float *x, float *out, uint8_t *idx, int64_t n, int64_t h, int64_t w, int64_t c,
+                      int threads, const float *cat_a, const float *cat_b, int64_t ca) {
     int64_t ho = h / 2, wo = w / 2;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < n * ho; r++) {
-        const float *x0 = x + (r / ho * h + r % ho * 2) * w * c, *x1 = x0 + w * c;
+        int64_t first = (r / ho * h + r % ho * 2) * w; /* first pixel of the two input rows */
+        if (cat_a) cat_rows(x, cat_a, cat_b, ca, c, first, first + 2 * w);
+        const float *x0 = x + first * c, *x1 = x0 + w * c;
         for (int64_t q = 0; q < wo; q++) {
             const float *p0 = x0 + 2 * q * c, *p2 = x1 + 2 * q * c;
             float *o = out + (r * wo + q) * c;
@@ -297,11 +301,15 @@ static inline void unpool_16(vi16 k, const float *g, const uint8_t *ix, const fl
 }
 
 /* Gradient of max_pool_forward's input: gout where the input won, 0 elsewhere, plus gskip (or
-   NULL): the input's gradient from its other readers, rows of c values skip_stride floats apart. */
+   NULL): the input's gradient from its other readers, rows of c values skip_stride floats apart.
+   With gx2, x was cat(a, b) (a: ca channels): a's gradient goes to gx, b's to gx2. */
 void max_pool_backward(const float *gout, const uint8_t *idx, const float *gskip, int64_t skip_stride, float *gx,
-                       int64_t n, int64_t h, int64_t w, int64_t c, int threads) {
-    int64_t ho = h / 2, wo = w / 2;
-#pragma omp parallel for num_threads(threads) schedule(static)
+                       int64_t n, int64_t h, int64_t w, int64_t c, int threads, float *gx2, int64_t ca) {
+    int64_t ho = h / 2, wo = w / 2, cb = c - ca;
+#pragma omp parallel num_threads(threads)
+    {
+    float *row = gx2 ? malloc(c * sizeof(float)) : NULL; /* one pixel's gradient, then split */
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < n * h; r++) {
         int64_t ro = r / h * ho + r % h / 2, dy = r % 2;
         for (int64_t xi = 0; xi < w; xi++) {
@@ -309,17 +317,24 @@ void max_pool_backward(const float *gout, const uint8_t *idx, const float *gskip
             const float *g = gout + (ro * wo + xi / 2) * c;
             const uint8_t *ix = idx + (ro * wo + xi / 2) * c;
             const float *skip = gskip ? gskip + (r * w + xi) * skip_stride : NULL;
-            float *out = gx + (r * w + xi) * c;
+            float *out = gx2 ? row : gx + (r * w + xi) * c;
             if (c < LANES) {
                 for (int64_t j = 0; j < c; j++) out[j] = (skip ? skip[j] : 0.f) + (ix[j] == k ? g[j] : 0.f);
-                continue;
+            } else {
+                vi16 kv = k - (vi16){0}; /* k in every lane */
+                for (int64_t j = 0;; j += LANES) {
+                    if (j + LANES > c) j = c - LANES;
+                    unpool_16(kv, g + j, ix + j, skip ? skip + j : NULL, out + j);
+                    if (j + LANES == c) break;
+                }
             }
-            vi16 kv = k - (vi16){0}; /* k in every lane */
-            for (int64_t j = 0;; j += LANES) {
-                if (j + LANES > c) j = c - LANES;
-                unpool_16(kv, g + j, ix + j, skip ? skip + j : NULL, out + j);
-                if (j + LANES == c) break;
+            if (gx2) {
+                float *oa = gx + (r * w + xi) * ca, *ob = gx2 + (r * w + xi) * cb;
+                for (int64_t j = 0; j < ca; j++) oa[j] = row[j];
+                for (int64_t j = 0; j < cb; j++) ob[j] = row[ca + j];
             }
         }
+    }
+    free(row);
     }
 }

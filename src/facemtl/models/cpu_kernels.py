@@ -87,8 +87,8 @@ def _library() -> ctypes.CDLL | None:
     p, i64, f64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
     lib.bn_relu_forward.argtypes = [p, p, i64, i64, i64, p, p, p, p, f64, f64, p, p, p, p, i32, p, p, i64]
     lib.bn_relu_backward.argtypes = [p, p, p, i64, i64, i64, p, p, p, p, p, p, p, i32, p, i64, p, i64]
-    lib.max_pool_forward.argtypes = [p, p, p, i64, i64, i64, i64, i32]
-    lib.max_pool_backward.argtypes = [p, p, p, i64, p, i64, i64, i64, i64, i32]
+    lib.max_pool_forward.argtypes = [p, p, p, i64, i64, i64, i64, i32, p, p, i64]
+    lib.max_pool_backward.argtypes = [p, p, p, i64, p, i64, i64, i64, i64, i32, p, i64]
     lib.bn_relu_forward.restype = lib.bn_relu_backward.restype = None
     lib.max_pool_forward.restype = lib.max_pool_backward.restype = None
     return lib
@@ -132,15 +132,19 @@ def cat_bn_relu(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: to
     return _CatBNReLU.apply(a, b, weight, bias, running_mean, running_var, momentum, eps)
 
 
-def max_pool_keeping_input(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def max_pool_keeping_input(x: torch.Tensor, b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, F.max_pool2d(x, 2))`` for ``x`` with even height and width, in one autograd node:
     the backward pass writes x's gradient once, the pooling's share plus that of x's other
     readers (an FC-DenseNet's skip connection), instead of zeros, a scatter and an add; the
     forward pass keeps which input won as one byte per output. Same numbers as PyTorch's max
-    pooling, ties and NaNs included. Requires :func:`applies`."""
+    pooling, ties and NaNs included. With ``b``, the input is ``cat(x, b)`` along channels (a
+    down block's output), written by the kernel as it pools, and the pieces get their own
+    gradients. Requires :func:`applies` (for ``b`` too)."""
     if x.shape[2] % 2 or x.shape[3] % 2:
         raise ValueError(f"max_pool_keeping_input: height and width must be even, got {tuple(x.shape)}")
-    return _MaxPoolKeepingInput.apply(x)
+    if b is not None and (b.shape[0] != x.shape[0] or b.shape[2:] != x.shape[2:]):
+        raise ValueError(f"max_pool_keeping_input: pieces {tuple(x.shape)} and {tuple(b.shape)} differ outside channels")
+    return _MaxPoolKeepingInput.apply(x, b)
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
@@ -237,14 +241,20 @@ class _CatBNReLU(torch.autograd.Function):
 
 class _MaxPoolKeepingInput(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, a, b):
+        if b is None:
+            x = a
+        else:
+            x = torch.empty(a.shape[0], a.shape[1] + b.shape[1], *a.shape[2:], memory_format=torch.channels_last)
         n, c, h, w = x.shape
         out = torch.empty(n, c, h // 2, w // 2, memory_format=torch.channels_last)
         won = torch.empty(n, h // 2, w // 2, c, dtype=torch.uint8)  # NHWC, as out's memory
-        _library().max_pool_forward(_ptr(x), _ptr(out), _ptr(won), n, h, w, c, _threads(x))
+        _library().max_pool_forward(_ptr(x), _ptr(out), _ptr(won), n, h, w, c, _threads(x), _ptr(None if b is None else a),
+                                    _ptr(b), 0 if b is None else a.shape[1])
         ctx.save_for_backward(won)
+        ctx.split = None if b is None else a.shape[1]
         ctx.set_materialize_grads(False)
-        return x, out  # x itself: autograd returns it as a view whose gradient comes back here
+        return x, out  # without b, x itself: autograd returns it as a view whose gradient comes back here
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -252,12 +262,13 @@ class _MaxPoolKeepingInput(torch.autograd.Function):
         (won,) = ctx.saved_tensors
         n, ho, wo, c = won.shape
         if grad_out is None:
-            return grad_x
+            return (grad_x, None) if ctx.split is None else tuple(grad_x.split([ctx.split, c - ctx.split], 1))
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         if grad_x is not None and not _rows_of_pixels(grad_x):
             grad_x = grad_x.contiguous(memory_format=torch.channels_last)
-        grad = torch.empty(n, c, 2 * ho, 2 * wo, memory_format=torch.channels_last)
+        widths = (c,) if ctx.split is None else (ctx.split, c - ctx.split)
+        grads = [torch.empty(n, k, 2 * ho, 2 * wo, memory_format=torch.channels_last) for k in widths]
         _library().max_pool_backward(_ptr(grad_out), _ptr(won), _ptr(grad_x),
-                                     0 if grad_x is None else grad_x.stride(3), _ptr(grad), n, 2 * ho, 2 * wo, c,
-                                     _threads(grad))
-        return grad
+                                     0 if grad_x is None else grad_x.stride(3), _ptr(grads[0]), n, 2 * ho, 2 * wo, c,
+                                     _threads(grads[0]), _ptr(grads[1]) if ctx.split else None, ctx.split or c)
+        return (grads[0], None) if ctx.split is None else tuple(grads)

@@ -102,7 +102,9 @@ class DenseBlock(nn.Module):
     layers' own concatenations instead of two more copies). Every layer also reads the block's
     feedback maps (if any), or gets its precomputed ``feedback_terms[i]`` (see :class:`DenseLayer`).
     ``x`` may be a pair ``(a, b)``: the input is ``cat(a, b)``, made by the first layer's
-    :meth:`~facemtl.models.norm.SourceBatchNorm2d.cat_norm_relu` (the up path's skip join)."""
+    :meth:`~facemtl.models.norm.SourceBatchNorm2d.cat_norm_relu` (the up path's skip join).
+    ``joined=False`` (with ``with_input``): the output's two pieces, (input and all new maps but
+    the last, the last), for the pooling kernel to concatenate (:meth:`FCDenseNet.pool_keeping_input`)."""
 
     def __init__(self, in_channels: int, growth_rate: int, num_layers: int, num_sources: int, feedback_channels: int = 0):
         super().__init__()
@@ -114,7 +116,7 @@ class DenseBlock(nn.Module):
 
     def forward(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor], streams: Streams,
                 feedback: torch.Tensor | None = None, feedback_terms: Sequence[torch.Tensor | None] | None = None,
-                with_input: bool = False) -> torch.Tensor:
+                with_input: bool = False, joined: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         features, new = x, []  # features: what the next layer reads, cat(x, new maps so far)
         for i, layer in enumerate(self.layers):
             if i == 0 and not isinstance(x, tuple):
@@ -122,7 +124,9 @@ class DenseBlock(nn.Module):
             else:  # the concatenation and the batch norm that reads it: one kernel on the speed paths
                 features, h = layer.norm.cat_norm_relu(*(x if i == 0 else (features, new[-1])), streams)
             new.append(layer.convolve(h, feedback, None if feedback_terms is None else feedback_terms[i]))
-        return torch.cat([features, new[-1]], 1) if with_input else torch.cat(new, 1)
+        if with_input:
+            return torch.cat([features, new[-1]], 1) if joined else (features, new[-1])
+        return torch.cat(new, 1)
 
 
 class TransitionUp(nn.Module):
@@ -199,13 +203,15 @@ class FCDenseNet(nn.Module):
         self.batched_feedback = False
         self.fused_pool = False  # pool_keeping_input's kernel (use_speed_paths switches it on)
 
-    def pool_keeping_input(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(h, pool(h))``: the down path's skip and the next level's input. With ``fused_pool``,
-        in training, max pooling of a float32 channels-last CPU batch is one kernel whose backward
-        adds the skip's gradient in the same pass (:func:`facemtl.models.cpu_kernels.max_pool_keeping_input`)."""
-        if (self.fused_pool and self.training and self.pool is F.max_pool2d and h.shape[2] % 2 == 0
-                and h.shape[3] % 2 == 0 and cpu_kernels.applies(h)):
-            return cpu_kernels.max_pool_keeping_input(h)
+    def pool_keeping_input(self, a: torch.Tensor, b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, pool(h))`` with ``h = a``, or ``cat(a, b)``: the down path's skip and the next
+        level's input. With ``fused_pool``, in training, max pooling of a float32 channels-last
+        CPU batch is one kernel that also makes the concatenation, and whose backward adds the
+        skip's gradient in the same pass (:func:`facemtl.models.cpu_kernels.max_pool_keeping_input`)."""
+        if (self.fused_pool and self.training and self.pool is F.max_pool2d and a.shape[2] % 2 == 0
+                and a.shape[3] % 2 == 0 and cpu_kernels.applies(a) and (b is None or cpu_kernels.applies(b))):
+            return cpu_kernels.max_pool_keeping_input(a, b)
+        h = a if b is None else torch.cat([a, b], 1)
         return h, self.pool(h, 2)
 
     def level_layers(self, level: int) -> list[DenseLayer]:
@@ -249,14 +255,15 @@ class FCDenseNet(nn.Module):
 
         terms = self.feedback_terms(feedback) if feedback is not None and self.batched_feedback else None
 
-        def run(block: DenseBlock, h: torch.Tensor, level: int, with_input: bool = False) -> torch.Tensor:
+        def run(block: DenseBlock, h, level: int, with_input: bool = False, joined: bool = True):
             if terms is not None:
-                return block(h, streams, None, [terms.get(layer) for layer in block.layers], with_input)
-            return block(h, streams, None if feedback is None else feedback[level], None, with_input)
+                return block(h, streams, None, [terms.get(layer) for layer in block.layers], with_input, joined)
+            return block(h, streams, None if feedback is None else feedback[level], None, with_input, joined)
 
         skips = []
         for i, block in enumerate(self.down):
-            skip, h = self.pool_keeping_input(run(block, h, i, with_input=True))  # cat(h, new maps), pooled
+            # cat(h, new maps), pooled; the pooling makes the concatenation
+            skip, h = self.pool_keeping_input(*run(block, h, i, with_input=True, joined=False))
             skips.append(skip)
         bottom = h
         if not up:
