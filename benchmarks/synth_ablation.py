@@ -8,7 +8,7 @@ Each run is ``facemtl train`` of the default config with training seed ``seed``,
 ``n_train`` scaled by ``--scale`` (1: the default run, about 5.5 minutes on 2 idle cores) and
 ``data.N.features`` = all features minus the group (``everything``: the plain renderer); runs
 are ``--out/without_GROUP_seedS``, finished ones are reused and so are their scores
-(``ablation_scores.json`` in each run). Prints one row per run, then per group the mean over the
+(``ablation_scores.json`` in each run), interrupted ones resumed. Prints one row per run, then per group the mean over the
 seeds (and the spread, min..max): landmarks NME % / parsing F1 % / emotion accuracy % on its own
 test sets (training styles, full renderer), landmark NME on the held-out ``webcam`` and ``wild``
 styles drawn by the full renderer (``benchmarks/synth_transfer.py``), and the astronaut's
@@ -68,6 +68,8 @@ def main(argv=None) -> None:
             run = args.out / f"without_{g}_seed{seed}"
             if not (run / "metrics.json").exists():
                 cmd = [sys.executable, "-m", "facemtl", "train", "--out", str(run), "--quiet", "--set", f"seed={seed}"]
+                if (run / "train_state.json").exists():  # an interrupted run continues where it stopped
+                    cmd.append("--resume")
                 for o in overrides(g, args.scale):
                     cmd += ["--set", o]
                 print(" ".join(cmd), flush=True)
