@@ -8,9 +8,9 @@ Each run is ``facemtl train`` of the default config with training seed ``seed``,
 ``n_train`` scaled by ``--scale`` (1: the default run, about 5.5 minutes on 2 idle cores) and
 ``data.N.features`` = all features minus the group (``everything``: the plain renderer); runs
 are ``--out/without_GROUP_seedS``, finished ones are reused and so are their scores
-(``ablation_scores.json`` in each run), interrupted ones resumed. Prints one row per run, then per group the mean over the
-seeds (and the spread, min..max): landmarks NME % / parsing F1 % / emotion accuracy % on its own
-test sets (training styles, full renderer), landmark NME on the held-out ``webcam`` and ``wild``
+(``ablation_scores.json`` in each run), interrupted ones resumed. Prints one row per run, then
+per group the mean over the seeds (and the spread, min..max): landmarks NME % / parsing F1 % /
+emotion accuracy % on its own test sets (training styles, full renderer), landmark NME on the held-out ``webcam`` and ``wild``
 styles drawn by the full renderer (``benchmarks/synth_transfer.py``), and the astronaut's
 5-point NME and emotion (``benchmarks/real_photo.py``).
 """
