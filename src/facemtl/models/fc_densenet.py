@@ -302,7 +302,7 @@ def use_speed_paths(model: nn.Module, enabled: bool = True) -> nn.Module:
     (:func:`use_channels_last`), the fused batch norm + ReLU kernel in every
     :class:`SourceBatchNorm2d` (``fused``, :mod:`facemtl.models.cpu_kernels`) and, in every
     :class:`FCDenseNet` inside ``model``, one feedback convolution per level
-    (``batched_feedback``). Same losses and gradients up to float rounding
+    (``batched_feedback``) and the pooling kernel (``fused_pool``). Same losses and gradients up to float rounding
     (tests/test_speed_paths.py, tests/test_cpu_kernels.py). Call it after building the model and moving
     it to its device, before making the optimiser; checkpoints are unaffected (weights are
     saved contiguous and load into either layout). ``benchmarks/train_step_time.py --compare``

@@ -115,7 +115,8 @@ class SourceBatchNorm2d(nn.Module):
         row = self.active_set * self.num_sources + first
         # contiguous row slices: views, so the kernel's statistics updates land in the buffers
         return cpu_kernels.bn_relu(x, self.weight[first:first + n], self.bias[first:first + n],
-                               self.running_mean[row:row + n], self.running_var[row:row + n], self.momentum, self.eps)
+                                   self.running_mean[row:row + n], self.running_var[row:row + n], self.momentum,
+                                   self.eps)
 
     def cat_norm_relu(self, a: torch.Tensor, b: torch.Tensor, streams: Streams = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, self.norm_relu(x, streams))`` with ``x = torch.cat([a, b], 1)``: a dense layer's
@@ -127,8 +128,8 @@ class SourceBatchNorm2d(nn.Module):
         first, n = self._training_sources(streams)
         row = self.active_set * self.num_sources + first
         return cpu_kernels.cat_bn_relu(a, b, self.weight[first:first + n], self.bias[first:first + n],
-                                   self.running_mean[row:row + n], self.running_var[row:row + n],
-                                   self.momentum, self.eps)
+                                       self.running_mean[row:row + n], self.running_var[row:row + n],
+                                       self.momentum, self.eps)
 
     def _check_source(self, s: int) -> None:
         if not 0 <= s < self.num_sources:
