@@ -30,8 +30,10 @@ network growth 6, emotion only, Iter0, AdamW one-cycle, 800 updates of 32): aver
 repeatedly dilutes the small, local cues (a lip corner moving by a pixel) that max pooling
 keeps; a narrow network has too few deep channels to recover them.
 
-CPU speed paths (:func:`use_speed_paths`, off when built): channels-last weights and one
-feedback convolution per level; the same numbers up to float rounding, and
+CPU speed paths (:func:`use_speed_paths`, off when built): channels-last weights, one
+feedback convolution per level and the compiled kernels of :mod:`facemtl.models.cpu_kernels`
+(batch norm + ReLU with the dense layers' concatenations, max pooling with the skip); the same
+numbers up to float rounding, and
 ``benchmarks/train_step_time.py --compare`` times them against the eager path.
 """
 
