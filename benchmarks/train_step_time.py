@@ -48,7 +48,13 @@ eager,channels_last,batched_feedback,allocator,fast``), projected default run, w
     warm-up calls and dynamo's recompile limit (8 graphs) was hit at the ninth update kind
     (landmarks I=2 ran uncompiled): on this model and a CPU, compile does not pay.
 
-With the fused batch norm + ReLU kernel, the dense blocks' fewer concatenations, a channels-last
+With the fused optimiser step (its state restored in its weight's layout), the concatenating batch
+norm and the pooling kernel of :mod:`facemtl.models.cpu_kernels` and channels-last batches
+(2026-12-01, idle machine, ``--compare --repeat 5``, five runs of that code): fast x2.12, x2.06,
+x2.14, x1.99, x2.04 (eager 10.1-11.6 min, fast 5.1-5.6 min of updates); side by side against the
+previous version's fast path (below) x1.04 before the last pooling change.
+
+Before that: with the fused batch norm + ReLU kernel, the dense blocks' fewer concatenations, a channels-last
 feedback pyramid and cheaper segmentation losses (2026-12-01, idle machine, ``--compare --repeat
 5``, five runs of the final code): fast x1.92, x1.93, x1.90, x1.90, x1.95 (eager 10.1-11.5 min,
 fast 5.3-6.0 min of updates); earlier runs the same day with part of these changes gave
