@@ -23,8 +23,8 @@ same batch: float rounding only). Variants:
 * ``allocator``: :func:`keep_freed_memory` in the process;
 * ``foreach``: the optimiser's multi-tensor (``foreach=True``) step (the other variants step
   tensor by tensor, as the engine did before);
-* ``fused_step``: the optimiser's fused step (``fused=True``; Adam, AdamW and SGD), the
-  engine's default where torch has one (RMSprop: foreach);
+* ``fused_step``: the engine's optimiser step: fused (``fused=True``) for Adam, AdamW and SGD,
+  multi-tensor for RMSprop, which has no fused kernel;
 * ``last_only``: the update asks the model only for its task at the last iteration
   (``tasks=(t,)``: iFAN skips the other decoders there and, for landmark and emotion updates,
   the up path); the other variants compute every task, as the engine did before;
@@ -117,12 +117,11 @@ def _build(cfg, variant: str = "eager") -> Training:
             if isinstance(module, FCDenseNet):
                 module.batched_feedback = True
     for group in training.optimizer.param_groups:  # the engine's step is fused (where torch has one)
-        if "fused_step" not in switches and group.get("fused"):
+        if group.get("fused") and "fused_step" not in switches:
             group["fused"] = False
-        if "foreach" not in switches and not group.get("fused"):  # as it was: a Python loop over the tensors
-            group["foreach"] = False
-        elif not group.get("fused"):
-            group["foreach"] = True
+        if not group.get("fused"):  # as it was, a Python loop over the tensors, unless "foreach"
+            # or the engine's step without a fused kernel (RMSprop)
+            group["foreach"] = "foreach" in switches or "fused_step" in switches
     if "compile" in switches:  # what `compile: true` does (engine/loop.py); the warm-up call compiles
         training.model.compile()
     if "last_only" not in switches:  # the model computes every task at the last iteration, as it did

@@ -122,7 +122,7 @@ class Training:
 
             use_speed_paths(self.model)
         # channels-last images: the stem convolution would convert an NCHW batch in every
-        # forward pass and again for its weight gradient (3 iterations: 6 copies per update)
+        # forward pass and again for its weight gradient (up to 6 copies an update at Iter2)
         self.image_layout = torch.channels_last if speed_paths else torch.contiguous_format
         if config.compile:
             self.model.compile()  # in place: parameter names and state_dict keys do not change

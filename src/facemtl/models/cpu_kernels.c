@@ -33,9 +33,6 @@ static float *tiled(const float *v, int64_t c, int64_t p) {
    pass, so the two agree bit for bit on which elements were clipped (no need to read y back). */
 #define PRE(x, scale, shift) fmaf((x), (scale), (shift))
 
-/* Per-channel sums s1 = sum(u), s2 = sum(u * w) over one block, where, per element,
-   mode 0: u = x - k, w = u (shifted moments of x);
-   mode 1: u = (PRE(x) > 0 ? g : 0), w = x - k (gradient sums of the backward pass). */
 /* x = cat(a, b) along channels (rows of ca and c - ca floats), rows r0 .. r1 - 1 */
 static void cat_rows(float *x, const float *a, const float *b, int64_t ca, int64_t c, int64_t r0, int64_t r1) {
     int64_t cb = c - ca;
@@ -47,6 +44,21 @@ static void cat_rows(float *x, const float *a, const float *b, int64_t ca, int64
     }
 }
 
+/* Its inverse: rows of c floats of x -> rows of ca floats of a and of c - ca floats of b. */
+static void split_rows(const float *x, float *a, float *b, int64_t ca, int64_t c, int64_t rows) {
+    int64_t cb = c - ca;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * c;
+        float *ar = a + r * ca, *br = b + r * cb;
+        for (int64_t j = 0; j < ca; j++) ar[j] = xr[j];
+        for (int64_t j = 0; j < cb; j++) br[j] = xr[ca + j];
+    }
+}
+
+/* Per-channel sums s1 = sum(u), s2 = sum(u * w) over one block, where, per element,
+   mode 0: u = x - k, w = u (shifted moments of x);
+   mode 1: u = (PRE(x) > 0 ? g : 0), w = x - k (gradient sums of the backward pass).
+   With cat_a, x is first written as cat(cat_a, cat_b), group by group (see cat_rows). */
 static void channel_sums(int mode, const float *x, const float *scale, const float *shift, const float *g,
                          int64_t m, int64_t c, const float *k, double *s1, double *s2, int threads,
                          const float *cat_a, const float *cat_b, int64_t ca) {
@@ -132,13 +144,7 @@ static void channel_affine(int mode, const float *x, const float *scale, const f
                         for (int64_t j = 0; j < c; j++) orow[j] += ds[j];
                     }
             }
-            if (out2)
-                for (int64_t r = 0, r0 = q * p / c; r < p / c; r++) {
-                    float *o1 = out + (r0 + r) * ca, *o2 = out2 + (r0 + r) * cb;
-                    const float *tr = tmp + r * c;
-                    for (int64_t j = 0; j < ca; j++) o1[j] = tr[j];
-                    for (int64_t j = 0; j < cb; j++) o2[j] = tr[ca + j];
-                }
+            if (out2) split_rows(tmp, out + q * p / c * ca, out2 + q * p / c * cb, ca, c, p / c);
         }
         free(tmp);
     }
@@ -163,9 +169,8 @@ static void channel_affine(int mode, const float *x, const float *scale, const f
 
 /* y = relu(batch_norm(x)); saves, per block and channel (each chunks x c), the mean, 1/std and
    the forward's scale and shift, and updates the running statistics (unbiased variance, as
-   torch.nn.functional.batch_norm). */
-/* With cat_a (rows of ca floats) and cat_b (rows of c - ca), x is first written as their
-   concatenation along channels, in the same pass that sums it. */
+   torch.nn.functional.batch_norm). With cat_a (rows of ca floats) and cat_b (rows of c - ca),
+   x is first written as their concatenation along channels, in the same pass that sums it. */
 void bn_relu_forward(float *x, float *y, int64_t chunks, int64_t m, int64_t c, const float *weight,
                      const float *bias, float *running_mean, float *running_var, double momentum, double eps,
                      float *save_mean, float *save_invstd, float *save_scale, float *save_shift, int threads,
@@ -199,8 +204,8 @@ void bn_relu_forward(float *x, float *y, int64_t chunks, int64_t m, int64_t c, c
    grad_weight = sum(g * xhat), grad_bias = sum(g),
    grad_x = weight * invstd * (g - mean(g) - xhat * mean(g * xhat)), as a * g + b * x + e.
    Reads x and gy only: the ReLU's mask is recomputed from x (PRE). gx_add (or NULL): another
-   gradient of x, added (rows of c values add_stride floats apart). gx2 (or NULL): x was cat(a, b) (a: ca channels); a's gradient goes to
-   gx, b's to gx2. */
+   gradient of x, added (rows of c values add_stride floats apart). gx2 (or NULL): x was
+   cat(a, b) (a: ca channels); a's gradient goes to gx, b's to gx2. */
 void bn_relu_backward(const float *x, const float *gy, float *gx, int64_t chunks, int64_t m, int64_t c,
                       const float *weight, const float *save_mean, const float *save_invstd,
                       const float *save_scale, const float *save_shift, float *grad_weight, float *grad_bias,
@@ -328,11 +333,7 @@ void max_pool_backward(const float *gout, const uint8_t *idx, const float *gskip
                     if (j + LANES == c) break;
                 }
             }
-            if (gx2) {
-                float *oa = gx + (r * w + xi) * ca, *ob = gx2 + (r * w + xi) * cb;
-                for (int64_t j = 0; j < ca; j++) oa[j] = row[j];
-                for (int64_t j = 0; j < cb; j++) ob[j] = row[ca + j];
-            }
+            if (gx2) split_rows(row, gx + (r * w + xi) * ca, gx2 + (r * w + xi) * cb, ca, c, 1);
         }
     }
     free(row);

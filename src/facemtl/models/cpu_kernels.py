@@ -196,6 +196,11 @@ def _backward(x, w, saved, grad_y, grad_x_add=None, split: int | None = None):
     return grads, grad_w, grad_b
 
 
+def _cat_buffer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """An empty channels-last ``cat([a, b], 1)`` for a kernel to write."""
+    return torch.empty(a.shape[0], a.shape[1] + b.shape[1], *a.shape[2:], memory_format=torch.channels_last)
+
+
 def _rows_of_pixels(t: torch.Tensor) -> bool:
     """Whether ``t``'s pixels are rows of its channels, evenly spaced (channels-last, or a slice of
     the first channels of a wider channels-last tensor: the gradient a concatenation's backward
@@ -222,7 +227,7 @@ class _BNReLU(torch.autograd.Function):
 class _CatBNReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, weight, bias, running_mean, running_var, momentum, eps):
-        x = torch.empty(a.shape[0], a.shape[1] + b.shape[1], *a.shape[2:], memory_format=torch.channels_last)
+        x = _cat_buffer(a, b)
         y, w, saved = _forward(x, weight, bias, running_mean, running_var, momentum, eps, a, b)
         ctx.save_for_backward(x, w, saved)
         ctx.split = a.shape[1]
@@ -242,15 +247,12 @@ class _CatBNReLU(torch.autograd.Function):
 class _MaxPoolKeepingInput(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b):
-        if b is None:
-            x = a
-        else:
-            x = torch.empty(a.shape[0], a.shape[1] + b.shape[1], *a.shape[2:], memory_format=torch.channels_last)
+        x = a if b is None else _cat_buffer(a, b)
         n, c, h, w = x.shape
         out = torch.empty(n, c, h // 2, w // 2, memory_format=torch.channels_last)
         won = torch.empty(n, h // 2, w // 2, c, dtype=torch.uint8)  # NHWC, as out's memory
-        _library().max_pool_forward(_ptr(x), _ptr(out), _ptr(won), n, h, w, c, _threads(x), _ptr(None if b is None else a),
-                                    _ptr(b), 0 if b is None else a.shape[1])
+        _library().max_pool_forward(_ptr(x), _ptr(out), _ptr(won), n, h, w, c, _threads(x),
+                                    _ptr(None if b is None else a), _ptr(b), 0 if b is None else a.shape[1])
         ctx.save_for_backward(won)
         ctx.split = None if b is None else a.shape[1]
         ctx.set_materialize_grads(False)

@@ -111,12 +111,7 @@ class SourceBatchNorm2d(nn.Module):
         (:mod:`facemtl.models.cpu_kernels`); otherwise the two ops."""
         if not (self.fused and self.training and cpu_kernels.applies(x)):
             return F.relu(self(x, streams))
-        first, n = self._training_sources(streams)
-        row = self.active_set * self.num_sources + first
-        # contiguous row slices: views, so the kernel's statistics updates land in the buffers
-        return cpu_kernels.bn_relu(x, self.weight[first:first + n], self.bias[first:first + n],
-                                   self.running_mean[row:row + n], self.running_var[row:row + n], self.momentum,
-                                   self.eps)
+        return cpu_kernels.bn_relu(x, *self._kernel_rows(streams), self.momentum, self.eps)
 
     def cat_norm_relu(self, a: torch.Tensor, b: torch.Tensor, streams: Streams = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, self.norm_relu(x, streams))`` with ``x = torch.cat([a, b], 1)``: a dense layer's
@@ -125,11 +120,15 @@ class SourceBatchNorm2d(nn.Module):
         if not (self.fused and self.training and cpu_kernels.applies(a) and cpu_kernels.applies(b)):
             x = torch.cat([a, b], 1)
             return x, self.norm_relu(x, streams)
+        return cpu_kernels.cat_bn_relu(a, b, *self._kernel_rows(streams), self.momentum, self.eps)
+
+    def _kernel_rows(self, streams: Streams) -> tuple[torch.Tensor, ...]:
+        """(weight, bias, running mean, running var) rows of a training call's sources, for the
+        kernels: contiguous row slices, i.e. views, so the statistics updates land in the buffers."""
         first, n = self._training_sources(streams)
         row = self.active_set * self.num_sources + first
-        return cpu_kernels.cat_bn_relu(a, b, self.weight[first:first + n], self.bias[first:first + n],
-                                       self.running_mean[row:row + n], self.running_var[row:row + n],
-                                       self.momentum, self.eps)
+        return (self.weight[first:first + n], self.bias[first:first + n], self.running_mean[row:row + n],
+                self.running_var[row:row + n])
 
     def _check_source(self, s: int) -> None:
         if not 0 <= s < self.num_sources:
