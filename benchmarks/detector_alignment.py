@@ -14,8 +14,9 @@ Per detector (opencv; mediapipe when installed, else a note):
   inter-ocular distance, %, mean over the faces this detector found) per group, and the share of
   faces over 10% (``fail``), for four crops: ``1 pass, raw box`` (the box cropped as if it were
   the training square: the predictor before calibration), ``1 pass, calibrated`` (the detector's
-  :data:`~facemtl.inference.alignment.CALIBRATIONS`), ``2 passes`` (calibrated, then the crop
-  from the predicted landmarks: the predictor's default) and ``true-landmark crop``, the crop
+  :data:`~facemtl.inference.alignment.CALIBRATIONS`), ``2 passes, level crop`` (calibrated, then
+  the training crop from the predicted landmarks, axis-aligned), ``2 passes`` (the same crop turned
+  upright by the predicted eye line: the predictor's default) and ``true-landmark crop``, the crop
   training makes from the true landmarks (the floor the other rows approach);
 * whether it finds a face in the real photo ``shared/testdata/astronaut.png``.
 
@@ -106,6 +107,7 @@ def landmark_errors(model, info, scenes, boxes, found, calibration) -> dict[str,
     rows = {
         "1 pass, raw box": dict(calibrate=False, passes=1),
         "1 pass, calibrated": dict(calibrate=True, passes=1),
+        "2 passes, level crop": dict(calibrate=True, passes=2, upright=False),
         "2 passes (default)": dict(calibrate=True, passes=2),
     }
     out: dict[str, list[float]] = {}

@@ -10,7 +10,13 @@ same face square: with --passes 1 that square is the calibrated detector box, in
 model; with two passes it is the model's own re-crop), and writes an overlay PNG per checkpoint
 with --out.
 
-    python benchmarks/real_photo.py RUN_DIR [RUN_DIR ...] [--passes 1|2] [--out DIR]
+``--perturb`` also scores the photo under conditions an in-the-wild set holds (head roll, a
+small face, a mirror image, blur, noise, JPEG, dark, over-exposed and grey images, occluded
+eyes or mouth), each made from the photo with its five points moved exactly as the pixels:
+a proxy for how the model copes with real photos taken badly, on real skin, beside the mean
+shape in the same square and with the faces the detector missed counted.
+
+    python benchmarks/real_photo.py RUN_DIR [RUN_DIR ...] [--passes 1|2] [--out DIR] [--perturb]
 """
 
 from __future__ import annotations
@@ -32,8 +38,12 @@ def main(argv=None) -> None:
     ap.add_argument("--passes", type=int, choices=(1, 2), help="crops per face (default: the predictor's)")
     ap.add_argument("--detector", default="opencv", help="face detector (default: opencv)")
     ap.add_argument("--out", type=Path, help="write an overlay PNG per checkpoint here")
+    ap.add_argument("--perturb", action="store_true", help="also score the photo under each condition of CONDITIONS")
     args = ap.parse_args(argv)
     for ckpt in args.checkpoints:
+        if args.perturb:
+            perturbation_table(ckpt, args.passes, args.detector)
+            continue
         score = astronaut(ckpt, args.passes, args.detector)
         print(f"{ckpt}: {score['faces']} face(s)")
         if not score["faces"]:
@@ -58,11 +68,17 @@ def astronaut(ckpt, passes=None, detector: str = "opencv") -> dict:
 
     labels = json.loads(LABELS.read_text())
     image_path = (ROOT.parent / labels["image"]).resolve()
-    truth = np.asarray(labels["landmarks"], np.float64)
-    iod = np.linalg.norm(truth[0] - truth[1])
     pred = Predictor.from_checkpoint(ckpt, detector=detector, passes=passes)
-    result = pred.predict_image(str(image_path))
-    out = {"faces": len(result.faces), "result": result, "tasks": pred.tasks, "image": image_path, "lines": []}
+    out = score_photo(pred, str(image_path), np.asarray(labels["landmarks"], np.float64), labels["emotion"])
+    out["image"] = image_path
+    return out
+
+
+def score_photo(pred, image, truth: np.ndarray, emotion: str) -> dict:
+    """:func:`astronaut`'s scores of one image (path or RGB array) with its five points ``truth``."""
+    iod = np.linalg.norm(truth[0] - truth[1])
+    result = pred.predict_image(image)
+    out = {"faces": len(result.faces), "result": result, "tasks": pred.tasks, "lines": []}
     if not result.faces:
         return out
     face = result.faces[0]
@@ -79,7 +95,7 @@ def astronaut(ckpt, passes=None, detector: str = "opencv") -> dict:
         top = sorted(probs.items(), key=lambda kv: -kv[1])[:3]
         out["emotion"] = face["emotion"]["label"]
         line.append(f"emotion {face['emotion']['label']} ({', '.join(f'{k} {v:.2f}' for k, v in top)}; "
-                    f"labelled {labels['emotion']})")
+                    f"labelled {emotion})")
     if "landmarks" in face:
         # trivial baseline: the synthetic landmark source's mean shape, placed in the same face
         # square the model's outputs were cropped from
@@ -87,6 +103,110 @@ def astronaut(ckpt, passes=None, detector: str = "opencv") -> dict:
         out["baseline_nme"] = np.linalg.norm(base, axis=1).mean() / iod * 100
         line.append(f"mean shape in the same square: NME {out['baseline_nme']:.1f}%")
     return out
+
+
+# name -> what is done to the photo (an RGB array), with its five points, by :func:`perturbed`
+CONDITIONS = {
+    "original": "the photo as it is (inter-ocular distance 43 px)",
+    "mirror": "flipped left-right (points swapped to stay image-left first)",
+    "roll +15": "rotated 15 degrees about the face centre",
+    "roll -15": "rotated -15 degrees",
+    "roll +30": "rotated 30 degrees",
+    "roll -30": "rotated -30 degrees",
+    "small 0.6": "the image scaled by 0.6 (inter-ocular 26 px)",
+    "small 0.4": "scaled by 0.4 (inter-ocular 17 px)",
+    "large 2.0": "scaled by 2 (inter-ocular 86 px)",
+    "blur 2": "Gaussian blur, sigma 2 px",
+    "blur 4": "Gaussian blur, sigma 4 px (features smeared)",
+    "noise 20": "Gaussian sensor noise, sigma 20 grey levels, per channel",
+    "jpeg 10": "JPEG at quality 10",
+    "dark": "exposure x0.25 (an underexposed indoor shot)",
+    "bright": "exposure x2.2, clipped (over-exposed)",
+    "low contrast": "contrast x0.35 about mid-grey",
+    "grey": "greyscale",
+    "eyes covered": "a dark band over both eyes (sunglasses-like)",
+    "mouth covered": "a skin-toned band over the mouth (a hand)",
+}
+
+
+def perturbed(image: np.ndarray, truth: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, points)`` of the photo under condition ``name`` of :data:`CONDITIONS`
+    (deterministic: the noise has a fixed seed)."""
+    import cv2
+
+    img, pts = image.copy(), truth.copy()
+    h, w = img.shape[:2]
+    kind, _, amount = name.partition(" ")
+    value = float(amount) if amount.lstrip("+-").replace(".", "").isdigit() else None
+    if name == "original":
+        pass
+    elif kind == "mirror":
+        img = img[:, ::-1].copy()
+        pts[:, 0] = w - 1 - pts[:, 0]
+        pts = pts[[1, 0, 2, 4, 3]]
+    elif kind == "roll":
+        matrix = cv2.getRotationMatrix2D(tuple(truth.mean(0)), value, 1.0)
+        img = cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        pts = pts @ matrix[:, :2].T + matrix[:, 2]  # at 30 degrees image-left stays image-left
+    elif kind in ("small", "large"):
+        size = (int(round(w * value)), int(round(h * value)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if value < 1 else cv2.INTER_LINEAR)
+        pts = (pts + 0.5) * (size[0] / w) - 0.5
+    elif kind == "blur":
+        img = cv2.GaussianBlur(img, (0, 0), value)
+    elif kind == "noise":
+        noise = np.random.default_rng(0).normal(0, value, img.shape)
+        img = np.clip(img + noise, 0, 255).astype(np.uint8)
+    elif kind == "jpeg":
+        ok, enc = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(value)])
+        img = cv2.imdecode(enc, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+    elif name == "dark":
+        img = (img * 0.25).astype(np.uint8)
+    elif name == "bright":
+        img = np.clip(img * 2.2, 0, 255).astype(np.uint8)
+    elif name == "low contrast":
+        img = np.clip(128 + (img.astype(np.float64) - 128) * 0.35, 0, 255).astype(np.uint8)
+    elif name == "grey":
+        img = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[:, :, None], 3, 2)
+    elif name in ("eyes covered", "mouth covered"):
+        iod = np.linalg.norm(truth[0] - truth[1])
+        centre = truth[:2].mean(0) if name == "eyes covered" else truth[3:].mean(0)
+        half = np.array([0.95, 0.22]) * iod
+        colour = (20, 20, 24) if name == "eyes covered" else tuple(int(c) for c in np.median(
+            img[int(truth[2, 1]) - 3:int(truth[2, 1]) + 3, int(truth[0, 0]):int(truth[1, 0])].reshape(-1, 3), 0))
+        p0, p1 = np.rint(centre - half).astype(int), np.rint(centre + half).astype(int)
+        cv2.rectangle(img, tuple(p0.tolist()), tuple(p1.tolist()), colour, -1)
+    else:
+        raise ValueError(f"unknown condition {name!r}")
+    return img, pts
+
+
+def perturbation_table(ckpt, passes=None, detector: str = "opencv") -> list[dict]:
+    """Print and return one row per condition of :data:`CONDITIONS`: faces found, NME, the mean
+    shape's NME in the same square, the emotion."""
+    from facemtl.data.images import read_image
+    from facemtl.inference.predictor import Predictor
+
+    labels = json.loads(LABELS.read_text())
+    photo = read_image((ROOT.parent / labels["image"]).resolve())
+    truth = np.asarray(labels["landmarks"], np.float64)
+    pred = Predictor.from_checkpoint(ckpt, detector=detector, passes=passes)
+    print(f"{ckpt}: the astronaut photo under {len(CONDITIONS)} conditions ({detector} detector)")
+    print(f"  {'condition':14s} {'faces':>5s} {'NME %':>6s} {'mean shape %':>12s}  emotion (labelled {labels['emotion']})")
+    rows = []
+    for name in CONDITIONS:
+        img, pts = perturbed(photo, truth, name)
+        score = score_photo(pred, img, pts, labels["emotion"])
+        rows.append({"condition": name, **{k: score.get(k) for k in ("faces", "nme", "baseline_nme", "emotion")}})
+        nme = f"{score['nme']:6.1f}" if "nme" in score else f"{'-':>6s}"
+        base = f"{score['baseline_nme']:12.1f}" if "baseline_nme" in score else f"{'-':>12s}"
+        print(f"  {name:14s} {score['faces']:5d} {nme} {base}  {score.get('emotion', '-')}")
+    found = [r for r in rows if r["nme"] is not None]
+    if found:
+        print(f"  found {len(found)} of {len(rows)}; median NME {np.median([r['nme'] for r in found]):.1f}% "
+              f"(mean shape {np.median([r['baseline_nme'] for r in found]):.1f}%), "
+              f"{sum(r['nme'] <= 10 for r in found)} of them at most 10%")
+    return rows
 
 
 def mean_shape_in(square, info: dict) -> np.ndarray:

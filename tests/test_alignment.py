@@ -5,6 +5,7 @@ crop each pass must make can be computed by hand from the transforms training us
 """
 
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +18,7 @@ from facemtl.errors import FacemtlError
 from facemtl.inference.alignment import (
     CALIBRATIONS,
     IDENTITY,
+    MAX_UPRIGHT_ROLL,
     SCENE_GROUPS,
     Calibration,
     box_offsets,
@@ -25,6 +27,7 @@ from facemtl.inference.alignment import (
     landmark_square,
     matches,
     render_scene,
+    upright_crop,
 )
 from facemtl.inference.detect import Detector, HaarFaceDetector
 from facemtl.inference.predictor import Predictor
@@ -171,7 +174,7 @@ def test_two_passes_recrop_from_the_predicted_landmarks_like_training():
     image, box = photo(), [50.0, 30.0, 98.0, 78.0]
     cal = Calibration(dx=0.05, dy=0.1, scale=0.9)
     model = StubModel(POINTS)
-    predictor = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], cal))
+    predictor = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], cal), upright=False)
     (face,) = predictor(image)
     assert len(model.seen) == 2  # two passes for a detected face by default
     # pass 1: the calibrated square, cropped as training crops a box
@@ -186,6 +189,63 @@ def test_two_passes_recrop_from_the_predicted_landmarks_like_training():
     np.testing.assert_allclose(face["box"], landmark_square(landmarks_1))
     np.testing.assert_allclose(face["landmarks"], warp_points(np.array(POINTS) * SIZE, invert_affine(second)),
                                atol=1e-4)
+
+
+def test_the_default_second_crop_is_turned_so_the_predicted_eyes_are_level():
+    image, box = photo(), [50.0, 30.0, 98.0, 78.0]
+    tilted = [[0.36, 0.36], [0.62, 0.45], [0.48, 0.56], [0.34, 0.66], [0.55, 0.74]]  # eyes at ~19 degrees
+    model = StubModel(tilted)
+    predictor = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], IDENTITY))
+    (face,) = predictor(image)
+    first = face_crop_matrix(box=box, size=SIZE, margin=predictor.margin)
+    landmarks_1 = warp_points(np.array(tilted) * SIZE, invert_affine(first))
+    second, square = upright_crop(landmarks_1, SIZE, predictor.margin)
+    torch.testing.assert_close(model.seen[1], crop_as_seen(predictor, image, second))
+    np.testing.assert_allclose(face["box"], square, atol=1e-4)  # points pass through float32
+    np.testing.assert_allclose(face["landmarks"], warp_points(np.array(tilted) * SIZE, invert_affine(second)),
+                               atol=1e-4)
+    # the first pass's eyes, seen through the second crop, are level
+    eyes = warp_points(landmarks_1[:2], second)
+    assert abs(eyes[1, 1] - eyes[0, 1]) < 1e-4 and eyes[1, 0] > eyes[0, 0]
+
+
+def test_upright_crop_is_the_training_crop_of_the_level_face():
+    level = np.array([[40.0, 50.0], [70.0, 50.0], [55.0, 66.0], [43.0, 80.0], [67.0, 80.0]])
+    matrix, square = upright_crop(level, 64, 0.25)  # already level: exactly the training crop
+    np.testing.assert_allclose(matrix, face_crop_matrix(landmarks=level, size=64, margin=0.25), atol=1e-12)
+    np.testing.assert_allclose(square, landmark_square(level), atol=1e-12)
+    for degrees in (20.0, -35.0):
+        turn = cv2.getRotationMatrix2D((12.0, -7.0), degrees, 1.0)  # about any point, then moved
+        tilted = warp_points(level, turn) + [15.0, 30.0]
+        matrix, square = upright_crop(tilted, 64, 0.25)
+        # the tilted face lands in its crop where the level face lands in its training crop
+        np.testing.assert_allclose(warp_points(tilted, matrix),
+                                   warp_points(level, face_crop_matrix(landmarks=level, size=64, margin=0.25)),
+                                   atol=1e-4)  # warp_points gives float32
+        side = landmark_square(level)[2] - landmark_square(level)[0]
+        assert square[2] - square[0] == pytest.approx(side)
+    # a steeper eye line (a likely wrong first guess) is turned by MAX_UPRIGHT_ROLL only
+    centre = level.mean(0)
+    turn = cv2.getRotationMatrix2D(tuple(centre), -70.0, 1.0)  # eyes at +70 degrees on screen
+    matrix, _ = upright_crop(warp_points(level, turn), 64, 0.25)
+    eyes = warp_points(warp_points(level, turn)[:2], matrix)
+    angle = np.degrees(np.arctan2(*(eyes[1] - eyes[0])[::-1]))
+    assert angle == pytest.approx(70.0 - MAX_UPRIGHT_ROLL)
+
+
+def test_haar_detector_searches_the_image_turned_when_no_face_is_upright():
+    astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"
+    if not astronaut.exists():
+        pytest.skip("needs ../shared/testdata/astronaut.png")
+    image = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
+    eyes_mouth = np.array([[202.0, 101.0], [245.0, 103.0], [223.0, 128.0], [199.0, 140.0], [244.5, 139.5]])
+    turn = cv2.getRotationMatrix2D(tuple(eyes_mouth.mean(0)), 30.0, 1.0)
+    tilted = cv2.warpAffine(image, turn, image.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+    square = landmark_square(warp_points(eyes_mouth, turn))
+    assert len(HaarFaceDetector(tilts=())(tilted)) == 0  # the upright cascade misses a 30-degree head
+    boxes = HaarFaceDetector()(tilted)
+    assert find_match(boxes, square) == 0
+    assert find_match(HaarFaceDetector()(image), landmark_square(eyes_mouth)) == 0  # upright: found as before
 
 
 def test_one_pass_and_uncalibrated_options():
@@ -271,8 +331,6 @@ def test_mediapipe_missing_is_one_clear_error(monkeypatch, tmp_path, capsys):
 
 def test_mediapipe_finds_a_scene_face_and_the_astronaut():
     pytest.importorskip("mediapipe", reason="the optional detector extra (pip install 'facemtl[detect]') is not installed")
-    from pathlib import Path
-
     from facemtl.inference.detect import MediaPipeFaceDetector
 
     detector = MediaPipeFaceDetector()

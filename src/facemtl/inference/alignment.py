@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from facemtl.data.transforms import face_box
+from facemtl.data.transforms import face_box, face_crop_matrix
 from facemtl.errors import FacemtlError
 
 # ---------------------------------------------------------------------------------------
@@ -67,6 +67,35 @@ CALIBRATIONS: dict[str, Calibration] = {
     "opencv": Calibration(dx=-0.002, dy=0.091, scale=0.845),
     "mediapipe": Calibration(dx=0.001, dy=0.049, scale=0.962),
 }
+
+
+MAX_UPRIGHT_ROLL = 45.0  # degrees: a steeper eye line from a first pass is more likely a wrong guess
+
+
+def upright_crop(landmarks, size: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """(crop matrix, face square) of the training crop of these 5 points turned upright.
+
+    The points are turned about their box's centre by the roll of the eye line (points 0 and 1,
+    at most :data:`MAX_UPRIGHT_ROLL`) so that the eyes are level; the crop is the training crop
+    (:func:`landmark_square`, ``margin``) of the turned points, taken from the image through
+    the same turn. The face square returned is that square turned back, as an axis-aligned box
+    with its centre and side (the crop itself is turned by the roll).
+    """
+    pts = np.asarray(landmarks, np.float64).reshape(-1, 2)
+    square = landmark_square(pts)
+    dx, dy = pts[1] - pts[0]
+    roll = np.clip(np.arctan2(dy, dx), -np.radians(MAX_UPRIGHT_ROLL), np.radians(MAX_UPRIGHT_ROLL))
+    cos, sin = np.cos(roll), np.sin(roll)
+    turn = np.array([[cos, sin], [-sin, cos]])  # by -roll: the eye line becomes level
+    centre = (square[:2] + square[2:]) / 2
+    level = (pts - centre) @ turn.T + centre
+    upright = landmark_square(level)
+    crop = face_crop_matrix(box=upright, size=size, margin=margin)
+    matrix = np.concatenate([crop[:, :2] @ turn, (crop[:, 2] + crop[:, :2] @ (centre - turn @ centre))[:, None]], 1)
+    mid = (upright[:2] + upright[2:]) / 2
+    back = (mid - centre) @ turn + centre  # turn.T undoes the turn
+    half = (upright[2] - upright[0]) / 2
+    return matrix, np.concatenate([back - half, back + half])
 
 
 def landmark_square(landmarks) -> np.ndarray:

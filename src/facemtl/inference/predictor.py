@@ -83,7 +83,7 @@ from facemtl.data.transforms import (
 )
 from facemtl.errors import FacemtlError
 from facemtl.kinds import kind_of
-from facemtl.inference.alignment import IDENTITY, landmark_square
+from facemtl.inference.alignment import IDENTITY, landmark_square, upright_crop
 from facemtl.inference.detect import DETECTORS, check_detector, make_detector, parse_box
 
 BACKENDS = ("torch", "onnxruntime")
@@ -316,7 +316,7 @@ class Predictor:
     def __init__(self, model, info: dict, *, detector: str = "opencv", batch_size: int = 16,
                  iterations: int | None = None, margin: float | None = None, device: str | torch.device = "cpu",
                  backend: str = "torch", threads: int | None = None, passes: int | None = None,
-                 calibrate: bool = True, tasks=None):
+                 calibrate: bool = True, tasks=None, upright: bool = True):
         if isinstance(detector, str):
             if detector not in DETECTORS:
                 raise FacemtlError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
@@ -349,6 +349,7 @@ class Predictor:
             raise FacemtlError("passes=2 re-crops each face from its predicted landmarks, but this model has no "
                                "'landmarks' task; use passes=1")
         self.passes = passes
+        self.upright = bool(upright)
         self.detector_name = detector if isinstance(detector, str) else type(detector).__name__
         self.detector = make_detector(detector) if isinstance(detector, str) else detector
         found = getattr(self.detector, "calibration", None)
@@ -510,7 +511,10 @@ class Predictor:
         if not (np.all(np.isfinite(square)) and 1 / MAX_RECROP_CHANGE <= ratio <= MAX_RECROP_CHANGE
                 and np.all(centre >= first[:2]) and np.all(centre <= first[2:])):
             return None
-        matrix = face_crop_matrix(box=square, size=self.input_size, margin=self.margin)
+        if self.upright:
+            matrix, square = upright_crop(points, self.input_size, self.margin)
+        else:
+            matrix = face_crop_matrix(box=square, size=self.input_size, margin=self.margin)
         pixels = warp_image(item.image, matrix, self.input_size)
         return _Crop(item.rec, item.index, item.box, square, matrix, pixels, None)
 
