@@ -24,8 +24,12 @@ Per detector (opencv; mediapipe when installed, else a note):
 offsets over the found faces; different scenes than the evaluation's: seed 1000 by default)
 and prints the constants to paste into ``facemtl/inference/alignment.py``.
 
+``--tilt DEGREES`` turns every scene about its face by an angle drawn from +-DEGREES (landmarks
+turned with it, fixed seed): heads tilted as in everyday photos, where the upright second crop
+and the Haar detector's turned search matter.
+
 Usage:
-    python benchmarks/detector_alignment.py --checkpoint /work/runs/default_before [--n 100]
+    python benchmarks/detector_alignment.py --checkpoint /work/runs/default_before [--n 100] [--tilt 25]
     python benchmarks/detector_alignment.py --fit [--n 200]
 With --n 100 (300 scenes): about 1.5 minutes on 2 cores, 8 while a training run shared them
 (most of it is the model's four crops per face, and OpenCV's cascade at ~30 ms a scene).
@@ -48,6 +52,7 @@ from facemtl.inference.alignment import (
     box_offsets,
     find_match,
     fit_calibration,
+    landmark_square,
     render_scene,
 )
 from facemtl.inference.detect import make_detector
@@ -67,6 +72,18 @@ class Replay:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return next(self._boxes)
+
+
+def tilted(scene: dict, degrees: float) -> dict:
+    """The scene turned by ``degrees`` about its face's landmarks (same canvas, edges mirrored)."""
+    import cv2
+
+    pts = np.asarray(scene["landmarks"], np.float64)
+    turn = cv2.getRotationMatrix2D(tuple(pts.mean(0)), degrees, 1.0)
+    h, w = scene["image"].shape[:2]
+    image = cv2.warpAffine(scene["image"], turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    pts = pts @ turn[:, :2].T + turn[:, 2]
+    return {**scene, "image": image, "landmarks": pts, "square": landmark_square(pts)}
 
 
 def available_detectors(names: list[str]) -> dict:
@@ -131,6 +148,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None, help="scene seed (default: 0; 1000 with --fit)")
     ap.add_argument("--detectors", nargs="+", default=["opencv", "mediapipe"])
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the model")
+    ap.add_argument("--tilt", type=float, default=0.0, metavar="DEGREES",
+                    help="turn each scene about its face by an angle drawn from +-DEGREES")
     args = ap.parse_args()
     if not args.fit and not args.checkpoint:
         ap.error("give --checkpoint RUN_DIR (measure) or --fit (fit the calibrations)")
@@ -140,9 +159,13 @@ def main() -> int:
     t0 = time.perf_counter()
     groups = list(SCENE_GROUPS)
     scenes = [render_scene(seed, i, g) for g in groups for i in range(n)]
+    if args.tilt:
+        tilt_rng = np.random.default_rng(seed)
+        scenes = [tilted(s, tilt_rng.uniform(-args.tilt, args.tilt)) for s in scenes]
     group_of = np.array([s["group"] for s in scenes])
     print(f"{len(scenes)} scenes ({n} per group: {', '.join(groups)}), seed {seed}, "
-          f"rendered in {time.perf_counter() - t0:.0f} s")
+          + (f"tilted by up to {args.tilt:g} degrees, " if args.tilt else "")
+          + f"rendered in {time.perf_counter() - t0:.0f} s")
     detectors = available_detectors(args.detectors)
     results = {}
     for name, det in detectors.items():

@@ -46,14 +46,15 @@ def register(subparsers) -> None:
     p.add_argument("--overlays", type=Path, metavar="DIR", help="write one overlay PNG per image here")
     p.add_argument("--masks", type=Path, metavar="DIR", help="write the class-id mask PNGs here (see below)")
     p.add_argument("--detector", choices=("opencv", "mediapipe", "none"), default="opencv",  # detect.DETECTORS
-                   help="opencv: OpenCV's Haar frontal-face cascade (misses turned faces); mediapipe: MediaPipe's "
+                   help="opencv: OpenCV's Haar frontal-face cascade (misses turned faces; searches the image turned by "
+                   "+-25 degrees when it finds none upright); mediapipe: MediaPipe's "
                    "BlazeFace, also finds turned and small faces (needs pip install 'facemtl[detect]'); none: each "
                    "image is one face crop (default: opencv). Detected boxes are moved and scaled to the face "
                    "square training crops (calibrated per detector)")
     p.add_argument("--passes", type=int, choices=(1, 2), metavar="{1,2}",
                    help="crops per face: 2 re-crops each face from its predicted landmarks the way training crops, "
-                   "and reports every task from that second crop; 1 keeps the first crop (default: 2 for detected "
-                   "faces, 1 for --boxes and --detector none)")
+                   "turned so the eyes are level, and reports every task from that second crop; 1 keeps the first "
+                   "crop (default: 2 for detected faces, 1 for --boxes and --detector none)")
     p.add_argument("--boxes", type=Path, metavar="BOXES.json",
                    help='face boxes per image: {"path/to/img.jpg": [[x0, y0, x1, y1], ...]}; keys are paths '
                    "(relative to the boxes file or the current folder) or bare file names; images it does not "

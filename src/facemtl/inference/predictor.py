@@ -14,7 +14,9 @@ Pipeline for one image:
    crops from landmarks; boxes the caller gives are cropped as given;
 2b. two passes (``passes``; default: two for detected faces, one for given boxes and
    ``detector="none"``): the landmarks predicted on the first crop give a second crop made
-   exactly as training crops from landmarks (:func:`~facemtl.inference.alignment.landmark_square`),
+   as training crops from landmarks (:func:`~facemtl.inference.alignment.landmark_square`),
+   turned so that the predicted eyes are level (``upright``, default True:
+   :func:`~facemtl.inference.alignment.upright_crop`; False: the axis-aligned training crop),
    and every task is reported from that second crop. It needs a model with a ``landmarks``
    task; when the predicted points give no usable crop (not finite, or a square more than
    :data:`MAX_RECROP_CHANGE` times larger or smaller than the first, or centred outside it) the
@@ -46,7 +48,7 @@ iteration.
 
 Per face the result is ``{"box": [x0, y0, x1, y1] (the face box the reported outputs were
 cropped from, before the margin: the caller's box as given; for a detected face its calibrated
-or landmark square), "detection_box": [x0, y0, x1, y1] (the box the face came with: the
+or landmark square, for an upright crop that square's centre and side), "detection_box": [x0, y0, x1, y1] (the box the face came with: the
 detector's, or the caller's), <points task>: float32 (K, 2) array of
 (x, y) original pixels, <segmentation task>: uint8 (H, W) class-id array, <category task>:
 {"label": name, "probs": {name: p}}}``, with only the requested tasks. Coordinates are
@@ -305,6 +307,7 @@ class Predictor:
     optional ``calibration``). ``passes``: 1 or 2 crops per face (None: 2 for detected faces when
     the model has a ``landmarks`` task, else 1; see the module docstring). ``calibrate``: crop a
     detected box as its detector's calibrated face square (False: as the raw box).
+    ``upright``: turn the second crop so the first pass's eyes are level (see the module docstring).
     ``batch_size``: face crops per forward pass (across images). ``iterations``: refinement
     iterations to run (None: all the model was built with). ``margin``: crop margin
     overriding the checkpoint's. ``device``: torch device for the model. ``backend``:
