@@ -30,7 +30,7 @@ from facemtl.inference.alignment import (
     upright_crop,
 )
 from facemtl.inference.detect import Detector, HaarFaceDetector
-from facemtl.inference.predictor import Predictor
+from facemtl.inference.predictor import UPRIGHT_RETURN_DEGREES, Predictor
 from facemtl.tasks import get_task
 
 SIZE = 32  # the stub model's crop size
@@ -198,15 +198,27 @@ def test_the_default_second_crop_is_turned_so_the_predicted_eyes_are_level():
     predictor = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], IDENTITY))
     (face,) = predictor(image)
     first = face_crop_matrix(box=box, size=SIZE, margin=predictor.margin)
-    landmarks_1 = warp_points(np.array(tilted) * SIZE, invert_affine(first))
-    second, square = upright_crop(landmarks_1, SIZE, predictor.margin)
+    as_output = np.array(tilted, np.float32).astype(np.float64) * SIZE  # the stub's float32 points, crop px
+    landmarks_1 = warp_points(as_output, invert_affine(first))
+    second, _ = upright_crop(landmarks_1, SIZE, predictor.margin)
     torch.testing.assert_close(model.seen[1], crop_as_seen(predictor, image, second))
-    np.testing.assert_allclose(face["box"], square, atol=1e-4)  # points pass through float32
-    np.testing.assert_allclose(face["landmarks"], warp_points(np.array(tilted) * SIZE, invert_affine(second)),
-                               atol=1e-4)
     # the first pass's eyes, seen through the second crop, are level
     eyes = warp_points(landmarks_1[:2], second)
     assert abs(eyes[1, 1] - eyes[0, 1]) < 1e-4 and eyes[1, 0] > eyes[0, 0]
+    # the stub's eyes tilt by 19 degrees in every crop, also in the second (>= UPRIGHT_RETURN_DEGREES):
+    # the face is turned once more, and reported from that third crop
+    assert len(model.seen) == 3
+    landmarks_2 = warp_points(as_output, invert_affine(second))
+    third, square = upright_crop(landmarks_2, SIZE, predictor.margin)
+    torch.testing.assert_close(model.seen[2], crop_as_seen(predictor, image, third))
+    np.testing.assert_allclose(face["box"], square, atol=1e-4)  # points pass through float32
+    np.testing.assert_allclose(face["landmarks"], warp_points(np.array(tilted) * SIZE, invert_affine(third)),
+                               atol=1e-4)
+    # points level within UPRIGHT_RETURN_DEGREES in the second crop: two crops, as for a level face
+    model = StubModel(POINTS)  # eyes at 2.2 degrees
+    Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], IDENTITY))(image)
+    assert len(model.seen) == 2
+    assert np.degrees(np.arctan2(POINTS[1][1] - POINTS[0][1], POINTS[1][0] - POINTS[0][0])) < UPRIGHT_RETURN_DEGREES
 
 
 def test_upright_crop_is_the_training_crop_of_the_level_face():

@@ -331,7 +331,9 @@ def test_astronaut_photo_one_face_and_outputs_inside(predictor, tmp_path):
     assert (result.width, result.height) == (512, 512)
     (face,) = result.faces
     x0, y0, x1, y1 = face["box"]
-    assert 160 <= x0 < x1 <= 290 and 50 <= y0 < y1 <= 200, face["box"]
+    # around the face (Haar box [177, 66, 272, 161]); this barely trained model's points move the
+    # square a little with each of the (up to three) crops
+    assert 160 <= x0 < x1 <= 300 and 50 <= y0 < y1 <= 210, face["box"]
     pts = face["landmarks"]
     assert pts.shape == (5, 2) and np.all(np.isfinite(pts))
     assert np.all((pts >= 0) & (pts <= [511, 511]))
@@ -431,7 +433,9 @@ def test_two_passes_without_landmarks_still_recrop_from_them(predictor, monkeypa
 
     monkeypatch.setattr(p, "forward", spy)
     (face,) = p(canvas, boxes=box)
-    assert asked == [("landmarks", "emotion"), ("emotion",)]  # the first pass also asks for landmarks
+    # a crop that may be followed (the first; an upright second one) also asks for landmarks, the last does not
+    assert len(asked) in (2, 3) and asked[-1] == ("emotion",), asked
+    assert all(a == ("landmarks", "emotion") for a in asked[:-1]), asked
     assert set(face) == {"box", "detection_box", "emotion"}  # but only emotion is reported
     np.testing.assert_allclose(face["box"], full["box"], atol=1e-4)
     assert face["emotion"] == {"label": full["emotion"]["label"],

@@ -17,7 +17,9 @@ Pipeline for one image:
    as training crops from landmarks (:func:`~facemtl.inference.alignment.landmark_square`),
    turned so that the predicted eyes are level (``upright``, default True:
    :func:`~facemtl.inference.alignment.upright_crop`; False: the axis-aligned training crop),
-   and every task is reported from that second crop. It needs a model with a ``landmarks``
+   and every task is reported from that second crop; an upright second crop whose own points
+   still tilt the eyes by :data:`UPRIGHT_RETURN_DEGREES` or more is turned once more, and the
+   face reported from that third crop. It needs a model with a ``landmarks``
    task; when the predicted points give no usable crop (not finite, or a square more than
    :data:`MAX_RECROP_CHANGE` times larger or smaller than the first, or centred outside it) the
    first crop's results are kept;
@@ -96,6 +98,10 @@ MAX_BOX_FACTOR = 10
 # The second pass keeps the first crop when the predicted landmarks' square is this many times
 # larger or smaller than the first crop's square (or centred outside it): not a face's points.
 MAX_RECROP_CHANGE = 3.0
+# An upright second crop whose own points still tilt the eyes by this many degrees or more is
+# turned once more (a third crop): the model's roll estimate on a steeply tilted first crop
+# falls short of the true roll (about 15 of 27 degrees on the astronaut turned by 30).
+UPRIGHT_RETURN_DEGREES = 3.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -501,9 +507,15 @@ class Predictor:
         return box, crop_box, matrix
 
     def _recrop(self, item: _Crop, points: np.ndarray) -> _Crop | None:
-        """The second-pass crop of a face: the training crop from its predicted landmarks
-        (:func:`~facemtl.inference.alignment.landmark_square` with the checkpoint's margin), or
-        None when the points give no plausible face square (:data:`MAX_RECROP_CHANGE`)."""
+        """The next crop of a face: the training crop from its predicted landmarks
+        (:func:`~facemtl.inference.alignment.landmark_square` with the checkpoint's margin,
+        turned upright with :attr:`upright`), or None when the points give no plausible face
+        square (:data:`MAX_RECROP_CHANGE`) or, for an upright second crop, when they are level
+        within :data:`UPRIGHT_RETURN_DEGREES` in it (the face is done)."""
+        if item.stage == 2:
+            eyes = warp_points(np.asarray(points, np.float64)[:2], item.matrix)  # in this crop
+            if abs(np.degrees(np.arctan2(eyes[1, 1] - eyes[0, 1], eyes[1, 0] - eyes[0, 0]))) < UPRIGHT_RETURN_DEGREES:
+                return None
         try:
             square = landmark_square(points)
         except FacemtlError:  # fewer than two finite points
@@ -519,7 +531,9 @@ class Predictor:
         else:
             matrix = face_crop_matrix(box=square, size=self.input_size, margin=self.margin)
         pixels = warp_image(item.image, matrix, self.input_size)
-        return _Crop(item.rec, item.index, item.box, square, matrix, pixels, None)
+        again = self.upright and item.stage == 1  # an upright second crop may be turned once more
+        return _Crop(item.rec, item.index, item.box, square, matrix, pixels, item.image if again else None,
+                     item.stage + 1)
 
     def forward(self, crops: torch.Tensor, tasks=None) -> dict[str, torch.Tensor]:
         """Normalised crops (B, 3, S, S) -> decoded outputs of the last iteration, per task (CPU
@@ -540,7 +554,7 @@ class Predictor:
         again: list[_Crop] = []
         for j, item in enumerate(batch):
             rec, box, matrix = item.rec, item.box, item.matrix
-            if item.image is not None:  # a first pass: only its landmarks are needed
+            if item.image is not None:  # a crop that may be followed: its landmarks decide
                 task = self.recrop_task
                 try:
                     points = self._map_back(task, out[task.name][j], matrix, rec.height, rec.width)
@@ -575,7 +589,8 @@ class _Crop:
     crop_box: np.ndarray  # the box this crop was made from (reported as "box")
     matrix: np.ndarray  # original -> crop
     pixels: np.ndarray  # (S, S, 3) uint8
-    image: np.ndarray | None  # the photo, kept while a second pass will re-crop from it
+    image: np.ndarray | None  # the photo, kept while a next pass may re-crop from it
+    stage: int = 1  # 1: the first crop, 2: the second, 3: an upright second crop turned once more
 
 
 def select_tasks(model_tasks, tasks) -> tuple:
