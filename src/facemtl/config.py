@@ -75,6 +75,9 @@ class SourceConfig:
     ``name: synth`` uses :class:`facemtl.data.synth.SyntheticFaces` (``style``, ``n_train``,
     ``n_test``, ``seed``); any other name is a format reader, ``load_dataset(name, root,
     split, **options)`` with ``train_split`` / ``test_split``, cropped by ``FaceCrop``.
+    ``augment`` is FaceCrop's training jitter (rotation, scale, shift, flip, photometric) and so
+    applies to reader sources only: synthetic faces are drawn at the input size, every one new,
+    with their style's own spread of pose, framing, light and camera, and are not augmented.
     """
 
     name: str = "synth"
