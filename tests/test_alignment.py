@@ -245,7 +245,7 @@ def test_upright_crop_is_the_training_crop_of_the_level_face():
     assert angle == pytest.approx(70.0 - MAX_UPRIGHT_ROLL)
 
 
-def test_haar_detector_searches_the_image_turned_when_no_face_is_upright():
+def test_haar_detector_searches_again_equalised_then_turned_when_it_finds_no_face():
     astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"
     if not astronaut.exists():
         pytest.skip("needs ../shared/testdata/astronaut.png")
@@ -254,10 +254,14 @@ def test_haar_detector_searches_the_image_turned_when_no_face_is_upright():
     turn = cv2.getRotationMatrix2D(tuple(eyes_mouth.mean(0)), 30.0, 1.0)
     tilted = cv2.warpAffine(image, turn, image.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
     square = landmark_square(warp_points(eyes_mouth, turn))
-    assert len(HaarFaceDetector(tilts=())(tilted)) == 0  # the upright cascade misses a 30-degree head
+    assert len(HaarFaceDetector(equalize=False, tilts=())(tilted)) == 0  # the upright cascade misses a 30-degree head
     boxes = HaarFaceDetector()(tilted)
     assert find_match(boxes, square) == 0
     assert find_match(HaarFaceDetector()(image), landmark_square(eyes_mouth)) == 0  # upright: found as before
+    # over-exposed (x2.2, clipped): found in the histogram-equalised image only
+    bright = np.clip(image * 2.2, 0, 255).astype(np.uint8)
+    assert len(HaarFaceDetector(equalize=False, tilts=())(bright)) == 0
+    assert find_match(HaarFaceDetector(tilts=())(bright), landmark_square(eyes_mouth)) == 0
 
 
 def test_one_pass_and_uncalibrated_options():

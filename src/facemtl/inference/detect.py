@@ -69,19 +69,22 @@ class HaarFaceDetector:
     """Viola-Jones frontal-face cascade shipped with opencv-python (``cv2.data``).
 
     ``min_size`` is the smallest face side in pixels the cascade looks for; the faces come
-    back largest first. The cascade sees frontal, upright faces only (profiles are missed, and
-    heads tilted by more than about 20 degrees): when it finds no face, the image turned by each
-    angle of ``tilts`` (degrees) is searched in turn and the first faces found there are
-    returned, as the upright boxes with the same centres and sides (the predictor's second,
-    upright crop then levels the face). ``tilts=()`` searches only the image as it is. A turned
-    search asks for ``tilt_min_neighbors`` overlapping hits (more than ``min_neighbors``): it
-    runs on images where the upright search found nothing, often images without a face, where
-    a lenient search would add false faces.
+    back largest first. The cascade sees frontal, upright faces of moderate contrast only
+    (profiles are missed, and heads tilted by more than about 20 degrees or washed out by
+    over-exposure). When it finds no face it searches again, until one search finds faces:
+    the histogram-equalised image (``equalize``; with ``equalize_min_neighbors``), then the image
+    turned by each angle of ``tilts`` (degrees; with ``tilt_min_neighbors``), whose faces come
+    back as the upright boxes with the same centres and sides (the predictor's upright second
+    crop then levels the face). These searches run on images where the first found nothing,
+    often images without a face, so they ask for more overlapping hits than ``min_neighbors``
+    (a lenient search there adds false faces), and such an image costs four searches.
+    ``equalize=False, tilts=()`` searches only the image as it is.
     """
 
     calibration: Calibration = CALIBRATIONS["opencv"]
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24, max_side: int = 1280,
+                 equalize: bool = True, equalize_min_neighbors: int = 8,
                  tilts: tuple[float, ...] = (25.0, -25.0), tilt_min_neighbors: int = 12):
         path = Path(getattr(cv2, "data").haarcascades) / _CASCADE
         self.cascade = cv2.CascadeClassifier(str(path))
@@ -94,6 +97,7 @@ class HaarFaceDetector:
         self.min_neighbors = min_neighbors
         self.min_size = min_size
         self.max_side = max_side  # larger photos are searched at this size (the cascade is slow on huge images)
+        self.equalize, self.equalize_min_neighbors = equalize, equalize_min_neighbors
         self.tilts = tuple(float(a) for a in tilts)
         self.tilt_min_neighbors = tilt_min_neighbors
 
@@ -104,6 +108,8 @@ class HaarFaceDetector:
         if scale < 1.0:
             gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         xywh = self._search(gray)
+        if len(xywh) == 0 and self.equalize:  # an over-exposed or flat face
+            xywh = self._search(cv2.equalizeHist(gray), self.equalize_min_neighbors)
         for angle in self.tilts if len(xywh) == 0 else ():
             # the whole image turned by `angle` on a canvas that holds all of it
             h, w = gray.shape
