@@ -30,7 +30,7 @@ from facemtl.inference.alignment import (
     upright_crop,
 )
 from facemtl.inference.detect import Detector, HaarFaceDetector
-from facemtl.inference.predictor import UPRIGHT_RETURN_DEGREES, Predictor
+from facemtl.inference.predictor import UPRIGHT_MAX_CROPS, UPRIGHT_RETURN_DEGREES, Predictor
 from facemtl.tasks import get_task
 
 SIZE = 32  # the stub model's crop size
@@ -205,14 +205,15 @@ def test_the_default_second_crop_is_turned_so_the_predicted_eyes_are_level():
     # the first pass's eyes, seen through the second crop, are level
     eyes = warp_points(landmarks_1[:2], second)
     assert abs(eyes[1, 1] - eyes[0, 1]) < 1e-4 and eyes[1, 0] > eyes[0, 0]
-    # the stub's eyes tilt by 19 degrees in every crop, also in the second (>= UPRIGHT_RETURN_DEGREES):
-    # the face is turned once more, and reported from that third crop
-    assert len(model.seen) == 3
-    landmarks_2 = warp_points(as_output, invert_affine(second))
-    third, square = upright_crop(landmarks_2, SIZE, predictor.margin)
-    torch.testing.assert_close(model.seen[2], crop_as_seen(predictor, image, third))
+    # the stub's eyes tilt by 19 degrees in every crop, also in the upright ones (>= UPRIGHT_RETURN_DEGREES):
+    # the face is turned again until UPRIGHT_MAX_CROPS, and reported from the last crop
+    assert len(model.seen) == UPRIGHT_MAX_CROPS == 4
+    matrix = second
+    for k in range(2, UPRIGHT_MAX_CROPS):
+        matrix, square = upright_crop(warp_points(as_output, invert_affine(matrix)), SIZE, predictor.margin)
+        torch.testing.assert_close(model.seen[k], crop_as_seen(predictor, image, matrix))
     np.testing.assert_allclose(face["box"], square, atol=1e-4)  # points pass through float32
-    np.testing.assert_allclose(face["landmarks"], warp_points(np.array(tilted) * SIZE, invert_affine(third)),
+    np.testing.assert_allclose(face["landmarks"], warp_points(np.array(tilted) * SIZE, invert_affine(matrix)),
                                atol=1e-4)
     # points level within UPRIGHT_RETURN_DEGREES in the second crop: two crops, as for a level face
     model = StubModel(POINTS)  # eyes at 2.2 degrees

@@ -17,9 +17,9 @@ Pipeline for one image:
    as training crops from landmarks (:func:`~facemtl.inference.alignment.landmark_square`),
    turned so that the predicted eyes are level (``upright``, default True:
    :func:`~facemtl.inference.alignment.upright_crop`; False: the axis-aligned training crop),
-   and every task is reported from that second crop; an upright second crop whose own points
-   still tilt the eyes by :data:`UPRIGHT_RETURN_DEGREES` or more is turned once more, and the
-   face reported from that third crop. It needs a model with a ``landmarks``
+   and every task is reported from that second crop; an upright crop whose own points still
+   tilt the eyes by :data:`UPRIGHT_RETURN_DEGREES` or more is turned again (up to
+   :data:`UPRIGHT_MAX_CROPS` crops in all), and the face reported from the last crop. It needs a model with a ``landmarks``
    task; when the predicted points give no usable crop (not finite, or a square more than
    :data:`MAX_RECROP_CHANGE` times larger or smaller than the first, or centred outside it) the
    first crop's results are kept;
@@ -98,10 +98,11 @@ MAX_BOX_FACTOR = 10
 # The second pass keeps the first crop when the predicted landmarks' square is this many times
 # larger or smaller than the first crop's square (or centred outside it): not a face's points.
 MAX_RECROP_CHANGE = 3.0
-# An upright second crop whose own points still tilt the eyes by this many degrees or more is
-# turned once more (a third crop): the model's roll estimate on a steeply tilted first crop
-# falls short of the true roll (about 15 of 27 degrees on the astronaut turned by 30).
+# An upright crop whose own points still tilt the eyes by this many degrees or more is turned
+# again, up to UPRIGHT_MAX_CROPS crops in all: the model's roll estimate on a steeply tilted
+# crop falls short of the true roll (about 15 of 27 degrees on the astronaut turned by 30).
 UPRIGHT_RETURN_DEGREES = 3.0
+UPRIGHT_MAX_CROPS = 4
 
 
 # ---------------------------------------------------------------------------------------
@@ -510,9 +511,9 @@ class Predictor:
         """The next crop of a face: the training crop from its predicted landmarks
         (:func:`~facemtl.inference.alignment.landmark_square` with the checkpoint's margin,
         turned upright with :attr:`upright`), or None when the points give no plausible face
-        square (:data:`MAX_RECROP_CHANGE`) or, for an upright second crop, when they are level
-        within :data:`UPRIGHT_RETURN_DEGREES` in it (the face is done)."""
-        if item.stage == 2:
+        square (:data:`MAX_RECROP_CHANGE`) or, for an upright crop, when they are level within
+        :data:`UPRIGHT_RETURN_DEGREES` in it (the face is done)."""
+        if item.stage >= 2:
             eyes = warp_points(np.asarray(points, np.float64)[:2], item.matrix)  # in this crop
             if abs(np.degrees(np.arctan2(eyes[1, 1] - eyes[0, 1], eyes[1, 0] - eyes[0, 0]))) < UPRIGHT_RETURN_DEGREES:
                 return None
@@ -531,7 +532,7 @@ class Predictor:
         else:
             matrix = face_crop_matrix(box=square, size=self.input_size, margin=self.margin)
         pixels = warp_image(item.image, matrix, self.input_size)
-        again = self.upright and item.stage == 1  # an upright second crop may be turned once more
+        again = self.upright and item.stage + 1 < UPRIGHT_MAX_CROPS  # it may be turned again
         return _Crop(item.rec, item.index, item.box, square, matrix, pixels, item.image if again else None,
                      item.stage + 1)
 
@@ -590,7 +591,7 @@ class _Crop:
     matrix: np.ndarray  # original -> crop
     pixels: np.ndarray  # (S, S, 3) uint8
     image: np.ndarray | None  # the photo, kept while a next pass may re-crop from it
-    stage: int = 1  # 1: the first crop, 2: the second, 3: an upright second crop turned once more
+    stage: int = 1  # 1: the first crop, 2: the second, 3 and 4: an upright crop turned again
 
 
 def select_tasks(model_tasks, tasks) -> tuple:
