@@ -57,6 +57,7 @@ from facemtl.inference.alignment import (
     render_scene,
 )
 from facemtl.inference.detect import make_detector
+from real_photo import turned  # a script beside this one
 
 ASTRONAUT = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "astronaut.png"
 FAIL_NME = 10.0  # percent of the inter-ocular distance
@@ -77,13 +78,7 @@ class Replay:
 
 def tilted(scene: dict, degrees: float) -> dict:
     """The scene turned by ``degrees`` about its face's landmarks (same canvas, edges mirrored)."""
-    import cv2
-
-    pts = np.asarray(scene["landmarks"], np.float64)
-    turn = cv2.getRotationMatrix2D(tuple(pts.mean(0)), degrees, 1.0)
-    h, w = scene["image"].shape[:2]
-    image = cv2.warpAffine(scene["image"], turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    pts = pts @ turn[:, :2].T + turn[:, 2]
+    image, pts = turned(scene["image"], np.asarray(scene["landmarks"], np.float64), degrees)
     return {**scene, "image": image, "landmarks": pts, "square": landmark_square(pts)}
 
 

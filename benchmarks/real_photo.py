@@ -129,10 +129,25 @@ CONDITIONS = {
 }
 
 
+def turned(image: np.ndarray, points: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, points)`` turned by ``degrees`` (counter-clockwise on screen) about the points'
+    mean, on the same canvas with mirrored edges (also ``detector_alignment.py --tilt``)."""
+    import cv2
+
+    from facemtl.data.transforms import warp_points
+
+    matrix = cv2.getRotationMatrix2D(tuple(np.mean(points, 0)), degrees, 1.0)
+    h, w = image.shape[:2]
+    out = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return out, warp_points(points, matrix).astype(np.float64)
+
+
 def perturbed(image: np.ndarray, truth: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     """``(image, points)`` of the photo under condition ``name`` of :data:`CONDITIONS`
     (deterministic: the noise has a fixed seed)."""
     import cv2
+
+    from facemtl.data.transforms import hflip
 
     img, pts = image.copy(), truth.copy()
     h, w = img.shape[:2]
@@ -140,14 +155,11 @@ def perturbed(image: np.ndarray, truth: np.ndarray, name: str) -> tuple[np.ndarr
     value = float(amount) if amount.lstrip("+-").replace(".", "").isdigit() else None
     if name == "original":
         pass
-    elif kind == "mirror":
-        img = img[:, ::-1].copy()
-        pts[:, 0] = w - 1 - pts[:, 0]
-        pts = pts[[1, 0, 2, 4, 3]]
-    elif kind == "roll":
-        matrix = cv2.getRotationMatrix2D(tuple(truth.mean(0)), value, 1.0)
-        img = cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        pts = pts @ matrix[:, :2].T + matrix[:, 2]  # at 30 degrees image-left stays image-left
+    elif kind == "mirror":  # the training flip: left and right points swap (image-left stays first)
+        flipped = hflip({"image": img, "landmarks": pts}, {})
+        img, pts = flipped["image"], flipped["landmarks"].astype(np.float64)
+    elif kind == "roll":  # at 30 degrees image-left stays image-left
+        img, pts = turned(img, pts, value)
     elif kind in ("small", "large"):
         size = (int(round(w * value)), int(round(h * value)))
         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if value < 1 else cv2.INTER_LINEAR)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from facemtl.data.transforms import face_box, face_crop_matrix
+from facemtl.data.transforms import compose, face_box, face_crop_matrix, invert_affine
 from facemtl.errors import FacemtlError
 
 # ---------------------------------------------------------------------------------------
@@ -84,18 +84,15 @@ def upright_crop(landmarks, size: int, margin: float) -> tuple[np.ndarray, np.nd
     pts = np.asarray(landmarks, np.float64).reshape(-1, 2)
     square = landmark_square(pts)
     dx, dy = pts[1] - pts[0]
-    roll = np.clip(np.arctan2(dy, dx), -np.radians(MAX_UPRIGHT_ROLL), np.radians(MAX_UPRIGHT_ROLL))
-    cos, sin = np.cos(roll), np.sin(roll)
-    turn = np.array([[cos, sin], [-sin, cos]])  # by -roll: the eye line becomes level
+    roll = float(np.clip(np.degrees(np.arctan2(dy, dx)), -MAX_UPRIGHT_ROLL, MAX_UPRIGHT_ROLL))
     centre = (square[:2] + square[2:]) / 2
-    level = (pts - centre) @ turn.T + centre
-    upright = landmark_square(level)
-    crop = face_crop_matrix(box=upright, size=size, margin=margin)
-    matrix = np.concatenate([crop[:, :2] @ turn, (crop[:, 2] + crop[:, :2] @ (centre - turn @ centre))[:, None]], 1)
-    mid = (upright[:2] + upright[2:]) / 2
-    back = (mid - centre) @ turn + centre  # turn.T undoes the turn
+    turn = cv2.getRotationMatrix2D(tuple(centre), roll, 1.0)  # the eye line becomes level
+    upright = landmark_square(pts @ turn[:, :2].T + turn[:, 2])  # float64: warp_points rounds to float32
+    matrix = compose(face_crop_matrix(box=upright, size=size, margin=margin), turn)
+    back = invert_affine(turn)
+    mid = back[:, :2] @ ((upright[:2] + upright[2:]) / 2) + back[:, 2]
     half = (upright[2] - upright[0]) / 2
-    return matrix, np.concatenate([back - half, back + half])
+    return matrix, np.concatenate([mid - half, mid + half])
 
 
 def landmark_square(landmarks) -> np.ndarray:

@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from facemtl.data.transforms import invert_affine, warp_points
 from facemtl.errors import FacemtlError
 from facemtl.inference.alignment import CALIBRATIONS, Calibration
 
@@ -121,8 +122,7 @@ class HaarFaceDetector:
                                                borderMode=cv2.BORDER_REPLICATE), self.tilt_min_neighbors)
             if len(xywh):
                 centres = xywh[:, :2] + (xywh[:, 2:] - 1) / 2  # pixel centres, turned image
-                back = (centres - turn[:, 2]) @ np.linalg.inv(turn[:, :2]).T
-                xywh[:, :2] = back - (xywh[:, 2:] - 1) / 2
+                xywh[:, :2] = warp_points(centres, invert_affine(turn)) - (xywh[:, 2:] - 1) / 2
                 break
         if len(xywh) == 0:
             return np.zeros((0, 4), np.float32)
