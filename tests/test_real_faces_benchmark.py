@@ -1,0 +1,48 @@
+"""benchmarks/real_faces.py: matching predicted faces to labelled ones, the NME, the labels file."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import real_faces  # noqa: E402
+
+TRUTH = np.array([[10.0, 10.0], [30.0, 10.0], [20.0, 20.0], [12.0, 28.0], [28.0, 28.0]])  # inter-ocular 20
+
+
+def test_nme_is_mean_point_error_over_the_interocular_distance():
+    moved = TRUTH.copy()
+    moved[2] += (3.0, 4.0)  # one point 5 px off: mean 1 px over 20 px
+    assert real_faces.nme(moved, TRUTH) == 5.0
+    assert real_faces.nme(TRUTH, TRUTH) == 0.0
+
+
+def test_match_takes_the_nearest_free_face_within_one_interocular_distance():
+    near, far, other = TRUTH + 4.0, TRUTH + 21.0, TRUTH + 200.0  # centres 5.7, 29.7 px away
+    assert real_faces.match([other, far, near], TRUTH, set()) == 2
+    assert real_faces.match([other, far, near], TRUTH, {2}) is None  # far is beyond 20 px: missed
+    assert real_faces.match([other, TRUTH + 14.0], TRUTH, set()) == 1  # 19.8 px: found
+    assert real_faces.match([], TRUTH, set()) is None
+
+
+def test_summary_counts_misses_and_clear_expressions():
+    rows = [{"found": True, "nme": 4.0, "baseline_nme": 12.0, "emotion": "Happy", "labelled": "Happy"},
+            {"found": True, "nme": 14.0, "baseline_nme": 16.0, "emotion": "Fear", "labelled": "Happy"},
+            {"found": True, "nme": 8.0, "baseline_nme": 10.0, "emotion": "Sad", "labelled": None},
+            {"found": False, "labelled": "Neutral"}]
+    text = real_faces.summary(rows)
+    assert text.startswith("found 3 of 4; NME median 8.0%, mean 8.7% (mean shape median 12.0%), 2 at most 10%")
+    assert text.endswith("emotion 1 of 2 clear expressions right")
+
+
+def test_labels_file_is_well_formed():
+    labels = json.loads(real_faces.LABELS.read_text())
+    packages = {p.split("==")[0].replace("_", "-") for p in real_faces.PACKAGES}
+    for face in labels["faces"]:
+        points = np.asarray(face["landmarks"], np.float64)
+        assert points.shape == (5, 2) and np.all(np.isfinite(points))
+        assert points[0, 0] < points[1, 0] and points[3, 0] < points[4, 0]  # image-left first
+        assert face["emotion"] in (None, "Happy", "Neutral")
+        assert face["image"].split("-")[0].replace("_", "-") in packages
