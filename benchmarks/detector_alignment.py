@@ -15,9 +15,10 @@ Per detector (opencv; mediapipe when installed, else a note):
   faces over 10% (``fail``), for four crops: ``1 pass, raw box`` (the box cropped as if it were
   the training square: the predictor before calibration), ``1 pass, calibrated`` (the detector's
   :data:`~facemtl.inference.alignment.CALIBRATIONS`), ``2 passes, level crop`` (calibrated, then
-  the training crop from the predicted landmarks, axis-aligned), ``upright (default)`` (that crop
-  turned so the predicted eyes are level, turned once more when its own points still tilt: the
-  predictor's default) and ``true-landmark crop``, the crop
+  the training crop from the predicted landmarks, axis-aligned), ``upright, always`` (that crop
+  turned so the predicted eyes are level, turned once more when its own points still tilt:
+  ``passes=2``), ``default`` (the predictor's default: the upright second crop only for faces
+  whose first-pass eyes tilt by 5 degrees or more) and ``true-landmark crop``, the crop
   training makes from the true landmarks (the floor the other rows approach);
 * whether it finds a face in the real photo ``shared/testdata/astronaut.png``.
 
@@ -121,7 +122,8 @@ def landmark_errors(model, info, scenes, boxes, found, calibration) -> dict[str,
         "1 pass, raw box": dict(calibrate=False, passes=1),
         "1 pass, calibrated": dict(calibrate=True, passes=1),
         "2 passes, level crop": dict(calibrate=True, passes=2, upright=False),
-        "upright (default)": dict(calibrate=True, passes=2),
+        "upright, always": dict(calibrate=True, passes=2),
+        "default": dict(calibrate=True),
     }
     out: dict[str, list[float]] = {}
     for label, options in rows.items():

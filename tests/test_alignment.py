@@ -30,7 +30,7 @@ from facemtl.inference.alignment import (
     upright_crop,
 )
 from facemtl.inference.detect import Detector, HaarFaceDetector
-from facemtl.inference.predictor import UPRIGHT_MAX_CROPS, UPRIGHT_RETURN_DEGREES, Predictor
+from facemtl.inference.predictor import UPRIGHT_MAX_CROPS, UPRIGHT_MIN_DEGREES, UPRIGHT_RETURN_DEGREES, Predictor
 from facemtl.tasks import get_task
 
 SIZE = 32  # the stub model's crop size
@@ -215,11 +215,16 @@ def test_the_default_second_crop_is_turned_so_the_predicted_eyes_are_level():
     np.testing.assert_allclose(face["box"], square, atol=1e-4)  # points pass through float32
     np.testing.assert_allclose(face["landmarks"], warp_points(np.array(tilted) * SIZE, invert_affine(matrix)),
                                atol=1e-4)
-    # points level within UPRIGHT_RETURN_DEGREES in the second crop: two crops, as for a level face
+    # a face whose first-pass eyes tilt by less than UPRIGHT_MIN_DEGREES keeps its first crop by
+    # default; passes=2 re-crops it, and points level within UPRIGHT_RETURN_DEGREES end it there
     model = StubModel(POINTS)  # eyes at 2.2 degrees
     Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], IDENTITY))(image)
+    assert len(model.seen) == 1
+    model = StubModel(POINTS)
+    Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], IDENTITY), passes=2)(image)
     assert len(model.seen) == 2
-    assert np.degrees(np.arctan2(POINTS[1][1] - POINTS[0][1], POINTS[1][0] - POINTS[0][0])) < UPRIGHT_RETURN_DEGREES
+    tilt = np.degrees(np.arctan2(POINTS[1][1] - POINTS[0][1], POINTS[1][0] - POINTS[0][0]))
+    assert tilt < UPRIGHT_RETURN_DEGREES < UPRIGHT_MIN_DEGREES  # preconditions of the two cases above
 
 
 def test_upright_crop_is_the_training_crop_of_the_level_face():

@@ -54,7 +54,8 @@ def register(subparsers) -> None:
     p.add_argument("--passes", type=int, choices=(1, 2), metavar="{1,2}",
                    help="crops per face: 2 re-crops each face from its predicted landmarks the way training crops, "
                    "turned so the eyes are level, and reports every task from that second crop; 1 keeps the first "
-                   "crop (default: 2 for detected faces, 1 for --boxes and --detector none)")
+                   "crop (default: detected faces get the second crop only when their predicted eyes tilt by 5 "
+                   "degrees or more; --boxes and --detector none get one)")
     p.add_argument("--boxes", type=Path, metavar="BOXES.json",
                    help='face boxes per image: {"path/to/img.jpg": [[x0, y0, x1, y1], ...]}; keys are paths '
                    "(relative to the boxes file or the current folder) or bare file names; images it does not "

@@ -12,8 +12,9 @@ Pipeline for one image:
    normalised with the checkpoint's mean/std. A DETECTED box is first moved and scaled by its
    detector's calibration (:mod:`facemtl.inference.alignment`) to the face square training
    crops from landmarks; boxes the caller gives are cropped as given;
-2b. two passes (``passes``; default: two for detected faces, one for given boxes and
-   ``detector="none"``): the landmarks predicted on the first crop give a second crop made
+2b. two passes (``passes=2``; by default detected faces get a second pass only when the first
+   pass's eyes tilt by :data:`UPRIGHT_MIN_DEGREES` or more, given boxes and ``detector="none"``
+   never): the landmarks predicted on the first crop give a second crop made
    as training crops from landmarks (:func:`~facemtl.inference.alignment.landmark_square`),
    turned so that the predicted eyes are level (``upright``, default True:
    :func:`~facemtl.inference.alignment.upright_crop`; False: the axis-aligned training crop),
@@ -103,6 +104,11 @@ MAX_RECROP_CHANGE = 3.0
 # crop falls short of the true roll (about 15 of 27 degrees on the astronaut turned by 30).
 UPRIGHT_RETURN_DEGREES = 3.0
 UPRIGHT_MAX_CROPS = 4
+# By default (passes=None) a detected face is re-cropped only when the first pass's eyes tilt by
+# this many degrees or more: on real photos the re-crop of a level face moved the points more
+# than it mended them (benchmarks/real_faces.py: with every face re-cropped the bundled model's
+# median NME was 10.5%, with only tilted ones 9.2%), while tilted heads need the upright crop.
+UPRIGHT_MIN_DEGREES = 5.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -311,8 +317,10 @@ class Predictor:
     ``detector``: ``"opencv"`` (Haar cascade), ``"mediapipe"`` (BlazeFace; needs
     ``pip install 'facemtl[detect]'``), ``"none"`` (each image is one face crop) or a
     :class:`~facemtl.inference.detect.Detector` (a callable image -> boxes, largest first, with an
-    optional ``calibration``). ``passes``: 1 or 2 crops per face (None: 2 for detected faces when
-    the model has a ``landmarks`` task, else 1; see the module docstring). ``calibrate``: crop a
+    optional ``calibration``). ``passes``: 1 or 2 crops per face (None: for detected faces, when
+    the model has a ``landmarks`` task, a second crop only when the first pass's eyes tilt by
+    :data:`UPRIGHT_MIN_DEGREES` or more with ``upright``, always without; else 1; see the module
+    docstring). ``calibrate``: crop a
     detected box as its detector's calibrated face square (False: as the raw box).
     ``upright``: turn the second crop so the first pass's eyes are level (see the module docstring).
     ``batch_size``: face crops per forward pass (across images). ``iterations``: refinement
@@ -478,8 +486,9 @@ class Predictor:
         return list(self.detector(image)), self.margin, True
 
     def _passes(self, detected: bool) -> int:
-        """Crops per face: ``passes`` when set, else two for detected faces (when the model
-        predicts landmarks to re-crop from), one for the caller's boxes and whole images."""
+        """Most crops per face: ``passes`` when set, else two for detected faces (when the model
+        predicts landmarks to re-crop from; :meth:`_recrop` decides), one for the caller's boxes
+        and whole images."""
         if self.passes is not None:
             return self.passes
         return 2 if detected and self.recrop_task is not None else 1
@@ -512,11 +521,14 @@ class Predictor:
         (:func:`~facemtl.inference.alignment.landmark_square` with the checkpoint's margin,
         turned upright with :attr:`upright`), or None when the points give no plausible face
         square (:data:`MAX_RECROP_CHANGE`) or, for an upright crop, when they are level within
-        :data:`UPRIGHT_RETURN_DEGREES` in it (the face is done)."""
-        if item.stage >= 2:
-            eyes = warp_points(np.asarray(points, np.float64)[:2], item.matrix)  # in this crop
-            if abs(np.degrees(np.arctan2(eyes[1, 1] - eyes[0, 1], eyes[1, 0] - eyes[0, 0]))) < UPRIGHT_RETURN_DEGREES:
-                return None
+        :data:`UPRIGHT_RETURN_DEGREES` in it (the face is done), or, for the first crop with the
+        default ``passes`` and ``upright``, when they tilt by less than :data:`UPRIGHT_MIN_DEGREES`."""
+        eyes = warp_points(np.asarray(points, np.float64)[:2], item.matrix)  # in this crop
+        tilt = abs(np.degrees(np.arctan2(eyes[1, 1] - eyes[0, 1], eyes[1, 0] - eyes[0, 0])))
+        if item.stage >= 2 and tilt < UPRIGHT_RETURN_DEGREES:
+            return None
+        if item.stage == 1 and self.passes is None and self.upright and tilt < UPRIGHT_MIN_DEGREES:
+            return None
         try:
             square = landmark_square(points)
         except FacemtlError:  # fewer than two finite points
