@@ -76,7 +76,8 @@ def nme(points: np.ndarray, truth: np.ndarray) -> float:
 
 def score(pred, photos: Path, crops: str) -> list[dict]:
     """One row per labelled face: ``found``, ``nme``, ``baseline_nme`` (the synthetic mean shape in
-    the same square), ``emotion`` (predicted) and ``labelled`` (emotion or None)."""
+    the same square), ``emotion`` (predicted), ``labelled`` (emotion or None) and ``p_labelled``
+    (the predicted probability of the labelled emotion)."""
     from facemtl.inference.alignment import landmark_square
     from real_photo import mean_shape_in
 
@@ -111,6 +112,8 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
                 row["nme"] = nme(np.asarray(out["landmarks"], np.float64).reshape(-1, 2), t)
                 row["baseline_nme"] = nme(mean_shape_in(out["box"], pred.info), t)
                 row["emotion"] = out["emotion"]["label"] if "emotion" in out else None
+                if row["emotion"] and row["labelled"]:
+                    row["p_labelled"] = out["emotion"]["probs"][row["labelled"]]
             rows.append(row)
     return rows
 
@@ -125,7 +128,9 @@ def summary(rows: list[dict]) -> str:
     posed = [r for r in found if r["labelled"] and r.get("emotion")]
     if posed:
         right = sum(r["emotion"] == r["labelled"] for r in posed)
-        text += f"; emotion {right} of {len(posed)} clear expressions right"
+        # the mean probability of the labelled class moves before the argmax count does
+        text += (f"; emotion {right} of {len(posed)} clear expressions right "
+                 f"(probability of the labelled one: mean {np.mean([r['p_labelled'] for r in posed]):.2f})")
     return text
 
 

@@ -28,13 +28,13 @@ def test_match_takes_the_nearest_free_face_within_one_interocular_distance():
 
 
 def test_summary_counts_misses_and_clear_expressions():
-    rows = [{"found": True, "nme": 4.0, "baseline_nme": 12.0, "emotion": "Happy", "labelled": "Happy"},
-            {"found": True, "nme": 14.0, "baseline_nme": 16.0, "emotion": "Fear", "labelled": "Happy"},
+    rows = [{"found": True, "nme": 4.0, "baseline_nme": 12.0, "emotion": "Happy", "labelled": "Happy", "p_labelled": 0.9},
+            {"found": True, "nme": 14.0, "baseline_nme": 16.0, "emotion": "Fear", "labelled": "Happy", "p_labelled": 0.3},
             {"found": True, "nme": 8.0, "baseline_nme": 10.0, "emotion": "Sad", "labelled": None},
             {"found": False, "labelled": "Neutral"}]
     text = real_faces.summary(rows)
     assert text.startswith("found 3 of 4; NME median 8.0%, mean 8.7% (mean shape median 12.0%), 2 at most 10%")
-    assert text.endswith("emotion 1 of 2 clear expressions right")
+    assert text.endswith("emotion 1 of 2 clear expressions right (probability of the labelled one: mean 0.60)")
 
 
 def test_labels_file_is_well_formed():
