@@ -13,8 +13,8 @@ Pipeline for one image:
    detector's calibration (:mod:`facemtl.inference.alignment`) to the face square training
    crops from landmarks; boxes the caller gives are cropped as given;
 2b. two passes (``passes=2``; by default detected faces get a second pass only when the first
-   pass's eyes tilt by :data:`UPRIGHT_MIN_DEGREES` or more, given boxes and ``detector="none"``
-   never): the landmarks predicted on the first crop give a second crop made
+   pass's eyes tilt by :data:`UPRIGHT_MIN_DEGREES` or more (always with ``upright=False``), given
+   boxes and ``detector="none"`` never): the landmarks predicted on the first crop give a second crop made
    as training crops from landmarks (:func:`~facemtl.inference.alignment.landmark_square`),
    turned so that the predicted eyes are level (``upright``, default True:
    :func:`~facemtl.inference.alignment.upright_crop`; False: the axis-aligned training crop),
@@ -107,7 +107,7 @@ UPRIGHT_MAX_CROPS = 4
 # By default (passes=None) a detected face is re-cropped only when the first pass's eyes tilt by
 # this many degrees or more: on real photos the re-crop of a level face moved the points more
 # than it mended them (benchmarks/real_faces.py: with every face re-cropped the bundled model's
-# median NME was 10.5%, with only tilted ones 9.2%), while tilted heads need the upright crop.
+# median NME was 11.2%, with only tilted ones 9.0%), while tilted heads need the upright crop.
 UPRIGHT_MIN_DEGREES = 5.0
 
 
