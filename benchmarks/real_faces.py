@@ -9,8 +9,8 @@ square, emotion against the labelled one where the expression is clear) and a su
 
 Crop modes (``--crops``):
 * ``detector``: the whole photo through the predictor as a user runs it (detector, calibrated
-  square, re-crops); a labelled face counts as found when a predicted face's five points have their
-  centre within one labelled inter-ocular distance of the labels' centre;
+  square, re-crops); a labelled face counts as found when a detection matches its training square
+  (:func:`facemtl.inference.alignment.find_match`, as ``detector_alignment.py`` counts);
 * ``labels``: one crop per face from the labels' own square (the training crop of the labelled
   points): the model alone, without the detector or the re-crops.
 
@@ -56,29 +56,20 @@ def fetch(folder: Path) -> None:
     print(f"{len(wanted)} photos with their labelled faces under {folder}")
 
 
-def match(predicted: list[np.ndarray], truth: np.ndarray, taken: set[int]) -> int | None:
-    """Index of the predicted five points (not in ``taken``) whose centre is nearest the labels'
-    centre, if within one labelled inter-ocular distance; else None (the face was missed)."""
-    iod = float(np.linalg.norm(truth[0] - truth[1]))
-    centre = truth.mean(0)
-    best, best_d = None, iod
-    for i, points in enumerate(predicted):
-        d = float(np.linalg.norm(points.mean(0) - centre))
-        if i not in taken and d <= best_d:
-            best, best_d = i, d
-    return best
-
-
 def nme(points: np.ndarray, truth: np.ndarray) -> float:
-    """Mean point error over the labelled inter-ocular distance, in percent."""
-    return float(np.linalg.norm(points - truth, axis=1).mean() / np.linalg.norm(truth[0] - truth[1]) * 100)
+    """The project's 5-point NME (:func:`facemtl.metrics.landmarks.nme`, inter-ocular), in percent."""
+    import torch
+
+    from facemtl.metrics.landmarks import nme as batch_nme
+
+    return float(batch_nme(torch.as_tensor(points[None]), torch.as_tensor(truth[None]))[0]) * 100
 
 
 def score(pred, photos: Path, crops: str) -> list[dict]:
     """One row per labelled face: ``found``, ``nme``, ``baseline_nme`` (the synthetic mean shape in
     the same square), ``emotion`` (predicted), ``labelled`` (emotion or None) and ``p_labelled``
     (the predicted probability of the labelled emotion)."""
-    from facemtl.inference.alignment import landmark_square
+    from facemtl.inference.alignment import find_match, landmark_square
     from real_photo import mean_shape_in
 
     labels = json.loads(LABELS.read_text())
@@ -94,16 +85,10 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
         if crops == "labels":
             result = pred.predict_image(str(path), boxes=[landmark_square(t) for t in truths])
             chosen = list(range(len(faces)))
-        else:
+        else:  # found: the detector_alignment rule, a detection centred in the labels' square
             result = pred.predict_image(str(path))
-            points = [np.asarray(f["landmarks"], np.float64).reshape(-1, 2) for f in result.faces]
-            taken: set[int] = set()
-            chosen = []
-            for t in truths:
-                i = match(points, t, taken)
-                chosen.append(i)
-                if i is not None:
-                    taken.add(i)
+            detections = [f["detection_box"] for f in result.faces]
+            chosen = [find_match(detections, landmark_square(t)) for t in truths]
         for face, t, i in zip(faces, truths, chosen):
             row = {"image": Path(image).name, "note": face.get("note", ""), "labelled": face.get("emotion"),
                    "found": i is not None}
@@ -129,8 +114,11 @@ def summary(rows: list[dict]) -> str:
     if posed:
         right = sum(r["emotion"] == r["labelled"] for r in posed)
         # the mean probability of the labelled class moves before the argmax count does
+        labels = [r["labelled"] for r in posed]
+        common = max(set(labels), key=labels.count)
         text += (f"; emotion {right} of {len(posed)} clear expressions right "
-                 f"(probability of the labelled one: mean {np.mean([r['p_labelled'] for r in posed]):.2f})")
+                 f"(probability of the labelled one: mean {np.mean([r['p_labelled'] for r in posed]):.2f}; "
+                 f"always {common}: {labels.count(common)} of {len(posed)})")
     return text
 
 

@@ -22,6 +22,7 @@ from facemtl.inference.alignment import (
     SCENE_GROUPS,
     Calibration,
     box_offsets,
+    eye_roll,
     find_match,
     fit_calibration,
     landmark_square,
@@ -368,3 +369,9 @@ def test_mediapipe_finds_a_scene_face_and_the_astronaut():
         image = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
         (box,) = detector(image)
         assert 160 <= box[0] < box[2] <= 290 and 50 <= box[1] < box[3] <= 200, box
+
+
+def test_eye_roll_is_the_eye_lines_angle_on_screen():
+    assert eye_roll([[10, 20], [30, 20], [20, 30]]) == 0.0
+    assert eye_roll([[10, 20], [30, 40]]) == pytest.approx(45.0)  # image-right eye lower (y down)
+    assert eye_roll([[10, 20], [30, 20 - 20 * np.tan(np.radians(10))]]) == pytest.approx(-10.0)

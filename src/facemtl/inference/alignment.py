@@ -72,6 +72,14 @@ CALIBRATIONS: dict[str, Calibration] = {
 MAX_UPRIGHT_ROLL = 45.0  # degrees: a steeper eye line from a first pass is more likely a wrong guess
 
 
+def eye_roll(landmarks) -> float:
+    """Angle of the eye line (points 0 -> 1) in degrees, positive when the image-right eye is
+    lower on screen (the image y axis points down); 0 for level eyes."""
+    pts = np.asarray(landmarks, np.float64).reshape(-1, 2)
+    dx, dy = pts[1] - pts[0]
+    return float(np.degrees(np.arctan2(dy, dx)))
+
+
 def upright_crop(landmarks, size: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """(crop matrix, face square) of the training crop of these 5 points turned upright.
 
@@ -83,8 +91,7 @@ def upright_crop(landmarks, size: int, margin: float) -> tuple[np.ndarray, np.nd
     """
     pts = np.asarray(landmarks, np.float64).reshape(-1, 2)
     square = landmark_square(pts)
-    dx, dy = pts[1] - pts[0]
-    roll = float(np.clip(np.degrees(np.arctan2(dy, dx)), -MAX_UPRIGHT_ROLL, MAX_UPRIGHT_ROLL))
+    roll = float(np.clip(eye_roll(pts), -MAX_UPRIGHT_ROLL, MAX_UPRIGHT_ROLL))
     centre = (square[:2] + square[2:]) / 2
     turn = cv2.getRotationMatrix2D(tuple(centre), roll, 1.0)  # the eye line becomes level
     upright = landmark_square(pts @ turn[:, :2].T + turn[:, 2])  # float64: warp_points rounds to float32

@@ -88,7 +88,7 @@ from facemtl.data.transforms import (
 )
 from facemtl.errors import FacemtlError
 from facemtl.kinds import kind_of
-from facemtl.inference.alignment import IDENTITY, landmark_square, upright_crop
+from facemtl.inference.alignment import IDENTITY, eye_roll, landmark_square, upright_crop
 from facemtl.inference.detect import DETECTORS, check_detector, make_detector, parse_box
 
 BACKENDS = ("torch", "onnxruntime")
@@ -523,8 +523,7 @@ class Predictor:
         square (:data:`MAX_RECROP_CHANGE`) or, for an upright crop, when they are level within
         :data:`UPRIGHT_RETURN_DEGREES` in it (the face is done), or, for the first crop with the
         default ``passes`` and ``upright``, when they tilt by less than :data:`UPRIGHT_MIN_DEGREES`."""
-        eyes = warp_points(np.asarray(points, np.float64)[:2], item.matrix)  # in this crop
-        tilt = abs(np.degrees(np.arctan2(eyes[1, 1] - eyes[0, 1], eyes[1, 0] - eyes[0, 0])))
+        tilt = abs(eye_roll(warp_points(np.asarray(points, np.float64)[:2], item.matrix)))  # in this crop
         if item.stage >= 2 and tilt < UPRIGHT_RETURN_DEGREES:
             return None
         if item.stage == 1 and self.passes is None and self.upright and tilt < UPRIGHT_MIN_DEGREES:
