@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
     p.add_argument("--checkpoint", metavar="RUN_OR_CKPT",
                    help="run folder, model.safetensors or model.json (default: the bundled model, trained on "
-                        "synthetic faces only; see README, 'The bundled model')")
+                        "synthetic faces only; see README, 'Synthetic faces and the bundled model')")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the results here (default: stdout)")
     p.add_argument("--overlays", type=Path, metavar="DIR", help="write one overlay PNG per image here")
     p.add_argument("--masks", type=Path, metavar="DIR", help="write the class-id mask PNGs here (see below)")
