@@ -2,6 +2,7 @@
 faces only, used by `facemtl predict` and `facemtl.load()` when no checkpoint is given."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +40,25 @@ def test_predict_without_a_checkpoint_uses_the_bundled_model_on_a_real_photo(tmp
     predictor = facemtl.load()  # the Python API takes the same model
     again = predictor(str(ASTRONAUT))
     np.testing.assert_allclose(np.asarray(again[0]["landmarks"]), points, atol=0.02)
+
+
+def test_bundle_tool_copies_the_weights_and_records_the_command_and_scores(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bundle_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"weights")
+    (run / "model.json").write_text(json.dumps({"format": "facemtl-checkpoint"}))
+    scores = {"landmarks": {"nme": 7.184}, "parsing": {"overall": 90.776}, "emotion": {"accuracy": 87.143}}
+    (run / "metrics.json").write_text(json.dumps({"iterations": {"0": {}, "2": scores, "1": {}}}))
+    monkeypatch.setattr(bundle_model, "DEST", tmp_path / "dest")
+    bundle_model.main([str(run)])
+    assert (tmp_path / "dest" / "model.safetensors").read_bytes() == b"weights"
+    prov = json.loads((tmp_path / "dest" / "model.json").read_text())["provenance"]
+    assert prov["command"] == bundle_model.COMMAND
+    # the last refinement iteration's scores, rounded
+    assert prov["synthetic_test_scores"] == {"landmarks_nme_percent": 7.18, "parsing_overall_f1_percent": 90.78,
+                                             "emotion_accuracy_percent": 87.14}
+    # the shipped model was made by the command the tool records
+    assert json.loads((bundled_model() / "model.json").read_text())["provenance"]["command"] == bundle_model.COMMAND
