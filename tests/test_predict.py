@@ -22,7 +22,7 @@ from facemtl.models.checkpoint import save_checkpoint
 from facemtl.errors import FacemtlError
 from facemtl.inference.detect import BoxFile
 from facemtl.inference.predictor import Predictor, logits_to_mask
-from facemtl.inference.render import PALETTE, POINT_COLOUR, draw_overlay
+from facemtl.inference.render import PALETTE, POINT_COLOUR, _text_size, draw_overlay
 from facemtl.models.norm import SourceBatchNorm2d
 
 SIZE = 64
@@ -368,8 +368,11 @@ def test_overlay_draws_box_points_mask_and_label(predictor):
     assert tuple(out[65, 25]) == tuple(expected)
     # the label is too wide for either side of this box in a 120-px image: it goes under the box
     assert (out[82:100, 10:80] != 200).any()
-    # the colour legend of the class present (nose) is a light panel in the top-left corner
+    # the colour legend of the class present (nose) is a light panel in the top-left corner,
+    # one entry tall: the points' coordinates are not classes
     assert out[0, 0].mean() > 200
+    step = int(_text_size("Ag", 120 / 512)[1] * 1.8) + 2
+    assert np.flatnonzero((out[:, 0] != 200).any(axis=1)).max() + 1 == step + 6
 
 
 def test_overlay_labels_go_left_when_the_right_is_full_and_point_names_on_demand(predictor):
