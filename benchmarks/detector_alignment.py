@@ -24,7 +24,8 @@ Per detector (opencv; mediapipe when installed, else a note):
 
 ``--fit`` instead fits each detector's calibration (medians of the box-to-training-square
 offsets over the found faces; different scenes than the evaluation's: seed 1000 by default)
-and prints the constants to paste into ``facemtl/inference/alignment.py``.
+and prints the constants; OpenCV's in ``facemtl/inference/alignment.py`` come from here,
+MediaPipe's from real photos (``real_faces.py --fit``: its boxes sit differently on synthetic faces).
 
 ``--tilt DEGREES`` turns every scene about its face by an angle drawn from +-DEGREES (landmarks
 turned with it, fixed seed): heads tilted as in everyday photos, where the upright second crop
