@@ -116,6 +116,10 @@ class TaskKind:
     def draw_layer(self, out: np.ndarray, task, value, alpha: float) -> None:
         """Translucent layers drawn under every face's marks."""
 
+    def legend_classes(self, task, value) -> set[int]:
+        """Class ids that :meth:`draw_layer` colours (listed in the overlay's legend)."""
+        return set()
+
 
 class Baseline:
     """Trivial predictors of one task, fed the targets of the batches the model is scored on.
@@ -305,6 +309,9 @@ class SegmentationKind(TaskKind):
             on = value > 0
             blended = (1 - alpha) * out[on] + alpha * colour_mask(value[on])
             out[on] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+    def legend_classes(self, task, value):
+        return {int(c) for c in np.unique(value) if c} if isinstance(value, np.ndarray) else set()
 
 
 class _ConstantMasks(Baseline):

@@ -62,8 +62,7 @@ def draw_overlay(image: np.ndarray, faces: list[dict], tasks, alpha: float = 0.4
             value = face.get(task.name)
             if value is not None:
                 kind_of(task).draw_layer(out, task, value, alpha)
-                if task.kind == "segmentation" and isinstance(value, np.ndarray):  # points are 2-D arrays too
-                    present.setdefault(task.name, set()).update(int(c) for c in np.unique(value) if c)
+                present.setdefault(task.name, set()).update(kind_of(task).legend_classes(task, value))
     for face in faces:
         x0, y0, x1, y1 = (int(round(v)) for v in face["box"])
         cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
