@@ -110,35 +110,33 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
 def fit(photos: Path, detector_name: str) -> str:
     """The detector's calibration fitted on the real faces of :data:`FIT_SOURCES` (medians of the
     raw box -> training square offsets, :func:`facemtl.inference.alignment.fit_calibration`), and
-    how far each calibration puts the square from the labels' on the other faces (held out)."""
-    import cv2
-
-    from facemtl.inference.alignment import CALIBRATIONS, fit_calibration, find_match, landmark_square
+    how far the raw box, the calibration in use and the fitted one put the square from the labels'
+    on the other faces (held out)."""
+    from facemtl.data.images import read_image
+    from facemtl.inference.alignment import CALIBRATIONS, IDENTITY, box_offsets, fit_calibration, find_match, \
+        landmark_square
     from facemtl.inference.detect import make_detector
 
     detector = make_detector(detector_name)
-    pairs = {True: [], False: []}
+    fitting, held_out = [], []  # (raw detection, labels' square) per found face
     for face in json.loads(LABELS.read_text())["faces"]:
-        image = cv2.imread(str(photos / face["image"]), cv2.IMREAD_COLOR)
-        if image is None:
-            raise SystemExit(f"{photos / face['image']} not found: run python benchmarks/real_faces.py --fetch {photos}")
-        boxes = detector(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        path = photos / face["image"]
+        if not path.is_file():
+            raise SystemExit(f"{path} not found: run python benchmarks/real_faces.py --fetch {photos}")
+        boxes = detector(read_image(path))
         square = landmark_square(np.asarray(face["landmarks"], np.float64))
         i = find_match(boxes, square)
         if i is not None:
-            pairs[face["image"].split("/")[0] in FIT_SOURCES].append((boxes[i], square))
-    fitted = fit_calibration([b for b, _ in pairs[True]], [q for _, q in pairs[True]])
-    lines = [f"{detector_name}: fitted on {len(pairs[True])} real faces: Calibration(dx={fitted.dx:.3f}, "
+            (fitting if face["image"].split("/")[0] in FIT_SOURCES else held_out).append((boxes[i], square))
+    fitted = fit_calibration(*zip(*fitting))
+    lines = [f"{detector_name}: fitted on {len(fitting)} real faces: Calibration(dx={fitted.dx:.3f}, "
              f"dy={fitted.dy:.3f}, scale={fitted.scale:.3f}); in use: {CALIBRATIONS[detector_name]}"]
-    for name, cal in (("in use", CALIBRATIONS[detector_name]), ("fitted", fitted)):
-        off = []
-        for box, square in pairs[False]:
-            got, side = cal.apply(box), square[2] - square[0]
-            off.append((np.hypot(*((got[:2] + got[2:]) - (square[:2] + square[2:])) / 2) / side,
-                        abs(np.log((got[2] - got[0]) / side))))
-        off = np.asarray(off).reshape(-1, 2)
-        lines.append(f"  {name:6s} on the {len(off)} held-out faces found: centre off by {np.median(off[:, 0]):.3f} "
-                     f"and |log side| {np.median(off[:, 1]):.3f} of the labels' square (medians)")
+    for name, cal in (("raw box", IDENTITY), ("in use", CALIBRATIONS[detector_name]), ("fitted", fitted)):
+        # the labels' square relative to the calibrated one: centre offset and log side ratio
+        off = box_offsets([cal.apply(box) for box, _ in held_out], [q for _, q in held_out])
+        lines.append(f"  {name:7s} on the {len(off)} held-out faces found: centre off by "
+                     f"{np.median(np.hypot(off[:, 0], off[:, 1])):.3f} and |log side| {np.median(np.abs(off[:, 2])):.3f} "
+                     "of the calibrated square (medians)")
     return "\n".join(lines)
 
 

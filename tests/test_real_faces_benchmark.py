@@ -74,4 +74,5 @@ def test_fit_recovers_a_known_box_offset_and_scores_the_held_out_faces(tmp_path,
     monkeypatch.setattr(detect, "make_detector", lambda name: Shifted())
     text = real_faces.fit(tmp_path, "opencv").splitlines()
     assert text[0].startswith("opencv: fitted on 2 real faces: Calibration(dx=0.020, dy=-0.080, scale=0.800)")
-    assert text[2].endswith("the 1 held-out faces found: centre off by 0.000 and |log side| 0.000 of the labels' square (medians)")
+    assert text[3].endswith("the 1 held-out faces found: centre off by 0.000 and |log side| 0.000 of the calibrated square (medians)")
+    assert text[1].startswith("  raw box") and "centre off by 0.000" not in text[1]  # the baseline row is off
