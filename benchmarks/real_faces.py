@@ -22,6 +22,11 @@ as Fear), not differences of a point or two. The label source is printed per fac
     python benchmarks/real_faces.py --fetch /tmp/real_faces
     python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR [RUN_DIR ...] [--crops detector,labels]
         [--detector opencv|mediapipe] [--passes 1|2]
+    python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR --regions
+
+``--regions`` asks what drives each emotion reading: every face again from the labels' square
+with one region at a time (eyes and brows, nose, mouth) blurred away; a reading that survives
+the blur of a region does not come from it.
 """
 
 from __future__ import annotations
@@ -140,6 +145,60 @@ def fit(photos: Path, detector_name: str) -> str:
     return "\n".join(lines)
 
 
+REGIONS = ("eyes", "nose", "mouth")
+
+
+def region_mask(shape, points: np.ndarray, region: str) -> np.ndarray:
+    """Boolean mask of one face region, an ellipse placed by the five points (MTFL order) and
+    sized by the inter-ocular distance: eyes and brows, the nose (bridge to tip, with the lines
+    beside it) or the mouth."""
+    import cv2
+
+    iod = float(np.linalg.norm(points[1] - points[0]))
+    if region == "eyes":
+        centre, axes = points[:2].mean(0) - (0, 0.15 * iod), (0.95 * iod, 0.45 * iod)
+    elif region == "nose":
+        centre, axes = points[2] - (0, 0.2 * iod), (0.3 * iod, 0.4 * iod)
+    elif region == "mouth":
+        centre, axes = points[3:].mean(0), (0.6 * iod, 0.3 * iod)
+    else:
+        raise ValueError(f"unknown region {region!r}; expected one of {', '.join(REGIONS)}")
+    mask = np.zeros(shape[:2], np.uint8)
+    cv2.ellipse(mask, (round(centre[0]), round(centre[1])), (round(axes[0]), round(axes[1])), 0, 0, 360, 1, -1)
+    return mask.astype(bool)
+
+
+def region_readings(pred, photos: Path) -> list[dict]:
+    """Per labelled face, the emotion read from the labels' square with nothing blurred and with
+    each of :data:`REGIONS` blurred (a Gaussian half the inter-ocular distance wide): ``readings``
+    maps "none" and each region to (label, probability of the unblurred reading's label)."""
+    import cv2
+
+    from facemtl.data.images import read_image
+    from facemtl.inference.alignment import landmark_square
+
+    rows = []
+    for face in json.loads(LABELS.read_text())["faces"]:
+        image = read_image(photos / face["image"])
+        points = np.asarray(face["landmarks"], np.float64)
+        kernel = int(0.5 * np.linalg.norm(points[1] - points[0])) | 1
+        blurred = cv2.GaussianBlur(image, (kernel, kernel), 0)
+        readings, first = {}, None
+        for region in ("none", *REGIONS):
+            shown = image
+            if region != "none":
+                shown = image.copy()
+                mask = region_mask(image.shape, points, region)
+                shown[mask] = blurred[mask]
+            out = pred.predict_image(shown, boxes=[landmark_square(points)]).faces[0]
+            if "emotion" not in out:
+                raise SystemExit("--regions needs a checkpoint with an emotion task")
+            first = first or out["emotion"]["label"]
+            readings[region] = (out["emotion"]["label"], out["emotion"]["probs"][first])
+        rows.append({"image": Path(face["image"]).name, "labelled": face.get("emotion"), "readings": readings})
+    return rows
+
+
 def summary(rows: list[dict]) -> str:
     found = [r for r in rows if r["found"]]
     text = f"found {len(found)} of {len(rows)}"
@@ -170,6 +229,8 @@ def main(argv=None) -> None:
     ap.add_argument("--crops", default="detector,labels", help="comma-separated crop modes: detector, labels")
     ap.add_argument("--detector", default="opencv", help="face detector for --crops detector (default: opencv)")
     ap.add_argument("--passes", type=int, choices=(1, 2), help="crops per detected face (default: the predictor's)")
+    ap.add_argument("--regions", action="store_true",
+                    help="emotion per face with the eyes, the nose or the mouth blurred in turn (labels' squares)")
     ap.add_argument("--fit", action="store_true",
                     help="fit --detector's calibration on the faces of FIT_SOURCES and check it on the others")
     args = ap.parse_args(argv)
@@ -187,6 +248,14 @@ def main(argv=None) -> None:
     from facemtl.inference.predictor import Predictor
 
     for ckpt in args.checkpoints:
+        if args.regions:
+            rows = region_readings(Predictor.from_checkpoint(ckpt, detector="none"), args.photos)
+            print(f"{ckpt}, emotion from the labels' squares, then with a region blurred "
+                  "(label, probability of the first reading's label):")
+            for r in rows:
+                cells = " | ".join(f"{k}: {lab[:8]} {p:.2f}" for k, (lab, p) in r["readings"].items())
+                print(f"  {r['image'][:24]:24s} {r['labelled'] or '-':8s} {cells}")
+            continue
         for mode in modes:
             pred = Predictor.from_checkpoint(ckpt, detector=args.detector if mode == "detector" else "none",
                                              passes=args.passes if mode == "detector" else None)

@@ -76,3 +76,35 @@ def test_fit_recovers_a_known_box_offset_and_scores_the_held_out_faces(tmp_path,
     assert text[0].startswith("opencv: fitted on 2 real faces: Calibration(dx=0.020, dy=-0.080, scale=0.800)")
     assert text[3].endswith("the 1 held-out faces found: centre off by 0.000 and |log side| 0.000 of the calibrated square (medians)")
     assert text[1].startswith("  raw box") and "centre off by 0.000" not in text[1]  # the baseline row is off
+
+
+def test_region_masks_cover_their_own_landmarks_only():
+    points = TRUTH * 4 + 20  # inter-ocular 80 px in a 200 px image
+    masks = {r: real_faces.region_mask((200, 200, 3), points, r) for r in real_faces.REGIONS}
+    inside = {r: {k for k, (x, y) in enumerate(points.astype(int)) if masks[r][y, x]} for r in masks}
+    assert inside == {"eyes": {0, 1}, "nose": {2}, "mouth": {3, 4}}
+
+
+def test_region_readings_find_the_region_a_reading_comes_from(tmp_path, monkeypatch):
+    import cv2
+
+    points = TRUTH * 4 + 20
+    nose = points[2].astype(int)
+    image = np.zeros((200, 200, 3), np.uint8)
+    image[nose[1] - 2:nose[1] + 3, nose[0] - 2:nose[0] + 3] = 255  # a bright spot on the nose tip
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"faces": [{"image": "a.png", "landmarks": points.tolist(), "emotion": "Neutral"}]}))
+    monkeypatch.setattr(real_faces, "LABELS", labels)
+
+    class SpotReader:  # reads Disgust while the spot is bright, Neutral once it is blurred away
+        def predict_image(self, shown, boxes):
+            disgust = 0.9 if shown[nose[1], nose[0]].max() > 200 else 0.2
+            probs = {e: 0.0 for e in EMOTIONS} | {"Disgust": disgust, "Neutral": 1.0 - disgust}
+            label = max(probs, key=probs.get)
+            return type("Result", (), {"faces": [{"emotion": {"label": label, "probs": probs}}]})
+
+    (row,) = real_faces.region_readings(SpotReader(), tmp_path)
+    assert row["labelled"] == "Neutral"
+    assert row["readings"] == {"none": ("Disgust", 0.9), "eyes": ("Disgust", 0.9),
+                               "nose": ("Neutral", 0.2), "mouth": ("Disgust", 0.9)}
