@@ -62,3 +62,36 @@ def test_bundle_tool_copies_the_weights_and_records_the_command_and_scores(tmp_p
                                              "emotion_accuracy_percent": 87.14}
     # the shipped model was made by the command the tool records
     assert json.loads((bundled_model() / "model.json").read_text())["provenance"]["command"] == bundle_model.COMMAND
+
+
+def test_bundle_tool_keeps_the_commit_the_run_was_trained_at(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bundle_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"weights")
+    (run / "model.json").write_text(json.dumps({"format": "facemtl-checkpoint", "source_commit": "abc123+dirty"}))
+    scores = {"landmarks": {"nme": 7.0}, "parsing": {"overall": 90.0}, "emotion": {"accuracy": 87.0}}
+    (run / "metrics.json").write_text(json.dumps({"iterations": {"2": scores}}))
+    monkeypatch.setattr(bundle_model, "DEST", tmp_path / "dest")
+    bundle_model.main([str(run)])
+    info = json.loads((tmp_path / "dest" / "model.json").read_text())
+    assert info["provenance"]["commit"] == "abc123+dirty"
+    assert info["provenance"]["commit_recorded_by"] == "the training run"
+    assert "source_commit" not in info  # said once, under provenance
+
+
+def test_runs_record_the_source_commit_they_were_trained_at():
+    import subprocess
+
+    from facemtl.engine.loop import source_commit
+
+    commit = source_commit()
+    if Path(facemtl.__file__).resolve().parents[1] != ROOT / "src":
+        assert commit is None  # an installed copy: no checkout to name
+        return
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if not head:
+        pytest.skip("the checkout has no git history")
+    assert commit in (head, head + "+dirty")

@@ -35,6 +35,7 @@ def test_joint_mode_predicts_every_task_through_the_source_it_trained(tmp_path):
     run = train(_joint_config(), tmp_path / "joint", quiet=True)
     info = json.loads((run / "model.json").read_text())
     assert info["task_sources"] == [0, 0, 0]
+    assert "source_commit" in info  # the code that trained it (None outside a git checkout)
     assert info["model"]["config"]["num_sources"] == 1 and info["model"]["config"]["task_sources"] == [0, 0, 0]
     model, _ = load_model(run)
     assert model.task_sources == (0, 0, 0)

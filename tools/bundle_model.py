@@ -6,7 +6,8 @@
 (the default run's config at 128 px, its emotion source drawn in the well-lit "studio" style;
 README "Synthetic faces and the bundled model" says why) writes
 ``src/facemtl/assets/default_model/{model.safetensors,model.json}``; model.json gains a
-``provenance`` entry (the command that trained it, the commit, the date, the run's test scores)
+``provenance`` entry (the command that trained it, the commit it was trained at, the date, the
+run's test scores)
 so that ``facemtl.load()`` users can see where the weights come from.
 """
 
@@ -33,12 +34,19 @@ def main(argv=None) -> None:
     info = json.loads((args.run / "model.json").read_text())
     metrics = json.loads((args.run / "metrics.json").read_text())["iterations"]
     last = metrics[str(max(map(int, metrics)))]
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # the commit the run recorded when it trained; runs from before it did: the checkout's HEAD now
+    commit = info.pop("source_commit", None)
+    recorded_by = "the training run"
+    if commit is None:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                                text=True).stdout.strip() or None
+        recorded_by = "the bundle tool (the run did not record one)"
     info["provenance"] = {
         "trained_on": "synthetic faces only (the built-in default config's three synthetic sources, "
                       "with the command's --set changes)",
         "command": args.command,
-        "commit": commit or None,
+        "commit": commit,
+        "commit_recorded_by": recorded_by,
         "bundled": datetime.date.today().isoformat(),
         "synthetic_test_scores": {
             "landmarks_nme_percent": round(last["landmarks"]["nme"], 2),

@@ -29,6 +29,28 @@ from facemtl.engine.joint import JointMode
 from facemtl.errors import FacemtlError
 
 
+def source_commit() -> str | None:
+    """The git commit of the source checkout facemtl runs from (``+dirty`` when tracked files
+    differ from it), or None when it does not run from one (an installed wheel). Recorded in
+    ``model.json`` as ``source_commit`` so a run names the code that trained it."""
+    import subprocess
+
+    package = Path(__file__).resolve().parents[1]
+    root = package.parents[1]
+    if package.parent.name != "src" or not (root / "pyproject.toml").is_file():
+        return None  # not the src/facemtl of a checkout: a git repo around it would be another project's
+    try:
+        git = ["git", "-C", str(root)]
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20)
+        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0 or status.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
 def resolve_device(name: str) -> torch.device:
     """``config.device`` -> a torch device; a CUDA device that is not there is a clear error."""
     if name == "auto":
@@ -180,6 +202,7 @@ class Training:
             # faces are framed like the default margin around the landmark box (measured 0.91-0.96).
             "crop": next((d["crop"] for d in descriptions if "crop" in d),
                          {"size": self.config.input_size, "margin": DEFAULT_CROP_MARGIN}),
+            "source_commit": source_commit(),
         }
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
