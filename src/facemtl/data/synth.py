@@ -127,6 +127,9 @@ EMOTION_EXPR = {
             corner_out=-0.3),  # Surprise
     6: dict(),  # Neutral
 }
+# Spread of the resting face across subjects (standard deviations of expression coefficients).
+RESTING_FACE_SD = dict(eye_open=0.2, lower_lid_up=0.2, upper_lid_raise=0.15, corner_up=0.2, brow_frown=0.2,
+                       brow_in_up=0.15, brow_out_up=0.15, lip_press=0.15)
 EMOTION_EXPR_PLAIN = {
     0: dict(brow_frown=1.0, eye_open=0.15, corner_up=-0.25, lower_lid_up=0.3),  # Angry
     1: dict(lip_raise=1.0, corner_up=-0.45, brow_frown=0.5, eye_open=-0.35, lower_lid_up=0.5),  # Disgust
@@ -841,6 +844,10 @@ def _subject(seed: int, subject: int, style_id: int) -> dict:
         neckline=int(r.integers(3)),  # round, V, collar
         hair_angle=r.uniform(-1.0, 1.0),
         age=r.random(),  # 0 youngest .. 1 oldest: which age lines ("wrinkles") the face has at rest
+        # the face at rest: expression coefficients of this person's neutral face (hooded or wide
+        # eyes, mouth corners turned down or up, low or high brows), so a small deviation from the
+        # mean face is not yet an expression
+        rest=np.array([r.normal(0.0, RESTING_FACE_SD.get(name, 0.0)) for name in EXPR_NAMES]),
     )
     for value in traits.values():
         if isinstance(value, np.ndarray):
@@ -944,6 +951,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     if emotion == 3:
         coef[m.expr_index["mouth_open"]] += _uni(rng, 0.0, 0.45)  # some smiles show the teeth
     coef[m.n_modes:] += rng.normal(0, 0.06, len(EXPR_NAMES))  # small idle asymmetry
+    coef[m.n_modes:] += subj["rest"]
     coef[m.expr_index["brow_thick"]] += subj["brow"]
     # rounding absorbs last-bit differences between BLAS builds (machine-independent samples)
     v = np.round(m.neutral + (coef @ m.basis).reshape(-1, 3), 6)
