@@ -103,8 +103,9 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
                    "found": i is not None, "source": face["labels"]}
             if i is not None:
                 out = result.faces[i]
-                row["nme"] = nme(np.asarray(out["landmarks"], np.float64).reshape(-1, 2), t)
-                row["baseline_nme"] = nme(mean_shape_in(out["box"], pred.info), t)
+                if "landmarks" in out:  # an emotion-only checkpoint (a control) has none
+                    row["nme"] = nme(np.asarray(out["landmarks"], np.float64).reshape(-1, 2), t)
+                    row["baseline_nme"] = nme(mean_shape_in(out["box"], pred.info), t)
                 row["emotion"] = out["emotion"]["label"] if "emotion" in out else None
                 if row["emotion"] and row["labelled"]:
                     row["p_labelled"] = out["emotion"]["probs"][row["labelled"]]
@@ -202,7 +203,7 @@ def region_readings(pred, photos: Path) -> list[dict]:
 def summary(rows: list[dict]) -> str:
     found = [r for r in rows if r["found"]]
     text = f"found {len(found)} of {len(rows)}"
-    if found:
+    if any("nme" in r for r in found):
         errors = [r["nme"] for r in found]
         text += (f"; NME median {np.median(errors):.1f}%, mean {np.mean(errors):.1f}% (mean shape median "
                  f"{np.median([r['baseline_nme'] for r in found]):.1f}%), {sum(e <= 10 for e in errors)} at most 10%")
@@ -262,8 +263,8 @@ def main(argv=None) -> None:
             rows = score(pred, args.photos, mode)
             print(f"{ckpt}, crops from the {mode}{f' ({args.detector})' if mode == 'detector' else ''}:")
             for r in rows:
-                values = (f"{r['nme']:6.1f} {r['baseline_nme']:8.1f}  {r['emotion'] or '-':8s}" if r["found"]
-                          else f"{'missed':>6s} {'':8s}  {'':8s}")
+                values = (f"{r.get('nme', np.nan):6.1f} {r.get('baseline_nme', np.nan):8.1f}  {r['emotion'] or '-':8s}"
+                          if r["found"] else f"{'missed':>6s} {'':8s}  {'':8s}")
                 print(f"  {r['image'][:24]:24s} {r['source'][0].upper()} {values} {r['labelled'] or '':8s} {r['note']}")
             print("  " + summary(rows))
 

@@ -34,6 +34,14 @@ def test_summary_counts_misses_and_clear_expressions():
                          "always Happy: 2 of 2)")
 
 
+def test_summary_of_an_emotion_only_checkpoint_has_no_landmark_figures():
+    rows = [{"found": True, "emotion": "Happy", "labelled": "Happy", "p_labelled": 0.8},
+            {"found": True, "emotion": "Sad", "labelled": "Angry", "p_labelled": 0.2},
+            {"found": True, "emotion": "Angry", "labelled": "Angry", "p_labelled": 0.5}]
+    assert real_faces.summary(rows) == ("found 3 of 3; emotion 2 of 3 clear expressions right (probability of the "
+                                        "labelled one: mean 0.50; always Angry: 2 of 3)")
+
+
 def test_labels_file_is_well_formed():
     labels = json.loads(real_faces.LABELS.read_text())
     packages = {p.split("==")[0].replace("_", "-") for p in real_faces.PACKAGES}
