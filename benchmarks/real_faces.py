@@ -263,8 +263,8 @@ def main(argv=None) -> None:
             rows = score(pred, args.photos, mode)
             print(f"{ckpt}, crops from the {mode}{f' ({args.detector})' if mode == 'detector' else ''}:")
             for r in rows:
-                values = (f"{r.get('nme', np.nan):6.1f} {r.get('baseline_nme', np.nan):8.1f}  {r['emotion'] or '-':8s}"
-                          if r["found"] else f"{'missed':>6s} {'':8s}  {'':8s}")
+                points = f"{r['nme']:6.1f} {r['baseline_nme']:8.1f}" if "nme" in r else f"{'-':>6s} {'-':>8s}"
+                values = f"{points}  {r['emotion'] or '-':8s}" if r["found"] else f"{'missed':>6s} {'':8s}  {'':8s}"
                 print(f"  {r['image'][:24]:24s} {r['source'][0].upper()} {values} {r['labelled'] or '':8s} {r['note']}")
             print("  " + summary(rows))
 
