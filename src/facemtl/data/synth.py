@@ -127,9 +127,6 @@ EMOTION_EXPR = {
             corner_out=-0.3),  # Surprise
     6: dict(),  # Neutral
 }
-# Spread of the resting face across subjects (standard deviations of expression coefficients).
-RESTING_FACE_SD = dict(eye_open=0.2, lower_lid_up=0.2, upper_lid_raise=0.15, corner_up=0.2, brow_frown=0.2,
-                       brow_in_up=0.15, brow_out_up=0.15, lip_press=0.15)
 EMOTION_EXPR_PLAIN = {
     0: dict(brow_frown=1.0, eye_open=0.15, corner_up=-0.25, lower_lid_up=0.3),  # Angry
     1: dict(lip_raise=1.0, corner_up=-0.45, brow_frown=0.5, eye_open=-0.35, lower_lid_up=0.5),  # Disgust
@@ -471,9 +468,6 @@ class _Mesh:
             "nose": mirrored([(-0.2, 0.16), (-0.09, 0.26)]) + mirrored([(-0.19, 0.27), (-0.1, 0.33)]),
             "forehead": [[(px, -0.5 - 0.06 * (px / 0.45) ** 2) for px in np.linspace(-0.45, 0.45, 5)],
                          [(px, -0.63 - 0.05 * (px / 0.4) ** 2) for px in np.linspace(-0.4, 0.4, 5)]],
-            # age lines only (the "wrinkles" feature): an arc under each eye, three crow's feet
-            "under_eye": mirrored([(-0.33, 0.13), (-0.45, 0.18), (-0.58, 0.17), (-0.66, 0.12)]),
-            "crow": sum((mirrored([(-0.75, dy), (-0.86, 1.6 * dy)]) for dy in (-0.05, 0.01, 0.06)), []),
         }
         self.creases = {k: [anchors(line) for line in lines] for k, lines in creases.items()}
 
@@ -843,11 +837,6 @@ def _subject(seed: int, subject: int, style_id: int) -> dict:
         cloth_gain=r.uniform(0.7, 1.15),
         neckline=int(r.integers(3)),  # round, V, collar
         hair_angle=r.uniform(-1.0, 1.0),
-        age=r.random(),  # 0 youngest .. 1 oldest: which age lines ("wrinkles") the face has at rest
-        # the face at rest: expression coefficients of this person's neutral face (hooded or wide
-        # eyes, mouth corners turned down or up, low or high brows), so a small deviation from the
-        # mean face is not yet an expression
-        rest=np.array([r.normal(0.0, RESTING_FACE_SD.get(name, 0.0)) for name in EXPR_NAMES]),
     )
     for value in traits.values():
         if isinstance(value, np.ndarray):
@@ -951,7 +940,6 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     if emotion == 3:
         coef[m.expr_index["mouth_open"]] += _uni(rng, 0.0, 0.45)  # some smiles show the teeth
     coef[m.n_modes:] += rng.normal(0, 0.06, len(EXPR_NAMES))  # small idle asymmetry
-    coef[m.n_modes:] += subj["rest"]
     coef[m.expr_index["brow_thick"]] += subj["brow"]
     # rounding absorbs last-bit differences between BLAS builds (machine-independent samples)
     v = np.round(m.neutral + (coef @ m.basis).reshape(-1, 3), 6)
@@ -1043,12 +1031,8 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
 
     # --- label-preserving details (creases, beard, nostrils, teeth, eyes) as types in one mask
     details = np.zeros((h, w), np.uint8)
-    creases = set()
     if "expressions" in feats:
-        creases.update(c for c, basis, above in _CREASE_RULES if coef[m.expr_index[basis]] > above)
-    if "wrinkles" in feats:
-        creases.update(c for c, above in _AGE_LINES if subj["age"] > above)
-    _draw_creases(details, m, pts, creases, iod)
+        _draw_creases(details, m, pts, coef, iod)
     if "facial_hair" in feats and subj["beard"] >= 2:
         _draw_beard(details, m, pts, subj["beard"], cam_t)
     if "nostrils" in feats:
@@ -1373,21 +1357,18 @@ def _draw_beard(mask, m, pts, kind: int, cam_t: _Cam) -> None:
 
 
 # expression crease -> (basis, threshold): drawn when that coefficient is strong
-# Expression creases: (crease, expression basis, coefficient above which it shows).
 _CREASE_RULES = (("smile", "corner_up", 0.6), ("frown", "brow_frown", 0.9), ("nose", "nose_wrinkle", 0.6),
                  ("forehead", "brow_out_up", 0.8))
-# Age lines: (crease, subject age above which it shows at rest). Without them every crease on a
-# synthetic face meant an expression, and real faces with lines at rest read as Disgust.
-_AGE_LINES = (("smile", 0.3), ("under_eye", 0.45), ("forehead", 0.55), ("crow", 0.7), ("frown", 0.75))
 
 
-def _draw_creases(mask, m, pts, creases, iod: float) -> None:
-    """Creases as thin darker lines on skin and nose: nasolabial folds ("smile"), frown lines,
-    nose wrinkles, forehead lines, under-eye lines and crow's feet (names of ``m.creases``)."""
+def _draw_creases(mask, m, pts, coef, iod: float) -> None:
+    """Expression creases as thin darker lines on skin and nose: nasolabial folds (smile), frown
+    lines, nose wrinkles, forehead lines (raised brows)."""
     lines = []
-    for crease in sorted(creases):
-        for idx, wts in m.creases[crease]:
-            lines.append(np.rint((pts[idx] * wts[:, :, None]).sum(1) * 16).astype(np.int32))
+    for crease, basis, threshold in _CREASE_RULES:
+        if coef[m.expr_index[basis]] > threshold:
+            for idx, wts in m.creases[crease]:
+                lines.append(np.rint((pts[idx] * wts[:, :, None]).sum(1) * 16).astype(np.int32))
     if lines:
         cv2.polylines(mask, lines, False, look.D_CREASE, max(1, int(round(iod / 40))), cv2.LINE_8, 4)
 

@@ -41,7 +41,6 @@ FEATURES: tuple[str, ...] = (
     "nostrils",        # dark nostril openings (labelled nose)
     "expressions",     # strong action units (Angry, Disgust, Fear distinct) and expression creases
     "ears",            # ears beside the head (labelled skin)
-    "wrinkles",        # age lines at rest (nasolabial folds, under-eye, crow's feet, forehead, frown)
 )
 ALL_FEATURES: frozenset[str] = frozenset(FEATURES)
 
