@@ -9,11 +9,9 @@ from facemtl.data.synth import (
     ALL_FEATURES,
     EMOTIONS,
     FEATURES,
-    IMAGES_PER_SUBJECT,
     STYLES,
     SyntheticFaces,
     _mesh,
-    _subject,
     render_face,
 )
 from facemtl.errors import FacemtlError
@@ -107,24 +105,6 @@ def test_ears_add_skin_beside_the_head(full):
         assert np.all(np.isin(t["parsing"][diff], (0, 10))), case  # over background or back hair
         added += diff.any()
     assert added >= 5
-
-
-def test_wrinkles_follow_the_subjects_age():
-    """Age lines at rest: none on the youngest faces, some on the oldest (subject trait "age")."""
-    young = old = 0
-    for i in range(0, 240, IMAGES_PER_SUBJECT):
-        age = _subject(4, i // IMAGES_PER_SUBJECT, STYLES.index("studio"))["age"]
-        if 0.3 < age < 0.75:
-            continue
-        s = render_face(4, i, "studio", SIZE)
-        t = render_face(4, i, "studio", SIZE, features=ALL_FEATURES - {"wrinkles"})
-        if age <= 0.3:
-            np.testing.assert_array_equal(s["image"], t["image"])
-            young += 1
-        else:
-            assert not np.array_equal(s["image"], t["image"]), age
-            old += 1
-    assert young >= 3 and old >= 3
 
 
 def test_expressions_keep_neutral_faces_and_move_the_others():
