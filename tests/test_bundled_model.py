@@ -57,6 +57,7 @@ def test_bundle_tool_copies_the_weights_and_records_the_command_and_scores(tmp_p
     assert (tmp_path / "dest" / "model.safetensors").read_bytes() == b"weights"
     prov = json.loads((tmp_path / "dest" / "model.json").read_text())["provenance"]
     assert prov["command"] == bundle_model.COMMAND
+    assert prov["commit_recorded_by"].startswith("the bundle tool")  # the run recorded none
     # the last refinement iteration's scores, rounded
     assert prov["synthetic_test_scores"] == {"landmarks_nme_percent": 7.18, "parsing_overall_f1_percent": 90.78,
                                              "emotion_accuracy_percent": 87.14}

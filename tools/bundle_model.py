@@ -17,8 +17,9 @@ import argparse
 import datetime
 import json
 import shutil
-import subprocess
 from pathlib import Path
+
+from facemtl.engine.loop import source_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "src" / "facemtl" / "assets" / "default_model"
@@ -38,9 +39,7 @@ def main(argv=None) -> None:
     commit = info.pop("source_commit", None)
     recorded_by = "the training run"
     if commit is None:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                text=True).stdout.strip() or None
-        recorded_by = "the bundle tool (the run did not record one)"
+        commit, recorded_by = source_commit(), "the bundle tool (the run did not record one)"
     info["provenance"] = {
         "trained_on": "synthetic faces only (the built-in default config's three synthetic sources, "
                       "with the command's --set changes)",
