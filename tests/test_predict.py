@@ -22,7 +22,7 @@ from facemtl.models.checkpoint import save_checkpoint
 from facemtl.errors import FacemtlError
 from facemtl.inference.detect import BoxFile
 from facemtl.inference.predictor import Predictor, logits_to_mask
-from facemtl.inference.render import PALETTE, POINT_COLOUR, _text_size, draw_overlay
+from facemtl.inference.render import PALETTE, POINT_COLOUR, _label_rect, _overlap, _text_size, draw_overlay
 from facemtl.models.norm import SourceBatchNorm2d
 
 SIZE = 64
@@ -355,35 +355,61 @@ def test_astronaut_photo_one_face_and_outputs_inside(predictor, tmp_path):
 
 def test_overlay_draws_box_points_mask_and_label(predictor):
     tasks = predictor.tasks
-    image = np.full((100, 120, 3), 200, np.uint8)
-    mask = np.zeros((100, 120), np.uint8)
-    mask[60:70, 20:30] = 6  # nose
-    face = {"box": [10.0, 10.0, 80.0, 80.0], "landmarks": np.array([[50.0, 40.0]] * 5, np.float32),
+    image = np.full((100, 160, 3), 200, np.uint8)
+    mask = np.zeros((100, 160), np.uint8)
+    mask[60:70, 80:90] = 6  # nose
+    face = {"box": [60.0, 30.0, 130.0, 95.0], "landmarks": np.array([[100.0, 50.0]] * 5, np.float32),
             "parsing": mask, "emotion": {"label": "Happy", "probs": {"Happy": 0.9, "Sad": 0.1}}}
     out = draw_overlay(image, [face], tasks)
     assert out.shape == image.shape and (image == 200).all()  # input untouched
-    assert tuple(out[40, 50]) == POINT_COLOUR
-    assert tuple(out[10, 45]) == (0, 255, 0)  # top edge of the box
+    assert tuple(out[50, 100]) == POINT_COLOUR
+    assert tuple(out[30, 95]) == (0, 255, 0)  # top edge of the box
     expected = (0.55 * 200 + 0.45 * PALETTE[6] + 0.5).astype(np.uint8)
-    assert tuple(out[65, 25]) == tuple(expected)
-    # the label is too wide for either side of this box in a 120-px image: it goes under the box
-    assert (out[82:100, 10:80] != 200).any()
-    # the colour legend of the class present (nose) is a light panel in the top-left corner,
-    # one entry tall: the points' coordinates are not classes
+    assert tuple(out[65, 85]) == tuple(expected)
+    # the label is a green tag touching the top of the box, the face itself stays clear
+    tag = _label_rect(["emotion: Happy 0.90"], (60, 30, 130, 95), 160 / 512, (100, 160))
+    assert tag[3] == 30 and tag[0] == min(60, 160 - (tag[2] - tag[0]))
+    assert (out[tag[1]:tag[3], tag[0]:tag[2]] == (0, 255, 0)).all(axis=2).mean() > 0.5
+    assert (out[35:45, 62:128] == 200).all()
+    # the colour legend of the class present (nose) is a light panel in the top-left corner (no
+    # face there), one entry tall: the points' coordinates are not classes
     assert out[0, 0].mean() > 200
-    step = int(_text_size("Ag", 120 / 512)[1] * 1.8) + 2
+    step = int(_text_size("Ag", 160 / 512)[1] * 1.8) + 2
     assert np.flatnonzero((out[:, 0] != 200).any(axis=1)).max() + 1 == step + 6
 
 
-def test_overlay_labels_go_left_when_the_right_is_full_and_point_names_on_demand(predictor):
+def test_overlay_tags_stay_with_their_own_faces_in_a_group_photo():
+    lines = ["emotion: Happy 0.90"]
+    scale = 400 / 512
+    left_face, right_face = (100, 60, 180, 140), (190, 60, 270, 140)
+    first = _label_rect(lines, left_face, scale, (200, 400), [right_face])
+    assert first[3] == 60 and _overlap(first, right_face) == 0  # above its face: it touches the other's top only
+    # the second face's place above is taken by the first tag: its tag goes under its own box
+    second = _label_rect(lines, right_face, scale, (200, 400), [left_face, first])
+    assert second[1] == 140 and second[0] == 190
+    assert _overlap(second, left_face) == 0 and _overlap(second, first) == 0
+    # no room above or under (a face as tall as the image): right of the box, else left of it
+    assert _label_rect(lines, (20, 0, 120, 200), scale, (200, 400))[0] == 120
+    right_edge = _label_rect(lines, (250, 0, 400, 200), scale, (200, 400))
+    assert right_edge[2] == 250
+    # every place covers something: the one that covers least, here under the box
+    crowd = [(0, 0, 400, 59), (0, 141, 400, 150), (181, 60, 400, 140), (0, 60, 99, 140)]
+    assert _label_rect(lines, left_face, scale, (200, 400), crowd)[1] == 140
+
+
+def test_overlay_legend_takes_the_corner_without_faces_and_point_names_on_demand(predictor):
     tasks = predictor.tasks
     image = np.full((100, 300, 3), 200, np.uint8)
-    face = {"box": [180.0, 10.0, 298.0, 80.0], "landmarks": np.array([[240.0, 40.0]] * 5, np.float32),
-            "parsing": np.zeros((100, 300), np.uint8), "emotion": {"label": "Happy", "probs": {"Happy": 0.9}}}
+    mask = np.zeros((100, 300), np.uint8)
+    mask[20:30, 20:30] = 6
+    face = {"box": [0.0, 0.0, 90.0, 90.0], "landmarks": np.array([[40.0, 40.0]] * 5, np.float32),
+            "parsing": mask, "emotion": {"label": "Happy", "probs": {"Happy": 0.9}}}
     out = draw_overlay(image, [face], tasks)
-    assert (out[10:40, 0:178] != 200).sum() > 20  # no room on the right: the label is left of the box
-    assert (out[81:100] == 200).all()  # and not under it
+    assert out[0, 299].mean() > 200 and (out[0, 250:300] != 200).any()  # the legend: top-right
+    assert (out[95:100, 200:300] == 200).all()  # not bottom-right
+    assert (out[:, 0:90] == (0, 255, 0)).all(axis=2)[1:89, 2:88].sum() == 0  # nothing over the face but its marks
     plain = draw_overlay(image, [face], tasks, legend=False)
+    assert (plain[0:20, 250:300] == 200).all()
     named = draw_overlay(image, [face], tasks, point_names=True, legend=False)
     assert (named != plain).any()  # point names drawn beside the points
 

@@ -46,9 +46,12 @@ def draw_overlay(image: np.ndarray, faces: list[dict], tasks, alpha: float = 0.4
 
     ``faces`` are the predictor's per-face dicts (``box``, then one entry per task of
     ``tasks``: points (K, 2) array, class-id mask array, or ``{"label", "probs"}``). Segmentation
-    is a translucent layer (``alpha``) with a colour legend of the classes present (``legend``);
-    points are dots (with their names when ``point_names``); category labels are text placed
-    beside the face box (right of it, else left, else below), never over the face.
+    is a translucent layer (``alpha``) with a colour legend of the classes present (``legend``, in
+    the corner that covers least of the faces); points are dots (with their names when
+    ``point_names``); category labels are text on a tag in the box's colour touching the box
+    (above it, else under, right or left of it), never over the face, and over no other face,
+    tag or the legend where one of those places has room: in a group photo each label is
+    attached to its own face.
     """
     from facemtl.kinds import kind_of
 
@@ -63,18 +66,27 @@ def draw_overlay(image: np.ndarray, faces: list[dict], tasks, alpha: float = 0.4
             if value is not None:
                 kind_of(task).draw_layer(out, task, value, alpha)
                 present.setdefault(task.name, set()).update(kind_of(task).legend_classes(task, value))
-    for face in faces:
-        x0, y0, x1, y1 = (int(round(v)) for v in face["box"])
-        cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
+    boxes = [tuple(int(round(v)) for v in face["box"]) for face in faces]
+    panels = []
+    if legend:
+        for task in tasks:
+            if present.get(task.name):
+                panels.append((task, sorted(present[task.name])))
+    corner = _legend_corner(out.shape[:2], [_legend_size(t, c, scale) for t, c in panels], boxes)
+    # a label never covers another face, another face's label or the legend when it has room
+    taken = [corner] if panels else []
+    for i, (face, box) in enumerate(zip(faces, boxes)):
+        cv2.rectangle(out, box[:2], box[2:], BOX_COLOUR, thickness)
         lines = []
         for task in tasks:
             if face.get(task.name) is not None:
                 lines += kind_of(task).draw(out, task, face[task.name], thickness, names=point_names)
-        _draw_labels(out, lines, (x0, y0, x1, y1), scale)
-    if legend:
-        for task in tasks:
-            if present.get(task.name):
-                _draw_legend(out, task, sorted(present[task.name]), scale)
+        placed = _draw_labels(out, lines, box, scale, taken + boxes[:i] + boxes[i + 1:])
+        if placed is not None:
+            taken.append(placed)
+    x, y = corner[:2]
+    for task, classes in panels:
+        y = _draw_legend(out, task, classes, scale, x, y)
     return out
 
 
@@ -91,40 +103,85 @@ def put_text(out: np.ndarray, text: str, org: tuple[int, int], scale: float) -> 
     cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, size, (255, 255, 255), 1, cv2.LINE_AA)
 
 
-def _draw_labels(out: np.ndarray, lines: list[str], box: tuple[int, int, int, int], scale: float) -> None:
-    """Text lines beside the box: to its right when they fit, else to its left, else under it
-    (above it when the box touches the bottom edge)."""
-    if not lines:
-        return
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
+    """Area shared by two (x0, y0, x1, y1) rectangles."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _label_rect(lines: list[str], box: tuple[int, int, int, int], scale: float, shape: tuple[int, int],
+                avoid=()) -> tuple[int, int, int, int]:
+    """Where the tag of ``lines`` goes: touching the box above it, else under, right of or left of
+    it; the first of these that fits in the image (``shape``: height, width) and covers nothing
+    of ``avoid`` (other faces, their tags, the legend), else the one that covers least."""
     x0, y0, x1, y1 = box
-    widest = max(_text_size(line, scale)[0] for line in lines)
-    step = int(_text_size("Ag", scale)[1] * 1.8) + 2
-    pad = max(3, int(4 * scale))
-    height, width = out.shape[:2]
-    if x1 + pad + widest <= width:
-        x, y = x1 + pad, max(0, y0)
-    elif x0 - pad - widest >= 0:
-        x, y = x0 - pad - widest, max(0, y0)
-    else:
-        x, y = max(0, x0), y1
-        if y + step * len(lines) > height:
-            y = max(0, y0 - step * (len(lines) + 1))
+    step, pad = _line_step(scale), _tag_pad(scale)
+    wide = max(_text_size(line, scale)[0] for line in lines) + 2 * pad
+    tall = step * len(lines) + pad
+    height, width = shape
+    left = min(max(0, x0), max(0, width - wide))
+    top = min(max(0, y0), max(0, height - tall))
+    spots = [(left, y0 - tall), (left, y1), (x1, top), (x0 - wide, top)]
+    rects = [(x, y, x + wide, y + tall) for x, y in spots]
+    inside = [r for r in rects if r[0] >= 0 and r[1] >= 0 and r[2] <= width and r[3] <= height]
+    if not inside:  # no side fits (a face filling the image): inside the box, at its top
+        return left, top, left + wide, top + tall
+    return min(inside, key=lambda r: sum(_overlap(r, a) for a in avoid))  # the first of the least covering
+
+
+def _line_step(scale: float) -> int:
+    return int(_text_size("Ag", scale)[1] * 1.8) + 2
+
+
+def _tag_pad(scale: float) -> int:
+    return max(2, int(3 * scale))
+
+
+def _draw_labels(out: np.ndarray, lines: list[str], box: tuple[int, int, int, int], scale: float,
+                 avoid=()) -> tuple[int, int, int, int] | None:
+    """Text lines on a tag in the box's colour placed by :func:`_label_rect`; returns its rectangle."""
+    if not lines:
+        return None
+    rect = _label_rect(lines, box, scale, out.shape[:2], avoid)
+    step, pad = _line_step(scale), _tag_pad(scale)
+    cv2.rectangle(out, rect[:2], (rect[2] - 1, rect[3] - 1), BOX_COLOUR, -1)
     for i, line in enumerate(lines):
-        put_text(out, line, (x, y + step * (i + 1)), scale)
+        cv2.putText(out, line, (rect[0] + pad, rect[1] + step * (i + 1) - pad // 2), cv2.FONT_HERSHEY_SIMPLEX,
+                    _text_size(line, scale)[2], (0, 0, 0), 1, cv2.LINE_AA)
+    return rect
 
 
-def _draw_legend(out: np.ndarray, task, classes: list[int], scale: float) -> None:
-    """Colour swatches and names of the classes present, on a light panel in the top-left corner."""
+def _legend_size(task, classes: list[int], scale: float) -> tuple[int, int]:
+    """(width, height) of one task's legend panel."""
     names = [task.class_names[c] if c < len(task.class_names) else str(c) for c in classes]
-    step = int(_text_size("Ag", scale)[1] * 1.8) + 2
+    step = _line_step(scale)
+    return step - 4 + max(_text_size(n, scale)[0] for n in names) + 12, step * len(names) + 6
+
+
+def _legend_corner(shape: tuple[int, int], sizes: list[tuple[int, int]],
+                   boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """The rectangle of the stacked legend panels in the image corner that covers least of the
+    faces (top-left when none is covered, or on a tie)."""
+    height, width = shape
+    w = max((s[0] for s in sizes), default=0)
+    h = sum(s[1] for s in sizes)
+    corners = [(0, 0), (max(0, width - w), 0), (0, max(0, height - h)), (max(0, width - w), max(0, height - h))]
+    rects = [(x, y, x + w, y + h) for x, y in corners]
+    return min(rects, key=lambda r: sum(_overlap(r, b) for b in boxes))
+
+
+def _draw_legend(out: np.ndarray, task, classes: list[int], scale: float, x: int = 0, y: int = 0) -> int:
+    """Colour swatches and names of the classes present, on a light panel with its top-left corner
+    at (x, y). Returns the y below the panel."""
+    names = [task.class_names[c] if c < len(task.class_names) else str(c) for c in classes]
+    step = _line_step(scale)
     swatch = step - 4
-    widest = max(_text_size(n, scale)[0] for n in names)
-    panel_w, panel_h = swatch + widest + 12, step * len(names) + 6
-    region = out[:panel_h, :panel_w]
+    panel_w, panel_h = _legend_size(task, classes, scale)
+    region = out[y:y + panel_h, x:x + panel_w]
     region[:] = (0.35 * region + 0.65 * 255).astype(np.uint8)  # light, still see-through
     for i, (c, name) in enumerate(zip(classes, names)):
-        y = 3 + i * step
+        top = y + 3 + i * step
         colour = tuple(int(v) for v in colour_mask(np.array([c]))[0])
-        cv2.rectangle(out, (4, y + 2), (4 + swatch, y + 2 + swatch), colour, -1)
-        cv2.putText(out, name, (8 + swatch, y + swatch), cv2.FONT_HERSHEY_SIMPLEX, _text_size(name, scale)[2],
+        cv2.rectangle(out, (x + 4, top + 2), (x + 4 + swatch, top + 2 + swatch), colour, -1)
+        cv2.putText(out, name, (x + 8 + swatch, top + swatch), cv2.FONT_HERSHEY_SIMPLEX, _text_size(name, scale)[2],
                     (0, 0, 0), 1, cv2.LINE_AA)
+    return y + panel_h
