@@ -215,10 +215,14 @@ def summary(rows: list[dict]) -> str:
         right = sum(r["emotion"] == r["labelled"] for r in posed)
         # the mean probability of the labelled class moves before the argmax count does
         labels = [r["labelled"] for r in posed]
-        common = max(set(labels), key=labels.count)
+        classes = sorted(set(labels))
+        common = max(classes, key=labels.count)
+        # mostly smiles: the mean recall over the labelled classes is what always-the-commonest cannot game
+        recall = np.mean([np.mean([r["emotion"] == c for r in posed if r["labelled"] == c]) for c in classes])
         text += (f"; emotion {right} of {len(posed)} clear expressions right "
                  f"(probability of the labelled one: mean {np.mean([r['p_labelled'] for r in posed]):.2f}; "
-                 f"always {common}: {labels.count(common)} of {len(posed)})")
+                 f"always {common}: {labels.count(common)} of {len(posed)}), mean recall over the "
+                 f"{len(classes)} labelled classes {100 * recall:.0f}% (always {common}: {100 / len(classes):.0f}%)")
     return text
 
 
