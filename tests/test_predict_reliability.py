@@ -549,3 +549,22 @@ def test_weights_from_another_save_are_refused_by_their_recorded_hash(run_dir, t
     bad = copy_run(run_dir, tmp_path / "bad", lambda m: m.update(weights_sha256="xyz"))
     with pytest.raises(FacemtlError, match="'weights_sha256' is 'xyz'; expected 64 lowercase hex digits"):
         load_model(bad)
+
+
+def test_a_broken_image_is_one_message_naming_it_without_opencvs_own_log(run_dir, tmp_path, capfd):
+    folder = tmp_path / "photos"
+    write_face(folder / "good.png")
+    (folder / "cut.jpg").write_bytes((folder / "good.png").read_bytes()[:40])  # a PNG cut short, named .jpg
+    (folder / "gif.jpg").write_bytes(b"GIF89a")
+    before = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)  # OpenCV's default, as in a new process
+    try:
+        code = main(["predict", str(folder), "--checkpoint", str(run_dir), "--detector", "none",
+                     "--json", str(tmp_path / "pred.json")])
+    finally:
+        cv2.utils.logging.setLogLevel(before)
+    err = capfd.readouterr().err  # file-descriptor level: OpenCV writes from C++
+    assert code == 1
+    for name in ("cut.jpg", "gif.jpg"):
+        assert f"{name}: not an image OpenCV can read" in err
+    assert "imdecode_" not in err and "[ERROR" not in err, err
