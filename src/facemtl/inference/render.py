@@ -150,9 +150,13 @@ def _draw_labels(out: np.ndarray, lines: list[str], box: tuple[int, int, int, in
     return rect
 
 
+def _class_names(task, classes: list[int]) -> list[str]:
+    return [task.class_names[c] if c < len(task.class_names) else str(c) for c in classes]
+
+
 def _legend_size(task, classes: list[int], scale: float) -> tuple[int, int]:
     """(width, height) of one task's legend panel."""
-    names = [task.class_names[c] if c < len(task.class_names) else str(c) for c in classes]
+    names = _class_names(task, classes)
     step = _line_step(scale)
     return step - 4 + max(_text_size(n, scale)[0] for n in names) + 12, step * len(names) + 6
 
@@ -172,7 +176,7 @@ def _legend_corner(shape: tuple[int, int], sizes: list[tuple[int, int]],
 def _draw_legend(out: np.ndarray, task, classes: list[int], scale: float, x: int = 0, y: int = 0) -> int:
     """Colour swatches and names of the classes present, on a light panel with its top-left corner
     at (x, y). Returns the y below the panel."""
-    names = [task.class_names[c] if c < len(task.class_names) else str(c) for c in classes]
+    names = _class_names(task, classes)
     step = _line_step(scale)
     swatch = step - 4
     panel_w, panel_h = _legend_size(task, classes, scale)
