@@ -22,11 +22,14 @@ as Fear), not differences of a point or two. The label source is printed per fac
     python benchmarks/real_faces.py --fetch /tmp/real_faces
     python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR [RUN_DIR ...] [--crops detector,labels]
         [--detector opencv|mediapipe] [--passes 1|2]
-    python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR --regions
+    python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR --regions|--looks
 
 ``--regions`` asks what drives each emotion reading: every face again from the labels' square
 with one region at a time (eyes and brows, nose, mouth) blurred away; a reading that survives
-the blur of a region does not come from it.
+the blur of a region does not come from it. ``--looks`` changes the whole photo instead (blur
+by 2.5, 5 and 10% of the inter-ocular distance, sharpening, grey, darker, brighter, lower
+contrast, shading divided out): a misreading that survives every change does not come from
+fine detail, colour or light level.
 """
 
 from __future__ import annotations
@@ -175,6 +178,53 @@ def region_readings(pred, photos: Path) -> list[dict]:
     maps "none" and each region to (label, probability of the unblurred reading's label)."""
     import cv2
 
+    def blur_region(region):
+        def change(image, points):
+            kernel = int(0.5 * np.linalg.norm(points[1] - points[0])) | 1
+            shown, mask = image.copy(), region_mask(image.shape, points, region)
+            shown[mask] = cv2.GaussianBlur(image, (kernel, kernel), 0)[mask]
+            return shown
+        return change
+
+    return _readings(pred, photos, {r: blur_region(r) for r in REGIONS}, "--regions", of_labelled=False)
+
+
+def _looks():
+    """Whole-photo changes of look for :func:`look_readings`: name -> f(image, points)."""
+    import cv2
+
+    def blur(k):  # sigma k inter-ocular distances
+        return lambda im, pts: cv2.GaussianBlur(im, (0, 0), k * float(np.linalg.norm(pts[1] - pts[0])))
+
+    def gamma(g):
+        table = (255 * (np.arange(256) / 255.0) ** g).round().astype(np.uint8)
+        return lambda im, pts: cv2.LUT(im, table)
+
+    def grey(im, pts):
+        return cv2.cvtColor(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+
+    def sharpen(im, pts):
+        return cv2.addWeighted(im, 2.0, blur(0.05)(im, pts), -1.0, 0)
+
+    def even_light(im, pts):  # divide out the shading: the luminance blurred over half a face
+        f = im.astype(np.float32) + 1.0
+        return np.clip(f / blur(0.5)(f, pts) * 128, 0, 255).astype(np.uint8)
+
+    return {"blur 0.025": blur(0.025), "blur 0.05": blur(0.05), "blur 0.1": blur(0.1), "sharpen": sharpen,
+            "grey": grey, "darker": gamma(1.5), "brighter": gamma(0.6),
+            "contrast 0.6": lambda im, pts: cv2.addWeighted(im, 0.6, im, 0.0, 50), "even light": even_light}
+
+
+def look_readings(pred, photos: Path) -> list[dict]:
+    """Per labelled face, the emotion read from the labels' square as it is and with the whole
+    photo's look changed (:func:`_looks`: blur by a fraction of the inter-ocular distance,
+    sharpening, grey, darker, brighter, lower contrast, shading divided out): ``readings`` maps
+    "none" and each change to (label, probability of the labelled emotion, or where none is
+    labelled of the first reading's)."""
+    return _readings(pred, photos, _looks(), "--looks", of_labelled=True)
+
+
+def _readings(pred, photos: Path, changes: dict, option: str, of_labelled: bool) -> list[dict]:
     from facemtl.data.images import read_image
     from facemtl.inference.alignment import landmark_square
 
@@ -182,20 +232,14 @@ def region_readings(pred, photos: Path) -> list[dict]:
     for face in json.loads(LABELS.read_text())["faces"]:
         image = read_image(photos / face["image"])
         points = np.asarray(face["landmarks"], np.float64)
-        kernel = int(0.5 * np.linalg.norm(points[1] - points[0])) | 1
-        blurred = cv2.GaussianBlur(image, (kernel, kernel), 0)
-        readings, first = {}, None
-        for region in ("none", *REGIONS):
-            shown = image
-            if region != "none":
-                shown = image.copy()
-                mask = region_mask(image.shape, points, region)
-                shown[mask] = blurred[mask]
+        readings, first = {}, (face.get("emotion") if of_labelled else None)
+        for name in ("none", *changes):
+            shown = image if name == "none" else changes[name](image, points)
             out = pred.predict_image(shown, boxes=[landmark_square(points)]).faces[0]
             if "emotion" not in out:
-                raise SystemExit("--regions needs a checkpoint with an emotion task")
+                raise SystemExit(f"{option} needs a checkpoint with an emotion task")
             first = first or out["emotion"]["label"]
-            readings[region] = (out["emotion"]["label"], out["emotion"]["probs"][first])
+            readings[name] = (out["emotion"]["label"], out["emotion"]["probs"][first])
         rows.append({"image": Path(face["image"]).name, "labelled": face.get("emotion"), "readings": readings})
     return rows
 
@@ -240,6 +284,9 @@ def main(argv=None) -> None:
     ap.add_argument("--passes", type=int, choices=(1, 2), help="crops per detected face (default: the predictor's)")
     ap.add_argument("--regions", action="store_true",
                     help="emotion per face with the eyes, the nose or the mouth blurred in turn (labels' squares)")
+    ap.add_argument("--looks", action="store_true",
+                    help="emotion per face with the whole photo blurred, sharpened, grey, darker, brighter, "
+                         "lower in contrast or evenly lit (labels' squares)")
     ap.add_argument("--fit", action="store_true",
                     help="fit --detector's calibration on the faces of FIT_SOURCES and check it on the others")
     args = ap.parse_args(argv)
@@ -257,10 +304,16 @@ def main(argv=None) -> None:
     from facemtl.inference.predictor import Predictor
 
     for ckpt in args.checkpoints:
-        if args.regions:
-            rows = region_readings(Predictor.from_checkpoint(ckpt, detector="none"), args.photos)
-            print(f"{ckpt}, emotion from the labels' squares, then with a region blurred "
-                  "(label, probability of the first reading's label):")
+        if args.regions or args.looks:
+            pred = Predictor.from_checkpoint(ckpt, detector="none")
+            if args.regions:
+                rows = region_readings(pred, args.photos)
+                print(f"{ckpt}, emotion from the labels' squares, then with a region blurred "
+                      "(label, probability of the first reading's label):")
+            else:
+                rows = look_readings(pred, args.photos)
+                print(f"{ckpt}, emotion from the labels' squares, then with the photo's look changed "
+                      "(label, probability of the labelled emotion, else of the first reading's):")
             for r in rows:
                 cells = " | ".join(f"{k}: {lab[:8]} {p:.2f}" for k, (lab, p) in r["readings"].items())
                 print(f"  {r['image'][:24]:24s} {r['labelled'] or '-':8s} {cells}")

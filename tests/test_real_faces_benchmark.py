@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from facemtl.tasks import get_task
 
@@ -120,3 +121,35 @@ def test_region_readings_find_the_region_a_reading_comes_from(tmp_path, monkeypa
     assert row["labelled"] == "Neutral"
     assert row["readings"] == {"none": ("Disgust", 0.9), "eyes": ("Disgust", 0.9),
                                "nose": ("Neutral", 0.2), "mouth": ("Disgust", 0.9)}
+
+
+def test_look_readings_report_the_labelled_emotion_under_each_change(tmp_path, monkeypatch):
+    import cv2
+
+    points = TRUTH * 4 + 20
+    image = np.zeros((200, 200, 3), np.uint8)
+    image[::2, ::2] = 255  # fine detail everywhere: a pixel grid that any blur greys out
+    image[:, :100, 0] = 0  # red only on the right: grey changes the colour, not the grid
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"faces": [{"image": "a.png", "landmarks": points.tolist(), "emotion": "Neutral"}]}))
+    monkeypatch.setattr(real_faces, "LABELS", labels)
+    seen = {}
+
+    class DetailReader:  # reads Disgust while the grid is crisp, Neutral once it is blurred
+        def predict_image(self, shown, boxes):
+            assert shown.shape == (200, 200, 3) and shown.dtype == np.uint8
+            crisp = float(np.abs(np.diff(shown[40:160, 40:160].astype(float), axis=1)).mean())
+            seen[len(seen)] = crisp
+            disgust = 0.9 if crisp > 40 else 0.1
+            probs = {e: 0.0 for e in EMOTIONS} | {"Disgust": disgust, "Neutral": 1.0 - disgust}
+            label = max(probs, key=probs.get)
+            return type("Result", (), {"faces": [{"emotion": {"label": label, "probs": probs}}]})
+
+    (row,) = real_faces.look_readings(DetailReader(), tmp_path)
+    readings = row["readings"]
+    assert list(readings)[0] == "none" and len(readings) == 1 + len(real_faces._looks())
+    # the probability is the labelled emotion's (Neutral), not the first reading's (Disgust)
+    assert readings["none"] == ("Disgust", pytest.approx(0.1))
+    assert readings["blur 0.05"] == ("Neutral", pytest.approx(0.9)) == readings["blur 0.1"]
+    assert readings["sharpen"][0] == readings["grey"][0] == "Disgust"
