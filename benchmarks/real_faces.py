@@ -225,6 +225,9 @@ def look_readings(pred, photos: Path) -> list[dict]:
 
 
 def _readings(pred, photos: Path, changes: dict, option: str, of_labelled: bool) -> list[dict]:
+    """Every labelled face read from the labels' square as it is and after each of ``changes``
+    (name -> f(image, points)); the probability reported is the labelled emotion's when
+    ``of_labelled`` and the face has one, else the first reading's label's."""
     from facemtl.data.images import read_image
     from facemtl.inference.alignment import landmark_square
 
