@@ -178,56 +178,50 @@ def region_readings(pred, photos: Path) -> list[dict]:
     maps "none" and each region to (label, probability of the unblurred reading's label)."""
     import cv2
 
-    def blur_region(region):
-        def change(image, points):
-            kernel = int(0.5 * np.linalg.norm(points[1] - points[0])) | 1
-            shown, mask = image.copy(), region_mask(image.shape, points, region)
-            shown[mask] = cv2.GaussianBlur(image, (kernel, kernel), 0)[mask]
-            return shown
-        return change
+    def blurred_regions(image, points):
+        kernel = int(0.5 * np.linalg.norm(points[1] - points[0])) | 1
+        blurred = cv2.GaussianBlur(image, (kernel, kernel), 0)  # once per face, masked per region
+        shown = {}
+        for region in REGIONS:
+            shown[region], mask = image.copy(), region_mask(image.shape, points, region)
+            shown[region][mask] = blurred[mask]
+        return shown
 
-    return _readings(pred, photos, {r: blur_region(r) for r in REGIONS}, "--regions", of_labelled=False)
+    return _readings(pred, photos, blurred_regions, "--regions", of_labelled=False)
 
 
-def _looks():
-    """Whole-photo changes of look for :func:`look_readings`: name -> f(image, points)."""
+def changed_looks(image, points) -> dict:
+    """The photo with its whole look changed, for :func:`look_readings`: blurred by 2.5, 5 and 10%
+    of the inter-ocular distance, sharpened, grey, darker, brighter, lower in contrast, and with
+    the shading divided out (the luminance blurred over half a face)."""
     import cv2
 
-    def blur(k):  # sigma k inter-ocular distances
-        return lambda im, pts: cv2.GaussianBlur(im, (0, 0), k * float(np.linalg.norm(pts[1] - pts[0])))
+    iod = float(np.linalg.norm(points[1] - points[0]))
+    f = image.astype(np.float32) + 1.0
 
     def gamma(g):
-        table = (255 * (np.arange(256) / 255.0) ** g).round().astype(np.uint8)
-        return lambda im, pts: cv2.LUT(im, table)
+        return cv2.LUT(image, (255 * (np.arange(256) / 255.0) ** g).round().astype(np.uint8))
 
-    def grey(im, pts):
-        return cv2.cvtColor(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-
-    def sharpen(im, pts):
-        return cv2.addWeighted(im, 2.0, blur(0.05)(im, pts), -1.0, 0)
-
-    def even_light(im, pts):  # divide out the shading: the luminance blurred over half a face
-        f = im.astype(np.float32) + 1.0
-        return np.clip(f / blur(0.5)(f, pts) * 128, 0, 255).astype(np.uint8)
-
-    return {"blur 0.025": blur(0.025), "blur 0.05": blur(0.05), "blur 0.1": blur(0.1), "sharpen": sharpen,
-            "grey": grey, "darker": gamma(1.5), "brighter": gamma(0.6),
-            "contrast 0.6": lambda im, pts: cv2.addWeighted(im, 0.6, im, 0.0, 50), "even light": even_light}
+    shown = {f"blur {k}": cv2.GaussianBlur(image, (0, 0), k * iod) for k in (0.025, 0.05, 0.1)}
+    shown["sharpen"] = cv2.addWeighted(image, 2.0, shown["blur 0.05"], -1.0, 0)
+    shown["grey"] = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    shown["darker"], shown["brighter"] = gamma(1.5), gamma(0.6)
+    shown["contrast 0.6"] = cv2.addWeighted(image, 0.6, image, 0.0, 50)
+    shown["even light"] = np.clip(f / cv2.GaussianBlur(f, (0, 0), 0.5 * iod) * 128, 0, 255).astype(np.uint8)
+    return shown
 
 
 def look_readings(pred, photos: Path) -> list[dict]:
-    """Per labelled face, the emotion read from the labels' square as it is and with the whole
-    photo's look changed (:func:`_looks`: blur by a fraction of the inter-ocular distance,
-    sharpening, grey, darker, brighter, lower contrast, shading divided out): ``readings`` maps
-    "none" and each change to (label, probability of the labelled emotion, or where none is
-    labelled of the first reading's)."""
-    return _readings(pred, photos, _looks(), "--looks", of_labelled=True)
+    """Per labelled face, the emotion read from the labels' square as it is and in each of
+    :func:`changed_looks`: ``readings`` maps "none" and each change to (label, probability of the
+    labelled emotion, or where none is labelled of the first reading's)."""
+    return _readings(pred, photos, changed_looks, "--looks", of_labelled=True)
 
 
-def _readings(pred, photos: Path, changes: dict, option: str, of_labelled: bool) -> list[dict]:
-    """Every labelled face read from the labels' square as it is and after each of ``changes``
-    (name -> f(image, points)); the probability reported is the labelled emotion's when
-    ``of_labelled`` and the face has one, else the first reading's label's."""
+def _readings(pred, photos: Path, variants, option: str, of_labelled: bool) -> list[dict]:
+    """Every labelled face read from the labels' square as it is and in each of
+    ``variants(image, points)`` (name -> changed image); the probability reported is the labelled
+    emotion's when ``of_labelled`` and the face has one, else the first reading's label's."""
     from facemtl.data.images import read_image
     from facemtl.inference.alignment import landmark_square
 
@@ -236,8 +230,7 @@ def _readings(pred, photos: Path, changes: dict, option: str, of_labelled: bool)
         image = read_image(photos / face["image"])
         points = np.asarray(face["landmarks"], np.float64)
         readings, first = {}, (face.get("emotion") if of_labelled else None)
-        for name in ("none", *changes):
-            shown = image if name == "none" else changes[name](image, points)
+        for name, shown in {"none": image, **variants(image, points)}.items():
             out = pred.predict_image(shown, boxes=[landmark_square(points)]).faces[0]
             if "emotion" not in out:
                 raise SystemExit(f"{option} needs a checkpoint with an emotion task")
@@ -308,15 +301,12 @@ def main(argv=None) -> None:
 
     for ckpt in args.checkpoints:
         if args.regions or args.looks:
-            pred = Predictor.from_checkpoint(ckpt, detector="none")
-            if args.regions:
-                rows = region_readings(pred, args.photos)
-                print(f"{ckpt}, emotion from the labels' squares, then with a region blurred "
-                      "(label, probability of the first reading's label):")
-            else:
-                rows = look_readings(pred, args.photos)
-                print(f"{ckpt}, emotion from the labels' squares, then with the photo's look changed "
-                      "(label, probability of the labelled emotion, else of the first reading's):")
+            readings, changed, prob = ((region_readings, "a region blurred", "the first reading's label")
+                                       if args.regions else
+                                       (look_readings, "the photo's look changed",
+                                        "the labelled emotion, else of the first reading's"))
+            rows = readings(Predictor.from_checkpoint(ckpt, detector="none"), args.photos)
+            print(f"{ckpt}, emotion from the labels' squares, then with {changed} (label, probability of {prob}):")
             for r in rows:
                 cells = " | ".join(f"{k}: {lab[:8]} {p:.2f}" for k, (lab, p) in r["readings"].items())
                 print(f"  {r['image'][:24]:24s} {r['labelled'] or '-':8s} {cells}")

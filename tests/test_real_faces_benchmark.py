@@ -134,13 +134,11 @@ def test_look_readings_report_the_labelled_emotion_under_each_change(tmp_path, m
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"faces": [{"image": "a.png", "landmarks": points.tolist(), "emotion": "Neutral"}]}))
     monkeypatch.setattr(real_faces, "LABELS", labels)
-    seen = {}
 
     class DetailReader:  # reads Disgust while the grid is crisp, Neutral once it is blurred
         def predict_image(self, shown, boxes):
             assert shown.shape == (200, 200, 3) and shown.dtype == np.uint8
             crisp = float(np.abs(np.diff(shown[40:160, 40:160].astype(float), axis=1)).mean())
-            seen[len(seen)] = crisp
             disgust = 0.9 if crisp > 40 else 0.1
             probs = {e: 0.0 for e in EMOTIONS} | {"Disgust": disgust, "Neutral": 1.0 - disgust}
             label = max(probs, key=probs.get)
@@ -148,7 +146,7 @@ def test_look_readings_report_the_labelled_emotion_under_each_change(tmp_path, m
 
     (row,) = real_faces.look_readings(DetailReader(), tmp_path)
     readings = row["readings"]
-    assert list(readings)[0] == "none" and len(readings) == 1 + len(real_faces._looks())
+    assert list(readings)[0] == "none" and len(readings) == 1 + len(real_faces.changed_looks(image, points))
     # the probability is the labelled emotion's (Neutral), not the first reading's (Disgust)
     assert readings["none"] == ("Disgust", pytest.approx(0.1))
     assert readings["blur 0.05"] == ("Neutral", pytest.approx(0.9)) == readings["blur 0.1"]
