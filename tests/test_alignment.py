@@ -271,6 +271,53 @@ def test_haar_detector_searches_again_equalised_then_turned_when_it_finds_no_fac
     assert find_match(HaarFaceDetector(tilts=())(bright), landmark_square(eyes_mouth)) == 0
 
 
+def tight_astronaut(inset: float, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """The astronaut cut ``inset`` of a side inside her training square (negative: outside) and
+    resized by ``scale``: a face that fills the photo (image, its five points)."""
+    astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"
+    if not astronaut.exists():
+        pytest.skip("needs ../shared/testdata/astronaut.png")
+    image = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
+    eyes_mouth = np.array([[202.0, 101.0], [245.0, 103.0], [223.0, 128.0], [199.0, 140.0], [244.5, 139.5]])
+    square = landmark_square(eyes_mouth)
+    x0, y0, x1, y1 = np.round(square + np.array([1, 1, -1, -1]) * inset * (square[2] - square[0])).astype(int)
+    crop = cv2.resize(image[y0:y1, x0:x1], None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    return crop, (eyes_mouth - (x0, y0)) * scale + (scale - 1) / 2
+
+
+def test_haar_finds_a_face_that_fills_the_photo_on_a_padded_canvas():
+    crop, points = tight_astronaut(0.1, 2)
+    assert len(HaarFaceDetector(pad=0)(crop)) == 0
+    boxes = HaarFaceDetector()(crop)
+    assert find_match(boxes, landmark_square(points)) == 0
+    assert boxes[0, 0] < 0 and boxes[0, 1] < 0  # the face reaches past the photo's edges
+
+
+def test_mediapipe_finds_a_face_that_fills_the_photo_on_a_padded_canvas():
+    pytest.importorskip("mediapipe", reason="the optional detector extra (pip install 'facemtl[detect]') is not installed")
+    from facemtl.inference.detect import MediaPipeFaceDetector
+
+    crop, points = tight_astronaut(-0.05, 1)
+    assert len(MediaPipeFaceDetector(pad=0)(crop)) == 0
+    assert find_match(MediaPipeFaceDetector()(crop), landmark_square(points)) == 0
+
+
+def test_padded_search_moves_boxes_back_into_the_photo():
+    from facemtl.inference.detect import padded_search
+
+    seen = []
+
+    def search(img):  # one box around the padded canvas's centre, as [x0, y0, x1, y1] or [x, y, w, h]
+        seen.append(img.shape)
+        return np.array([[30.0, 20.0, 70.0, 60.0]])
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    corners = padded_search(search, image, 0.25)  # 15 px on every edge
+    assert seen == [(70, 90, 3)]
+    np.testing.assert_allclose(corners, [[15.0, 5.0, 55.0, 45.0]])
+    np.testing.assert_allclose(padded_search(search, image, 0.25, sizes=True), [[15.0, 5.0, 70.0, 60.0]])
+
+
 def test_one_pass_and_uncalibrated_options():
     image, box = photo(), [50.0, 30.0, 98.0, 78.0]
     cal = Calibration(dx=0.05, dy=0.1, scale=0.9)
@@ -341,6 +388,8 @@ def test_cli_passes_and_detector_options():
 def test_mediapipe_missing_is_one_clear_error(monkeypatch, tmp_path, capsys):
     from facemtl.cli import main
 
+    for name in [n for n in sys.modules if n == "mediapipe" or n.startswith("mediapipe.")]:
+        monkeypatch.delitem(sys.modules, name)  # imported by an earlier test: forget it
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe now raises ImportError
     with pytest.raises(FacemtlError, match=r"pip install 'facemtl\[detect\]'"):
         Predictor(StubModel(POINTS), {"input_size": SIZE}, detector="mediapipe")

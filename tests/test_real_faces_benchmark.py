@@ -56,7 +56,8 @@ def test_labels_file_is_well_formed():
         assert points[0, 0] < points[1, 0] and points[3, 0] < points[4, 0]  # image-left first
         assert face["emotion"] in (None, *EMOTIONS)
         assert face["labels"] in ("facemesh", "hand")
-        assert face["image"].split("-")[0].replace("_", "-") in packages
+        folder = face["image"].split("/")[0]
+        assert folder in real_faces.NPM_PACKAGES or folder.split("-")[0].replace("_", "-") in packages
 
 
 def test_fit_recovers_a_known_box_offset_and_scores_the_held_out_faces(tmp_path, monkeypatch):
