@@ -47,8 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--masks", type=Path, metavar="DIR", help="write the class-id mask PNGs here (see below)")
     p.add_argument("--detector", choices=("opencv", "mediapipe", "none"), default="opencv",  # detect.DETECTORS
                    help="opencv: OpenCV's Haar frontal-face cascade (misses turned faces; when it finds none, searches "
-                   "the image equalised, then turned by +-25 degrees); mediapipe: MediaPipe's "
-                   "BlazeFace, also finds turned and small faces (needs pip install 'facemtl[detect]'); none: each "
+                   "the image padded (a face that fills the photo), equalised, then turned by +-25 degrees); "
+                   "mediapipe: MediaPipe's BlazeFace, also finds turned and small faces, and looks again padded "
+                   "when it finds none (needs pip install 'facemtl[detect]'); none: each "
                    "image is one face crop (default: opencv). Detected boxes are moved and scaled to the face "
                    "square training crops (calibrated per detector)")
     p.add_argument("--passes", type=int, choices=(1, 2), metavar="{1,2}",
