@@ -89,3 +89,21 @@ def test_dcnet_trains_with_algorithm_1_on_the_landmark_and_attribute_sources(tmp
     run = train(cfg, tmp_path / "dc", quiet=True)
     metrics = json.loads((run / "metrics.json").read_text())["iterations"]["0"]
     assert set(metrics) == {"landmarks", "smile"}
+
+
+def test_random_conv_share_is_checked_and_applied_to_its_source_only():
+    with pytest.raises(FacemtlError, match=r"data\.1\.random_conv.*\[0, 1\]"):
+        load_config(None, ["data=[{tasks: [landmarks]}, {tasks: [smile], random_conv: 1.5}]"])
+    cfg = load_config(None, [
+        "model.name=dcnet", "model.kwargs.backbone=alexnet", "model.kwargs.width=8", "model.kwargs.head_hidden=8",
+        "data=[{tasks: [landmarks], n_train: 4, n_test: 2, batch_size: 2}, "
+        "{tasks: [smile], n_train: 4, n_test: 2, batch_size: 2, random_conv: 1.0}]",
+        "schedule.pretrain_epochs=1", "schedule.rounds=1", "logging.progress=false", "logging.tensorboard=false",
+    ])
+    tr = Training(cfg)
+    seen = {}
+    for k in range(tr.plan.total):
+        u, _, _ = tr.run_update(k)
+        raw, used = tr._batch[1]["image"], tr._device_batch["image"]
+        seen.setdefault(tr.mode.source_of(u), []).append(torch.allclose(raw, used))
+    assert all(seen[0]) and not any(seen[1])  # source 0 as drawn, source 1 always convolved

@@ -249,3 +249,24 @@ def test_hflip_falls_back_to_point_set():
     raw = {"image": np.zeros((60, 60, 3), np.uint8), "landmarks": lm, "meta": {"point_set": "ibug68"}}
     out = hflip(raw, PERMS)
     np.testing.assert_allclose(out["landmarks"][45], [59 - lm[36, 0], lm[36, 1]])
+
+
+def test_random_convolution_changes_the_look_not_the_layout_and_is_reproducible():
+    from facemtl.data.transforms import random_convolution
+
+    x = torch.randn(6, 3, 16, 16)
+    x[:, :, 4:12, 4:12] += 3.0  # a bright square: the shape a random convolution must keep in place
+    same = random_convolution(x, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(same, x) and same is not x
+    y = random_convolution(x, 1.0, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert all(not torch.allclose(y[i], x[i]) for i in range(6))
+    # alpha * x + (1 - alpha) * (conv brought to x's mean): each channel keeps its mean
+    torch.testing.assert_close(y.mean((2, 3)), x.mean((2, 3)), atol=1e-4, rtol=0)
+    inside, outside = y[:, :, 6:10, 6:10].mean(), y[:, :, :2, :2].mean()
+    assert inside > outside  # a 1-7 px kernel blurs the square's edges, not its place
+    torch.testing.assert_close(random_convolution(x, 1.0, torch.Generator().manual_seed(0)), y)
+    assert not torch.allclose(random_convolution(x, 1.0, torch.Generator().manual_seed(1)), y)
+    half = random_convolution(x, 0.5, torch.Generator().manual_seed(3))
+    kept = sum(torch.equal(half[i], x[i]) for i in range(6))
+    assert 0 < kept < 6

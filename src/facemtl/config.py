@@ -78,6 +78,9 @@ class SourceConfig:
     ``augment`` is FaceCrop's training jitter (rotation, scale, shift, flip, photometric) and so
     applies to reader sources only: synthetic faces are drawn at the input size, every one new,
     with their style's own spread of pose, framing, light and camera, and are not augmented.
+    ``random_conv`` (0..1, any source) is the share of its training images seen through a random
+    convolution (:func:`facemtl.data.transforms.random_convolution`): texture and colour
+    randomised, shapes and labels kept.
     """
 
     name: str = "synth"
@@ -91,6 +94,7 @@ class SourceConfig:
     train_split: str = "train"
     test_split: str = "test"
     augment: bool = True
+    random_conv: float = 0.0
     options: Mapping[str, Any] = field(default_factory=_frozen_map)
     # synth only: the renderer's realism features (facemtl.data.synth_look.FEATURES); null = all,
     # [] = the plain low-poly renderer, a list = an ablation
@@ -570,6 +574,8 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
             raise bad(f"{p}.batch_size", "a positive integer", src.batch_size)
         if not 0 <= src.seed <= MAX_SEED:
             raise bad(f"{p}.seed", f"an integer in 0..{MAX_SEED}", src.seed)
+        if not 0 <= src.random_conv <= 1:
+            raise bad(f"{p}.random_conv", "a share in [0, 1]", src.random_conv)
         if src.features is not None:
             from facemtl.data.synth_look import FEATURES
 

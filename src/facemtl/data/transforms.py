@@ -408,3 +408,27 @@ def photometric_jitter(image: np.ndarray, rng: np.random.Generator, brightness: 
         sigma = rng.uniform(0.3, 1.2)
         out = cv2.GaussianBlur(out, (0, 0), sigma)
     return out
+
+
+def random_convolution(images: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """RandConv (Xu et al., ICLR 2021, "Robust and generalizable visual representation learning
+    via random convolutions"): each image of an (N, C, H, W) batch, with probability ``share``,
+    is mixed with itself seen through a random k x k convolution (k drawn from 1, 3, 5, 7; weights
+    N(0, 1 / (C k^2)), zero padding): ``alpha * x + (1 - alpha) * conv(x)``, alpha ~ U(0, 1), the
+    convolved image first brought to ``x``'s own per-channel mean and standard deviation. Colour
+    and texture change, shapes stay where they are, so every label still holds. Draws come from
+    ``generator`` only (a run resumes with the same images)."""
+    out = images.clone()
+    c = images.shape[1]
+    for i in range(images.shape[0]):
+        if float(torch.rand((), generator=generator)) >= share:
+            continue
+        k = 2 * int(torch.randint(0, 4, (), generator=generator)) + 1
+        weight = torch.randn((c, c, k, k), generator=generator) / (c * k * k) ** 0.5
+        alpha = float(torch.rand((), generator=generator))
+        x = images[i : i + 1].float()
+        y = F.conv2d(x, weight.to(x.device), padding=k // 2)
+        mean, std = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
+        y = (y - y.mean((2, 3), keepdim=True)) / (y.std((2, 3), keepdim=True) + 1e-5) * std + mean
+        out[i] = (alpha * x + (1 - alpha) * y)[0].to(images.dtype)
+    return out

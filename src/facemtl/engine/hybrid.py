@@ -148,6 +148,10 @@ class HybridMode:
     def model_arguments(self) -> dict:
         return {"num_sources": self.num_sources, "task_sources": list(self.task_sources)}
 
+    def source_of(self, u: Update) -> int:
+        """The source update ``u`` draws its batch from (its task's)."""
+        return self.task_sources[u.task]
+
     def prepare(self, model, sources, rank: int, world: int) -> None:
         """Batch streams (stage 1 of task t: stream 2t, stage 2: 2t + 1), the plan and the
         parameters each (stage, task) may update."""

@@ -80,6 +80,10 @@ class JointMode:
     def model_arguments(self) -> dict:
         return {"num_sources": 1, "task_sources": list(self.task_sources)}
 
+    def source_of(self, u: Update) -> int:
+        """The source every update draws from: the only one."""
+        return 0
+
     def prepare(self, model, sources, rank: int, world: int) -> None:
         from facemtl.data.mixing import BatchStream
 

@@ -24,6 +24,7 @@ import torch
 
 from facemtl.config import TrainConfig, config_from_dict, to_dict
 from facemtl.data.sample import to_device
+from facemtl.data.transforms import random_convolution
 from facemtl.engine.hybrid import HybridMode
 from facemtl.engine.joint import JointMode
 from facemtl.errors import FacemtlError
@@ -165,6 +166,10 @@ class Training:
         if self._batch is None or self._batch[0] != key:  # stage 2 reuses a batch for I = 1..ITER
             self._batch = (key, self.mode.streams[u.stream].batch(u.draw))
             batch = to_device(self._batch[1], self.device)
+            share = self.config.data[self.mode.source_of(u)].random_conv
+            if share > 0:  # drawn per update index: a resumed run sees the same images
+                gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + k)
+                batch["image"] = random_convolution(batch["image"], share, gen)
             if batch["image"].dim() == 4:
                 batch["image"] = batch["image"].contiguous(memory_format=self.image_layout)
             self._device_batch = batch
