@@ -2,6 +2,7 @@
 batch streams, joint training and evaluation, on tiny models and tiny synthetic sets."""
 
 import csv
+import dataclasses
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ from facemtl.data.sample import collate, to_sample
 from facemtl.data.synth import SyntheticFaces
 from facemtl.engine.evaluate import evaluate, format_tables
 from facemtl.engine.hybrid import HybridPlan, hybrid_update
-from facemtl.engine.loop import train
+from facemtl.engine.loop import Training, train
 from facemtl.engine.schedule import lr_at
 from facemtl.models.norm import SourceBatchNorm2d
 from facemtl.models.registry import create_model
@@ -291,3 +292,20 @@ def test_evaluate_scores_each_task_on_its_source_and_prints_tables():
     assert nme["nme"] == pytest.approx(np.mean(nme["nme_per_point"]), rel=1e-6)  # all points visible
     table = format_tables(res, model.tasks)
     assert "Iter0" in table and "Iter1" in table and "mouth_all" in table and "mean NME" in table
+
+
+def test_random_conv_draws_the_same_images_when_a_run_resumes_between_updates_sharing_a_batch():
+    cfg = _tiny_config()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kwargs={**cfg.model.kwargs, "iterations": 2}),
+                              data=tuple(dataclasses.replace(s, random_conv=1.0) for s in cfg.data))
+    tr = Training(cfg)
+    # at ITER = 2, stage 2 makes updates I = 1 and 2 on one batch: the second's images come from the first's draw
+    k = next(k for k in range(1, tr.plan.total)
+             if (tr.plan[k].stream, tr.plan[k].draw) == (tr.plan[k - 1].stream, tr.plan[k - 1].draw))
+    for j in range(k + 1):
+        tr.run_update(j)
+    straight = tr._device_batch["image"].clone()
+    resumed = Training(cfg)  # a fresh process resuming at update k has no batch in hand
+    resumed.run_update(k)
+    assert torch.equal(resumed._device_batch["image"], straight)
+    assert not torch.allclose(resumed._batch[1]["image"], straight)  # convolved, not as drawn

@@ -167,8 +167,11 @@ class Training:
             self._batch = (key, self.mode.streams[u.stream].batch(u.draw))
             batch = to_device(self._batch[1], self.device)
             share = self.config.data[self.mode.source_of(u)].random_conv
-            if share > 0:  # drawn per update index: a resumed run sees the same images
-                gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + k)
+            if share > 0:
+                first = k  # seeded by the first update of this batch: a run resumed mid-batch draws the same
+                while first > 0 and (self.plan[first - 1].stream, self.plan[first - 1].draw) == key:
+                    first -= 1
+                gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + first)
                 batch["image"] = random_convolution(batch["image"], share, gen)
             if batch["image"].dim() == 4:
                 batch["image"] = batch["image"].contiguous(memory_format=self.image_layout)
