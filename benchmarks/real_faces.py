@@ -351,6 +351,11 @@ def _readings(pred, photos: Path, variants, option: str, of_labelled: bool) -> l
     return rows
 
 
+def width(rows: list[dict]) -> int:
+    """Column width of the image names: the longest, so that no name is cut."""
+    return max((len(r["image"]) for r in rows), default=0)
+
+
 def summary(rows: list[dict]) -> str:
     found = [r for r in rows if r["found"]]
     text = f"found {len(found)} of {len(rows)}"
@@ -430,7 +435,7 @@ def main(argv=None) -> None:
             print(f"{ckpt}, emotion from the labels' squares, then with {changed} (label, probability of {prob}):")
             for r in rows:
                 cells = " | ".join(f"{k}: {lab[:8]} {p:.2f}" for k, (lab, p) in r["readings"].items())
-                print(f"  {r['image'][:24]:24s} {r['labelled'] or '-':8s} {cells}")
+                print(f"  {r['image']:{width(rows)}s} {r['labelled'] or '-':8s} {cells}")
             continue
         for mode in modes:
             pred = Predictor.from_checkpoint(ckpt, detector=args.detector if mode == "detector" else "none",
@@ -440,7 +445,7 @@ def main(argv=None) -> None:
             for r in rows:
                 points = f"{r['nme']:6.1f} {r['baseline_nme']:8.1f}" if "nme" in r else f"{'-':>6s} {'-':>8s}"
                 values = f"{points}  {r['emotion'] or '-':8s}" if r["found"] else f"{'missed':>6s} {'':8s}  {'':8s}"
-                print(f"  {r['image'][:24]:24s} {r['source'][0].upper()} {values} {r['labelled'] or '':8s} {r['note']}")
+                print(f"  {r['image']:{width(rows)}s} {r['source'][0].upper()} {values} {r['labelled'] or '':8s} {r['note']}")
             print("  " + summary(rows))
 
 
