@@ -45,6 +45,7 @@ fine detail, colour or light level.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -204,27 +205,22 @@ def mean_parts_in(square) -> dict:
     return {name: xy * (q[2] - q[0]) + q[:2] for name, xy in unit.items()}
 
 
+@functools.lru_cache(maxsize=1)
 def _unit_mean_parts() -> dict:
-    global _UNIT_PARTS
-    if _UNIT_PARTS is None:
-        from importlib import resources
+    """The template's outlines in units of its own five points' square (computed once)."""
+    from facemtl.data.synth import load_template
+    from facemtl.inference.alignment import landmark_square
 
-        from facemtl.inference.alignment import landmark_square
-
-        t = json.loads(resources.files("facemtl").joinpath("assets/face_template.json").read_text(encoding="utf-8"))
-        xy, l5, reg = np.asarray(t["vertices_mean"])[:, :2], t["landmarks5"], t["regions"]
-        five = np.array([xy[l5["left_eye_centre_mean_of"]].mean(0), xy[l5["right_eye_centre_mean_of"]].mean(0),
-                         xy[l5["nose_tip"]], xy[l5["mouth_left"]], xy[l5["mouth_right"]]])
-        q = landmark_square(five)
-        lo, li = reg["lips_outer"], reg["lips_inner"]
-        idx = {name: reg[name] for name in ("face_oval", "left_brow", "right_brow", "left_eye", "right_eye", "nose")}
-        idx.update(upper_lip=lo[10:] + [lo[0], li[0]] + li[11:][::-1] + [li[10]],
-                   lower_lip=lo[:11] + li[:11][::-1], inner_mouth=li)
-        _UNIT_PARTS = {name: (xy[i] - q[:2]) / (q[2] - q[0]) for name, i in idx.items()}
-    return _UNIT_PARTS
-
-
-_UNIT_PARTS = None
+    t = load_template()
+    xy, l5, reg = np.asarray(t["vertices_mean"])[:, :2], t["landmarks5"], t["regions"]
+    five = np.array([xy[l5["left_eye_centre_mean_of"]].mean(0), xy[l5["right_eye_centre_mean_of"]].mean(0),
+                     xy[l5["nose_tip"]], xy[l5["mouth_left"]], xy[l5["mouth_right"]]])
+    q = landmark_square(five)
+    lo, li = reg["lips_outer"], reg["lips_inner"]  # each from its left corner along the lower lip, back along the upper
+    idx = {name: reg[name] for name in ("face_oval", "left_brow", "right_brow", "left_eye", "right_eye", "nose")}
+    idx.update(upper_lip=lo[10:] + [lo[0], li[0]] + li[11:][::-1] + [li[10]],
+               lower_lip=lo[:11] + li[:11][::-1], inner_mouth=li)
+    return {name: (xy[i] - q[:2]) / (q[2] - q[0]) for name, i in idx.items()}
 
 
 def fit(photos: Path, detector_name: str) -> str:
