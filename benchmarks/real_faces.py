@@ -400,6 +400,7 @@ def main(argv=None) -> None:
     ap.add_argument("--crops", default="detector,labels", help="comma-separated crop modes: detector, labels")
     ap.add_argument("--detector", default="opencv", help="face detector for --crops detector (default: opencv)")
     ap.add_argument("--passes", type=int, choices=(1, 2), help="crops per detected face (default: the predictor's)")
+    ap.add_argument("--flip", action="store_true", help="test-time flip: average each crop with its mirror image")
     ap.add_argument("--regions", action="store_true",
                     help="emotion per face with the eyes, the nose or the mouth blurred in turn (labels' squares)")
     ap.add_argument("--looks", action="store_true",
@@ -435,9 +436,10 @@ def main(argv=None) -> None:
             continue
         for mode in modes:
             pred = Predictor.from_checkpoint(ckpt, detector=args.detector if mode == "detector" else "none",
-                                             passes=args.passes if mode == "detector" else None)
+                                             passes=args.passes if mode == "detector" else None, flip=args.flip)
             rows = score(pred, args.photos, mode)
-            print(f"{ckpt}, crops from the {mode}{f' ({args.detector})' if mode == 'detector' else ''}:")
+            print(f"{ckpt}, crops from the {mode}{f' ({args.detector})' if mode == 'detector' else ''}"
+                  f"{', with test-time flip' if args.flip else ''}:")
             for r in rows:
                 points = f"{r['nme']:6.1f} {r['baseline_nme']:8.1f}" if "nme" in r else f"{'-':>6s} {'-':>8s}"
                 values = f"{points}  {r['emotion'] or '-':8s}" if r["found"] else f"{'missed':>6s} {'':8s}  {'':8s}"

@@ -32,6 +32,7 @@ PLAN = {"points": ("landmarks", 1e-3, 200), "segmentation": ("parsing", 1e-2, 10
 TINY = {
     "ifan": dict(num_sources=1, input_size=64, iterations=1, num_blocks=4, growth_rate=4, layers_per_block=1, stem_channels=8,
                  up_channels=8, reencoder_channels=8, points_hidden=64, category_hidden=64),
+    "unet": dict(width=16, depth=2),  # segmentation only: the other kinds skip,  # segmentation only: the other kinds skip
 }
 DEEP_COLLAB_TINY = dict(backbone="resnet18", input_size=64, width=8, head_hidden=64)
 

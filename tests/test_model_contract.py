@@ -77,6 +77,9 @@ SMALL: dict[str, list[Small]] = {
     "hps": collab(),
     "hps-wide": collab(),
     "single": collab(("landmarks",)) + collab(("smile",)),  # exactly one task, of either kind
+    # the plain parsing control: segmentation tasks only, one pass, no sources
+    "unet": [Small("w4", ("parsing",), dict(width=4, depth=2), ignores_source=True, train_source=3,
+                   raw={"parsing": (BATCH, 11, 64, 64)})],
 }
 
 

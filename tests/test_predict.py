@@ -511,3 +511,77 @@ def test_passes_help_states_the_default_tilt_threshold(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     assert f"tilt by {UPRIGHT_MIN_DEGREES:g} degrees or more" in " ".join(capsys.readouterr().out.split())
+
+
+# ---------------------------------------------------------------------------------------
+# test-time flip
+
+
+def test_flip_averages_each_crop_with_its_mirror(predictor):
+    raw = render_face(3, 107, "studio", SIZE)
+    plain = Predictor(predictor.model, predictor.info, detector="none")
+    flipped = Predictor(predictor.model, predictor.info, detector="none", flip=True)
+    (face,) = plain(raw["image"])
+    (mirror,) = plain(np.ascontiguousarray(raw["image"][:, ::-1]))
+    back = mirror["landmarks"].copy()
+    back[:, 0] = SIZE - 1 - back[:, 0]  # pixel centres at integers
+    back = back[[1, 0, 2, 4, 3]]  # the mirror's left eye is the face's right eye, and so on
+    (both,) = flipped(raw["image"])
+    np.testing.assert_allclose(both["landmarks"], (face["landmarks"] + back) / 2, atol=1e-3)
+    assert np.abs(both["landmarks"] - face["landmarks"]).max() > 0.05  # the mirror did count
+
+
+def test_flip_is_mirror_symmetric_for_every_task(predictor):
+    """With the flip, a mirrored photo gets the mirrored answer: points mirrored with left and
+    right swapped, the mask mirrored with left/right classes swapped, the same emotion."""
+    raw = render_face(3, 108, "studio", SIZE)
+    flipped = Predictor(predictor.model, predictor.info, detector="none", flip=True)
+    (face,) = flipped(raw["image"])
+    (mirror,) = flipped(np.ascontiguousarray(raw["image"][:, ::-1]))
+    expected = face["landmarks"][[1, 0, 2, 4, 3]].copy()
+    expected[:, 0] = SIZE - 1 - expected[:, 0]
+    np.testing.assert_allclose(mirror["landmarks"], expected, atol=1e-3)
+    swap = np.array(predictor.model.task("parsing").flip, np.uint8)
+    assert (mirror["parsing"] != swap[face["parsing"][:, ::-1]]).mean() < 0.003  # argmax near-ties only
+    assert mirror["emotion"]["probs"] == pytest.approx(face["emotion"]["probs"], abs=1e-5)
+
+
+def test_unflip_swaps_left_and_right_back_for_each_kind():
+    """Hand-made outputs of a MIRRORED 4-px crop -> the crop's own frame (the barely trained
+    model above finds no eyes or brows, so the class swap is checked here)."""
+    from facemtl.kinds import kind_of
+    from facemtl.tasks import get_task
+
+    lm = get_task("landmarks")
+    mirrored = torch.tensor([[[0.0, 0.1], [0.5, 0.2], [0.25, 0.3], [0.5, 0.4], [0.0, 0.5]]])  # x in pixels / 4
+    back = kind_of(lm).unflip(lm, mirrored, 4)
+    # point i of the mirror is point flip[i] of the crop; x -> 3 - x pixels = 0.75 - x normalised
+    np.testing.assert_allclose(back[0], [[0.25, 0.2], [0.75, 0.1], [0.5, 0.3], [0.75, 0.5], [0.25, 0.4]], atol=1e-6)
+    parsing = get_task("parsing")
+    logits = torch.zeros(1, 11, 1, 4)
+    logits[0, 2, 0, 0] = 5.0  # the mirror's left brow, at its image-left pixel
+    logits[0, 4, 0, 3] = 7.0  # the mirror's left eye, at its image-right pixel
+    back = kind_of(parsing).unflip(parsing, logits, 4)
+    assert back[0, 3, 0, 3] == 5.0 and back[0, 5, 0, 0] == 7.0  # right brow / right eye, mirrored
+    assert back.abs().sum() == 12.0
+    pose = get_task("pose")
+    # a left profile of the mirror is a right profile of the crop
+    assert kind_of(pose).unflip(pose, torch.arange(5.0)[None], 4).tolist() == [[4.0, 3.0, 2.0, 1.0, 0.0]]
+    emotion = get_task("emotion")
+    assert kind_of(emotion).unflip(emotion, torch.arange(7.0)[None], 4).tolist() == [list(range(7))]
+
+
+def test_flip_must_be_a_bool(predictor):
+    with pytest.raises(FacemtlError, match="flip must be True or False, got 'yes'"):
+        Predictor(predictor.model, predictor.info, flip="yes")
+
+
+def test_cli_flip_reaches_the_predictor(run_dir, predictor, tmp_path, capsys):
+    raw = render_face(3, 109, "studio", SIZE)
+    img = write_rgb(tmp_path / "crop.png", raw["image"])
+    assert main(["predict", str(img), "--checkpoint", str(run_dir), "--detector", "none", "--flip"]) == 0
+    (face,) = json.loads(capsys.readouterr().out)["images"][0]["faces"]
+    (want,) = Predictor(predictor.model, predictor.info, detector="none", flip=True)(raw["image"])
+    np.testing.assert_allclose(face["landmarks"], want["landmarks"], atol=0.006)
+    (plain,) = Predictor(predictor.model, predictor.info, detector="none")(raw["image"])
+    assert np.abs(np.asarray(face["landmarks"]) - plain["landmarks"]).max() > 0.05

@@ -105,6 +105,12 @@ class TaskKind:
         """A decoded prediction of one face crop -> the original image's frame."""
         raise NotImplementedError
 
+    def unflip(self, task, value: torch.Tensor, crop_size: int) -> torch.Tensor:
+        """Decoded predictions of a batch of MIRRORED crops -> what they say about the crops
+        themselves (test-time flip, :class:`facemtl.inference.predictor.Predictor`): the
+        mirror undone and left/right labels swapped back with ``task.flip``."""
+        raise NotImplementedError
+
     def to_json(self, task, value, mask_path: str | None = None):
         raise NotImplementedError
 
@@ -180,6 +186,13 @@ class PointsKind(TaskKind):
             body.append(["mean shape", *per_point, baseline["mean_shape_nme"], baseline["mean_shape_failure_rate"]])
         header = [task.name, *[f"{n} NME" for n in names], "mean NME", "failure"]
         return f"{task.name}: NME % (lower is better)", header, body
+
+    def unflip(self, task, value, crop_size):
+        # normalised x = pixel x / crop_size, pixel centres at integers: a mirror maps x to S - 1 - x
+        out = torch.empty_like(value)
+        out[:, list(task.flip)] = value
+        out[..., 0] = (crop_size - 1) / crop_size - out[..., 0]
+        return out
 
     def to_image(self, task, value, matrix, crop_size, height, width):
         from facemtl.data.transforms import invert_affine, warp_points
@@ -294,6 +307,11 @@ class SegmentationKind(TaskKind):
             body.append([key.replace("_", " "), *[r["f1"].get(c, NAN) for c in names], *[r.get(g, NAN) for g in groups]])
         return f"{task.name}: F1 % (higher is better)", [task.name, *names, *groups], body
 
+    def unflip(self, task, value, crop_size):
+        out = torch.empty_like(value)
+        out[:, list(task.flip)] = value  # class i of the mirror is class flip[i] of the crop
+        return out.flip(-1)
+
     def to_image(self, task, value, matrix, crop_size, height, width):
         from facemtl.inference.predictor import logits_to_mask
 
@@ -371,6 +389,11 @@ class CategoryKind(TaskKind):
             body.append([f"majority ({baseline['majority_class']})", baseline["majority_accuracy"],
                          baseline["majority_mean_class_accuracy"]])
         return f"{task.name}: % (higher is better)", [task.name, "accuracy", "mean_class_acc"], body
+
+    def unflip(self, task, value, crop_size):
+        out = torch.empty_like(value)
+        out[:, list(task.flip)] = value  # e.g. pose: left profile <-> right profile
+        return out
 
     def to_image(self, task, value, matrix, crop_size, height, width):
         probs = torch.softmax(value, dim=0).numpy().astype(np.float64)

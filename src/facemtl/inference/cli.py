@@ -57,6 +57,9 @@ def register(subparsers) -> None:
                    "turned so the eyes are level, and reports every task from that second crop; 1 keeps the first "
                    "crop (default: detected faces get the second crop only when their predicted eyes tilt by 5 "
                    "degrees or more; --boxes and --detector none get one)")
+    p.add_argument("--flip", action="store_true",
+                   help="test-time flip: run each face crop and its mirror image and average their outputs "
+                   "(mirror's left/right points and classes swapped back); twice the model's time")
     p.add_argument("--boxes", type=Path, metavar="BOXES.json",
                    help='face boxes per image: {"path/to/img.jpg": [[x0, y0, x1, y1], ...]}; keys are paths '
                    "(relative to the boxes file or the current folder) or bare file names; images it does not "
@@ -212,7 +215,8 @@ def run_predict(args) -> int:
         args.checkpoint = bundled_model()
     predictor = Predictor.from_checkpoint(args.checkpoint, detector=args.detector, batch_size=args.batch_size,
                                           iterations=args.iterations, margin=args.margin, device=args.device,
-                                          backend=args.backend, passes=args.passes, tasks=args.tasks)
+                                          backend=args.backend, passes=args.passes, tasks=args.tasks,
+                                          flip=args.flip)
     tasks = predictor.tasks
     paths, folder, problems = _expand(args.inputs)
 

@@ -27,6 +27,9 @@ Pipeline for one image:
 3. the crops of several faces (and images) go through the model together; all refinement
    iterations run and the LAST one is reported (iFAN section 3.2: IterN refines Iter0);
    with ``source=None`` each task comes from its own source's batch-norm stream;
+3a. ``flip=True`` (test-time flip): each batch runs together with its mirror image; the mirror's
+   outputs are mirrored back (left/right points and classes swapped, :meth:`TaskKind.unflip`)
+   and averaged with the crop's own (points, logits), at twice the model's cost;
 3b. ``tasks`` (names; None: every task of the model) are the tasks reported. The model is asked
    for only those at the last iteration (iFAN then runs only their streams and decoders there,
    and the up path only for a segmentation task; earlier iterations run every task, which the
@@ -330,12 +333,13 @@ class Predictor:
     ``"torch"`` or ``"onnxruntime"`` (CPU; see the module docstring); ``threads``: the
     onnxruntime session's intra-op threads (None: ``torch.get_num_threads()``). ``tasks``: names
     of the tasks to report (None: all the model has); only they run at the last iteration.
+    ``flip``: average each crop's outputs with its mirror image's (see the module docstring).
     """
 
     def __init__(self, model, info: dict, *, detector: str = "opencv", batch_size: int = 16,
                  iterations: int | None = None, margin: float | None = None, device: str | torch.device = "cpu",
                  backend: str = "torch", threads: int | None = None, passes: int | None = None,
-                 calibrate: bool = True, tasks=None, upright: bool = True):
+                 calibrate: bool = True, tasks=None, upright: bool = True, flip: bool = False):
         if isinstance(detector, str):
             if detector not in DETECTORS:
                 raise FacemtlError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
@@ -369,6 +373,9 @@ class Predictor:
                                "'landmarks' task; use passes=1")
         self.passes = passes
         self.upright = bool(upright)
+        if not isinstance(flip, bool):
+            raise FacemtlError(f"flip must be True or False, got {flip!r}")
+        self.flip = flip
         self.detector_name = detector if isinstance(detector, str) else type(detector).__name__
         self.detector = make_detector(detector) if isinstance(detector, str) else detector
         found = getattr(self.detector, "calibration", None)
@@ -551,7 +558,16 @@ class Predictor:
     def forward(self, crops: torch.Tensor, tasks=None) -> dict[str, torch.Tensor]:
         """Normalised crops (B, 3, S, S) -> decoded outputs of the last iteration, per task (CPU
         float), for ``tasks`` (names; None: the predictor's :attr:`tasks`)."""
-        return self.backend(crops, self.task_names if tasks is None else tuple(tasks))
+        names = self.task_names if tasks is None else tuple(tasks)
+        if not self.flip:
+            return self.backend(crops, names)
+        n = crops.shape[0]
+        both = self.backend(torch.cat([crops, crops.flip(-1)]), names)
+        out = {}
+        for name, value in both.items():
+            task = self.model.task(name)
+            out[name] = (value[:n] + kind_of(task).unflip(task, value[n:], self.input_size)) / 2
+        return out
 
     def normalise(self, crops: np.ndarray) -> torch.Tensor:
         """(B, S, S, 3) uint8 RGB -> (B, 3, S, S) float with the checkpoint's mean/std."""

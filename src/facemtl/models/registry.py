@@ -20,6 +20,7 @@ _BUILTIN_MODULES: tuple[str, ...] = (
     "facemtl.models.collab",
     "facemtl.models.cross_stitch",
     "facemtl.models.sharing",
+    "facemtl.models.unet",
 )
 _loaded = False
 
