@@ -26,6 +26,9 @@ Per (sources, iterations, batch, backend, tasks):
   only their streams and decoders run, and the up path only for a segmentation task; at Iter0
   that is the whole pass.
 
+Every figure is for ONE pass per crop (``flip=False``): the predictor's default test-time flip
+runs each crop and its mirror, so it predicts about half as many faces per second.
+
 The calls of every (backend, tasks) alternate (see :func:`timed`) and each figure is a median.
 
 Usage: python benchmarks/predict_speed.py [--threads 2] [--batches 1 32] [--iterations 0 2]
@@ -111,7 +114,8 @@ def main() -> None:
                 for name, tasks in task_sets.items():
                     start = time.perf_counter()
                     predictors[backend, name] = Predictor(model, {"input_size": 128}, detector="none",
-                                                          iterations=iterations, backend=backend, tasks=tasks)
+                                                          iterations=iterations, backend=backend, tasks=tasks,
+                                                          flip=False)
                     setup_s[backend, name] = time.perf_counter() - start
             for batch in args.batches:
                 crops = torch.randn(batch, 3, 128, 128)

@@ -400,7 +400,8 @@ def main(argv=None) -> None:
     ap.add_argument("--crops", default="detector,labels", help="comma-separated crop modes: detector, labels")
     ap.add_argument("--detector", default="opencv", help="face detector for --crops detector (default: opencv)")
     ap.add_argument("--passes", type=int, choices=(1, 2), help="crops per detected face (default: the predictor's)")
-    ap.add_argument("--flip", action="store_true", help="test-time flip: average each crop with its mirror image")
+    ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                    help="test-time flip, the predictor's default (--no-flip: one pass per crop)")
     ap.add_argument("--regions", action="store_true",
                     help="emotion per face with the eyes, the nose or the mouth blurred in turn (labels' squares)")
     ap.add_argument("--looks", action="store_true",
@@ -428,7 +429,7 @@ def main(argv=None) -> None:
                                        if args.regions else
                                        (look_readings, "the photo's look changed",
                                         "the labelled emotion, else of the first reading's"))
-            rows = readings(Predictor.from_checkpoint(ckpt, detector="none"), args.photos)
+            rows = readings(Predictor.from_checkpoint(ckpt, detector="none", flip=args.flip), args.photos)
             print(f"{ckpt}, emotion from the labels' squares, then with {changed} (label, probability of {prob}):")
             for r in rows:
                 cells = " | ".join(f"{k}: {lab[:8]} {p:.2f}" for k, (lab, p) in r["readings"].items())
@@ -439,7 +440,7 @@ def main(argv=None) -> None:
                                              passes=args.passes if mode == "detector" else None, flip=args.flip)
             rows = score(pred, args.photos, mode)
             print(f"{ckpt}, crops from the {mode}{f' ({args.detector})' if mode == 'detector' else ''}"
-                  f"{', with test-time flip' if args.flip else ''}:")
+                  f"{'' if args.flip else ', without test-time flip'}:")
             for r in rows:
                 points = f"{r['nme']:6.1f} {r['baseline_nme']:8.1f}" if "nme" in r else f"{'-':>6s} {'-':>8s}"
                 values = f"{points}  {r['emotion'] or '-':8s}" if r["found"] else f"{'missed':>6s} {'':8s}  {'':8s}"

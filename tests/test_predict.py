@@ -519,8 +519,9 @@ def test_passes_help_states_the_default_tilt_threshold(capsys):
 
 def test_flip_averages_each_crop_with_its_mirror(predictor):
     raw = render_face(3, 107, "studio", SIZE)
-    plain = Predictor(predictor.model, predictor.info, detector="none")
-    flipped = Predictor(predictor.model, predictor.info, detector="none", flip=True)
+    plain = Predictor(predictor.model, predictor.info, detector="none", flip=False)
+    flipped = Predictor(predictor.model, predictor.info, detector="none")  # the default
+    assert flipped.flip and predictor.flip
     (face,) = plain(raw["image"])
     (mirror,) = plain(np.ascontiguousarray(raw["image"][:, ::-1]))
     back = mirror["landmarks"].copy()
@@ -576,12 +577,12 @@ def test_flip_must_be_a_bool(predictor):
         Predictor(predictor.model, predictor.info, flip="yes")
 
 
-def test_cli_flip_reaches_the_predictor(run_dir, predictor, tmp_path, capsys):
+def test_cli_no_flip_reaches_the_predictor(run_dir, predictor, tmp_path, capsys):
     raw = render_face(3, 109, "studio", SIZE)
     img = write_rgb(tmp_path / "crop.png", raw["image"])
-    assert main(["predict", str(img), "--checkpoint", str(run_dir), "--detector", "none", "--flip"]) == 0
+    assert main(["predict", str(img), "--checkpoint", str(run_dir), "--detector", "none", "--no-flip"]) == 0
     (face,) = json.loads(capsys.readouterr().out)["images"][0]["faces"]
-    (want,) = Predictor(predictor.model, predictor.info, detector="none", flip=True)(raw["image"])
+    (want,) = Predictor(predictor.model, predictor.info, detector="none", flip=False)(raw["image"])
     np.testing.assert_allclose(face["landmarks"], want["landmarks"], atol=0.006)
-    (plain,) = Predictor(predictor.model, predictor.info, detector="none")(raw["image"])
-    assert np.abs(np.asarray(face["landmarks"]) - plain["landmarks"]).max() > 0.05
+    (default,) = Predictor(predictor.model, predictor.info, detector="none")(raw["image"])
+    assert np.abs(np.asarray(face["landmarks"]) - default["landmarks"]).max() > 0.05

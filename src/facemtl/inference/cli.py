@@ -57,9 +57,10 @@ def register(subparsers) -> None:
                    "turned so the eyes are level, and reports every task from that second crop; 1 keeps the first "
                    "crop (default: detected faces get the second crop only when their predicted eyes tilt by 5 "
                    "degrees or more; --boxes and --detector none get one)")
-    p.add_argument("--flip", action="store_true",
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time flip: run each face crop and its mirror image and average their outputs "
-                   "(mirror's left/right points and classes swapped back); twice the model's time")
+                   "(the mirror's left/right points and classes swapped back); --no-flip runs the model once "
+                   "per crop, twice as fast (default: --flip)")
     p.add_argument("--boxes", type=Path, metavar="BOXES.json",
                    help='face boxes per image: {"path/to/img.jpg": [[x0, y0, x1, y1], ...]}; keys are paths '
                    "(relative to the boxes file or the current folder) or bare file names; images it does not "

@@ -27,9 +27,13 @@ Pipeline for one image:
 3. the crops of several faces (and images) go through the model together; all refinement
    iterations run and the LAST one is reported (iFAN section 3.2: IterN refines Iter0);
    with ``source=None`` each task comes from its own source's batch-norm stream;
-3a. ``flip=True`` (test-time flip): each batch runs together with its mirror image; the mirror's
-   outputs are mirrored back (left/right points and classes swapped, :meth:`TaskKind.unflip`)
-   and averaged with the crop's own (points, logits), at twice the model's cost;
+3a. test-time flip (``flip=True``, the default): each batch runs together with its mirror image;
+   the mirror's outputs are mirrored back (left/right points and classes swapped,
+   :meth:`TaskKind.unflip`) and averaged with the crop's own (points, logits), at twice the
+   model's cost. Why the default: on the project's 71 real faces (benchmarks/real_faces.py) it
+   lowered the mean landmark NME of all four 128-px models checked (by 0.2-0.6 points in the
+   labels' squares) and cost no emotion or parsing (README, "Synthetic faces and the bundled
+   model"); ``flip=False`` for the single pass;
 3b. ``tasks`` (names; None: every task of the model) are the tasks reported. The model is asked
    for only those at the last iteration (iFAN then runs only their streams and decoders there,
    and the up path only for a segmentation task; earlier iterations run every task, which the
@@ -333,13 +337,13 @@ class Predictor:
     ``"torch"`` or ``"onnxruntime"`` (CPU; see the module docstring); ``threads``: the
     onnxruntime session's intra-op threads (None: ``torch.get_num_threads()``). ``tasks``: names
     of the tasks to report (None: all the model has); only they run at the last iteration.
-    ``flip``: average each crop's outputs with its mirror image's (see the module docstring).
+    ``flip``: average each crop's outputs with its mirror image's (default; see the module docstring).
     """
 
     def __init__(self, model, info: dict, *, detector: str = "opencv", batch_size: int = 16,
                  iterations: int | None = None, margin: float | None = None, device: str | torch.device = "cpu",
                  backend: str = "torch", threads: int | None = None, passes: int | None = None,
-                 calibrate: bool = True, tasks=None, upright: bool = True, flip: bool = False):
+                 calibrate: bool = True, tasks=None, upright: bool = True, flip: bool = True):
         if isinstance(detector, str):
             if detector not in DETECTORS:
                 raise FacemtlError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
