@@ -161,3 +161,25 @@ def test_device_is_validated_and_resolved():
     if not torch.cuda.is_available():
         with pytest.raises(FacemtlError, match="sees no CUDA GPU"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("name", ["control_landmarks_resnet18", "control_emotion_resnet18", "control_parsing_unet"])
+def test_control_configs_build_their_plain_model_and_match_the_source_they_control(name):
+    """A plain control sees the source of the task it controls (same style, faces, split and
+    batch) and its model predicts that task at the config's input size."""
+    import facemtl
+    from facemtl.engine.loop import model_kwargs
+
+    cfg = load_config(f"configs/{name}.yaml")
+    assert cfg.schedule.mode == "joint" and len(cfg.data) == 1
+    (task,) = cfg.data[0].tasks
+    default = TrainConfig()
+    source = default.data[default.task_sources[default.task_names.index(task)]]
+    # the bundled model draws its emotion source in the studio style (README), the default run in classroom
+    style = "studio" if task == "emotion" else source.style
+    assert (cfg.data[0].style, cfg.data[0].seed, cfg.data[0].n_train, cfg.data[0].n_test, cfg.data[0].batch_size) == \
+        (style, source.seed, source.n_train, source.n_test, source.batch_size)
+    model = facemtl.create_model(cfg.model.name, **model_kwargs(cfg)).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, cfg.input_size, cfg.input_size))[-1]
+    assert list(out) == [task]

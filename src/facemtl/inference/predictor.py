@@ -561,7 +561,8 @@ class Predictor:
 
     def forward(self, crops: torch.Tensor, tasks=None) -> dict[str, torch.Tensor]:
         """Normalised crops (B, 3, S, S) -> decoded outputs of the last iteration, per task (CPU
-        float), for ``tasks`` (names; None: the predictor's :attr:`tasks`)."""
+        float), for ``tasks`` (names; None: the predictor's :attr:`tasks`); with :attr:`flip`,
+        the mean of each crop's and its mirror image's (the mirror's mapped back)."""
         names = self.task_names if tasks is None else tuple(tasks)
         if not self.flip:
             return self.backend(crops, names)
