@@ -128,7 +128,8 @@ def test_matching_a_detection_to_the_face():
 
 
 class StubModel(torch.nn.Module):
-    """Predicts the same landmarks (crop coordinates in [0, 1]) for every crop; records the crops."""
+    """Predicts the same landmarks (crop coordinates in [0, 1]) for every crop; records the crops.
+    Not mirror-symmetric, so the predictors here run without the test-time flip (flip=False)."""
 
     def __init__(self, points, tasks=("landmarks",)):
         super().__init__()
@@ -175,7 +176,7 @@ def test_two_passes_recrop_from_the_predicted_landmarks_like_training():
     image, box = photo(), [50.0, 30.0, 98.0, 78.0]
     cal = Calibration(dx=0.05, dy=0.1, scale=0.9)
     model = StubModel(POINTS)
-    predictor = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], cal), upright=False)
+    predictor = Predictor(model, {"input_size": SIZE}, flip=False, detector=FixedBoxes([box], cal), upright=False)
     (face,) = predictor(image)
     assert len(model.seen) == 2  # two passes for a detected face by default
     # pass 1: the calibrated square, cropped as training crops a box
@@ -196,7 +197,7 @@ def test_the_default_second_crop_is_turned_so_the_predicted_eyes_are_level():
     image, box = photo(), [50.0, 30.0, 98.0, 78.0]
     tilted = [[0.36, 0.36], [0.62, 0.45], [0.48, 0.56], [0.34, 0.66], [0.55, 0.74]]  # eyes at ~19 degrees
     model = StubModel(tilted)
-    predictor = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], IDENTITY))
+    predictor = Predictor(model, {"input_size": SIZE}, flip=False, detector=FixedBoxes([box], IDENTITY))
     (face,) = predictor(image)
     first = face_crop_matrix(box=box, size=SIZE, margin=predictor.margin)
     as_output = np.array(tilted, np.float32).astype(np.float64) * SIZE  # the stub's float32 points, crop px
@@ -219,10 +220,10 @@ def test_the_default_second_crop_is_turned_so_the_predicted_eyes_are_level():
     # a face whose first-pass eyes tilt by less than UPRIGHT_MIN_DEGREES keeps its first crop by
     # default; passes=2 re-crops it, and points level within UPRIGHT_RETURN_DEGREES end it there
     model = StubModel(POINTS)  # eyes at 2.2 degrees
-    Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], IDENTITY))(image)
+    Predictor(model, {"input_size": SIZE}, flip=False, detector=FixedBoxes([box], IDENTITY))(image)
     assert len(model.seen) == 1
     model = StubModel(POINTS)
-    Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], IDENTITY), passes=2)(image)
+    Predictor(model, {"input_size": SIZE}, flip=False, detector=FixedBoxes([box], IDENTITY), passes=2)(image)
     assert len(model.seen) == 2
     tilt = np.degrees(np.arctan2(POINTS[1][1] - POINTS[0][1], POINTS[1][0] - POINTS[0][0]))
     assert tilt < UPRIGHT_RETURN_DEGREES < UPRIGHT_MIN_DEGREES  # preconditions of the two cases above
@@ -322,48 +323,48 @@ def test_one_pass_and_uncalibrated_options():
     image, box = photo(), [50.0, 30.0, 98.0, 78.0]
     cal = Calibration(dx=0.05, dy=0.1, scale=0.9)
     model = StubModel(POINTS)
-    (face,) = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], cal), passes=1)(image)
+    (face,) = Predictor(model, {"input_size": SIZE}, flip=False, detector=FixedBoxes([box], cal), passes=1)(image)
     assert len(model.seen) == 1
     np.testing.assert_allclose(face["box"], cal.apply(box))
     model.seen.clear()
-    p = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], cal), passes=1, calibrate=False)
+    p = Predictor(model, {"input_size": SIZE}, flip=False, detector=FixedBoxes([box], cal), passes=1, calibrate=False)
     assert p(image)[0]["box"] == box  # cropped from the raw box, reported as such
     torch.testing.assert_close(model.seen[0], crop_as_seen(p, image, face_crop_matrix(box=box, size=SIZE)))
     # a detector without a calibration is cropped as its boxes are
-    assert Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box])).calibration == IDENTITY
+    assert Predictor(model, {"input_size": SIZE}, flip=False, detector=FixedBoxes([box])).calibration == IDENTITY
     assert isinstance(FixedBoxes([box]), Detector)
 
 
 def test_given_boxes_take_one_pass_unless_asked():
     image, box = photo(), [50.0, 30.0, 98.0, 78.0]
     model = StubModel(POINTS)
-    Predictor(model, {"input_size": SIZE}, detector="none")(image, boxes=[box])
+    Predictor(model, {"input_size": SIZE}, flip=False, detector="none")(image, boxes=[box])
     assert len(model.seen) == 1  # the caller's box is the crop
-    torch.testing.assert_close(model.seen[0], crop_as_seen(Predictor(model, {"input_size": SIZE}, detector="none"),
+    torch.testing.assert_close(model.seen[0], crop_as_seen(Predictor(model, {"input_size": SIZE}, flip=False, detector="none"),
                                                            image, face_crop_matrix(box=box, size=SIZE)))
     model.seen.clear()
-    Predictor(model, {"input_size": SIZE}, detector="none", passes=2)(image, boxes=[box])
+    Predictor(model, {"input_size": SIZE}, flip=False, detector="none", passes=2)(image, boxes=[box])
     assert len(model.seen) == 2
 
 
 def test_implausible_landmarks_keep_the_first_crop():
     image, box = photo(), [50.0, 30.0, 98.0, 78.0]
     model = StubModel([[0.5, 0.5]] * 5)  # all points in one place: a 2-pixel "face"
-    (face,) = Predictor(model, {"input_size": SIZE}, detector=FixedBoxes([box], IDENTITY))(image)
+    (face,) = Predictor(model, {"input_size": SIZE}, flip=False, detector=FixedBoxes([box], IDENTITY))(image)
     assert len(model.seen) == 1
     np.testing.assert_allclose(face["box"], box)
 
 
 def test_passes_need_a_landmarks_task_and_are_checked():
     model = StubModel(POINTS, tasks=("emotion",))
-    assert Predictor(model, {"input_size": SIZE}, detector="none").recrop_task is None
+    assert Predictor(model, {"input_size": SIZE}, flip=False, detector="none").recrop_task is None
     with pytest.raises(FacemtlError, match="no 'landmarks' task"):
-        Predictor(model, {"input_size": SIZE}, detector="none", passes=2)
+        Predictor(model, {"input_size": SIZE}, flip=False, detector="none", passes=2)
     for bad in (0, 3, True, "2"):
         with pytest.raises(FacemtlError, match="passes must be 1 or 2"):
-            Predictor(StubModel(POINTS), {"input_size": SIZE}, detector="none", passes=bad)
+            Predictor(StubModel(POINTS), {"input_size": SIZE}, flip=False, detector="none", passes=bad)
     with pytest.raises(FacemtlError, match="callable"):
-        Predictor(StubModel(POINTS), {"input_size": SIZE}, detector=42)
+        Predictor(StubModel(POINTS), {"input_size": SIZE}, flip=False, detector=42)
 
 
 # ---------------------------------------------------------------------------------------
@@ -392,7 +393,7 @@ def test_mediapipe_missing_is_one_clear_error(monkeypatch, tmp_path, capsys):
         monkeypatch.delitem(sys.modules, name)  # imported by an earlier test: forget it
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe now raises ImportError
     with pytest.raises(FacemtlError, match=r"pip install 'facemtl\[detect\]'"):
-        Predictor(StubModel(POINTS), {"input_size": SIZE}, detector="mediapipe")
+        Predictor(StubModel(POINTS), {"input_size": SIZE}, flip=False, detector="mediapipe")
     img = tmp_path / "x.png"
     cv2.imwrite(str(img), np.zeros((64, 64, 3), np.uint8))
     # refused before the (missing) checkpoint is even looked at

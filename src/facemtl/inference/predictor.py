@@ -570,7 +570,7 @@ class Predictor:
         both = self.backend(torch.cat([crops, crops.flip(-1)]), names)
         out = {}
         for name, value in both.items():
-            task = self.model.task(name)
+            task = next(t for t in self.model.tasks if t.name == name)
             out[name] = (value[:n] + kind_of(task).unflip(task, value[n:], self.input_size)) / 2
         return out
 
