@@ -123,7 +123,7 @@ def test_iterations_choose_the_refinement_step(predictor):
         steps = predictor.model(x)
     assert len(steps) == 2  # Iter0, Iter1
     for iterations, expected in ((0, steps[0]), (None, steps[1])):
-        p = Predictor(predictor.model, predictor.info, detector="none", iterations=iterations)
+        p = Predictor(predictor.model, predictor.info, detector="none", iterations=iterations, flip=False)
         np.testing.assert_allclose(p(raw["image"])[0]["landmarks"], expected["landmarks"][0].numpy() * SIZE,
                                    atol=1e-3)
     with pytest.raises(FacemtlError, match=r"0\.\.1"):
@@ -453,9 +453,10 @@ def test_two_passes_without_landmarks_still_recrop_from_them(predictor, monkeypa
     raw = render_face(3, 107, "studio", SIZE)
     canvas = paste(raw["image"], 60, 40)
     box = [[v + 3 for v in face_box_for_crop(60, 40)]]  # off the face a little: the re-crop moves it
-    (full,) = Predictor(predictor.model, predictor.info, passes=2)(canvas, boxes=box)
+    # one pass per crop (flip=False): the crops this scenario was built on
+    (full,) = Predictor(predictor.model, predictor.info, passes=2, flip=False)(canvas, boxes=box)
     assert full["box"] != full["detection_box"]  # the second crop was taken
-    p = Predictor(predictor.model, predictor.info, passes=2, tasks=["emotion"])
+    p = Predictor(predictor.model, predictor.info, passes=2, tasks=["emotion"], flip=False)
     asked = []
     real_forward = p.forward
 

@@ -181,7 +181,7 @@ def test_landmark_nme_is_the_nme_in_original_pixels(trained, exported):
     from facemtl.data.transforms import invert_affine, warp_points
 
     config, run_dir, _ = trained
-    predictor = facemtl.load(run_dir, detector="none")
+    predictor = facemtl.load(run_dir, detector="none", flip=False)  # one pass: the logits warped by hand
     model = predictor.model.eval()
     src = build_sources(config, config.build_tasks())[0]
     raws, crops, outputs = _hand_outputs(model, src)
@@ -206,7 +206,7 @@ def test_parsing_f1_and_prediction_agree_with_logits_warped_back_by_hand(trained
     from facemtl.metrics.parsing import ParsingF1
 
     config, run_dir, _ = trained
-    predictor = facemtl.load(run_dir, detector="none")
+    predictor = facemtl.load(run_dir, detector="none", flip=False)  # one pass: the logits warped by hand
     model = predictor.model.eval()
     src = build_sources(config, config.build_tasks())[1]
     raws, crops, outputs = _hand_outputs(model, src)
