@@ -108,8 +108,12 @@ class TaskKind:
     def unflip(self, task, value: torch.Tensor, crop_size: int) -> torch.Tensor:
         """Decoded predictions of a batch of MIRRORED crops -> what they say about the crops
         themselves (test-time flip, :class:`facemtl.inference.predictor.Predictor`): the
-        mirror undone and left/right labels swapped back with ``task.flip``."""
-        raise NotImplementedError
+        mirror undone and left/right labels swapped back with ``task.flip``. Here only the swap
+        along dim 1 (point, class or category ``i`` of the mirror is ``flip[i]`` of the crop,
+        e.g. pose: left profile <-> right profile); kinds with geometry also undo the mirror."""
+        out = torch.empty_like(value)
+        out[:, list(task.flip)] = value
+        return out
 
     def to_json(self, task, value, mask_path: str | None = None):
         raise NotImplementedError
@@ -189,8 +193,7 @@ class PointsKind(TaskKind):
 
     def unflip(self, task, value, crop_size):
         # normalised x = pixel x / crop_size, pixel centres at integers: a mirror maps x to S - 1 - x
-        out = torch.empty_like(value)
-        out[:, list(task.flip)] = value
+        out = super().unflip(task, value, crop_size)
         out[..., 0] = (crop_size - 1) / crop_size - out[..., 0]
         return out
 
@@ -308,9 +311,7 @@ class SegmentationKind(TaskKind):
         return f"{task.name}: F1 % (higher is better)", [task.name, *names, *groups], body
 
     def unflip(self, task, value, crop_size):
-        out = torch.empty_like(value)
-        out[:, list(task.flip)] = value  # class i of the mirror is class flip[i] of the crop
-        return out.flip(-1)
+        return super().unflip(task, value, crop_size).flip(-1)  # classes swapped, then the pixels
 
     def to_image(self, task, value, matrix, crop_size, height, width):
         from facemtl.inference.predictor import logits_to_mask
@@ -389,11 +390,6 @@ class CategoryKind(TaskKind):
             body.append([f"majority ({baseline['majority_class']})", baseline["majority_accuracy"],
                          baseline["majority_mean_class_accuracy"]])
         return f"{task.name}: % (higher is better)", [task.name, "accuracy", "mean_class_acc"], body
-
-    def unflip(self, task, value, crop_size):
-        out = torch.empty_like(value)
-        out[:, list(task.flip)] = value  # e.g. pose: left profile <-> right profile
-        return out
 
     def to_image(self, task, value, matrix, crop_size, height, width):
         probs = torch.softmax(value, dim=0).numpy().astype(np.float64)

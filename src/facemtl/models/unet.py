@@ -51,8 +51,8 @@ class UNet(FaceModel):
         self.config = config
         self.tasks = get_tasks(config.tasks)
         wrong = [t.name for t in self.tasks if t.kind != "segmentation"]
-        if wrong or not self.tasks:
-            raise FacemtlError(f"model 'unet' predicts segmentation tasks only, got {', '.join(wrong) or 'none'}")
+        if wrong:  # get_tasks refused an empty list already
+            raise FacemtlError(f"model 'unet' predicts segmentation tasks only, got {', '.join(wrong)}")
         if config.segmentation_loss not in ("ce", "ce+dice"):
             raise FacemtlError(f"unet: segmentation_loss must be 'ce' or 'ce+dice', got {config.segmentation_loss!r}")
         if config.width < 1 or config.depth < 1:
