@@ -30,7 +30,7 @@ from facemtl.inference.alignment import (
     render_scene,
     upright_crop,
 )
-from facemtl.inference.detect import Detector, HaarFaceDetector
+from facemtl.inference.detect import MIN_WEIGHT, Detector, HaarFaceDetector
 from facemtl.inference.predictor import UPRIGHT_MAX_CROPS, UPRIGHT_MIN_DEGREES, UPRIGHT_RETURN_DEGREES, Predictor
 from facemtl.tasks import get_task
 
@@ -270,6 +270,24 @@ def test_haar_detector_searches_again_equalised_then_turned_when_it_finds_no_fac
     bright = np.clip(image * 2.2, 0, 255).astype(np.uint8)
     assert len(HaarFaceDetector(equalize=False, tilts=())(bright)) == 0
     assert find_match(HaarFaceDetector(tilts=())(bright), landmark_square(eyes_mouth)) == 0
+
+
+def test_haar_detector_drops_windows_the_cascade_scores_low():
+    class Cascade:  # three windows with last-stage scores 0.4, 1.5 and 7.0
+        def detectMultiScale3(self, gray, **kwargs):
+            assert kwargs["outputRejectLevels"]
+            rects = np.array([[0, 0, 30, 30], [40, 0, 30, 30], [0, 40, 50, 50]])
+            return rects, np.full(3, 25), np.array([0.4, 1.5, 7.0])
+
+    def boxes(detector):
+        detector.cascade = Cascade()
+        return detector(np.zeros((100, 100, 3), np.uint8)).tolist()
+
+    kept = boxes(HaarFaceDetector(min_weight=1.5))
+    assert kept == [[0, 40, 50, 90], [40, 0, 70, 30]]  # the 0.4 window is gone; largest first
+    assert len(boxes(HaarFaceDetector(min_weight=None))) == 3
+    assert boxes(HaarFaceDetector(min_weight=10.0, pad=0, equalize=False, tilts=())) == []
+    assert HaarFaceDetector().min_weight == MIN_WEIGHT > 0
 
 
 def tight_astronaut(inset: float, scale: int) -> tuple[np.ndarray, np.ndarray]:
