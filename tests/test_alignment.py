@@ -30,7 +30,7 @@ from facemtl.inference.alignment import (
     render_scene,
     upright_crop,
 )
-from facemtl.inference.detect import MIN_WEIGHT, Detector, HaarFaceDetector
+from facemtl.inference.detect import MIN_WEIGHT, Detector, HaarFaceDetector, _prefer_filling_faces
 from facemtl.inference.predictor import UPRIGHT_MAX_CROPS, UPRIGHT_MIN_DEGREES, UPRIGHT_RETURN_DEGREES, Predictor
 from facemtl.tasks import get_task
 
@@ -283,11 +283,23 @@ def test_haar_detector_drops_windows_the_cascade_scores_low():
         detector.cascade = Cascade()
         return detector(np.zeros((100, 100, 3), np.uint8)).tolist()
 
-    kept = boxes(HaarFaceDetector(min_weight=1.5))
+    kept = boxes(HaarFaceDetector(min_weight=1.5, pad=0))  # pad=0: no second look for a face filling the photo
     assert kept == [[0, 40, 50, 90], [40, 0, 70, 30]]  # the 0.4 window is gone; largest first
-    assert len(boxes(HaarFaceDetector(min_weight=None))) == 3
+    assert len(boxes(HaarFaceDetector(min_weight=None, pad=0))) == 3
     assert boxes(HaarFaceDetector(min_weight=10.0, pad=0, equalize=False, tilts=())) == []
     assert HaarFaceDetector().min_weight == MIN_WEIGHT > 0
+
+
+def test_a_face_that_fills_the_photo_replaces_the_false_faces_inside_it():
+    found = np.array([[40, 50, 20, 20],     # on the big face's cheek: goes
+                      [300, 10, 30, 30],    # elsewhere: stays
+                      [5, 5, 70, 70]], np.float32)  # centred inside it but not much smaller: stays
+    filling = np.array([[0, 0, 100, 100]], np.float32)
+    merged = _prefer_filling_faces(found, filling)
+    assert merged.tolist() == [[300, 10, 30, 30], [5, 5, 70, 70]]  # the filling face overlaps the 70-px box
+    merged = _prefer_filling_faces(found[:2], filling)
+    assert merged.tolist() == [[300, 10, 30, 30], [0, 0, 100, 100]]
+    assert _prefer_filling_faces(found, np.zeros((0, 4), np.float32)) is found
 
 
 def tight_astronaut(inset: float, scale: int) -> tuple[np.ndarray, np.ndarray]:
