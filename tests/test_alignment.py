@@ -283,23 +283,55 @@ def test_haar_detector_drops_windows_the_cascade_scores_low():
         detector.cascade = Cascade()
         return detector(np.zeros((100, 100, 3), np.uint8)).tolist()
 
-    kept = boxes(HaarFaceDetector(min_weight=1.5, pad=0))  # pad=0: no second look for a face filling the photo
+    kept = boxes(HaarFaceDetector(min_weight=1.5, pad=0, tilts=()))  # the first search only
     assert kept == [[0, 40, 50, 90], [40, 0, 70, 30]]  # the 0.4 window is gone; largest first
-    assert len(boxes(HaarFaceDetector(min_weight=None, pad=0))) == 3
+    assert len(boxes(HaarFaceDetector(min_weight=None, pad=0, tilts=()))) == 3
     assert boxes(HaarFaceDetector(min_weight=10.0, pad=0, equalize=False, tilts=())) == []
     assert HaarFaceDetector().min_weight == MIN_WEIGHT > 0
 
 
 def test_a_face_that_fills_the_photo_replaces_the_false_faces_inside_it():
-    found = np.array([[40, 50, 20, 20],     # on the big face's cheek: goes
-                      [300, 10, 30, 30],    # elsewhere: stays
-                      [5, 5, 70, 70]], np.float32)  # centred inside it but not much smaller: stays
-    filling = np.array([[0, 0, 100, 100]], np.float32)
+    # rows [x, y, w, h, cascade score]
+    found = np.array([[40, 50, 20, 20, 3.0],     # on the big face's cheek: goes
+                      [300, 10, 30, 30, 4.0],    # elsewhere: stays
+                      [5, 5, 70, 70, 6.0]], np.float32)  # centred inside it but not much smaller: stays
+    filling = np.array([[0, 0, 100, 100, 10.0]], np.float32)
     merged = _prefer_filling_faces(found, filling)
-    assert merged.tolist() == [[300, 10, 30, 30], [5, 5, 70, 70]]  # the filling face overlaps the 70-px box
+    assert merged[:, :4].tolist() == [[300, 10, 30, 30], [5, 5, 70, 70]]  # the filling face overlaps the 70-px box
     merged = _prefer_filling_faces(found[:2], filling)
-    assert merged.tolist() == [[300, 10, 30, 30], [0, 0, 100, 100]]
-    assert _prefer_filling_faces(found, np.zeros((0, 4), np.float32)) is found
+    assert merged[:, :4].tolist() == [[300, 10, 30, 30], [0, 0, 100, 100]]
+    # a dark photo: a weak false "face" around a real face that scores higher goes instead
+    weak = np.array([[0, 0, 100, 100, 2.5]], np.float32)
+    assert _prefer_filling_faces(found[:2], weak)[:, :4].tolist() == [[40, 50, 20, 20], [300, 10, 30, 30]]
+    assert _prefer_filling_faces(found, np.zeros((0, 5), np.float32)).tolist() == found.tolist()
+
+
+def test_haar_keeps_a_face_in_a_dark_photo():
+    astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"
+    if not astronaut.exists():
+        pytest.skip("needs ../shared/testdata/astronaut.png")
+    image = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
+    eyes_mouth = np.array([[202.0, 101.0], [245.0, 103.0], [223.0, 128.0], [199.0, 140.0], [244.5, 139.5]])
+    dark = (image * 0.25).astype(np.uint8)  # here the search for a face filling the photo finds a weak false one
+    assert find_match(HaarFaceDetector()(dark), landmark_square(eyes_mouth)) == 0
+
+
+def test_haar_finds_a_tilted_head_beside_an_upright_one():
+    astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"
+    if not astronaut.exists():
+        pytest.skip("needs ../shared/testdata/astronaut.png")
+    image = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
+    eyes_mouth = np.array([[202.0, 101.0], [245.0, 103.0], [223.0, 128.0], [199.0, 140.0], [244.5, 139.5]])
+    turn = cv2.getRotationMatrix2D(tuple(eyes_mouth.mean(0)), 30.0, 1.0)
+    tilted = cv2.warpAffine(image, turn, image.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+    pair = np.concatenate([image, tilted], axis=1)  # a "group photo": upright left, tilted right
+    upright_square = landmark_square(eyes_mouth)
+    tilted_square = landmark_square(warp_points(eyes_mouth, turn) + (image.shape[1], 0))
+    only_upright = HaarFaceDetector(tilt_always=False)(pair)
+    assert find_match(only_upright, upright_square) is not None
+    assert find_match(only_upright, tilted_square) is None  # the turned searches did not run
+    both = HaarFaceDetector()(pair)
+    assert find_match(both, upright_square) is not None and find_match(both, tilted_square) is not None
 
 
 def tight_astronaut(inset: float, scale: int) -> tuple[np.ndarray, np.ndarray]:

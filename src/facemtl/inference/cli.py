@@ -46,8 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--overlays", type=Path, metavar="DIR", help="write one overlay PNG per image here")
     p.add_argument("--masks", type=Path, metavar="DIR", help="write the class-id mask PNGs here (see below)")
     p.add_argument("--detector", choices=("opencv", "mediapipe", "none"), default="opencv",  # detect.DETECTORS
-                   help="opencv: OpenCV's Haar frontal-face cascade (misses turned faces; when it finds none, searches "
-                   "the image padded (a face that fills the photo), equalised, then turned by +-25 degrees); "
+                   help="opencv: OpenCV's Haar frontal-face cascade (misses turned faces; also searches the image turned "
+                   "by +-25 degrees (tilted heads) and drops windows it scores low (false faces); when it finds "
+                   "none, searches the image padded (a face that fills the photo) and equalised too); "
                    "mediapipe: MediaPipe's BlazeFace, also finds turned and small faces, and looks again padded "
                    "when it finds none (needs pip install 'facemtl[detect]'); none: each "
                    "image is one face crop (default: opencv). Detected boxes are moved and scaled to the face "

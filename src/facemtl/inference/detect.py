@@ -40,9 +40,9 @@ MEDIAPIPE_INSTALL = "pip install 'facemtl[detect]'"
 # found of the 71 of benchmarks/real_faces.py: Haar 50 -> 60, MediaPipe 61 -> 68 (2026-12-02).
 FRAME_PAD = 0.25
 # When the Haar search finds faces, it also looks on the padded photo for faces whose side is at
-# least this share of the photo's shorter side, and drops found boxes inside them (false faces on
-# the cheek or nose of a face that fills the photo; 2026-12-02: 1 of the 71 faces of
-# real_faces.py found more, one cropped from a false box no longer; 12% more detection time there).
+# least this share of the photo's shorter side; where found boxes lie inside one, the higher cascade
+# score wins (false faces on the cheek or nose of a face that fills the photo; 2026-12-02: 1 of the
+# 71 faces of real_faces.py found more, one cropped from a false box no longer).
 FILLING_FACE = 0.5
 # The Haar cascade's last-stage score below which a window is not taken for a face
 # (HaarFaceDetector.min_weight). Chosen 2026-12-02 by a rule written beforehand: the largest of
@@ -96,10 +96,12 @@ class HaarFaceDetector:
     crop then levels the face). These searches run on images where the first found nothing,
     often images without a face, so the equalised and turned ones ask for more overlapping hits
     than ``min_neighbors`` (a lenient search there adds false faces), and such an image costs five
-    searches. When the first search finds faces, one more search on the padded image looks only
-    for faces at least :data:`FILLING_FACE` of the photo's shorter side, and the boxes found
-    inside such a face (a false face on its cheek or nose) give way to it. ``pad=0,
-    equalize=False, tilts=()`` searches only the image as it is.
+    searches. When the first search finds faces, the turned searches run too (``tilt_always``; a
+    tilted head beside upright ones, as in group photos), for faces from half the smallest to
+    twice the largest side found, and add the faces that overlap none found; and one more search
+    on the padded image looks only for faces at least :data:`FILLING_FACE` of the photo's shorter
+    side, and the boxes found inside such a face give way to it when it scores higher (a false
+    face on its cheek or nose; faces do not nest), else it goes. ``pad=0, equalize=False, tilts=()`` searches only the image as it is.
 
     ``min_weight``: every search drops the windows whose score from the cascade's last stage
     (OpenCV's level weight) is below it (:data:`MIN_WEIGHT`). Window blinds, stripes and folds
@@ -113,7 +115,7 @@ class HaarFaceDetector:
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24, max_side: int = 1280,
                  pad: float = FRAME_PAD, equalize: bool = True, equalize_min_neighbors: int = 8,
                  tilts: tuple[float, ...] = (25.0, -25.0), tilt_min_neighbors: int = 12,
-                 min_weight: float | None = MIN_WEIGHT):
+                 tilt_always: bool = True, min_weight: float | None = MIN_WEIGHT):
         path = Path(getattr(cv2, "data").haarcascades) / _CASCADE
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
@@ -129,6 +131,7 @@ class HaarFaceDetector:
         self.equalize, self.equalize_min_neighbors = equalize, equalize_min_neighbors
         self.tilts = tuple(float(a) for a in tilts)
         self.tilt_min_neighbors = tilt_min_neighbors
+        self.tilt_always = tilt_always
         self.min_weight = min_weight
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
@@ -146,39 +149,60 @@ class HaarFaceDetector:
                                                              self.pad, sizes=True))
         if len(xywh) == 0 and self.equalize:  # an over-exposed or flat face
             xywh = self._search(cv2.equalizeHist(gray), self.equalize_min_neighbors)
-        for angle in self.tilts if len(xywh) == 0 else ():
-            # the whole image turned by `angle` on a canvas that holds all of it
-            h, w = gray.shape
-            turn = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
-            cos, sin = abs(turn[0, 0]), abs(turn[0, 1])
-            tw, th = int(np.ceil(w * cos + h * sin)), int(np.ceil(w * sin + h * cos))
-            turn[:, 2] += ((tw - 1) / 2 - (w - 1) / 2, (th - 1) / 2 - (h - 1) / 2)
-            xywh = self._search(cv2.warpAffine(gray, turn, (tw, th), flags=cv2.INTER_LINEAR,
-                                               borderMode=cv2.BORDER_REPLICATE), self.tilt_min_neighbors)
-            if len(xywh):
-                centres = xywh[:, :2] + (xywh[:, 2:] - 1) / 2  # pixel centres, turned image
-                xywh[:, :2] = warp_points(centres, invert_affine(turn)) - (xywh[:, 2:] - 1) / 2
-                break
+        if len(xywh) == 0:  # a tilted head: the first turned search that finds faces
+            for angle in self.tilts:
+                xywh = self._turned_search(gray, angle)
+                if len(xywh):
+                    break
+        elif self.tilt_always:  # a tilted head beside upright ones (group photos), about their size
+            sides = (int(xywh[:, 2].min() / 2), int(np.ceil(xywh[:, 2].max() * 2)))
+            for angle in self.tilts:
+                xywh = _join(xywh, self._turned_search(gray, angle, sides))
         if len(xywh) == 0:
             return np.zeros((0, 4), np.float32)
-        xywh = xywh / scale
+        xywh = xywh[:, :4] / scale  # the searches' rows carry the cascade's score in column 4
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         return boxes[np.argsort(-(xywh[:, 2] * xywh[:, 3]), kind="stable")]
 
-    def _search(self, gray: np.ndarray, min_neighbors: int | None = None, min_size: int | None = None) -> np.ndarray:
-        """(N, 4) float32 ``[x, y, w, h]`` of the cascade's faces in one grey image."""
+    def _turned_search(self, gray: np.ndarray, angle: float, sides: tuple[int, int] | None = None) -> np.ndarray:
+        """``[x, y, w, h]`` rows of the faces found in the image turned by ``angle`` degrees (on
+        a canvas that holds all of it), as upright boxes with the same centres and sides.
+        ``sides``: the smallest and largest face side to look for (default: any); the canvas is
+        then shrunk until the smallest is 1.5 times the cascade's least window (the cost of a
+        search grows with the pixels it scans)."""
+        h, w = gray.shape
+        f = 1.0 if sides is None else min(1.0, 1.5 * self.min_size / max(sides[0], 1))
+        turn = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, f)
+        cos, sin = abs(turn[0, 0]), abs(turn[0, 1])
+        tw, th = int(np.ceil(w * cos + h * sin)), int(np.ceil(w * sin + h * cos))
+        turn[:, 2] += ((tw - 1) / 2 - (w - 1) / 2, (th - 1) / 2 - (h - 1) / 2)
+        limits = (None, None) if sides is None else (int(sides[0] * f), int(np.ceil(sides[1] * f)))
+        xywh = self._search(cv2.warpAffine(gray, turn, (tw, th), flags=cv2.INTER_LINEAR,
+                                           borderMode=cv2.BORDER_REPLICATE), self.tilt_min_neighbors, *limits)
+        centres = xywh[:, :2] + (xywh[:, 2:4] - 1) / 2  # pixel centres, turned canvas
+        xywh[:, 2:4] /= f
+        xywh[:, :2] = warp_points(centres, invert_affine(turn)) - (xywh[:, 2:4] - 1) / 2
+        return xywh
+
+    def _search(self, gray: np.ndarray, min_neighbors: int | None = None, min_size: int | None = None,
+                max_size: int | None = None) -> np.ndarray:
+        """(N, 5) float32 ``[x, y, w, h, score]`` of the cascade's faces in one grey image (score:
+        the last stage's level weight), with sides from ``min_size`` (at least the detector's own)
+        to ``max_size`` (default: any)."""
         side = self.min_size if min_size is None else max(self.min_size, min_size)
         found, _, weights = self.cascade.detectMultiScale3(
             gray,
             scaleFactor=self.scale_factor,
             minNeighbors=self.min_neighbors if min_neighbors is None else min_neighbors,
             minSize=(side, side),
+            maxSize=(max_size, max_size) if max_size else (0, 0),  # (0, 0): no limit
             outputRejectLevels=True,  # for the weights; the windows are detectMultiScale's
         )
-        found = np.asarray(found, np.float32).reshape(-1, 4)
+        weights = np.asarray(weights, np.float64).reshape(-1)
+        found = np.concatenate([np.asarray(found, np.float32).reshape(-1, 4), weights[:, None]], 1).astype(np.float32)
         if self.min_weight is None:
             return found
-        return found[np.asarray(weights, np.float64).reshape(-1) >= self.min_weight]
+        return found[weights >= self.min_weight]
 
 
 class MediaPipeFaceDetector:
@@ -234,24 +258,35 @@ class MediaPipeFaceDetector:
 
 
 def _prefer_filling_faces(found: np.ndarray, filling: np.ndarray) -> np.ndarray:
-    """Merge ``[x, y, w, h]`` rows of a search (``found``) with the faces of a search for faces
-    that fill the photo (``filling``): a found box centred inside a filling face and smaller than
-    0.6 of its side is a false face on its cheek or nose (faces do not nest) and goes; a filling
-    face joins unless it overlaps a kept box (intersection over union above 0.3: the same face)."""
-    if len(filling) == 0:
-        return found
-    centres = found[:, :2] + found[:, 2:] / 2
-    inner = np.zeros(len(found), bool)
-    for x, y, w, h in filling:
-        inner |= ((centres[:, 0] >= x) & (centres[:, 0] <= x + w) & (centres[:, 1] >= y) & (centres[:, 1] <= y + h)
-                  & (found[:, 2] < 0.6 * w))
-    kept = found[~inner]
-    new = [f for f in filling if not len(kept) or _iou(kept, f).max() <= 0.3]
-    return np.concatenate([kept, np.asarray(new, np.float32).reshape(-1, 4)])
+    """Merge ``[x, y, w, h, score]`` rows of a search (``found``) with the faces of a search for
+    faces that fill the photo (``filling``). Faces do not nest: where found boxes are centred
+    inside a filling face and smaller than 0.6 of its side, the higher score wins (a false face on
+    the cheek or nose of a face that fills the photo goes; a false "face" around a real one, as
+    in a dark photo, does). A filling face with no box inside joins unless it overlaps a kept box
+    (intersection over union above 0.3: the same face)."""
+    centres = found[:, :2] + found[:, 2:4] / 2
+    gone = np.zeros(len(found), bool)
+    joining = []
+    for x, y, w, h, score in filling:
+        inner = ((centres[:, 0] >= x) & (centres[:, 0] <= x + w) & (centres[:, 1] >= y) & (centres[:, 1] <= y + h)
+                 & (found[:, 2] < 0.6 * w))
+        if not inner.any() or score > found[inner, 4].max():
+            gone |= inner
+            joining.append([x, y, w, h, score])
+    return _join(found[~gone], np.asarray(joining, np.float32).reshape(-1, found.shape[1]))
+
+
+def _join(found: np.ndarray, more: np.ndarray) -> np.ndarray:
+    """``found`` and each ``[x, y, w, h, ...]`` row of ``more`` that overlaps none of the rows so far
+    (intersection over union at most 0.3; above it, the same face found twice)."""
+    for row in more:
+        if not len(found) or _iou(found, row).max() <= 0.3:
+            found = np.concatenate([found, row[None].astype(np.float32)])
+    return found
 
 
 def _iou(rows: np.ndarray, one: np.ndarray) -> np.ndarray:
-    """Intersection over union of each ``[x, y, w, h]`` row with ``one``."""
+    """Intersection over union of each ``[x, y, w, h, ...]`` row with ``one``."""
     ix = np.clip(np.minimum(rows[:, 0] + rows[:, 2], one[0] + one[2]) - np.maximum(rows[:, 0], one[0]), 0, None)
     iy = np.clip(np.minimum(rows[:, 1] + rows[:, 3], one[1] + one[3]) - np.maximum(rows[:, 1], one[1]), 0, None)
     inter = ix * iy
@@ -264,7 +299,7 @@ def padded_search(search, image: np.ndarray, pad: float, sizes: bool = False) ->
     face is larger than the photo shows). ``sizes``: the rows are ``[x, y, w, h]`` (only x and y
     move), else ``[x0, y0, x1, y1]``."""
     k = int(round(pad * max(image.shape[:2])))
-    boxes = np.array(search(cv2.copyMakeBorder(image, k, k, k, k, cv2.BORDER_REPLICATE)), np.float32).reshape(-1, 4)
+    boxes = np.array(search(cv2.copyMakeBorder(image, k, k, k, k, cv2.BORDER_REPLICATE)), np.float32)
     boxes[:, :2] -= k
     if not sizes:
         boxes[:, 2:] -= k
