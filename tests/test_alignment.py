@@ -253,12 +253,17 @@ def test_upright_crop_is_the_training_crop_of_the_level_face():
     assert angle == pytest.approx(70.0 - MAX_UPRIGHT_ROLL)
 
 
-def test_haar_detector_searches_again_equalised_then_turned_when_it_finds_no_face():
+def astronaut_and_points() -> tuple[np.ndarray, np.ndarray]:
+    """The shared astronaut photo (RGB) and its hand-placed eye centres, nose tip and mouth corners."""
     astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"
     if not astronaut.exists():
         pytest.skip("needs ../shared/testdata/astronaut.png")
     image = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
-    eyes_mouth = np.array([[202.0, 101.0], [245.0, 103.0], [223.0, 128.0], [199.0, 140.0], [244.5, 139.5]])
+    return image, np.array([[202.0, 101.0], [245.0, 103.0], [223.0, 128.0], [199.0, 140.0], [244.5, 139.5]])
+
+
+def test_haar_detector_searches_again_equalised_then_turned_when_it_finds_no_face():
+    image, eyes_mouth = astronaut_and_points()
     turn = cv2.getRotationMatrix2D(tuple(eyes_mouth.mean(0)), 30.0, 1.0)
     tilted = cv2.warpAffine(image, turn, image.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
     square = landmark_square(warp_points(eyes_mouth, turn))
@@ -307,21 +312,13 @@ def test_a_face_that_fills_the_photo_replaces_the_false_faces_inside_it():
 
 
 def test_haar_keeps_a_face_in_a_dark_photo():
-    astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"
-    if not astronaut.exists():
-        pytest.skip("needs ../shared/testdata/astronaut.png")
-    image = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
-    eyes_mouth = np.array([[202.0, 101.0], [245.0, 103.0], [223.0, 128.0], [199.0, 140.0], [244.5, 139.5]])
+    image, eyes_mouth = astronaut_and_points()
     dark = (image * 0.25).astype(np.uint8)  # here the search for a face filling the photo finds a weak false one
     assert find_match(HaarFaceDetector()(dark), landmark_square(eyes_mouth)) == 0
 
 
 def test_haar_finds_a_tilted_head_beside_an_upright_one():
-    astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"
-    if not astronaut.exists():
-        pytest.skip("needs ../shared/testdata/astronaut.png")
-    image = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
-    eyes_mouth = np.array([[202.0, 101.0], [245.0, 103.0], [223.0, 128.0], [199.0, 140.0], [244.5, 139.5]])
+    image, eyes_mouth = astronaut_and_points()
     turn = cv2.getRotationMatrix2D(tuple(eyes_mouth.mean(0)), 30.0, 1.0)
     tilted = cv2.warpAffine(image, turn, image.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
     pair = np.concatenate([image, tilted], axis=1)  # a "group photo": upright left, tilted right
@@ -337,11 +334,7 @@ def test_haar_finds_a_tilted_head_beside_an_upright_one():
 def tight_astronaut(inset: float, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """The astronaut cut ``inset`` of a side inside her training square (negative: outside) and
     resized by ``scale``: a face that fills the photo (image, its five points)."""
-    astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"
-    if not astronaut.exists():
-        pytest.skip("needs ../shared/testdata/astronaut.png")
-    image = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
-    eyes_mouth = np.array([[202.0, 101.0], [245.0, 103.0], [223.0, 128.0], [199.0, 140.0], [244.5, 139.5]])
+    image, eyes_mouth = astronaut_and_points()
     square = landmark_square(eyes_mouth)
     x0, y0, x1, y1 = np.round(square + np.array([1, 1, -1, -1]) * inset * (square[2] - square[0])).astype(int)
     crop = cv2.resize(image[y0:y1, x0:x1], None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
