@@ -101,7 +101,8 @@ class HaarFaceDetector:
     twice the largest side found, and add the faces that overlap none found; and one more search
     on the padded image looks only for faces at least :data:`FILLING_FACE` of the photo's shorter
     side, and the boxes found inside such a face give way to it when it scores higher (a false
-    face on its cheek or nose; faces do not nest), else it goes. ``pad=0, equalize=False, tilts=()`` searches only the image as it is.
+    face on its cheek or nose; faces do not nest), else it goes. ``pad=0, equalize=False,
+    tilts=()`` searches only the image as it is.
 
     ``min_weight``: every search drops the windows whose score from the cascade's last stage
     (OpenCV's level weight) is below it (:data:`MIN_WEIGHT`). Window blinds, stripes and folds
