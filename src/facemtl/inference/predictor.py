@@ -391,7 +391,6 @@ class Predictor:
         # What the model is asked for: a final crop needs only the reported tasks; a first crop of
         # two also needs the landmarks it is re-cropped from.
         self.task_names = tuple(t.name for t in self.tasks)
-        self._task_by_name = {t.name: t for t in model.tasks}  # the flip's unflip needs each output's task
         self.first_pass_names = tuple(t.name for t in model.tasks if t.name in self.task_names
                                       or t is self.recrop_task)
         if backend == "onnxruntime":
@@ -571,7 +570,7 @@ class Predictor:
         both = self.backend(torch.cat([crops, crops.flip(-1)]), names)
         out = {}
         for name, value in both.items():
-            task = self._task_by_name[name]
+            task = self.model.task(name)
             out[name] = (value[:n] + kind_of(task).unflip(task, value[n:], self.input_size)) / 2
         return out
 
