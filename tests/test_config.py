@@ -52,6 +52,12 @@ def test_unknown_key_suggests_the_close_one():
         ({"data": [{"tasks": ["landmarks"]}, {"tasks": ["landmarks"]}]}, "task 'landmarks' is labelled by sources [0, 1]"),
         ({"schedule": {"mode": "joint"}}, "joint training takes exactly one source, got 3"),
         ({"schedule": {"loss_weights": {"pose": 1.0}}}, "bad value for 'schedule.loss_weights'"),
+        ({"data": [{"tasks": ["landmarks"], "pose": {"tilt": [0, 1, 2]}}]},
+         "bad value for 'data.0.pose': expected angles from yaw, pitch, roll, got 'tilt'"),
+        ({"data": [{"tasks": ["landmarks"], "pose": {"roll": [0, 15]}}]},
+         "bad value for 'data.0.pose.roll': expected [mean, sd, limit] in degrees (sd and limit >= 0), got [0.0, 15.0]"),
+        ({"data": [{"name": "mtfl", "root": "/x", "tasks": ["landmarks"], "pose": {"roll": [0, 15, 45]}}]},
+         "bad value for 'data.0.pose': expected no value: only synthetic sources draw head poses"),
     ],
 )
 def test_bad_values_name_the_key_and_what_was_expected(data, message):
@@ -68,6 +74,7 @@ def test_overrides_parse_yaml_scalars_and_lists():
     assert cfg.data[1].n_train == 64 and cfg.data[0].n_train == TrainConfig().data[0].n_train
     assert cfg.logging.tensorboard is False and cfg.schedule.rounds is None
     assert cfg.model.kwargs["growth_rate"] == 6 and cfg.model.kwargs["iterations"] == 2
+    assert load_config(None, ["data.2.pose.roll=[0, 15, 45]"]).data[2].pose == {"roll": (0.0, 15.0, 45.0)}
     # the source list can be replaced whole
     cfg = load_config(None, ["data=[{tasks: [landmarks, gender]}]", "schedule.mode=joint"])
     assert cfg.task_names == ("landmarks", "gender") and cfg.schedule.mode == "joint"
@@ -183,3 +190,13 @@ def test_control_configs_build_their_plain_model_and_match_the_source_they_contr
     with torch.no_grad():
         out = model(torch.zeros(1, 3, cfg.input_size, cfg.input_size))[-1]
     assert list(out) == [task]
+
+
+def test_a_synthetic_source_s_pose_reaches_its_faces():
+    from facemtl.data.mixing import build_sources
+
+    cfg = load_config(None, ["input_size=64", "data.2.pose.roll=[0, 15, 45]", "data.2.n_train=4", "data.2.n_test=2"])
+    src = build_sources(cfg, cfg.build_tasks())[2]
+    assert src.train.pose == src.test.pose == {"roll": (0.0, 15.0, 45.0)}
+    assert src.description["pose"] == {"roll": [0.0, 15.0, 45.0]}
+    assert build_sources(cfg, cfg.build_tasks())[1].train.pose is None

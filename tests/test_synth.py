@@ -1,5 +1,7 @@
 """The synthetic face generator: determinism, label/pixel consistency, expressions, errors."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -40,6 +42,30 @@ def test_calibrated_landmark_style_stays_within_detector_poses():
     "wild" (the stress style) goes beyond."""
     yaws = {style: [abs(render_face(1, i, style, 64)["meta"]["yaw"]) for i in range(60)] for style in ("snapshot", "wild")}
     assert max(yaws["snapshot"]) <= 45 and max(yaws["wild"]) > 45
+
+
+def test_pose_spread_replaces_the_style_s_for_the_angles_given_only():
+    """data.N.pose: the roll given is drawn with its own spread from the same draw (a face
+    whose roll is within both limits scales by sd 15 / sd 8); yaw and pitch stay the style's."""
+    for i in range(12):
+        base = render_face(1, i, "snapshot", SIZE)["meta"]
+        wide = render_face(1, i, "snapshot", SIZE, pose={"roll": (0, 15, 45)})["meta"]
+        assert wide["yaw"] == base["yaw"] and wide["pitch"] == base["pitch"]
+        if abs(base["roll"]) < 25 and abs(wide["roll"]) < 45:
+            assert wide["roll"] == pytest.approx(base["roll"] * 15 / 8)
+    rolls = [abs(render_face(1, i, "snapshot", SIZE, pose={"roll": (0, 15, 45)})["meta"]["roll"]) for i in range(60)]
+    assert max(rolls) > 25 and max(rolls) <= 45
+    ds = SyntheticFaces(3, style="snapshot", seed=1, size=SIZE, pose={"roll": [0, 15, 45]})
+    np.testing.assert_array_equal(ds[2]["image"], render_face(1, 2, "snapshot", SIZE, pose={"roll": (0, 15, 45)})["image"])
+    assert "roll" in repr(ds)
+
+
+@pytest.mark.parametrize("pose, words", [({"tilt": (0, 1, 2)}, "yaw, pitch, roll"),
+                                         ({"roll": (0, 15)}, "(mean, sd, limit)"),
+                                         ({"yaw": (0, -1, 30)}, "sd, limit >= 0")])
+def test_bad_pose_spreads_are_named(pose, words):
+    with pytest.raises(FacemtlError, match=re.escape(words)):
+        render_face(0, 0, "studio", SIZE, pose=pose)
 
 
 def test_deterministic_and_index_dependent():

@@ -24,6 +24,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
+from facemtl.constants import POSE_ANGLES
 from facemtl.errors import FacemtlError
 
 
@@ -99,6 +100,9 @@ class SourceConfig:
     # synth only: the renderer's realism features (facemtl.data.synth_look.FEATURES); null = all,
     # [] = the plain low-poly renderer, a list = an ablation
     features: tuple[str, ...] | None = None
+    # synth only: head pose spreads instead of the style's, per angle (yaw, pitch, roll) a
+    # [mean, sd, limit] in degrees of a clipped normal, e.g. {roll: [0, 15, 45]}
+    pose: Mapping[str, tuple[float, ...]] = field(default_factory=_frozen_map)
 
 
 @dataclass(frozen=True)
@@ -584,6 +588,14 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
             unknown = [f for f in src.features if f not in FEATURES]
             if unknown:
                 raise bad(f"{p}.features", f"names from {', '.join(FEATURES)}", unknown[0])
+        if src.pose:
+            if src.name != "synth":
+                raise bad(f"{p}.pose", "no value: only synthetic sources draw head poses", dict(src.pose))
+            for angle, spread in src.pose.items():
+                if angle not in POSE_ANGLES:
+                    raise bad(f"{p}.pose", f"angles from {', '.join(POSE_ANGLES)}", angle)
+                if len(spread) != 3 or spread[1] < 0 or spread[2] < 0:
+                    raise bad(f"{p}.pose.{angle}", "[mean, sd, limit] in degrees (sd and limit >= 0)", list(spread))
         if src.name == "synth":
             if not 0 < src.n_train <= MAX_SYNTH_FACES:
                 raise bad(f"{p}.n_train", f"an integer in 1..{MAX_SYNTH_FACES:_}", src.n_train)

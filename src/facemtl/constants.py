@@ -18,3 +18,5 @@ MIN_OPSET, MAX_OPSET = 11, 20
 
 # Synthetic face styles; new styles go at the end: a style's index seeds its samples.
 SYNTH_STYLES: tuple[str, ...] = ("studio", "wild", "webcam", "snapshot", "classroom")
+# Head pose angles a synthetic source may draw with its own spread (``data.N.pose``)
+POSE_ANGLES: tuple[str, ...] = ("yaw", "pitch", "roll")

@@ -64,6 +64,7 @@ from importlib import resources
 import cv2
 import numpy as np
 
+from facemtl.constants import POSE_ANGLES
 from facemtl.constants import SYNTH_STYLES as STYLES
 from facemtl.data import synth_look as look
 from facemtl.data.synth_look import (
@@ -771,6 +772,19 @@ def _check(style: str, size: int) -> None:
         raise FacemtlError(f"synthetic image size must be an integer >= {MIN_SIZE}, got {size!r}")
 
 
+def _pose_spreads(pose) -> dict:
+    """``pose`` checked: angle -> (mean, sd, limit) floats."""
+    out = {}
+    for angle, spread in dict(pose).items():
+        if angle not in POSE_ANGLES:
+            raise FacemtlError(f"pose angles are {', '.join(POSE_ANGLES)}, got {angle!r}")
+        values = tuple(float(x) for x in spread)
+        if len(values) != 3 or values[1] < 0 or values[2] < 0:
+            raise FacemtlError(f"pose {angle}: expected (mean, sd, limit) degrees with sd, limit >= 0, got {spread!r}")
+        out[angle] = values
+    return out
+
+
 def _rng(*key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in key])))
 
@@ -894,7 +908,7 @@ class _Cam:
 
 
 def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
-                features=ALL_FEATURES) -> dict:
+                features=ALL_FEATURES, pose=None) -> dict:
     """Render one raw sample (loader contract of ``docs/datasets.md``) for ``(seed, index, style, size)``.
 
     Returns ``image`` (size, size, 3) uint8 RGB, ``landmarks`` float32 (5, 2) 0-based pixel
@@ -905,6 +919,10 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     ``features``: the realism features to draw (names from :data:`FEATURES`, default all). A
     feature that only changes appearance never changes the mask or the landmarks; "expressions"
     moves landmarks and mask, "hair_texture" and "ears" add hair and skin pixels to the mask.
+
+    ``pose``: optional ``{angle: (mean, sd, limit)}`` (degrees; angles yaw, pitch, roll) drawn
+    instead of the style's spread (:data:`STYLE_PARAMS`) for those angles; the draws stay the
+    same ones, so only the angles given change.
     """
     _check(style, size)
     feats = _features(features)
@@ -913,6 +931,8 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     seed, index, size = int(seed), int(index), int(size)
     m = _mesh()
     p, lp = STYLE_PARAMS[style], LOOK_PARAMS[style]
+    if pose:
+        p = {**p, **_pose_spreads(pose)}
     style_id = STYLES.index(style)
     rng = _rng(seed, index, style_id)
     subject = index // IMAGES_PER_SUBJECT
@@ -1467,11 +1487,12 @@ class SyntheticFaces(collections.abc.Sequence):
     """``n`` synthetic raw samples; item ``i`` is ``render_face(seed, i, style, size, features)``.
 
     ``features``: the realism features to draw (names from :data:`FEATURES`, default all); an
-    ablation passes e.g. ``ALL_FEATURES - {"eyes"}``.
+    ablation passes e.g. ``ALL_FEATURES - {"eyes"}``. ``pose``: head pose spreads instead of the
+    style's (see :func:`render_face`).
     """
 
     def __init__(self, n: int, style: str = "studio", seed: int = 0, size: int = 128,
-                 features=ALL_FEATURES):
+                 features=ALL_FEATURES, pose=None):
         _check(style, size)
         if int(n) < 0:
             raise FacemtlError(f"number of synthetic faces must be >= 0, got {n}")
@@ -1479,6 +1500,7 @@ class SyntheticFaces(collections.abc.Sequence):
             raise FacemtlError(f"seed must be >= 0, got {seed}")
         self.n, self.style, self.seed, self.size = int(n), style, int(seed), int(size)
         self.features = _features(features)
+        self.pose = _pose_spreads(pose) if pose else None
         self._rendered: list[dict] | None = None  # every face, once prerender() ran
 
     def __len__(self) -> int:
@@ -1494,7 +1516,7 @@ class SyntheticFaces(collections.abc.Sequence):
             raise IndexError(f"index {i} out of range for {self.n} synthetic faces")
         if self._rendered is not None:
             return self._rendered[i]
-        return render_face(self.seed, i, self.style, self.size, self.features)
+        return render_face(self.seed, i, self.style, self.size, self.features, self.pose)
 
     def prerender(self, processes: int = 1) -> SyntheticFaces:
         """Render every face now, in ``processes`` worker processes, and keep them in memory
@@ -1504,7 +1526,7 @@ class SyntheticFaces(collections.abc.Sequence):
         evaluation re-renders the test split."""
         if self._rendered is not None:
             return self
-        args = (self.seed, self.style, self.size, self.features)
+        args = (self.seed, self.style, self.size, self.features, self.pose)
         if processes <= 1 or self.n < PARALLEL_RENDER_MIN:
             self._rendered = _render_range(args, 0, self.n)
         else:
@@ -1516,6 +1538,8 @@ class SyntheticFaces(collections.abc.Sequence):
         extra = ""
         if self.features != ALL_FEATURES:
             extra = f", features=frozenset({sorted(self.features)!r})"
+        if self.pose:
+            extra += f", pose={self.pose!r}"
         return f"SyntheticFaces(n={self.n}, style={self.style!r}, seed={self.seed}, size={self.size}{extra})"
 
 
@@ -1560,5 +1584,5 @@ def _render_in_processes(args: tuple, ranges: list[tuple[int, int]]) -> list[dic
 
 def _render_range(args: tuple, start: int, stop: int) -> list[dict]:
     """Faces ``start..stop-1`` of ``SyntheticFaces(*args)`` (a worker of :meth:`SyntheticFaces.prerender`)."""
-    seed, style, size, features = args
-    return [render_face(seed, i, style, size, features) for i in range(start, stop)]
+    seed, style, size, features, pose = args
+    return [render_face(seed, i, style, size, features, pose) for i in range(start, stop)]
