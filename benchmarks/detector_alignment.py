@@ -66,16 +66,19 @@ FAIL_NME = 10.0  # percent of the inter-ocular distance
 
 
 class Replay:
-    """A detector that hands out boxes found earlier, one image after another, with the real
-    detector's calibration: the predictor then crops exactly as with that detector, without
-    running it again for every way of cropping."""
+    """A detector that hands out boxes (and their turns, see HaarFaceDetector.find) found
+    earlier, one image after another, with the real detector's calibration: the predictor then
+    crops exactly as with that detector, without running it again for every way of cropping."""
 
-    def __init__(self, boxes: list[np.ndarray], calibration):
-        self._boxes = iter(boxes)
+    def __init__(self, boxes: list[np.ndarray], turns: list[np.ndarray], calibration):
+        self._found = iter(zip(boxes, turns))
         self.calibration = calibration
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        return next(self._boxes)
+        return self.find(image)[0]
+
+    def find(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return next(self._found)
 
 
 def tilted(scene: dict, degrees: float) -> dict:
@@ -94,13 +97,20 @@ def available_detectors(names: list[str]) -> dict:
     return found
 
 
-def detect_all(detector, scenes: list[dict]) -> tuple[list[np.ndarray], float]:
-    boxes, times = [], []
+def detect_all(detector, scenes: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """(boxes per scene, their turns (0 from a detector without ``find``), median ms per scene)."""
+    boxes, turns, times = [], [], []
     for scene in scenes:
         t0 = time.perf_counter()
-        boxes.append(np.asarray(detector(scene["image"]), np.float32).reshape(-1, 4))
+        if hasattr(detector, "find"):
+            found, turn = detector.find(scene["image"])
+        else:
+            found = detector(scene["image"])
+            turn = np.zeros(len(found), np.float32)
         times.append(time.perf_counter() - t0)
-    return boxes, 1000 * statistics.median(times)
+        boxes.append(np.asarray(found, np.float32).reshape(-1, 4))
+        turns.append(np.asarray(turn, np.float32).reshape(-1))
+    return boxes, turns, 1000 * statistics.median(times)
 
 
 def nme(faces: list[dict], truth: np.ndarray) -> float:
@@ -113,12 +123,13 @@ def nme(faces: list[dict], truth: np.ndarray) -> float:
     return 100 * float(np.linalg.norm(np.asarray(points) - truth, axis=1).mean()) / iod
 
 
-def landmark_errors(model, info, scenes, boxes, found, calibration) -> dict[str, list[float]]:
+def landmark_errors(model, info, scenes, boxes, turns, found, calibration) -> dict[str, list[float]]:
     """NME per found face for each way of cropping (see the module docstring)."""
     from facemtl.inference.predictor import Predictor
 
     idx = [i for i, f in enumerate(found) if f is not None]
     kept = [boxes[i][found[i] : found[i] + 1] for i in idx]  # the matched box only: no stray crops
+    kept_turns = [turns[i][found[i] : found[i] + 1] for i in idx]
     rows = {
         "1 pass, raw box": dict(calibrate=False, passes=1),
         "1 pass, calibrated": dict(calibrate=True, passes=1),
@@ -128,7 +139,7 @@ def landmark_errors(model, info, scenes, boxes, found, calibration) -> dict[str,
     }
     out: dict[str, list[float]] = {}
     for label, options in rows.items():
-        predictor = Predictor(model, info, detector=Replay(kept, calibration), batch_size=32, **options)
+        predictor = Predictor(model, info, detector=Replay(kept, kept_turns, calibration), batch_size=32, **options)
         items = ((i, scenes[i]["image"]) for i in idx)
         out[label] = [nme(res.faces, scenes[res.key]["landmarks"]) for res in predictor.stream(items)]
     truth = Predictor(model, info, detector="none", batch_size=32)
@@ -168,13 +179,13 @@ def main() -> int:
     detectors = available_detectors(args.detectors)
     results = {}
     for name, det in detectors.items():
-        boxes, ms = detect_all(det, scenes)
+        boxes, turns, ms = detect_all(det, scenes)
         found = [find_match(b, s["square"]) for b, s in zip(boxes, scenes)]
-        results[name] = (boxes, found, ms)
+        results[name] = (boxes, turns, found, ms)
 
     if args.fit:
         print("\nfitted calibrations (box -> training face square; offsets in box sides):")
-        for name, (boxes, found, _ms) in results.items():
+        for name, (boxes, _turns, found, _ms) in results.items():
             pairs = [(b[f], s["square"]) for b, f, s in zip(boxes, found, scenes) if f is not None]
             if not pairs:
                 print(f"  {name}: no face found, nothing to fit")
@@ -188,7 +199,7 @@ def main() -> int:
         return 0
 
     print(f"\n{'detector':<10} {'ms/img':>7} " + " ".join(f"{'miss ' + g:>13}" for g in groups) + f" {'extra/scene':>11}")
-    for name, (boxes, found, ms) in results.items():
+    for name, (boxes, _turns, found, ms) in results.items():
         miss = [np.mean([f is None for f, g in zip(found, group_of) if g == grp]) for grp in groups]
         extra = np.mean([len(b) - (f is not None) for b, f in zip(boxes, found)])
         print(f"{name:<10} {ms:>7.1f} " + " ".join(f"{100 * m:>12.1f}%" for m in miss) + f" {extra:>11.2f}")
@@ -204,8 +215,8 @@ def main() -> int:
           f"fail: share over {FAIL_NME:g}%)\ncheckpoint {args.checkpoint} ({info.get('input_size', 128)} px, "
           f"margin {margin})")
     print(f"{'detector':<10} {'crop':<22} " + " ".join(f"{g:>8}" for g in groups) + f" {'all':>8} {'fail':>6}")
-    for name, (boxes, found, _ms) in results.items():
-        errors = landmark_errors(model, info, scenes, boxes, found, CALIBRATIONS.get(name))
+    for name, (boxes, turns, found, _ms) in results.items():
+        errors = landmark_errors(model, info, scenes, boxes, turns, found, CALIBRATIONS.get(name))
         groups_found = [group_of[i] for i, f in enumerate(found) if f is not None]
         for label, values in errors.items():
             v = np.asarray(values)

@@ -12,7 +12,10 @@ callable from an RGB image to such boxes, largest first. Two are built in:
 Each detector carries a :class:`~facemtl.inference.alignment.Calibration` (``.calibration``):
 how its boxes relate to the face square training crops from landmarks. The predictor crops the
 calibrated square, then (two passes) re-crops from its own landmark prediction; see
-:mod:`facemtl.inference.alignment`.
+:mod:`facemtl.inference.alignment`. A detector that also knows how each face is tilted offers
+``find(image) -> (boxes, turns)`` (degrees, ``cv2.getRotationMatrix2D``'s sense): the predictor
+then turns each first crop by its face's turn about the box centre, so a tilted head reaches the
+model about level (both built-in detectors do; a plain callable's faces are cropped level).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 from facemtl.data.transforms import invert_affine, warp_points
 from facemtl.errors import FacemtlError
-from facemtl.inference.alignment import CALIBRATIONS, Calibration
+from facemtl.inference.alignment import CALIBRATIONS, MAX_UPRIGHT_ROLL, Calibration, eye_roll
 
 DETECTORS = ("opencv", "mediapipe", "none")
 _CASCADE = "haarcascade_frontalface_default.xml"
@@ -50,6 +53,9 @@ FILLING_FACE = 0.5
 # most one more miss per group of 100 synthetic scenes (detector_alignment.py's). 1.5: windows that
 # are not a labelled face 24 -> 17 there, scene misses 17/83/50 -> 17/84/51; 2.0 cost 2 turned faces.
 MIN_WEIGHT = 1.5
+# MediaPipe gives its faces' eyes: a face whose eye line tilts by this many degrees or more is
+# cropped turned by it (MediaPipeFaceDetector.min_turn).
+MIN_TURN = 10.0
 
 
 @runtime_checkable
@@ -57,7 +63,8 @@ class Detector(Protocol):
     """H x W x 3 uint8 RGB image -> (N, 4) float boxes ``[x0, y0, x1, y1]``, largest first.
 
     ``calibration`` (optional attribute): the detector's box-to-training-square mapping; a
-    detector without one is cropped as its boxes are (the identity).
+    detector without one is cropped as its boxes are (the identity). ``find`` (optional
+    method): the same boxes and each face's turn in degrees (see the module docstring).
     """
 
     def __call__(self, image: np.ndarray) -> np.ndarray: ...
@@ -92,8 +99,8 @@ class HaarFaceDetector:
     the image padded by ``pad`` of its longer side (a face that fills the photo, :data:`FRAME_PAD`),
     the histogram-equalised image (``equalize``; with ``equalize_min_neighbors``), then the image
     turned by each angle of ``tilts`` (degrees; with ``tilt_min_neighbors``), whose faces come
-    back as the upright boxes with the same centres and sides (the predictor's upright second
-    crop then levels the face). These searches run on images where the first found nothing,
+    back as the upright boxes with the same centres and sides, with their turn (:meth:`find`: the
+    predictor's first crop is turned by it, its upright second crop then levels the face). These searches run on images where the first found nothing,
     often images without a face, so the equalised and turned ones ask for more overlapping hits
     than ``min_neighbors`` (a lenient search there adds false faces), and such an image costs five
     searches. When the first search finds faces, the turned searches run too (``tilt_always``; a
@@ -137,6 +144,14 @@ class HaarFaceDetector:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 RGB -> (N, 4) float boxes ``[x0, y0, x1, y1]``, largest first."""
+        return self.find(image)[0]
+
+    def find(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(boxes as :meth:`__call__` gives them, (N,) turns in degrees): the angle by which the
+        image was turned (``cv2.getRotationMatrix2D``'s sense, about the box centre) for the
+        cascade to see each face upright; 0 for faces found in the image as it is. The predictor
+        crops a face through its turn, so a head tilted beyond the model's training poses reaches
+        it about level."""
         gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         scale = min(1.0, self.max_side / max(gray.shape))
         if scale < 1.0:
@@ -150,6 +165,7 @@ class HaarFaceDetector:
                                                              self.pad, sizes=True))
         if len(xywh) == 0 and self.equalize:  # an over-exposed or flat face
             xywh = self._search(cv2.equalizeHist(gray), self.equalize_min_neighbors)
+        xywh = np.concatenate([xywh, np.zeros((len(xywh), 1), np.float32)], 1)  # turn 0: found as it is
         if len(xywh) == 0:  # a tilted head: the first turned search that finds faces
             for angle in self.tilts:
                 xywh = self._turned_search(gray, angle)
@@ -160,14 +176,16 @@ class HaarFaceDetector:
             for angle in self.tilts:
                 xywh = _join(xywh, self._turned_search(gray, angle, sides))
         if len(xywh) == 0:
-            return np.zeros((0, 4), np.float32)
-        xywh = xywh[:, :4] / scale  # the searches' rows carry the cascade's score in column 4
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+        turns = xywh[:, 5]
+        xywh = xywh[:, :4] / scale  # the rows carry the cascade's score in column 4, the turn in 5
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        return boxes[np.argsort(-(xywh[:, 2] * xywh[:, 3]), kind="stable")]
+        order = np.argsort(-(xywh[:, 2] * xywh[:, 3]), kind="stable")
+        return boxes[order], turns[order]
 
     def _turned_search(self, gray: np.ndarray, angle: float, sides: tuple[int, int] | None = None) -> np.ndarray:
-        """``[x, y, w, h]`` rows of the faces found in the image turned by ``angle`` degrees (on
-        a canvas that holds all of it), as upright boxes with the same centres and sides.
+        """``[x, y, w, h, score, angle]`` rows of the faces found in the image turned by ``angle``
+        degrees (on a canvas that holds all of it), as upright boxes with the same centres and sides.
         ``sides``: the smallest and largest face side to look for (default: any); the canvas is
         then shrunk until the smallest is 1.5 times the cascade's least window (the cost of a
         search grows with the pixels it scans)."""
@@ -183,7 +201,7 @@ class HaarFaceDetector:
         centres = xywh[:, :2] + (xywh[:, 2:4] - 1) / 2  # pixel centres, turned canvas
         xywh[:, 2:4] /= f
         xywh[:, :2] = warp_points(centres, invert_affine(turn)) - (xywh[:, 2:4] - 1) / 2
-        return xywh
+        return np.concatenate([xywh, np.full((len(xywh), 1), angle, np.float32)], 1)
 
     def _search(self, gray: np.ndarray, min_neighbors: int | None = None, min_size: int | None = None,
                 max_size: int | None = None) -> np.ndarray:
@@ -213,13 +231,17 @@ class MediaPipeFaceDetector:
     camera, the better choice for photos with small faces) or ``"short"`` (128 px, faces close
     to the camera). ``min_confidence``: the detector's score threshold. ``pad``: when it finds no
     face, it looks again on the photo padded by this fraction of its longer side (a face that
-    fills the photo, :data:`FRAME_PAD`; 0: no second look). Its tflite weights ship inside the
-    ``mediapipe`` wheel. Needs ``pip install 'facemtl[detect]'``.
+    fills the photo, :data:`FRAME_PAD`; 0: no second look). ``min_turn``: a face whose eye line
+    (the detector's two eye keypoints) tilts by this many degrees or more comes with that turn
+    (:meth:`find`; at most :data:`~facemtl.inference.alignment.MAX_UPRIGHT_ROLL`), so its first
+    crop is about level; None: no turns. Its tflite weights ship inside the ``mediapipe`` wheel.
+    Needs ``pip install 'facemtl[detect]'``.
     """
 
     calibration: Calibration = CALIBRATIONS["mediapipe"]
 
-    def __init__(self, model: str = "full", min_confidence: float = 0.5, pad: float = FRAME_PAD):
+    def __init__(self, model: str = "full", min_confidence: float = 0.5, pad: float = FRAME_PAD,
+                 min_turn: float | None = MIN_TURN):
         if model not in ("full", "short"):
             raise FacemtlError(f"unknown MediaPipe face model {model!r}; expected full or short")
         face_detection = _import_mediapipe()
@@ -230,16 +252,28 @@ class MediaPipeFaceDetector:
                                                        min_detection_confidence=min_confidence)
             self._graph.process(np.zeros((64, 64, 3), np.uint8))
         self.pad = pad
+        self.min_turn = min_turn
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 RGB -> (N, 4) float boxes ``[x0, y0, x1, y1]``, largest first."""
-        boxes = self._search(image)
-        if len(boxes) == 0 and self.pad > 0:  # a face that fills the photo
-            boxes = padded_search(self._search, image, self.pad)
-        return boxes
+        return self.find(image)[0]
+
+    def find(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(boxes as :meth:`__call__` gives them, (N,) turns in degrees: the eye line's roll
+        where it reaches ``min_turn``, else 0; see :meth:`HaarFaceDetector.find`)."""
+        rows = self._search(image)
+        if len(rows) == 0 and self.pad > 0:  # a face that fills the photo
+            rows = padded_search(self._search, image, self.pad)
+        turns = rows[:, 4]
+        if self.min_turn is None:
+            turns = np.zeros_like(turns)
+        else:
+            turns = np.where(np.abs(turns) >= self.min_turn, turns, 0.0).astype(np.float32)
+        return rows[:, :4], turns
 
     def _search(self, image: np.ndarray) -> np.ndarray:
-        """Boxes of one run of the graph, largest first."""
+        """``[x0, y0, x1, y1, roll]`` rows of one run of the graph, largest first (roll: the eye
+        line's, :func:`~facemtl.inference.alignment.eye_roll`, clipped to +-MAX_UPRIGHT_ROLL)."""
         h, w = image.shape[:2]
         result = self._graph.process(np.ascontiguousarray(image))
         rows = []
@@ -247,9 +281,12 @@ class MediaPipeFaceDetector:
             rel = det.location_data.relative_bounding_box
             # relative 0..1 spans pixel edges; pixel centres are at integers, edges at -0.5
             x0, y0 = rel.xmin * w - 0.5, rel.ymin * h - 0.5
-            rows.append([x0, y0, x0 + rel.width * w, y0 + rel.height * h])
+            # keypoints 0 and 1: the subject's right and left eye (image-left, image-right when upright)
+            eyes = [(k.x * w - 0.5, k.y * h - 0.5) for k in det.location_data.relative_keypoints[:2]]
+            roll = float(np.clip(eye_roll(eyes), -MAX_UPRIGHT_ROLL, MAX_UPRIGHT_ROLL)) if len(eyes) == 2 else 0.0
+            rows.append([x0, y0, x0 + rel.width * w, y0 + rel.height * h, roll])
         if not rows:
-            return np.zeros((0, 4), np.float32)
+            return np.zeros((0, 5), np.float32)
         boxes = np.asarray(rows, np.float32)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         return boxes[np.argsort(-area, kind="stable")]
@@ -298,12 +335,12 @@ def padded_search(search, image: np.ndarray, pad: float, sizes: bool = False) ->
     """``search``'s boxes on ``image`` padded by ``pad`` of its longer side on every edge (edge
     pixels repeated), moved back into ``image``'s coordinates; they may reach past its edges (the
     face is larger than the photo shows). ``sizes``: the rows are ``[x, y, w, h]`` (only x and y
-    move), else ``[x0, y0, x1, y1]``."""
+    move), else ``[x0, y0, x1, y1, ...]``."""
     k = int(round(pad * max(image.shape[:2])))
     boxes = np.array(search(cv2.copyMakeBorder(image, k, k, k, k, cv2.BORDER_REPLICATE)), np.float32)
     boxes[:, :2] -= k
     if not sizes:
-        boxes[:, 2:] -= k
+        boxes[:, 2:4] -= k
     return boxes
 
 

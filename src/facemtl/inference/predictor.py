@@ -11,7 +11,10 @@ Pipeline for one image:
    else :data:`~facemtl.data.transforms.DEFAULT_CROP_MARGIN`, the training default) and
    normalised with the checkpoint's mean/std. A DETECTED box is first moved and scaled by its
    detector's calibration (:mod:`facemtl.inference.alignment`) to the face square training
-   crops from landmarks; boxes the caller gives are cropped as given;
+   crops from landmarks, and turned about its centre by the face's turn when the detector
+   gives one (``find``: the angle the Haar cascade found the face upright at, MediaPipe's eye
+   line when it tilts by 10 degrees or more), so a tilted head reaches the model about level;
+   boxes the caller gives are cropped as given;
 2b. two passes (``passes=2``; by default detected faces get a second pass only when the first
    pass's eyes tilt by :data:`UPRIGHT_MIN_DEGREES` or more (always with ``upright=False``), given
    boxes and ``detector="none"`` never): the landmarks predicted on the first crop give a second crop made
@@ -80,6 +83,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import cv2
 import numpy as np
 import torch
 
@@ -87,6 +91,7 @@ from facemtl.data.sample import IMAGE_MEAN, IMAGE_STD
 from facemtl.data.images import read_image
 from facemtl.data.transforms import (
     DEFAULT_CROP_MARGIN,
+    compose,
     face_crop_matrix,
     invert_affine,
     warp_image,
@@ -450,12 +455,12 @@ class Predictor:
             try:
                 image = as_rgb(source)
                 rec.height, rec.width = image.shape[:2]
-                boxes, margin, detected = self._faces(image, boxes_for(key) if boxes_for is not None else None)
+                boxes, turns, margin, detected = self._faces(image, boxes_for(key) if boxes_for is not None else None)
                 passes = self._passes(detected)
                 crops = []
-                for i, box in enumerate(boxes):
+                for box, turn in zip(boxes, turns):
                     try:  # one degenerate face is reported; the image's other faces go on
-                        box, crop_box, matrix = self._crop(box, margin, rec.height, rec.width, detected)
+                        box, crop_box, matrix = self._crop(box, margin, rec.height, rec.width, detected, turn)
                     except FacemtlError as exc:
                         rec.face_errors.append({"box": _box_json(box), "error": str(exc)})
                         continue
@@ -484,18 +489,24 @@ class Predictor:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _faces(self, image: np.ndarray, boxes) -> tuple[list, float, bool]:
-        """(boxes, margin, detected) for one image; given boxes are checked one by one in :meth:`_crop`."""
+    def _faces(self, image: np.ndarray, boxes) -> tuple[list, list, float, bool]:
+        """(boxes, turns, margin, detected) for one image; given boxes are checked one by one in
+        :meth:`_crop`. ``turns``: per box the angle its first crop is turned by (degrees): a
+        detector's ``find`` gives them (the Haar detector's turned searches), else 0."""
         h, w = image.shape[:2]
         if boxes is not None:
             rows = list(boxes)
             if len(rows) == 4 and all(np.isscalar(v) for v in rows):  # one box given flat
                 rows = [rows]
-            return rows, self.margin, False
+            return rows, [0.0] * len(rows), self.margin, False
         if self.detector is None:
             # The whole image is the crop, as training crops a face-crop dataset (margin 0).
-            return [np.array([-0.5, -0.5, w - 0.5, h - 0.5])], 0.0, False
-        return list(self.detector(image)), self.margin, True
+            return [np.array([-0.5, -0.5, w - 0.5, h - 0.5])], [0.0], 0.0, False
+        if hasattr(self.detector, "find"):
+            found, turns = self.detector.find(image)
+            return list(found), [float(t) for t in turns], self.margin, True
+        found = list(self.detector(image))
+        return found, [0.0] * len(found), self.margin, True
 
     def _passes(self, detected: bool) -> int:
         """Most crops per face: ``passes`` when set, else two for detected faces (when the model
@@ -506,11 +517,12 @@ class Predictor:
         return 2 if detected and self.recrop_task is not None else 1
 
     def _crop(self, value, margin: float, height: int, width: int,
-              detected: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              detected: bool = False, turn: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(box, crop box, crop matrix) of one face, or a FacemtlError when its crop is
         degenerate: a box that is not finite with positive size, lies outside the image, or is so
         large against the image that the crop cannot be mapped back (:data:`MAX_BOX_FACTOR`).
-        A detected box is cropped as its calibrated square (:attr:`calibration`)."""
+        A detected box is cropped as its calibrated square (:attr:`calibration`), turned by
+        ``turn`` degrees about its centre (the angle the detector found the face upright at)."""
         box = parse_box(value, "face box")
         shown = _box_json(box)
         x0, y0, x1, y1 = (float(v) for v in box)
@@ -523,6 +535,9 @@ class Predictor:
         # A given (or uncalibrated) box is cropped from the box itself: bit for bit the crop it always gave.
         crop_box = self.calibration.apply(box) if detected and self.calibration != IDENTITY else box
         matrix = face_crop_matrix(box=crop_box, size=self.input_size, margin=margin)
+        if turn:
+            centre = ((crop_box[0] + crop_box[2]) / 2, (crop_box[1] + crop_box[3]) / 2)
+            matrix = compose(matrix, cv2.getRotationMatrix2D(tuple(float(c) for c in centre), float(turn), 1.0))
         if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix[:, :2])) < 1e-12:
             raise FacemtlError(f"face box {shown} with margin {margin:g} gives a degenerate crop (scale "
                                f"{matrix[0, 0]:.3g}); expected a box of finite, positive size")
