@@ -66,7 +66,7 @@ FAIL_NME = 10.0  # percent of the inter-ocular distance
 
 
 class Replay:
-    """A detector that hands out boxes (and their turns, see HaarFaceDetector.find) found
+    """A detector that hands out boxes (and their turns, see HaarFaceDetector.boxes_and_turns) found
     earlier, one image after another, with the real detector's calibration: the predictor then
     crops exactly as with that detector, without running it again for every way of cropping."""
 
@@ -75,9 +75,9 @@ class Replay:
         self.calibration = calibration
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        return self.find(image)[0]
+        return self.boxes_and_turns(image)[0]
 
-    def find(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def boxes_and_turns(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return next(self._found)
 
 
@@ -98,12 +98,12 @@ def available_detectors(names: list[str]) -> dict:
 
 
 def detect_all(detector, scenes: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray], float]:
-    """(boxes per scene, their turns (0 from a detector without ``find``), median ms per scene)."""
+    """(boxes per scene, their turns (0 from a detector without ``boxes_and_turns``), median ms per scene)."""
     boxes, turns, times = [], [], []
     for scene in scenes:
         t0 = time.perf_counter()
-        if hasattr(detector, "find"):
-            found, turn = detector.find(scene["image"])
+        if hasattr(detector, "boxes_and_turns"):
+            found, turn = detector.boxes_and_turns(scene["image"])
         else:
             found = detector(scene["image"])
             turn = np.zeros(len(found), np.float32)

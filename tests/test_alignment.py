@@ -327,7 +327,7 @@ def test_haar_finds_a_tilted_head_beside_an_upright_one():
     only_upright = HaarFaceDetector(tilt_always=False)(pair)
     assert find_match(only_upright, upright_square) is not None
     assert find_match(only_upright, tilted_square) is None  # the turned searches did not run
-    both, turns = HaarFaceDetector().find(pair)
+    both, turns = HaarFaceDetector().boxes_and_turns(pair)
     i, j = find_match(both, upright_square), find_match(both, tilted_square)
     assert i is not None and j is not None
     # found as it is, and upright in the photo turned back by 25 degrees (the head is turned by +30)
@@ -514,16 +514,16 @@ def test_mediapipe_turns_a_tilted_head_by_its_eye_line():
 
     image, eyes_mouth = astronaut_and_points()
     detector = MediaPipeFaceDetector()
-    (box,), (turn,) = detector.find(image)
+    (box,), (turn,) = detector.boxes_and_turns(image)
     assert turn == 0 and abs(eye_roll(eyes_mouth[:2])) < MIN_TURN  # a level head is cropped level
     for degrees in (30.0, -30.0):
         rotation = cv2.getRotationMatrix2D(tuple(eyes_mouth.mean(0)), degrees, 1.0)
         tilted = cv2.warpAffine(image, rotation, image.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
-        boxes, turns = detector.find(tilted)
+        boxes, turns = detector.boxes_and_turns(tilted)
         k = find_match(boxes, landmark_square(warp_points(eyes_mouth, rotation)))
         # the turn that levels the eyes: about minus the photo's turn (plus the astronaut's own 3 degrees)
         assert abs(turns[k] + degrees - eye_roll(eyes_mouth[:2])) < 8, (degrees, turns[k])
-        assert np.all(MediaPipeFaceDetector(min_turn=None).find(tilted)[1] == 0)
+        assert np.all(MediaPipeFaceDetector(min_turn=None).boxes_and_turns(tilted)[1] == 0)
 
 
 def test_eye_roll_is_the_eye_lines_angle_on_screen():

@@ -12,10 +12,11 @@ callable from an RGB image to such boxes, largest first. Two are built in:
 Each detector carries a :class:`~facemtl.inference.alignment.Calibration` (``.calibration``):
 how its boxes relate to the face square training crops from landmarks. The predictor crops the
 calibrated square, then (two passes) re-crops from its own landmark prediction; see
-:mod:`facemtl.inference.alignment`. A detector that also knows how each face is tilted offers
-``find(image) -> (boxes, turns)`` (degrees, ``cv2.getRotationMatrix2D``'s sense): the predictor
-then turns each first crop by its face's turn about the box centre, so a tilted head reaches the
-model about level (both built-in detectors do; a plain callable's faces are cropped level).
+:mod:`facemtl.inference.alignment`. A detector that also knows how each face is tilted
+offers ``boxes_and_turns(image) -> (boxes, turns)`` (degrees, ``cv2.getRotationMatrix2D``'s
+sense): the predictor then turns each first crop by its face's turn about the box centre, so a
+tilted head reaches the model about level (both built-in detectors do; a plain callable's faces
+are cropped level).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Detector(Protocol):
     """H x W x 3 uint8 RGB image -> (N, 4) float boxes ``[x0, y0, x1, y1]``, largest first.
 
     ``calibration`` (optional attribute): the detector's box-to-training-square mapping; a
-    detector without one is cropped as its boxes are (the identity). ``find`` (optional
+    detector without one is cropped as its boxes are (the identity). ``boxes_and_turns`` (optional
     method): the same boxes and each face's turn in degrees (see the module docstring).
     """
 
@@ -99,7 +100,7 @@ class HaarFaceDetector:
     the image padded by ``pad`` of its longer side (a face that fills the photo, :data:`FRAME_PAD`),
     the histogram-equalised image (``equalize``; with ``equalize_min_neighbors``), then the image
     turned by each angle of ``tilts`` (degrees; with ``tilt_min_neighbors``), whose faces come
-    back as the upright boxes with the same centres and sides, with their turn (:meth:`find`: the
+    back as the upright boxes with the same centres and sides, with their turn (:meth:`boxes_and_turns`: the
     predictor's first crop is turned by it, its upright second crop then levels the face). These searches run on images where the first found nothing,
     often images without a face, so the equalised and turned ones ask for more overlapping hits
     than ``min_neighbors`` (a lenient search there adds false faces), and such an image costs five
@@ -144,9 +145,9 @@ class HaarFaceDetector:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 RGB -> (N, 4) float boxes ``[x0, y0, x1, y1]``, largest first."""
-        return self.find(image)[0]
+        return self.boxes_and_turns(image)[0]
 
-    def find(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def boxes_and_turns(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(boxes as :meth:`__call__` gives them, (N,) turns in degrees): the angle by which the
         image was turned (``cv2.getRotationMatrix2D``'s sense, about the box centre) for the
         cascade to see each face upright; 0 for faces found in the image as it is. The predictor
@@ -233,7 +234,7 @@ class MediaPipeFaceDetector:
     face, it looks again on the photo padded by this fraction of its longer side (a face that
     fills the photo, :data:`FRAME_PAD`; 0: no second look). ``min_turn``: a face whose eye line
     (the detector's two eye keypoints) tilts by this many degrees or more comes with that turn
-    (:meth:`find`; at most :data:`~facemtl.inference.alignment.MAX_UPRIGHT_ROLL`), so its first
+    (:meth:`boxes_and_turns`; at most :data:`~facemtl.inference.alignment.MAX_UPRIGHT_ROLL`), so its first
     crop is about level; None: no turns. Its tflite weights ship inside the ``mediapipe`` wheel.
     Needs ``pip install 'facemtl[detect]'``.
     """
@@ -256,11 +257,11 @@ class MediaPipeFaceDetector:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 RGB -> (N, 4) float boxes ``[x0, y0, x1, y1]``, largest first."""
-        return self.find(image)[0]
+        return self.boxes_and_turns(image)[0]
 
-    def find(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def boxes_and_turns(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(boxes as :meth:`__call__` gives them, (N,) turns in degrees: the eye line's roll
-        where it reaches ``min_turn``, else 0; see :meth:`HaarFaceDetector.find`)."""
+        where it reaches ``min_turn``, else 0; see :meth:`HaarFaceDetector.boxes_and_turns`)."""
         rows = self._search(image)
         if len(rows) == 0 and self.pad > 0:  # a face that fills the photo
             rows = padded_search(self._search, image, self.pad)

@@ -12,7 +12,7 @@ Pipeline for one image:
    normalised with the checkpoint's mean/std. A DETECTED box is first moved and scaled by its
    detector's calibration (:mod:`facemtl.inference.alignment`) to the face square training
    crops from landmarks, and turned about its centre by the face's turn when the detector
-   gives one (``find``: the angle the Haar cascade found the face upright at, MediaPipe's eye
+   gives one (``boxes_and_turns``: the angle the Haar cascade found the face upright at, MediaPipe's eye
    line when it tilts by 10 degrees or more), so a tilted head reaches the model about level;
    boxes the caller gives are cropped as given;
 2b. two passes (``passes=2``; by default detected faces get a second pass only when the first
@@ -492,7 +492,7 @@ class Predictor:
     def _faces(self, image: np.ndarray, boxes) -> tuple[list, list, float, bool]:
         """(boxes, turns, margin, detected) for one image; given boxes are checked one by one in
         :meth:`_crop`. ``turns``: per box the angle its first crop is turned by (degrees): a
-        detector's ``find`` gives them (the Haar detector's turned searches), else 0."""
+        detector's ``boxes_and_turns`` gives them (the Haar detector's turned searches), else 0."""
         h, w = image.shape[:2]
         if boxes is not None:
             rows = list(boxes)
@@ -502,8 +502,8 @@ class Predictor:
         if self.detector is None:
             # The whole image is the crop, as training crops a face-crop dataset (margin 0).
             return [np.array([-0.5, -0.5, w - 0.5, h - 0.5])], [0.0], 0.0, False
-        if hasattr(self.detector, "find"):
-            found, turns = self.detector.find(image)
+        if hasattr(self.detector, "boxes_and_turns"):
+            found, turns = self.detector.boxes_and_turns(image)
             return list(found), [float(t) for t in turns], self.margin, True
         found = list(self.detector(image))
         return found, [0.0] * len(found), self.margin, True
