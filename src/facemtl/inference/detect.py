@@ -100,10 +100,11 @@ class HaarFaceDetector:
     the image padded by ``pad`` of its longer side (a face that fills the photo, :data:`FRAME_PAD`),
     the histogram-equalised image (``equalize``; with ``equalize_min_neighbors``), then the image
     turned by each angle of ``tilts`` (degrees; with ``tilt_min_neighbors``), whose faces come
-    back as the upright boxes with the same centres and sides, with their turn (:meth:`boxes_and_turns`: the
-    predictor's first crop is turned by it, its upright second crop then levels the face). These searches run on images where the first found nothing,
-    often images without a face, so the equalised and turned ones ask for more overlapping hits
-    than ``min_neighbors`` (a lenient search there adds false faces), and such an image costs five
+    back as the upright boxes with the same centres and sides, with their turn
+    (:meth:`boxes_and_turns`: the predictor's first crop is turned by it, its upright second crop
+    then levels the face). These searches run on images where the first found nothing, often
+    images without a face, so the equalised and turned ones ask for more overlapping hits than
+    ``min_neighbors`` (a lenient search there adds false faces), and such an image costs five
     searches. When the first search finds faces, the turned searches run too (``tilt_always``; a
     tilted head beside upright ones, as in group photos), for faces from half the smallest to
     twice the largest side found, and add the faces that overlap none found; and one more search
