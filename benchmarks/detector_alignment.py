@@ -58,7 +58,7 @@ from facemtl.inference.alignment import (
     landmark_square,
     render_scene,
 )
-from facemtl.inference.detect import make_detector
+from facemtl.inference.detect import find_faces, make_detector
 from real_photo import turned  # a script beside this one
 
 ASTRONAUT = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "astronaut.png"
@@ -102,14 +102,10 @@ def detect_all(detector, scenes: list[dict]) -> tuple[list[np.ndarray], list[np.
     boxes, turns, times = [], [], []
     for scene in scenes:
         t0 = time.perf_counter()
-        if hasattr(detector, "boxes_and_turns"):
-            found, turn = detector.boxes_and_turns(scene["image"])
-        else:
-            found = detector(scene["image"])
-            turn = np.zeros(len(found), np.float32)
+        found, turn = find_faces(detector, scene["image"])
         times.append(time.perf_counter() - t0)
-        boxes.append(np.asarray(found, np.float32).reshape(-1, 4))
-        turns.append(np.asarray(turn, np.float32).reshape(-1))
+        boxes.append(found)
+        turns.append(turn)
     return boxes, turns, 1000 * statistics.median(times)
 
 

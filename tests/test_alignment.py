@@ -332,7 +332,15 @@ def test_haar_finds_a_tilted_head_beside_an_upright_one():
     assert i is not None and j is not None
     # found as it is, and upright in the photo turned back by 25 degrees (the head is turned by +30)
     assert turns[i] == 0 and turns[j] == -25
-    np.testing.assert_array_equal(HaarFaceDetector()(pair), both)
+
+
+def test_find_faces_gives_a_plain_detector_s_boxes_level():
+    from facemtl.inference.detect import find_faces
+
+    boxes, turns = find_faces(lambda image: [[1, 2, 30, 40], [5, 5, 9, 9]], np.zeros((50, 50, 3), np.uint8))
+    assert boxes.shape == (2, 4) and boxes.dtype == np.float32 and turns.tolist() == [0.0, 0.0]
+    boxes, turns = find_faces(lambda image: np.zeros((0, 4)), np.zeros((50, 50, 3), np.uint8))
+    assert boxes.shape == (0, 4) and turns.shape == (0,)
 
 
 def test_a_head_found_turned_is_cropped_through_its_turn():

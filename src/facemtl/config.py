@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from facemtl.constants import POSE_ANGLES
+from facemtl.constants import POSE_ANGLES, POSE_SPREAD, pose_spread_ok
 from facemtl.errors import FacemtlError
 
 
@@ -594,8 +594,8 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
             for angle, spread in src.pose.items():
                 if angle not in POSE_ANGLES:
                     raise bad(f"{p}.pose", f"angles from {', '.join(POSE_ANGLES)}", angle)
-                if len(spread) != 3 or spread[1] < 0 or spread[2] < 0:
-                    raise bad(f"{p}.pose.{angle}", "[mean, sd, limit] in degrees (sd and limit >= 0)", list(spread))
+                if not pose_spread_ok(spread):
+                    raise bad(f"{p}.pose.{angle}", POSE_SPREAD, list(spread))
         if src.name == "synth":
             if not 0 < src.n_train <= MAX_SYNTH_FACES:
                 raise bad(f"{p}.n_train", f"an integer in 1..{MAX_SYNTH_FACES:_}", src.n_train)

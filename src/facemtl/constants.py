@@ -20,3 +20,9 @@ MIN_OPSET, MAX_OPSET = 11, 20
 SYNTH_STYLES: tuple[str, ...] = ("studio", "wild", "webcam", "snapshot", "classroom")
 # Head pose angles a synthetic source may draw with its own spread (``data.N.pose``)
 POSE_ANGLES: tuple[str, ...] = ("yaw", "pitch", "roll")
+POSE_SPREAD = "[mean, sd, limit] in degrees (sd and limit >= 0)"
+
+
+def pose_spread_ok(spread) -> bool:
+    """Whether one angle's spread is :data:`POSE_SPREAD` (three numbers, sd and limit >= 0)."""
+    return len(spread) == 3 and spread[1] >= 0 and spread[2] >= 0

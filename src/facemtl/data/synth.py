@@ -64,7 +64,7 @@ from importlib import resources
 import cv2
 import numpy as np
 
-from facemtl.constants import POSE_ANGLES
+from facemtl.constants import POSE_ANGLES, POSE_SPREAD, pose_spread_ok
 from facemtl.constants import SYNTH_STYLES as STYLES
 from facemtl.data import synth_look as look
 from facemtl.data.synth_look import (
@@ -779,8 +779,8 @@ def _pose_spreads(pose) -> dict:
         if angle not in POSE_ANGLES:
             raise FacemtlError(f"pose angles are {', '.join(POSE_ANGLES)}, got {angle!r}")
         values = tuple(float(x) for x in spread)
-        if len(values) != 3 or values[1] < 0 or values[2] < 0:
-            raise FacemtlError(f"pose {angle}: expected (mean, sd, limit) degrees with sd, limit >= 0, got {spread!r}")
+        if not pose_spread_ok(values):
+            raise FacemtlError(f"pose {angle}: expected {POSE_SPREAD}, got {spread!r}")
         out[angle] = values
     return out
 

@@ -71,6 +71,17 @@ class Detector(Protocol):
     def __call__(self, image: np.ndarray) -> np.ndarray: ...
 
 
+def find_faces(detector, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4) boxes and (N,) turns (degrees) of any detector: its ``boxes_and_turns`` when it has
+    one, else its boxes with turn 0 (cropped level)."""
+    if hasattr(detector, "boxes_and_turns"):
+        boxes, turns = detector.boxes_and_turns(image)
+    else:
+        boxes = detector(image)
+        turns = np.zeros(len(boxes), np.float32)
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(turns, np.float32).reshape(-1)
+
+
 def make_detector(name: str):
     """A built-in detector by name (:data:`DETECTORS`); ``"none"`` gives None (no detection)."""
     if name == "opencv":

@@ -101,7 +101,7 @@ from facemtl.data.transforms import (
 from facemtl.errors import FacemtlError
 from facemtl.kinds import kind_of
 from facemtl.inference.alignment import IDENTITY, eye_roll, landmark_square, upright_crop
-from facemtl.inference.detect import DETECTORS, check_detector, make_detector, parse_box
+from facemtl.inference.detect import DETECTORS, check_detector, find_faces, make_detector, parse_box
 
 BACKENDS = ("torch", "onnxruntime")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
@@ -502,11 +502,8 @@ class Predictor:
         if self.detector is None:
             # The whole image is the crop, as training crops a face-crop dataset (margin 0).
             return [np.array([-0.5, -0.5, w - 0.5, h - 0.5])], [0.0], 0.0, False
-        if hasattr(self.detector, "boxes_and_turns"):
-            found, turns = self.detector.boxes_and_turns(image)
-            return list(found), [float(t) for t in turns], self.margin, True
-        found = list(self.detector(image))
-        return found, [0.0] * len(found), self.margin, True
+        found, turns = find_faces(self.detector, image)
+        return list(found), [float(t) for t in turns], self.margin, True
 
     def _passes(self, detected: bool) -> int:
         """Most crops per face: ``passes`` when set, else two for detected faces (when the model
