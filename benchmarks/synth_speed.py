@@ -2,8 +2,12 @@
 
 Run: python benchmarks/synth_speed.py [--n 2000] [--size 128] [--styles studio,snapshot]
          [--without eyes --without camera | --plain | --only smooth_shading,eyes] [--per-feature]
+         [--split-sizes 96,192]
 Target (issue): >= 1,000 faces/s per core at 128x128. ``--per-feature`` prints what each
 realism feature costs (the time saved by switching it off), for the first style given.
+``--split-sizes A,B`` times the first style at two sizes and splits the time per face into a
+part that grows with the pixels and a fixed part (geometry, random draws, per-call overheads):
+the fixed part bounds the faces/s that faster pixel operations alone could reach.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ def main() -> None:
     parser.add_argument("--plain", action="store_true", help="no realism features (the first renderer's look)")
     parser.add_argument("--only", default=None, help="comma-separated features to keep (the rest off)")
     parser.add_argument("--per-feature", action="store_true", help="also time each feature switched off")
+    parser.add_argument("--split-sizes", default=None, metavar="A,B",
+                        help="time the first style at sizes A and B: fixed vs per-pixel cost per face")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -58,6 +64,14 @@ def main() -> None:
             if name in features:
                 off = rate(styles[0], args.n, args.size, features - {name})[0] / args.n
                 print(f"  {name:15s} costs {(base - off) * 1e3:+.3f} ms/face ({styles[0]})")
+    if args.split_sizes:
+        a, b = (int(v) for v in args.split_sizes.split(","))
+        ta, tb = (rate(styles[0], args.n, size, features)[0] / args.n for size in (a, b))
+        per_pixel = (tb - ta) / (b * b - a * a)
+        fixed = ta - per_pixel * a * a
+        print(f"{styles[0]}: {fixed * 1e3:.3f} ms per face fixed + {per_pixel * 1e9:.1f} ns per pixel "
+              f"(from sizes {a} and {b}); at {args.size} px the pixels are "
+              f"{per_pixel * args.size ** 2 * 1e3:.3f} ms; with free pixel work at most {1 / fixed:.0f} faces/s")
 
 
 if __name__ == "__main__":
