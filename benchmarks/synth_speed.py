@@ -2,17 +2,20 @@
 
 Run: python benchmarks/synth_speed.py [--n 2000] [--size 128] [--styles studio,snapshot]
          [--without eyes --without camera | --plain | --only smooth_shading,eyes] [--per-feature]
-         [--split-sizes 96,192]
+         [--split-sizes 96,192] [--opencv-share]
 Target (issue): >= 1,000 faces/s per core at 128x128. ``--per-feature`` prints what each
 realism feature costs (the time saved by switching it off), for the first style given.
 ``--split-sizes A,B`` times the first style at two sizes and splits the time per face into a
 part that grows with the pixels and a fixed part (geometry, random draws, per-call overheads):
 the fixed part bounds the faces/s that faster pixel operations alone could reach.
+``--opencv-share`` times every OpenCV call the renderer makes (first style): the time inside
+OpenCV bounds the faces/s that removing all Python and numpy work could reach.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import time
 
@@ -30,6 +33,35 @@ def rate(style: str, n: int, size: int, features) -> tuple[float, float]:
     for i in range(n):
         render_face(1, i, style, size, features)
     return time.process_time() - c0, time.perf_counter() - t0
+
+
+def opencv_share(style: str, n: int, size: int, features) -> None:
+    """Render ``n`` faces with every ``cv2`` function timed; print the time inside OpenCV per face."""
+    spent, calls = collections.Counter(), collections.Counter()
+    originals = {name: fn for name, fn in vars(cv2).items() if callable(fn) and type(fn).__name__ == "builtin_function_or_method"}
+
+    def timed(name, fn):
+        def call(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] += time.perf_counter() - t
+                calls[name] += 1
+        return call
+
+    for name, fn in originals.items():
+        setattr(cv2, name, timed(name, fn))
+    try:
+        wall = rate(style, n, size, features)[1]
+    finally:
+        for name, fn in originals.items():
+            setattr(cv2, name, fn)
+    inside = sum(spent.values())
+    top = ", ".join(f"{k} {v / n * 1e3:.3f} ms ({calls[k] / n:.1f} calls)" for k, v in spent.most_common(6))
+    print(f"{style}: {wall / n * 1e3:.3f} ms per face (wall, timers on), of it {inside / n * 1e3:.3f} ms inside "
+          f"{sum(calls.values()) / n:.0f} OpenCV calls ({inside / wall:.0%}); with all Python and numpy work free "
+          f"at most {n / inside:.0f} faces/s. Largest: {top}")
 
 
 def two_sizes(text: str) -> tuple[int, int]:
@@ -55,6 +87,8 @@ def main() -> None:
     parser.add_argument("--per-feature", action="store_true", help="also time each feature switched off")
     parser.add_argument("--split-sizes", default=None, metavar="A,B", type=two_sizes,
                         help="time the first style at sizes A and B: fixed vs per-pixel cost per face")
+    parser.add_argument("--opencv-share", action="store_true",
+                        help="time the OpenCV calls of the first style: the faces/s bound without Python/numpy work")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -87,6 +121,8 @@ def main() -> None:
             print(f"{styles[0]}: {fixed * 1e3:.3f} ms per face fixed + {per_pixel * 1e9:.1f} ns per pixel "
                   f"(from sizes {a} and {b}); at {args.size} px the pixels are "
                   f"{per_pixel * args.size ** 2 * 1e3:.3f} ms; with free pixel work at most {1 / fixed:.0f} faces/s")
+    if args.opencv_share:
+        opencv_share(styles[0], args.n, args.size, features)
 
 
 if __name__ == "__main__":
