@@ -7,7 +7,7 @@
 (the default run's config at 128 px, its emotion source drawn in the well-lit "studio" style,
 random-convolution restyling on every source, seed 1: the lowest seed whose run the repository
 reproduces, seed 0's having been trained before the restyling's draws were last changed;
-README "Synthetic faces and the bundled model"
+docs/evidence.md, "The bundled model",
 says why) writes
 ``src/facemtl/assets/default_model/{model.safetensors,model.json}``; model.json gains a
 ``provenance`` entry (the command that trained it, the commit it was trained at, the date, the

@@ -35,8 +35,8 @@ Pipeline for one image:
    :meth:`TaskKind.unflip`) and averaged with the crop's own (points, logits), at twice the
    model's cost. Why the default: on the project's 71 real faces (benchmarks/real_faces.py) it
    lowered the mean landmark NME of all four 128-px models checked (by 0.2-0.6 points in the
-   labels' squares) and cost no emotion or parsing (README, "Synthetic faces and the bundled
-   model"); ``flip=False`` for the single pass;
+   labels' squares) and cost no emotion or parsing (docs/evidence.md,
+   "Faces in photos"); ``flip=False`` for the single pass;
 3b. ``tasks`` (names; None: every task of the model) are the tasks reported. The model is asked
    for only those at the last iteration (iFAN then runs only their streams and decoders there,
    and the up path only for a segmentation task; earlier iterations run every task, which the

@@ -3,8 +3,8 @@
 Why it exists: "a run that finishes is not a model that learns", and a transfer gap (synthetic
 training faces -> real photos) can be the data's or the architecture's. The project's other plain
 controls (``single`` ResNet18 regressor and classifier) do not segment, so without this model
-nothing told whether iFAN's parts shrinking on real faces (README, "Synthetic faces and the
-bundled model") is iFAN's doing or what any segmentation network learns from these faces.
+nothing told whether iFAN's parts shrinking on real faces (docs/evidence.md,
+"The bundled model") is iFAN's doing or what any segmentation network learns from these faces.
 
 The network is the standard encoder-decoder with skip connections (Ronneberger et al., 2015):
 ``depth`` poolings, two 3x3 convolution + batch norm + ReLU layers per level, channels ``width``
