@@ -9,6 +9,9 @@ and the two npm tarballs (about 60 MB) and unpacks only the labelled images unde
 checkpoint and crop mode, one row per face (found by the detector or not, NME against the labels, the mean shape's NME in the same
 square, emotion against the labelled one where the expression is clear) and a summary (through the detector
 also the detections that are none of the labelled faces: false faces, or faces nobody labelled).
+The summary also says how far the predicted nose follows the head's turn: the nose tip's sideways
+error (along the labelled eye line) regressed on the labelled nose's offset from the eyes' midpoint
+(a yaw proxy): slope 0 follows the turn, -1 reads every head as frontal (:func:`head_turn`).
 
 Crop modes (``--crops``):
 * ``detector``: the whole photo through the predictor as a user runs it (detector, calibrated
@@ -162,8 +165,10 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
             if i is not None:
                 out = result.faces[i]
                 if "landmarks" in out:  # an emotion-only checkpoint (a control) has none
-                    row["nme"] = nme(np.asarray(out["landmarks"], np.float64).reshape(-1, 2), t)
+                    points = np.asarray(out["landmarks"], np.float64).reshape(-1, 2)
+                    row["nme"] = nme(points, t)
                     row["baseline_nme"] = nme(mean_shape_in(out["box"], pred.info), t)
+                    row.update(head_turn(points, t))
                 if segmentation and face["parts"]:
                     truth = part_mask(face["parts"], result.height, result.width)
                     row["parsing"] = parsing_counts(out[segmentation], truth)
@@ -174,6 +179,16 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
                     row["p_labelled"] = out["emotion"]["probs"][row["labelled"]]
             rows.append(row)
     return rows
+
+
+def head_turn(points: np.ndarray, truth: np.ndarray) -> dict:
+    """``yaw_proxy``: the labelled nose tip's offset from the eyes' midpoint along the eye line, in
+    inter-ocular distances (0 for a frontal head; about 0.55 sin(yaw) on the face template), and
+    ``nose_sideways``: the predicted nose tip's error along the same line, in percent of it."""
+    iod = float(np.linalg.norm(truth[1] - truth[0]))
+    along = (truth[1] - truth[0]) / iod
+    return {"yaw_proxy": float((truth[2] - (truth[0] + truth[1]) / 2) @ along) / iod,
+            "nose_sideways": float((points[2] - truth[2]) @ along) / iod * 100}
 
 
 def part_mask(parts: dict, height: int, width: int) -> np.ndarray:
@@ -369,6 +384,12 @@ def summary(rows: list[dict]) -> str:
         hand = [r["nme"] for r in found if r.get("source") == "hand"]
         if hand:  # the only labels free of another model's error
             text += f" (hand-labelled: {', '.join(f'{e:.1f}' for e in hand)})"
+    turns = [(r["yaw_proxy"], r["nose_sideways"]) for r in found if "yaw_proxy" in r]
+    if len(turns) >= 3:
+        # how far the predicted nose follows the head's turn: 0 follows it, -1 reads every head as frontal
+        x, y = np.asarray(turns).T
+        text += (f"; nose's sideways error against the labelled turn: slope {np.polyfit(x, y, 1)[0] / 100:+.2f} "
+                 f"(correlation {np.corrcoef(x, y)[0, 1]:+.2f})")
     parsed = [r for r in found if "parsing" in r]
     if parsed:
         def f1(key):

@@ -255,3 +255,21 @@ def test_parts_file_follows_the_labels_file_face_by_face():
         iod = np.linalg.norm(t[0] - t[1])
         # the outlines' eyes lie on the labelled eye centres (within a fifth of the inter-ocular distance)
         assert np.linalg.norm(left - t[0]) < 0.2 * iod and np.linalg.norm(right - t[1]) < 0.2 * iod
+
+
+def test_head_turn_measures_the_nose_offset_and_its_error_along_the_eye_line():
+    turned = TRUTH.copy()
+    turned[2] = (25.0, 20.0)  # the labelled nose 5 px right of the eyes' midpoint: 0.25 of the inter-ocular
+    predicted = turned.copy()
+    predicted[2] = (22.0, 21.0)  # 3 px back towards the middle (and 1 px down, which does not count)
+    turn = real_faces.head_turn(predicted, turned)
+    assert turn["yaw_proxy"] == pytest.approx(0.25)
+    assert turn["nose_sideways"] == pytest.approx(-15.0)
+
+
+def test_summary_gives_how_far_the_nose_follows_the_head_turn():
+    # a model that puts the nose half-way back to frontal on every face: slope -0.5, correlation -1
+    rows = [{"found": True, "nme": 5.0, "baseline_nme": 9.0, "labelled": None, "yaw_proxy": x,
+             "nose_sideways": -50.0 * x} for x in (-0.3, -0.1, 0.0, 0.2, 0.4)]
+    assert real_faces.summary(rows).endswith("; nose's sideways error against the labelled turn: slope -0.50 "
+                                             "(correlation -1.00)")
