@@ -99,23 +99,16 @@ def load_mtcnn(folder: Path):
 
 def score(mtcnn, photos: Path, pad: float) -> list[float | None]:
     """NME (percent) per labelled face of the real set, None where MTCNN found no matching face."""
-    import json
-
     import cv2
 
     from facemtl.inference.alignment import find_match, landmark_square
-    from real_faces import LABELS, nme
+    from real_faces import faces_by_image, nme, photo_path
 
-    by_image: dict[str, list[np.ndarray]] = {}
-    for face in json.loads(LABELS.read_text())["faces"]:
-        by_image.setdefault(face["image"], []).append(np.asarray(face["landmarks"], np.float64))
     errors: list[float | None] = []
-    for image, truths in by_image.items():
-        bgr = cv2.imread(str(photos / image))
-        if bgr is None:
-            raise SystemExit(f"{photos / image} not found: run python benchmarks/real_faces.py --fetch {photos}")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        p = int(pad * max(rgb.shape[:2]))
+    for image, faces in faces_by_image().items():
+        truths = [np.asarray(f["landmarks"], np.float64) for f in faces]
+        rgb = cv2.cvtColor(cv2.imread(str(photo_path(photos, image))), cv2.COLOR_BGR2RGB)
+        p = int(round(pad * max(rgb.shape[:2])))  # as facemtl.inference.detect.padded_search pads
         if p:
             rgb = cv2.copyMakeBorder(rgb, p, p, p, p, cv2.BORDER_REPLICATE)
         boxes, _, points = mtcnn.detect(rgb, landmarks=True)

@@ -127,6 +127,27 @@ def nme(points: np.ndarray, truth: np.ndarray) -> float:
     return float(batch_nme(torch.as_tensor(points[None]), torch.as_tensor(truth[None]))[0]) * 100
 
 
+def faces_by_image() -> dict[str, list[dict]]:
+    """The labelled faces (:data:`LABELS`, each with its ``parts`` outlines from :data:`PARTS`),
+    grouped by photo in the files' order."""
+    labels = json.loads(LABELS.read_text())
+    parts = json.loads(PARTS.read_text())["faces"]
+    by_image: dict[str, list[dict]] = {}
+    for face, outline in zip(labels["faces"], parts, strict=True):
+        if outline["image"] != face["image"]:
+            raise SystemExit(f"{PARTS.name} is out of step with {LABELS.name} at {face['image']}")
+        by_image.setdefault(face["image"], []).append({**face, "parts": outline["parts"]})
+    return by_image
+
+
+def photo_path(photos: Path, image: str) -> Path:
+    """``photos / image``, or an exit naming the fetch command when it is missing."""
+    path = photos / image
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run python benchmarks/real_faces.py --fetch {photos}")
+    return path
+
+
 def score(pred, photos: Path, crops: str) -> list[dict]:
     """One row per labelled face: ``found``, ``nme``, ``baseline_nme`` (the synthetic mean shape in
     the same square), ``emotion`` (predicted), ``labelled`` (emotion or None) and ``p_labelled``
@@ -134,19 +155,10 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
     from facemtl.inference.alignment import find_match, landmark_square
     from real_photo import mean_shape_in
 
-    labels = json.loads(LABELS.read_text())
-    parts = json.loads(PARTS.read_text())["faces"]
     segmentation = next((t.name for t in pred.tasks if t.kind == "segmentation"), None)
-    by_image: dict[str, list[dict]] = {}
-    for face, outline in zip(labels["faces"], parts, strict=True):
-        if outline["image"] != face["image"]:
-            raise SystemExit(f"{PARTS.name} is out of step with {LABELS.name} at {face['image']}")
-        by_image.setdefault(face["image"], []).append({**face, "parts": outline["parts"]})
     rows = []
-    for image, faces in by_image.items():
-        path = photos / image
-        if not path.is_file():
-            raise SystemExit(f"{path} not found: run python benchmarks/real_faces.py --fetch {photos}")
+    for image, faces in faces_by_image().items():
+        path = photo_path(photos, image)
         truths = [np.asarray(f["landmarks"], np.float64) for f in faces]
         if crops == "labels":
             result = pred.predict_image(str(path), boxes=[landmark_square(t) for t in truths])
