@@ -127,6 +127,18 @@ def nme(points: np.ndarray, truth: np.ndarray) -> float:
     return float(batch_nme(torch.as_tensor(points[None]), torch.as_tensor(truth[None]))[0]) * 100
 
 
+def point_errors(points: np.ndarray, truth: np.ndarray) -> list[float]:
+    """Each point's distance from its label in percent of the labelled inter-ocular distance (the
+    NME's normaliser), in MTFL order: eyes, nose, mouth corners; their mean is :func:`nme`."""
+    return list(np.linalg.norm(points - truth, axis=1) / np.linalg.norm(truth[1] - truth[0]) * 100)
+
+
+def per_point_text(errors: list[list[float]]) -> str:
+    """Mean error per point over the faces: which part of the face carries the NME."""
+    e = np.mean(errors, axis=0)
+    return f"eyes {e[0]:.1f} / {e[1]:.1f}, nose {e[2]:.1f}, mouth corners {e[3]:.1f} / {e[4]:.1f}"
+
+
 def faces_by_image() -> dict[str, list[dict]]:
     """The labelled faces (:data:`LABELS`, each with its ``parts`` outlines from :data:`PARTS`),
     grouped by photo in the files' order."""
@@ -179,6 +191,7 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
                 if "landmarks" in out:  # an emotion-only checkpoint (a control) has none
                     points = np.asarray(out["landmarks"], np.float64).reshape(-1, 2)
                     row["nme"] = nme(points, t)
+                    row["point_errors"] = point_errors(points, t)
                     row["baseline_nme"] = nme(mean_shape_in(out["box"], pred.info), t)
                     row.update(head_turn(points, t))
                 if segmentation and face["parts"]:
@@ -396,6 +409,9 @@ def summary(rows: list[dict]) -> str:
         hand = [r["nme"] for r in found if r.get("source") == "hand"]
         if hand:  # the only labels free of another model's error
             text += f" (hand-labelled: {', '.join(f'{e:.1f}' for e in hand)})"
+        per_point = [r["point_errors"] for r in found if "point_errors" in r]
+        if per_point:
+            text += f"; mean error per point (% of the inter-ocular distance): {per_point_text(per_point)}"
     turns = [(r["yaw_proxy"], r["nose_sideways"]) for r in found if "yaw_proxy" in r]
     if len(turns) >= 3:
         # how far the predicted nose follows the head's turn: 0 follows it, -1 reads every head as frontal

@@ -273,3 +273,18 @@ def test_summary_gives_how_far_the_nose_follows_the_head_turn():
              "nose_sideways": -50.0 * x} for x in (-0.3, -0.1, 0.0, 0.2, 0.4)]
     assert real_faces.summary(rows).endswith("; nose's sideways error against the labelled turn: slope -0.50 "
                                              "(correlation -1.00)")
+
+
+def test_point_errors_are_per_point_distances_over_the_interocular_and_average_to_the_nme():
+    moved = TRUTH.copy()
+    moved[2] += (3.0, 4.0)  # the nose 5 px off: 25% of the 20-px inter-ocular distance
+    moved[4] += (-2.0, 0.0)  # the image-right mouth corner 2 px in: 10%
+    assert real_faces.point_errors(moved, TRUTH) == pytest.approx([0.0, 0.0, 25.0, 0.0, 10.0])
+    assert np.mean(real_faces.point_errors(moved, TRUTH)) == pytest.approx(real_faces.nme(moved, TRUTH))
+
+
+def test_summary_gives_the_mean_error_per_point():
+    rows = [{"found": True, "nme": 7.0, "baseline_nme": 9.0, "labelled": None, "point_errors": [2.0, 4.0, 10.0, 8.0, 11.0]},
+            {"found": True, "nme": 5.0, "baseline_nme": 9.0, "labelled": None, "point_errors": [4.0, 2.0, 6.0, 6.0, 7.0]}]
+    assert ("; mean error per point (% of the inter-ocular distance): eyes 3.0 / 3.0, nose 8.0, "
+            "mouth corners 7.0 / 9.0") in real_faces.summary(rows)
