@@ -11,7 +11,8 @@ square, emotion against the labelled one where the expression is clear) and a su
 also the detections that are none of the labelled faces: false faces, or faces nobody labelled).
 The summary also says how far the predicted nose follows the head's turn: the nose tip's sideways
 error (along the labelled eye line) regressed on the labelled nose's offset from the eyes' midpoint
-(a yaw proxy): slope 0 follows the turn, -1 reads every head as frontal (:func:`head_turn`).
+(a yaw proxy): slope 0 follows the turn, -1 reads every head as frontal (:func:`head_turn`), and
+the mean error per point (eyes, nose, mouth corners) beside the mean shape's.
 
 Crop modes (``--crops``):
 * ``detector``: the whole photo through the predictor as a user runs it (detector, calibrated
@@ -128,15 +129,22 @@ def nme(points: np.ndarray, truth: np.ndarray) -> float:
 
 
 def point_errors(points: np.ndarray, truth: np.ndarray) -> list[float]:
-    """Each point's distance from its label in percent of the labelled inter-ocular distance (the
-    NME's normaliser), in MTFL order: eyes, nose, mouth corners; their mean is :func:`nme`."""
-    return list(np.linalg.norm(points - truth, axis=1) / np.linalg.norm(truth[1] - truth[0]) * 100)
+    """Each point's error in percent (:func:`facemtl.metrics.landmarks.per_point_nme`), in MTFL
+    order: eyes, nose, mouth corners; their mean is :func:`nme`."""
+    import torch
+
+    from facemtl.metrics.landmarks import per_point_nme
+
+    return [float(e) * 100 for e in per_point_nme(torch.as_tensor(points[None]), torch.as_tensor(truth[None]))[0]]
 
 
-def per_point_text(errors: list[list[float]]) -> str:
-    """Mean error per point over the faces: which part of the face carries the NME."""
+def per_point_text(errors: list[list[float]], baseline: list[list[float]] | None = None) -> str:
+    """Mean error per point over the faces (which part of the face carries the NME), with the
+    ``baseline``'s in brackets when given."""
     e = np.mean(errors, axis=0)
-    return f"eyes {e[0]:.1f} / {e[1]:.1f}, nose {e[2]:.1f}, mouth corners {e[3]:.1f} / {e[4]:.1f}"
+    b = np.mean(baseline, axis=0) if baseline else None
+    cells = [f"{e[k]:.1f}" + (f" ({b[k]:.1f})" if b is not None else "") for k in range(5)]
+    return f"eyes {cells[0]} / {cells[1]}, nose {cells[2]}, mouth corners {cells[3]} / {cells[4]}"
 
 
 def faces_by_image() -> dict[str, list[dict]]:
@@ -192,7 +200,9 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
                     points = np.asarray(out["landmarks"], np.float64).reshape(-1, 2)
                     row["nme"] = nme(points, t)
                     row["point_errors"] = point_errors(points, t)
-                    row["baseline_nme"] = nme(mean_shape_in(out["box"], pred.info), t)
+                    mean_shape = mean_shape_in(out["box"], pred.info)
+                    row["baseline_nme"] = nme(mean_shape, t)
+                    row["baseline_point_errors"] = point_errors(mean_shape, t)
                     row.update(head_turn(points, t))
                 if segmentation and face["parts"]:
                     truth = part_mask(face["parts"], result.height, result.width)
@@ -409,9 +419,11 @@ def summary(rows: list[dict]) -> str:
         hand = [r["nme"] for r in found if r.get("source") == "hand"]
         if hand:  # the only labels free of another model's error
             text += f" (hand-labelled: {', '.join(f'{e:.1f}' for e in hand)})"
-        per_point = [r["point_errors"] for r in found if "point_errors" in r]
+        per_point = [r for r in found if "point_errors" in r]
         if per_point:
-            text += f"; mean error per point (% of the inter-ocular distance): {per_point_text(per_point)}"
+            text += ("; mean error per point (% of the inter-ocular distance; the mean shape's in brackets): "
+                     + per_point_text([r["point_errors"] for r in per_point],
+                                      [r["baseline_point_errors"] for r in per_point]))
     turns = [(r["yaw_proxy"], r["nose_sideways"]) for r in found if "yaw_proxy" in r]
     if len(turns) >= 3:
         # how far the predicted nose follows the head's turn: 0 follows it, -1 reads every head as frontal

@@ -284,7 +284,10 @@ def test_point_errors_are_per_point_distances_over_the_interocular_and_average_t
 
 
 def test_summary_gives_the_mean_error_per_point():
-    rows = [{"found": True, "nme": 7.0, "baseline_nme": 9.0, "labelled": None, "point_errors": [2.0, 4.0, 10.0, 8.0, 11.0]},
-            {"found": True, "nme": 5.0, "baseline_nme": 9.0, "labelled": None, "point_errors": [4.0, 2.0, 6.0, 6.0, 7.0]}]
-    assert ("; mean error per point (% of the inter-ocular distance): eyes 3.0 / 3.0, nose 8.0, "
-            "mouth corners 7.0 / 9.0") in real_faces.summary(rows)
+    rows = [{"found": True, "nme": 7.0, "baseline_nme": 9.0, "labelled": None, "point_errors": [2.0, 4.0, 10.0, 8.0, 11.0],
+             "baseline_point_errors": [5.0, 5.0, 12.0, 9.0, 14.0]},
+            {"found": True, "nme": 5.0, "baseline_nme": 9.0, "labelled": None, "point_errors": [4.0, 2.0, 6.0, 6.0, 7.0],
+             "baseline_point_errors": [7.0, 9.0, 10.0, 9.0, 10.0]}]
+    assert ("; mean error per point (% of the inter-ocular distance; the mean shape's in brackets): eyes 3.0 (6.0) / "
+            "3.0 (7.0), nose 8.0 (11.0), mouth corners 7.0 (9.0) / 9.0 (12.0)") in real_faces.summary(rows)
+    assert real_faces.per_point_text([[1.0, 2.0, 3.0, 4.0, 5.0]]) == "eyes 1.0 / 2.0, nose 3.0, mouth corners 4.0 / 5.0"
