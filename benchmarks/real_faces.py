@@ -200,7 +200,8 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
                     points = np.asarray(out["landmarks"], np.float64).reshape(-1, 2)
                     row["nme"] = nme(points, t)
                     row["point_errors"] = point_errors(points, t)
-                    mean_shape = mean_shape_in(out["box"], pred.info)
+                    # the mean shape in the square the face came in (a re-cropped face reports its re-crop's)
+                    mean_shape = mean_shape_in(landmark_square(t) if crops == "labels" else out["box"], pred.info)
                     row["baseline_nme"] = nme(mean_shape, t)
                     row["baseline_point_errors"] = point_errors(mean_shape, t)
                     row.update(head_turn(points, t))
@@ -467,7 +468,8 @@ def main(argv=None) -> None:
     ap.add_argument("--fetch", type=Path, metavar="DIR", help="download and unpack the photos into DIR, then exit")
     ap.add_argument("--crops", default="detector,labels", help="comma-separated crop modes: detector, labels")
     ap.add_argument("--detector", default="opencv", help="face detector for --crops detector (default: opencv)")
-    ap.add_argument("--passes", type=int, choices=(1, 2), help="crops per detected face (default: the predictor's)")
+    ap.add_argument("--passes", type=int, choices=(1, 2),
+                    help="crops per face, detected or from the labels' squares (default: the predictor's)")
     ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                     help="test-time flip, the predictor's default (--no-flip: one pass per crop)")
     ap.add_argument("--regions", action="store_true",
@@ -505,7 +507,7 @@ def main(argv=None) -> None:
             continue
         for mode in modes:
             pred = Predictor.from_checkpoint(ckpt, detector=args.detector if mode == "detector" else "none",
-                                             passes=args.passes if mode == "detector" else None, flip=args.flip)
+                                             passes=args.passes, flip=args.flip)
             rows = score(pred, args.photos, mode)
             print(f"{ckpt}, crops from the {mode}{f' ({args.detector})' if mode == 'detector' else ''}"
                   f"{'' if args.flip else ', without test-time flip'}:")

@@ -28,6 +28,7 @@ from facemtl.inference.alignment import (
     landmark_square,
     matches,
     render_scene,
+    turned_crop,
     upright_crop,
 )
 from facemtl.inference.detect import MIN_WEIGHT, Detector, HaarFaceDetector, _prefer_filling_faces
@@ -227,6 +228,48 @@ def test_the_default_second_crop_is_turned_so_the_predicted_eyes_are_level():
     assert len(model.seen) == 2
     tilt = np.degrees(np.arctan2(POINTS[1][1] - POINTS[0][1], POINTS[1][0] - POINTS[0][0]))
     assert tilt < UPRIGHT_RETURN_DEGREES < UPRIGHT_MIN_DEGREES  # preconditions of the two cases above
+
+
+def test_a_given_box_of_a_tilted_face_is_cropped_again_turned_level_in_place():
+    image, box = photo(), [50.0, 30.0, 98.0, 78.0]
+    tilted = [[0.36, 0.36], [0.62, 0.45], [0.48, 0.56], [0.34, 0.66], [0.55, 0.74]]  # eyes at ~19 degrees
+    as_output = np.array(tilted, np.float32).astype(np.float64) * SIZE
+    model = StubModel(tilted)
+    predictor = Predictor(model, {"input_size": SIZE}, flip=False, detector="none")
+    (face,) = predictor(image, boxes=[box])
+    # the stub tilts its eyes in every crop: turned again up to UPRIGHT_MAX_CROPS, each crop the
+    # SAME box turned about its centre by the roll of the previous crop's points (in the photo)
+    assert len(model.seen) == UPRIGHT_MAX_CROPS
+    matrix = face_crop_matrix(box=box, size=SIZE, margin=predictor.margin)
+    torch.testing.assert_close(model.seen[0], crop_as_seen(predictor, image, matrix))
+    for k in range(1, UPRIGHT_MAX_CROPS):
+        matrix = turned_crop(box, warp_points(as_output, invert_affine(matrix)), SIZE, predictor.margin)
+        torch.testing.assert_close(model.seen[k], crop_as_seen(predictor, image, matrix))
+    assert face["box"] == box and face["detection_box"] == box  # the caller's box, kept
+    np.testing.assert_allclose(face["landmarks"], warp_points(as_output, invert_affine(matrix)), atol=1e-4)
+    # one crop: level points, passes=1, upright=False, or a whole image (detector "none", no boxes)
+    for points, kwargs, boxes in ((POINTS, {}, [box]), (tilted, {"passes": 1}, [box]),
+                                  (tilted, {"upright": False}, [box]), (tilted, {}, None)):
+        model = StubModel(points)
+        Predictor(model, {"input_size": SIZE}, flip=False, detector="none", **kwargs)(image, boxes=boxes)
+        assert len(model.seen) == 1, (points, kwargs, boxes)
+
+
+def test_turned_crop_keeps_the_box_and_levels_the_eyes():
+    box = np.array([20.0, 10.0, 84.0, 74.0])
+    level = np.array([[40.0, 40.0], [64.0, 40.0], [52.0, 52.0], [42.0, 62.0], [62.0, 62.0]])
+    plain = face_crop_matrix(box=box, size=64, margin=0.25)
+    np.testing.assert_allclose(turned_crop(box, level, 64, 0.25), plain, atol=1e-12)  # level: the box's crop
+    for degrees in (20.0, -35.0, 80.0):
+        turn = cv2.getRotationMatrix2D((52.0, 42.0), degrees, 1.0)  # eyes tilted on screen
+        points = warp_points(level, turn).astype(np.float64)
+        matrix = turned_crop(box, points, 64, 0.25)
+        eyes = warp_points(points[:2], matrix)
+        assert abs(eye_roll(eyes)) == pytest.approx(max(0.0, abs(degrees) - MAX_UPRIGHT_ROLL), abs=1e-3)
+        # the box's centre stays the crop's centre, and the scale is the box's
+        centre = warp_points(np.array([[52.0, 42.0]]), matrix)[0]
+        np.testing.assert_allclose(centre, warp_points(np.array([[52.0, 42.0]]), plain)[0], atol=1e-3)
+        assert np.linalg.det(matrix[:, :2]) == pytest.approx(np.linalg.det(plain[:, :2]))
 
 
 def test_upright_crop_is_the_training_crop_of_the_level_face():

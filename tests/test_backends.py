@@ -117,6 +117,21 @@ def test_a_graph_for_some_tasks_outputs_only_them_and_runs_less(model, iteration
     assert convs(["emotion"]) < convs(None)
     two = Predictor(model, info, iterations=iterations, backend="onnxruntime", tasks=["emotion"], passes=2)
     assert two.backend.names == ["landmarks", "emotion"]
+    # a given box's first pass needs the landmarks the lean graph lacks: a second graph is built
+    # once, with them too, and the lean one still serves the calls it has
+    both = part.forward(x, ("landmarks", "emotion"))
+    assert part.backend.names == ["emotion"] and part.backend.wider[1] == ["landmarks", "emotion"]
+    for name in ("landmarks", "emotion"):
+        assert (both[name] - expected[name]).abs().max() < 1e-4
+    first = part.backend.wider
+    part.backend(x, ("emotion",))
+    part.backend(x, ("landmarks",))
+    assert part.backend.wider is first
+    box = [[4.0, 6.0, 50.0, 52.0]]
+    image = faces(1, 3)[0]
+    (lean,) = part(image, boxes=box)
+    (eager,) = Predictor(model, info, detector="none", iterations=iterations, tasks=["emotion"])(image, boxes=box)
+    assert lean["box"] == eager["box"] and lean["emotion"]["label"] == eager["emotion"]["label"]
 
 
 def test_graph_runs_streams_one_at_a_time(model):

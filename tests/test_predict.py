@@ -173,6 +173,8 @@ def test_predictor_accepts_path_array_and_pil(predictor, tmp_path):
 
 
 def test_stream_is_lazy_ordered_and_batches_are_bounded(predictor, monkeypatch):
+    # one crop per given box (no turned second crop), so the crops counted are the faces
+    predictor = Predictor(predictor.model, predictor.info, passes=1, batch_size=predictor.batch_size)
     images = [paste(render_face(3, 200 + i, "studio", SIZE)["image"], 5 * i, 3 * i) for i in range(7)]
     consumed = []
     sizes = []

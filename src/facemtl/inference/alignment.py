@@ -106,6 +106,18 @@ def upright_crop(landmarks, size: int, margin: float) -> tuple[np.ndarray, np.nd
     return matrix, np.concatenate([mid - half, mid + half])
 
 
+def turned_crop(box, landmarks, size: int, margin: float) -> np.ndarray:
+    """Crop matrix of ``box`` (cropped as :func:`~facemtl.data.transforms.face_crop_matrix`
+    crops a box) turned about its centre so that these points' eyes are level (the roll of
+    :func:`eye_roll`, at most :data:`MAX_UPRIGHT_ROLL`): the box keeps its place and size, only
+    the face's roll is undone. :func:`upright_crop` also moves and scales the crop to the points.
+    """
+    b = np.asarray(box, np.float64).reshape(4)
+    roll = float(np.clip(eye_roll(landmarks), -MAX_UPRIGHT_ROLL, MAX_UPRIGHT_ROLL))
+    turn = cv2.getRotationMatrix2D(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2), roll, 1.0)
+    return compose(face_crop_matrix(box=b, size=size, margin=margin), turn)
+
+
 def landmark_square(landmarks) -> np.ndarray:
     """The face square training crops from these landmarks (``[x0, y0, x1, y1]``).
 

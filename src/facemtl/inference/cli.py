@@ -57,7 +57,8 @@ def register(subparsers) -> None:
                    help="crops per face: 2 re-crops each face from its predicted landmarks the way training crops, "
                    "turned so the eyes are level, and reports every task from that second crop; 1 keeps the first "
                    "crop (default: detected faces get the second crop only when their predicted eyes tilt by 5 "
-                   "degrees or more; --boxes and --detector none get one)")
+                   "degrees or more; a --boxes face then gets its own box again, turned so the eyes are level; "
+                   "--detector none gets one)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time flip: run each face crop and its mirror image and average their outputs "
                    "(the mirror's left/right points and classes swapped back); --no-flip runs the model once "

@@ -15,9 +15,16 @@ Pipeline for one image:
    gives one (``boxes_and_turns``: the angle the Haar cascade found the face upright at, MediaPipe's eye
    line when it tilts by 10 degrees or more), so a tilted head reaches the model about level;
    boxes the caller gives are cropped as given;
+2a. a given box (default ``passes`` and ``upright``) whose first pass's eyes tilt by
+   :data:`UPRIGHT_MIN_DEGREES` or more is cropped again, the same box turned about its centre so
+   that the predicted eyes are level (:func:`~facemtl.inference.alignment.turned_crop`; turned
+   again like an upright crop below): the caller's box keeps its place and size, only the head's
+   roll is undone (on the 71 real faces of ``benchmarks/real_faces.py``, labels' squares, this
+   did better than the re-crop from the predicted landmarks below, which also moves the square:
+   docs/evidence.md, "Faces in photos");
 2b. two passes (``passes=2``; by default detected faces get a second pass only when the first
    pass's eyes tilt by :data:`UPRIGHT_MIN_DEGREES` or more (always with ``upright=False``), given
-   boxes and ``detector="none"`` never): the landmarks predicted on the first crop give a second crop made
+   boxes as in 2a, ``detector="none"`` never): the landmarks predicted on the first crop give a second crop made
    as training crops from landmarks (:func:`~facemtl.inference.alignment.landmark_square`),
    turned so that the predicted eyes are level (``upright``, default True:
    :func:`~facemtl.inference.alignment.upright_crop`; False: the axis-aligned training crop),
@@ -100,7 +107,7 @@ from facemtl.data.transforms import (
 )
 from facemtl.errors import FacemtlError
 from facemtl.kinds import kind_of
-from facemtl.inference.alignment import IDENTITY, eye_roll, landmark_square, upright_crop
+from facemtl.inference.alignment import IDENTITY, eye_roll, landmark_square, turned_crop, upright_crop
 from facemtl.inference.detect import DETECTORS, check_detector, find_faces, make_detector, parse_box
 
 BACKENDS = ("torch", "onnxruntime")
@@ -258,30 +265,42 @@ class TorchBackend:
 
 
 class OnnxRuntimeBackend:
-    """The model's ONNX graph (exported once, in memory) in an onnxruntime CPU session."""
+    """The model's ONNX graph (exported once, in memory) in an onnxruntime CPU session.
+
+    When a call asks for outputs the graph lacks (the landmarks of a given box's first pass,
+    when the graph was built for other tasks only), a graph with those outputs too is built
+    once and kept beside the first: the lean graph stays for the calls it serves."""
 
     name = "onnxruntime"
 
     def __init__(self, model, info: dict, iterations: int | None, threads: int, tasks=None):
-        from facemtl.inference.export import onnx_model, onnx_session, require_onnx
+        from facemtl.inference.export import require_onnx
 
         require_onnx("the onnxruntime backend")
+        self.model, self.info, self.iterations, self.threads = model, info, iterations, threads
+        self.session, self.names = self._build(tasks)
+        self.wider: tuple | None = None  # (session, names) of the graph with more outputs, once built
+
+    def _build(self, tasks) -> tuple:
+        from facemtl.inference.export import onnx_model, onnx_session
+
         # one image: the cheapest trace; ``tasks`` (None: all) are the graph's only outputs
-        graph = onnx_model(model, info, iterations, batch=1, tasks=tasks).SerializeToString()
-        self.session = onnx_session(graph, threads=threads)
-        self.names = [o.name for o in self.session.get_outputs()]
+        graph = onnx_model(self.model, self.info, self.iterations, batch=1, tasks=tasks).SerializeToString()
+        session = onnx_session(graph, threads=self.threads)
+        return session, [o.name for o in session.get_outputs()]
 
     def __call__(self, crops: torch.Tensor, tasks=None) -> dict[str, torch.Tensor]:
-        """Decoded last-iteration outputs of ``tasks`` (None: every output of the graph). The
+        """Decoded last-iteration outputs of ``tasks`` (None: every output of the graph). A
         graph's outputs are fixed when it is built, so it computes them all either way."""
-        missing = [n for n in tasks or () if n not in self.names]
-        if missing:
-            raise FacemtlError(f"the onnxruntime graph was built without {', '.join(missing)} "
-                               f"(its outputs: {', '.join(self.names)})")
+        session, names = self.session, self.names
+        if any(n not in names for n in tasks or ()):
+            if self.wider is None or any(n not in self.wider[1] for n in tasks):
+                self.wider = self._build(sorted(set(tasks) | set(names), key=[t.name for t in self.model.tasks].index))
+            session, names = self.wider
         # normalise() keeps the uint8 crops' channels-last strides; onnxruntime wants C order.
         images = np.ascontiguousarray(crops.detach().cpu().numpy(), dtype=np.float32)
-        outputs = self.session.run(None, {"images": images})
-        return {name: torch.from_numpy(value) for name, value in zip(self.names, outputs)
+        outputs = session.run(None, {"images": images})
+        return {name: torch.from_numpy(value) for name, value in zip(names, outputs)
                 if tasks is None or name in tasks}
 
 
@@ -330,9 +349,10 @@ class Predictor:
     ``detector``: ``"opencv"`` (Haar cascade), ``"mediapipe"`` (BlazeFace; needs
     ``pip install 'facemtl[detect]'``), ``"none"`` (each image is one face crop) or a
     :class:`~facemtl.inference.detect.Detector` (a callable image -> boxes, largest first, with an
-    optional ``calibration``). ``passes``: 1 or 2 crops per face (None: for detected faces, when
-    the model has a ``landmarks`` task, a second crop only when the first pass's eyes tilt by
-    :data:`UPRIGHT_MIN_DEGREES` or more with ``upright``, always without; else 1; see the module
+    optional ``calibration``). ``passes``: 1 or 2 crops per face (None: when the model has a
+    ``landmarks`` task, for detected faces a second crop only when the first pass's eyes tilt by
+    :data:`UPRIGHT_MIN_DEGREES` or more with ``upright``, always without; for given boxes with
+    ``upright`` the same box turned level when they tilt that much; else 1; see the module
     docstring). ``calibrate``: crop a
     detected box as its detector's calibrated face square (False: as the raw box).
     ``upright``: turn the second crop so the first pass's eyes are level (see the module docstring).
@@ -356,7 +376,7 @@ class Predictor:
             raise FacemtlError(f"detector must be one of {', '.join(DETECTORS)} or a callable image -> boxes, "
                                f"got {type(detector).__name__}")
         if passes is not None and (isinstance(passes, bool) or passes not in (1, 2)):
-            raise FacemtlError(f"passes must be 1 or 2 (or None: 2 for detected faces), got {passes!r}")
+            raise FacemtlError(f"passes must be 1 or 2 (or None: a second crop for tilted faces), got {passes!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise FacemtlError(f"batch size must be a positive integer, got {batch_size!r}")
         from facemtl.models.checkpoint import check_crop_margin
@@ -400,6 +420,7 @@ class Predictor:
                                       or t is self.recrop_task)
         if backend == "onnxruntime":
             # One graph serves both passes: it keeps the landmarks when a face may be re-cropped.
+            # (a given box's first pass, when it may be turned, gets a graph with them when it needs one)
             recrop = self.recrop_task is not None and (passes == 2 or (passes is None and self.detector is not None))
             outputs = None if tasks is None else self.first_pass_names if recrop else self.task_names
             self.backend = OnnxRuntimeBackend(self.model, info, iterations,
@@ -455,17 +476,17 @@ class Predictor:
             try:
                 image = as_rgb(source)
                 rec.height, rec.width = image.shape[:2]
-                boxes, turns, margin, detected = self._faces(image, boxes_for(key) if boxes_for is not None else None)
-                passes = self._passes(detected)
+                boxes, turns, margin, origin = self._faces(image, boxes_for(key) if boxes_for is not None else None)
+                passes = self._passes(origin)
                 crops = []
                 for box, turn in zip(boxes, turns):
                     try:  # one degenerate face is reported; the image's other faces go on
-                        box, crop_box, matrix = self._crop(box, margin, rec.height, rec.width, detected, turn)
+                        box, crop_box, matrix = self._crop(box, margin, rec.height, rec.width, origin == "detected", turn)
                     except FacemtlError as exc:
                         rec.face_errors.append({"box": _box_json(box), "error": str(exc)})
                         continue
                     crops.append(_Crop(rec, len(crops), box, crop_box, matrix, warp_image(image, matrix, self.input_size),
-                                       image if passes > 1 else None))
+                                       image if passes > 1 else None, turn_only=origin == "given" and self.passes is None))
             except FacemtlError as exc:
                 rec.error = str(exc)
             else:
@@ -489,8 +510,9 @@ class Predictor:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _faces(self, image: np.ndarray, boxes) -> tuple[list, list, float, bool]:
-        """(boxes, turns, margin, detected) for one image; given boxes are checked one by one in
+    def _faces(self, image: np.ndarray, boxes) -> tuple[list, list, float, str]:
+        """(boxes, turns, margin, origin) for one image, ``origin`` "given", "whole" (the image is
+        the crop) or "detected"; given boxes are checked one by one in
         :meth:`_crop`. ``turns``: per box the angle its first crop is turned by (degrees): a
         detector's ``boxes_and_turns`` gives them (the Haar detector's turned searches), else 0."""
         h, w = image.shape[:2]
@@ -498,20 +520,22 @@ class Predictor:
             rows = list(boxes)
             if len(rows) == 4 and all(np.isscalar(v) for v in rows):  # one box given flat
                 rows = [rows]
-            return rows, [0.0] * len(rows), self.margin, False
+            return rows, [0.0] * len(rows), self.margin, "given"
         if self.detector is None:
             # The whole image is the crop, as training crops a face-crop dataset (margin 0).
-            return [np.array([-0.5, -0.5, w - 0.5, h - 0.5])], [0.0], 0.0, False
+            return [np.array([-0.5, -0.5, w - 0.5, h - 0.5])], [0.0], 0.0, "whole"
         found, turns = find_faces(self.detector, image)
-        return list(found), [float(t) for t in turns], self.margin, True
+        return list(found), [float(t) for t in turns], self.margin, "detected"
 
-    def _passes(self, detected: bool) -> int:
-        """Most crops per face: ``passes`` when set, else two for detected faces (when the model
-        predicts landmarks to re-crop from; :meth:`_recrop` decides), one for the caller's boxes
-        and whole images."""
+    def _passes(self, origin: str) -> int:
+        """Most crops per face: ``passes`` when set, else (when the model predicts landmarks to
+        re-crop from; :meth:`_recrop` decides) two for detected faces and, with ``upright``, for
+        the caller's boxes; one for whole images."""
         if self.passes is not None:
             return self.passes
-        return 2 if detected and self.recrop_task is not None else 1
+        if self.recrop_task is None:
+            return 1
+        return 2 if origin == "detected" or (origin == "given" and self.upright) else 1
 
     def _crop(self, value, margin: float, height: int, width: int,
               detected: bool = False, turn: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -543,7 +567,9 @@ class Predictor:
     def _recrop(self, item: _Crop, points: np.ndarray) -> _Crop | None:
         """The next crop of a face: the training crop from its predicted landmarks
         (:func:`~facemtl.inference.alignment.landmark_square` with the checkpoint's margin,
-        turned upright with :attr:`upright`), or None when the points give no plausible face
+        turned upright with :attr:`upright`), for a ``turn_only`` crop (a given box by default)
+        its box turned so the predicted eyes are level
+        (:func:`~facemtl.inference.alignment.turned_crop`), or None when the points give no plausible face
         square (:data:`MAX_RECROP_CHANGE`) or, for an upright crop, when they are level within
         :data:`UPRIGHT_RETURN_DEGREES` in it (the face is done), or, for the first crop with the
         default ``passes`` and ``upright``, when they tilt by less than :data:`UPRIGHT_MIN_DEGREES`."""
@@ -562,14 +588,17 @@ class Predictor:
         if not (np.all(np.isfinite(square)) and 1 / MAX_RECROP_CHANGE <= ratio <= MAX_RECROP_CHANGE
                 and np.all(centre >= first[:2]) and np.all(centre <= first[2:])):
             return None
-        if self.upright:
+        if item.turn_only:
+            square = first
+            matrix = turned_crop(square, points, self.input_size, self.margin)
+        elif self.upright:
             matrix, square = upright_crop(points, self.input_size, self.margin)
         else:
             matrix = face_crop_matrix(box=square, size=self.input_size, margin=self.margin)
         pixels = warp_image(item.image, matrix, self.input_size)
         again = self.upright and item.stage + 1 < UPRIGHT_MAX_CROPS  # it may be turned again
         return _Crop(item.rec, item.index, item.box, square, matrix, pixels, item.image if again else None,
-                     item.stage + 1)
+                     item.stage + 1, item.turn_only)
 
     def forward(self, crops: torch.Tensor, tasks=None) -> dict[str, torch.Tensor]:
         """Normalised crops (B, 3, S, S) -> decoded outputs of the last iteration, per task (CPU
@@ -637,6 +666,7 @@ class _Crop:
     pixels: np.ndarray  # (S, S, 3) uint8
     image: np.ndarray | None  # the photo, kept while a next pass may re-crop from it
     stage: int = 1  # 1: the first crop, 2: the second, 3 and 4: an upright crop turned again
+    turn_only: bool = False  # a given box by default: later crops keep the box and only turn it
 
 
 def select_tasks(model_tasks, tasks) -> tuple:
