@@ -200,8 +200,11 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
                     points = np.asarray(out["landmarks"], np.float64).reshape(-1, 2)
                     row["nme"] = nme(points, t)
                     row["point_errors"] = point_errors(points, t)
-                    # the mean shape in the square the face came in (a re-cropped face reports its re-crop's)
-                    mean_shape = mean_shape_in(landmark_square(t) if crops == "labels" else out["box"], pred.info)
+                    # the mean shape in the square the face came in, before the model moved it: the labels'
+                    # square, or the detector's calibrated box (out["box"] is a re-crop's, from the predictions)
+                    came_in = (landmark_square(t) if crops == "labels"
+                               else pred.calibration.apply(np.asarray(out["detection_box"], np.float64)))
+                    mean_shape = mean_shape_in(came_in, pred.info)
                     row["baseline_nme"] = nme(mean_shape, t)
                     row["baseline_point_errors"] = point_errors(mean_shape, t)
                     row.update(head_turn(points, t))

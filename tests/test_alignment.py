@@ -30,6 +30,7 @@ from facemtl.inference.alignment import (
     render_scene,
     turned_crop,
     upright_crop,
+    upright_roll,
 )
 from facemtl.inference.detect import MIN_WEIGHT, Detector, HaarFaceDetector, _prefer_filling_faces
 from facemtl.inference.predictor import UPRIGHT_MAX_CROPS, UPRIGHT_MIN_DEGREES, UPRIGHT_RETURN_DEGREES, Predictor
@@ -243,7 +244,7 @@ def test_a_given_box_of_a_tilted_face_is_cropped_again_turned_level_in_place():
     matrix = face_crop_matrix(box=box, size=SIZE, margin=predictor.margin)
     torch.testing.assert_close(model.seen[0], crop_as_seen(predictor, image, matrix))
     for k in range(1, UPRIGHT_MAX_CROPS):
-        matrix = turned_crop(box, warp_points(as_output, invert_affine(matrix)), SIZE, predictor.margin)
+        matrix = turned_crop(box, upright_roll(warp_points(as_output, invert_affine(matrix))), SIZE, predictor.margin)
         torch.testing.assert_close(model.seen[k], crop_as_seen(predictor, image, matrix))
     assert face["box"] == box and face["detection_box"] == box  # the caller's box, kept
     np.testing.assert_allclose(face["landmarks"], warp_points(as_output, invert_affine(matrix)), atol=1e-4)
@@ -259,11 +260,13 @@ def test_turned_crop_keeps_the_box_and_levels_the_eyes():
     box = np.array([20.0, 10.0, 84.0, 74.0])
     level = np.array([[40.0, 40.0], [64.0, 40.0], [52.0, 52.0], [42.0, 62.0], [62.0, 62.0]])
     plain = face_crop_matrix(box=box, size=64, margin=0.25)
-    np.testing.assert_allclose(turned_crop(box, level, 64, 0.25), plain, atol=1e-12)  # level: the box's crop
+    assert upright_roll(level) == 0.0
+    np.testing.assert_allclose(turned_crop(box, 0.0, 64, 0.25), plain, atol=1e-12)  # no turn: the box's crop
     for degrees in (20.0, -35.0, 80.0):
         turn = cv2.getRotationMatrix2D((52.0, 42.0), degrees, 1.0)  # eyes tilted on screen
         points = warp_points(level, turn).astype(np.float64)
-        matrix = turned_crop(box, points, 64, 0.25)
+        assert upright_roll(points) == pytest.approx(np.clip(-degrees, -MAX_UPRIGHT_ROLL, MAX_UPRIGHT_ROLL), abs=1e-3)
+        matrix = turned_crop(box, upright_roll(points), 64, 0.25)
         eyes = warp_points(points[:2], matrix)
         assert abs(eye_roll(eyes)) == pytest.approx(max(0.0, abs(degrees) - MAX_UPRIGHT_ROLL), abs=1e-3)
         # the box's centre stays the crop's centre, and the scale is the box's

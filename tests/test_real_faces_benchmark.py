@@ -291,3 +291,33 @@ def test_summary_gives_the_mean_error_per_point():
     assert ("; mean error per point (% of the inter-ocular distance; the mean shape's in brackets): eyes 3.0 (6.0) / "
             "3.0 (7.0), nose 8.0 (11.0), mouth corners 7.0 (9.0) / 9.0 (12.0)") in real_faces.summary(rows)
     assert real_faces.per_point_text([[1.0, 2.0, 3.0, 4.0, 5.0]]) == "eyes 1.0 / 2.0, nose 3.0, mouth corners 4.0 / 5.0"
+
+
+def test_the_mean_shape_sits_in_the_square_the_face_came_in_not_in_a_re_crop(monkeypatch):
+    """The trivial baseline must not depend on the model: a re-cropped face reports the re-crop's
+    square (from its predictions) as ``box``; the mean shape goes in the labels' square, or in
+    the detector's calibrated box."""
+    import types
+
+    import real_photo
+    from facemtl.inference.alignment import Calibration, landmark_square
+
+    square = landmark_square(TRUTH)
+    detection = square + [-2.0, 1.0, 3.0, 2.0]  # a detection centred near the labels' square
+    recrop = square + 7.0  # where a second crop from the predictions went
+    placed = []
+    monkeypatch.setattr(real_faces, "faces_by_image", lambda: {"a.png": [{"landmarks": TRUTH.tolist(), "labels": "mesh",
+                                                                         "parts": None}]})
+    monkeypatch.setattr(real_faces, "photo_path", lambda photos, image: Path(image))
+    monkeypatch.setattr(real_photo, "mean_shape_in", lambda box, info: placed.append(np.asarray(box)) or TRUTH)
+    face = {"box": recrop.tolist(), "detection_box": detection.tolist(), "landmarks": TRUTH + 1.0}
+    cal = Calibration(dx=0.05, dy=0.1, scale=0.9)
+    pred = types.SimpleNamespace(tasks=(get_task("landmarks"),), info={}, calibration=cal,
+                                 predict_image=lambda path, boxes=None: types.SimpleNamespace(faces=[face], height=64,
+                                                                                               width=64))
+    (labels,) = real_faces.score(pred, Path("."), "labels")
+    (found,) = real_faces.score(pred, Path("."), "detector")
+    np.testing.assert_allclose(placed[0], square)
+    np.testing.assert_allclose(placed[1], cal.apply(detection))
+    assert labels["baseline_nme"] == found["baseline_nme"] == 0.0  # the stub places the truth itself
+    assert labels["nme"] == pytest.approx(100 * np.sqrt(2) / 20)

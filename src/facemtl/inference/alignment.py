@@ -95,7 +95,7 @@ def upright_crop(landmarks, size: int, margin: float) -> tuple[np.ndarray, np.nd
     """
     pts = np.asarray(landmarks, np.float64).reshape(-1, 2)
     square = landmark_square(pts)
-    roll = float(np.clip(eye_roll(pts), -MAX_UPRIGHT_ROLL, MAX_UPRIGHT_ROLL))
+    roll = upright_roll(pts)
     centre = (square[:2] + square[2:]) / 2
     turn = cv2.getRotationMatrix2D(tuple(centre), roll, 1.0)  # the eye line becomes level
     upright = landmark_square(pts @ turn[:, :2].T + turn[:, 2])  # float64: warp_points rounds to float32
@@ -106,15 +106,20 @@ def upright_crop(landmarks, size: int, margin: float) -> tuple[np.ndarray, np.nd
     return matrix, np.concatenate([mid - half, mid + half])
 
 
-def turned_crop(box, landmarks, size: int, margin: float) -> np.ndarray:
+def upright_roll(landmarks) -> float:
+    """The turn (degrees, ``cv2.getRotationMatrix2D``'s sense) that levels these points' eyes:
+    :func:`eye_roll`, at most :data:`MAX_UPRIGHT_ROLL` either way."""
+    return float(np.clip(eye_roll(landmarks), -MAX_UPRIGHT_ROLL, MAX_UPRIGHT_ROLL))
+
+
+def turned_crop(box, degrees: float, size: int, margin: float) -> np.ndarray:
     """Crop matrix of ``box`` (cropped as :func:`~facemtl.data.transforms.face_crop_matrix`
-    crops a box) turned about its centre so that these points' eyes are level (the roll of
-    :func:`eye_roll`, at most :data:`MAX_UPRIGHT_ROLL`): the box keeps its place and size, only
-    the face's roll is undone. :func:`upright_crop` also moves and scales the crop to the points.
+    crops a box) turned about its centre by ``degrees`` (``cv2.getRotationMatrix2D``'s sense):
+    the box keeps its place and size. With :func:`upright_roll` of a face's points it undoes the
+    face's roll only; :func:`upright_crop` also moves and scales the crop to the points.
     """
     b = np.asarray(box, np.float64).reshape(4)
-    roll = float(np.clip(eye_roll(landmarks), -MAX_UPRIGHT_ROLL, MAX_UPRIGHT_ROLL))
-    turn = cv2.getRotationMatrix2D(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2), roll, 1.0)
+    turn = cv2.getRotationMatrix2D(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2), float(degrees), 1.0)
     return compose(face_crop_matrix(box=b, size=size, margin=margin), turn)
 
 

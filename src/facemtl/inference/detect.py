@@ -33,7 +33,7 @@ import numpy as np
 
 from facemtl.data.transforms import invert_affine, warp_points
 from facemtl.errors import FacemtlError
-from facemtl.inference.alignment import CALIBRATIONS, MAX_UPRIGHT_ROLL, Calibration, eye_roll
+from facemtl.inference.alignment import CALIBRATIONS, Calibration, upright_roll
 
 DETECTORS = ("opencv", "mediapipe", "none")
 _CASCADE = "haarcascade_frontalface_default.xml"
@@ -296,7 +296,7 @@ class MediaPipeFaceDetector:
             x0, y0 = rel.xmin * w - 0.5, rel.ymin * h - 0.5
             # keypoints 0 and 1: the subject's right and left eye (image-left, image-right when upright)
             eyes = [(k.x * w - 0.5, k.y * h - 0.5) for k in det.location_data.relative_keypoints[:2]]
-            roll = float(np.clip(eye_roll(eyes), -MAX_UPRIGHT_ROLL, MAX_UPRIGHT_ROLL)) if len(eyes) == 2 else 0.0
+            roll = upright_roll(eyes) if len(eyes) == 2 else 0.0
             rows.append([x0, y0, x0 + rel.width * w, y0 + rel.height * h, roll])
         if not rows:
             return np.zeros((0, 5), np.float32)

@@ -90,7 +90,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import cv2
 import numpy as np
 import torch
 
@@ -98,7 +97,6 @@ from facemtl.data.sample import IMAGE_MEAN, IMAGE_STD
 from facemtl.data.images import read_image
 from facemtl.data.transforms import (
     DEFAULT_CROP_MARGIN,
-    compose,
     face_crop_matrix,
     invert_affine,
     warp_image,
@@ -107,7 +105,7 @@ from facemtl.data.transforms import (
 )
 from facemtl.errors import FacemtlError
 from facemtl.kinds import kind_of
-from facemtl.inference.alignment import IDENTITY, eye_roll, landmark_square, turned_crop, upright_crop
+from facemtl.inference.alignment import IDENTITY, eye_roll, landmark_square, turned_crop, upright_crop, upright_roll
 from facemtl.inference.detect import DETECTORS, check_detector, find_faces, make_detector, parse_box
 
 BACKENDS = ("torch", "onnxruntime")
@@ -555,10 +553,10 @@ class Predictor:
                                f"the {width} x {height} image; expected a box around one face")
         # A given (or uncalibrated) box is cropped from the box itself: bit for bit the crop it always gave.
         crop_box = self.calibration.apply(box) if detected and self.calibration != IDENTITY else box
-        matrix = face_crop_matrix(box=crop_box, size=self.input_size, margin=margin)
         if turn:
-            centre = ((crop_box[0] + crop_box[2]) / 2, (crop_box[1] + crop_box[3]) / 2)
-            matrix = compose(matrix, cv2.getRotationMatrix2D(tuple(float(c) for c in centre), float(turn), 1.0))
+            matrix = turned_crop(crop_box, turn, self.input_size, margin)
+        else:
+            matrix = face_crop_matrix(box=crop_box, size=self.input_size, margin=margin)
         if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix[:, :2])) < 1e-12:
             raise FacemtlError(f"face box {shown} with margin {margin:g} gives a degenerate crop (scale "
                                f"{matrix[0, 0]:.3g}); expected a box of finite, positive size")
@@ -590,7 +588,7 @@ class Predictor:
             return None
         if item.turn_only:
             square = first
-            matrix = turned_crop(square, points, self.input_size, self.margin)
+            matrix = turned_crop(square, upright_roll(points), self.input_size, self.margin)
         elif self.upright:
             matrix, square = upright_crop(points, self.input_size, self.margin)
         else:
