@@ -38,6 +38,12 @@ mean shape). Pseudo-labels again: they rank transfer, a point of F1 is within th
     python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR [RUN_DIR ...] [--crops detector,labels]
         [--detector opencv|mediapipe] [--passes 1|2]
     python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR --regions|--looks
+    python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR --crops labels --move 0,0.1,1
+
+``--move DX,DY,SCALE`` asks how much the model depends on where the box sits: each labels' square
+is moved by DX and DY of its side (positive: right and down) and its side multiplied by SCALE
+before the predictor crops it (labels' squares only; the mean shape stays in the labels' square).
+A box from another detector or person is off by a few hundredths of its side as a rule.
 
 ``--regions`` asks what drives each emotion reading: every face again from the labels' square
 with one region at a time (eyes and brows, nose, mouth) blurred away; a reading that survives
@@ -168,10 +174,21 @@ def photo_path(photos: Path, image: str) -> Path:
     return path
 
 
-def score(pred, photos: Path, crops: str) -> list[dict]:
+def moved_square(square, dx: float = 0.0, dy: float = 0.0, scale: float = 1.0) -> np.ndarray:
+    """``[x0, y0, x1, y1]`` moved by ``dx`` and ``dy`` of its side (right, down) and its side
+    multiplied by ``scale`` about the moved centre (``--move``)."""
+    q = np.asarray(square, np.float64).reshape(4)
+    side = max(q[2] - q[0], q[3] - q[1])
+    cx, cy = (q[0] + q[2]) / 2 + dx * side, (q[1] + q[3]) / 2 + dy * side
+    half = scale * side / 2
+    return np.array([cx - half, cy - half, cx + half, cy + half])
+
+
+def score(pred, photos: Path, crops: str, move: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> list[dict]:
     """One row per labelled face: ``found``, ``nme``, ``baseline_nme`` (the synthetic mean shape in
     the same square), ``emotion`` (predicted), ``labelled`` (emotion or None) and ``p_labelled``
-    (the predicted probability of the labelled emotion)."""
+    (the predicted probability of the labelled emotion). ``move``: ``(dx, dy, scale)`` applied to
+    the labels' squares before cropping (:func:`moved_square`)."""
     from facemtl.inference.alignment import find_match, landmark_square
     from real_photo import mean_shape_in
 
@@ -181,7 +198,7 @@ def score(pred, photos: Path, crops: str) -> list[dict]:
         path = photo_path(photos, image)
         truths = [np.asarray(f["landmarks"], np.float64) for f in faces]
         if crops == "labels":
-            result = pred.predict_image(str(path), boxes=[landmark_square(t) for t in truths])
+            result = pred.predict_image(str(path), boxes=[moved_square(landmark_square(t), *move) for t in truths])
             chosen = list(range(len(faces)))
         else:  # found: the detector_alignment rule, a detection centred in the labels' square
             result = pred.predict_image(str(path))
@@ -464,6 +481,17 @@ def summary(rows: list[dict]) -> str:
     return text
 
 
+def box_move(text: str) -> tuple[float, float, float]:
+    """``--move``: ``DX,DY,SCALE`` (finite numbers, SCALE > 0)."""
+    try:
+        dx, dy, scale = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DX,DY,SCALE (e.g. 0,0.1,1), got {text!r}") from None
+    if not (np.isfinite([dx, dy, scale]).all() and scale > 0):
+        raise argparse.ArgumentTypeError(f"expected finite DX, DY and SCALE > 0, got {text!r}")
+    return dx, dy, scale
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="*", help="run folders (or model.safetensors files)")
@@ -482,6 +510,9 @@ def main(argv=None) -> None:
                          "lower in contrast or evenly lit (labels' squares)")
     ap.add_argument("--fit", action="store_true",
                     help="fit --detector's calibration on the faces of FIT_SOURCES and check it on the others")
+    ap.add_argument("--move", type=box_move, default=(0.0, 0.0, 1.0), metavar="DX,DY,SCALE",
+                    help="move the labels' squares by DX, DY of their side (right, down) and scale them by SCALE "
+                         "before cropping (--crops labels; default 0,0,1)")
     args = ap.parse_args(argv)
     if args.fetch:
         fetch(args.fetch)
@@ -492,6 +523,8 @@ def main(argv=None) -> None:
         print(fit(args.photos, args.detector))
         return
     modes = [c for c in args.crops.split(",") if c]
+    if args.move != (0.0, 0.0, 1.0) and modes != ["labels"]:
+        ap.error("--move applies to the labels' squares: give --crops labels")
     if not args.checkpoints or args.photos is None or any(c not in CROPS for c in modes):
         ap.error(f"give --photos DIR and at least one checkpoint; --crops from {', '.join(CROPS)}")
     from facemtl.inference.predictor import Predictor
@@ -511,8 +544,10 @@ def main(argv=None) -> None:
         for mode in modes:
             pred = Predictor.from_checkpoint(ckpt, detector=args.detector if mode == "detector" else "none",
                                              passes=args.passes, flip=args.flip)
-            rows = score(pred, args.photos, mode)
-            print(f"{ckpt}, crops from the {mode}{f' ({args.detector})' if mode == 'detector' else ''}"
+            rows = score(pred, args.photos, mode, args.move)
+            moved = ("" if args.move == (0.0, 0.0, 1.0)
+                     else " (squares moved by dx {:g}, dy {:g} of their side, scaled by {:g})".format(*args.move))
+            print(f"{ckpt}, crops from the {mode}{f' ({args.detector})' if mode == 'detector' else ''}{moved}"
                   f"{'' if args.flip else ', without test-time flip'}:")
             for r in rows:
                 points = f"{r['nme']:6.1f} {r['baseline_nme']:8.1f}" if "nme" in r else f"{'-':>6s} {'-':>8s}"

@@ -321,3 +321,45 @@ def test_the_mean_shape_sits_in_the_square_the_face_came_in_not_in_a_re_crop(mon
     np.testing.assert_allclose(placed[1], cal.apply(detection))
     assert labels["baseline_nme"] == found["baseline_nme"] == 0.0  # the stub places the truth itself
     assert labels["nme"] == pytest.approx(100 * np.sqrt(2) / 20)
+
+
+def test_move_shifts_and_scales_the_labels_squares_but_not_the_baseline(monkeypatch):
+    """``--move``: the predictor gets the labels' square moved by (dx, dy) of its side and scaled about
+    the moved centre; the mean shape stays in the labels' square (the baseline does not move)."""
+    import types
+
+    import real_photo
+    from facemtl.inference.alignment import landmark_square
+
+    square = landmark_square(TRUTH)
+    side = square[2] - square[0]
+    given, placed = [], []
+    monkeypatch.setattr(real_faces, "faces_by_image", lambda: {"a.png": [{"landmarks": TRUTH.tolist(), "labels": "mesh",
+                                                                         "parts": None}]})
+    monkeypatch.setattr(real_faces, "photo_path", lambda photos, image: Path(image))
+    monkeypatch.setattr(real_photo, "mean_shape_in", lambda box, info: placed.append(np.asarray(box)) or TRUTH)
+    face = {"box": square.tolist(), "detection_box": square.tolist(), "landmarks": TRUTH}
+
+    def predict_image(path, boxes=None):
+        given.extend(np.asarray(b, np.float64) for b in boxes)
+        return types.SimpleNamespace(faces=[face], height=64, width=64)
+
+    pred = types.SimpleNamespace(tasks=(get_task("landmarks"),), info={}, predict_image=predict_image)
+    real_faces.score(pred, Path("."), "labels", (0.05, 0.1, 0.8))
+    cx, cy = (square[0] + square[2]) / 2 + 0.05 * side, (square[1] + square[3]) / 2 + 0.1 * side
+    np.testing.assert_allclose(given[0], [cx - 0.4 * side, cy - 0.4 * side, cx + 0.4 * side, cy + 0.4 * side])
+    np.testing.assert_allclose(placed[0], square)
+    np.testing.assert_allclose(real_faces.moved_square(square), square)
+
+
+@pytest.mark.parametrize("text", ["0,0.1", "0,a,1", "0,0,0", "0,nan,1"])
+def test_move_option_rejects_malformed_values(text, capsys):
+    with pytest.raises(SystemExit):
+        real_faces.main(["--photos", ".", "ckpt", "--crops", "labels", "--move", text])
+    assert "--move" in capsys.readouterr().err
+
+
+def test_move_option_needs_the_labels_crops(capsys):
+    with pytest.raises(SystemExit):
+        real_faces.main(["--photos", ".", "ckpt", "--move", "0,0.1,1"])
+    assert "--crops labels" in capsys.readouterr().err
