@@ -174,22 +174,13 @@ def photo_path(photos: Path, image: str) -> Path:
     return path
 
 
-def moved_square(square, dx: float = 0.0, dy: float = 0.0, scale: float = 1.0) -> np.ndarray:
-    """``[x0, y0, x1, y1]`` moved by ``dx`` and ``dy`` of its side (right, down) and its side
-    multiplied by ``scale`` about the moved centre (``--move``)."""
-    q = np.asarray(square, np.float64).reshape(4)
-    side = max(q[2] - q[0], q[3] - q[1])
-    cx, cy = (q[0] + q[2]) / 2 + dx * side, (q[1] + q[3]) / 2 + dy * side
-    half = scale * side / 2
-    return np.array([cx - half, cy - half, cx + half, cy + half])
-
-
 def score(pred, photos: Path, crops: str, move: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> list[dict]:
     """One row per labelled face: ``found``, ``nme``, ``baseline_nme`` (the synthetic mean shape in
     the same square), ``emotion`` (predicted), ``labelled`` (emotion or None) and ``p_labelled``
     (the predicted probability of the labelled emotion). ``move``: ``(dx, dy, scale)`` applied to
-    the labels' squares before cropping (:func:`moved_square`)."""
-    from facemtl.inference.alignment import find_match, landmark_square
+    the labels' squares before cropping, as a detector's calibration moves its boxes
+    (:class:`facemtl.inference.alignment.Calibration`: offsets in sides, then the side scaled)."""
+    from facemtl.inference.alignment import Calibration, find_match, landmark_square
     from real_photo import mean_shape_in
 
     segmentation = next((t.name for t in pred.tasks if t.kind == "segmentation"), None)
@@ -198,7 +189,7 @@ def score(pred, photos: Path, crops: str, move: tuple[float, float, float] = (0.
         path = photo_path(photos, image)
         truths = [np.asarray(f["landmarks"], np.float64) for f in faces]
         if crops == "labels":
-            result = pred.predict_image(str(path), boxes=[moved_square(landmark_square(t), *move) for t in truths])
+            result = pred.predict_image(str(path), boxes=[Calibration(*move).apply(landmark_square(t)) for t in truths])
             chosen = list(range(len(faces)))
         else:  # found: the detector_alignment rule, a detection centred in the labels' square
             result = pred.predict_image(str(path))

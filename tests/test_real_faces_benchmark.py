@@ -349,7 +349,6 @@ def test_move_shifts_and_scales_the_labels_squares_but_not_the_baseline(monkeypa
     cx, cy = (square[0] + square[2]) / 2 + 0.05 * side, (square[1] + square[3]) / 2 + 0.1 * side
     np.testing.assert_allclose(given[0], [cx - 0.4 * side, cy - 0.4 * side, cx + 0.4 * side, cy + 0.4 * side])
     np.testing.assert_allclose(placed[0], square)
-    np.testing.assert_allclose(real_faces.moved_square(square), square)
 
 
 @pytest.mark.parametrize("text", ["0,0.1", "0,a,1", "0,0,0", "0,nan,1"])
