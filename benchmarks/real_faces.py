@@ -87,6 +87,7 @@ NPM_PACKAGES = {
                                    "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031"),
 }
 CROPS = ("detector", "labels")
+NO_MOVE = (0.0, 0.0, 1.0)  # --move: the labels' squares as they are
 # MediaPipe's calibration is fitted on the faces of these packages (``--fit``); the others are its check
 FIT_SOURCES = ("face_recognition-1.3.0", "insightface-2.1")
 
@@ -174,7 +175,7 @@ def photo_path(photos: Path, image: str) -> Path:
     return path
 
 
-def score(pred, photos: Path, crops: str, move: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> list[dict]:
+def score(pred, photos: Path, crops: str, move: tuple[float, float, float] = NO_MOVE) -> list[dict]:
     """One row per labelled face: ``found``, ``nme``, ``baseline_nme`` (the synthetic mean shape in
     the same square), ``emotion`` (predicted), ``labelled`` (emotion or None) and ``p_labelled``
     (the predicted probability of the labelled emotion). ``move``: ``(dx, dy, scale)`` applied to
@@ -501,7 +502,7 @@ def main(argv=None) -> None:
                          "lower in contrast or evenly lit (labels' squares)")
     ap.add_argument("--fit", action="store_true",
                     help="fit --detector's calibration on the faces of FIT_SOURCES and check it on the others")
-    ap.add_argument("--move", type=box_move, default=(0.0, 0.0, 1.0), metavar="DX,DY,SCALE",
+    ap.add_argument("--move", type=box_move, default=NO_MOVE, metavar="DX,DY,SCALE",
                     help="move the labels' squares by DX, DY of their side (right, down) and scale them by SCALE "
                          "before cropping (--crops labels; default 0,0,1)")
     args = ap.parse_args(argv)
@@ -514,7 +515,7 @@ def main(argv=None) -> None:
         print(fit(args.photos, args.detector))
         return
     modes = [c for c in args.crops.split(",") if c]
-    if args.move != (0.0, 0.0, 1.0) and modes != ["labels"]:
+    if args.move != NO_MOVE and modes != ["labels"]:
         ap.error("--move applies to the labels' squares: give --crops labels")
     if not args.checkpoints or args.photos is None or any(c not in CROPS for c in modes):
         ap.error(f"give --photos DIR and at least one checkpoint; --crops from {', '.join(CROPS)}")
@@ -536,7 +537,7 @@ def main(argv=None) -> None:
             pred = Predictor.from_checkpoint(ckpt, detector=args.detector if mode == "detector" else "none",
                                              passes=args.passes, flip=args.flip)
             rows = score(pred, args.photos, mode, args.move)
-            moved = ("" if args.move == (0.0, 0.0, 1.0)
+            moved = ("" if args.move == NO_MOVE
                      else " (squares moved by dx {:g}, dy {:g} of their side, scaled by {:g})".format(*args.move))
             print(f"{ckpt}, crops from the {mode}{f' ({args.detector})' if mode == 'detector' else ''}{moved}"
                   f"{'' if args.flip else ', without test-time flip'}:")

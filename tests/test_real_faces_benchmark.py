@@ -293,23 +293,32 @@ def test_summary_gives_the_mean_error_per_point():
     assert real_faces.per_point_text([[1.0, 2.0, 3.0, 4.0, 5.0]]) == "eyes 1.0 / 2.0, nose 3.0, mouth corners 4.0 / 5.0"
 
 
-def test_the_mean_shape_sits_in_the_square_the_face_came_in_not_in_a_re_crop(monkeypatch):
-    """The trivial baseline must not depend on the model: a re-cropped face reports the re-crop's
-    square (from its predictions) as ``box``; the mean shape goes in the labels' square, or in
-    the detector's calibrated box."""
-    import types
-
+@pytest.fixture
+def mean_shape_squares(monkeypatch):
+    """One labelled face (TRUTH in a.png) for :func:`real_faces.score`; the mean shape is "placed" as
+    the truth itself, and the squares it was placed in are collected in the returned list."""
     import real_photo
-    from facemtl.inference.alignment import Calibration, landmark_square
 
-    square = landmark_square(TRUTH)
-    detection = square + [-2.0, 1.0, 3.0, 2.0]  # a detection centred near the labels' square
-    recrop = square + 7.0  # where a second crop from the predictions went
     placed = []
     monkeypatch.setattr(real_faces, "faces_by_image", lambda: {"a.png": [{"landmarks": TRUTH.tolist(), "labels": "mesh",
                                                                          "parts": None}]})
     monkeypatch.setattr(real_faces, "photo_path", lambda photos, image: Path(image))
     monkeypatch.setattr(real_photo, "mean_shape_in", lambda box, info: placed.append(np.asarray(box)) or TRUTH)
+    return placed
+
+
+def test_the_mean_shape_sits_in_the_square_the_face_came_in_not_in_a_re_crop(mean_shape_squares):
+    """The trivial baseline must not depend on the model: a re-cropped face reports the re-crop's
+    square (from its predictions) as ``box``; the mean shape goes in the labels' square, or in
+    the detector's calibrated box."""
+    import types
+
+    from facemtl.inference.alignment import Calibration, landmark_square
+
+    square = landmark_square(TRUTH)
+    detection = square + [-2.0, 1.0, 3.0, 2.0]  # a detection centred near the labels' square
+    recrop = square + 7.0  # where a second crop from the predictions went
+    placed = mean_shape_squares
     face = {"box": recrop.tolist(), "detection_box": detection.tolist(), "landmarks": TRUTH + 1.0}
     cal = Calibration(dx=0.05, dy=0.1, scale=0.9)
     pred = types.SimpleNamespace(tasks=(get_task("landmarks"),), info={}, calibration=cal,
@@ -323,21 +332,16 @@ def test_the_mean_shape_sits_in_the_square_the_face_came_in_not_in_a_re_crop(mon
     assert labels["nme"] == pytest.approx(100 * np.sqrt(2) / 20)
 
 
-def test_move_shifts_and_scales_the_labels_squares_but_not_the_baseline(monkeypatch):
+def test_move_shifts_and_scales_the_labels_squares_but_not_the_baseline(mean_shape_squares):
     """``--move``: the predictor gets the labels' square moved by (dx, dy) of its side and scaled about
     the moved centre; the mean shape stays in the labels' square (the baseline does not move)."""
     import types
 
-    import real_photo
     from facemtl.inference.alignment import landmark_square
 
     square = landmark_square(TRUTH)
     side = square[2] - square[0]
-    given, placed = [], []
-    monkeypatch.setattr(real_faces, "faces_by_image", lambda: {"a.png": [{"landmarks": TRUTH.tolist(), "labels": "mesh",
-                                                                         "parts": None}]})
-    monkeypatch.setattr(real_faces, "photo_path", lambda photos, image: Path(image))
-    monkeypatch.setattr(real_photo, "mean_shape_in", lambda box, info: placed.append(np.asarray(box)) or TRUTH)
+    given, placed = [], mean_shape_squares
     face = {"box": square.tolist(), "detection_box": square.tolist(), "landmarks": TRUTH}
 
     def predict_image(path, boxes=None):
