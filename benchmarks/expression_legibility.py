@@ -293,7 +293,7 @@ def confusion_text(counts: np.ndarray) -> str:
 
 
 def main(argv=None) -> None:
-    from facemtl.data.synth import ALL_FEATURES, FEATURES
+    from facemtl.data.synth import ALL_FEATURES, FEATURES, STYLES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fetch", type=Path, metavar="DIR", help="download fer's weights into DIR and stop")
@@ -308,6 +308,12 @@ def main(argv=None) -> None:
     ap.add_argument("--strength", type=strength_range, metavar="LO,HI",
                     help="expression strength range instead of the style's (default 0.6,1.25)")
     args = ap.parse_args(argv)
+    styles = [s for s in args.styles.split(",") if s]
+    unknown = [s for s in styles if s not in STYLES]
+    if unknown:
+        ap.error(f"--styles: unknown {', '.join(unknown)}; expected names from {', '.join(STYLES)}")
+    if args.n < 1:
+        ap.error(f"--n must be at least 1, got {args.n}")
     if args.fetch:
         fetch(args.fetch)
         return
@@ -328,7 +334,7 @@ def main(argv=None) -> None:
             print(f"real faces, {name}: {right} of {len(found)} read as labelled ({len(pairs) - len(found)} "
                   f"not found); {per}")
     features = ALL_FEATURES - set(args.without)
-    for style in (s for s in args.styles.split(",") if s):
+    for style in styles:
         counts = synthetic_confusion(model, style, args.n, args.seed, args.size, features, args.strength)
         without = f", without {', '.join(args.without)}" if args.without else ""
         strength = f", strength {args.strength[0]}-{args.strength[1]}" if args.strength else ""

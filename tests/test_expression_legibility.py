@@ -177,6 +177,12 @@ def test_options_errors(tmp_path, capsys):
         el.main(["--strength", "2,1"])
     assert "expected 0 <= LO <= HI, got '2,1'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        el.main(["--styles", "studio,cinema"])
+    assert "--styles: unknown cinema; expected names from studio" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        el.main(["--n", "0"])
+    assert "--n must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         el.main([])
     assert "give --weights" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--fetch"):
