@@ -13,7 +13,7 @@ the face's exact five points (the inverse of the project's Haar calibration,
 padded by 4% of its side a side: fer's 10 px on the median box of the real faces (250 px).
 
 First the classifier on the 40 real faces of ``real_faces.py`` with a clear expression (``fer``'s
-own Haar search on each photo; and from the labels' squares, the framing the synthetic faces get),
+own Haar search on each photo; and from Haar boxes placed by the labels, as the synthetic faces get theirs),
 which checks this port of the network and the framing; then per style the confusion of the
 rendered emotions. ``--without expressions`` renders the plain expression table (the ablation of
 the "expressions" feature); ``--strength LO,HI`` overrides the style's expression strength range.

@@ -187,3 +187,19 @@ def test_options_errors(tmp_path, capsys):
     assert "give --weights" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--fetch"):
         el.main(["--weights", str(tmp_path)])
+
+
+def test_real_readings_pair_each_labelled_face_with_both_readings(tmp_path, monkeypatch):
+    import real_faces
+
+    cv2.imwrite(str(tmp_path / "grey.png"), np.full((240, 320, 3), 128, np.uint8))  # no face for Haar to find
+    points = [[120.0, 100.0], [180.0, 100.0], [150.0, 130.0], [128.0, 160.0], [172.0, 160.0]]
+    faces = [{"landmarks": points, "emotion": "Sad"}, {"landmarks": points}]  # the second: no clear expression
+    monkeypatch.setattr(real_faces, "faces_by_image", lambda: {"grey.png": faces})
+
+    class Answers(torch.nn.Module):  # reads every face as Surprise
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.full((len(x),), 5), 7).float() * 10
+
+    out = el.real_readings(Answers(), tmp_path)
+    assert out == {"fer's Haar search": [("Sad", None)], "labels' Haar box": [("Sad", "Surprise")]}
