@@ -58,6 +58,12 @@ def test_unknown_key_suggests_the_close_one():
          "bad value for 'data.0.pose.roll': expected [mean, sd, limit] in degrees (sd and limit >= 0), got [0.0, 15.0]"),
         ({"data": [{"name": "mtfl", "root": "/x", "tasks": ["landmarks"], "pose": {"roll": [0, 15, 45]}}]},
          "bad value for 'data.0.pose': expected no value: only synthetic sources draw head poses"),
+        ({"data": [{"tasks": ["emotion"], "expression": [2.5, 0.6]}]},
+         "bad value for 'data.0.expression': expected [low, high] expression strength (0 <= low <= high <= 4), got [2.5, 0.6]"),
+        ({"data": [{"tasks": ["emotion"], "expression": "strong"}]},
+         "bad value for 'data.0.expression': expected a list of a number or null, got 'strong'"),
+        ({"data": [{"name": "mtfl", "root": "/x", "tasks": ["landmarks"], "expression": [1, 2]}]},
+         "bad value for 'data.0.expression': expected no value: only synthetic sources draw expressions"),
     ],
 )
 def test_bad_values_name_the_key_and_what_was_expected(data, message):
@@ -200,3 +206,14 @@ def test_a_synthetic_source_s_pose_reaches_its_faces():
     assert src.train.pose == src.test.pose == {"roll": (0.0, 15.0, 45.0)}
     assert src.description["pose"] == {"roll": [0.0, 15.0, 45.0]}
     assert build_sources(cfg, cfg.build_tasks())[1].train.pose is None
+
+
+def test_a_synthetic_source_s_expression_range_reaches_its_faces():
+    from facemtl.data.mixing import build_sources
+
+    cfg = load_config(None, ["input_size=64", "data.1.expression=[0.6, 2.5]", "data.1.n_train=4", "data.1.n_test=2"])
+    assert cfg.data[1].expression == (0.6, 2.5)
+    sources = build_sources(cfg, cfg.build_tasks())
+    assert sources[1].train.expression == sources[1].test.expression == (0.6, 2.5)
+    assert sources[1].description["expression"] == [0.6, 2.5]
+    assert sources[0].train.expression is None and "expression" not in sources[0].description

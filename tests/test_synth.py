@@ -71,6 +71,38 @@ def test_bad_pose_spreads_are_named(pose, words):
         render_face(0, 0, "studio", SIZE, pose=pose)
 
 
+def test_expression_range_scales_the_action_units_of_the_same_draws():
+    """data.N.expression: the strength is drawn from the range given, from the same draw, so the
+    labels stay; an emotion's landmark displacement from strength 0 is linear in the strength, and a
+    neutral face (no action units) does not move."""
+    moved = 0
+    for i in range(14):
+        base = render_face(1, i, "studio", SIZE)
+        at = {s: render_face(1, i, "studio", SIZE, expression=(s, s)) for s in (0.0, 1.0, 2.0)}
+        for face in at.values():
+            assert face["emotion"] == base["emotion"] and face["meta"] == base["meta"]
+        # eyes and mouth corners: the nose tip sits near the jaw's width line (y = 0.6), which
+        # the strength can move it across
+        one = (at[1.0]["landmarks"] - at[0.0]["landmarks"])[[0, 1, 3, 4]]
+        two = (at[2.0]["landmarks"] - at[0.0]["landmarks"])[[0, 1, 3, 4]]
+        if base["emotion"] == 6:
+            np.testing.assert_array_equal(at[2.0]["image"], base["image"])
+        elif np.abs(one).max() > 0.05:  # landmarks this emotion moves (some move only brows and lids)
+            np.testing.assert_allclose(two, 2 * one, atol=2e-3)
+            moved += 1
+    assert moved >= 4
+    ds = SyntheticFaces(3, style="studio", seed=1, size=SIZE, expression=[1.5, 2.5])
+    np.testing.assert_array_equal(ds[2]["image"], render_face(1, 2, "studio", SIZE, expression=(1.5, 2.5))["image"])
+    assert ds.expression == (1.5, 2.5) and "expression=(1.5, 2.5)" in repr(ds)
+    np.testing.assert_array_equal(ds.prerender()[1]["landmarks"], render_face(1, 1, "studio", SIZE, expression=(1.5, 2.5))["landmarks"])
+
+
+@pytest.mark.parametrize("strength", [(2.0, 1.0), (-0.5, 1.0), (1.0,), (0.5, 5.0), "strong", 2.0])
+def test_bad_expression_ranges_are_named(strength):
+    with pytest.raises(FacemtlError, match=re.escape("expected [low, high] expression strength (0 <= low <= high <= 4)")):
+        render_face(0, 0, "studio", SIZE, expression=strength)
+
+
 def test_deterministic_and_index_dependent():
     for style in STYLES:
         a, b = render_face(7, 5, style, SIZE), render_face(7, 5, style, SIZE)

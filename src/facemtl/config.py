@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from facemtl.constants import POSE_ANGLES, POSE_SPREAD, pose_spread_ok
+from facemtl.constants import EXPRESSION_RANGE, POSE_ANGLES, POSE_SPREAD, expression_range_ok, pose_spread_ok
 from facemtl.errors import FacemtlError
 
 
@@ -103,6 +103,9 @@ class SourceConfig:
     # synth only: head pose spreads instead of the style's, per angle (yaw, pitch, roll) a
     # [mean, sd, limit] in degrees of a clipped normal, e.g. {roll: [0, 15, 45]}
     pose: Mapping[str, tuple[float, ...]] = field(default_factory=_frozen_map)
+    # synth only: expression strength range [low, high] instead of the style's (0.6-1.25 for
+    # most styles): the factor on each emotion's action units
+    expression: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -596,6 +599,11 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
                     raise bad(f"{p}.pose", f"angles from {', '.join(POSE_ANGLES)}", angle)
                 if not pose_spread_ok(spread):
                     raise bad(f"{p}.pose.{angle}", POSE_SPREAD, list(spread))
+        if src.expression is not None:
+            if src.name != "synth":
+                raise bad(f"{p}.expression", "no value: only synthetic sources draw expressions", list(src.expression))
+            if not expression_range_ok(src.expression):
+                raise bad(f"{p}.expression", EXPRESSION_RANGE, list(src.expression))
         if src.name == "synth":
             if not 0 < src.n_train <= MAX_SYNTH_FACES:
                 raise bad(f"{p}.n_train", f"an integer in 1..{MAX_SYNTH_FACES:_}", src.n_train)

@@ -26,3 +26,12 @@ POSE_SPREAD = "[mean, sd, limit] in degrees (sd and limit >= 0)"
 def pose_spread_ok(spread) -> bool:
     """Whether one angle's spread is :data:`POSE_SPREAD` (three numbers, sd and limit >= 0)."""
     return len(spread) == 3 and spread[1] >= 0 and spread[2] >= 0
+
+
+# Expression strength a synthetic source may draw instead of its style's (``data.N.expression``)
+EXPRESSION_RANGE = "[low, high] expression strength (0 <= low <= high <= 4)"
+
+
+def expression_range_ok(strength) -> bool:
+    """Whether ``strength`` is :data:`EXPRESSION_RANGE` (two numbers, 0 <= low <= high <= 4)."""
+    return len(strength) == 2 and 0 <= strength[0] <= strength[1] <= 4

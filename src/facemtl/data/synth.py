@@ -64,7 +64,7 @@ from importlib import resources
 import cv2
 import numpy as np
 
-from facemtl.constants import POSE_ANGLES, POSE_SPREAD, pose_spread_ok
+from facemtl.constants import EXPRESSION_RANGE, POSE_ANGLES, POSE_SPREAD, expression_range_ok, pose_spread_ok
 from facemtl.constants import SYNTH_STYLES as STYLES
 from facemtl.data import synth_look as look
 from facemtl.data.synth_look import (
@@ -785,6 +785,17 @@ def _pose_spreads(pose) -> dict:
     return out
 
 
+def _expression_range(strength) -> tuple[float, float]:
+    """``strength`` checked: (low, high) floats."""
+    try:
+        values = tuple(float(x) for x in strength)
+    except (TypeError, ValueError):
+        values = ()
+    if not expression_range_ok(values):
+        raise FacemtlError(f"expression: expected {EXPRESSION_RANGE}, got {strength!r}")
+    return values
+
+
 def _rng(*key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in key])))
 
@@ -908,7 +919,7 @@ class _Cam:
 
 
 def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
-                features=ALL_FEATURES, pose=None) -> dict:
+                features=ALL_FEATURES, pose=None, expression=None) -> dict:
     """Render one raw sample (loader contract of ``docs/datasets.md``) for ``(seed, index, style, size)``.
 
     Returns ``image`` (size, size, 3) uint8 RGB, ``landmarks`` float32 (5, 2) 0-based pixel
@@ -923,6 +934,10 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     ``pose``: optional ``{angle: (mean, sd, limit)}`` (degrees; angles yaw, pitch, roll) drawn
     instead of the style's spread (:data:`STYLE_PARAMS`) for those angles; the draws stay the
     same ones, so only the angles given change.
+
+    ``expression``: optional ``(low, high)`` range of the expression strength (the factor on the
+    emotion's action units, :data:`EMOTION_EXPR`) drawn instead of the style's (default 0.6-1.25);
+    the same draw, so only the strength changes (and what it moves: landmarks, mask, creases).
     """
     _check(style, size)
     feats = _features(features)
@@ -933,6 +948,8 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     p, lp = STYLE_PARAMS[style], LOOK_PARAMS[style]
     if pose:
         p = {**p, **_pose_spreads(pose)}
+    if expression is not None:
+        p = {**p, "expression": _expression_range(expression)}
     style_id = STYLES.index(style)
     rng = _rng(seed, index, style_id)
     subject = index // IMAGES_PER_SUBJECT
@@ -1489,11 +1506,12 @@ class SyntheticFaces(collections.abc.Sequence):
 
     ``features``: the realism features to draw (names from :data:`FEATURES`, default all); an
     ablation passes e.g. ``ALL_FEATURES - {"eyes"}``. ``pose``: head pose spreads instead of the
-    style's (see :func:`render_face`).
+    style's, ``expression``: an expression strength range instead of the style's (see
+    :func:`render_face`).
     """
 
     def __init__(self, n: int, style: str = "studio", seed: int = 0, size: int = 128,
-                 features=ALL_FEATURES, pose=None):
+                 features=ALL_FEATURES, pose=None, expression=None):
         _check(style, size)
         if int(n) < 0:
             raise FacemtlError(f"number of synthetic faces must be >= 0, got {n}")
@@ -1502,6 +1520,7 @@ class SyntheticFaces(collections.abc.Sequence):
         self.n, self.style, self.seed, self.size = int(n), style, int(seed), int(size)
         self.features = _features(features)
         self.pose = _pose_spreads(pose) if pose else None
+        self.expression = None if expression is None else _expression_range(expression)
         self._rendered: list[dict] | None = None  # every face, once prerender() ran
 
     def __len__(self) -> int:
@@ -1517,17 +1536,17 @@ class SyntheticFaces(collections.abc.Sequence):
             raise IndexError(f"index {i} out of range for {self.n} synthetic faces")
         if self._rendered is not None:
             return self._rendered[i]
-        return render_face(self.seed, i, self.style, self.size, self.features, self.pose)
+        return render_face(self.seed, i, self.style, self.size, self.features, self.pose, self.expression)
 
     def prerender(self, processes: int = 1) -> SyntheticFaces:
         """Render every face now, in ``processes`` worker processes, and keep them in memory
         (returns self). Faces are identical to those rendered on access (each depends only on
-        ``(seed, index, style, size, features)``). Why: rendering takes a few ms per face on one
+        ``(seed, index, style, size, features, pose, expression)``). Why: rendering takes a few ms per face on one
         core, so a GPU run that renders on access waits on it for its first epoch, and every
         evaluation re-renders the test split."""
         if self._rendered is not None:
             return self
-        args = (self.seed, self.style, self.size, self.features, self.pose)
+        args = (self.seed, self.style, self.size, self.features, self.pose, self.expression)
         if processes <= 1 or self.n < PARALLEL_RENDER_MIN:
             self._rendered = _render_range(args, 0, self.n)
         else:
@@ -1541,6 +1560,8 @@ class SyntheticFaces(collections.abc.Sequence):
             extra = f", features=frozenset({sorted(self.features)!r})"
         if self.pose:
             extra += f", pose={self.pose!r}"
+        if self.expression:
+            extra += f", expression={self.expression!r}"
         return f"SyntheticFaces(n={self.n}, style={self.style!r}, seed={self.seed}, size={self.size}{extra})"
 
 
@@ -1585,5 +1606,5 @@ def _render_in_processes(args: tuple, ranges: list[tuple[int, int]]) -> list[dic
 
 def _render_range(args: tuple, start: int, stop: int) -> list[dict]:
     """Faces ``start..stop-1`` of ``SyntheticFaces(*args)`` (a worker of :meth:`SyntheticFaces.prerender`)."""
-    seed, style, size, features, pose = args
-    return [render_face(seed, i, style, size, features, pose) for i in range(start, stop)]
+    seed, style, size, features, pose, expression = args
+    return [render_face(seed, i, style, size, features, pose, expression) for i in range(start, stop)]
