@@ -936,8 +936,9 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     same ones, so only the angles given change.
 
     ``expression``: optional ``(low, high)`` range of the expression strength (the factor on the
-    emotion's action units, :data:`EMOTION_EXPR`) drawn instead of the style's (default 0.6-1.25);
-    the same draw, so only the strength changes (and what it moves: landmarks, mask, creases).
+    emotion's action units, :data:`EMOTION_EXPR`) drawn instead of the style's (:data:`STYLE_PARAMS`;
+    0.6-1.25 where a style gives none); the same draw, so only the strength changes (and what it
+    moves: landmarks, mask, creases).
     """
     _check(style, size)
     feats = _features(features)
@@ -1541,9 +1542,9 @@ class SyntheticFaces(collections.abc.Sequence):
     def prerender(self, processes: int = 1) -> SyntheticFaces:
         """Render every face now, in ``processes`` worker processes, and keep them in memory
         (returns self). Faces are identical to those rendered on access (each depends only on
-        ``(seed, index, style, size, features, pose, expression)``). Why: rendering takes a few ms per face on one
-        core, so a GPU run that renders on access waits on it for its first epoch, and every
-        evaluation re-renders the test split."""
+        ``(seed, index, style, size, features, pose, expression)``). Why: rendering takes a few ms
+        per face on one core, so a GPU run that renders on access waits on it for its first epoch,
+        and every evaluation re-renders the test split."""
         if self._rendered is not None:
             return self
         args = (self.seed, self.style, self.size, self.features, self.pose, self.expression)
