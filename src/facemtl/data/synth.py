@@ -785,8 +785,9 @@ def _pose_spreads(pose) -> dict:
     return out
 
 
-def _expression_range(strength) -> tuple[float, float]:
-    """``strength`` checked: (low, high) floats."""
+def expression_range(strength) -> tuple[float, float]:
+    """``strength`` (two numbers or numeric strings) checked: (low, high) floats, else a
+    :class:`FacemtlError` saying what was expected."""
     try:
         values = tuple(float(x) for x in strength)
     except (TypeError, ValueError):
@@ -950,7 +951,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     if pose:
         p = {**p, **_pose_spreads(pose)}
     if expression is not None:
-        p = {**p, "expression": _expression_range(expression)}
+        p = {**p, "expression": expression_range(expression)}
     style_id = STYLES.index(style)
     rng = _rng(seed, index, style_id)
     subject = index // IMAGES_PER_SUBJECT
@@ -1521,7 +1522,7 @@ class SyntheticFaces(collections.abc.Sequence):
         self.n, self.style, self.seed, self.size = int(n), style, int(seed), int(size)
         self.features = _features(features)
         self.pose = _pose_spreads(pose) if pose else None
-        self.expression = None if expression is None else _expression_range(expression)
+        self.expression = None if expression is None else expression_range(expression)
         self._rendered: list[dict] | None = None  # every face, once prerender() ran
 
     def __len__(self) -> int:
