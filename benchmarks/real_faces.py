@@ -12,7 +12,8 @@ also the detections that are none of the labelled faces: false faces, or faces n
 The summary also says how far the predicted nose follows the head's turn: the nose tip's sideways
 error (along the labelled eye line) regressed on the labelled nose's offset from the eyes' midpoint
 (a yaw proxy): slope 0 follows the turn, -1 reads every head as frontal (:func:`head_turn`), and
-the mean error per point (eyes, nose, mouth corners) beside the mean shape's.
+the mean error per point (eyes, nose, mouth corners) and its mean signed offset in the face's own
+frame (a bias: points read too low, a mouth too wide; :func:`point_offsets`), beside the mean shape's.
 
 Crop modes (``--crops``):
 * ``detector``: the whole photo through the predictor as a user runs it (detector, calibrated
@@ -142,6 +143,32 @@ def point_errors(points: np.ndarray, truth: np.ndarray) -> list[float]:
     return [float(e) * 100 for e in per_point_nme(torch.as_tensor(points[None]), torch.as_tensor(truth[None]))[0]]
 
 
+def point_offsets(points: np.ndarray, truth: np.ndarray) -> list[list[float]]:
+    """Each point's signed error in percent of the inter-ocular distance, in the labelled face's
+    own frame: ``[along, across]`` with ``along`` on the labelled eye line (image-left eye to
+    image-right eye) and ``across`` perpendicular to it (down the face for an upright head).
+    Averaged over faces, an offset that does not vanish is a bias (a point read too low, a mouth
+    read too wide), not noise."""
+    truth = np.asarray(truth, np.float64)
+    iod = float(np.linalg.norm(truth[1] - truth[0]))
+    along = (truth[1] - truth[0]) / iod
+    across = np.array([-along[1], along[0]])
+    d = np.asarray(points, np.float64) - truth
+    return (np.stack([d @ along, d @ across], 1) / iod * 100).tolist()
+
+
+def offsets_text(offsets: list, baseline: list | None = None) -> str:
+    """Mean signed offset per point over the faces (:func:`point_offsets`), the ``baseline``'s in
+    brackets when given."""
+    e = np.mean(offsets, axis=0)
+    b = np.mean(baseline, axis=0) if baseline else None
+
+    def cell(k):
+        return f"{e[k, 0]:+.1f} {e[k, 1]:+.1f}" + (f" ({b[k, 0]:+.1f} {b[k, 1]:+.1f})" if b is not None else "")
+
+    return f"eyes {cell(0)} / {cell(1)}, nose {cell(2)}, mouth corners {cell(3)} / {cell(4)}"
+
+
 def per_point_text(errors: list[list[float]], baseline: list[list[float]] | None = None) -> str:
     """Mean error per point over the faces (which part of the face carries the NME), with the
     ``baseline``'s in brackets when given."""
@@ -206,6 +233,7 @@ def score(pred, photos: Path, crops: str, move: tuple[float, float, float] = NO_
                     points = np.asarray(out["landmarks"], np.float64).reshape(-1, 2)
                     row["nme"] = nme(points, t)
                     row["point_errors"] = point_errors(points, t)
+                    row["point_offsets"] = point_offsets(points, t)
                     # the mean shape in the square the face came in, before the model moved it: the labels'
                     # square, or the detector's calibrated box (out["box"] is a re-crop's, from the predictions)
                     came_in = (landmark_square(t) if crops == "labels"
@@ -213,6 +241,7 @@ def score(pred, photos: Path, crops: str, move: tuple[float, float, float] = NO_
                     mean_shape = mean_shape_in(came_in, pred.info)
                     row["baseline_nme"] = nme(mean_shape, t)
                     row["baseline_point_errors"] = point_errors(mean_shape, t)
+                    row["baseline_point_offsets"] = point_offsets(mean_shape, t)
                     row.update(head_turn(points, t))
                 if segmentation and face["parts"]:
                     truth = part_mask(face["parts"], result.height, result.width)
@@ -434,6 +463,12 @@ def summary(rows: list[dict]) -> str:
             text += ("; mean error per point (% of the inter-ocular distance; the mean shape's in brackets): "
                      + per_point_text([r["point_errors"] for r in per_point],
                                       [r["baseline_point_errors"] for r in per_point]))
+        offset = [r for r in found if "point_offsets" in r]
+        if offset:
+            text += ("; mean offset per point (along the eye line, across it, down positive; % of the "
+                     "inter-ocular distance; the mean shape's in brackets): "
+                     + offsets_text([r["point_offsets"] for r in offset],
+                                    [r["baseline_point_offsets"] for r in offset]))
     turns = [(r["yaw_proxy"], r["nose_sideways"]) for r in found if "yaw_proxy" in r]
     if len(turns) >= 3:
         # how far the predicted nose follows the head's turn: 0 follows it, -1 reads every head as frontal

@@ -293,6 +293,33 @@ def test_summary_gives_the_mean_error_per_point():
     assert real_faces.per_point_text([[1.0, 2.0, 3.0, 4.0, 5.0]]) == "eyes 1.0 / 2.0, nose 3.0, mouth corners 4.0 / 5.0"
 
 
+def test_point_offsets_are_signed_errors_along_and_across_the_labelled_eye_line():
+    moved = TRUTH.copy()
+    moved[0] += (2.0, 0.0)  # the image-left eye 2 px towards the other eye: +10% along
+    moved[3] += (0.0, -4.0)  # a mouth corner 4 px up: -20% across (down is positive)
+    offsets = np.array(real_faces.point_offsets(moved, TRUTH))
+    assert offsets == pytest.approx(np.array([[10.0, 0.0], [0, 0], [0, 0], [0.0, -20.0], [0, 0]]))
+    # the frame turns with the face: the same face turned 90 degrees (eye line pointing down the
+    # image) gives the same offsets, and their lengths are the point errors
+    turn = np.array([[0.0, -1.0], [1.0, 0.0]])  # (x, y) -> (-y, x)
+    turned = real_faces.point_offsets(moved @ turn.T, TRUTH @ turn.T)
+    assert np.array(turned) == pytest.approx(offsets)
+    assert np.linalg.norm(offsets, axis=1) == pytest.approx(real_faces.point_errors(moved, TRUTH))
+
+
+def test_summary_gives_the_mean_offset_per_point_beside_the_mean_shape():
+    rows = [{"found": True, "nme": 7.0, "baseline_nme": 9.0, "labelled": None,
+             "point_offsets": [[1.0, 4.0], [-3.0, 2.0], [0.0, 6.0], [-2.0, -1.0], [2.0, 0.0]],
+             "baseline_point_offsets": [[0.0, 1.0]] * 5},
+            {"found": True, "nme": 5.0, "baseline_nme": 9.0, "labelled": None,
+             "point_offsets": [[3.0, 2.0], [-1.0, 4.0], [0.0, 2.0], [-4.0, -3.0], [4.0, 0.0]],
+             "baseline_point_offsets": [[0.0, -1.0]] * 5}]
+    assert ("; mean offset per point (along the eye line, across it, down positive; % of the inter-ocular "
+            "distance; the mean shape's in brackets): eyes +2.0 +3.0 (+0.0 +0.0) / -2.0 +3.0 (+0.0 +0.0), "
+            "nose +0.0 +4.0 (+0.0 +0.0), mouth corners -3.0 -2.0 (+0.0 +0.0) / +3.0 +0.0 (+0.0 +0.0)"
+            ) in real_faces.summary(rows)
+
+
 @pytest.fixture
 def mean_shape_squares(monkeypatch):
     """One labelled face (TRUTH in a.png) for :func:`real_faces.score`; the mean shape is "placed" as
