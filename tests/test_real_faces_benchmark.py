@@ -310,13 +310,13 @@ def test_point_offsets_are_signed_errors_along_and_across_the_labelled_eye_line(
 def test_summary_gives_the_mean_offset_per_point_beside_the_mean_shape():
     rows = [{"found": True, "nme": 7.0, "baseline_nme": 9.0, "labelled": None,
              "point_offsets": [[1.0, 4.0], [-3.0, 2.0], [0.0, 6.0], [-2.0, -1.0], [2.0, 0.0]],
-             "baseline_point_offsets": [[0.0, 1.0]] * 5},
+             "baseline_point_offsets": [[1.0, 3.0]] * 5},
             {"found": True, "nme": 5.0, "baseline_nme": 9.0, "labelled": None,
              "point_offsets": [[3.0, 2.0], [-1.0, 4.0], [0.0, 2.0], [-4.0, -3.0], [4.0, 0.0]],
-             "baseline_point_offsets": [[0.0, -1.0]] * 5}]
+             "baseline_point_offsets": [[3.0, -1.0]] * 5}]
     assert ("; mean offset per point (along the eye line, across it, down positive; % of the inter-ocular "
-            "distance; the mean shape's in brackets): eyes +2.0 +3.0 (+0.0 +0.0) / -2.0 +3.0 (+0.0 +0.0), "
-            "nose +0.0 +4.0 (+0.0 +0.0), mouth corners -3.0 -2.0 (+0.0 +0.0) / +3.0 +0.0 (+0.0 +0.0)"
+            "distance; the mean shape's in brackets): eyes +2.0 +3.0 (+2.0 +1.0) / -2.0 +3.0 (+2.0 +1.0), "
+            "nose +0.0 +4.0 (+2.0 +1.0), mouth corners -3.0 -2.0 (+2.0 +1.0) / +3.0 +0.0 (+2.0 +1.0)"
             ) in real_faces.summary(rows)
 
 
