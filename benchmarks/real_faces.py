@@ -143,39 +143,37 @@ def point_errors(points: np.ndarray, truth: np.ndarray) -> list[float]:
     return [float(e) * 100 for e in per_point_nme(torch.as_tensor(points[None]), torch.as_tensor(truth[None]))[0]]
 
 
-def point_offsets(points: np.ndarray, truth: np.ndarray) -> list[list[float]]:
-    """Each point's signed error in percent of the inter-ocular distance, in the labelled face's
-    own frame: ``[along, across]`` with ``along`` on the labelled eye line (image-left eye to
-    image-right eye) and ``across`` perpendicular to it (down the face for an upright head).
-    Averaged over faces, an offset that does not vanish is a bias (a point read too low, a mouth
-    read too wide), not noise."""
+def eye_frame(truth: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """The labelled face's own frame: (inter-ocular distance, unit vector ``along`` the eye line
+    from the image-left eye to the image-right one, unit vector ``across`` it, down the face for
+    an upright head)."""
     truth = np.asarray(truth, np.float64)
     iod = float(np.linalg.norm(truth[1] - truth[0]))
     along = (truth[1] - truth[0]) / iod
-    across = np.array([-along[1], along[0]])
-    d = np.asarray(points, np.float64) - truth
+    return iod, along, np.array([-along[1], along[0]])
+
+
+def point_offsets(points: np.ndarray, truth: np.ndarray) -> list[list[float]]:
+    """Each point's signed error ``[along, across]`` in the labelled face's frame
+    (:func:`eye_frame`), in percent of the inter-ocular distance. Averaged over faces, an offset
+    that does not vanish is a bias (a point read too low, a mouth read too wide), not noise."""
+    iod, along, across = eye_frame(truth)
+    d = np.asarray(points, np.float64) - np.asarray(truth, np.float64)
     return (np.stack([d @ along, d @ across], 1) / iod * 100).tolist()
 
 
-def offsets_text(offsets: list, baseline: list | None = None) -> str:
-    """Mean signed offset per point over the faces (:func:`point_offsets`), the ``baseline``'s in
-    brackets when given."""
-    e = np.mean(offsets, axis=0)
+def per_point_text(values: list, baseline: list | None = None, cell=lambda v: f"{v:.1f}") -> str:
+    """Mean per point over the faces (errors: which part of the face carries the NME; offsets,
+    with ``cell`` formatting a pair: which way it is off), the ``baseline``'s in brackets when given."""
+    e = np.mean(values, axis=0)
     b = np.mean(baseline, axis=0) if baseline else None
-
-    def cell(k):
-        return f"{e[k, 0]:+.1f} {e[k, 1]:+.1f}" + (f" ({b[k, 0]:+.1f} {b[k, 1]:+.1f})" if b is not None else "")
-
-    return f"eyes {cell(0)} / {cell(1)}, nose {cell(2)}, mouth corners {cell(3)} / {cell(4)}"
-
-
-def per_point_text(errors: list[list[float]], baseline: list[list[float]] | None = None) -> str:
-    """Mean error per point over the faces (which part of the face carries the NME), with the
-    ``baseline``'s in brackets when given."""
-    e = np.mean(errors, axis=0)
-    b = np.mean(baseline, axis=0) if baseline else None
-    cells = [f"{e[k]:.1f}" + (f" ({b[k]:.1f})" if b is not None else "") for k in range(5)]
+    cells = [cell(e[k]) + (f" ({cell(b[k])})" if b is not None else "") for k in range(5)]
     return f"eyes {cells[0]} / {cells[1]}, nose {cells[2]}, mouth corners {cells[3]} / {cells[4]}"
+
+
+def offset_cell(v) -> str:
+    """One point's mean offset, along and across, for :func:`per_point_text`."""
+    return f"{v[0]:+.1f} {v[1]:+.1f}"
 
 
 def faces_by_image() -> dict[str, list[dict]]:
@@ -259,10 +257,9 @@ def head_turn(points: np.ndarray, truth: np.ndarray) -> dict:
     """``yaw_proxy``: the labelled nose tip's offset from the eyes' midpoint along the eye line, in
     inter-ocular distances (0 for a frontal head; about 0.55 sin(yaw) on the face template), and
     ``nose_sideways``: the predicted nose tip's error along the same line, in percent of it."""
-    iod = float(np.linalg.norm(truth[1] - truth[0]))
-    along = (truth[1] - truth[0]) / iod
+    iod, along, _ = eye_frame(truth)
     return {"yaw_proxy": float((truth[2] - (truth[0] + truth[1]) / 2) @ along) / iod,
-            "nose_sideways": float((points[2] - truth[2]) @ along) / iod * 100}
+            "nose_sideways": point_offsets(points, truth)[2][0]}
 
 
 def part_mask(parts: dict, height: int, width: int) -> np.ndarray:
@@ -467,8 +464,8 @@ def summary(rows: list[dict]) -> str:
         if offset:
             text += ("; mean offset per point (along the eye line, across it, down positive; % of the "
                      "inter-ocular distance; the mean shape's in brackets): "
-                     + offsets_text([r["point_offsets"] for r in offset],
-                                    [r["baseline_point_offsets"] for r in offset]))
+                     + per_point_text([r["point_offsets"] for r in offset],
+                                      [r["baseline_point_offsets"] for r in offset], offset_cell))
     turns = [(r["yaw_proxy"], r["nose_sideways"]) for r in found if "yaw_proxy" in r]
     if len(turns) >= 3:
         # how far the predicted nose follows the head's turn: 0 follows it, -1 reads every head as frontal
