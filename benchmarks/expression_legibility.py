@@ -279,6 +279,13 @@ def real_summary(pairs: list[tuple[str, str | None]]) -> str:
             f"{sum(a == common for a, _ in found)}); {per}")
 
 
+def synthetic_input(face: dict) -> np.ndarray:
+    """fer's input for a rendered face: the Haar box its five points imply, padded by
+    :data:`FER_PAD_SHARE` of its side (no render is lost to the detector)."""
+    box = haar_box_of(face["landmarks"])
+    return fer_input(grey_of(face["image"]), box, FER_PAD_SHARE * (box[2] - box[0]))
+
+
 def synthetic_confusion(model: MiniXception, style: str, n: int, seed: int, size: int, features,
                         expression=None) -> np.ndarray:
     """(7, 7) counts: rendered emotion (rows) x the classifier's reading (columns); ``expression``:
@@ -289,8 +296,7 @@ def synthetic_confusion(model: MiniXception, style: str, n: int, seed: int, size
     batch, labels = [], []
     for i in range(n):
         s = render_face(seed, i, style, size, features, expression=expression)
-        box = haar_box_of(s["landmarks"])
-        batch.append(fer_input(grey_of(s["image"]), box, FER_PAD_SHARE * (box[2] - box[0])))
+        batch.append(synthetic_input(s))
         labels.append(s["emotion"])
         if len(batch) == 64 or i == n - 1:
             np.add.at(counts, (np.array(labels), read(model, batch).argmax(1)), 1)

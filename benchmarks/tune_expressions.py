@@ -17,14 +17,13 @@ Disgust on anything, real posed disgust included, so it cannot judge it.
 Tried 2026-12-03 (docs/evidence.md, "Tuned against the classifier"): the rows found lift the
 held-out legibility from 0.27 to 0.48-0.55 on studio faces, but the bundled command trained on
 them read real faces worse (the tuned Happy, a broad open grin, cost most real smiles; the
-others cost a few tenths of real-face NME), so the renderer still draws the prototypes. The
+others raised the real-face NME means by 0.1-0.8), so the renderer still draws the prototypes. The
 model never sees the classifier or a real face; only a renderer table would be chosen with it.
 
     python benchmarks/tune_expressions.py --weights /tmp/fer [--emotions Angry,Fear,Happy,Sad,Surprise]
         [--seed 11] [--n 120] [--penalty 0.01] [--passes 4] [--out table.json]
 
 Prints each kept step, then the tuned rows as Python; ``--out`` writes them as JSON.
-About 2-3 minutes per emotion on one core.
 """
 
 from __future__ import annotations
@@ -33,8 +32,7 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-from expression_legibility import FER_PAD_SHARE, LABELS, fer_input, grey_of, haar_box_of, load_fer_single_thread, read
+from expression_legibility import LABELS, load_fer_single_thread, read, synthetic_input
 
 # Lowest coefficient per base where the search's general lower bound (-1.5) is not physical.
 LOWER = {"mouth_open": 0.0, "nose_wrinkle": 0.0, "lower_lip_down": 0.0, "upper_lid_raise": -0.5,
@@ -85,15 +83,6 @@ def render_with(emotion_coefficients: dict, seed: int, n: int, styles, size: int
         synth.EMOTION_EXPR.update(saved)
 
 
-def fer_probabilities(model, faces: list[dict]) -> np.ndarray:
-    """(N, 7) fer probabilities, each face framed as ``expression_legibility.synthetic_confusion`` does."""
-    inputs = []
-    for s in faces:
-        box = haar_box_of(s["landmarks"])
-        inputs.append(fer_input(grey_of(s["image"]), box, FER_PAD_SHARE * (box[2] - box[0])))
-    return read(model, inputs)
-
-
 def main(argv=None) -> None:
     from facemtl.data.synth import EMOTION_EXPR, EXPR_NAMES, STYLES
 
@@ -125,7 +114,7 @@ def main(argv=None) -> None:
         e = LABELS.index(label)
 
         def objective(coefs, e=e):
-            p = fer_probabilities(model, render_with(coefs, args.seed, args.n, styles))
+            p = read(model, [synthetic_input(f) for f in render_with(coefs, args.seed, args.n, styles)])
             return float(p[:, e].mean()) - args.penalty * sum(abs(v) for v in coefs.values())
 
         print(f"{label}: from {EMOTION_EXPR[e]}", flush=True)
