@@ -40,6 +40,12 @@ mean shape). Pseudo-labels again: they rank transfer, a point of F1 is within th
         [--detector opencv|mediapipe] [--passes 1|2]
     python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR --regions|--looks
     python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR --crops labels --move 0,0.1,1
+    python benchmarks/real_faces.py --photos /tmp/real_faces RUN_DIR --pupils
+
+``--pupils`` asks what a set labelled at the pupils would score: the labels' eye centres, like
+the synthetic ones, are eye-contour means, and the face template's iris centres sit 1.4% of the
+inter-ocular distance above them; each labelled eye is moved up its face by that much before
+scoring (the crops stay where the labels put them).
 
 ``--move DX,DY,SCALE`` asks how much the model depends on where the box sits: each labels' square
 is moved by DX and DY of its side (positive: right and down) and its side multiplied by SCALE
@@ -162,6 +168,32 @@ def point_offsets(points: np.ndarray, truth: np.ndarray) -> list[list[float]]:
     return (np.stack([d @ along, d @ across], 1) / iod * 100).tolist()
 
 
+@functools.lru_cache(maxsize=1)
+def pupil_offset() -> float:
+    """How far the face template's iris centres (vertices 468 / 473) sit above its eye-contour
+    means (the eye centres of the synthetic and FaceMesh labels), across the eye line, in
+    inter-ocular distances: about -0.014 (up the face)."""
+    from facemtl.data.synth import load_template
+
+    t = load_template()
+    v = np.asarray(t["vertices_mean"], np.float64)
+    five = t["landmarks5"]
+    contour = np.stack([v[five["left_eye_centre_mean_of"]].mean(0), v[five["right_eye_centre_mean_of"]].mean(0)])
+    iris = v[five["alternatives"]["eye_centre_iris"]]
+    iod, _, across = eye_frame(contour[:, :2])
+    return float(((iris - contour)[:, :2] @ across).mean() / iod)
+
+
+def pupil_points(truth: np.ndarray) -> np.ndarray:
+    """``truth`` with each eye moved across its face's eye line by :func:`pupil_offset`: where a set
+    labelled at the pupils would put the eyes (``--pupils``); nose and mouth unchanged."""
+    truth = np.asarray(truth, np.float64)
+    iod, _, across = eye_frame(truth)
+    out = truth.copy()
+    out[:2] += pupil_offset() * iod * across
+    return out
+
+
 def per_point_text(values: list, baseline: list | None = None, cell=lambda v: f"{v:.1f}") -> str:
     """Mean per point over the faces (errors: which part of the face carries the NME; offsets,
     with ``cell`` formatting a pair: which way it is off), the ``baseline``'s in brackets when given."""
@@ -197,12 +229,15 @@ def photo_path(photos: Path, image: str) -> Path:
     return path
 
 
-def score(pred, photos: Path, crops: str, move: tuple[float, float, float] = NO_MOVE) -> list[dict]:
+def score(pred, photos: Path, crops: str, move: tuple[float, float, float] = NO_MOVE,
+          pupils: bool = False) -> list[dict]:
     """One row per labelled face: ``found``, ``nme``, ``baseline_nme`` (the synthetic mean shape in
     the same square), ``emotion`` (predicted), ``labelled`` (emotion or None) and ``p_labelled``
     (the predicted probability of the labelled emotion). ``move``: ``(dx, dy, scale)`` applied to
     the labels' squares before cropping, as a detector's calibration moves its boxes
-    (:class:`facemtl.inference.alignment.Calibration`: offsets in sides, then the side scaled)."""
+    (:class:`facemtl.inference.alignment.Calibration`: offsets in sides, then the side scaled).
+    ``pupils``: the points are scored against :func:`pupil_points` of the labels; the crops stay
+    where the labels put them."""
     from facemtl.inference.alignment import Calibration, find_match, landmark_square
     from real_photo import mean_shape_in
 
@@ -221,6 +256,7 @@ def score(pred, photos: Path, crops: str, move: tuple[float, float, float] = NO_
             # detections that are none of the labelled faces: false faces, or faces nobody labelled
             other = len(detections) - len({i for i in chosen if i is not None})
         for k, (face, t, i) in enumerate(zip(faces, truths, chosen)):
+            scored = pupil_points(t) if pupils else t
             row = {"image": Path(image).name, "note": face.get("note", ""), "labelled": face.get("emotion"),
                    "found": i is not None, "source": face["labels"]}
             if crops != "labels" and k == 0:  # counted once per photo
@@ -229,18 +265,18 @@ def score(pred, photos: Path, crops: str, move: tuple[float, float, float] = NO_
                 out = result.faces[i]
                 if "landmarks" in out:  # an emotion-only checkpoint (a control) has none
                     points = np.asarray(out["landmarks"], np.float64).reshape(-1, 2)
-                    row["nme"] = nme(points, t)
-                    row["point_errors"] = point_errors(points, t)
-                    row["point_offsets"] = point_offsets(points, t)
+                    row["nme"] = nme(points, scored)
+                    row["point_errors"] = point_errors(points, scored)
+                    row["point_offsets"] = point_offsets(points, scored)
                     # the mean shape in the square the face came in, before the model moved it: the labels'
                     # square, or the detector's calibrated box (out["box"] is a re-crop's, from the predictions)
                     came_in = (landmark_square(t) if crops == "labels"
                                else pred.calibration.apply(np.asarray(out["detection_box"], np.float64)))
                     mean_shape = mean_shape_in(came_in, pred.info)
-                    row["baseline_nme"] = nme(mean_shape, t)
-                    row["baseline_point_errors"] = point_errors(mean_shape, t)
-                    row["baseline_point_offsets"] = point_offsets(mean_shape, t)
-                    row.update(head_turn(points, t))
+                    row["baseline_nme"] = nme(mean_shape, scored)
+                    row["baseline_point_errors"] = point_errors(mean_shape, scored)
+                    row["baseline_point_offsets"] = point_offsets(mean_shape, scored)
+                    row.update(head_turn(points, scored))
                 if segmentation and face["parts"]:
                     truth = part_mask(face["parts"], result.height, result.width)
                     row["parsing"] = parsing_counts(out[segmentation], truth)
@@ -534,6 +570,10 @@ def main(argv=None) -> None:
     ap.add_argument("--move", type=box_move, default=NO_MOVE, metavar="DX,DY,SCALE",
                     help="move the labels' squares by DX, DY of their side (right, down) and scale them by SCALE "
                          "before cropping (--crops labels; default 0,0,1)")
+    ap.add_argument("--pupils", action="store_true",
+                    help="score the points against the labels with each eye moved up the face by the template's "
+                         "offset of the iris centre above the eye-contour mean (1.4%% of the inter-ocular "
+                         "distance): what a set labelled at the pupils would hold; the crops do not move")
     args = ap.parse_args(argv)
     if args.fetch:
         fetch(args.fetch)
@@ -565,11 +605,12 @@ def main(argv=None) -> None:
         for mode in modes:
             pred = Predictor.from_checkpoint(ckpt, detector=args.detector if mode == "detector" else "none",
                                              passes=args.passes, flip=args.flip)
-            rows = score(pred, args.photos, mode, args.move)
+            rows = score(pred, args.photos, mode, args.move, args.pupils)
             moved = ("" if args.move == NO_MOVE
                      else " (squares moved by dx {:g}, dy {:g} of their side, scaled by {:g})".format(*args.move))
             print(f"{ckpt}, crops from the {mode}{f' ({args.detector})' if mode == 'detector' else ''}{moved}"
-                  f"{'' if args.flip else ', without test-time flip'}:")
+                  f"{'' if args.flip else ', without test-time flip'}"
+                  f"{', eyes scored at the pupils' if args.pupils else ''}:")
             for r in rows:
                 points = f"{r['nme']:6.1f} {r['baseline_nme']:8.1f}" if "nme" in r else f"{'-':>6s} {'-':>8s}"
                 values = f"{points}  {r['emotion'] or '-':8s}" if r["found"] else f"{'missed':>6s} {'':8s}  {'':8s}"

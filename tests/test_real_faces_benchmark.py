@@ -393,3 +393,41 @@ def test_move_option_needs_the_labels_crops(capsys):
     with pytest.raises(SystemExit):
         real_faces.main(["--photos", ".", "ckpt", "--move", "0,0.1,1"])
     assert "--crops labels" in capsys.readouterr().err
+
+
+def test_pupil_offset_is_the_template_iris_centre_above_its_eye_contour_mean():
+    assert real_faces.pupil_offset() == pytest.approx(-0.0141, abs=5e-4)  # 1.40 / 1.42% up (template)
+
+
+def test_pupil_points_move_the_eyes_up_their_face_and_nothing_else():
+    level = real_faces.pupil_points(TRUTH)
+    up = real_faces.pupil_offset() * 20  # inter-ocular 20, image y down: negative is up
+    np.testing.assert_allclose(level[:2], TRUTH[:2] + [[0.0, up], [0.0, up]])
+    np.testing.assert_allclose(level[2:], TRUTH[2:])
+    turn = np.array([[0.0, -1.0], [1.0, 0.0]])  # the same face turned 90 degrees in the image
+    turned = real_faces.pupil_points(TRUTH @ turn.T)
+    np.testing.assert_allclose(turned, level @ turn.T, atol=1e-12)
+
+
+def test_pupils_option_scores_against_moved_eyes_without_moving_the_crops(mean_shape_squares):
+    """``--pupils``: the same crops (the labels' squares), the points scored against pupil_points."""
+    import types
+
+    from facemtl.inference.alignment import landmark_square
+
+    given = []
+    face = {"box": [0, 0, 1, 1], "detection_box": [0, 0, 1, 1], "landmarks": TRUTH}
+
+    def predict_image(path, boxes=None):
+        given.extend(np.asarray(b, np.float64) for b in boxes)
+        return types.SimpleNamespace(faces=[face], height=64, width=64)
+
+    pred = types.SimpleNamespace(tasks=(get_task("landmarks"),), info={}, predict_image=predict_image)
+    (as_labelled,) = real_faces.score(pred, Path("."), "labels")
+    (at_pupils,) = real_faces.score(pred, Path("."), "labels", pupils=True)
+    np.testing.assert_allclose(given[0], landmark_square(TRUTH))
+    np.testing.assert_allclose(given[1], landmark_square(TRUTH))
+    assert as_labelled["nme"] == 0.0
+    # two of five points off by the offset's length: 2 * 0.0141 * 20 px / 5 over 20 px
+    assert at_pupils["nme"] == pytest.approx(100 * 2 * abs(real_faces.pupil_offset()) / 5)
+    assert at_pupils["point_offsets"][0][1] == pytest.approx(-100 * real_faces.pupil_offset())  # predicted eye lower
