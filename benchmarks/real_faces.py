@@ -176,10 +176,9 @@ def pupil_offset() -> float:
     from facemtl.data.synth import load_template
 
     t = load_template()
-    v = np.asarray(t["vertices_mean"], np.float64)
     five = t["landmarks5"]
-    contour = np.stack([v[five["left_eye_centre_mean_of"]].mean(0), v[five["right_eye_centre_mean_of"]].mean(0)])
-    iris = v[five["alternatives"]["eye_centre_iris"]]
+    contour = np.asarray(five["mean_shape_points"][:2], np.float64)  # the eye-contour means
+    iris = np.asarray(t["vertices_mean"], np.float64)[five["alternatives"]["eye_centre_iris"]]
     iod, _, across = eye_frame(contour[:, :2])
     return float(((iris - contour)[:, :2] @ across).mean() / iod)
 
