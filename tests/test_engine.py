@@ -236,7 +236,17 @@ def test_resume_continues_exactly_and_the_run_is_complete(tmp_path):
                  "config.json", "steps.csv", "epochs.csv", "metrics.json"):
         assert (full / name).is_file(), name
     # synthetic sources: inference crops detected faces with the synthetic framing's margin
-    assert json.loads((full / "model.json").read_text())["crop"] == {"size": SIZE, "margin": 0.25}
+    info = json.loads((full / "model.json").read_text())
+    assert info["crop"] == {"size": SIZE, "margin": 0.25}
+    # the platform the numbers depend on: versions, processor, threads, the CPU kernels' build
+    import cv2
+
+    plat = info["platform"]
+    assert (plat["torch"], plat["opencv"], plat["device"]) == (torch.__version__, cv2.__version__, "cpu")
+    assert plat["threads"] == torch.get_num_threads() and plat["cpu"]
+    from facemtl.models import cpu_kernels
+
+    assert (plat["cpu_kernels"] is None) == (not cpu_kernels.available())
     metrics = json.loads((full / "metrics.json").read_text())
     assert metrics == json.loads((part / "metrics.json").read_text())
     assert set(metrics["iterations"]) == {"0", "1"}

@@ -10,8 +10,8 @@ reproduces, seed 0's having been trained before the restyling's draws were last 
 docs/evidence.md, "The bundled model",
 says why) writes
 ``src/facemtl/assets/default_model/{model.safetensors,model.json}``; model.json gains a
-``provenance`` entry (the command that trained it, the commit it was trained at, the date, the
-run's test scores)
+``provenance`` entry (the command that trained it, the commit and platform it was trained on,
+the date, the run's test scores)
 so that ``facemtl.load()`` users can see where the weights come from.
 """
 
@@ -51,6 +51,9 @@ def main(argv=None) -> None:
         "command": args.command,
         "commit": commit,
         "commit_recorded_by": recorded_by,
+        # library versions, processor and kernel build of the training run (runs from before
+        # 2026-12-04 did not record them): another platform rounds differently
+        "platform": info.pop("platform", None),
         "bundled": datetime.date.today().isoformat(),
         "synthetic_test_scores": {
             "landmarks_nme_percent": round(last["landmarks"]["nme"], 2),

@@ -52,6 +52,29 @@ def source_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
+def training_platform(device: torch.device, speed_paths: bool = True) -> dict:
+    """What a run's numbers depend on besides the code, the config and the seed: library
+    versions, the processor, the threads and the build of the compiled CPU kernels (None where
+    they do not run: off the CPU, without the speed paths or a compiler). Recorded in
+    ``model.json`` as ``platform``. Why: the data and the plan are the same everywhere, but another
+    processor or build rounds the arithmetic differently, and over thousands of updates the
+    weights part ways (README, "Synthetic faces and the bundled model")."""
+    import platform
+
+    import cv2
+    import numpy
+
+    from facemtl.models import cpu_kernels
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+           "opencv": cv2.__version__, "device": str(device), "cpu": cpu_kernels.cpu_name(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+           "cpu_kernels": cpu_kernels.build_description() if speed_paths and device.type == "cpu" else None}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
 def resolve_device(name: str) -> torch.device:
     """``config.device`` -> a torch device; a CUDA device that is not there is a clear error."""
     if name == "auto":
@@ -137,6 +160,7 @@ class Training:
         self.mode.prepare(self.model, self.sources, rank, world)
         self.device = resolve_device(config.device)
         self.model.to(self.device)
+        self.speed_paths = speed_paths
         if speed_paths:
             # channels-last weights and batched feedback convolutions: the same numbers up to float
             # rounding, ~1.5x faster updates on a CPU (benchmarks/train_step_time.py --compare);
@@ -211,6 +235,7 @@ class Training:
             "crop": next((d["crop"] for d in descriptions if "crop" in d),
                          {"size": self.config.input_size, "margin": DEFAULT_CROP_MARGIN}),
             "source_commit": source_commit(),
+            "platform": training_platform(self.device, self.speed_paths),
         }
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:

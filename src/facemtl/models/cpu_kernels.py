@@ -47,13 +47,47 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 _SMALL = 1 << 15  # elements below which one thread is faster than waking the second
 
 
-def _cpu_id() -> str:
+def _cpuinfo() -> list[str] | None:
     try:
-        info = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
+        return None
+
+
+def _cpu_id() -> str:
+    lines = _cpuinfo()
+    if lines is None:
         return platform.processor()
-    lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(lines)))
+    return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags"))}))
+
+
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    names = [ln.split(":", 1)[1].strip() for ln in _cpuinfo() or [] if ln.startswith("model name") and ":" in ln]
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
+def _compiler() -> tuple[str, str] | None:
+    """(path, ``--version`` output) of the C compiler, or None where there is none."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    return compiler, version
+
+
+def build_description() -> str | None:
+    """The compiler and flags the loaded kernels were built with, or None where PyTorch's ops run
+    instead. Recorded with a run (``model.json``'s ``platform``): ``-march=native`` code rounds
+    differently on another processor or compiler."""
+    if _library() is None:
+        return None
+    compiler, version = _compiler() or ("?", "")
+    first = version.strip().splitlines()[0] if version.strip() else Path(compiler).name
+    return f"{first}; {' '.join(_FLAGS)}"
 
 
 @lru_cache(maxsize=1)
@@ -61,12 +95,12 @@ def _library() -> ctypes.CDLL | None:
     """The compiled kernel, or None (with one warning saying why) where it cannot be built."""
     if os.environ.get("FACEMTL_NATIVE", "1") == "0" or platform.system() != "Linux":
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    found = _compiler()
+    if found is None:
         warnings.warn("facemtl: no C compiler (cc); the CPU speed paths use PyTorch's batch norm and pooling", stacklevel=3)
         return None
+    compiler, version = found
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
         key = hashlib.sha256("\0".join([_SOURCE.read_text(), " ".join(_FLAGS), version, _cpu_id()]).encode())
         cache = Path(os.environ.get("FACEMTL_CACHE") or Path.home() / ".cache" / "facemtl") / "kernels"
         target = cache / f"cpu_kernels-{key.hexdigest()[:16]}.so"
