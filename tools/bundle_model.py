@@ -5,8 +5,9 @@
     python tools/bundle_model.py runs/bundled
 
 (the default run's config at 128 px, its emotion source drawn in the well-lit "studio" style,
-random-convolution restyling on every source, seed 1: the lowest seed whose run the repository
-reproduces, seed 0's having been trained before the restyling's draws were last changed;
+random-convolution restyling on every source, seed 1: the lowest seed whose data the repository
+still draws, seed 0's having been trained before the restyling's draws were last changed; the
+same command gives the same weights bit for bit only on the same platform (README);
 docs/evidence.md, "The bundled model",
 says why) writes
 ``src/facemtl/assets/default_model/{model.safetensors,model.json}``; model.json gains a
