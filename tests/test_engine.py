@@ -270,6 +270,25 @@ def test_resume_continues_exactly_and_the_run_is_complete(tmp_path):
 TASK_ROUND = list(TASKS)
 
 
+def test_a_run_resumed_on_another_platform_keeps_the_earlier_one_and_says_so(tmp_path, capsys):
+    import json
+
+    cfg = _tiny_config(rounds=1)
+    run = train(cfg, tmp_path / "run", quiet=True, stop_after=3)
+    info = json.loads((run / "model.json").read_text())
+    here = info["platform"]
+    elsewhere = {**here, "torch": "0.0.0", "cpu": "another processor"}
+    (run / "model.json").write_text(json.dumps({**info, "platform": elsewhere}))
+    train(cfg, run, resume=True, quiet=False, stop_after=5)
+    err = capsys.readouterr().err
+    assert "resuming on another platform (torch 0.0.0 -> " in err and "cpu another processor -> " in err
+    info = json.loads((run / "model.json").read_text())
+    assert info["platform"] == here and info["platform_history"] == [elsewhere]
+    train(cfg, run, resume=True, quiet=False)  # the same platform again: nothing said, history kept
+    assert "another platform" not in capsys.readouterr().err
+    assert json.loads((run / "model.json").read_text())["platform_history"] == [elsewhere]
+
+
 def test_joint_training_updates_all_tasks_with_loss_weights(tmp_path):
     cfg = config_from_dict({
         "model": {"name": "ifan", "kwargs": {"iterations": 0, **TINY}},

@@ -423,6 +423,28 @@ class _RunFiles:
         self.info = training.model_file_info()
         self.log = RunLogger(run_dir, rank, tensorboard=training.config.logging.tensorboard, quiet=quiet,
                              resume_step=resume_step)
+        if resume_step is not None:
+            self._keep_earlier_platforms()
+
+    def _keep_earlier_platforms(self) -> None:
+        """A run resumed on another platform: model.json keeps the earlier ones under
+        ``platform_history`` (oldest first), and the user hears that from here on the losses can
+        differ from an uninterrupted run's in float rounding."""
+        import json
+
+        try:
+            saved = json.loads((self.run_dir / "model.json").read_text())
+        except (OSError, ValueError):
+            return
+        earlier, now = saved.get("platform"), self.info["platform"]
+        history = list(saved.get("platform_history", []))
+        if earlier is not None and earlier != now:
+            history.append(earlier)
+            changed = ", ".join(f"{k} {earlier.get(k)} -> {now.get(k)}" for k in now if earlier.get(k) != now.get(k))
+            self.log.info(f"note: resuming on another platform ({changed}); from here on the numbers can differ "
+                          "in float rounding from an uninterrupted run's")
+        if history:
+            self.info["platform_history"] = history
 
     def save(self, step: int, stage: int, epoch_losses: dict[str, list[float]] | None = None) -> None:
         """One checkpoint as one set of files (model, then training state, its JSON last): a write
