@@ -73,8 +73,9 @@ def test_bundle_tool_keeps_the_commit_the_run_was_trained_at(tmp_path, monkeypat
     run.mkdir()
     (run / "model.safetensors").write_bytes(b"weights")
     platform = {"torch": "2.13.0+cpu", "cpu": "AMD EPYC", "cpu_kernels": None}
+    earlier = [{**platform, "cpu": "another processor"}]  # the run was resumed on another machine
     (run / "model.json").write_text(json.dumps({"format": "facemtl-checkpoint", "source_commit": "abc123+dirty",
-                                                "platform": platform}))
+                                                "platform": platform, "platform_history": earlier}))
     scores = {"landmarks": {"nme": 7.0}, "parsing": {"overall": 90.0}, "emotion": {"accuracy": 87.0}}
     (run / "metrics.json").write_text(json.dumps({"iterations": {"2": scores}}))
     monkeypatch.setattr(bundle_model, "DEST", tmp_path / "dest")
@@ -82,8 +83,8 @@ def test_bundle_tool_keeps_the_commit_the_run_was_trained_at(tmp_path, monkeypat
     info = json.loads((tmp_path / "dest" / "model.json").read_text())
     assert info["provenance"]["commit"] == "abc123+dirty"
     assert info["provenance"]["commit_recorded_by"] == "the training run"
-    assert info["provenance"]["platform"] == platform
-    assert "source_commit" not in info and "platform" not in info  # said once, under provenance
+    assert info["provenance"]["platform"] == platform and info["provenance"]["platform_history"] == earlier
+    assert not {"source_commit", "platform", "platform_history"} & set(info)  # said once, under provenance
 
 
 def test_runs_record_the_source_commit_they_were_trained_at():

@@ -55,6 +55,7 @@ def main(argv=None) -> None:
         # library versions, processor and kernel build of the training run (runs from before
         # 2026-12-04 did not record them): another platform rounds differently
         "platform": info.pop("platform", None),
+        **({"platform_history": info.pop("platform_history")} if "platform_history" in info else {}),
         "bundled": datetime.date.today().isoformat(),
         "synthetic_test_scores": {
             "landmarks_nme_percent": round(last["landmarks"]["nme"], 2),

@@ -440,7 +440,8 @@ class _RunFiles:
         history = list(saved.get("platform_history", []))
         if earlier is not None and earlier != now:
             history.append(earlier)
-            changed = ", ".join(f"{k} {earlier.get(k)} -> {now.get(k)}" for k in now if earlier.get(k) != now.get(k))
+            keys = list(now) + [k for k in earlier if k not in now]
+            changed = ", ".join(f"{k} {earlier.get(k)} -> {now.get(k)}" for k in keys if earlier.get(k) != now.get(k))
             self.log.info(f"note: resuming on another platform ({changed}); from here on the numbers can differ "
                           "in float rounding from an uninterrupted run's")
         if history:
