@@ -56,9 +56,10 @@ def training_platform(device: torch.device, speed_paths: bool = True) -> dict:
     """What a run's numbers depend on besides the code, the config and the seed: library
     versions, the processor, the threads and the build of the compiled CPU kernels (None where
     they do not run: off the CPU, without the speed paths or a compiler). Recorded in
-    ``model.json`` as ``platform``. Why: the data and the plan are the same everywhere, but another
-    processor or build rounds the arithmetic differently, and over thousands of updates the
-    weights part ways (README, "Synthetic faces and the bundled model")."""
+    ``model.json`` as ``platform``. Why: the plan is the same everywhere and the data nearly so, but
+    another processor or build rounds the arithmetic differently (numpy's too: a rare rendered
+    pixel), and over thousands of updates the weights part ways (README, "Synthetic faces and the
+    bundled model")."""
     import platform
 
     import cv2
