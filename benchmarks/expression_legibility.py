@@ -240,6 +240,15 @@ def read(model: MiniXception, inputs: list[np.ndarray]) -> np.ndarray:
         return torch.softmax(model(torch.from_numpy(np.stack(inputs))[:, None]), 1).numpy()
 
 
+def fer_haar_boxes(grey: np.ndarray) -> np.ndarray:
+    """The face boxes ``[x0, y0, x1, y1]`` fer's own Haar search finds in a grey image, largest first."""
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    found = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
+                                     flags=cv2.CASCADE_SCALE_IMAGE, minSize=(FER_MIN_FACE, FER_MIN_FACE))
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in found], np.float64).reshape(-1, 4)
+    return boxes[np.argsort(-(boxes[:, 2] - boxes[:, 0]))]  # largest first, as find_match expects
+
+
 def real_readings(model: MiniXception, photos: Path) -> dict[str, list[tuple[str, str | None]]]:
     """(labelled, read) per real face with a clear expression: through ``fer``'s own Haar search
     (None when it found no box on the face) and from each face's Haar box placed by its labels."""
@@ -247,17 +256,13 @@ def real_readings(model: MiniXception, photos: Path) -> dict[str, list[tuple[str
     from facemtl.inference.alignment import find_match, landmark_square
     from real_faces import faces_by_image, photo_path
 
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
     out = {"fer's Haar search": [], "labels' Haar box": []}
     for image, faces in faces_by_image().items():
         faces = [f for f in faces if f.get("emotion")]
         if not faces:
             continue
         grey = grey_of(read_image(photo_path(photos, image)))
-        found = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
-                                         flags=cv2.CASCADE_SCALE_IMAGE, minSize=(FER_MIN_FACE, FER_MIN_FACE))
-        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in found], np.float64).reshape(-1, 4)
-        boxes = boxes[np.argsort(-(boxes[:, 2] - boxes[:, 0]))]  # largest first, as find_match expects
+        boxes = fer_haar_boxes(grey)
         for face in faces:
             points = np.asarray(face["landmarks"], np.float64)
             i = find_match(boxes, landmark_square(points))
