@@ -299,6 +299,14 @@ def test_upright_crop_is_the_training_crop_of_the_level_face():
     assert angle == pytest.approx(70.0 - MAX_UPRIGHT_ROLL)
 
 
+def test_haar_detector_without_opencvs_cascades_says_what_to_install(monkeypatch):
+    # OpenCV 5 ships neither cv2.CascadeClassifier nor cv2.data (seen on a GPU machine's image)
+    monkeypatch.delattr(cv2, "CascadeClassifier")
+    with pytest.raises(FacemtlError, match=r"OpenCV .* has no Haar face cascades; install opencv-python-headless < 5 "
+                                           r"\(its 4.x wheels ship the cascades\) or use --detector none / --boxes"):
+        HaarFaceDetector()
+
+
 def astronaut_and_points() -> tuple[np.ndarray, np.ndarray]:
     """The shared astronaut photo (RGB) and its hand-placed eye centres, nose tip and mouth corners."""
     astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"

@@ -137,13 +137,13 @@ class HaarFaceDetector:
                  pad: float = FRAME_PAD, equalize: bool = True, equalize_min_neighbors: int = 8,
                  tilts: tuple[float, ...] = (25.0, -25.0), tilt_min_neighbors: int = 12,
                  tilt_always: bool = True, min_weight: float | None = MIN_WEIGHT):
-        path = Path(getattr(cv2, "data").haarcascades) / _CASCADE
+        fix = "install opencv-python-headless < 5 (its 4.x wheels ship the cascades) or use --detector none / --boxes"
+        if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):  # OpenCV 5 has neither
+            raise FacemtlError(f"OpenCV {cv2.__version__} has no Haar face cascades; {fix}")
+        path = Path(cv2.data.haarcascades) / _CASCADE
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
-            raise FacemtlError(
-                f"could not load OpenCV's face cascade {path}; install opencv-python-headless < 5 "
-                "(its 4.x wheels ship the cascades) or use --detector none / --boxes"
-            )
+            raise FacemtlError(f"could not load OpenCV's face cascade {path}; {fix}")
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_size = min_size
