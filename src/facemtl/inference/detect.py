@@ -138,7 +138,8 @@ class HaarFaceDetector:
                  tilts: tuple[float, ...] = (25.0, -25.0), tilt_min_neighbors: int = 12,
                  tilt_always: bool = True, min_weight: float | None = MIN_WEIGHT):
         fix = "install opencv-python-headless < 5 (its 4.x wheels ship the cascades) or use --detector none / --boxes"
-        if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):  # OpenCV 5 has neither
+        # OpenCV 5.0.0 (seen on a GPU machine's image) has no CascadeClassifier; 5.x wheels ship no cascades
+        if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
             raise FacemtlError(f"OpenCV {cv2.__version__} has no Haar face cascades; {fix}")
         path = Path(cv2.data.haarcascades) / _CASCADE
         self.cascade = cv2.CascadeClassifier(str(path))
