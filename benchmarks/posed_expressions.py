@@ -158,6 +158,8 @@ def main(argv=None) -> None:
 
     for ckpt in args.checkpoints:
         pred = Predictor.from_checkpoint(bundled_model() if ckpt == "bundled" else ckpt, iterations=args.iterations)
+        if "emotion" not in pred.task_names:
+            raise SystemExit(f"{ckpt}: the checkpoint has no emotion task (its tasks: {', '.join(pred.task_names)})")
         at = "" if args.iterations is None else f", Iter{args.iterations}"
         report(f"{ckpt} (Haar detector, largest face{at}; label, read, probability of the label)",
                model_rows(pred, args.photos))

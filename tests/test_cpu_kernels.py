@@ -309,3 +309,26 @@ def test_facemtl_native_0_switches_the_kernel_off(fresh_build, monkeypatch):
     monkeypatch.setenv("FACEMTL_NATIVE", "0")
     assert not cpu_kernels.available()
     assert not list(fresh_build.glob("**/*.so"))
+
+
+def test_the_compilers_version_is_asked_once_per_compiler(fresh_build, monkeypatch):
+    asked = []
+    real_run = cpu_kernels.subprocess.run
+
+    def counting_run(command, **kwargs):
+        if command[1:] == ["--version"]:
+            asked.append(command[0])
+        return real_run(command, **kwargs)
+
+    monkeypatch.setattr(cpu_kernels.subprocess, "run", counting_run)
+    monkeypatch.setenv("CC", "true")  # a "compiler" that builds nothing
+    cpu_kernels._compiler_version.cache_clear()
+    first = cpu_kernels._compiler()
+    assert first[0] == "true" and cpu_kernels._compiler() == first
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "could not be built": no library came out
+        cpu_kernels.build_description()  # a run's platform record: the kernel build, then the compiler
+    assert asked == ["true"]
+    monkeypatch.setenv("CC", "false")  # another compiler: asked too
+    assert cpu_kernels._compiler()[0] == "false" and asked == ["true", "false"]
+    cpu_kernels._compiler_version.cache_clear()

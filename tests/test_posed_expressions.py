@@ -111,8 +111,16 @@ def test_largest_face_is_chosen():
     assert pe._largest([]) is None
 
 
-def test_options_errors(capsys):
+def test_options_errors(capsys, tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         pe.main(["bundled"])
     assert "give --photos DIR and at least one checkpoint or --fer FER_DIR" in capsys.readouterr().err
+    from facemtl.inference.predictor import Predictor
+
+    class LandmarksOnly:
+        task_names = ("landmarks",)
+
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, path, **kw: LandmarksOnly()))
+    with pytest.raises(SystemExit, match="run: the checkpoint has no emotion task \\(its tasks: landmarks\\)"):
+        pe.main(["--photos", str(tmp_path), "run"])
 

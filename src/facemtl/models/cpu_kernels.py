@@ -70,13 +70,17 @@ def cpu_name() -> str:
 def _compiler() -> tuple[str, str] | None:
     """(path, ``--version`` output) of the C compiler, or None where there is none."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None
+    return None if compiler is None else (compiler, _compiler_version(compiler))
+
+
+@lru_cache(maxsize=4)
+def _compiler_version(compiler: str) -> str:
+    """``compiler --version`` (asked once per compiler: the kernels' cache key and each run's
+    platform record both need it)."""
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+        return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
-        version = ""
-    return compiler, version
+        return ""
 
 
 def build_description() -> str | None:
