@@ -64,6 +64,10 @@ def test_unknown_key_suggests_the_close_one():
          "bad value for 'data.0.expression': expected a list of a number or null, got 'strong'"),
         ({"data": [{"name": "mtfl", "root": "/x", "tasks": ["landmarks"], "expression": [1, 2]}]},
          "bad value for 'data.0.expression': expected no value: only synthetic sources draw expressions"),
+        ({"data": [{"tasks": ["emotion"], "creases": 1.5}]},
+         "bad value for 'data.0.creases': expected a probability in 0..1 or null, got 1.5"),
+        ({"data": [{"name": "mtfl", "root": "/x", "tasks": ["landmarks"], "creases": 0.5}]},
+         "bad value for 'data.0.creases': expected no value: only synthetic sources draw creases"),
     ],
 )
 def test_bad_values_name_the_key_and_what_was_expected(data, message):
@@ -217,3 +221,13 @@ def test_a_synthetic_source_s_expression_range_reaches_its_faces():
     assert sources[1].train.expression == sources[1].test.expression == (0.6, 2.5)
     assert sources[1].description["expression"] == [0.6, 2.5]
     assert sources[0].train.expression is None and "expression" not in sources[0].description
+
+
+def test_a_synthetic_source_s_crease_rate_reaches_its_faces():
+    from facemtl.data.mixing import build_sources
+
+    cfg = load_config(None, ["input_size=64", "data.1.creases=0.5", "data.1.n_train=4", "data.1.n_test=2"])
+    sources = build_sources(cfg, cfg.build_tasks())
+    assert sources[1].train.creases == sources[1].test.creases == 0.5
+    assert sources[1].description["creases"] == 0.5
+    assert sources[0].train.creases is None and "creases" not in sources[0].description

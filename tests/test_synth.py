@@ -97,6 +97,34 @@ def test_expression_range_scales_the_action_units_of_the_same_draws():
     np.testing.assert_array_equal(ds.prerender()[1]["landmarks"], render_face(1, 1, "studio", SIZE, expression=(1.5, 2.5))["landmarks"])
 
 
+def test_creases_drawn_whatever_the_emotion_change_only_pixels():
+    """data.N.creases: each crease is drawn with the probability given on any face, instead of by
+    the emotion: 0 takes the creases off expressive faces, 1 puts them on neutral ones, and neither
+    changes a label, a landmark or another draw."""
+    neutral = expressive = 0
+    for i in range(24):
+        base = render_face(1, i, "studio", SIZE)
+        none, every = (render_face(1, i, "studio", SIZE, creases=c) for c in (0.0, 1.0))
+        for face in (none, every):
+            assert face["emotion"] == base["emotion"] and face["meta"] == base["meta"]
+            np.testing.assert_array_equal(face["landmarks"], base["landmarks"])
+            np.testing.assert_array_equal(face["parsing"], base["parsing"])
+        assert not np.array_equal(every["image"], none["image"])  # every face can carry creases
+        if base["emotion"] == 6:  # no action unit strong enough for a crease
+            np.testing.assert_array_equal(none["image"], base["image"])
+            neutral += 1
+        elif base["emotion"] in (0, 1, 3):  # frown lines, nose wrinkles, nasolabial folds
+            assert not np.array_equal(none["image"], base["image"])
+            expressive += 1
+    assert neutral >= 2 and expressive >= 4
+    ds = SyntheticFaces(3, style="studio", seed=1, size=SIZE, creases=0.5)
+    assert ds.creases == 0.5 and "creases=0.5" in repr(ds)
+    np.testing.assert_array_equal(ds.prerender()[2]["image"], render_face(1, 2, "studio", SIZE, creases=0.5)["image"])
+    for bad in (1.5, -0.1, "often", True):
+        with pytest.raises(FacemtlError, match=re.escape(f"creases: expected a probability in 0..1 or None, got {bad!r}")):
+            render_face(0, 0, "studio", SIZE, creases=bad)
+
+
 @pytest.mark.parametrize("strength", [(2.0, 1.0), (-0.5, 1.0), (1.0,), (0.5, 5.0), "strong", 2.0])
 def test_bad_expression_ranges_are_named(strength):
     with pytest.raises(FacemtlError, match=re.escape("expected [low, high] expression strength (0 <= low <= high <= 4)")):

@@ -106,6 +106,9 @@ class SourceConfig:
     # synth only: expression strength range [low, high] instead of the style's (0.6-1.25 for
     # most styles): the factor on each emotion's action units
     expression: tuple[float, ...] | None = None
+    # synth only: probability of each expression crease (folds, frown, nose and forehead lines) on
+    # any face, whatever its emotion, instead of where the emotion's action unit is strong
+    creases: float | None = None
 
 
 @dataclass(frozen=True)
@@ -604,6 +607,11 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
                 raise bad(f"{p}.expression", "no value: only synthetic sources draw expressions", list(src.expression))
             if not expression_range_ok(src.expression):
                 raise bad(f"{p}.expression", EXPRESSION_RANGE, list(src.expression))
+        if src.creases is not None:
+            if src.name != "synth":
+                raise bad(f"{p}.creases", "no value: only synthetic sources draw creases", src.creases)
+            if not 0 <= src.creases <= 1:
+                raise bad(f"{p}.creases", "a probability in 0..1 or null", src.creases)
         if src.name == "synth":
             if not 0 < src.n_train <= MAX_SYNTH_FACES:
                 raise bad(f"{p}.n_train", f"an integer in 1..{MAX_SYNTH_FACES:_}", src.n_train)

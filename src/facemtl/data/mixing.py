@@ -109,16 +109,18 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
             pose = {k: list(v) for k, v in cfg.pose.items()} or None
             expression = None if cfg.expression is None else list(cfg.expression)
             train = SyntheticFaces(cfg.n_train, style=cfg.style, seed=cfg.seed, size=config.input_size, features=features,
-                                   pose=pose, expression=expression)
+                                   pose=pose, expression=expression, creases=cfg.creases)
             # A disjoint stream of faces for testing: seeds far from any training seed.
             test = SyntheticFaces(cfg.n_test, style=cfg.style, seed=cfg.seed + 1_000_003, size=config.input_size,
-                                  features=features, pose=pose, expression=expression)
+                                  features=features, pose=pose, expression=expression, creases=cfg.creases)
             desc.update(style=cfg.style, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed,
                         features=None if cfg.features is None else sorted(features))
             if pose:
                 desc["pose"] = pose
             if expression is not None:
                 desc["expression"] = expression
+            if cfg.creases is not None:
+                desc["creases"] = cfg.creases
         else:
             from facemtl.data import load_dataset
             from facemtl.data.transforms import DEFAULT_CROP_MARGIN, FaceCrop

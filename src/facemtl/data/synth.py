@@ -797,6 +797,15 @@ def expression_range(strength) -> tuple[float, float]:
     return values
 
 
+def crease_rate(creases) -> float | None:
+    """``creases`` of :func:`render_face` checked: None, or a probability in 0..1."""
+    if creases is None:
+        return None
+    if isinstance(creases, bool) or not isinstance(creases, (int, float)) or not 0 <= creases <= 1:
+        raise FacemtlError(f"creases: expected a probability in 0..1 or None, got {creases!r}")
+    return float(creases)
+
+
 def _rng(*key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in key])))
 
@@ -920,7 +929,7 @@ class _Cam:
 
 
 def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
-                features=ALL_FEATURES, pose=None, expression=None) -> dict:
+                features=ALL_FEATURES, pose=None, expression=None, creases=None) -> dict:
     """Render one raw sample (loader contract of ``docs/datasets.md``) for ``(seed, index, style, size)``.
 
     Returns ``image`` (size, size, 3) uint8 RGB, ``landmarks`` float32 (5, 2) 0-based pixel
@@ -940,8 +949,15 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     emotion's action units, :data:`EMOTION_EXPR`) drawn instead of the style's (:data:`STYLE_PARAMS`;
     0.6-1.25 where a style gives none); the same draw, so only the strength changes (and what it
     moves: landmarks, mask, creases).
+
+    ``creases``: optional probability (0..1) with which each expression crease (nasolabial folds,
+    frown lines, nose wrinkles, forehead lines) is drawn on any face, whatever its emotion, instead
+    of where the emotion's action unit is strong. Why: drawn by the emotion, a crease alone tells
+    the emotion, and real faces show folds and lines at rest. Its draws come from their own stream:
+    nothing else in the face changes.
     """
     _check(style, size)
+    creases = crease_rate(creases)
     feats = _features(features)
     if int(seed) < 0 or int(index) < 0:
         raise FacemtlError(f"seed and index must be >= 0, got seed={seed}, index={index}")
@@ -1071,7 +1087,8 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     # --- label-preserving details (creases, beard, nostrils, teeth, eyes) as types in one mask
     details = np.zeros((h, w), np.uint8)
     if "expressions" in feats:
-        _draw_creases(details, m, pts, coef, iod)
+        drawn = None if creases is None else _rng(seed, index, style_id, 3).random(len(_CREASE_RULES)) < creases
+        _draw_creases(details, m, pts, coef, iod, drawn)
     if "facial_hair" in feats and subj["beard"] >= 2:
         _draw_beard(details, m, pts, subj["beard"], cam_t)
     if "nostrils" in feats:
@@ -1400,12 +1417,13 @@ _CREASE_RULES = (("smile", "corner_up", 0.6), ("frown", "brow_frown", 0.9), ("no
                  ("forehead", "brow_out_up", 0.8))
 
 
-def _draw_creases(mask, m, pts, coef, iod: float) -> None:
+def _draw_creases(mask, m, pts, coef, iod: float, drawn=None) -> None:
     """Expression creases as thin darker lines on skin and nose: nasolabial folds (smile), frown
-    lines, nose wrinkles, forehead lines (raised brows)."""
+    lines, nose wrinkles, forehead lines (raised brows); where the expression is strong, or where
+    ``drawn`` (one bool per rule of :data:`_CREASE_RULES`) says."""
     lines = []
-    for crease, basis, threshold in _CREASE_RULES:
-        if coef[m.expr_index[basis]] > threshold:
+    for k, (crease, basis, threshold) in enumerate(_CREASE_RULES):
+        if (coef[m.expr_index[basis]] > threshold) if drawn is None else drawn[k]:
             for idx, wts in m.creases[crease]:
                 lines.append(np.rint((pts[idx] * wts[:, :, None]).sum(1) * 16).astype(np.int32))
     if lines:
@@ -1508,12 +1526,12 @@ class SyntheticFaces(collections.abc.Sequence):
 
     ``features``: the realism features to draw (names from :data:`FEATURES`, default all); an
     ablation passes e.g. ``ALL_FEATURES - {"eyes"}``. ``pose``: head pose spreads instead of the
-    style's, ``expression``: an expression strength range instead of the style's (see
-    :func:`render_face`).
+    style's, ``expression``: an expression strength range instead of the style's, ``creases``: the
+    probability of each crease on any face (see :func:`render_face`).
     """
 
     def __init__(self, n: int, style: str = "studio", seed: int = 0, size: int = 128,
-                 features=ALL_FEATURES, pose=None, expression=None):
+                 features=ALL_FEATURES, pose=None, expression=None, creases=None):
         _check(style, size)
         if int(n) < 0:
             raise FacemtlError(f"number of synthetic faces must be >= 0, got {n}")
@@ -1523,6 +1541,7 @@ class SyntheticFaces(collections.abc.Sequence):
         self.features = _features(features)
         self.pose = _pose_spreads(pose) if pose else None
         self.expression = None if expression is None else expression_range(expression)
+        self.creases = crease_rate(creases)
         self._rendered: list[dict] | None = None  # every face, once prerender() ran
 
     def __len__(self) -> int:
@@ -1538,17 +1557,18 @@ class SyntheticFaces(collections.abc.Sequence):
             raise IndexError(f"index {i} out of range for {self.n} synthetic faces")
         if self._rendered is not None:
             return self._rendered[i]
-        return render_face(self.seed, i, self.style, self.size, self.features, self.pose, self.expression)
+        return render_face(self.seed, i, self.style, self.size, self.features, self.pose, self.expression,
+                           self.creases)
 
     def prerender(self, processes: int = 1) -> SyntheticFaces:
         """Render every face now, in ``processes`` worker processes, and keep them in memory
         (returns self). Faces are identical to those rendered on access (each depends only on
-        ``(seed, index, style, size, features, pose, expression)``). Why: rendering takes a few ms
+        ``(seed, index, style, size, features, pose, expression, creases)``). Why: rendering takes a few ms
         per face on one core, so a GPU run that renders on access waits on it for its first epoch,
         and every evaluation re-renders the test split."""
         if self._rendered is not None:
             return self
-        args = (self.seed, self.style, self.size, self.features, self.pose, self.expression)
+        args = (self.seed, self.style, self.size, self.features, self.pose, self.expression, self.creases)
         if processes <= 1 or self.n < PARALLEL_RENDER_MIN:
             self._rendered = _render_range(args, 0, self.n)
         else:
@@ -1564,6 +1584,8 @@ class SyntheticFaces(collections.abc.Sequence):
             extra += f", pose={self.pose!r}"
         if self.expression:
             extra += f", expression={self.expression!r}"
+        if self.creases is not None:
+            extra += f", creases={self.creases!r}"
         return f"SyntheticFaces(n={self.n}, style={self.style!r}, seed={self.seed}, size={self.size}{extra})"
 
 
@@ -1608,5 +1630,5 @@ def _render_in_processes(args: tuple, ranges: list[tuple[int, int]]) -> list[dic
 
 def _render_range(args: tuple, start: int, stop: int) -> list[dict]:
     """Faces ``start..stop-1`` of ``SyntheticFaces(*args)`` (a worker of :meth:`SyntheticFaces.prerender`)."""
-    seed, style, size, features, pose, expression = args
-    return [render_face(seed, i, style, size, features, pose, expression) for i in range(start, stop)]
+    seed, style, size, features, pose, expression, creases = args
+    return [render_face(seed, i, style, size, features, pose, expression, creases) for i in range(start, stop)]
