@@ -117,7 +117,7 @@ def test_creases_drawn_whatever_the_emotion_change_only_pixels():
             assert not np.array_equal(none["image"], base["image"])
             expressive += 1
     assert neutral >= 2 and expressive >= 4
-    ds = SyntheticFaces(3, style="studio", seed=1, size=SIZE, creases=0.5)
+    ds = SyntheticFaces(3, style="studio", seed=1, size=SIZE, creases=np.float32(0.5))
     assert ds.creases == 0.5 and "creases=0.5" in repr(ds)
     np.testing.assert_array_equal(ds.prerender()[2]["image"], render_face(1, 2, "studio", SIZE, creases=0.5)["image"])
     for bad in (1.5, -0.1, "often", True):

@@ -57,6 +57,7 @@ from __future__ import annotations
 import collections.abc
 import json
 import math
+import numbers
 import os
 from functools import lru_cache
 from importlib import resources
@@ -801,7 +802,7 @@ def crease_rate(creases) -> float | None:
     """``creases`` of :func:`render_face` checked: None, or a probability in 0..1."""
     if creases is None:
         return None
-    if isinstance(creases, bool) or not isinstance(creases, (int, float)) or not 0 <= creases <= 1:
+    if isinstance(creases, bool) or not isinstance(creases, numbers.Real) or not 0 <= creases <= 1:
         raise FacemtlError(f"creases: expected a probability in 0..1 or None, got {creases!r}")
     return float(creases)
 
