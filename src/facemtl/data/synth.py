@@ -1088,8 +1088,11 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     # --- label-preserving details (creases, beard, nostrils, teeth, eyes) as types in one mask
     details = np.zeros((h, w), np.uint8)
     if "expressions" in feats:
-        drawn = None if creases is None else _rng(seed, index, style_id, 3).random(len(_CREASE_RULES)) < creases
-        _draw_creases(details, m, pts, coef, iod, drawn)
+        if creases is None:  # where the emotion's action unit is strong
+            drawn = [coef[m.expr_index[basis]] > threshold for _, basis, threshold in _CREASE_RULES]
+        else:
+            drawn = _rng(seed, index, style_id, 3).random(len(_CREASE_RULES)) < creases
+        _draw_creases(details, m, pts, iod, drawn)
     if "facial_hair" in feats and subj["beard"] >= 2:
         _draw_beard(details, m, pts, subj["beard"], cam_t)
     if "nostrils" in feats:
@@ -1418,13 +1421,13 @@ _CREASE_RULES = (("smile", "corner_up", 0.6), ("frown", "brow_frown", 0.9), ("no
                  ("forehead", "brow_out_up", 0.8))
 
 
-def _draw_creases(mask, m, pts, coef, iod: float, drawn=None) -> None:
+def _draw_creases(mask, m, pts, iod: float, drawn) -> None:
     """Expression creases as thin darker lines on skin and nose: nasolabial folds (smile), frown
-    lines, nose wrinkles, forehead lines (raised brows); where the expression is strong, or where
-    ``drawn`` (one bool per rule of :data:`_CREASE_RULES`) says."""
+    lines, nose wrinkles, forehead lines (raised brows); those ``drawn`` (one bool per rule of
+    :data:`_CREASE_RULES`) names."""
     lines = []
-    for k, (crease, basis, threshold) in enumerate(_CREASE_RULES):
-        if (coef[m.expr_index[basis]] > threshold) if drawn is None else drawn[k]:
+    for (crease, _, _), on in zip(_CREASE_RULES, drawn):
+        if on:
             for idx, wts in m.creases[crease]:
                 lines.append(np.rint((pts[idx] * wts[:, :, None]).sum(1) * 16).astype(np.int32))
     if lines:
