@@ -33,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
+from emotion_reading import load_predictor, read_emotions
 
 # Rows of the training crop (fractions of its side): where a 128-px crop has the hairline to
 # the brows, brows, eyes, nose and mouth (neighbouring bands overlap by a few rows).
@@ -93,16 +93,6 @@ def synthetic_faces(n: int, size: int, seed: int, style: str, emotion: int) -> n
     return np.stack(faces)
 
 
-def reads(pred, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """The model's emotion (class index) of each (S, S, 3) crop."""
-    out = []
-    for start in range(0, len(images), batch):
-        with torch.no_grad():
-            logits = pred.forward(pred.normalise(images[start:start + batch]), ("emotion",))["emotion"]
-        out.append(logits.argmax(1).numpy())
-    return np.concatenate(out)
-
-
 def tally(preds: np.ndarray, classes, label: str) -> str:
     """'Neutral 7/11: Disgust 3, Angry 1': how many read as ``label``, then the others, most first."""
     counts = Counter(classes[k] for k in preds)
@@ -118,15 +108,15 @@ def probe(pred, photos: Path, label: str, per_real: int, seed: int, style: str) 
     real, _ = real_crops(pred, photos, label)
     synth = synthetic_faces(per_real * len(real), pred.input_size, seed, style, classes.index(label))
     others = np.roll(synth, 1, axis=0)  # each synthetic face gets the band of the next one: the seam alone
-    lines = [f"real {label} faces as read: {tally(reads(pred, real), classes, label)}",
-             f"synthetic {label} faces ({style}, seed {seed}) as read: {tally(reads(pred, synth), classes, label)}",
+    lines = [f"real {label} faces as read: {tally(read_emotions(pred, real), classes, label)}",
+             f"synthetic {label} faces ({style}, seed {seed}) as read: {tally(read_emotions(pred, synth), classes, label)}",
              f"{'band':9s} {'rows':7s} {'real band in synthetic faces':44s} {'seam control: another synthetic band':44s} "
              "synthetic band in real faces"]
     for name, band in BANDS.items():
         rows = band_rows(band, pred.input_size)
-        into_synth = tally(reads(pred, swap_band(synth, real, rows)), classes, label)
-        seam = tally(reads(pred, swap_band(synth, others, rows)), classes, label)
-        into_real = tally(reads(pred, swap_band(real, synth, rows)), classes, label)
+        into_synth = tally(read_emotions(pred, swap_band(synth, real, rows)), classes, label)
+        seam = tally(read_emotions(pred, swap_band(synth, others, rows)), classes, label)
+        into_real = tally(read_emotions(pred, swap_band(real, synth, rows)), classes, label)
         lines.append(f"{name:9s} {rows.start:3d}-{rows.stop:<3d} {into_synth:44s} {seam:44s} {into_real}")
     return lines
 
@@ -142,11 +132,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.per_real < 1:
         ap.error("--per-real must be >= 1")
-    from facemtl.inference.predictor import Predictor
-    from facemtl.models.checkpoint import bundled_model
-
     for ckpt in args.checkpoints:
-        pred = Predictor.from_checkpoint(bundled_model() if ckpt == "bundled" else ckpt)
+        pred = load_predictor(ckpt)
         print(f"{ckpt}:")
         for line in probe(pred, args.photos, args.label, args.per_real, args.seed, args.style):
             print("  " + line, flush=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
+from emotion_reading import load_predictor, read_emotions
 
 CONDITIONS = {"as drawn": None, "none": 0.0, "all": 1.0}  # the ``creases`` argument of render_face
 
@@ -31,15 +31,8 @@ def read(predictor, n: int, seed: int, style: str, creases, batch: int = 25) -> 
     """(emotion labels, predicted emotions) of faces ``0..n-1`` of ``seed`` with ``creases``."""
     from facemtl.data.synth import render_face
 
-    size = predictor.input_size
-    labels, preds = [], []
-    for start in range(0, n, batch):
-        faces = [render_face(seed, i, style, size, creases=creases) for i in range(start, min(start + batch, n))]
-        with torch.no_grad():
-            out = predictor.forward(predictor.normalise(np.stack([f["image"] for f in faces])), ("emotion",))
-        preds.append(out["emotion"].argmax(1).numpy())
-        labels += [f["emotion"] for f in faces]
-    return np.array(labels), np.concatenate(preds)
+    faces = [render_face(seed, i, style, predictor.input_size, creases=creases) for i in range(n)]
+    return np.array([f["emotion"] for f in faces]), read_emotions(predictor, np.stack([f["image"] for f in faces]), batch)
 
 
 def report(name: str, labels: np.ndarray, preds: np.ndarray, classes) -> str:
@@ -64,12 +57,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error("--n must be >= 1")
-    from facemtl.inference.predictor import Predictor
-    from facemtl.models.checkpoint import bundled_model
-
     for ckpt in args.checkpoints:
         # tasks=: a checkpoint without an emotion task stops here with the model's task list
-        pred = Predictor.from_checkpoint(bundled_model() if ckpt == "bundled" else ckpt, detector="none", tasks=["emotion"])
+        pred = load_predictor(ckpt, detector="none", tasks=["emotion"])
         classes = list(pred.model.task("emotion").class_names)
         print(f"{ckpt}: {args.n} {args.style} faces of seed {args.seed}")
         for name, creases in CONDITIONS.items():

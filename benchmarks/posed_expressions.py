@@ -33,6 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from emotion_reading import load_predictor
 from real_faces import summary, width
 from sdists import download_checked, download_sdists
 
@@ -153,11 +154,8 @@ def main(argv=None) -> None:
         return
     if args.photos is None or not (args.checkpoints or args.fer):
         ap.error("give --photos DIR and at least one checkpoint or --fer FER_DIR")
-    from facemtl.inference.predictor import Predictor
-    from facemtl.models.checkpoint import bundled_model
-
     for ckpt in args.checkpoints:
-        pred = Predictor.from_checkpoint(bundled_model() if ckpt == "bundled" else ckpt, iterations=args.iterations)
+        pred = load_predictor(ckpt, iterations=args.iterations)
         if "emotion" not in pred.task_names:
             raise SystemExit(f"{ckpt}: the checkpoint has no emotion task (its tasks: {', '.join(pred.task_names)})")
         at = "" if args.iterations is None else f", Iter{args.iterations}"
