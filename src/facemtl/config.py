@@ -109,6 +109,9 @@ class SourceConfig:
     # synth only: probability of each expression crease (folds, frown, nose and forehead lines) on
     # any face, whatever its emotion, instead of where the emotion's action unit is strong
     creases: float | None = None
+    # synth only: largest drop of a subject's brows at rest (fraction of the inter-ocular
+    # distance, 0..0.2), drawn per subject
+    brow_drop: float | None = None
 
 
 @dataclass(frozen=True)
@@ -612,6 +615,12 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
                 raise bad(f"{p}.creases", "no value: only synthetic sources draw creases", src.creases)
             if not 0 <= src.creases <= 1:
                 raise bad(f"{p}.creases", "a probability in 0..1 or null", src.creases)
+        if src.brow_drop is not None:
+            if src.name != "synth":
+                raise bad(f"{p}.brow_drop", "no value: only synthetic sources draw brows", src.brow_drop)
+            if isinstance(src.brow_drop, bool) or not 0 <= src.brow_drop <= 0.2:
+                raise bad(f"{p}.brow_drop", "a distance in 0..0.2 (fractions of the inter-ocular distance) or null",
+                          src.brow_drop)
         if src.name == "synth":
             if not 0 < src.n_train <= MAX_SYNTH_FACES:
                 raise bad(f"{p}.n_train", f"an integer in 1..{MAX_SYNTH_FACES:_}", src.n_train)

@@ -378,6 +378,9 @@ class _Mesh:
         expr = np.stack([basis[k].reshape(-1) for k in EXPR_NAMES])
         self.basis = np.concatenate([modes, expr]).astype(np.float64)  # (8 + 10, 478*3)
         self.expr_index = {k: self.n_modes + i for i, k in enumerate(EXPR_NAMES)}
+        # Both brows moved down as a whole, 1 IOD at their centres (render_face's ``brow_drop``):
+        # the inner and outer raises together, reversed.
+        self.brows_down = -(basis["brow_in_up"] + basis["brow_out_up"]) / 0.09
 
         # Hair/scalp geometry: a head ellipsoid (x, y, z centre and radii in IOD units).
         g = np.random.default_rng(12345)  # fixed table, not per-sample randomness
@@ -798,6 +801,16 @@ def expression_range(strength) -> tuple[float, float]:
     return values
 
 
+def brow_drop_limit(brow_drop) -> float | None:
+    """``brow_drop`` of :func:`render_face` checked: None, or a distance in 0..0.2 (IOD units)."""
+    if brow_drop is None:
+        return None
+    if isinstance(brow_drop, bool) or not isinstance(brow_drop, numbers.Real) or not 0 <= brow_drop <= 0.2:
+        raise FacemtlError(f"brow_drop: expected a distance in 0..0.2 (fractions of the inter-ocular distance) "
+                           f"or None, got {brow_drop!r}")
+    return float(brow_drop)
+
+
 def crease_rate(creases) -> float | None:
     """``creases`` of :func:`render_face` checked: None, or a probability in 0..1."""
     if creases is None:
@@ -930,7 +943,7 @@ class _Cam:
 
 
 def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
-                features=ALL_FEATURES, pose=None, expression=None, creases=None) -> dict:
+                features=ALL_FEATURES, pose=None, expression=None, creases=None, brow_drop=None) -> dict:
     """Render one raw sample (loader contract of ``docs/datasets.md``) for ``(seed, index, style, size)``.
 
     Returns ``image`` (size, size, 3) uint8 RGB, ``landmarks`` float32 (5, 2) 0-based pixel
@@ -956,9 +969,16 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     of where the emotion's action unit is strong. Why: drawn by the emotion, a crease alone tells
     the emotion, and real faces show folds and lines at rest. Its draws come from their own stream:
     nothing else in the face changes.
+
+    ``brow_drop``: optional largest distance (fraction of the inter-ocular distance, 0..0.2) by
+    which a subject's brows sit lower at rest, drawn per subject from its own stream (uniform from
+    0 to it) and added to every image of the subject; landmarks stay, the brows' mask moves. Why:
+    lowered brows are the renderer's anger and disgust, and real brows sit lower over the eyes
+    than the template's at rest (docs/evidence.md, "Posed expressions in real photos").
     """
     _check(style, size)
     creases = crease_rate(creases)
+    brow_drop = brow_drop_limit(brow_drop)
     feats = _features(features)
     if int(seed) < 0 or int(index) < 0:
         raise FacemtlError(f"seed and index must be >= 0, got seed={seed}, index={index}")
@@ -998,7 +1018,10 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     coef[m.n_modes:] += rng.normal(0, 0.06, len(EXPR_NAMES))  # small idle asymmetry
     coef[m.expr_index["brow_thick"]] += subj["brow"]
     # rounding absorbs last-bit differences between BLAS builds (machine-independent samples)
-    v = np.round(m.neutral + (coef @ m.basis).reshape(-1, 3), 6)
+    v = m.neutral + (coef @ m.basis).reshape(-1, 3)
+    if brow_drop:
+        v = v + brow_drop * _rng(seed, subject, style_id, 4).random() * m.brows_down
+    v = np.round(v, 6)
     lower = v[:, 1] > 0.6
     v[lower, 0] *= subj["jaw"]
     # lips never cross: the lower inner lip stays below the upper one
@@ -1531,11 +1554,12 @@ class SyntheticFaces(collections.abc.Sequence):
     ``features``: the realism features to draw (names from :data:`FEATURES`, default all); an
     ablation passes e.g. ``ALL_FEATURES - {"eyes"}``. ``pose``: head pose spreads instead of the
     style's, ``expression``: an expression strength range instead of the style's, ``creases``: the
-    probability of each crease on any face (see :func:`render_face`).
+    probability of each crease on any face, ``brow_drop``: how much lower a subject's brows may sit
+    (see :func:`render_face`).
     """
 
     def __init__(self, n: int, style: str = "studio", seed: int = 0, size: int = 128,
-                 features=ALL_FEATURES, pose=None, expression=None, creases=None):
+                 features=ALL_FEATURES, pose=None, expression=None, creases=None, brow_drop=None):
         _check(style, size)
         if int(n) < 0:
             raise FacemtlError(f"number of synthetic faces must be >= 0, got {n}")
@@ -1546,6 +1570,7 @@ class SyntheticFaces(collections.abc.Sequence):
         self.pose = _pose_spreads(pose) if pose else None
         self.expression = None if expression is None else expression_range(expression)
         self.creases = crease_rate(creases)
+        self.brow_drop = brow_drop_limit(brow_drop)
         self._rendered: list[dict] | None = None  # every face, once prerender() ran
 
     def __len__(self) -> int:
@@ -1562,17 +1587,18 @@ class SyntheticFaces(collections.abc.Sequence):
         if self._rendered is not None:
             return self._rendered[i]
         return render_face(self.seed, i, self.style, self.size, self.features, self.pose, self.expression,
-                           self.creases)
+                           self.creases, self.brow_drop)
 
     def prerender(self, processes: int = 1) -> SyntheticFaces:
         """Render every face now, in ``processes`` worker processes, and keep them in memory
         (returns self). Faces are identical to those rendered on access (each depends only on
-        ``(seed, index, style, size, features, pose, expression, creases)``). Why: rendering takes a few ms
+        ``(seed, index, style, size, features, pose, expression, creases, brow_drop)``). Why: rendering takes a few ms
         per face on one core, so a GPU run that renders on access waits on it for its first epoch,
         and every evaluation re-renders the test split."""
         if self._rendered is not None:
             return self
-        args = (self.seed, self.style, self.size, self.features, self.pose, self.expression, self.creases)
+        args = (self.seed, self.style, self.size, self.features, self.pose, self.expression, self.creases,
+                self.brow_drop)
         if processes <= 1 or self.n < PARALLEL_RENDER_MIN:
             self._rendered = _render_range(args, 0, self.n)
         else:
@@ -1590,6 +1616,8 @@ class SyntheticFaces(collections.abc.Sequence):
             extra += f", expression={self.expression!r}"
         if self.creases is not None:
             extra += f", creases={self.creases!r}"
+        if self.brow_drop is not None:
+            extra += f", brow_drop={self.brow_drop!r}"
         return f"SyntheticFaces(n={self.n}, style={self.style!r}, seed={self.seed}, size={self.size}{extra})"
 
 
@@ -1634,5 +1662,6 @@ def _render_in_processes(args: tuple, ranges: list[tuple[int, int]]) -> list[dic
 
 def _render_range(args: tuple, start: int, stop: int) -> list[dict]:
     """Faces ``start..stop-1`` of ``SyntheticFaces(*args)`` (a worker of :meth:`SyntheticFaces.prerender`)."""
-    seed, style, size, features, pose, expression, creases = args
-    return [render_face(seed, i, style, size, features, pose, expression, creases) for i in range(start, stop)]
+    seed, style, size, features, pose, expression, creases, brow_drop = args
+    return [render_face(seed, i, style, size, features, pose, expression, creases, brow_drop)
+            for i in range(start, stop)]
