@@ -68,6 +68,11 @@ def test_unknown_key_suggests_the_close_one():
          "bad value for 'data.0.creases': expected a probability in 0..1 or null, got 1.5"),
         ({"data": [{"name": "mtfl", "root": "/x", "tasks": ["landmarks"], "creases": 0.5}]},
          "bad value for 'data.0.creases': expected no value: only synthetic sources draw creases"),
+        ({"data": [{"tasks": ["emotion"], "brow_drop": 0.3}]},
+         "bad value for 'data.0.brow_drop': expected a distance in 0..0.2 (fractions of the inter-ocular distance) "
+         "or null, got 0.3"),
+        ({"data": [{"name": "mtfl", "root": "/x", "tasks": ["landmarks"], "brow_drop": 0.1}]},
+         "bad value for 'data.0.brow_drop': expected no value: only synthetic sources draw brows"),
     ],
 )
 def test_bad_values_name_the_key_and_what_was_expected(data, message):
@@ -223,11 +228,12 @@ def test_a_synthetic_source_s_expression_range_reaches_its_faces():
     assert sources[0].train.expression is None and "expression" not in sources[0].description
 
 
-def test_a_synthetic_source_s_crease_rate_reaches_its_faces():
+@pytest.mark.parametrize("option,value", [("creases", 0.5), ("brow_drop", 0.1)])
+def test_a_synthetic_source_s_face_option_reaches_its_faces(option, value):
     from facemtl.data.mixing import build_sources
 
-    cfg = load_config(None, ["input_size=64", "data.1.creases=0.5", "data.1.n_train=4", "data.1.n_test=2"])
+    cfg = load_config(None, ["input_size=64", f"data.1.{option}={value}", "data.1.n_train=4", "data.1.n_test=2"])
     sources = build_sources(cfg, cfg.build_tasks())
-    assert sources[1].train.creases == sources[1].test.creases == 0.5
-    assert sources[1].description["creases"] == 0.5
-    assert sources[0].train.creases is None and "creases" not in sources[0].description
+    assert getattr(sources[1].train, option) == getattr(sources[1].test, option) == value
+    assert sources[1].description[option] == value
+    assert getattr(sources[0].train, option) is None and option not in sources[0].description

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from facemtl.data.synth import EMOTIONS, STYLES, SyntheticFaces, render_face
+from facemtl.data.synth import EMOTIONS, IMAGES_PER_SUBJECT, STYLES, SyntheticFaces, render_face
 from facemtl.errors import FacemtlError
 from facemtl.tasks import pose_from_yaw
 
@@ -123,6 +123,34 @@ def test_creases_drawn_whatever_the_emotion_change_only_pixels():
     for bad in (1.5, -0.1, "often", True):
         with pytest.raises(FacemtlError, match=re.escape(f"creases: expected a probability in 0..1 or None, got {bad!r}")):
             render_face(0, 0, "studio", SIZE, creases=bad)
+
+
+def _brow_row(parsing: np.ndarray) -> float:
+    """Mean row of both brows' pixels (Helen ids 2, 3)."""
+    return float(np.argwhere(np.isin(parsing, (2, 3)))[:, 0].mean())
+
+
+def test_brow_drop_lowers_the_brows_and_changes_no_label():
+    """data.N.brow_drop: the brows sit lower by the subject's own draw, at most the limit; the
+    labels stay, the landmarks within 0.01 px (the lids at the brow field's edge), the brows' mask
+    moves down; 0 changes nothing."""
+    drops = []
+    for i in range(2 * IMAGES_PER_SUBJECT):
+        base = render_face(1, i, "studio", SIZE)
+        low = render_face(1, i, "studio", SIZE, brow_drop=0.2)
+        assert low["emotion"] == base["emotion"] and low["meta"] == base["meta"]
+        np.testing.assert_allclose(low["landmarks"], base["landmarks"], atol=0.01)
+        np.testing.assert_array_equal(render_face(1, i, "studio", SIZE, brow_drop=0.0)["image"], base["image"])
+        iod = float(np.linalg.norm(base["landmarks"][1] - base["landmarks"][0]))
+        drops.append((_brow_row(low["parsing"]) - _brow_row(base["parsing"])) / iod)
+    assert 0 < min(drops) and max(drops) < 0.2
+    ds = SyntheticFaces(3, style="studio", seed=1, size=SIZE, brow_drop=np.float32(0.125))
+    assert ds.brow_drop == 0.125 and "brow_drop=0.125" in repr(ds)
+    np.testing.assert_array_equal(ds.prerender()[2]["parsing"], render_face(1, 2, "studio", SIZE, brow_drop=0.125)["parsing"])
+    for bad in (0.3, -0.1, "low", True):
+        with pytest.raises(FacemtlError, match=re.escape(f"brow_drop: expected a distance in 0..0.2 (fractions of the "
+                                                         f"inter-ocular distance) or None, got {bad!r}")):
+            render_face(0, 0, "studio", SIZE, brow_drop=bad)
 
 
 @pytest.mark.parametrize("strength", [(2.0, 1.0), (-0.5, 1.0), (1.0,), (0.5, 5.0), "strong", 2.0])

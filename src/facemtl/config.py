@@ -618,7 +618,7 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
         if src.brow_drop is not None:
             if src.name != "synth":
                 raise bad(f"{p}.brow_drop", "no value: only synthetic sources draw brows", src.brow_drop)
-            if isinstance(src.brow_drop, bool) or not 0 <= src.brow_drop <= 0.2:
+            if not 0 <= src.brow_drop <= 0.2:
                 raise bad(f"{p}.brow_drop", "a distance in 0..0.2 (fractions of the inter-ocular distance) or null",
                           src.brow_drop)
         if src.name == "synth":

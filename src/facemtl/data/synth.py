@@ -972,7 +972,8 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
 
     ``brow_drop``: optional largest distance (fraction of the inter-ocular distance, 0..0.2) by
     which a subject's brows sit lower at rest, drawn per subject from its own stream (uniform from
-    0 to it) and added to every image of the subject; landmarks stay, the brows' mask moves. Why:
+    0 to it) and added to every image of the subject; the brows' mask moves, the landmarks by
+    under 0.01 px (the upper lids at the edge of the brows' field). Why:
     lowered brows are the renderer's anger and disgust, and real brows sit lower over the eyes
     than the template's at rest (docs/evidence.md, "Posed expressions in real photos").
     """
