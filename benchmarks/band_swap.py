@@ -80,13 +80,14 @@ def real_crops(pred, photos: Path, label: str) -> tuple[np.ndarray, list[str]]:
     return np.stack(crops), names
 
 
-def synthetic_faces(n: int, size: int, seed: int, style: str, emotion: int) -> np.ndarray:
-    """The first ``n`` synthetic faces of ``seed`` whose emotion is ``emotion``, (n, S, S, 3)."""
+def synthetic_faces(n: int, size: int, seed: int, style: str, emotion: int, **options) -> np.ndarray:
+    """The first ``n`` synthetic faces of ``seed`` whose emotion is ``emotion``, (n, S, S, 3);
+    ``options`` go to ``render_face`` (e.g. ``brow_drop``)."""
     from facemtl.data.synth import render_face
 
     faces, index = [], 0
     while len(faces) < n:
-        face = render_face(seed, index, style, size)
+        face = render_face(seed, index, style, size, **options)
         if face["emotion"] == emotion:
             faces.append(face["image"])
         index += 1
