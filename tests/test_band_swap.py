@@ -37,6 +37,16 @@ def test_synthetic_faces_are_the_first_of_that_emotion():
     np.testing.assert_array_equal(faces, np.stack(wanted))
 
 
+def test_synthetic_crops_are_those_faces_cut_by_their_own_points():
+    from facemtl.data.transforms import warp_image
+    from facemtl.inference.alignment import upright_crop
+
+    crops = bs.synthetic_crops(2, 64, 0.25, 1, "studio", 6)
+    wanted = [f for f in (render_face(1, i, "studio", 64) for i in range(60)) if f["emotion"] == 6][:2]
+    for crop, face in zip(crops, wanted):
+        np.testing.assert_array_equal(crop, warp_image(face["image"], upright_crop(face["landmarks"], 64, 0.25)[0], 64))
+
+
 def test_tally_counts_by_hand():
     assert bs.tally(np.array([6, 1, 1, 0, 6]), CLASSES, "Neutral") == "Neutral 2/5: Disgust 2, Angry 1"
     assert bs.tally(np.array([6, 6]), CLASSES, "Neutral") == "Neutral 2/2"
@@ -67,10 +77,10 @@ class ByBrightness:
 def test_probe_report_swaps_each_band_both_ways(monkeypatch):
     white = np.full((2, 64, 64, 3), 255, np.uint8)  # two "real" faces, read as Disgust
     monkeypatch.setattr(bs, "real_crops", lambda pred, photos, label: (white, ["a", "b"]))
-    monkeypatch.setattr(bs, "synthetic_faces", lambda n, size, seed, style, emotion: np.zeros((n, size, size, 3), np.uint8))
+    monkeypatch.setattr(bs, "synthetic_crops", lambda n, size, margin, seed, style, emotion: np.zeros((n, size, size, 3), np.uint8))
     lines = bs.probe(ByBrightness(), Path("."), "Neutral", 3, 7, "studio")
     assert lines[0] == "real Neutral faces as read: Neutral 0/2: Disgust 2"
-    assert lines[1] == "synthetic Neutral faces (studio, seed 7) as read: Neutral 6/6"
+    assert lines[1] == "synthetic Neutral faces (studio, seed 7, in the same crop) as read: Neutral 6/6"
     # only the forehead band holds the pixel the stand-in reads: both directions flip there only
     seam_alone = ["Neutral", "6/6"]  # the stand-in ignores seams: the control keeps every face
     assert lines[3].split() == ["forehead", "0-8", "Neutral", "0/6:", "Disgust", "6", *seam_alone, "Neutral", "2/2"]
