@@ -1,10 +1,9 @@
 """How high the brows sit over the eyes in synthetic faces and in real photos, and whether a model
 reads lowered brows as anger or disgust.
 
-Why: trained on synthetic faces only, models read most real neutral faces as Disgust or Angry, and
-the real rows that carry it are the eye rows taken whole, brows' lower edge included
-(``band_swap.py``). The renderer's anger and disgust lower the brows, so if real brows sit lower
-over the eyes at rest than synthetic ones, a real neutral face looks like a synthetic frown.
+Why: trained on synthetic faces only, models read most real neutral faces as Disgust or Angry.
+The renderer's anger and disgust lower the brows, so if real brows sit lower over the eyes at
+rest than synthetic ones, a real neutral face looks like a synthetic frown.
 
 The **brow-eye gap**: per side, the mean row of the brow's mask pixels to the mean row of the
 eye's, averaged over both sides and divided by the distance between the two eyes' centres

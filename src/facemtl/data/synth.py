@@ -298,10 +298,10 @@ class _Mesh:
         w_brow = (gauss(-0.55, -0.3, 0.38, 0.14) + gauss(0.55, -0.3, 0.38, 0.14)) * above_eye
         inner_w = np.clip((0.95 - np.abs(x)) / 0.7, 0, 1)
         d = np.zeros_like(mean)
-        d[:, 1] = -0.09 * w_brow * inner_w
+        d[:, 1] = -_BROW_RAISE * w_brow * inner_w
         basis["brow_in_up"] = d
         d = np.zeros_like(mean)
-        d[:, 1] = -0.09 * w_brow * (1 - inner_w)
+        d[:, 1] = -_BROW_RAISE * w_brow * (1 - inner_w)
         basis["brow_out_up"] = d
         d = np.zeros_like(mean)
         d[:, 1] = 0.08 * w_brow * (0.4 + 0.6 * inner_w)
@@ -380,7 +380,7 @@ class _Mesh:
         self.expr_index = {k: self.n_modes + i for i, k in enumerate(EXPR_NAMES)}
         # Both brows moved down as a whole, 1 IOD at their centres (render_face's ``brow_drop``):
         # the inner and outer raises together, reversed.
-        self.brows_down = -(basis["brow_in_up"] + basis["brow_out_up"]) / 0.09
+        self.brows_down = -(basis["brow_in_up"] + basis["brow_out_up"]) / _BROW_RAISE
 
         # Hair/scalp geometry: a head ellipsoid (x, y, z centre and radii in IOD units).
         g = np.random.default_rng(12345)  # fixed table, not per-sample randomness
@@ -752,6 +752,9 @@ class _Mesh:
         self.tri_as_patch = tris[:, [0, 1] + [2] * (pad - 2)]
 
 
+_BROW_RAISE = 0.09  # IOD units: how far one unit of the brow raises lifts the brows' centres
+
+
 @lru_cache(maxsize=1)
 def _mesh() -> _Mesh:
     return _Mesh()
@@ -973,9 +976,10 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     ``brow_drop``: optional largest distance (fraction of the inter-ocular distance, 0..0.2) by
     which a subject's brows sit lower at rest, drawn per subject from its own stream (uniform from
     0 to it) and added to every image of the subject; the brows' mask moves, the landmarks by
-    under 0.01 px (the upper lids at the edge of the brows' field). Why:
-    lowered brows are the renderer's anger and disgust, and real brows sit lower over the eyes
-    than the template's at rest (docs/evidence.md, "Posed expressions in real photos").
+    under 0.01 px (the upper lids at the edge of the brows' field). Why: lowered brows are the
+    renderer's anger and disgust, and the real neutral faces measured carry their brows lower
+    over the eyes than synthetic neutral faces (docs/evidence.md, "Posed expressions in real
+    photos")
     """
     _check(style, size)
     creases = crease_rate(creases)
