@@ -35,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from emotion_reading import load_predictor, read_emotions
+from emotion_reading import load_predictor, model_and_renderer_arguments, read_emotions
 
 # Rows of the training crop (fractions of its side): where a 128-px crop has the hairline to
 # the brows, brows, eyes, nose and mouth (neighbouring bands overlap by a few rows).
@@ -82,37 +82,27 @@ def real_crops(pred, photos: Path, label: str) -> tuple[np.ndarray, list[str]]:
     return np.stack(crops), names
 
 
-def synthetic_faces(n: int, size: int, seed: int, style: str, emotion: int, **options) -> np.ndarray:
-    """The first ``n`` synthetic faces of ``seed`` whose emotion is ``emotion``, (n, S, S, 3);
-    ``options`` go to ``render_face`` (e.g. ``brow_drop``)."""
+def synthetic_faces(n: int, size: int, seed: int, style: str, emotion: int, margin: float | None = None,
+                    **options) -> np.ndarray:
+    """The first ``n`` synthetic faces of ``seed`` whose emotion is ``emotion``, (n, S, S, 3), as
+    rendered or, with ``margin``, cut as the real ones are: the training crop (``upright_crop``)
+    of their own five points. ``options`` go to ``render_face`` (e.g. ``brow_drop``). Why the
+    crop: the renderer frames its faces lower and smaller than that crop frames any face (eyes
+    about 4 rows lower at 128 px), and rows swapped between differently framed faces move the
+    parts (real eyes pasted higher, under synthetic brows, look like lowered brows: the first
+    version of this benchmark did that)."""
     from facemtl.data.synth import render_face
+    from facemtl.data.transforms import warp_image
+    from facemtl.inference.alignment import upright_crop
 
     faces, index = [], 0
     while len(faces) < n:
         face = render_face(seed, index, style, size, **options)
         if face["emotion"] == emotion:
-            faces.append(face["image"])
+            faces.append(face["image"] if margin is None
+                         else warp_image(face["image"], upright_crop(face["landmarks"], size, margin)[0], size))
         index += 1
     return np.stack(faces)
-
-
-def synthetic_crops(n: int, size: int, margin: float, seed: int, style: str, emotion: int) -> np.ndarray:
-    """The faces of :func:`synthetic_faces` cut as the real ones are: the training crop
-    (``upright_crop``, ``margin``) of their own five points. Why: the renderer frames its faces
-    lower and smaller than that crop frames any face (its eyes about 4 rows lower at 128 px), and
-    swapping rows between differently framed faces moves the parts (real eyes pasted higher, under
-    synthetic brows, look like lowered brows: the first version of this benchmark did that)."""
-    from facemtl.data.synth import render_face
-    from facemtl.data.transforms import warp_image
-    from facemtl.inference.alignment import upright_crop
-
-    crops, index = [], 0
-    while len(crops) < n:
-        face = render_face(seed, index, style, size)
-        if face["emotion"] == emotion:
-            crops.append(warp_image(face["image"], upright_crop(face["landmarks"], size, margin)[0], size))
-        index += 1
-    return np.stack(crops)
 
 
 def tally(preds: np.ndarray, classes, label: str) -> str:
@@ -128,7 +118,7 @@ def probe(pred, photos: Path, label: str, per_real: int, seed: int, style: str) 
     if label not in classes:
         raise SystemExit(f"--label {label!r} is not one of the model's emotions: {', '.join(classes)}")
     real, _ = real_crops(pred, photos, label)
-    synth = synthetic_crops(per_real * len(real), pred.input_size, pred.margin, seed, style, classes.index(label))
+    synth = synthetic_faces(per_real * len(real), pred.input_size, seed, style, classes.index(label), pred.margin)
     others = np.roll(synth, 1, axis=0)  # each synthetic face gets the band of the next one: the seam alone
     lines = [f"real {label} faces as read: {tally(read_emotions(pred, real), classes, label)}",
              f"synthetic {label} faces ({style}, seed {seed}, in the same crop) as read: {tally(read_emotions(pred, synth), classes, label)}",
@@ -145,12 +135,10 @@ def probe(pred, photos: Path, label: str, per_real: int, seed: int, style: str) 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoints", nargs="*", default=["bundled"], help="run folders or model files; 'bundled': the package's model")
+    model_and_renderer_arguments(ap)
     ap.add_argument("--photos", type=Path, required=True, metavar="DIR", help="the folder posed_expressions.py --fetch filled")
     ap.add_argument("--label", default="Neutral", help="the real faces to probe, by their label (default Neutral)")
     ap.add_argument("--per-real", type=int, default=4, help="synthetic faces per real face (default 4)")
-    ap.add_argument("--seed", type=int, default=7, help="renderer seed (default 7, no training run's)")
-    ap.add_argument("--style", default="studio", help="renderer style (default studio)")
     args = ap.parse_args(argv)
     if args.per_real < 1:
         ap.error("--per-real must be >= 1")

@@ -30,7 +30,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from emotion_reading import load_predictor, read_emotions
+from emotion_reading import load_predictor, model_and_renderer_arguments, read_emotions
 
 BROWS, EYES = (2, 3), (4, 5)  # Helen ids: left/right brow, left/right eye (one side each, in order)
 READ_DROPS = (0.0, 0.1, 0.2)
@@ -125,12 +125,10 @@ def lowered_brow_readings(pred, n: int, seed: int, style: str) -> list[str]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoints", nargs="*", default=[], help="run folders or model files; 'bundled': the package's model")
+    model_and_renderer_arguments(ap, checkpoints=[])
     ap.add_argument("--real-photos", type=Path, metavar="DIR", help="the folder real_faces.py --fetch filled")
     ap.add_argument("--posed-photos", type=Path, metavar="DIR", help="the folder posed_expressions.py --fetch filled")
     ap.add_argument("--n", type=int, default=300, help="synthetic faces measured (default 300); a sixth of it read per model")
-    ap.add_argument("--seed", type=int, default=7, help="renderer seed (default 7, no training run's)")
-    ap.add_argument("--style", default="studio", help="renderer style (default studio)")
     ap.add_argument("--size", type=int, default=128, help="synthetic image size for the masks (default 128)")
     ap.add_argument("--brow-drop", type=float, default=0.12, help="also measure synthetic faces with this brow_drop (default 0.12)")
     args = ap.parse_args(argv)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from emotion_reading import load_predictor, read_emotions
+from emotion_reading import load_predictor, model_and_renderer_arguments, read_emotions
 
 CONDITIONS = {"as drawn": None, "none": 0.0, "all": 1.0}  # the ``creases`` argument of render_face
 
@@ -50,10 +50,8 @@ def report(name: str, labels: np.ndarray, preds: np.ndarray, classes) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoints", nargs="*", default=["bundled"], help="run folders or model files; 'bundled': the package's model")
+    model_and_renderer_arguments(ap)
     ap.add_argument("--n", type=int, default=350, help="faces per condition (default 350, about 50 per emotion)")
-    ap.add_argument("--seed", type=int, default=7, help="renderer seed (default 7, no training run's)")
-    ap.add_argument("--style", default="studio", help="renderer style (default studio)")
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error("--n must be >= 1")

@@ -1,5 +1,5 @@
-"""What the emotion benchmarks share: a checkpoint named on their command lines ('bundled': the
-package's model) and the emotion a model reads on crops already in its training framing."""
+"""What the emotion benchmarks share: their command lines' checkpoints ('bundled': the package's
+model) and renderer options, and the emotion a model reads on crops already in its training framing."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ def load_predictor(name: str, **kwargs):
     from facemtl.models.checkpoint import bundled_model
 
     return Predictor.from_checkpoint(bundled_model() if name == "bundled" else name, **kwargs)
+
+
+def model_and_renderer_arguments(ap, checkpoints=("bundled",)) -> None:
+    """Add the checkpoints (positional, default ``checkpoints``), ``--seed`` and ``--style`` the
+    emotion benchmarks take to the parser ``ap``."""
+    ap.add_argument("checkpoints", nargs="*", default=list(checkpoints),
+                    help="run folders or model files; 'bundled': the package's model")
+    ap.add_argument("--seed", type=int, default=7, help="renderer seed (default 7, no training run's)")
+    ap.add_argument("--style", default="studio", help="renderer style (default studio)")
 
 
 def read_emotions(pred, images: np.ndarray, batch: int = 32) -> np.ndarray:

@@ -37,11 +37,11 @@ def test_synthetic_faces_are_the_first_of_that_emotion():
     np.testing.assert_array_equal(faces, np.stack(wanted))
 
 
-def test_synthetic_crops_are_those_faces_cut_by_their_own_points():
+def test_synthetic_faces_with_a_margin_are_cut_by_their_own_points():
     from facemtl.data.transforms import warp_image
     from facemtl.inference.alignment import upright_crop
 
-    crops = bs.synthetic_crops(2, 64, 0.25, 1, "studio", 6)
+    crops = bs.synthetic_faces(2, 64, 1, "studio", 6, margin=0.25)
     wanted = [f for f in (render_face(1, i, "studio", 64) for i in range(60)) if f["emotion"] == 6][:2]
     for crop, face in zip(crops, wanted):
         np.testing.assert_array_equal(crop, warp_image(face["image"], upright_crop(face["landmarks"], 64, 0.25)[0], 64))
@@ -77,7 +77,7 @@ class ByBrightness:
 def test_probe_report_swaps_each_band_both_ways(monkeypatch):
     white = np.full((2, 64, 64, 3), 255, np.uint8)  # two "real" faces, read as Disgust
     monkeypatch.setattr(bs, "real_crops", lambda pred, photos, label: (white, ["a", "b"]))
-    monkeypatch.setattr(bs, "synthetic_crops", lambda n, size, margin, seed, style, emotion: np.zeros((n, size, size, 3), np.uint8))
+    monkeypatch.setattr(bs, "synthetic_faces", lambda n, size, seed, style, emotion, margin: np.zeros((n, size, size, 3), np.uint8))
     lines = bs.probe(ByBrightness(), Path("."), "Neutral", 3, 7, "studio")
     assert lines[0] == "real Neutral faces as read: Neutral 0/2: Disgust 2"
     assert lines[1] == "synthetic Neutral faces (studio, seed 7, in the same crop) as read: Neutral 6/6"

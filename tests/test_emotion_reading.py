@@ -37,3 +37,15 @@ def test_read_emotions_in_batches_and_in_order():
     reader = ByMean()
     assert er.read_emotions(reader, images, batch=5).tolist() == [v % 7 for v in range(12)]
     assert reader.batches == [5, 5, 2]
+
+
+def test_model_and_renderer_arguments_defaults_and_values():
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    er.model_and_renderer_arguments(ap)
+    assert vars(ap.parse_args([])) == {"checkpoints": ["bundled"], "seed": 7, "style": "studio"}
+    ap = argparse.ArgumentParser()
+    er.model_and_renderer_arguments(ap, checkpoints=[])
+    assert vars(ap.parse_args(["a", "b", "--seed", "3", "--style", "webcam"])) == \
+        {"checkpoints": ["a", "b"], "seed": 3, "style": "webcam"}

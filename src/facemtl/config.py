@@ -24,7 +24,8 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from facemtl.constants import EXPRESSION_RANGE, POSE_ANGLES, POSE_SPREAD, expression_range_ok, pose_spread_ok
+from facemtl.constants import (BROW_DROP, EXPRESSION_RANGE, POSE_ANGLES, POSE_SPREAD, brow_drop_ok, expression_range_ok,
+                               pose_spread_ok)
 from facemtl.errors import FacemtlError
 
 
@@ -618,9 +619,8 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
         if src.brow_drop is not None:
             if src.name != "synth":
                 raise bad(f"{p}.brow_drop", "no value: only synthetic sources draw brows", src.brow_drop)
-            if not 0 <= src.brow_drop <= 0.2:
-                raise bad(f"{p}.brow_drop", "a distance in 0..0.2 (fractions of the inter-ocular distance) or null",
-                          src.brow_drop)
+            if not brow_drop_ok(src.brow_drop):
+                raise bad(f"{p}.brow_drop", f"{BROW_DROP} or null", src.brow_drop)
         if src.name == "synth":
             if not 0 < src.n_train <= MAX_SYNTH_FACES:
                 raise bad(f"{p}.n_train", f"an integer in 1..{MAX_SYNTH_FACES:_}", src.n_train)

@@ -35,3 +35,12 @@ EXPRESSION_RANGE = "[low, high] expression strength (0 <= low <= high <= 4)"
 def expression_range_ok(strength) -> bool:
     """Whether ``strength`` is :data:`EXPRESSION_RANGE` (two numbers, 0 <= low <= high <= 4)."""
     return len(strength) == 2 and 0 <= strength[0] <= strength[1] <= 4
+
+
+# Largest resting brow drop a synthetic source may draw per subject (``data.N.brow_drop``)
+BROW_DROP = "a distance in 0..0.2 (fractions of the inter-ocular distance)"
+
+
+def brow_drop_ok(drop) -> bool:
+    """Whether ``drop`` is :data:`BROW_DROP`."""
+    return 0 <= drop <= 0.2

@@ -65,7 +65,8 @@ from importlib import resources
 import cv2
 import numpy as np
 
-from facemtl.constants import EXPRESSION_RANGE, POSE_ANGLES, POSE_SPREAD, expression_range_ok, pose_spread_ok
+from facemtl.constants import (BROW_DROP, EXPRESSION_RANGE, POSE_ANGLES, POSE_SPREAD, brow_drop_ok, expression_range_ok,
+                               pose_spread_ok)
 from facemtl.constants import SYNTH_STYLES as STYLES
 from facemtl.data import synth_look as look
 from facemtl.data.synth_look import (
@@ -805,12 +806,11 @@ def expression_range(strength) -> tuple[float, float]:
 
 
 def brow_drop_limit(brow_drop) -> float | None:
-    """``brow_drop`` of :func:`render_face` checked: None, or a distance in 0..0.2 (IOD units)."""
+    """``brow_drop`` of :func:`render_face` checked: None, or :data:`~facemtl.constants.BROW_DROP`."""
     if brow_drop is None:
         return None
-    if isinstance(brow_drop, bool) or not isinstance(brow_drop, numbers.Real) or not 0 <= brow_drop <= 0.2:
-        raise FacemtlError(f"brow_drop: expected a distance in 0..0.2 (fractions of the inter-ocular distance) "
-                           f"or None, got {brow_drop!r}")
+    if isinstance(brow_drop, bool) or not isinstance(brow_drop, numbers.Real) or not brow_drop_ok(brow_drop):
+        raise FacemtlError(f"brow_drop: expected {BROW_DROP} or None, got {brow_drop!r}")
     return float(brow_drop)
 
 
