@@ -401,7 +401,7 @@ def test_a_head_found_turned_is_cropped_through_its_turn():
     """The astronaut tilted by 40 degrees: the Haar detector finds her only in the photo turned
     by -25; cropped level (the turn ignored) the bundled model's first pass sees a head tilted
     beyond its training poses and the upright re-crop starts from a wrong eye line."""
-    from facemtl.models.checkpoint import bundled_model, load_model
+    from facemtl.models.checkpoint import bundled_model, load_models
 
     image, eyes_mouth = astronaut_and_points()
     turn = cv2.getRotationMatrix2D(tuple(eyes_mouth.mean(0)), 40.0, 1.0)
@@ -415,10 +415,10 @@ def test_a_head_found_turned_is_cropped_through_its_turn():
         def __call__(self, photo):
             return HaarFaceDetector()(photo)
 
-    model, info = load_model(bundled_model())
+    models, info = load_models(bundled_model())  # one model, or an ensemble's members
     errors = []
     for detector in (HaarFaceDetector(), Level()):
-        faces = Predictor(model, info, detector=detector)(tilted)
+        faces = Predictor(models, info, detector=detector)(tilted)
         k = find_match(np.array([f["box"] for f in faces]), square)
         points = np.asarray(faces[k]["landmarks"])
         errors.append(100 * np.linalg.norm(points - truth, axis=1).mean() / np.linalg.norm(truth[0] - truth[1]))

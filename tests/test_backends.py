@@ -29,8 +29,8 @@ NAMES = ("landmarks", "parsing", "emotion")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def random_ifan(**overrides) -> torch.nn.Module:
-    torch.manual_seed(3)
+def random_ifan(seed: int = 3, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
     return randomise_norms(facemtl.create_model("ifan", **{**CONFIG, **overrides}).eval())
 
 
@@ -77,12 +77,15 @@ def test_decoded_outputs_agree_for_every_batch_size(model, iterations):
     assert (single["emotion"] - steps[-1]["emotion"]).abs().max() > 1e-3
 
 
-def test_predictor_results_agree(model):
-    """Landmarks in pixels, masks and labels of whole photos, several faces per batch."""
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_predictor_results_agree(model, ensemble):
+    """Landmarks in pixels, masks and labels of whole photos, several faces per batch; for an
+    ensemble too (its members' outputs averaged alike in both backends)."""
     boxes = [[8.0, 6.0, 50.0, 52.0], [20.5, 3.0, 60.0, 44.0]]
+    models = [model, random_ifan(seed=5)] if ensemble else model
     results = {}
     for backend in ("torch", "onnxruntime"):
-        predictor = Predictor(model, {"input_size": SIZE}, batch_size=3, backend=backend)
+        predictor = Predictor(models, {"input_size": SIZE}, batch_size=3, backend=backend)
         images = faces(3, 0)
         results[backend] = [r.faces for r in predictor.stream(enumerate(images), boxes_for=lambda _k: boxes)]
     for a_faces, b_faces in zip(results["torch"], results["onnxruntime"]):

@@ -10,19 +10,27 @@ import pytest
 
 import facemtl
 from facemtl.cli import main
-from facemtl.models.checkpoint import bundled_model
+from facemtl.models.checkpoint import bundled_model, ensemble_members
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT.parent / "shared" / "testdata" / "astronaut.png"
 LABELS = json.loads((ROOT / "benchmarks" / "data" / "astronaut_5points.json").read_text())
 
 
+def bundled_members() -> list[Path]:
+    """The bundled model's checkpoint folders: itself, or its ensemble's members."""
+    return ensemble_members(bundled_model())
+
+
 def test_the_bundled_model_says_where_it_comes_from():
-    info = json.loads((bundled_model() / "model.json").read_text())
-    prov = info["provenance"]
-    assert "synthetic" in prov["trained_on"] and prov["command"].startswith("facemtl train")
-    assert (bundled_model() / "model.safetensors").stat().st_size < 5e6  # a few MB at most
-    assert [t["name"] for t in info["tasks"]] == ["parsing", "emotion", "landmarks"]
+    sizes = []
+    for member in bundled_members():
+        info = json.loads((member / "model.json").read_text())
+        prov = info["provenance"]
+        assert "synthetic" in prov["trained_on"] and prov["command"].startswith("facemtl train")
+        sizes.append((member / "model.safetensors").stat().st_size)
+        assert [t["name"] for t in info["tasks"]] == ["parsing", "emotion", "landmarks"]
+    assert max(sizes) < 5e6 and sum(sizes) < 12e6  # a few MB a model
 
 
 @pytest.mark.skipif(not ASTRONAUT.exists(), reason="../shared/testdata/astronaut.png is not beside the checkout")
@@ -46,23 +54,54 @@ def test_bundle_tool_copies_the_weights_and_records_the_command_and_scores(tmp_p
     sys.path.insert(0, str(ROOT / "tools"))
     import bundle_model
 
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "model.safetensors").write_bytes(b"weights")
-    (run / "model.json").write_text(json.dumps({"format": "facemtl-checkpoint"}))
-    scores = {"landmarks": {"nme": 7.184}, "parsing": {"overall": 90.776}, "emotion": {"accuracy": 87.143}}
-    (run / "metrics.json").write_text(json.dumps({"iterations": {"0": {}, "2": scores, "1": {}}}))
+    run = fake_run(tmp_path / "run", seed=4)
     monkeypatch.setattr(bundle_model, "DEST", tmp_path / "dest")
     bundle_model.main([str(run)])
     assert (tmp_path / "dest" / "model.safetensors").read_bytes() == b"weights"
     prov = json.loads((tmp_path / "dest" / "model.json").read_text())["provenance"]
-    assert prov["command"] == bundle_model.COMMAND
+    assert prov["command"] == bundle_model.COMMAND.format(seed=4) and prov["command"].endswith("--set seed=4")
     assert prov["commit_recorded_by"].startswith("the bundle tool")  # the run recorded none
     # the last refinement iteration's scores, rounded
     assert prov["synthetic_test_scores"] == {"landmarks_nme_percent": 7.18, "parsing_overall_f1_percent": 90.78,
                                              "emotion_accuracy_percent": 87.14}
-    # the shipped model was made by the command the tool records
-    assert json.loads((bundled_model() / "model.json").read_text())["provenance"]["command"] == bundle_model.COMMAND
+    # the shipped model was made by the command the tool records, at each member's seed
+    for member in bundled_members():
+        info = json.loads((member / "model.json").read_text())
+        seed = int(info["provenance"]["command"].rsplit("seed=", 1)[1])
+        assert info["provenance"]["command"] == bundle_model.COMMAND.format(seed=seed)
+
+
+def fake_run(run: Path, seed: int, weights: bytes = b"weights") -> Path:
+    run.mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(weights)
+    (run / "model.json").write_text(json.dumps({"format": "facemtl-checkpoint"}))
+    (run / "config.json").write_text(json.dumps({"seed": seed}))
+    scores = {"landmarks": {"nme": 7.184}, "parsing": {"overall": 90.776}, "emotion": {"accuracy": 87.143}}
+    (run / "metrics.json").write_text(json.dumps({"iterations": {"0": {}, "2": scores, "1": {}}}))
+    return run
+
+
+def test_bundle_tool_makes_an_ensemble_of_several_runs_and_replaces_what_was_bundled(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bundle_model
+
+    dest = tmp_path / "dest"
+    monkeypatch.setattr(bundle_model, "DEST", dest)
+    bundle_model.main([str(fake_run(tmp_path / "single", 1))])
+    runs = [fake_run(tmp_path / f"run{s}", s, weights=f"w{s}".encode()) for s in (7, 8)]
+    bundle_model.main([str(r) for r in runs])
+    assert not (dest / "model.json").exists() and not (dest / "model.safetensors").exists()  # the single model left
+    manifest = json.loads((dest / "ensemble.json").read_text())
+    assert manifest["format"] == "facemtl-ensemble" and manifest["members"] == ["seed7", "seed8"]
+    assert ensemble_members(dest) == [(dest / "seed7").resolve(), (dest / "seed8").resolve()]
+    for s in (7, 8):
+        assert (dest / f"seed{s}" / "model.safetensors").read_bytes() == f"w{s}".encode()
+        prov = json.loads((dest / f"seed{s}" / "model.json").read_text())["provenance"]
+        assert prov["command"] == bundle_model.COMMAND.format(seed=s)
+    bundle_model.main([str(fake_run(tmp_path / "again", 2))])  # back to one model: the ensemble's files go
+    assert sorted(p.name for p in dest.iterdir()) == ["model.json", "model.safetensors"]
+    with pytest.raises(SystemExit):  # two commands for three runs
+        bundle_model.main([str(r) for r in runs] + [str(tmp_path / "again"), "--command", "a", "--command", "b"])
 
 
 def test_bundle_tool_keeps_the_commit_the_run_was_trained_at(tmp_path, monkeypatch):

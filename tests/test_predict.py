@@ -589,3 +589,118 @@ def test_cli_no_flip_reaches_the_predictor(run_dir, predictor, tmp_path, capsys)
     np.testing.assert_allclose(face["landmarks"], want["landmarks"], atol=0.006)
     (default,) = Predictor(predictor.model, predictor.info, detector="none")(raw["image"])
     assert np.abs(np.asarray(face["landmarks"]) - default["landmarks"]).max() > 0.05
+
+
+# ---------------------------------------------------------------------------------------
+# ensembles: several checkpoints, every task's outputs averaged
+
+
+def _other_member(model, seed: int):
+    """A second model with the same tasks and other weights (the first nudged by noise)."""
+    import copy
+
+    other = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05 * (p.std() if p.numel() > 1 else 1.0))
+    return other.eval()
+
+
+def test_class_averages_are_the_mean_probabilities_and_stay_finite():
+    from facemtl.kinds import kind_of
+    from facemtl.tasks import get_task
+
+    emotion = get_task("emotion")
+    a = torch.zeros(1, 7)
+    b = torch.zeros(1, 7)
+    b[0, 0] = np.log(7.0)  # p(class 0) = 7 / 13
+    mean = kind_of(emotion).average(emotion, [a, b])
+    want = (torch.full((7,), 1 / 7) + torch.tensor([7.0] + [1.0] * 6) / 13) / 2
+    np.testing.assert_allclose(mean.softmax(1)[0], want, atol=1e-6)
+    far = torch.tensor([[200.0, -200.0, 0, 0, 0, 0, 0]])  # probabilities that underflow float32
+    assert torch.isfinite(kind_of(emotion).average(emotion, [far, far])).all()
+    lm = get_task("landmarks")
+    points = [torch.tensor([[[0.1, 0.2]] * 5]), torch.tensor([[[0.3, 0.6]] * 5])]
+    np.testing.assert_allclose(kind_of(lm).average(lm, points)[0, 0], [0.2, 0.4], atol=1e-7)
+
+
+def test_an_ensemble_averages_every_task_over_its_members(predictor):
+    raw = render_face(3, 110, "studio", SIZE)
+    members = [predictor.model, _other_member(predictor.model, 1)]
+    single = [Predictor(m, predictor.info, detector="none", flip=False) for m in members]
+    both = Predictor(members, predictor.info, detector="none", flip=False)
+    faces = [p(raw["image"])[0] for p in single]
+    (face,) = both(raw["image"])
+    np.testing.assert_allclose(face["landmarks"], (faces[0]["landmarks"] + faces[1]["landmarks"]) / 2, atol=1e-3)
+    for name, p in face["emotion"]["probs"].items():
+        assert p == pytest.approx((faces[0]["emotion"]["probs"][name] + faces[1]["emotion"]["probs"][name]) / 2, abs=1e-6)
+    assert np.abs(faces[0]["landmarks"] - faces[1]["landmarks"]).max() > 0.05  # the members do differ
+    crops = both.normalise(raw["image"][None])
+    seg = [p.forward(crops)["parsing"].softmax(1) for p in single]
+    np.testing.assert_allclose(both.forward(crops)["parsing"].softmax(1), (seg[0] + seg[1]) / 2, atol=1e-6)
+
+
+def test_an_ensemble_of_one_model_twice_predicts_as_the_model(predictor):
+    raw = render_face(3, 111, "studio", SIZE)
+    (one,) = Predictor(predictor.model, predictor.info, detector="none")(raw["image"])
+    (twice,) = Predictor([predictor.model, predictor.model], predictor.info, detector="none")(raw["image"])
+    np.testing.assert_allclose(twice["landmarks"], one["landmarks"], atol=1e-4)
+    assert twice["emotion"]["probs"] == pytest.approx(one["emotion"]["probs"], abs=1e-6)
+    assert (twice["parsing"] != one["parsing"]).mean() < 0.001
+
+
+def _ensemble_folder(tmp_path, run_dir, predictor, info=None) -> Path:
+    folder = tmp_path / "ensemble"
+    (folder / "a").mkdir(parents=True)
+    for name in ("model.json", "model.safetensors"):
+        (folder / "a" / name).write_bytes((run_dir / name).read_bytes())
+    save_checkpoint(folder / "b", _other_member(predictor.model, 2),
+                    info or {"model": {"name": "ifan", "config": CONFIG}, "task_sources": [0, 0, 1], "input_size": SIZE})
+    (folder / "ensemble.json").write_text(json.dumps({"format": "facemtl-ensemble", "members": ["a", "b"]}))
+    return folder
+
+
+def test_an_ensemble_folder_loads_like_its_list_of_members_in_the_api_and_the_cli(run_dir, predictor, tmp_path, capsys):
+    folder = _ensemble_folder(tmp_path, run_dir, predictor)
+    raw = render_face(3, 112, "studio", SIZE)
+    (from_folder,) = facemtl.load(folder, detector="none")(raw["image"])
+    (from_list,) = facemtl.load([folder / "a", folder / "b"], detector="none")(raw["image"])
+    (alone,) = facemtl.load(folder / "a", detector="none")(raw["image"])
+    np.testing.assert_allclose(from_folder["landmarks"], from_list["landmarks"], atol=1e-5)
+    assert np.abs(from_folder["landmarks"] - alone["landmarks"]).max() > 0.02  # the second member counts
+    img = write_rgb(tmp_path / "crop.png", raw["image"])
+    assert main(["predict", str(img), "--checkpoint", str(folder), "--detector", "none"]) == 0
+    (cli_folder,) = json.loads(capsys.readouterr().out)["images"][0]["faces"]
+    assert main(["predict", str(img), "--checkpoint", str(folder / "a"), "--checkpoint", str(folder / "b"),
+                 "--detector", "none"]) == 0
+    (cli_list,) = json.loads(capsys.readouterr().out)["images"][0]["faces"]
+    np.testing.assert_allclose(cli_folder["landmarks"], from_folder["landmarks"], atol=0.006)
+    assert cli_list == cli_folder
+
+
+def test_ensemble_errors_name_the_file_and_what_was_expected(run_dir, predictor, tmp_path, capsys):
+    folder = _ensemble_folder(tmp_path, run_dir, predictor)
+    manifest = folder / "ensemble.json"
+    cases = [
+        ({"format": "something-else", "members": ["a"]}, "not a facemtl ensemble"),
+        ({"format": "facemtl-ensemble", "members": []}, "'members' must be a non-empty list"),
+        ({"format": "facemtl-ensemble", "members": ["a", "missing"]}, "member 'missing' has no model.json"),
+        ({"format": "facemtl-ensemble", "members": ["a", "../.."]}, "is not a sub-folder of the ensemble"),
+    ]
+    for content, message in cases:
+        manifest.write_text(json.dumps(content))
+        with pytest.raises(FacemtlError, match=message) as err:
+            facemtl.load(folder)
+        assert str(manifest) in str(err.value)
+    manifest.write_text(json.dumps({"format": "facemtl-ensemble", "members": ["a", "b"]}))
+    # one model's commands are told which members to give
+    assert main(["export", str(folder), "--onnx", str(tmp_path / "m.onnx")]) == 2  # a usage error
+    assert "is an ensemble (ensemble.json); this command takes one model" in capsys.readouterr().err
+    other = _ensemble_folder(tmp_path / "x", run_dir, predictor,
+                             {"model": {"name": "ifan", "config": CONFIG}, "task_sources": [0, 0, 1], "input_size": 48})
+    with pytest.raises(FacemtlError, match="ensemble members differ in 'input_size'"):
+        facemtl.load(other)
+    lone = facemtl.create_model("ifan", **{**CONFIG, "tasks": ["landmarks", "emotion"], "task_sources": [0, 1]})
+    with pytest.raises(FacemtlError, match="ensemble member 1 has other tasks than member 0"):
+        Predictor([predictor.model, lone], predictor.info)

@@ -25,21 +25,22 @@ import shutil
 from pathlib import Path
 
 from facemtl.engine.loop import source_commit
+from facemtl.models.checkpoint import ENSEMBLE_FORMAT, ENSEMBLE_JSON, MODEL_JSON, MODEL_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "src" / "facemtl" / "assets" / "default_model"
+# {seed}: each run's own seed (its config.json)
 COMMAND = ("facemtl train --out runs/bundled --set input_size=128 --set data.1.style=studio "
-           "--set data.0.random_conv=0.5 --set data.1.random_conv=0.5 --set data.2.random_conv=0.5 --set seed=1")
+           "--set data.0.random_conv=0.5 --set data.1.random_conv=0.5 --set data.2.random_conv=0.5 --set seed={seed}")
+TRAINED_ON = ("synthetic faces only (the built-in default config's three synthetic sources, "
+              "with the command's --set changes)")
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path, help="a finished run folder (model.safetensors, model.json, metrics.json)")
-    ap.add_argument("--command", default=COMMAND,
-                    help="the command that trained the run, recorded in model.json")
-    args = ap.parse_args(argv)
-    info = json.loads((args.run / "model.json").read_text())
-    metrics = json.loads((args.run / "metrics.json").read_text())["iterations"]
+def with_provenance(run: Path, command: str) -> dict:
+    """The run's model.json with a ``provenance`` entry: the command, the commit and platform it
+    was trained on, today's date, its last refinement iteration's synthetic test scores."""
+    info = json.loads((run / "model.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())["iterations"]
     last = metrics[str(max(map(int, metrics)))]
     # the commit the run recorded when it trained; runs from before it did: the checkout's HEAD now
     commit = info.pop("source_commit", None)
@@ -47,9 +48,8 @@ def main(argv=None) -> None:
     if commit is None:
         commit, recorded_by = source_commit(), "the bundle tool (the run did not record one)"
     info["provenance"] = {
-        "trained_on": "synthetic faces only (the built-in default config's three synthetic sources, "
-                      "with the command's --set changes)",
-        "command": args.command,
+        "trained_on": TRAINED_ON,
+        "command": command,
         "commit": commit,
         "commit_recorded_by": recorded_by,
         # library versions, processor and kernel build of the training run (runs from before
@@ -63,10 +63,62 @@ def main(argv=None) -> None:
             "emotion_accuracy_percent": round(last["emotion"]["accuracy"], 2),
         },
     }
-    DEST.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.run / "model.safetensors", DEST / "model.safetensors")
-    (DEST / "model.json").write_text(json.dumps(info, indent=1) + "\n")
-    print(f"bundled {args.run} -> {DEST} ({(DEST / 'model.safetensors').stat().st_size / 1e6:.2f} MB)")
+    return info
+
+
+def run_seed(run: Path):
+    config = run / "config.json"
+    return json.loads(config.read_text()).get("seed") if config.is_file() else None
+
+
+def clear(dest: Path) -> None:
+    """Remove the bundled model's files (a single model's, or an ensemble's and its members')."""
+    manifest = dest / ENSEMBLE_JSON
+    if manifest.is_file():
+        for name in json.loads(manifest.read_text()).get("members", []):
+            shutil.rmtree(dest / name, ignore_errors=True)
+        manifest.unlink()
+    for name in (MODEL_WEIGHTS, MODEL_JSON):
+        (dest / name).unlink(missing_ok=True)
+
+
+def write_model(run: Path, dest: Path, command: str) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / MODEL_WEIGHTS, dest / MODEL_WEIGHTS)
+    (dest / MODEL_JSON).write_text(json.dumps(with_provenance(run, command), indent=1) + "\n")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", type=Path, nargs="+", metavar="RUN",
+                    help="finished run folders (model.safetensors, model.json, metrics.json); several: an "
+                         "ensemble (facemtl.models.checkpoint.ensemble_members), one member per run")
+    ap.add_argument("--command", action="append",
+                    help="the command that trained a run, recorded in its model.json: once, or once per run in "
+                         "order ({seed}: the run's seed; default: COMMAND)")
+    args = ap.parse_args(argv)
+    commands = args.command or [COMMAND]
+    if len(commands) not in (1, len(args.runs)):
+        ap.error(f"give --command once or once per run ({len(args.runs)}), not {len(commands)} times")
+    commands = [c.format(seed=run_seed(run)) for c, run in zip(commands * len(args.runs), args.runs)]
+    clear(DEST)
+    if len(args.runs) == 1:
+        write_model(args.runs[0], DEST, commands[0])
+        size = (DEST / MODEL_WEIGHTS).stat().st_size
+    else:
+        names = [f"seed{run_seed(run)}" if run_seed(run) is not None else f"member{i + 1}" for i, run in enumerate(args.runs)]
+        if len(set(names)) != len(names):
+            names = [f"member{i + 1}" for i in range(len(args.runs))]
+        for run, name, command in zip(args.runs, names, commands):
+            write_model(run, DEST / name, command)
+        (DEST / ENSEMBLE_JSON).write_text(json.dumps({
+            "format": ENSEMBLE_FORMAT, "members": names,
+            "provenance": {"trained_on": TRAINED_ON, "bundled": datetime.date.today().isoformat(),
+                           "combined": "each task's outputs averaged over the members at every crop "
+                                       "(points: their mean; classes: the mean of the members' probabilities)"},
+        }, indent=1) + "\n")
+        size = sum((DEST / name / MODEL_WEIGHTS).stat().st_size for name in names)
+    print(f"bundled {', '.join(map(str, args.runs))} -> {DEST} ({size / 1e6:.2f} MB)")
 
 
 if __name__ == "__main__":

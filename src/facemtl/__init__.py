@@ -18,8 +18,9 @@ __all__ = ["FacemtlError", "__version__", "create_model", "list_models", "load",
 
 
 def load(path=None, **kw):
-    """A checkpoint (run folder, model.safetensors or model.json; None: the model bundled with
-    the package, trained on synthetic faces only) as a ready
+    """A checkpoint (run folder, model.safetensors or model.json; a list of them or a folder with
+    ensemble.json: an ensemble, its outputs averaged; None: the model bundled with the package,
+    trained on synthetic faces only) as a ready
     :class:`facemtl.inference.predictor.Predictor`; ``kw`` go to it (detector, batch_size, ...,
     ``backend="onnxruntime"`` for the ONNX graph in onnxruntime on the CPU, ``threads``,
     ``tasks=["landmarks"]`` to report, and run at the last iteration, only those tasks)."""

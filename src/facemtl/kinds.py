@@ -66,6 +66,15 @@ def _raw_masks(task, raws: list) -> list[torch.Tensor]:
     return [torch.from_numpy(np.asarray(raw[task.name]).astype(np.int64)) for raw in raws]
 
 
+
+def _average_probabilities(kind, task, values: list[torch.Tensor]) -> torch.Tensor:
+    """The members' class probabilities (softmax over dim 1) averaged, as log-probabilities: a
+    softmax of the result gives the mean back. Clamped above 0 so that a probability that
+    underflowed stays finite through the bilinear warp of segmentation logits."""
+    mean = torch.stack([v.float().softmax(1) for v in values]).mean(0)
+    return mean.clamp_min(1e-30).log()
+
+
 class TaskKind:
     name: str
     headline: str  # the one number logs show per task
@@ -114,6 +123,12 @@ class TaskKind:
         out = torch.empty_like(value)
         out[:, list(task.flip)] = value
         return out
+
+    def average(self, task, values: list[torch.Tensor]) -> torch.Tensor:
+        """Decoded predictions of one batch by several models (an ensemble,
+        :class:`facemtl.inference.predictor.Predictor`) -> one prediction of the same form: here
+        their mean (points); kinds with classes average the probabilities instead."""
+        return torch.stack(values).mean(0)
 
     def to_json(self, task, value, mask_path: str | None = None):
         raise NotImplementedError
@@ -265,6 +280,7 @@ class _MeanShape(Baseline):
 class SegmentationKind(TaskKind):
     name, headline, lower_is_better = "segmentation", "overall", False
     max_classes = IGNORE_INDEX
+    average = _average_probabilities
 
     def loss(self, task, output, target, visible=None):
         return F.cross_entropy(output, target.long(), ignore_index=IGNORE_INDEX)
@@ -365,6 +381,7 @@ class _ConstantMasks(Baseline):
 class CategoryKind(TaskKind):
     name, headline, lower_is_better = "category", "accuracy", False
     label_per_image = True
+    average = _average_probabilities
 
     def loss(self, task, output, target, visible=None):
         return F.cross_entropy(output, target.long())

@@ -39,9 +39,10 @@ def register(subparsers) -> None:
         formatter_class=_RawEpilog,
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
-    p.add_argument("--checkpoint", metavar="RUN_OR_CKPT",
-                   help="run folder, model.safetensors or model.json (default: the bundled model, trained on "
-                        "synthetic faces only; see README, 'Synthetic faces and the bundled model')")
+    p.add_argument("--checkpoint", metavar="RUN_OR_CKPT", action="append",
+                   help="run folder, model.safetensors, model.json or ensemble folder (ensemble.json); given more "
+                        "than once: an ensemble, every task's outputs averaged over the models (default: the bundled "
+                        "model, trained on synthetic faces only; see README, 'Synthetic faces and the bundled model')")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the results here (default: stdout)")
     p.add_argument("--overlays", type=Path, metavar="DIR", help="write one overlay PNG per image here")
     p.add_argument("--masks", type=Path, metavar="DIR", help="write the class-id mask PNGs here (see below)")
@@ -215,7 +216,7 @@ def run_predict(args) -> int:
     if args.checkpoint is None:
         from facemtl.models.checkpoint import bundled_model
 
-        args.checkpoint = bundled_model()
+        args.checkpoint = [bundled_model()]
     predictor = Predictor.from_checkpoint(args.checkpoint, detector=args.detector, batch_size=args.batch_size,
                                           iterations=args.iterations, margin=args.margin, device=args.device,
                                           backend=args.backend, passes=args.passes, tasks=args.tasks,

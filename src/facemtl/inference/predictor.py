@@ -55,6 +55,14 @@ Pipeline for one image:
    ``docs/datasets.md``, "Parsing F1", scores them), pixels outside the face crop set to
    class 0 (background); category logits to softmax probabilities.
 
+An ensemble (a list of checkpoints, or a folder whose ``ensemble.json`` lists its member
+checkpoints, :func:`facemtl.models.checkpoint.ensemble_members`) runs every member on the same
+crops and averages each task's outputs before anything else reads them (the re-crop, the flip,
+the mapping back): points as their mean, classes as the mean of the members' probabilities
+(:meth:`TaskKind.average`), at the members' summed cost. Members of one recipe trained from
+different seeds disagree on faces unlike their training images; the average reads them more
+steadily than any one member (docs/evidence.md, "An ensemble of seeds").
+
 Backends (``backend=``, ``facemtl predict --backend``): ``"torch"`` runs the model eagerly
 (``model(crops)``, any torch device); ``"onnxruntime"`` exports the model once, in memory (no
 file is written), to the graph of :mod:`facemtl.inference.export` (for iFAN the per-source
@@ -302,6 +310,20 @@ class OnnxRuntimeBackend:
                 if tasks is None or name in tasks}
 
 
+class EnsembleBackend:
+    """Several models' backends on the same crops, each task's decoded outputs averaged over them
+    (:meth:`facemtl.kinds.TaskKind.average`)."""
+
+    def __init__(self, backends: list, tasks: dict):
+        self.backends, self.tasks = backends, tasks  # tasks: name -> Task
+        self.name = backends[0].name
+
+    def __call__(self, crops: torch.Tensor, tasks=None) -> dict[str, torch.Tensor]:
+        outputs = [backend(crops, tasks) for backend in self.backends]
+        return {name: kind_of(self.tasks[name]).average(self.tasks[name], [out[name] for out in outputs])
+                for name in outputs[0]}
+
+
 def check_backend(backend, device: torch.device | None = None, threads=None) -> str:
     """``backend`` if it is known and fits ``device`` and ``threads``, else one line saying why not."""
     if backend not in BACKENDS:
@@ -361,6 +383,8 @@ class Predictor:
     onnxruntime session's intra-op threads (None: ``torch.get_num_threads()``). ``tasks``: names
     of the tasks to report (None: all the model has); only they run at the last iteration.
     ``flip``: average each crop's outputs with its mirror image's (default; see the module docstring).
+    ``model``: one model, or a list of models with the same tasks (an ensemble: their outputs
+    averaged, see the module docstring); ``info`` describes the first and holds for all.
     """
 
     def __init__(self, model, info: dict, *, detector: str = "opencv", batch_size: int = 16,
@@ -386,7 +410,15 @@ class Predictor:
             self.margin = check_crop_margin(crop.get("margin", DEFAULT_CROP_MARGIN), "checkpoint 'crop.margin'")
         self.device = resolve_device(device)
         check_backend(backend, self.device, threads)
-        self.model = model.to(self.device).eval()
+        self.models = [m.to(self.device).eval() for m in (model if isinstance(model, (list, tuple)) else [model])]
+        if not self.models:
+            raise FacemtlError("an ensemble needs at least one model; got an empty list")
+        model = self.model = self.models[0]  # the tasks, the re-crop task and the flip's unflip come from it
+        for i, member in enumerate(self.models[1:], 1):
+            if list(member.tasks) != list(model.tasks):
+                raise FacemtlError(f"ensemble member {i} has other tasks than member 0 "
+                                   f"({', '.join(t.name for t in member.tasks)} against "
+                                   f"{', '.join(t.name for t in model.tasks)}); members must share their tasks")
         self.info = info
         self.tasks = select_tasks(model.tasks, tasks)  # the tasks reported, in the model's order
         self.input_size = int(info.get("input_size", 128))
@@ -409,7 +441,8 @@ class Predictor:
         self.calibration = found if calibrate and found is not None else IDENTITY
         self.batch_size = batch_size
         if iterations is not None:
-            model.check_iterations(iterations)
+            for member in self.models:
+                member.check_iterations(iterations)
         self.iterations = iterations
         # What the model is asked for: a final crop needs only the reported tasks; a first crop of
         # two also needs the landmarks it is re-cropped from.
@@ -421,21 +454,23 @@ class Predictor:
             # (a given box's first pass, when it may be turned, gets a graph with them when it needs one)
             recrop = self.recrop_task is not None and (passes == 2 or (passes is None and self.detector is not None))
             outputs = None if tasks is None else self.first_pass_names if recrop else self.task_names
-            self.backend = OnnxRuntimeBackend(self.model, info, iterations,
-                                              threads if threads is not None else torch.get_num_threads(), outputs)
+            backends = [OnnxRuntimeBackend(m, info, iterations, threads if threads is not None else torch.get_num_threads(),
+                                           outputs) for m in self.models]
         else:
-            self.backend = TorchBackend(self.model, iterations, self.device)
+            backends = [TorchBackend(m, iterations, self.device) for m in self.models]
+        self.backend = backends[0] if len(backends) == 1 else EnsembleBackend(backends, {t.name: t for t in model.tasks})
 
     @classmethod
     def from_checkpoint(cls, path, **kwargs) -> "Predictor":
-        """Load a run folder, ``model.safetensors`` or ``model.json`` (safetensors + JSON only)."""
-        from facemtl.models.checkpoint import load_model
+        """Load a run folder, ``model.safetensors`` or ``model.json`` (safetensors + JSON only), or
+        an ensemble: a list of those, or a folder with ``ensemble.json``."""
+        from facemtl.models.checkpoint import load_models
 
         # a missing onnxruntime or a bad backend option is reported before the model is loaded
         check_backend(kwargs.get("backend", "torch"), resolve_device(kwargs.get("device", "cpu")), kwargs.get("threads"))
         check_detector(kwargs.get("detector", "opencv"))  # e.g. mediapipe missing: say so before loading
-        model, info = load_model(path)
-        return cls(model, info, **kwargs)
+        models, info = load_models(path)
+        return cls(models if len(models) > 1 else models[0], info, **kwargs)
 
     # -- public API --------------------------------------------------------------------------
 

@@ -23,6 +23,11 @@ from facemtl.tasks import Task
 FORMAT = "facemtl-checkpoint"
 FORMAT_VERSION = 1
 MODEL_WEIGHTS, MODEL_JSON = "model.safetensors", "model.json"
+# An ensemble: a folder with ENSEMBLE_JSON ({"format": ENSEMBLE_FORMAT, "members": [sub-folder names],
+# optional "provenance"}) and one checkpoint folder per member; the predictor averages their outputs.
+ENSEMBLE_JSON, ENSEMBLE_FORMAT = "ensemble.json", "facemtl-ensemble"
+# What every member of an ensemble must share: the predictor crops, normalises and reads them alike.
+ENSEMBLE_SHARED = ("tasks", "input_size", "normalization", "crop")
 
 
 def task_to_json(task: Task) -> dict:
@@ -91,13 +96,61 @@ def bundled_model() -> Path:
     from importlib import resources
 
     folder = Path(str(resources.files("facemtl") / "assets" / "default_model"))
-    if not (folder / MODEL_JSON).is_file():
+    if not (folder / MODEL_JSON).is_file() and not (folder / ENSEMBLE_JSON).is_file():
         raise FacemtlError(f"this installation has no bundled model ({folder} is missing); pass a checkpoint")
     return folder
 
 
+def ensemble_members(path) -> list[Path]:
+    """The checkpoints ``path`` names: each of a list or tuple, the members an ensemble folder's
+    ``ensemble.json`` lists (sub-folders of it), else ``[path]``."""
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise FacemtlError("an ensemble needs at least one checkpoint; got an empty list")
+        return [q for p in path for q in ensemble_members(p)]
+    folder = Path(path)
+    manifest = folder / ENSEMBLE_JSON
+    if not (folder.is_dir() and manifest.is_file()):
+        return [folder]
+    info = read_json(manifest, "ensemble description")
+    if not isinstance(info, dict) or info.get("format") != ENSEMBLE_FORMAT:
+        found = info.get("format") if isinstance(info, dict) else info
+        raise FacemtlError(f"{manifest}: not a facemtl ensemble (format {_show(found)}, expected {ENSEMBLE_FORMAT!r})")
+    members = info.get("members")
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) and m for m in members):
+        raise FacemtlError(f"{manifest}: 'members' must be a non-empty list of sub-folder names, got {_show(members)}")
+    paths = []
+    for name in members:
+        member = (folder / name).resolve()
+        if folder.resolve() not in member.parents:
+            raise FacemtlError(f"{manifest}: member {name!r} is not a sub-folder of the ensemble")
+        if not (member / MODEL_JSON).is_file():
+            raise FacemtlError(f"{manifest}: member {name!r} has no {MODEL_JSON} ({member})")
+        paths.append(member)
+    return paths
+
+
+def load_models(path) -> tuple[list, dict]:
+    """``([model, ...], info)``: :func:`load_model` of every checkpoint :func:`ensemble_members`
+    finds in ``path`` (one for a plain checkpoint), ``info`` the first one's. Members must agree
+    on :data:`ENSEMBLE_SHARED` (the predictor crops, normalises and reads them alike)."""
+    members = ensemble_members(path)
+    loaded = [load_model(m) for m in members]
+    first = loaded[0][1]
+    for member, (_, info) in zip(members[1:], loaded[1:]):
+        for key in ENSEMBLE_SHARED:
+            if info.get(key) != first.get(key):
+                raise FacemtlError(f"ensemble members differ in {key!r}: {member} has {_show(info.get(key))}, "
+                                   f"{members[0]} {_show(first.get(key))}; members must share "
+                                   f"{', '.join(ENSEMBLE_SHARED)}")
+    return [model for model, _ in loaded], first
+
+
 def _resolve(path) -> tuple[Path, Path]:
     p = Path(path)
+    if p.is_dir() and (p / ENSEMBLE_JSON).is_file():
+        raise FacemtlError(f"{p} is an ensemble ({ENSEMBLE_JSON}); this command takes one model: give one of its "
+                           f"members ({', '.join(str(m) for m in ensemble_members(p))})")
     if p.is_dir():
         return p / MODEL_JSON, p / MODEL_WEIGHTS
     if p.name.endswith(".safetensors"):
