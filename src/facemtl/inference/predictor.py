@@ -59,9 +59,10 @@ An ensemble (a list of checkpoints, or a folder whose ``ensemble.json`` lists it
 checkpoints, :func:`facemtl.models.checkpoint.ensemble_members`) runs every member on the same
 crops and averages each task's outputs before anything else reads them (the re-crop, the flip,
 the mapping back): points as their mean, classes as the mean of the members' probabilities
-(:meth:`TaskKind.average`), at the members' summed cost. Members of one recipe trained from
-different seeds disagree on faces unlike their training images; the average reads them more
-steadily than any one member (docs/evidence.md, "An ensemble of seeds").
+(:meth:`TaskKind.average`), at the members' summed cost. Why: models of one recipe trained
+from different seeds disagree on faces unlike their training images, and on real posed faces
+three seeds' average read more expressions than any one of them (docs/evidence.md, "An
+ensemble of seeds").
 
 Backends (``backend=``, ``facemtl predict --backend``): ``"torch"`` runs the model eagerly
 (``model(crops)``, any torch device); ``"onnxruntime"`` exports the model once, in memory (no
