@@ -59,10 +59,10 @@ An ensemble (a list of checkpoints, or a folder whose ``ensemble.json`` lists it
 checkpoints, :func:`facemtl.models.checkpoint.ensemble_members`) runs every member on the same
 crops and averages each task's outputs before anything else reads them (the re-crop, the flip,
 the mapping back): points as their mean, classes as the mean of the members' probabilities
-(:meth:`TaskKind.average`), at the members' summed cost. Why: models of one recipe trained
-from different seeds disagree on faces unlike their training images, and on real posed faces
-three seeds' average read more expressions than any one of them (docs/evidence.md, "An
-ensemble of seeds").
+(:meth:`TaskKind.average`), at the members' summed cost. Models of one recipe trained from
+different seeds disagree on faces unlike their training images; on the project's real faces two
+three-seed ensembles gave a lower landmark error than their single models, while a gain on posed
+expressions in one did not replicate in the other (docs/evidence.md, "An ensemble of seeds").
 
 Backends (``backend=``, ``facemtl predict --backend``): ``"torch"`` runs the model eagerly
 (``model(crops)``, any torch device); ``"onnxruntime"`` exports the model once, in memory (no
