@@ -13,7 +13,10 @@ says why) writes
 ``src/facemtl/assets/default_model/{model.safetensors,model.json}``; model.json gains a
 ``provenance`` entry (the command that trained it, the commit and platform it was trained on,
 the date, the run's test scores)
-so that ``facemtl.load()`` users can see where the weights come from.
+so that ``facemtl.load()`` users can see where the weights come from. Several runs
+(``python tools/bundle_model.py RUN RUN ...``) are bundled as an ensemble: ``ensemble.json`` and
+one folder per member (``seed7``, ...), each with its own model.json and provenance
+(:func:`facemtl.models.checkpoint.ensemble_members`; the predictor averages their outputs).
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ def main(argv=None) -> None:
     commands = args.command or [COMMAND]
     if len(commands) not in (1, len(args.runs)):
         ap.error(f"give --command once or once per run ({len(args.runs)}), not {len(commands)} times")
-    commands = [c.format(seed=run_seed(run)) for c, run in zip(commands * len(args.runs), args.runs)]
+    commands = [c.replace("{seed}", str(run_seed(run))) for c, run in zip(commands * len(args.runs), args.runs)]
     clear(DEST)
     if len(args.runs) == 1:
         write_model(args.runs[0], DEST, commands[0])

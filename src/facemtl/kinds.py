@@ -66,7 +66,6 @@ def _raw_masks(task, raws: list) -> list[torch.Tensor]:
     return [torch.from_numpy(np.asarray(raw[task.name]).astype(np.int64)) for raw in raws]
 
 
-
 def _average_probabilities(kind, task, values: list[torch.Tensor]) -> torch.Tensor:
     """The members' class probabilities (softmax over dim 1) averaged, as log-probabilities: a
     softmax of the result gives the mean back. Clamped above 0 so that a probability that
