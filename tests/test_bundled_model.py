@@ -59,7 +59,7 @@ def test_bundle_tool_copies_the_weights_and_records_the_command_and_scores(tmp_p
     bundle_model.main([str(run)])
     assert (tmp_path / "dest" / "model.safetensors").read_bytes() == b"weights"
     prov = json.loads((tmp_path / "dest" / "model.json").read_text())["provenance"]
-    assert prov["command"] == bundle_model.COMMAND.format(seed=4) and prov["command"].endswith("--set seed=4")
+    assert prov["command"] == bundle_model.with_seed(bundle_model.COMMAND, 4) and prov["command"].endswith("--set seed=4")
     assert prov["commit_recorded_by"].startswith("the bundle tool")  # the run recorded none
     # the last refinement iteration's scores, rounded
     assert prov["synthetic_test_scores"] == {"landmarks_nme_percent": 7.18, "parsing_overall_f1_percent": 90.78,
@@ -68,7 +68,7 @@ def test_bundle_tool_copies_the_weights_and_records_the_command_and_scores(tmp_p
     for member in bundled_members():
         info = json.loads((member / "model.json").read_text())
         seed = int(info["provenance"]["command"].rsplit("seed=", 1)[1])
-        assert info["provenance"]["command"] == bundle_model.COMMAND.format(seed=seed)
+        assert info["provenance"]["command"] == bundle_model.with_seed(bundle_model.COMMAND, seed)
 
 
 def fake_run(run: Path, seed: int, weights: bytes = b"weights") -> Path:
@@ -97,7 +97,7 @@ def test_bundle_tool_makes_an_ensemble_of_several_runs_and_replaces_what_was_bun
     for s in (7, 8):
         assert (dest / f"seed{s}" / "model.safetensors").read_bytes() == f"w{s}".encode()
         prov = json.loads((dest / f"seed{s}" / "model.json").read_text())["provenance"]
-        assert prov["command"] == bundle_model.COMMAND.format(seed=s)
+        assert prov["command"] == bundle_model.with_seed(bundle_model.COMMAND, s)
     bundle_model.main([str(fake_run(tmp_path / "again", 2))])  # back to one model: the ensemble's files go
     assert sorted(p.name for p in dest.iterdir()) == ["model.json", "model.safetensors"]
     with pytest.raises(SystemExit):  # two commands for three runs

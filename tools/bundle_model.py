@@ -74,6 +74,11 @@ def run_seed(run: Path):
     return json.loads(config.read_text()).get("seed") if config.is_file() else None
 
 
+def with_seed(command: str, seed) -> str:
+    """``command`` with ``{seed}`` replaced (not str.format: a command may hold other braces)."""
+    return command.replace("{seed}", str(seed))
+
+
 def clear(dest: Path) -> None:
     """Remove the bundled model's files (a single model's, or an ensemble's and its members')."""
     manifest = dest / ENSEMBLE_JSON
@@ -103,14 +108,15 @@ def main(argv=None) -> None:
     commands = args.command or [COMMAND]
     if len(commands) not in (1, len(args.runs)):
         ap.error(f"give --command once or once per run ({len(args.runs)}), not {len(commands)} times")
-    commands = [c.replace("{seed}", str(run_seed(run))) for c, run in zip(commands * len(args.runs), args.runs)]
+    seeds = [run_seed(run) for run in args.runs]
+    commands = [with_seed(c, seed) for c, seed in zip(commands * len(args.runs), seeds)]
     clear(DEST)
     if len(args.runs) == 1:
         write_model(args.runs[0], DEST, commands[0])
         size = (DEST / MODEL_WEIGHTS).stat().st_size
     else:
-        names = [f"seed{run_seed(run)}" if run_seed(run) is not None else f"member{i + 1}" for i, run in enumerate(args.runs)]
-        if len(set(names)) != len(names):
+        names = [f"seed{seed}" for seed in seeds]
+        if None in seeds or len(set(seeds)) != len(seeds):  # members named by their seeds when they can be
             names = [f"member{i + 1}" for i in range(len(args.runs))]
         for run, name, command in zip(args.runs, names, commands):
             write_model(run, DEST / name, command)

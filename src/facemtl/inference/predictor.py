@@ -60,9 +60,10 @@ checkpoints, :func:`facemtl.models.checkpoint.ensemble_members`) runs every memb
 crops and averages each task's outputs before anything else reads them (the re-crop, the flip,
 the mapping back): points as their mean, classes as the mean of the members' probabilities
 (:meth:`TaskKind.average`), at the members' summed cost. Models of one recipe trained from
-different seeds disagree on faces unlike their training images; on the project's real faces two
-three-seed ensembles gave a lower landmark error than their single models, while a gain on posed
-expressions in one did not replicate in the other (docs/evidence.md, "An ensemble of seeds").
+different seeds disagree on faces unlike their training images; on the project's real faces,
+cropped from their labels, two three-seed ensembles gave a lower mean landmark error than each of
+their single models, while a gain on posed expressions in one did not replicate in the other
+(docs/evidence.md, "An ensemble of seeds").
 
 Backends (``backend=``, ``facemtl predict --backend``): ``"torch"`` runs the model eagerly
 (``model(crops)``, any torch device); ``"onnxruntime"`` exports the model once, in memory (no
