@@ -27,7 +27,7 @@ def test_the_bundled_model_says_where_it_comes_from():
     for member in bundled_members():
         info = json.loads((member / "model.json").read_text())
         prov = info["provenance"]
-        assert "synthetic" in prov["trained_on"] and prov["command"].startswith("facemtl train")
+        assert "synthetic" in prov["trained_on"] and "facemtl train" in prov["command"]
         sizes.append((member / "model.safetensors").stat().st_size)
         assert [t["name"] for t in info["tasks"]] == ["parsing", "emotion", "landmarks"]
     assert max(sizes) < 5e6 and sum(sizes) < 12e6  # a few MB a model

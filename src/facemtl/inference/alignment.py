@@ -65,7 +65,7 @@ IDENTITY = Calibration()
 # MediaPipe: BlazeFace places its boxes differently on synthetic faces (there: dy 0.049, scale
 # 0.962) than on photographs, so it is fitted on 10 real faces (`python benchmarks/real_faces.py
 # --photos DIR --fit --detector mediapipe`); on the 7 held-out real faces it found, the landmark
-# NME of the bundled model fell from median 10.5 to 6.7% with it (the raw box: 7.4%). The Haar boxes sit higher than
+# NME of the model bundled then fell from median 10.5 to 6.7% with it (the raw box: 7.4%). The Haar boxes sit higher than
 # the landmark square (they include the brows and forehead); both detectors' boxes are larger.
 CALIBRATIONS: dict[str, Calibration] = {
     "opencv": Calibration(dx=-0.002, dy=0.091, scale=0.845),

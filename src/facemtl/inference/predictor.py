@@ -135,7 +135,7 @@ UPRIGHT_MAX_CROPS = 4
 # this many degrees or more: on real photos the re-crop of a level face moved the points more
 # than it mended them (benchmarks/real_faces.py, median NME with every face re-cropped / with only
 # tilted ones: the 64-px model bundled until 2026-12-01 11.2 / 9.0% on 13 faces, the 128-px model
-# bundled now 8.6 / 7.9% on 21), while tilted heads need the upright crop.
+# bundled 2026-12-01 to 02 8.6 / 7.9% on 21), while tilted heads need the upright crop.
 UPRIGHT_MIN_DEGREES = 5.0
 
 
