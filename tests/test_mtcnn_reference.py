@@ -1,4 +1,4 @@
-"""benchmarks/mtcnn_reference.py: the non-maximum suppression it supplies in torchvision's place."""
+"""benchmarks/mtcnn_reference.py: the non-maximum suppression it supplies in torchvision's place, the split of faces by MTCNN's error."""
 
 import sys
 from pathlib import Path
@@ -24,3 +24,22 @@ def test_batched_nms_keeps_the_best_of_overlapping_boxes_per_group():
 def test_a_missing_facenet_folder_says_how_to_fetch_it(tmp_path):
     with pytest.raises(SystemExit, match="--fetch"):
         mtcnn_reference.load_mtcnn(tmp_path)
+
+
+def test_faces_split_by_the_reference_s_error_hand_computed():
+    reference = [1, 2, 3, 4, None, 5, 6, 7, 8, 9]
+    model = [2, 2, 2, 2, 9, 3, 3, 10, 20, None]  # face 5: MTCNN missed it; face 10: the model did
+    split = mtcnn_reference.by_difficulty(reference, model)
+    # the 8 faces both found, by the reference's error: halves of 4, the hardest quarter of 2
+    assert split == {"faces": 8, "easier half": (2.5, 2.0), "harder half": (6.5, 9.0), "hardest quarter": (7.5, 15.0)}
+    # an odd count: the harder half and the quarter take the odd face
+    odd = mtcnn_reference.by_difficulty([1, 2, 3, 4, 5], [1, 1, 1, 1, 6])
+    assert odd["easier half"] == (1.5, 1.0) and odd["harder half"] == (4.0, 8 / 3) and odd["hardest quarter"] == (5.0, 6.0)
+    with pytest.raises(SystemExit, match="too few"):
+        mtcnn_reference.by_difficulty([1, 2, None], [1, None, 3])
+
+
+def test_bad_crops_are_refused_before_mtcnn_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        mtcnn_reference.main(["--photos", str(tmp_path), "--facenet", str(tmp_path), "bundled", "--crops", "box"])
+    assert "--crops takes detector, labels" in capsys.readouterr().err
