@@ -165,11 +165,11 @@ def main(argv=None) -> None:
         ap.error(f"--crops takes {', '.join(CROPS)} (comma-separated), got {args.crops!r}")
     errors = score(load_mtcnn(args.facenet), args.photos, args.pad)
     per_point = [e for e in errors if e is not None]
-    found = [float(np.mean(e)) for e in per_point]
+    reference = [None if e is None else float(np.mean(e)) for e in errors]  # NME per labelled face
+    found = [e for e in reference if e is not None]
     print(f"MTCNN ({PACKAGE}, photos padded by {args.pad:g}): found {len(found)} of {len(errors)}; NME median "
           f"{np.median(found):.1f}%, mean {np.mean(found):.1f}%, {sum(e <= 10 for e in found)} at most 10%; "
           f"mean error per point (% of the inter-ocular distance): {per_point_text(per_point)}")
-    reference = [None if e is None else float(np.mean(e)) for e in errors]
     for ckpt in args.checkpoints:
         for mode in modes:
             split = model_by_difficulty(ckpt, mode, args.photos, reference)
@@ -179,7 +179,8 @@ def main(argv=None) -> None:
 
 
 def model_by_difficulty(ckpt: str, mode: str, photos: Path, reference: list[float | None]) -> dict:
-    """:func:`by_difficulty` of a checkpoint's NME per face (``real_faces.score`` in ``mode``)."""
+    """:func:`by_difficulty` of a checkpoint's NME per face (``real_faces.score`` in ``mode``; its rows
+    and ``reference`` both follow ``real_faces.faces_by_image``)."""
     from emotion_reading import load_predictor
     from real_faces import score as model_score
 
