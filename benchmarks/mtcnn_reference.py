@@ -172,20 +172,23 @@ def main(argv=None) -> None:
           f"mean error per point (% of the inter-ocular distance): {per_point_text(per_point)}")
     for ckpt in args.checkpoints:
         for mode in modes:
-            split = model_by_difficulty(ckpt, mode, args.photos, reference)
-            faces = split.pop("faces")
-            cells = "; ".join(f"{name} MTCNN {r:.1f}%, model {m:.1f}%" for name, (r, m) in split.items())
+            model, mean_shape = model_by_difficulty(ckpt, mode, args.photos, reference)
+            faces = model.pop("faces")
+            cells = "; ".join(f"{name} MTCNN {r:.1f}%, model {m:.1f}% (mean shape {mean_shape[name][1]:.1f}%)"
+                              for name, (r, m) in model.items())
             print(f"{ckpt}, crops from the {mode}, {faces} faces both found, by MTCNN's error: {cells}")
 
 
-def model_by_difficulty(ckpt: str, mode: str, photos: Path, reference: list[float | None]) -> dict:
+def model_by_difficulty(ckpt: str, mode: str, photos: Path, reference: list[float | None]) -> tuple[dict, dict]:
     """:func:`by_difficulty` of a checkpoint's NME per face (``real_faces.score`` in ``mode``; its rows
-    and ``reference`` both follow ``real_faces.faces_by_image``)."""
+    and ``reference`` both follow ``real_faces.faces_by_image``), and of the trivial baseline's, the
+    synthetic mean shape in the same crops, on the same faces."""
     from emotion_reading import load_predictor
     from real_faces import score as model_score
 
     rows = model_score(load_predictor(ckpt, detector="opencv" if mode == "detector" else "none"), photos, mode)
-    return by_difficulty(reference, [r.get("nme") if r["found"] else None for r in rows])
+    return tuple(by_difficulty(reference, [r.get(key) if r["found"] else None for r in rows])
+                 for key in ("nme", "baseline_nme"))
 
 
 if __name__ == "__main__":

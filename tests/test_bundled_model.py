@@ -69,6 +69,10 @@ def test_bundle_tool_copies_the_weights_and_records_the_command_and_scores(tmp_p
         info = json.loads((member / "model.json").read_text())
         seed = int(info["provenance"]["command"].rsplit("seed=", 1)[1])
         assert info["provenance"]["command"] == bundle_model.with_seed(bundle_model.COMMAND, seed)
+        # and what the run itself recorded agrees with the command's options, not only its text
+        emotion_source = info["sources"][1]
+        assert emotion_source["style"] == "studio" and emotion_source["expression"] == [1.2, 2.5]
+        assert info["input_size"] == 128 and info["provenance"]["platform"]["threads"] == 1  # OMP_NUM_THREADS=1
 
 
 def fake_run(run: Path, seed: int, weights: bytes = b"weights") -> Path:
