@@ -399,6 +399,27 @@ def test_overlay_tags_stay_with_their_own_faces_in_a_group_photo():
     assert _label_rect(lines, left_face, scale, (200, 400), crowd)[1] == 140
 
 
+def test_overlay_marks_small_faces_in_a_large_photo_at_their_own_size(predictor):
+    """A group photo: 1920 px wide, faces 90 px apart. Sized by the image (scale 3.75) a tag would be
+    about 500 px wide and cover the neighbours; sized by its face it stays within about its width."""
+    tasks = [t for t in predictor.tasks if t.kind != "segmentation"]
+    image = np.full((1080, 1920, 3), 200, np.uint8)
+    faces = [{"box": [x, 500.0, x + 80.0, 580.0], "landmarks": np.array([[x + 40.0, 540.0]] * 5, np.float32),
+              "emotion": {"label": "Neutral", "probs": {"Neutral": 0.95}}} for x in (800.0, 890.0, 980.0)]
+    out = draw_overlay(image, faces, tasks)
+    green = (out == (0, 255, 0)).all(axis=2)
+    tags = green[:498]  # above the boxes: the tags and nothing else
+    rows, cols = np.nonzero(tags)
+    assert len(rows) and rows.min() > 440  # tags about as tall as a line of text on an 80-px face
+    assert cols.min() >= 790 and cols.max() < 1090  # within the three faces' columns, not 500 px out
+    # each tag above its own face (all three have room there): three separate green runs
+    covered = tags.any(axis=0)
+    assert np.count_nonzero(np.diff(covered.astype(int)) == 1) == 3
+    # points and box lines are thin: the dot covers at most a few pixels across
+    dot = (out[530:551, 830:851] == POINT_COLOUR).all(axis=2)
+    assert 0 < dot.sum() <= 30
+
+
 def test_overlay_legend_takes_the_corner_without_faces_and_point_names_on_demand(predictor):
     tasks = predictor.tasks
     image = np.full((100, 300, 3), 200, np.uint8)

@@ -51,14 +51,14 @@ def draw_overlay(image: np.ndarray, faces: list[dict], tasks, alpha: float = 0.4
     ``point_names``); category labels are text on a tag in the box's colour touching the box
     (above it, else under, right or left of it), never over the face, and over no other face,
     tag or the legend where one of those places has room: in a group photo each label is
-    attached to its own face.
+    attached to its own face. Boxes, points and tags are sized by their face (:func:`face_scale`),
+    the legend like the largest face's tags.
     """
     from facemtl.kinds import kind_of
 
     out = np.ascontiguousarray(image, dtype=np.uint8).copy()
     h, w = out.shape[:2]
-    scale = max(h, w) / 512.0
-    thickness = max(1, round(2 * scale))
+    image_scale = max(h, w) / 512.0
     present: dict[str, set[int]] = {}
     for face in faces:  # layers first, so no face's marks are covered by another's layer
         for task in tasks:
@@ -67,15 +67,20 @@ def draw_overlay(image: np.ndarray, faces: list[dict], tasks, alpha: float = 0.4
                 kind_of(task).draw_layer(out, task, value, alpha)
                 present.setdefault(task.name, set()).update(kind_of(task).legend_classes(task, value))
     boxes = [tuple(int(round(v)) for v in face["box"]) for face in faces]
+    # marks and tags sized by their face: in a group photo a tag sized by the image is wider
+    # than the face and covers its neighbours; the legend matches the largest face's tags
+    scales = [face_scale(box, image_scale) for box in boxes]
+    legend_scale = max(scales, default=image_scale)
     panels = []
     if legend:
         for task in tasks:
             if present.get(task.name):
                 panels.append((task, sorted(present[task.name])))
-    corner = _legend_corner(out.shape[:2], [_legend_size(t, c, scale) for t, c in panels], boxes)
+    corner = _legend_corner(out.shape[:2], [_legend_size(t, c, legend_scale) for t, c in panels], boxes)
     # a label never covers another face, another face's label or the legend when it has room
     taken = [corner] if panels else []
-    for i, (face, box) in enumerate(zip(faces, boxes)):
+    for i, (face, box, scale) in enumerate(zip(faces, boxes, scales)):
+        thickness = max(1, round(2 * scale))
         cv2.rectangle(out, box[:2], box[2:], BOX_COLOUR, thickness)
         lines = []
         for task in tasks:
@@ -86,8 +91,19 @@ def draw_overlay(image: np.ndarray, faces: list[dict], tasks, alpha: float = 0.4
             taken.append(placed)
     x, y = corner[:2]
     for task, classes in panels:
-        y = _draw_legend(out, task, classes, scale, x, y)
+        y = _draw_legend(out, task, classes, legend_scale, x, y)
     return out
+
+
+FACE_SIDE_AT_SCALE_1 = 160  # px: a face this large gets the marks of a 512-px image
+
+
+def face_scale(box: tuple[int, int, int, int], image_scale: float) -> float:
+    """Size of one face's marks and tag: its box's longer side / 160 px, never more than the
+    image's own scale (longer side / 512 px), so a face filling a small image is drawn as before.
+    Text never goes below :func:`_text_size`'s floor (readable on a 40-px face)."""
+    side = max(box[2] - box[0], box[3] - box[1])
+    return min(image_scale, side / FACE_SIDE_AT_SCALE_1)
 
 
 def _text_size(text: str, scale: float) -> tuple[int, int, float]:
