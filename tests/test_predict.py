@@ -722,6 +722,10 @@ def test_ensemble_errors_name_the_file_and_what_was_expected(run_dir, predictor,
                              {"model": {"name": "ifan", "config": CONFIG}, "task_sources": [0, 0, 1], "input_size": 48})
     with pytest.raises(FacemtlError, match="ensemble members differ in 'input_size'"):
         facemtl.load(other)
+    # the descriptions are compared before any weights are read: unreadable weights do not hide it
+    (other / "b" / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(FacemtlError, match="ensemble members differ in 'input_size'"):
+        facemtl.load(other)
     lone = facemtl.create_model("ifan", **{**CONFIG, "tasks": ["landmarks", "emotion"], "task_sources": [0, 1]})
     with pytest.raises(FacemtlError, match="ensemble member 1 has other tasks than member 0"):
         Predictor([predictor.model, lone], predictor.info)

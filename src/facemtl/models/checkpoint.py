@@ -135,15 +135,17 @@ def load_models(path) -> tuple[list, dict]:
     finds in ``path`` (one for a plain checkpoint), ``info`` the first one's. Members must agree
     on :data:`ENSEMBLE_SHARED` (the predictor crops, normalises and reads them alike)."""
     members = ensemble_members(path)
+    if len(members) > 1:  # descriptions compared before any weights are read: a mismatch fails at once
+        first = read_model_info(members[0])
+        for member in members[1:]:
+            info = read_model_info(member)
+            for key in ENSEMBLE_SHARED:
+                if info.get(key) != first.get(key):
+                    raise FacemtlError(f"ensemble members differ in {key!r}: {member} has {_show(info.get(key))}, "
+                                       f"{members[0]} {_show(first.get(key))}; members must share "
+                                       f"{', '.join(ENSEMBLE_SHARED)}")
     loaded = [load_model(m) for m in members]
-    first = loaded[0][1]
-    for member, (_, info) in zip(members[1:], loaded[1:]):
-        for key in ENSEMBLE_SHARED:
-            if info.get(key) != first.get(key):
-                raise FacemtlError(f"ensemble members differ in {key!r}: {member} has {_show(info.get(key))}, "
-                                   f"{members[0]} {_show(first.get(key))}; members must share "
-                                   f"{', '.join(ENSEMBLE_SHARED)}")
-    return [model for model, _ in loaded], first
+    return [model for model, _ in loaded], loaded[0][1]
 
 
 def _resolve(path) -> tuple[Path, Path]:
