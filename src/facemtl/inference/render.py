@@ -101,7 +101,7 @@ FACE_SIDE_AT_SCALE_1 = 160  # px: a face this large gets the marks of a 512-px i
 def face_scale(box: tuple[int, int, int, int], image_scale: float) -> float:
     """Size of one face's marks and tag: its box's longer side / 160 px, never more than the
     image's own scale (longer side / 512 px), so a face filling a small image is drawn as before.
-    Text never goes below :func:`_text_size`'s floor (readable on a 40-px face)."""
+    Text never goes below :func:`_text_size`'s floor (the font at scale 0.5)."""
     side = max(box[2] - box[0], box[3] - box[1])
     return min(image_scale, side / FACE_SIDE_AT_SCALE_1)
 
