@@ -418,6 +418,10 @@ def test_overlay_marks_small_faces_in_a_large_photo_at_their_own_size(predictor)
     # points and box lines are thin: the dot covers at most a few pixels across
     dot = (out[530:551, 830:851] == POINT_COLOUR).all(axis=2)
     assert 0 < dot.sum() <= 30
+    # point names too are sized by their face: they stay near it, not hundreds of pixels across the photo
+    named = draw_overlay(image, faces, tasks, point_names=True)
+    rows, cols = np.nonzero((named != out).any(axis=2))
+    assert len(rows) and cols.max() < 1150 and rows.max() < 620
 
 
 def test_overlay_legend_takes_the_corner_without_faces_and_point_names_on_demand(predictor):

@@ -230,8 +230,9 @@ class PointsKind(TaskKind):
             if np.isfinite(x) and np.isfinite(y):
                 cv2.circle(out, (int(round(x)), int(round(y))), radius, POINT_COLOUR, -1)
                 if names and k < len(task.class_names):
+                    # half the face's mark scale (thickness = 2 x scale): names sized by the face, like its dots
                     put_text(out, task.class_names[k], (int(round(x)) + radius + 1, int(round(y)) - radius),
-                             max(out.shape[:2]) / 1024.0)
+                             thickness / 4)
         return []
 
 
