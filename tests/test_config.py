@@ -73,6 +73,10 @@ def test_unknown_key_suggests_the_close_one():
          "or null, got 0.3"),
         ({"data": [{"name": "mtfl", "root": "/x", "tasks": ["landmarks"], "brow_drop": 0.1}]},
          "bad value for 'data.0.brow_drop': expected no value: only synthetic sources draw brows"),
+        ({"data": [{"tasks": ["landmarks"], "glasses_frames": "large"}]},
+         "bad value for 'data.0.glasses_frames': expected one of small, real or null, got 'large'"),
+        ({"data": [{"name": "mtfl", "root": "/x", "tasks": ["landmarks"], "glasses_frames": "real"}]},
+         "bad value for 'data.0.glasses_frames': expected no value: only synthetic sources draw glasses"),
     ],
 )
 def test_bad_values_name_the_key_and_what_was_expected(data, message):
@@ -228,12 +232,13 @@ def test_a_synthetic_source_s_expression_range_reaches_its_faces():
     assert sources[0].train.expression is None and "expression" not in sources[0].description
 
 
-@pytest.mark.parametrize("option,value", [("creases", 0.5), ("brow_drop", 0.1)])
-def test_a_synthetic_source_s_face_option_reaches_its_faces(option, value):
+@pytest.mark.parametrize("option,value,default", [("creases", 0.5, None), ("brow_drop", 0.1, None),
+                                                  ("glasses_frames", "real", "small")])
+def test_a_synthetic_source_s_face_option_reaches_its_faces(option, value, default):
     from facemtl.data.mixing import build_sources
 
     cfg = load_config(None, ["input_size=64", f"data.1.{option}={value}", "data.1.n_train=4", "data.1.n_test=2"])
     sources = build_sources(cfg, cfg.build_tasks())
     assert getattr(sources[1].train, option) == getattr(sources[1].test, option) == value
     assert sources[1].description[option] == value
-    assert getattr(sources[0].train, option) is None and option not in sources[0].description
+    assert getattr(sources[0].train, option) == default and option not in sources[0].description

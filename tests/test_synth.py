@@ -153,6 +153,58 @@ def test_brow_drop_lowers_the_brows_and_changes_no_label():
             render_face(0, 0, "studio", SIZE, brow_drop=bad)
 
 
+def test_real_glasses_frames_change_only_the_pixels_of_faces_with_glasses():
+    """data.N.glasses_frames=real: the same faces, labels and later draws (occluder, camera);
+    only the faces that wear glasses look different."""
+    worn = 0
+    for i in range(40):
+        small = render_face(2, i, "snapshot", SIZE)
+        real = render_face(2, i, "snapshot", SIZE, glasses_frames="real")
+        np.testing.assert_array_equal(real["landmarks"], small["landmarks"])
+        np.testing.assert_array_equal(real["parsing"], small["parsing"])
+        assert (real["emotion"], real["glasses"], real["meta"]) == (small["emotion"], small["glasses"], small["meta"])
+        if small["glasses"] == 0:  # MTFL's 0: wears glasses
+            worn += 1
+            assert not np.array_equal(real["image"], small["image"])
+        else:
+            np.testing.assert_array_equal(real["image"], small["image"])
+    assert worn >= 5
+    np.testing.assert_array_equal(render_face(2, 0, "snapshot", SIZE, glasses_frames="small")["image"],
+                                  render_face(2, 0, "snapshot", SIZE)["image"])
+    ds = SyntheticFaces(2, style="snapshot", seed=2, size=SIZE, glasses_frames="real")
+    assert "glasses_frames='real'" in repr(ds) and "glasses_frames" not in repr(SyntheticFaces(2))
+    for bad in ("large", 1, True):
+        with pytest.raises(FacemtlError, match=re.escape(f"glasses_frames: expected one of small, real or None, got {bad!r}")):
+            render_face(0, 0, "studio", SIZE, glasses_frames=bad)
+
+
+def test_real_glasses_frames_are_wider_than_the_small_ones():
+    """A lens of the real frames reaches about 0.8-1.0 of the inter-ocular distance from the face's
+    middle (0.5 to the eye, 0.32-0.42 of half-lens, up to 0.05 further out), the small ones'
+    about 0.65-0.8 (0.22-0.28 of half-lens), measured on a frontal mean face a little below the
+    eyes (clear of the bridge and the temples, inside every lens)."""
+    from facemtl.data import synth
+
+    m = synth._mesh()
+    iod, size = 40.0, 200
+    centre = np.array([size / 2, size / 2])
+    anchor = np.array([0.0, 0.45, 0.0])
+    row = int(round(centre[1] + (0.12 - 0.45) * iod))  # 0.12 below the eyes' centres
+    reach = {}
+    for frames in ("small", "real"):
+        reach[frames] = []
+        for k in range(24):
+            image = np.full((size, size, 3), 255, np.uint8)
+            synth._draw_glasses(image, synth._rng(k), synth._rng(k, 5), m.neutral, m, np.eye(3), anchor, iod, centre,
+                                frames=frames)
+            cols = np.flatnonzero((image[row] < 245).any(1))
+            reach[frames] += [(centre[0] - cols.min()) / iod, (cols.max() - centre[0]) / iod]
+    small, real = np.array(reach["small"]), np.array(reach["real"])
+    assert 0.6 <= small.min() and small.max() <= 0.85, small
+    assert 0.76 <= real.min() and real.max() <= 1.05, real
+    assert real.mean() - small.mean() >= 0.1
+
+
 @pytest.mark.parametrize("strength", [(2.0, 1.0), (-0.5, 1.0), (1.0,), (0.5, 5.0), "strong", 2.0])
 def test_bad_expression_ranges_are_named(strength):
     with pytest.raises(FacemtlError, match=re.escape("expected [low, high] expression strength (0 <= low <= high <= 4)")):

@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from facemtl.constants import (BROW_DROP, EXPRESSION_RANGE, POSE_ANGLES, POSE_SPREAD, brow_drop_ok, expression_range_ok,
+from facemtl.constants import (BROW_DROP, EXPRESSION_RANGE, GLASSES_FRAMES, POSE_ANGLES, POSE_SPREAD, brow_drop_ok, expression_range_ok,
                                pose_spread_ok)
 from facemtl.errors import FacemtlError
 
@@ -113,6 +113,9 @@ class SourceConfig:
     # synth only: largest drop of a subject's brows at rest (fraction of the inter-ocular
     # distance, 0..0.2), drawn per subject
     brow_drop: float | None = None
+    # synth only: glasses frames, "small" (null: the frames the bundled model trained on) or "real"
+    # (sized like real frames, with temples)
+    glasses_frames: str | None = None
 
 
 @dataclass(frozen=True)
@@ -621,6 +624,11 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
                 raise bad(f"{p}.brow_drop", "no value: only synthetic sources draw brows", src.brow_drop)
             if not brow_drop_ok(src.brow_drop):
                 raise bad(f"{p}.brow_drop", f"{BROW_DROP} or null", src.brow_drop)
+        if src.glasses_frames is not None:
+            if src.name != "synth":
+                raise bad(f"{p}.glasses_frames", "no value: only synthetic sources draw glasses", src.glasses_frames)
+            if src.glasses_frames not in GLASSES_FRAMES:
+                raise bad(f"{p}.glasses_frames", f"one of {', '.join(GLASSES_FRAMES)} or null", src.glasses_frames)
         if src.name == "synth":
             if not 0 < src.n_train <= MAX_SYNTH_FACES:
                 raise bad(f"{p}.n_train", f"an integer in 1..{MAX_SYNTH_FACES:_}", src.n_train)

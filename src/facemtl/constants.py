@@ -37,6 +37,11 @@ def expression_range_ok(strength) -> bool:
     return len(strength) == 2 and 0 <= strength[0] <= strength[1] <= 4
 
 
+# Glasses frames a synthetic source may draw (``data.N.glasses_frames``): the renderer's first,
+# small frames (default) or frames sized like real ones
+GLASSES_FRAMES = ("small", "real")
+
+
 # Largest resting brow drop a synthetic source may draw per subject (``data.N.brow_drop``)
 BROW_DROP = "a distance in 0..0.2 (fractions of the inter-ocular distance)"
 

@@ -109,11 +109,12 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
             pose = {k: list(v) for k, v in cfg.pose.items()} or None
             expression = None if cfg.expression is None else list(cfg.expression)
             train = SyntheticFaces(cfg.n_train, style=cfg.style, seed=cfg.seed, size=config.input_size, features=features,
-                                   pose=pose, expression=expression, creases=cfg.creases, brow_drop=cfg.brow_drop)
+                                   pose=pose, expression=expression, creases=cfg.creases, brow_drop=cfg.brow_drop,
+                                   glasses_frames=cfg.glasses_frames)
             # A disjoint stream of faces for testing: seeds far from any training seed.
             test = SyntheticFaces(cfg.n_test, style=cfg.style, seed=cfg.seed + 1_000_003, size=config.input_size,
                                   features=features, pose=pose, expression=expression, creases=cfg.creases,
-                                  brow_drop=cfg.brow_drop)
+                                  brow_drop=cfg.brow_drop, glasses_frames=cfg.glasses_frames)
             desc.update(style=cfg.style, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed,
                         features=None if cfg.features is None else sorted(features))
             if pose:
@@ -124,6 +125,8 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
                 desc["creases"] = cfg.creases
             if cfg.brow_drop is not None:
                 desc["brow_drop"] = cfg.brow_drop
+            if cfg.glasses_frames is not None:
+                desc["glasses_frames"] = cfg.glasses_frames
         else:
             from facemtl.data import load_dataset
             from facemtl.data.transforms import DEFAULT_CROP_MARGIN, FaceCrop

@@ -65,7 +65,7 @@ from importlib import resources
 import cv2
 import numpy as np
 
-from facemtl.constants import (BROW_DROP, EXPRESSION_RANGE, POSE_ANGLES, POSE_SPREAD, brow_drop_ok, expression_range_ok,
+from facemtl.constants import (BROW_DROP, EXPRESSION_RANGE, GLASSES_FRAMES, POSE_ANGLES, POSE_SPREAD, brow_drop_ok, expression_range_ok,
                                pose_spread_ok)
 from facemtl.constants import SYNTH_STYLES as STYLES
 from facemtl.data import synth_look as look
@@ -823,6 +823,15 @@ def crease_rate(creases) -> float | None:
     return float(creases)
 
 
+def frames_kind(frames) -> str:
+    """``glasses_frames`` checked: None -> "small"; else one of :data:`GLASSES_FRAMES`."""
+    if frames is None:
+        return "small"
+    if frames not in GLASSES_FRAMES:
+        raise FacemtlError(f"glasses_frames: expected one of {', '.join(GLASSES_FRAMES)} or None, got {frames!r}")
+    return frames
+
+
 def _rng(*key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in key])))
 
@@ -946,7 +955,8 @@ class _Cam:
 
 
 def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
-                features=ALL_FEATURES, pose=None, expression=None, creases=None, brow_drop=None) -> dict:
+                features=ALL_FEATURES, pose=None, expression=None, creases=None, brow_drop=None,
+                glasses_frames=None) -> dict:
     """Render one raw sample (loader contract of ``docs/datasets.md``) for ``(seed, index, style, size)``.
 
     Returns ``image`` (size, size, 3) uint8 RGB, ``landmarks`` float32 (5, 2) 0-based pixel
@@ -980,10 +990,17 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     renderer's anger and disgust, and the real neutral faces measured carry their brows lower
     over the eyes than synthetic neutral faces (docs/evidence.md, "Posed expressions in real
     photos")
+
+    ``glasses_frames``: ``"small"`` (default: the frames every earlier model trained on) or ``"real"``
+    (frames sized like real ones, with temples; :func:`_draw_glasses`). Pixels only, and only on
+    faces with glasses; every other draw of the face stays the same. Why: the real faces with
+    glasses were read worst, and real frames are about 1.5 times the small ones (docs/evidence.md,
+    "real-size glasses")
     """
     _check(style, size)
     creases = crease_rate(creases)
     brow_drop = brow_drop_limit(brow_drop)
+    glasses_frames = frames_kind(glasses_frames)
     feats = _features(features)
     if int(seed) < 0 or int(index) < 0:
         raise FacemtlError(f"seed and index must be >= 0, got seed={seed}, index={index}")
@@ -1195,7 +1212,8 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     # --- glasses: pixels only, the mask keeps what is under them
     if glasses:
         # low-resolution styles get thicker frames so the glasses label stays visible
-        _draw_glasses(image, rng, v, m, rot, anchor, iod, centre, 2.5 if p["lowres"] else 1.0, scene)
+        _draw_glasses(image, rng, _rng(seed, index, style_id, 5), v, m, rot, anchor, iod, centre,
+                      2.5 if p["lowres"] else 1.0, scene, glasses_frames)
 
     # --- occluder: labelled background in the mask
     occluded = bool(rng.random() < p["occlude"])
@@ -1519,28 +1537,69 @@ _FACE_SKIN = np.zeros(256, np.uint8)
 _FACE_SKIN[[1, 6]] = 1  # Helen skin and nose
 
 
-def _draw_glasses(image, rng, v, m, rot, anchor, iod, centre, rim_scale=1.0, light=(1.0, 1.0, 1.0)) -> None:
-    """Two rims (and tinted lenses) in a plane in front of the eyes, projected with the face."""
-    t = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+def _draw_glasses(image, rng, extra, v, m, rot, anchor, iod, centre, rim_scale=1.0, light=(1.0, 1.0, 1.0),
+                  frames: str = "small") -> None:
+    """Rims (and tinted lenses) in a plane in front of the eyes, projected with the face.
+
+    ``frames="small"``: the renderer's first frames, lenses 0.44-0.56 x 0.30-0.42 of the
+    inter-ocular distance, rims iod / 25 thick. ``"real"``: sized like real frames, lenses
+    0.64-0.84 x 0.40-0.60 (45-56 mm by 25-38 mm against a 63-mm pupil distance) centred a little
+    below and outside the eyes, rims from thin metal to thick plastic, temples back to the ears,
+    sometimes a glare across the lenses. Both take the same draws from ``rng`` (the face's later
+    draws stay the same); "real" takes the rest from ``extra``, a stream of its own."""
+    real = frames == "real"
+    t = np.linspace(0, 2 * np.pi, 24 if real else 20, endpoint=False)
     e = _uni(rng, 2.0, 4.0)  # super-ellipse exponent: round (2) to rectangular (4)
     cx, sy = np.cos(t), np.sin(t)
     shape = np.stack([np.sign(cx) * np.abs(cx) ** (2 / e), np.sign(sy) * np.abs(sy) ** (2 / e)], 1)
-    rx, ry = _uni(rng, 0.22, 0.28), _uni(rng, 0.15, 0.21)
+    rx, ry = (_uni(rng, 0.32, 0.42), _uni(rng, 0.20, 0.30)) if real else (_uni(rng, 0.22, 0.28), _uni(rng, 0.15, 0.21))
     sun = rng.random() < 0.2
     colour = tuple(float(c) for c in (_uni(rng, 0, 60, 3) if rng.random() < 0.7 else _uni(rng, 80, 200, 3)) * light)
-    thick = max(1, int(round(iod / 25 * rim_scale)))
-    rims = []
-    for eye in (m.eye_l, m.eye_r):
+    if real:
+        thin = extra.random() < 0.5  # metal wire or plastic
+        thick = max(1, int(round(iod * (_uni(extra, 0.015, 0.03) if thin else _uni(extra, 0.035, 0.08)) * rim_scale)))
+        drop, spread = _uni(extra, 0.0, 0.06), _uni(extra, 0.0, 0.05)
+        glare = extra.random() < 0.4
+        glare_at, glare_w, glare_a = _uni(extra, -0.6, 0.6), _uni(extra, 0.15, 0.4), _uni(extra, 0.12, 0.3)
+    else:
+        thick = max(1, int(round(iod / 25 * rim_scale)))
+        drop = spread = 0.0
+        glare = False
+
+    def project(p3):
+        return np.round(((p3 - anchor) @ rot.T)[:, :2] * iod * 16 + centre * 16).astype(np.int32)
+
+    rims, temples = [], []
+    for eye, side in ((m.eye_l, -1.0), (m.eye_r, 1.0)):
         c = v[eye].mean(0)
-        rim = np.stack([c[0] + rx * shape[:, 0], c[1] + 0.02 + ry * shape[:, 1], np.full(len(t), c[2] + 0.3)], 1)
-        rims.append(np.round(((rim - anchor) @ rot.T)[:, :2] * iod * 16 + centre * 16).astype(np.int32))
+        x0, y0, z0 = c[0] + side * spread, c[1] + 0.02 + drop, c[2] + 0.3
+        rims.append(project(np.stack([x0 + rx * shape[:, 0], y0 + ry * shape[:, 1], np.full(len(t), z0)], 1)))
+        # from the rim's upper outer corner back over the ear
+        temples.append(np.array([[x0 + side * rx, y0 - 0.5 * ry, z0], [side * 1.12, 0.0, -0.9]]))
     yaw_sin = rot[0, 2]  # > 0: nose to image-right, the image-right eye turns away
+    near = 0 if yaw_sin > 0 else 1
     if abs(yaw_sin) > 0.6:  # beyond ~37 degrees the far rim hides behind the nose
-        rims = [rims[0]] if yaw_sin > 0 else [rims[1]]
+        rims = [rims[near]]
     if sun:
         overlay = image.copy()
         cv2.fillPoly(overlay, rims, (20.0, 20.0, 25.0), cv2.LINE_AA, 4)
         cv2.addWeighted(image, 0.2, overlay, 0.8, 0.0, dst=image)
+    if glare:  # a slanted band of reflected light across the lenses
+        h, w = image.shape[:2]
+        lens, band = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+        cv2.fillPoly(lens, rims, 1, cv2.LINE_8, 4)
+        a = centre + np.array([glare_at, -1.0]) * iod
+        d = np.array([1.0, 2.0]) * iod
+        quad = np.array([a - d, a - d + [glare_w * iod, 0], a + d + [glare_w * iod, 0], a + d]) * 16
+        cv2.fillPoly(band, [np.round(quad).astype(np.int32)], 1, cv2.LINE_8, 4)
+        sel = (lens & band).astype(bool)
+        lit = np.minimum(np.asarray(light, np.float64) * 235.0, 255.0)
+        image[sel] = (image[sel] * (1 - glare_a) + lit * glare_a).astype(np.uint8)
+    if real:
+        for temple in temples if abs(yaw_sin) < 0.25 else [temples[near]]:  # the far one hides behind the head
+            q = project(temple)
+            cv2.line(image, tuple(int(k) for k in q[0]), tuple(int(k) for k in q[1]), colour, max(1, thick * 2 // 3),
+                     cv2.LINE_AA, 4)
     cv2.polylines(image, rims, True, colour, thick, cv2.LINE_AA, 4)
     if len(rims) == 2:  # bridge between the inner rim points
         a = rims[0][np.argmax(rims[0][:, 0])] if rot[0, 0] > 0 else rims[0][np.argmin(rims[0][:, 0])]
@@ -1559,12 +1618,13 @@ class SyntheticFaces(collections.abc.Sequence):
     ``features``: the realism features to draw (names from :data:`FEATURES`, default all); an
     ablation passes e.g. ``ALL_FEATURES - {"eyes"}``. ``pose``: head pose spreads instead of the
     style's, ``expression``: an expression strength range instead of the style's, ``creases``: the
-    probability of each crease on any face, ``brow_drop``: how much lower a subject's brows may sit
-    (see :func:`render_face`).
+    probability of each crease on any face, ``brow_drop``: how much lower a subject's brows may sit,
+    ``glasses_frames``: "small" or "real" frames (see :func:`render_face`).
     """
 
     def __init__(self, n: int, style: str = "studio", seed: int = 0, size: int = 128,
-                 features=ALL_FEATURES, pose=None, expression=None, creases=None, brow_drop=None):
+                 features=ALL_FEATURES, pose=None, expression=None, creases=None, brow_drop=None,
+                 glasses_frames=None):
         _check(style, size)
         if int(n) < 0:
             raise FacemtlError(f"number of synthetic faces must be >= 0, got {n}")
@@ -1576,6 +1636,7 @@ class SyntheticFaces(collections.abc.Sequence):
         self.expression = None if expression is None else expression_range(expression)
         self.creases = crease_rate(creases)
         self.brow_drop = brow_drop_limit(brow_drop)
+        self.glasses_frames = frames_kind(glasses_frames)
         self._rendered: list[dict] | None = None  # every face, once prerender() ran
 
     def __len__(self) -> int:
@@ -1592,18 +1653,19 @@ class SyntheticFaces(collections.abc.Sequence):
         if self._rendered is not None:
             return self._rendered[i]
         return render_face(self.seed, i, self.style, self.size, self.features, self.pose, self.expression,
-                           self.creases, self.brow_drop)
+                           self.creases, self.brow_drop, self.glasses_frames)
 
     def prerender(self, processes: int = 1) -> SyntheticFaces:
         """Render every face now, in ``processes`` worker processes, and keep them in memory
         (returns self). Faces are identical to those rendered on access (each depends only on
-        ``(seed, index, style, size, features, pose, expression, creases, brow_drop)``). Why: rendering takes a few ms
+        ``(seed, index, style, size, features, pose, expression, creases, brow_drop,
+        glasses_frames)``). Why: rendering takes a few ms
         per face on one core, so a GPU run that renders on access waits on it for its first epoch,
         and every evaluation re-renders the test split."""
         if self._rendered is not None:
             return self
         args = (self.seed, self.style, self.size, self.features, self.pose, self.expression, self.creases,
-                self.brow_drop)
+                self.brow_drop, self.glasses_frames)
         if processes <= 1 or self.n < PARALLEL_RENDER_MIN:
             self._rendered = _render_range(args, 0, self.n)
         else:
@@ -1623,6 +1685,8 @@ class SyntheticFaces(collections.abc.Sequence):
             extra += f", creases={self.creases!r}"
         if self.brow_drop is not None:
             extra += f", brow_drop={self.brow_drop!r}"
+        if self.glasses_frames != "small":
+            extra += f", glasses_frames={self.glasses_frames!r}"
         return f"SyntheticFaces(n={self.n}, style={self.style!r}, seed={self.seed}, size={self.size}{extra})"
 
 
@@ -1667,6 +1731,6 @@ def _render_in_processes(args: tuple, ranges: list[tuple[int, int]]) -> list[dic
 
 def _render_range(args: tuple, start: int, stop: int) -> list[dict]:
     """Faces ``start..stop-1`` of ``SyntheticFaces(*args)`` (a worker of :meth:`SyntheticFaces.prerender`)."""
-    seed, style, size, features, pose, expression, creases, brow_drop = args
-    return [render_face(seed, i, style, size, features, pose, expression, creases, brow_drop)
+    seed, style, size, features, pose, expression, creases, brow_drop, glasses_frames = args
+    return [render_face(seed, i, style, size, features, pose, expression, creases, brow_drop, glasses_frames)
             for i in range(start, stop)]
