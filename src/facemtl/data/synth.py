@@ -1212,8 +1212,9 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     # --- glasses: pixels only, the mask keeps what is under them
     if glasses:
         # low-resolution styles get thicker frames so the glasses label stays visible
-        _draw_glasses(image, rng, _rng(seed, index, style_id, 5), v, m, rot, anchor, iod, centre,
-                      2.5 if p["lowres"] else 1.0, scene, glasses_frames)
+        extra = _rng(seed, index, style_id, 5) if glasses_frames == "real" else None
+        _draw_glasses(image, rng, extra, v, m, rot, anchor, iod, centre, 2.5 if p["lowres"] else 1.0, scene,
+                      glasses_frames)
 
     # --- occluder: labelled background in the mask
     occluded = bool(rng.random() < p["occlude"])
@@ -1546,7 +1547,8 @@ def _draw_glasses(image, rng, extra, v, m, rot, anchor, iod, centre, rim_scale=1
     0.64-0.84 x 0.40-0.60 (45-56 mm by 25-38 mm against a 63-mm pupil distance) centred a little
     below and outside the eyes, rims from thin metal to thick plastic, temples back to the ears,
     sometimes a glare across the lenses. Both take the same draws from ``rng`` (the face's later
-    draws stay the same); "real" takes the rest from ``extra``, a stream of its own."""
+    draws stay the same); "real" takes the rest from ``extra``, a stream of its own (unused by
+    "small": None will do)."""
     real = frames == "real"
     t = np.linspace(0, 2 * np.pi, 24 if real else 20, endpoint=False)
     e = _uni(rng, 2.0, 4.0)  # super-ellipse exponent: round (2) to rectangular (4)
