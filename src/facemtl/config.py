@@ -24,8 +24,8 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from facemtl.constants import (BROW_DROP, EXPRESSION_RANGE, GLASSES_FRAMES, POSE_ANGLES, POSE_SPREAD, brow_drop_ok, expression_range_ok,
-                               pose_spread_ok)
+from facemtl.constants import (BROW_DROP, EXPRESSION_RANGE, GLASSES_FRAMES, POSE_ANGLES, POSE_SPREAD, brow_drop_ok,
+                               expression_range_ok, pose_spread_ok)
 from facemtl.errors import FacemtlError
 
 

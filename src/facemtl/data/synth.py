@@ -65,8 +65,8 @@ from importlib import resources
 import cv2
 import numpy as np
 
-from facemtl.constants import (BROW_DROP, EXPRESSION_RANGE, GLASSES_FRAMES, POSE_ANGLES, POSE_SPREAD, brow_drop_ok, expression_range_ok,
-                               pose_spread_ok)
+from facemtl.constants import (BROW_DROP, EXPRESSION_RANGE, GLASSES_FRAMES, POSE_ANGLES, POSE_SPREAD, brow_drop_ok,
+                               expression_range_ok, pose_spread_ok)
 from facemtl.constants import SYNTH_STYLES as STYLES
 from facemtl.data import synth_look as look
 from facemtl.data.synth_look import (
@@ -1576,8 +1576,8 @@ def _draw_glasses(image, rng, extra, v, m, rot, anchor, iod, centre, rim_scale=1
         c = v[eye].mean(0)
         x0, y0, z0 = c[0] + side * spread, c[1] + 0.02 + drop, c[2] + 0.3
         rims.append(project(np.stack([x0 + rx * shape[:, 0], y0 + ry * shape[:, 1], np.full(len(t), z0)], 1)))
-        # from the rim's upper outer corner back over the ear
-        temples.append(np.array([[x0 + side * rx, y0 - 0.5 * ry, z0], [side * 1.12, 0.0, -0.9]]))
+        if real:  # from the rim's upper outer corner back over the ear
+            temples.append(np.array([[x0 + side * rx, y0 - 0.5 * ry, z0], [side * 1.12, 0.0, -0.9]]))
     yaw_sin = rot[0, 2]  # > 0: nose to image-right, the image-right eye turns away
     near = 0 if yaw_sin > 0 else 1
     if abs(yaw_sin) > 0.6:  # beyond ~37 degrees the far rim hides behind the nose
