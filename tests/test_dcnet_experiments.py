@@ -170,6 +170,12 @@ def test_scarcity_repeats_ratio_splits_of_aflw_and_of_the_synthetic_pool(tmp_pat
     assert splits[0][0].indices == list(range(pool // 2))  # repeat 0: the pool's first half, as before
     assert len({tuple(t.indices) for t, _ in splits}) == 3
 
+    seen.clear()  # the pool is the source's own faces: its render options are kept
+    real = dataclasses.replace(base, data=(dataclasses.replace(base.data[0], glasses_frames="real", creases=0.5),))
+    D.scarcity(real, exp, tmp_path / "real")
+    pool_faces = seen[0][2][0][0].data
+    assert pool_faces.glasses_frames == "real" and pool_faces.creases == 0.5
+
     with pytest.raises(FacemtlError, match="ratio and seed options"):
         D.scarcity(dataclasses.replace(base, data=(dataclasses.replace(base.data[0], name="mtfl", root="x"),)),
                    exp, tmp_path / "mtfl")

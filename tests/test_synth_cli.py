@@ -238,3 +238,60 @@ def test_preview_rejects_non_png_out(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"facemtl: error: --out must be a .png file, got {tmp_path / 'grid.jpg'}"]
     assert not (tmp_path / "grid.jpg").exists()
+
+
+# data.1 (the default config's emotion source, classroom) with render options of its own
+SOURCE_ARGS = ["--source", "1", "--set", "input_size=64", "--set", "data.1.seed=9",
+               "--set", "data.1.glasses_frames=real", "--set", "data.1.expression=[1.5,2.5]"]
+
+
+def _source_faces(n, seed=9):
+    """What training draws for that source, built here from the options written out by hand."""
+    from facemtl.data.synth import SyntheticFaces
+
+    return SyntheticFaces(n, style="classroom", seed=seed, size=SIZE, glasses_frames="real", expression=(1.5, 2.5))
+
+
+def test_export_with_source_writes_the_faces_that_training_source_draws(tmp_path, capsys):
+    out = tmp_path / "emo"
+    assert main(["synth", "export", "--format", "emotion-folder", "--n", "6", "--out", str(out), *SOURCE_ARGS]) == 0
+    assert "wrote 6 classroom faces of source 1" in capsys.readouterr().out
+    written = {int(f.stem.split("_")[1]): (f.parent.name, np.asarray(Image.open(f).convert("RGB")))
+               for f in out.glob("*/*.png")}
+    expected = _source_faces(6)
+    assert sorted(written) == list(range(6))
+    for i, (emotion, image) in written.items():  # PNG: the very pixels
+        assert emotion == EMOTIONS[expected[i]["emotion"]]
+        np.testing.assert_array_equal(image, expected[i]["image"])
+    # the source's options changed the faces: the style's plain faces are not these
+    assert any((render_face(9, i, "classroom", SIZE)["image"] != expected[i]["image"]).any() for i in range(6))
+
+
+def test_preview_with_source_shows_that_sources_faces_and_seed_replaces_its_seed(tmp_path):
+    import cv2
+
+    from facemtl.data.synth_cli import CELL, COLS, PAD
+
+    out = tmp_path / "grid.png"
+    assert main(["synth", "preview", "--out", str(out), "--n", "3", *SOURCE_ARGS, "--seed", "4"]) == 0
+    img = np.asarray(Image.open(out).convert("RGB"))
+    tile_w = img.shape[1] // min(COLS, 3)
+    expected = _source_faces(3, seed=4)
+    for k in range(3):  # one style: faces 0, 1, 2 of the source's stream
+        x = k * tile_w + PAD
+        np.testing.assert_array_equal(img[PAD:PAD + CELL, x:x + CELL],
+                                      cv2.resize(expected[k]["image"], (CELL, CELL), interpolation=cv2.INTER_NEAREST))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--source", "5"], "--source 5 of the default config: the config has 3 sources, data.0 to data.2"),
+    (["--source", "0", "--set", "data.0.name=helen", "--set", "data.0.root=x"],
+     "--source 0 of the default config reads the 'helen' dataset; only synthetic sources (name: synth) "
+     "are drawn"),
+    (["--set", "data.0.seed=1"], "--config and --set choose a training source's faces: give --source N with them"),
+])
+def test_bad_source_arguments_exit_with_one_line(tmp_path, capsys, args, message):
+    assert main(["synth", "export", "--format", "mtfl", "--n", "2", "--out", str(tmp_path / "x"), *args]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"facemtl: error: {message}"]
+    assert not (tmp_path / "x").exists()

@@ -86,6 +86,18 @@ def source_options(name: str, tasks: Sequence[Task], options) -> dict:
     return out
 
 
+def render_options(cfg) -> dict:
+    """A synthetic source's (``data.N`` with name ``synth``) render options, as keyword arguments
+    of :class:`facemtl.data.synth.SyntheticFaces`: every place that draws a source's faces (training,
+    the data-scarcity pool, ``facemtl synth --source``) draws the same ones."""
+    from facemtl.data.synth import ALL_FEATURES
+
+    return dict(features=ALL_FEATURES if cfg.features is None else frozenset(cfg.features),
+                pose={k: list(v) for k, v in cfg.pose.items()} or None,
+                expression=None if cfg.expression is None else list(cfg.expression),
+                creases=cfg.creases, brow_drop=cfg.brow_drop, glasses_frames=cfg.glasses_frames)
+
+
 def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequence, Sequence]] | None = None) -> list[Source]:
     """Sources of a :class:`facemtl.config.TrainConfig`.
 
@@ -103,24 +115,19 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
         if datasets is not None:
             train, test = datasets[i]
         elif cfg.name == "synth":
-            from facemtl.data.synth import ALL_FEATURES, SyntheticFaces
+            from facemtl.data.synth import SyntheticFaces
 
-            features = ALL_FEATURES if cfg.features is None else frozenset(cfg.features)
-            pose = {k: list(v) for k, v in cfg.pose.items()} or None
-            expression = None if cfg.expression is None else list(cfg.expression)
-            train = SyntheticFaces(cfg.n_train, style=cfg.style, seed=cfg.seed, size=config.input_size, features=features,
-                                   pose=pose, expression=expression, creases=cfg.creases, brow_drop=cfg.brow_drop,
-                                   glasses_frames=cfg.glasses_frames)
+            opts = render_options(cfg)
+            train = SyntheticFaces(cfg.n_train, style=cfg.style, seed=cfg.seed, size=config.input_size, **opts)
             # A disjoint stream of faces for testing: seeds far from any training seed.
             test = SyntheticFaces(cfg.n_test, style=cfg.style, seed=cfg.seed + 1_000_003, size=config.input_size,
-                                  features=features, pose=pose, expression=expression, creases=cfg.creases,
-                                  brow_drop=cfg.brow_drop, glasses_frames=cfg.glasses_frames)
+                                  **opts)
             desc.update(style=cfg.style, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed,
-                        features=None if cfg.features is None else sorted(features))
-            if pose:
-                desc["pose"] = pose
-            if expression is not None:
-                desc["expression"] = expression
+                        features=None if cfg.features is None else sorted(opts["features"]))
+            if opts["pose"]:
+                desc["pose"] = opts["pose"]
+            if opts["expression"] is not None:
+                desc["expression"] = opts["expression"]
             if cfg.creases is not None:
                 desc["creases"] = cfg.creases
             if cfg.brow_drop is not None:

@@ -1654,8 +1654,12 @@ class SyntheticFaces(collections.abc.Sequence):
             raise IndexError(f"index {i} out of range for {self.n} synthetic faces")
         if self._rendered is not None:
             return self._rendered[i]
-        return render_face(self.seed, i, self.style, self.size, self.features, self.pose, self.expression,
-                           self.creases, self.brow_drop, self.glasses_frames)
+        return render_face(self.seed, i, self.style, self.size, **self.options())
+
+    def options(self) -> dict:
+        """The render options of every face, as :func:`render_face` keyword arguments."""
+        return dict(features=self.features, pose=self.pose, expression=self.expression, creases=self.creases,
+                    brow_drop=self.brow_drop, glasses_frames=self.glasses_frames)
 
     def prerender(self, processes: int = 1) -> SyntheticFaces:
         """Render every face now, in ``processes`` worker processes, and keep them in memory
@@ -1666,8 +1670,7 @@ class SyntheticFaces(collections.abc.Sequence):
         and every evaluation re-renders the test split."""
         if self._rendered is not None:
             return self
-        args = (self.seed, self.style, self.size, self.features, self.pose, self.expression, self.creases,
-                self.brow_drop, self.glasses_frames)
+        args = (self.seed, self.style, self.size, self.options())
         if processes <= 1 or self.n < PARALLEL_RENDER_MIN:
             self._rendered = _render_range(args, 0, self.n)
         else:
@@ -1733,6 +1736,5 @@ def _render_in_processes(args: tuple, ranges: list[tuple[int, int]]) -> list[dic
 
 def _render_range(args: tuple, start: int, stop: int) -> list[dict]:
     """Faces ``start..stop-1`` of ``SyntheticFaces(*args)`` (a worker of :meth:`SyntheticFaces.prerender`)."""
-    seed, style, size, features, pose, expression, creases, brow_drop, glasses_frames = args
-    return [render_face(seed, i, style, size, features, pose, expression, creases, brow_drop, glasses_frames)
-            for i in range(start, stop)]
+    seed, style, size, options = args
+    return [render_face(seed, i, style, size, **options) for i in range(start, stop)]

@@ -55,10 +55,11 @@ def register(subparsers) -> None:
     exp.add_argument("--format", required=True, metavar="{mtfl,aflw,celeba,helen,emotion-folder}",
                      help="on-disk layout (see docs/datasets.md)")
     exp.add_argument("--n", type=int, required=True, help="number of faces (>= 1)")
-    exp.add_argument("--style", choices=STYLES, default="studio", help="synthetic style (default studio)")
-    exp.add_argument("--seed", type=_non_negative, default=0, help="random seed (default 0)")
-    exp.add_argument("--size", type=_size, default=128, help="image side in pixels, >= 64 (default 128)")
+    exp.add_argument("--style", choices=STYLES, help="synthetic style (default studio)")
+    exp.add_argument("--seed", type=_non_negative, help="random seed (default 0)")
+    exp.add_argument("--size", type=_size, help="image side in pixels, >= 64 (default 128)")
     exp.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    _add_source_arguments(exp)
     exp.set_defaults(func=run_export)
 
     pre = sub.add_parser("preview", help="draw a contact sheet of faces with landmarks, mask overlay and labels",
@@ -69,18 +70,55 @@ def register(subparsers) -> None:
     pre.add_argument("--out", type=Path, required=True, help="output image file (.png)")
     pre.add_argument("--n", type=_positive, default=16,
                      help="number of faces in total, shared in turn among the styles shown (default 16)")
-    pre.add_argument("--style", choices=STYLES + ("all",), default="all", help="style or 'all' (default all)")
-    pre.add_argument("--seed", type=_non_negative, default=0, help="random seed (default 0)")
-    pre.add_argument("--size", type=_size, default=128,
+    pre.add_argument("--style", choices=STYLES + ("all",), help="style or 'all' (default all)")
+    pre.add_argument("--seed", type=_non_negative, help="random seed (default 0)")
+    pre.add_argument("--size", type=_size,
                      help=f"side in pixels the faces are rendered at, >= 64; shown scaled to {CELL} (default 128)")
+    _add_source_arguments(pre)
     pre.set_defaults(func=run_preview)
+
+
+def _add_source_arguments(parser) -> None:
+    parser.add_argument("--source", type=_non_negative, metavar="N",
+                        help="draw the faces training source data.N of --config draws: its style, seed, input "
+                        "size and render options (glasses frames, expression range, creases, brow drop, pose, "
+                        "features); --style, --seed and --size, when given, replace the source's")
+    parser.add_argument("--config", metavar="YAML",
+                        help="training config for --source: a YAML file or a run's config.json "
+                        "(default: the built-in default run)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value for --source as `facemtl train --set` does, e.g. "
+                        "--set data.2.glasses_frames=real (repeatable)")
+
+
+def faces_to_draw(args, style: str) -> tuple[str, int, int, dict]:
+    """``(style, seed, size, render options)`` of the faces a command draws: its arguments' (``style``
+    where none is given), or with ``--source N`` those training source N draws."""
+    if args.source is None:
+        if args.config or args.overrides:
+            raise FacemtlError("--config and --set choose a training source's faces: give --source N with them")
+        return args.style or style, args.seed or 0, args.size or 128, {}
+    from facemtl.config import load_config
+    from facemtl.data.mixing import render_options
+
+    cfg = load_config(args.config, args.overrides)
+    where = f"--source {args.source}" + (f" of {args.config}" if args.config else " of the default config")
+    if args.source >= len(cfg.data):
+        raise FacemtlError(f"{where}: the config has {len(cfg.data)} sources, data.0 to data.{len(cfg.data) - 1}")
+    src = cfg.data[args.source]
+    if src.name != "synth":
+        raise FacemtlError(f"{where} reads the {src.name!r} dataset; only synthetic sources (name: synth) are drawn")
+    return (args.style or src.style, src.seed if args.seed is None else args.seed, args.size or cfg.input_size,
+            render_options(src))
 
 
 def run_export(args) -> int:
     from facemtl.data.synth_export import export
 
-    n = export(args.format, args.out, n=args.n, style=args.style, seed=args.seed, size=args.size)
-    print(f"wrote {n} {args.style} faces in {args.format} format to {args.out}")
+    style, seed, size, options = faces_to_draw(args, "studio")
+    n = export(args.format, args.out, n=args.n, style=style, seed=seed, size=size, options=options)
+    of = "" if args.source is None else f" of source {args.source}"
+    print(f"wrote {n} {style} faces{of} in {args.format} format to {args.out}")
     return 0
 
 
@@ -126,8 +164,9 @@ def preview_faces(n: int, styles) -> list[tuple[str, int]]:
     return [(styles[k % len(styles)], k // len(styles)) for k in range(n)]
 
 
-def preview_grid(n: int, styles, seed: int = 0, size: int = 128):
-    """A contact sheet of ``n`` faces in total: each raw next to its annotated copy, labels under them."""
+def preview_grid(n: int, styles, seed: int = 0, size: int = 128, options: dict | None = None):
+    """A contact sheet of ``n`` faces in total: each raw next to its annotated copy, labels under them.
+    ``options``: render options (:func:`facemtl.data.synth.render_face` keyword arguments)."""
     import cv2
     import numpy as np
 
@@ -136,7 +175,7 @@ def preview_grid(n: int, styles, seed: int = 0, size: int = 128):
     band = LABEL_LINES * LINE_H + 8
     tiles = []
     for style, i in preview_faces(n, styles):
-        s = render_face(seed, i, style, size)
+        s = render_face(seed, i, style, size, **(options or {}))
         tile = np.full((CELL + band, 2 * CELL + GAP, 3), 255, np.uint8)
         tile[:CELL, :CELL] = _resized(s["image"], CELL)
         tile[:CELL, CELL + GAP:] = annotate(s, CELL)
@@ -159,8 +198,8 @@ def run_preview(args) -> int:
         raise FacemtlError(f"folder {out.parent} does not exist")
     import cv2
 
-    styles = STYLES if args.style == "all" else (args.style,)
-    grid = preview_grid(args.n, styles, args.seed, args.size)
+    style, seed, size, options = faces_to_draw(args, "all")
+    grid = preview_grid(args.n, STYLES if style == "all" else (style,), seed, size, options)
     if not cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
         raise FacemtlError(f"could not write {out}")
     print(f"wrote {out} ({args.n} faces, {grid.shape[1]}x{grid.shape[0]} pixels)")

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from facemtl.data.formats.aflw import FIVE_POINTS
 from facemtl.data.formats.celeba import ATTRIBUTES
-from facemtl.data.synth import EMOTIONS, render_face
+from facemtl.data.synth import EMOTIONS, SyntheticFaces
 from facemtl.data.transforms import face_box
 from facemtl.errors import FacemtlError
 
@@ -144,13 +144,16 @@ def _celeba(out: Path, faces, n: int) -> None:
 
 
 def export(fmt: str, out, n: int, style: str = "studio", seed: int = 0, size: int = 128,
-           progress: bool = True) -> int:
-    """Render faces ``0..n-1`` of ``(seed, style, size)`` into ``out`` in format ``fmt``; returns n."""
+           progress: bool = True, options: dict | None = None) -> int:
+    """Render faces ``0..n-1`` of ``(seed, style, size)`` into ``out`` in format ``fmt``; returns n.
+
+    ``options``: render options (:class:`facemtl.data.synth.SyntheticFaces` keyword arguments, e.g.
+    a training source's from :func:`facemtl.data.mixing.render_options`); default: the style's own."""
     if fmt not in FORMATS:
         raise FacemtlError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if int(n) < 1:
         raise FacemtlError(f"--n must be >= 1, got {n}")
-    render_face(seed, 0, style, size)  # validates style/size/seed before touching the disk
+    faces = SyntheticFaces(n, style, seed, size, **(options or {}))  # validates everything before touching the disk
     out = prepare_out(Path(out))
     n = int(n)
     bar = tqdm(range(n), desc=f"synth {fmt}", unit="face", disable=not progress)
@@ -158,7 +161,7 @@ def export(fmt: str, out, n: int, style: str = "studio", seed: int = 0, size: in
         n_train = n - n // 5
         with open(out / "training.txt", "w", newline="\n") as train, open(out / "testing.txt", "w", newline="\n") as test:
             for i in bar:
-                s = render_face(seed, i, style, size)
+                s = faces[i]
                 name = f"synth_{i:06d}.jpg"
                 if i < n_train:
                     _write(out / "lfw_5590" / name, s["image"])
@@ -167,15 +170,15 @@ def export(fmt: str, out, n: int, style: str = "studio", seed: int = 0, size: in
                     _write(out / "AFLW" / name, s["image"])
                     test.write(_mtfl_line(f"AFLW/{name}", s))
     elif fmt == "aflw":
-        _aflw(out, ((i, render_face(seed, i, style, size)) for i in bar))
+        _aflw(out, ((i, faces[i]) for i in bar))
     elif fmt == "celeba":
-        _celeba(out, ((i, render_face(seed, i, style, size)) for i in bar), n)
+        _celeba(out, ((i, faces[i]) for i in bar), n)
     elif fmt == "helen":
         n_test = max(1, n // 20) if n >= 3 else 0
         n_tune = max(1, n // 10) if n >= 3 else 0
         lists = {"exemplars.txt": [], "tuning.txt": [], "testing.txt": []}
         for i in bar:
-            s = render_face(seed, i, style, size)
+            s = faces[i]
             name = f"synth_{i:06d}"
             _write(out / "images" / f"{name}.jpg", s["image"])
             for c in range(11):
@@ -189,6 +192,6 @@ def export(fmt: str, out, n: int, style: str = "studio", seed: int = 0, size: in
         for name in EMOTIONS:
             (out / name).mkdir(exist_ok=True)
         for i in bar:
-            s = render_face(seed, i, style, size)
+            s = faces[i]
             _write(out / EMOTIONS[s["emotion"]] / f"S{s['meta']['subject']:03d}_{i:05d}.png", s["image"])
     return n

@@ -253,9 +253,11 @@ def _split(base: TrainConfig, ratio: float, repeat: int = 0) -> tuple[TrainConfi
         data = (dataclasses.replace(src, options=types.MappingProxyType(options), train_split="train",
                                     test_split="test"),)
         return dataclasses.replace(base, data=data), None
+    from facemtl.data.mixing import render_options
     from facemtl.data.synth import SyntheticFaces
 
-    pool = SyntheticFaces(src.n_train + src.n_test, style=src.style, seed=src.seed, size=base.input_size)
+    pool = SyntheticFaces(src.n_train + src.n_test, style=src.style, seed=src.seed, size=base.input_size,
+                          **render_options(src))
     cut = int(round(ratio * len(pool)))
     if cut < 1 or cut >= len(pool):
         raise FacemtlError(f"train ratio {ratio} leaves an empty split of {len(pool)} faces; raise n_train + n_test")
