@@ -111,6 +111,22 @@ def test_apply_overrides_does_not_touch_its_input_and_rejects_bad_items():
         apply_overrides(base, ["schedule.lr.x=1"])
 
 
+def test_a_run_folder_stands_for_its_config_json(tmp_path):
+    import json
+
+    from facemtl.config import to_dict
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(FacemtlError) as e:
+        load_config(run)
+    assert str(e.value) == f"config {run} is a folder without a config.json; expected a YAML config file or a run folder"
+    saved = load_config(None, ["data.2.glasses_frames=real", "input_size=96"])
+    (run / "config.json").write_text(json.dumps(to_dict(saved)))
+    assert load_config(run) == saved
+    assert load_config(run, ["data.2.seed=5"]).data[2].seed == 5
+
+
 def test_file_errors_give_file_and_line(tmp_path):
     with pytest.raises(FacemtlError, match="config file not found: .*nope.yaml"):
         load_config(tmp_path / "nope.yaml")

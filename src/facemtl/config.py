@@ -706,8 +706,14 @@ def _node_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
 
 
 def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
-    """YAML file -> (data, key path -> line); errors name the file and line."""
+    """YAML file -> (data, key path -> line); errors name the file and line. A run folder stands
+    for the config it was trained with (its ``config.json``)."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FacemtlError(f"config {path} is a folder without a config.json; expected a YAML config file "
+                               "or a run folder")
+        path = path / "config.json"
     if not path.is_file():
         raise FacemtlError(f"config file not found: {path}")
     try:

@@ -85,7 +85,7 @@ def _add_source_arguments(parser) -> None:
                         "features), as rendered, before training's random_conv; --style, "
                         "--seed and --size, when given, replace the source's")
     parser.add_argument("--config", metavar="YAML",
-                        help="training config for --source: a YAML file or a run's config.json "
+                        help="training config for --source: a YAML file or a run folder (its config.json) "
                         "(default: the built-in default run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value for --source as `facemtl train --set` does, e.g. "
