@@ -58,6 +58,7 @@ def test_bundle_tool_copies_the_weights_and_records_the_command_and_scores(tmp_p
     monkeypatch.setattr(bundle_model, "DEST", tmp_path / "dest")
     bundle_model.main([str(run)])
     assert (tmp_path / "dest" / "model.safetensors").read_bytes() == b"weights"
+    assert json.loads((tmp_path / "dest" / "config.json").read_text()) == {"seed": 4}  # the run's config, as it is
     prov = json.loads((tmp_path / "dest" / "model.json").read_text())["provenance"]
     assert prov["command"] == bundle_model.with_seed(bundle_model.COMMAND, 4) and prov["command"].endswith("--set seed=4")
     assert prov["commit_recorded_by"].startswith("the bundle tool")  # the run recorded none
@@ -94,7 +95,7 @@ def test_bundle_tool_makes_an_ensemble_of_several_runs_and_replaces_what_was_bun
     bundle_model.main([str(fake_run(tmp_path / "single", 1))])
     runs = [fake_run(tmp_path / f"run{s}", s, weights=f"w{s}".encode()) for s in (7, 8)]
     bundle_model.main([str(r) for r in runs])
-    assert not (dest / "model.json").exists() and not (dest / "model.safetensors").exists()  # the single model left
+    assert not {"model.json", "model.safetensors", "config.json"} & {p.name for p in dest.iterdir()}  # the single model left
     manifest = json.loads((dest / "ensemble.json").read_text())
     assert manifest["format"] == "facemtl-ensemble" and manifest["members"] == ["seed7", "seed8"]
     assert ensemble_members(dest) == [(dest / "seed7").resolve(), (dest / "seed8").resolve()]
@@ -103,7 +104,7 @@ def test_bundle_tool_makes_an_ensemble_of_several_runs_and_replaces_what_was_bun
         prov = json.loads((dest / f"seed{s}" / "model.json").read_text())["provenance"]
         assert prov["command"] == bundle_model.with_seed(bundle_model.COMMAND, s)
     bundle_model.main([str(fake_run(tmp_path / "again", 2))])  # back to one model: the ensemble's files go
-    assert sorted(p.name for p in dest.iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.json", "model.safetensors"]
     with pytest.raises(SystemExit):  # two commands for three runs
         bundle_model.main([str(r) for r in runs] + [str(tmp_path / "again"), "--command", "a", "--command", "b"])
 
@@ -143,3 +144,17 @@ def test_runs_record_the_source_commit_they_were_trained_at():
     if not head:
         pytest.skip("the checkout has no git history")
     assert commit in (head, head + "+dirty")
+
+
+def test_the_shipped_config_is_the_one_the_recorded_command_makes():
+    """default_model/config.json (what `facemtl synth --config bundled` draws from) is the config the
+    provenance's command resolves to, field for field."""
+    import shlex
+
+    from facemtl.config import load_config
+
+    for member in bundled_members():
+        command = json.loads((member / "model.json").read_text())["provenance"]["command"]
+        words = shlex.split(command)
+        overrides = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+        assert len(overrides) == 7 and load_config(member) == load_config(None, overrides)

@@ -295,3 +295,18 @@ def test_bad_source_arguments_exit_with_one_line(tmp_path, capsys, args, message
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"facemtl: error: {message}"]
     assert not (tmp_path / "x").exists()
+
+
+def test_config_bundled_draws_the_bundled_models_training_faces(tmp_path):
+    """--config bundled: the shipped config.json (its emotion source: studio, seed 3, stronger expressions)."""
+    import cv2
+
+    from facemtl.data.synth import SyntheticFaces
+    from facemtl.data.synth_cli import CELL, PAD
+
+    out = tmp_path / "grid.png"
+    assert main(["synth", "preview", "--out", str(out), "--n", "1", "--source", "1", "--config", "bundled"]) == 0
+    face = SyntheticFaces(1, style="studio", seed=3, size=128, expression=(1.2, 2.5))[0]["image"]
+    img = np.asarray(Image.open(out).convert("RGB"))
+    np.testing.assert_array_equal(img[PAD:PAD + CELL, PAD:PAD + CELL],
+                                  cv2.resize(face, (CELL, CELL), interpolation=cv2.INTER_NEAREST))

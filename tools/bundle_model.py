@@ -10,7 +10,8 @@ stronger expressions, random-convolution restyling on every source, one thread; 
 among the trainings of this recipe on our real faces (docs/evidence.md, "The bundled model", says
 how and why); the same command gives the same weights bit for bit only on the same platform
 (README)) writes
-``src/facemtl/assets/default_model/{model.safetensors,model.json}``; model.json gains a
+``src/facemtl/assets/default_model/{model.safetensors,model.json,config.json}`` (config.json: the
+run's training config, which ``facemtl synth preview --source N --config bundled`` draws from); model.json gains a
 ``provenance`` entry (the command that trained it, the commit and platform it was trained on,
 the date, the run's test scores)
 so that ``facemtl.load()`` users can see where the weights come from. Several runs
@@ -36,6 +37,7 @@ DEST = ROOT / "src" / "facemtl" / "assets" / "default_model"
 COMMAND = ("OMP_NUM_THREADS=1 facemtl train --out runs/bundled --set input_size=128 --set data.1.style=studio "
            "--set data.0.random_conv=0.5 --set data.1.random_conv=0.5 --set data.2.random_conv=0.5 "
            "--set 'data.1.expression=[1.2,2.5]' --set seed={seed}")
+RUN_CONFIG = "config.json"  # the run's resolved training config
 TRAINED_ON = ("synthetic faces only (the built-in default config's three synthetic sources, "
               "with the command's --set changes)")
 
@@ -87,13 +89,15 @@ def clear(dest: Path) -> None:
         for name in json.loads(manifest.read_text()).get("members", []):
             shutil.rmtree(dest / name, ignore_errors=True)
         manifest.unlink()
-    for name in (MODEL_WEIGHTS, MODEL_JSON):
+    for name in (MODEL_WEIGHTS, MODEL_JSON, RUN_CONFIG):
         (dest / name).unlink(missing_ok=True)
 
 
 def write_model(run: Path, dest: Path, command: str) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / MODEL_WEIGHTS, dest / MODEL_WEIGHTS)
+    if (run / RUN_CONFIG).is_file():  # the whole training config, for `facemtl synth --config bundled`
+        shutil.copyfile(run / RUN_CONFIG, dest / RUN_CONFIG)
     (dest / MODEL_JSON).write_text(json.dumps(with_provenance(run, command), indent=1) + "\n")
 
 

@@ -85,8 +85,8 @@ def _add_source_arguments(parser) -> None:
                         "features), as rendered, before training's random_conv; --style, "
                         "--seed and --size, when given, replace the source's")
     parser.add_argument("--config", metavar="YAML",
-                        help="training config for --source: a YAML file or a run folder (its config.json) "
-                        "(default: the built-in default run)")
+                        help="training config for --source: a YAML file, a run folder (its config.json) or "
+                        "'bundled' (the bundled model's) (default: the built-in default run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value for --source as `facemtl train --set` does, e.g. "
                         "--set data.2.glasses_frames=real (repeatable)")
@@ -102,7 +102,12 @@ def faces_to_draw(args, style: str) -> tuple[str, int, int, dict]:
     from facemtl.config import load_config
     from facemtl.data.mixing import render_options
 
-    cfg = load_config(args.config, args.overrides)
+    path = args.config
+    if path == "bundled":
+        from facemtl.models.checkpoint import bundled_model
+
+        path = bundled_model()
+    cfg = load_config(path, args.overrides)
     where = f"--source {args.source}" + (f" of {args.config}" if args.config else " of the default config")
     if args.source >= len(cfg.data):
         raise FacemtlError(f"{where}: the config has {len(cfg.data)} sources, data.0 to data.{len(cfg.data) - 1}")
