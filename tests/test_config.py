@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -125,6 +126,9 @@ def test_a_run_folder_stands_for_its_config_json(tmp_path):
     (run / "config.json").write_text(json.dumps(to_dict(saved)))
     assert load_config(run) == saved
     assert load_config(run, ["data.2.seed=5"]).data[2].seed == 5
+    (run / "config.json").write_text('{"seed": 1,')  # facemtl writes it, so it reads as JSON
+    with pytest.raises(FacemtlError, match=rf"^{re.escape(str(run / 'config.json'))}: malformed JSON"):
+        load_config(run)
 
 
 def test_file_errors_give_file_and_line(tmp_path):

@@ -713,7 +713,9 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
         if not (path / "config.json").is_file():
             raise FacemtlError(f"config {path} is a folder without a config.json; expected a YAML config file "
                                "or a run folder")
-        path = path / "config.json"
+        from facemtl.files import read_json
+
+        return read_json(path / "config.json", "run config"), {}  # written by facemtl: JSON errors fit it
     if not path.is_file():
         raise FacemtlError(f"config file not found: {path}")
     try:

@@ -83,7 +83,6 @@ def _eval(args) -> int:
     from facemtl.config import load_config
     from facemtl.data.mixing import build_sources
     from facemtl.engine.evaluate import evaluate, format_tables
-    from facemtl.engine.loop import load_run_config
     from facemtl.files import atomic_write_bytes
     from facemtl.models.checkpoint import load_model
     from facemtl.outputs import check_output_file, dumps
@@ -98,12 +97,9 @@ def _eval(args) -> int:
     model, info = load_model(args.checkpoint)
     ckpt = Path(args.checkpoint)
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
-    if args.config:
-        config = load_config(args.config)
-    elif (run_dir / "config.json").exists():
-        config = load_run_config(run_dir)
-    else:
+    if not args.config and not (run_dir / "config.json").exists():
         raise FacemtlError(f"{run_dir} has no config.json describing the data; pass --config YAML")
+    config = load_config(args.config or run_dir)  # a run folder reads as its config.json
     synthetic = [s.name == "synth" for s in config.data]
     if args.split not in ("test", "train") and any(synthetic):
         raise FacemtlError(f"--split {args.split!r}: synthetic sources have only 'train' and 'test' splits")

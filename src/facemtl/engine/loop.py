@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from facemtl.config import TrainConfig, config_from_dict, to_dict
+from facemtl.config import TrainConfig, to_dict
 from facemtl.data.sample import to_device
 from facemtl.data.transforms import random_convolution
 from facemtl.engine.hybrid import HybridMode
@@ -351,12 +351,11 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
 
 def load_run_config(run_dir) -> TrainConfig:
     """The resolved config a run was started with (``config.json`` in the run dir)."""
-    from facemtl.files import read_json
+    from facemtl.config import load_config
 
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
+    if not (Path(run_dir) / "config.json").exists():
         raise FacemtlError(f"nothing to resume in {run_dir}: no config.json")
-    return config_from_dict(read_json(path, "run config"), path=str(path))
+    return load_config(run_dir)
 
 
 class _RunFolder:
