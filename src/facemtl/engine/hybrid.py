@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from facemtl.engine.distributed import average_gradients
+from facemtl.engine.mixup import task_loss
 from facemtl.engine.precision import autocast, to_float32
 from facemtl.engine.schedule import Update, lr_at
 from facemtl.tasks import Task
@@ -118,7 +119,7 @@ def hybrid_update(model, optimizer, batch: dict, task: Task, source: int, iterat
         # only task t is read at iteration I: the model may skip the other decoders there
         outputs = to_float32(model(batch["image"], source=source, iterations=iteration, tasks=(task.name,)))
     visible = batch.get(f"{task.name}_visible")
-    losses = [model.task_loss(task.name, out[task.name], batch[task.name], visible) for out in outputs[: iteration + 1]]
+    losses = [task_loss(model, task.name, out[task.name], batch, visible) for out in outputs[: iteration + 1]]
     loss = weight * sum(losses)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

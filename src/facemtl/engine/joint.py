@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from facemtl.engine.distributed import average_gradients
+from facemtl.engine.mixup import task_loss
 from facemtl.engine.precision import autocast, to_float32
 from facemtl.engine.schedule import Update, lr_at
 from facemtl.tasks import Task
@@ -54,7 +55,7 @@ def joint_update(model, optimizer, batch: dict, tasks, weights, iterations: int 
     total = 0.0
     logged: dict[str, float] = {}
     for task in tasks:
-        loss = sum(model.task_loss(task.name, out[task.name], batch[task.name], batch.get(f"{task.name}_visible"))
+        loss = sum(task_loss(model, task.name, out[task.name], batch, batch.get(f"{task.name}_visible"))
                    for out in outputs)
         total = total + weights.get(task.name, 1.0) * loss
         logged[task.name] = float(loss.detach())

@@ -25,6 +25,7 @@ import torch
 from facemtl.config import TrainConfig, to_dict
 from facemtl.data.sample import to_device
 from facemtl.data.transforms import random_convolution
+from facemtl.engine.mixup import mix_batch
 from facemtl.engine.hybrid import HybridMode
 from facemtl.engine.joint import JointMode
 from facemtl.errors import FacemtlError
@@ -191,13 +192,15 @@ class Training:
         if self._batch is None or self._batch[0] != key:  # stage 2 reuses a batch for I = 1..ITER
             self._batch = (key, self.mode.streams[u.stream].batch(u.draw))
             batch = to_device(self._batch[1], self.device)
-            share = self.config.data[self.mode.source_of(u)].random_conv
-            if share > 0:
-                first = k  # seeded by the first update of this batch: a run resumed mid-batch draws the same
-                while first > 0 and (self.plan[first - 1].stream, self.plan[first - 1].draw) == key:
-                    first -= 1
+            src = self.config.data[self.mode.source_of(u)]
+            first = k  # draws seeded by the first update of this batch: a run resumed mid-batch draws the same
+            while first > 0 and (self.plan[first - 1].stream, self.plan[first - 1].draw) == key:
+                first -= 1
+            if src.random_conv > 0:
                 gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + first)
-                batch["image"] = random_convolution(batch["image"], share, gen)
+                batch["image"] = random_convolution(batch["image"], src.random_conv, gen)
+            if src.mixup > 0:  # a generator of its own: the RandConv draws stay those of a run without mixup
+                mix_batch(batch, src.mixup, torch.Generator().manual_seed(self.config.seed * 1_000_033 + first + 7))
             if batch["image"].dim() == 4:
                 batch["image"] = batch["image"].contiguous(memory_format=self.image_layout)
             self._device_batch = batch
