@@ -107,3 +107,50 @@ def test_random_conv_share_is_checked_and_applied_to_its_source_only():
         raw, used = tr._batch[1]["image"], tr._device_batch["image"]
         seen.setdefault(tr.mode.source_of(u), []).append(torch.allclose(raw, used))
     assert all(seen[0]) and not any(seen[1])  # source 0 as drawn, source 1 always convolved
+
+
+def test_mixup_is_checked_blends_its_source_only_and_its_loss_is_the_blend_of_both_labels():
+    import torch.nn.functional as F
+
+    from facemtl.engine.mixup import MIXUP_KEY, mix_batch, task_loss
+
+    with pytest.raises(FacemtlError) as e:
+        load_config(None, ["data=[{tasks: [landmarks], mixup: 0.4}]"])
+    assert str(e.value) == ("bad value for 'data.0.mixup': expected 0: mixup blends category labels only, and this "
+                            "source's task 'landmarks' is a points task, got 0.4")
+    with pytest.raises(FacemtlError, match=r"data\.0\.mixup.*>= 0"):
+        load_config(None, ["data=[{tasks: [smile], mixup: -1}]"])
+
+    images = torch.rand(4, 3, 8, 8)
+    labels = torch.tensor([0, 1, 1, 0])
+    batch = mix_batch({"image": images.clone(), "smile": labels}, 0.4, torch.Generator().manual_seed(3))
+    perm, lam = batch[MIXUP_KEY]
+    assert 0 < lam < 1 and sorted(perm.tolist()) == [0, 1, 2, 3]
+    assert torch.allclose(batch["image"], lam * images + (1 - lam) * images[perm])
+    again = mix_batch({"image": images.clone(), "smile": labels}, 0.4, torch.Generator().manual_seed(3))
+    assert torch.equal(again["image"], batch["image"])  # the generator's draws only
+    assert torch.equal(batch["smile"], labels)  # labels stay; the loss blends them
+
+    class Model:
+        def task_loss(self, name, output, target, visible=None):
+            return F.cross_entropy(output, target)
+
+    logits = torch.randn(4, 2)
+    by_hand = lam * F.cross_entropy(logits, labels) + (1 - lam) * F.cross_entropy(logits, labels[perm])
+    assert float(task_loss(Model(), "smile", logits, batch)) == pytest.approx(float(by_hand), rel=1e-6)
+    assert float(task_loss(Model(), "smile", logits, {"smile": labels})) == pytest.approx(
+        float(F.cross_entropy(logits, labels)), rel=1e-6)  # an unmixed batch: the plain loss
+
+    cfg = load_config(None, [
+        "model.name=dcnet", "model.kwargs.backbone=alexnet", "model.kwargs.width=8", "model.kwargs.head_hidden=8",
+        "data=[{tasks: [landmarks], n_train: 4, n_test: 2, batch_size: 2}, "
+        "{tasks: [smile], n_train: 4, n_test: 2, batch_size: 2, mixup: 1.0}]",
+        "schedule.pretrain_epochs=1", "schedule.rounds=1", "logging.progress=false", "logging.tensorboard=false",
+    ])
+    tr = Training(cfg)
+    mixed = {}
+    for k in range(tr.plan.total):
+        u, _, losses = tr.run_update(k)
+        mixed.setdefault(tr.mode.source_of(u), []).append(MIXUP_KEY in tr._device_batch)
+        assert all(torch.isfinite(torch.tensor(v)).all() for v in losses.values())
+    assert not any(mixed[0]) and all(mixed[1])
