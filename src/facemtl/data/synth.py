@@ -1568,7 +1568,7 @@ def _draw_glasses(image, rng, extra, v, m, rot, anchor, iod, centre, rim_scale=1
         drop = spread = 0.0
         glare = False
 
-    def project(p3):
+    def project(p3):  # _Cam.fx's map, rounded in another order: its faces (the bundled model's data) keep these bytes
         return np.round(((p3 - anchor) @ rot.T)[:, :2] * iod * 16 + centre * 16).astype(np.int32)
 
     rims, temples = [], []
