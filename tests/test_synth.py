@@ -195,8 +195,8 @@ def test_real_glasses_frames_are_wider_than_the_small_ones():
         reach[frames] = []
         for k in range(24):
             image = np.full((size, size, 3), 255, np.uint8)
-            synth._draw_glasses(image, synth._rng(k), synth._rng(k, 5), m.neutral, m, np.eye(3), anchor, iod, centre,
-                                frames=frames)
+            cam = synth._Cam(np.eye(3), anchor, iod, centre)
+            synth._draw_glasses(image, synth._rng(k), synth._rng(k, 5), m.neutral, m, cam, centre, frames=frames)
             cols = np.flatnonzero((image[row] < 245).any(1))
             reach[frames] += [(centre[0] - cols.min()) / iod, (cols.max() - centre[0]) / iod]
     small, real = np.array(reach["small"]), np.array(reach["real"])

@@ -1213,8 +1213,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     if glasses:
         # low-resolution styles get thicker frames so the glasses label stays visible
         extra = _rng(seed, index, style_id, 5) if glasses_frames == "real" else None
-        _draw_glasses(image, rng, extra, v, m, rot, anchor, iod, centre, 2.5 if p["lowres"] else 1.0, scene,
-                      glasses_frames)
+        _draw_glasses(image, rng, extra, v, m, cam_t, centre, 2.5 if p["lowres"] else 1.0, scene, glasses_frames)
 
     # --- occluder: labelled background in the mask
     occluded = bool(rng.random() < p["occlude"])
@@ -1538,7 +1537,7 @@ _FACE_SKIN = np.zeros(256, np.uint8)
 _FACE_SKIN[[1, 6]] = 1  # Helen skin and nose
 
 
-def _draw_glasses(image, rng, extra, v, m, rot, anchor, iod, centre, rim_scale=1.0, light=(1.0, 1.0, 1.0),
+def _draw_glasses(image, rng, extra, v, m, cam: _Cam, centre, rim_scale=1.0, light=(1.0, 1.0, 1.0),
                   frames: str = "small") -> None:
     """Rims (and tinted lenses) in a plane in front of the eyes, projected with the face.
 
@@ -1550,6 +1549,7 @@ def _draw_glasses(image, rng, extra, v, m, rot, anchor, iod, centre, rim_scale=1
     draws stay the same); "real" takes the rest from ``extra``, a stream of its own (unused by
     "small": None will do)."""
     real = frames == "real"
+    rot, iod = cam.rot, cam.iod
     t = np.linspace(0, 2 * np.pi, 24 if real else 20, endpoint=False)
     e = _uni(rng, 2.0, 4.0)  # super-ellipse exponent: round (2) to rectangular (4)
     cx, sy = np.cos(t), np.sin(t)
@@ -1568,14 +1568,11 @@ def _draw_glasses(image, rng, extra, v, m, rot, anchor, iod, centre, rim_scale=1
         drop = spread = 0.0
         glare = False
 
-    def project(p3):  # _Cam.fx's map, rounded in another order: its faces (the bundled model's data) keep these bytes
-        return np.round(((p3 - anchor) @ rot.T)[:, :2] * iod * 16 + centre * 16).astype(np.int32)
-
     rims, temples = [], []
     for eye, side in ((m.eye_l, -1.0), (m.eye_r, 1.0)):
         c = v[eye].mean(0)
         x0, y0, z0 = c[0] + side * spread, c[1] + 0.02 + drop, c[2] + 0.3
-        rims.append(project(np.stack([x0 + rx * shape[:, 0], y0 + ry * shape[:, 1], np.full(len(t), z0)], 1)))
+        rims.append(cam.fx(np.stack([x0 + rx * shape[:, 0], y0 + ry * shape[:, 1], np.full(len(t), z0)], 1)))
         if real:  # from the rim's upper outer corner back over the ear
             temples.append(np.array([[x0 + side * rx, y0 - 0.5 * ry, z0], [side * 1.12, 0.0, -0.9]]))
     yaw_sin = rot[0, 2]  # > 0: nose to image-right, the image-right eye turns away
@@ -1599,7 +1596,7 @@ def _draw_glasses(image, rng, extra, v, m, rot, anchor, iod, centre, rim_scale=1
         image[sel] = (image[sel] * (1 - glare_a) + lit * glare_a).astype(np.uint8)
     if real:
         for temple in temples if abs(yaw_sin) < 0.25 else [temples[near]]:  # the far one hides behind the head
-            q = project(temple)
+            q = cam.fx(temple)
             cv2.line(image, tuple(int(k) for k in q[0]), tuple(int(k) for k in q[1]), colour, max(1, thick * 2 // 3),
                      cv2.LINE_AA, 4)
     cv2.polylines(image, rims, True, colour, thick, cv2.LINE_AA, 4)
