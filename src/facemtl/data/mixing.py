@@ -124,16 +124,9 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
                                   **opts)
             desc.update(style=cfg.style, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed,
                         features=None if cfg.features is None else sorted(opts["features"]))
-            if opts["pose"]:
-                desc["pose"] = opts["pose"]
-            if opts["expression"] is not None:
-                desc["expression"] = opts["expression"]
-            if cfg.creases is not None:
-                desc["creases"] = cfg.creases
-            if cfg.brow_drop is not None:
-                desc["brow_drop"] = cfg.brow_drop
-            if cfg.glasses_frames is not None:
-                desc["glasses_frames"] = cfg.glasses_frames
+            # model.json names the render options a source sets (those left at the style's are absent)
+            desc.update((k, v) for k in ("pose", "expression", "creases", "brow_drop", "glasses_frames")
+                        if (v := opts[k]) is not None)
         else:
             from facemtl.data import load_dataset
             from facemtl.data.transforms import DEFAULT_CROP_MARGIN, FaceCrop
