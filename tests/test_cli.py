@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import cv2
+import pytest
 
 import facemtl
 from facemtl.cli import main
@@ -122,3 +123,17 @@ def test_a_closed_pipe_ends_quietly_with_the_sigpipe_status(tmp_path):
     out = _run_into_a_closed_pipe("predict", str(image), "--detector", "none")
     assert out.returncode == 141, out.stderr
     assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr
+
+
+@pytest.mark.parametrize("argv, command, unknown", [
+    (["predict", "photo.png", "--out", "pred"], "facemtl predict", "--out pred"),
+    (["synth", "preview", "--out", "x.png", "--bogus"], "facemtl synth preview", "--bogus"),
+    (["--bogus"], "facemtl", "--bogus"),
+])
+def test_an_unknown_argument_is_reported_by_its_own_command(argv, command, unknown, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {command} ")  # that command's usage, not the top level's
+    assert err.rstrip().endswith(f"{command}: error: unrecognized arguments: {unknown}")

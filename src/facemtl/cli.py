@@ -36,11 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser ``args`` went through: its usage is the one an error
+    about that command's arguments should show (argparse itself shows the top level's)."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = None if sub is None else getattr(args, sub.dest, None)
+        if name not in getattr(sub, "choices", {}):
+            return parser
+        parser = sub.choices[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     try:  # building the parser imports the subcommands: a Ctrl-C there is an interruption too
         parser = build_parser()
         try:
-            args = parser.parse_args(argv)
+            args, unknown = parser.parse_known_args(argv)
+            if unknown:
+                _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
         except SystemExit:  # --help, --version, a usage error: flush here, where a closed pipe is caught
             sys.stdout.flush()
             raise
