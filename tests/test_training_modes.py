@@ -94,19 +94,26 @@ def test_dcnet_trains_with_algorithm_1_on_the_landmark_and_attribute_sources(tmp
 def test_random_conv_share_is_checked_and_applied_to_its_source_only():
     with pytest.raises(FacemtlError, match=r"data\.1\.random_conv.*\[0, 1\]"):
         load_config(None, ["data=[{tasks: [landmarks]}, {tasks: [smile], random_conv: 1.5}]"])
-    cfg = load_config(None, [
-        "model.name=dcnet", "model.kwargs.backbone=alexnet", "model.kwargs.width=8", "model.kwargs.head_hidden=8",
-        "data=[{tasks: [landmarks], n_train: 4, n_test: 2, batch_size: 2}, "
-        "{tasks: [smile], n_train: 4, n_test: 2, batch_size: 2, random_conv: 1.0}]",
-        "schedule.pretrain_epochs=1", "schedule.rounds=1", "logging.progress=false", "logging.tensorboard=false",
-    ])
-    tr = Training(cfg)
     seen = {}
-    for k in range(tr.plan.total):
-        u, _, _ = tr.run_update(k)
+    for tr, u, _ in _updates_of_two_sources("random_conv: 1.0"):
         raw, used = tr._batch[1]["image"], tr._device_batch["image"]
         seen.setdefault(tr.mode.source_of(u), []).append(torch.allclose(raw, used))
     assert all(seen[0]) and not any(seen[1])  # source 0 as drawn, source 1 always convolved
+
+
+def _updates_of_two_sources(smile_option: str):
+    """Every update of a tiny DCNet run, a landmark source 0 and a smile source 1 with ``smile_option``:
+    yields (training, update, losses) after each."""
+    cfg = load_config(None, [
+        "model.name=dcnet", "model.kwargs.backbone=alexnet", "model.kwargs.width=8", "model.kwargs.head_hidden=8",
+        "data=[{tasks: [landmarks], n_train: 4, n_test: 2, batch_size: 2}, "
+        f"{{tasks: [smile], n_train: 4, n_test: 2, batch_size: 2, {smile_option}}}]",
+        "schedule.pretrain_epochs=1", "schedule.rounds=1", "logging.progress=false", "logging.tensorboard=false",
+    ])
+    tr = Training(cfg)
+    for k in range(tr.plan.total):
+        u, _, losses = tr.run_update(k)
+        yield tr, u, losses
 
 
 def test_mixup_is_checked_blends_its_source_only_and_its_loss_is_the_blend_of_both_labels():
@@ -141,16 +148,8 @@ def test_mixup_is_checked_blends_its_source_only_and_its_loss_is_the_blend_of_bo
     assert float(task_loss(Model(), "smile", logits, {"smile": labels})) == pytest.approx(
         float(F.cross_entropy(logits, labels)), rel=1e-6)  # an unmixed batch: the plain loss
 
-    cfg = load_config(None, [
-        "model.name=dcnet", "model.kwargs.backbone=alexnet", "model.kwargs.width=8", "model.kwargs.head_hidden=8",
-        "data=[{tasks: [landmarks], n_train: 4, n_test: 2, batch_size: 2}, "
-        "{tasks: [smile], n_train: 4, n_test: 2, batch_size: 2, mixup: 1.0}]",
-        "schedule.pretrain_epochs=1", "schedule.rounds=1", "logging.progress=false", "logging.tensorboard=false",
-    ])
-    tr = Training(cfg)
     mixed = {}
-    for k in range(tr.plan.total):
-        u, _, losses = tr.run_update(k)
+    for tr, u, losses in _updates_of_two_sources("mixup: 1.0"):
         mixed.setdefault(tr.mode.source_of(u), []).append(MIXUP_KEY in tr._device_batch)
         assert all(torch.isfinite(torch.tensor(v)).all() for v in losses.values())
     assert not any(mixed[0]) and all(mixed[1])
