@@ -148,6 +148,27 @@ def test_mixup_is_checked_blends_its_source_only_and_its_loss_is_the_blend_of_bo
     assert float(task_loss(Model(), "smile", logits, {"smile": labels})) == pytest.approx(
         float(F.cross_entropy(logits, labels)), rel=1e-6)  # an unmixed batch: the plain loss
 
+    # both training modes train on the blended loss (a stub model: fixed logits, no dropout)
+    from facemtl.engine.hybrid import hybrid_update
+    from facemtl.engine.joint import joint_update
+    from facemtl.tasks import get_task
+
+    class Stub(torch.nn.Module, Model):
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.nn.Parameter(logits.clone())
+
+        def forward(self, images, source=None, iterations=None, tasks=None):
+            return [{"smile": self.logits}]
+
+    plain = float(F.cross_entropy(logits, labels))
+    assert abs(plain - float(by_hand)) > 1e-3  # so the checks below tell the two apart
+    stub = Stub()
+    sgd = torch.optim.SGD(stub.parameters(), lr=0.0)
+    trained = hybrid_update(stub, sgd, batch, get_task("smile"), 1, 0, {id(p) for p in stub.parameters()})
+    assert trained == [pytest.approx(float(by_hand), rel=1e-6)]
+    assert joint_update(stub, sgd, batch, [get_task("smile")], {}, None)["smile"] == pytest.approx(float(by_hand), rel=1e-6)
+
     mixed = {}
     for tr, u, losses in _updates_of_two_sources("mixup: 1.0"):
         mixed.setdefault(tr.mode.source_of(u), []).append(MIXUP_KEY in tr._device_batch)

@@ -25,9 +25,9 @@ import torch
 from facemtl.config import TrainConfig, to_dict
 from facemtl.data.sample import to_device
 from facemtl.data.transforms import random_convolution
-from facemtl.engine.mixup import mix_batch
 from facemtl.engine.hybrid import HybridMode
 from facemtl.engine.joint import JointMode
+from facemtl.engine.mixup import mix_batch
 from facemtl.errors import FacemtlError
 
 
