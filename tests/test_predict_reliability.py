@@ -295,6 +295,8 @@ def test_unwritable_overlays_masks_and_json_are_one_line_before_loading(tmp_path
         (lambda m: m.update(input_size=-64), "'input_size' is -64", "from 8 to 1024"),
         (lambda m: m.update(input_size=0), "'input_size' is 0", "from 8 to 1024"),
         (lambda m: m["crop"].update(margin="wide"), "'crop.margin' is 'wide'", "a number from 0 to 5"),
+        (lambda m: m["crop"].update(detail=4), "'crop.detail' is 4", "0 (the crop as cut) or a side in pixels from 8"),
+        (lambda m: m["crop"].update(detail=48.0), "'crop.detail' is 48.0", "to the model's input size"),
         (lambda m: m["normalization"].update(mean=[0.5, 0.5]), "'normalization.mean' is [0.5, 0.5]",
          "expected 3 finite numbers"),
         (lambda m: m["normalization"].update(std=[0.5, 0, 0.5]), "'normalization.std'", "3 numbers above 0"),
@@ -430,6 +432,36 @@ def test_predictor_refuses_a_nan_margin(run_dir):
     model, info = load_model(run_dir)
     with pytest.raises(FacemtlError, match="crop margin is nan; expected a number from 0 to 5"):
         facemtl.inference.predictor.Predictor(model, info, margin=float("nan"))
+
+
+def test_detail_shrinks_every_crop_before_the_network_from_the_argument_or_the_checkpoint(run_dir, tmp_path):
+    from facemtl.inference.predictor import Predictor, reduce_detail
+
+    crops = np.stack([render_face(3, i, "studio", SIZE)["image"] for i in range(2)])
+    model, info = load_model(run_dir)
+    plain = Predictor(model, info).normalise(crops)
+    torch.testing.assert_close(Predictor(model, info, detail=0).normalise(crops), plain)
+    torch.testing.assert_close(Predictor(model, info, detail=SIZE).normalise(crops), plain)  # nothing to shrink
+    shrunk = Predictor(model, info, detail=16).normalise(crops)
+    assert not torch.allclose(shrunk, plain)
+    torch.testing.assert_close(shrunk, Predictor(model, info).normalise(np.stack([reduce_detail(c, 16) for c in crops])))
+    # by hand: a dark left half and a bright right half at an 8-px side are 8 columns of block means
+    # (0 0 0 0 200 200 200 200), enlarged bilinearly: pixel x samples column (x + 0.5) / 8 - 0.5
+    halves = np.zeros((SIZE, SIZE, 3), np.uint8)
+    halves[:, SIZE // 2:] = 200
+    row = reduce_detail(halves, 8)[SIZE // 2, :, 0].astype(int)
+    assert abs(row[27]) <= 1 and abs(row[31] - 87.5) <= 1 and abs(row[32] - 112.5) <= 1 and abs(row[36] - 200) <= 1
+    # a checkpoint's crop.detail is the default; the argument overrides it
+    ckpt = copy_run(run_dir, tmp_path / "ckpt", lambda m: m["crop"].update(detail=16))
+    assert facemtl.load(ckpt).detail == 16 and facemtl.load(ckpt, detail=0).detail == 0
+    with pytest.raises(FacemtlError, match=f"detail is 200; expected 0 .* from 8 to the model's input size {SIZE}"):
+        Predictor(model, info, detail=200)
+
+
+def test_bad_detail_is_one_line_before_loading(tmp_path, capsys, no_model_loading):
+    img = write_face(tmp_path / "face.png")
+    assert main(["predict", str(img), "--checkpoint", str(tmp_path / "nowhere"), "--detail", "-3"]) == 2
+    one_error_line(capsys.readouterr().err, "--detail must be 0 (the crop as cut) or a side in pixels, got -3")
 
 
 def test_degenerate_face_is_reported_and_the_rest_continue(run_dir, tmp_path, capsys):

@@ -101,6 +101,16 @@ def test_random_conv_share_is_checked_and_applied_to_its_source_only():
     assert all(seen[0]) and not any(seen[1])  # source 0 as drawn, source 1 always convolved
 
 
+def test_low_detail_share_is_checked_and_applied_to_its_source_only():
+    with pytest.raises(FacemtlError, match=r"data\.1\.low_detail.*\[0, 1\]"):
+        load_config(None, ["data=[{tasks: [landmarks]}, {tasks: [smile], low_detail: -0.5}]"])
+    seen = {}
+    for tr, u, _ in _updates_of_two_sources("low_detail: 1.0"):
+        raw, used = tr._batch[1]["image"], tr._device_batch["image"]
+        seen.setdefault(tr.mode.source_of(u), []).append(torch.allclose(raw, used))
+    assert all(seen[0]) and not any(seen[1])  # source 0 as drawn, source 1 always shrunk and enlarged
+
+
 def _updates_of_two_sources(smile_option: str):
     """Every update of a tiny DCNet run, a landmark source 0 and a smile source 1 with ``smile_option``:
     yields (training, update, losses) after each."""

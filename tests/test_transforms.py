@@ -270,3 +270,24 @@ def test_random_convolution_changes_the_look_not_the_layout_and_is_reproducible(
     half = random_convolution(x, 0.5, torch.Generator().manual_seed(3))
     kept = sum(torch.equal(half[i], x[i]) for i in range(6))
     assert 0 < kept < 6
+
+
+def test_random_detail_loss_keeps_the_layout_and_mean_and_is_reproducible():
+    from facemtl.data.transforms import random_detail_loss
+
+    x = torch.zeros(8, 3, 32, 32)
+    x[:, :, 8:24, 8:24] = 1.0  # a square: its place must stay, its fine checker pattern go
+    x[:, :, 12:20, 12:20] += torch.tensor([[1.0, -1.0] * 4, [-1.0, 1.0] * 4] * 4)
+    assert torch.equal(random_detail_loss(x, 0.0, torch.Generator().manual_seed(0)), x)
+    y = random_detail_loss(x, 1.0, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    changed = [i for i in range(8) if not torch.equal(y[i], x[i])]
+    assert len(changed) >= 7  # only a side drawn as the full 32 px is kept
+    for i in changed:
+        checker = y[i, :, 12:20, 12:20]
+        assert float((checker - 1.0).abs().mean()) < 0.9  # the +-1 checker (mean |.| 1) averaged away
+        assert float(y[i, :, 14:18, 14:18].mean()) > 0.8 > float(y[i, :, :4, :4].abs().max())  # the square stays put
+        torch.testing.assert_close(y[i].mean(), x[i].mean(), atol=0.02, rtol=0)
+    torch.testing.assert_close(random_detail_loss(x, 1.0, torch.Generator().manual_seed(0)), y)
+    half = random_detail_loss(x, 0.5, torch.Generator().manual_seed(3))
+    assert 0 < sum(torch.equal(half[i], x[i]) for i in range(8)) < 8

@@ -82,7 +82,9 @@ class SourceConfig:
     with their style's own spread of pose, framing, light and camera, and are not augmented.
     ``random_conv`` (0..1, any source) is the share of its training images seen through a random
     convolution (:func:`facemtl.data.transforms.random_convolution`): texture and colour
-    randomised, shapes and labels kept. ``mixup`` (a Beta concentration alpha >= 0, 0 = off;
+    randomised, shapes and labels kept. ``low_detail`` (0..1, any source) is the share of its
+    training images shrunk to a random 30-100% of their side and enlarged back
+    (:func:`facemtl.data.transforms.random_detail_loss`): fine detail gone, labels kept. ``mixup`` (a Beta concentration alpha >= 0, 0 = off;
     sources whose tasks are all category tasks) blends each training batch with a shuffled copy
     of itself and its labels alike (:mod:`facemtl.engine.mixup`).
     """
@@ -99,6 +101,7 @@ class SourceConfig:
     test_split: str = "test"
     augment: bool = True
     random_conv: float = 0.0
+    low_detail: float = 0.0
     mixup: float = 0.0
     options: Mapping[str, Any] = field(default_factory=_frozen_map)
     # synth only: the renderer's realism features (facemtl.data.synth_look.FEATURES); null = all,
@@ -596,6 +599,8 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
             raise bad(f"{p}.seed", f"an integer in 0..{MAX_SEED}", src.seed)
         if not 0 <= src.random_conv <= 1:
             raise bad(f"{p}.random_conv", "a share in [0, 1]", src.random_conv)
+        if not 0 <= src.low_detail <= 1:
+            raise bad(f"{p}.low_detail", "a share in [0, 1]", src.low_detail)
         if not src.mixup >= 0:
             raise bad(f"{p}.mixup", "a Beta concentration >= 0 (0 = off)", src.mixup)
         if src.mixup > 0:

@@ -410,6 +410,26 @@ def photometric_jitter(image: np.ndarray, rng: np.random.Generator, brightness: 
     return out
 
 
+def random_detail_loss(images: torch.Tensor, share: float, generator: torch.Generator,
+                       smallest: float = 0.3) -> torch.Tensor:
+    """Each image of an (N, C, S, S) batch, with probability ``share``, shrunk to a side drawn
+    uniformly from ``smallest`` to 1 times S (area average) and enlarged back (bilinear): what a
+    smaller or softer face shows. Geometry is unchanged, so every label still holds. The
+    training side of the predictor's ``detail`` (:func:`facemtl.inference.predictor.reduce_detail`);
+    draws come from ``generator`` only."""
+    out = images.clone()
+    size = images.shape[-1]
+    for i in range(images.shape[0]):
+        if float(torch.rand((), generator=generator)) >= share:
+            continue
+        side = max(1, round(size * (smallest + (1 - smallest) * float(torch.rand((), generator=generator)))))
+        if side >= size:
+            continue
+        x = F.interpolate(images[i : i + 1].float(), size=(side, side), mode="area")
+        out[i] = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0].to(images.dtype)
+    return out
+
+
 def random_convolution(images: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
     """RandConv (Xu et al., ICLR 2021, "Robust and generalizable visual representation learning
     via random convolutions"): each image of an (N, C, H, W) batch, with probability ``share``,

@@ -24,7 +24,7 @@ import torch
 
 from facemtl.config import TrainConfig, to_dict
 from facemtl.data.sample import to_device
-from facemtl.data.transforms import random_convolution
+from facemtl.data.transforms import random_convolution, random_detail_loss
 from facemtl.engine.hybrid import HybridMode
 from facemtl.engine.joint import JointMode
 from facemtl.engine.mixup import mix_batch
@@ -196,6 +196,9 @@ class Training:
             first = k  # draws seeded by the first update of this batch: a run resumed mid-batch draws the same
             while first > 0 and (self.plan[first - 1].stream, self.plan[first - 1].draw) == key:
                 first -= 1
+            if src.low_detail > 0:  # its own generator: the other draws stay those of a run without it
+                gen = torch.Generator().manual_seed(self.config.seed * 1_000_037 + first + 11)
+                batch["image"] = random_detail_loss(batch["image"], src.low_detail, gen)
             if src.random_conv > 0:
                 gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + first)
                 batch["image"] = random_convolution(batch["image"], src.random_conv, gen)

@@ -73,6 +73,10 @@ def register(subparsers) -> None:
                    help="refinement iterations to run (default: all the model was trained with)")
     p.add_argument("--margin", type=float, help="crop margin per side, as a fraction of the face box, "
                    f"0 to {MAX_CROP_MARGIN:g} (default: the checkpoint's, else {DEFAULT_CROP_MARGIN:g})")
+    p.add_argument("--detail", type=int, metavar="PX",
+                   help="shrink each face crop to PX pixels a side and enlarge it back before the network, so the "
+                   "model sees no finer detail than that; 0: the crop as cut (default: the checkpoint's crop.detail "
+                   "when it has one, else 0)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default: cpu)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",  # predictor.BACKENDS
                    help="torch: the model run by PyTorch; onnxruntime: its ONNX graph (exported in memory at "
@@ -176,6 +180,8 @@ def _check_predict_args(args) -> None:
 
     if args.margin is not None:
         check_crop_margin(args.margin, "--margin")
+    if args.detail is not None and args.detail < 0:
+        raise FacemtlError(f"--detail must be 0 (the crop as cut) or a side in pixels, got {args.detail}")
     if args.batch_size < 1:
         raise FacemtlError(f"--batch-size must be a positive number of face crops, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
@@ -220,7 +226,7 @@ def run_predict(args) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, detector=args.detector, batch_size=args.batch_size,
                                           iterations=args.iterations, margin=args.margin, device=args.device,
                                           backend=args.backend, passes=args.passes, tasks=args.tasks,
-                                          flip=args.flip)
+                                          flip=args.flip, detail=args.detail)
     tasks = predictor.tasks
     paths, folder, problems = _expand(args.inputs)
 

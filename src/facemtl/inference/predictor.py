@@ -9,7 +9,8 @@ Pipeline for one image:
 2. each box is cropped with :func:`facemtl.data.transforms.face_crop_matrix` at the
    checkpoint's input size and margin (``info["crop"]["margin"]`` when the run recorded one,
    else :data:`~facemtl.data.transforms.DEFAULT_CROP_MARGIN`, the training default) and
-   normalised with the checkpoint's mean/std. A DETECTED box is first moved and scaled by its
+   normalised with the checkpoint's mean/std (after :func:`reduce_detail` when the predictor's
+   ``detail`` or the checkpoint's ``crop.detail`` asks for it). A DETECTED box is first moved and scaled by its
    detector's calibration (:mod:`facemtl.inference.alignment`) to the face square training
    crops from landmarks, and turned about its centre by the face's turn when the detector
    gives one (``boxes_and_turns``: the angle the Haar cascade found the face upright at, MediaPipe's eye
@@ -385,6 +386,9 @@ class Predictor:
     onnxruntime session's intra-op threads (None: ``torch.get_num_threads()``). ``tasks``: names
     of the tasks to report (None: all the model has); only they run at the last iteration.
     ``flip``: average each crop's outputs with its mirror image's (default; see the module docstring).
+    ``detail``: shrink every crop to this side in pixels and enlarge it back before the network
+    (:func:`reduce_detail`; its real-face evidence: docs/evidence.md, "Fine detail"); None: the
+    checkpoint's ``crop.detail``, absent there the crop as cut; 0: the crop as cut.
     ``model``: one model, or a list of models with the same tasks (an ensemble: their outputs
     averaged, see the module docstring); ``info`` describes the first and holds for all.
     """
@@ -392,7 +396,8 @@ class Predictor:
     def __init__(self, model, info: dict, *, detector: str = "opencv", batch_size: int = 16,
                  iterations: int | None = None, margin: float | None = None, device: str | torch.device = "cpu",
                  backend: str = "torch", threads: int | None = None, passes: int | None = None,
-                 calibrate: bool = True, tasks=None, upright: bool = True, flip: bool = True):
+                 calibrate: bool = True, tasks=None, upright: bool = True, flip: bool = True,
+                 detail: int | None = None):
         if isinstance(detector, str):
             if detector not in DETECTORS:
                 raise FacemtlError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
@@ -424,6 +429,11 @@ class Predictor:
         self.info = info
         self.tasks = select_tasks(model.tasks, tasks)  # the tasks reported, in the model's order
         self.input_size = int(info.get("input_size", 128))
+        from facemtl.models.checkpoint import check_crop_detail
+
+        if detail is None:
+            detail = check_crop_detail(crop.get("detail", 0), "checkpoint 'crop.detail'", self.input_size)
+        self.detail = check_crop_detail(detail, "detail", self.input_size)
         norm = info.get("normalization") or {}
         self.mean = torch.tensor(norm.get("mean", IMAGE_MEAN), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(norm.get("std", IMAGE_STD), dtype=torch.float32).view(1, 3, 1, 1)
@@ -651,7 +661,10 @@ class Predictor:
         return out
 
     def normalise(self, crops: np.ndarray) -> torch.Tensor:
-        """(B, S, S, 3) uint8 RGB -> (B, 3, S, S) float with the checkpoint's mean/std."""
+        """(B, S, S, 3) uint8 RGB -> (B, 3, S, S) float with the checkpoint's mean/std, each crop
+        first through :func:`reduce_detail` when :attr:`detail` asks for it."""
+        if self.detail and self.detail < self.input_size:
+            crops = np.stack([reduce_detail(c, self.detail) for c in crops])
         t = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
         return (t - self.mean) / self.std
 
@@ -702,6 +715,18 @@ class _Crop:
     image: np.ndarray | None  # the photo, kept while a next pass may re-crop from it
     stage: int = 1  # 1: the first crop, 2: the second, 3 and 4: an upright crop turned again
     turn_only: bool = False  # a given box by default: later crops keep the box and only turn it
+
+
+def reduce_detail(crop: np.ndarray, side: int) -> np.ndarray:
+    """A square (S, S, 3) uint8 crop shrunk to ``side`` pixels (area average) and enlarged back
+    (bilinear): what it shows at ``side`` px. At 48 px it lifted the bundled recipe's reading of
+    real posed lab frames and cost it real everyday smiles (docs/evidence.md, "Fine detail"), so
+    no model asks for it by default."""
+    import cv2
+
+    size = crop.shape[0]
+    small = cv2.resize(np.ascontiguousarray(crop), (side, side), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def select_tasks(model_tasks, tasks) -> tuple:

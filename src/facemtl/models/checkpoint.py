@@ -209,6 +209,18 @@ def check_crop_margin(value, where: str) -> float:
     return float(value)
 
 
+def check_crop_detail(value, where: str, input_size: int) -> int:
+    """A crop detail (:class:`facemtl.inference.predictor.Predictor`'s ``detail``): 0 (the crop
+    as cut) or a side in pixels from :data:`MIN_INPUT_SIZE` to ``input_size``, else one line
+    naming ``where``."""
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or not (value == 0 or MIN_INPUT_SIZE <= value <= input_size)):
+        raise FacemtlError(f"{where} is {_show(value)}; expected 0 (the crop as cut) or a side in pixels from "
+                           f"{MIN_INPUT_SIZE} to the model's input size {input_size} (each crop shrunk to it and "
+                           "enlarged back before the network)")
+    return value
+
+
 def _check_fields(info: dict, json_path: Path) -> None:
     """Every optional field that prediction, evaluation and export read, with file, key and what is expected."""
     n_tasks = len(info["tasks"])
@@ -223,6 +235,8 @@ def _check_fields(info: dict, json_path: Path) -> None:
             raise FacemtlError(f"{json_path}: 'crop' is {_show(crop)}; expected an object {{'margin': number}}")
         if "margin" in crop:
             check_crop_margin(crop["margin"], f"{json_path}: 'crop.margin'")
+        if "detail" in crop:
+            check_crop_detail(crop["detail"], f"{json_path}: 'crop.detail'", info.get("input_size", 128))  # checked above
     if "normalization" in info:
         norm = info["normalization"]
         if not isinstance(norm, dict):
