@@ -146,6 +146,7 @@ def main(argv=None) -> None:
     ap.add_argument("--photos", type=Path, metavar="DIR", help="the folder --fetch filled")
     ap.add_argument("--iterations", type=int, metavar="N",
                     help="refinement iterations to run, the last one read (default: all the model has)")
+    ap.add_argument("--detail", type=int, metavar="PX", help="shrink each crop to PX pixels and enlarge it back before the network (facemtl predict --detail; default: the checkpoint's)")
     ap.add_argument("--fer", type=Path, metavar="FER_DIR",
                     help="also fer's FER2013 classifier (expression_legibility.py --fetch FER_DIR; needs h5py)")
     args = ap.parse_args(argv)
@@ -155,10 +156,11 @@ def main(argv=None) -> None:
     if args.photos is None or not (args.checkpoints or args.fer):
         ap.error("give --photos DIR and at least one checkpoint or --fer FER_DIR")
     for ckpt in args.checkpoints:
-        pred = load_predictor(ckpt, iterations=args.iterations)
+        pred = load_predictor(ckpt, iterations=args.iterations, detail=args.detail)
         if "emotion" not in pred.task_names:
             raise SystemExit(f"{ckpt}: the checkpoint has no emotion task (its tasks: {', '.join(pred.task_names)})")
         at = "" if args.iterations is None else f", Iter{args.iterations}"
+        at += f", detail {pred.detail} px" if pred.detail else ""
         report(f"{ckpt} (Haar detector, largest face{at}; label, read, probability of the label)",
                model_rows(pred, args.photos))
     if args.fer:

@@ -548,6 +548,7 @@ def main(argv=None) -> None:
     ap.add_argument("--photos", type=Path, help="folder made by --fetch")
     ap.add_argument("--fetch", type=Path, metavar="DIR", help="download and unpack the photos into DIR, then exit")
     ap.add_argument("--crops", default="detector,labels", help="comma-separated crop modes: detector, labels")
+    ap.add_argument("--detail", type=int, metavar="PX", help="shrink each crop to PX pixels and enlarge it back before the network (facemtl predict --detail; default: the checkpoint's)")
     ap.add_argument("--detector", default="opencv", help="face detector for --crops detector (default: opencv)")
     ap.add_argument("--passes", type=int, choices=(1, 2),
                     help="crops per face, detected or from the labels' squares (default: the predictor's)")
@@ -597,11 +598,12 @@ def main(argv=None) -> None:
             continue
         for mode in modes:
             pred = Predictor.from_checkpoint(ckpt, detector=args.detector if mode == "detector" else "none",
-                                             passes=args.passes, flip=args.flip)
+                                             passes=args.passes, flip=args.flip, detail=args.detail)
             rows = score(pred, args.photos, mode, args.move, args.pupils)
             moved = ("" if args.move == NO_MOVE
                      else " (squares moved by dx {:g}, dy {:g} of their side, scaled by {:g})".format(*args.move))
             print(f"{ckpt}, crops from the {mode}{f' ({args.detector})' if mode == 'detector' else ''}{moved}"
+                  f"{f', detail {pred.detail} px' if pred.detail else ''}"
                   f"{'' if args.flip else ', without test-time flip'}"
                   f"{', eyes scored at the pupils' if args.pupils else ''}:")
             for r in rows:

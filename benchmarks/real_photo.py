@@ -37,6 +37,7 @@ def main(argv=None) -> None:
     ap.add_argument("checkpoints", nargs="+", help="run folders (or model.safetensors files)")
     ap.add_argument("--passes", type=int, choices=(1, 2), help="crops per face (default: the predictor's)")
     ap.add_argument("--detector", default="opencv", help="face detector (default: opencv)")
+    ap.add_argument("--detail", type=int, metavar="PX", help="shrink each crop to PX pixels and enlarge it back before the network (facemtl predict --detail; default: the checkpoint's)")
     ap.add_argument("--out", type=Path, help="write an overlay PNG per checkpoint here")
     ap.add_argument("--perturb", action="store_true", help="also score the photo under each condition of CONDITIONS")
     args = ap.parse_args(argv)
@@ -44,7 +45,7 @@ def main(argv=None) -> None:
         if args.perturb:
             perturbation_table(ckpt, args.passes, args.detector)
             continue
-        score = astronaut(ckpt, args.passes, args.detector)
+        score = astronaut(ckpt, args.passes, args.detector, args.detail)
         print(f"{ckpt}: {score['faces']} face(s)")
         if not score["faces"]:
             continue
@@ -60,7 +61,7 @@ def main(argv=None) -> None:
                       draw_overlay(read_image(score["image"]), score["result"].faces, score["tasks"]))
 
 
-def astronaut(ckpt, passes=None, detector: str = "opencv") -> dict:
+def astronaut(ckpt, passes=None, detector: str = "opencv", detail: int | None = None) -> dict:
     """One checkpoint on the astronaut photo: ``faces`` found, and for the first face ``nme`` (%),
     ``mouth`` (px), ``emotion`` (label), ``baseline_nme`` (the mean shape in the same square, %),
     the printable ``lines``; also the predictor's ``result``, ``tasks`` and the ``image`` path."""
@@ -68,7 +69,7 @@ def astronaut(ckpt, passes=None, detector: str = "opencv") -> dict:
 
     labels = json.loads(LABELS.read_text())
     image_path = (ROOT.parent / labels["image"]).resolve()
-    pred = Predictor.from_checkpoint(ckpt, detector=detector, passes=passes)
+    pred = Predictor.from_checkpoint(ckpt, detector=detector, passes=passes, detail=detail)
     out = score_photo(pred, str(image_path), np.asarray(labels["landmarks"], np.float64), labels["emotion"])
     out["image"] = image_path
     return out
