@@ -84,9 +84,10 @@ class SourceConfig:
     convolution (:func:`facemtl.data.transforms.random_convolution`): texture and colour
     randomised, shapes and labels kept. ``low_detail`` (0..1, any source) is the share of its
     training images shrunk to a random 30-100% of their side and enlarged back
-    (:func:`facemtl.data.transforms.random_detail_loss`): fine detail gone, labels kept. ``mixup`` (a Beta concentration alpha >= 0, 0 = off;
-    sources whose tasks are all category tasks) blends each training batch with a shuffled copy
-    of itself and its labels alike (:mod:`facemtl.engine.mixup`).
+    (:func:`facemtl.data.transforms.random_detail_loss`): fine detail gone, labels kept.
+    ``mixup`` (a Beta concentration alpha >= 0, 0 = off; sources whose tasks are all category
+    tasks) blends each training batch with a shuffled copy of itself and its labels alike
+    (:mod:`facemtl.engine.mixup`).
     """
 
     name: str = "synth"

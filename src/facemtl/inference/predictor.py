@@ -10,9 +10,9 @@ Pipeline for one image:
    checkpoint's input size and margin (``info["crop"]["margin"]`` when the run recorded one,
    else :data:`~facemtl.data.transforms.DEFAULT_CROP_MARGIN`, the training default) and
    normalised with the checkpoint's mean/std (after :func:`reduce_detail` when the predictor's
-   ``detail`` or the checkpoint's ``crop.detail`` asks for it). A DETECTED box is first moved and scaled by its
-   detector's calibration (:mod:`facemtl.inference.alignment`) to the face square training
-   crops from landmarks, and turned about its centre by the face's turn when the detector
+   ``detail`` or the checkpoint's ``crop.detail`` asks for it). A DETECTED box is first moved
+   and scaled by its detector's calibration (:mod:`facemtl.inference.alignment`) to the face
+   square training crops from landmarks, and turned about its centre by the face's turn when the detector
    gives one (``boxes_and_turns``: the angle the Haar cascade found the face upright at, MediaPipe's eye
    line when it tilts by 10 degrees or more), so a tilted head reaches the model about level;
    boxes the caller gives are cropped as given;
@@ -408,7 +408,7 @@ class Predictor:
             raise FacemtlError(f"passes must be 1 or 2 (or None: a second crop for tilted faces), got {passes!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise FacemtlError(f"batch size must be a positive integer, got {batch_size!r}")
-        from facemtl.models.checkpoint import check_crop_margin
+        from facemtl.models.checkpoint import check_crop_detail, check_crop_margin
 
         crop = info.get("crop") if isinstance(info.get("crop"), dict) else {}
         if margin is not None:
@@ -429,8 +429,6 @@ class Predictor:
         self.info = info
         self.tasks = select_tasks(model.tasks, tasks)  # the tasks reported, in the model's order
         self.input_size = int(info.get("input_size", 128))
-        from facemtl.models.checkpoint import check_crop_detail
-
         if detail is None:
             detail = check_crop_detail(crop.get("detail", 0), "checkpoint 'crop.detail'", self.input_size)
         self.detail = check_crop_detail(detail, "detail", self.input_size)

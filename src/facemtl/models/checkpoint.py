@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from pathlib import Path
 
 from facemtl import __version__
@@ -213,12 +214,12 @@ def check_crop_detail(value, where: str, input_size: int) -> int:
     """A crop detail (:class:`facemtl.inference.predictor.Predictor`'s ``detail``): 0 (the crop
     as cut) or a side in pixels from :data:`MIN_INPUT_SIZE` to ``input_size``, else one line
     naming ``where``."""
-    if (isinstance(value, bool) or not isinstance(value, int)
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
             or not (value == 0 or MIN_INPUT_SIZE <= value <= input_size)):
         raise FacemtlError(f"{where} is {_show(value)}; expected 0 (the crop as cut) or a side in pixels from "
                            f"{MIN_INPUT_SIZE} to the model's input size {input_size} (each crop shrunk to it and "
                            "enlarged back before the network)")
-    return value
+    return int(value)
 
 
 def _check_fields(info: dict, json_path: Path) -> None:
