@@ -91,24 +91,15 @@ def test_dcnet_trains_with_algorithm_1_on_the_landmark_and_attribute_sources(tmp
     assert set(metrics) == {"landmarks", "smile"}
 
 
-def test_random_conv_share_is_checked_and_applied_to_its_source_only():
-    with pytest.raises(FacemtlError, match=r"data\.1\.random_conv.*\[0, 1\]"):
-        load_config(None, ["data=[{tasks: [landmarks]}, {tasks: [smile], random_conv: 1.5}]"])
+@pytest.mark.parametrize("option, bad", [("random_conv", 1.5), ("low_detail", -0.5)])
+def test_an_image_share_is_checked_and_applied_to_its_source_only(option, bad):
+    with pytest.raises(FacemtlError, match=rf"data\.1\.{option}.*\[0, 1\]"):
+        load_config(None, [f"data=[{{tasks: [landmarks]}}, {{tasks: [smile], {option}: {bad}}}]"])
     seen = {}
-    for tr, u, _ in _updates_of_two_sources("random_conv: 1.0"):
+    for tr, u, _ in _updates_of_two_sources(f"{option}: 1.0"):
         raw, used = tr._batch[1]["image"], tr._device_batch["image"]
         seen.setdefault(tr.mode.source_of(u), []).append(torch.allclose(raw, used))
-    assert all(seen[0]) and not any(seen[1])  # source 0 as drawn, source 1 always convolved
-
-
-def test_low_detail_share_is_checked_and_applied_to_its_source_only():
-    with pytest.raises(FacemtlError, match=r"data\.1\.low_detail.*\[0, 1\]"):
-        load_config(None, ["data=[{tasks: [landmarks]}, {tasks: [smile], low_detail: -0.5}]"])
-    seen = {}
-    for tr, u, _ in _updates_of_two_sources("low_detail: 1.0"):
-        raw, used = tr._batch[1]["image"], tr._device_batch["image"]
-        seen.setdefault(tr.mode.source_of(u), []).append(torch.allclose(raw, used))
-    assert all(seen[0]) and not any(seen[1])  # source 0 as drawn, source 1 always shrunk and enlarged
+    assert all(seen[0]) and not any(seen[1])  # source 0 as drawn, source 1's images always changed
 
 
 def _updates_of_two_sources(smile_option: str):
