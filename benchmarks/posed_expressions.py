@@ -140,13 +140,15 @@ def report(title: str, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> None:
+    from facemtl.inference.cli import DETAIL_HELP
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="*", help="run folders or model files; 'bundled': the package's model")
     ap.add_argument("--fetch", type=Path, metavar="DIR", help="download and unpack the photos into DIR, then exit")
     ap.add_argument("--photos", type=Path, metavar="DIR", help="the folder --fetch filled")
     ap.add_argument("--iterations", type=int, metavar="N",
                     help="refinement iterations to run, the last one read (default: all the model has)")
-    ap.add_argument("--detail", type=int, metavar="PX", help="shrink each crop to PX pixels and enlarge it back before the network (facemtl predict --detail; default: the checkpoint's)")
+    ap.add_argument("--detail", type=int, metavar="PX", help=DETAIL_HELP)
     ap.add_argument("--fer", type=Path, metavar="FER_DIR",
                     help="also fer's FER2013 classifier (expression_legibility.py --fetch FER_DIR; needs h5py)")
     args = ap.parse_args(argv)

@@ -543,12 +543,14 @@ def box_move(text: str) -> tuple[float, float, float]:
 
 
 def main(argv=None) -> None:
+    from facemtl.inference.cli import DETAIL_HELP
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="*", help="run folders (or model.safetensors files)")
     ap.add_argument("--photos", type=Path, help="folder made by --fetch")
     ap.add_argument("--fetch", type=Path, metavar="DIR", help="download and unpack the photos into DIR, then exit")
     ap.add_argument("--crops", default="detector,labels", help="comma-separated crop modes: detector, labels")
-    ap.add_argument("--detail", type=int, metavar="PX", help="shrink each crop to PX pixels and enlarge it back before the network (facemtl predict --detail; default: the checkpoint's)")
+    ap.add_argument("--detail", type=int, metavar="PX", help=DETAIL_HELP)
     ap.add_argument("--detector", default="opencv", help="face detector for --crops detector (default: opencv)")
     ap.add_argument("--passes", type=int, choices=(1, 2),
                     help="crops per face, detected or from the labels' squares (default: the predictor's)")

@@ -33,17 +33,19 @@ LABELS = ROOT / "data" / "astronaut_5points.json"
 
 
 def main(argv=None) -> None:
+    from facemtl.inference.cli import DETAIL_HELP
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+", help="run folders (or model.safetensors files)")
     ap.add_argument("--passes", type=int, choices=(1, 2), help="crops per face (default: the predictor's)")
     ap.add_argument("--detector", default="opencv", help="face detector (default: opencv)")
-    ap.add_argument("--detail", type=int, metavar="PX", help="shrink each crop to PX pixels and enlarge it back before the network (facemtl predict --detail; default: the checkpoint's)")
+    ap.add_argument("--detail", type=int, metavar="PX", help=DETAIL_HELP)
     ap.add_argument("--out", type=Path, help="write an overlay PNG per checkpoint here")
     ap.add_argument("--perturb", action="store_true", help="also score the photo under each condition of CONDITIONS")
     args = ap.parse_args(argv)
     for ckpt in args.checkpoints:
         if args.perturb:
-            perturbation_table(ckpt, args.passes, args.detector)
+            perturbation_table(ckpt, args.passes, args.detector, args.detail)
             continue
         score = astronaut(ckpt, args.passes, args.detector, args.detail)
         print(f"{ckpt}: {score['faces']} face(s)")
@@ -194,7 +196,7 @@ def perturbed(image: np.ndarray, truth: np.ndarray, name: str) -> tuple[np.ndarr
     return img, pts
 
 
-def perturbation_table(ckpt, passes=None, detector: str = "opencv") -> list[dict]:
+def perturbation_table(ckpt, passes=None, detector: str = "opencv", detail: int | None = None) -> list[dict]:
     """Print and return one row per condition of :data:`CONDITIONS`: faces found, NME, the mean
     shape's NME in the same square, the emotion."""
     from facemtl.data.images import read_image
@@ -203,7 +205,7 @@ def perturbation_table(ckpt, passes=None, detector: str = "opencv") -> list[dict
     labels = json.loads(LABELS.read_text())
     photo = read_image((ROOT.parent / labels["image"]).resolve())
     truth = np.asarray(labels["landmarks"], np.float64)
-    pred = Predictor.from_checkpoint(ckpt, detector=detector, passes=passes)
+    pred = Predictor.from_checkpoint(ckpt, detector=detector, passes=passes, detail=detail)
     print(f"{ckpt}: the astronaut photo under {len(CONDITIONS)} conditions ({detector} detector)")
     print(f"  {'condition':14s} {'faces':>5s} {'NME %':>6s} {'mean shape %':>12s}  emotion (labelled {labels['emotion']})")
     rows = []

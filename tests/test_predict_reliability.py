@@ -456,6 +456,8 @@ def test_detail_shrinks_every_crop_before_the_network_from_the_argument_or_the_c
     assert facemtl.load(ckpt).detail == 16 and facemtl.load(ckpt, detail=0).detail == 0
     with pytest.raises(FacemtlError, match=f"detail is 200; expected 0 .* from 8 to the model's input size {SIZE}"):
         Predictor(model, info, detail=200)
+    with pytest.raises(FacemtlError, match="checkpoint 'crop.detail' is 4; expected 0"):
+        Predictor(model, dict(info, crop={"margin": 0.25, "detail": 4}))
 
 
 def test_bad_detail_is_one_line_before_loading(tmp_path, capsys, no_model_loading):

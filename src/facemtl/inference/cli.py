@@ -28,6 +28,11 @@ and in "errors" and skipped; a face whose box is degenerate (not finite, outside
 than 10 times its size) is left out and reported with its box. The exit status is then 1.
 """
 
+# --detail's help, shared with the benchmarks that read real faces through the predictor
+DETAIL_HELP = ("shrink each face crop to PX pixels a side and enlarge it back before the network, so the model "
+               "sees no finer detail than that; 0: the crop as cut (default: the checkpoint's crop.detail when it "
+               "has one, else 0)")
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -73,10 +78,7 @@ def register(subparsers) -> None:
                    help="refinement iterations to run (default: all the model was trained with)")
     p.add_argument("--margin", type=float, help="crop margin per side, as a fraction of the face box, "
                    f"0 to {MAX_CROP_MARGIN:g} (default: the checkpoint's, else {DEFAULT_CROP_MARGIN:g})")
-    p.add_argument("--detail", type=int, metavar="PX",
-                   help="shrink each face crop to PX pixels a side and enlarge it back before the network, so the "
-                   "model sees no finer detail than that; 0: the crop as cut (default: the checkpoint's crop.detail "
-                   "when it has one, else 0)")
+    p.add_argument("--detail", type=int, metavar="PX", help=DETAIL_HELP)
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default: cpu)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",  # predictor.BACKENDS
                    help="torch: the model run by PyTorch; onnxruntime: its ONNX graph (exported in memory at "

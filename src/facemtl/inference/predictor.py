@@ -429,9 +429,10 @@ class Predictor:
         self.info = info
         self.tasks = select_tasks(model.tasks, tasks)  # the tasks reported, in the model's order
         self.input_size = int(info.get("input_size", 128))
+        where = "detail"
         if detail is None:
-            detail = check_crop_detail(crop.get("detail", 0), "checkpoint 'crop.detail'", self.input_size)
-        self.detail = check_crop_detail(detail, "detail", self.input_size)
+            detail, where = crop.get("detail", 0), "checkpoint 'crop.detail'"
+        self.detail = check_crop_detail(detail, where, self.input_size)
         norm = info.get("normalization") or {}
         self.mean = torch.tensor(norm.get("mean", IMAGE_MEAN), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(norm.get("std", IMAGE_STD), dtype=torch.float32).view(1, 3, 1, 1)
