@@ -5,8 +5,8 @@ so video frames read well above 1 and still photos near it. Per source of the po
 (``posed_expressions.py``) and of the real set (``real_faces.py``): photos, median, range.
 
 Run: python benchmarks/scan_lines.py [--posed DIR] [--real DIR]
-(the folders those two benchmarks' ``--fetch`` fill). Why: the posed set's CK+ lab frames are read
-worse than its photos by the recipe's models and better once shrunk and enlarged back
+(the folders those two benchmarks' ``--fetch`` fill). Why: the posed set's CK+ lab frames are where
+seeds of one recipe part ways most, and they alone are read better once shrunk and enlarged back
 (docs/evidence.md, "Fine detail"); this says what sets those frames apart.
 """
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def scan_line_ratio(grey: np.ndarray) -> float:
     """Mean |second difference| down the columns over mean |second difference| along the rows,
-    over the middle half of a (H, W) grey image (both halves of each side cut away: borders,
+    over the middle of a (H, W) grey image (the outer quarter cut away on every side: borders,
     captions and time stamps stay out)."""
     g = np.asarray(grey, np.float64)
     h, w = g.shape
