@@ -37,14 +37,14 @@ def scan_line_ratio(grey: np.ndarray) -> float:
 def photo_ratios(folder: Path, images: list[str], fetch: str) -> dict[str, list[float]]:
     """{source (the path's first part): [ratio per photo]} for the distinct ``images`` under
     ``folder``; ``fetch`` names the benchmark whose ``--fetch`` fills it."""
+    from expression_legibility import grey_of
     from facemtl.data.images import read_image
 
     out = collections.defaultdict(list)
     for name in sorted(set(images)):
         if not (folder / name).is_file():
             raise SystemExit(f"{folder / name} not found: run python benchmarks/{fetch} --fetch {folder}")
-        rgb = read_image(folder / name).astype(np.float64)
-        out[name.split("/")[0]].append(scan_line_ratio(rgb @ [0.299, 0.587, 0.114]))
+        out[name.split("/")[0]].append(scan_line_ratio(grey_of(read_image(folder / name))))
     return out
 
 
