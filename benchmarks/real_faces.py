@@ -472,6 +472,13 @@ def width(rows: list[dict]) -> int:
     return max((len(r["image"]) for r in rows), default=0)
 
 
+def parsing_f1(rows: list[dict], key: str = "parsing") -> dict[str, float]:
+    """F1 per part group of :data:`PARSING_GROUPS` over the faces of ``rows`` that carry ``key``
+    (counts summed over the faces first, as the Helen F-score does)."""
+    both, truth, predicted = sum(r[key] for r in rows if key in r).T
+    return dict(zip(PARSING_GROUPS, (2 * both / np.maximum(truth + predicted, 1)).tolist()))
+
+
 def summary(rows: list[dict]) -> str:
     found = [r for r in rows if r["found"]]
     text = f"found {len(found)} of {len(rows)}"
@@ -503,12 +510,8 @@ def summary(rows: list[dict]) -> str:
                  f"(correlation {np.corrcoef(x, y)[0, 1]:+.2f})")
     parsed = [r for r in found if "parsing" in r]
     if parsed:
-        def f1(key):
-            both, truth, predicted = sum(r[key] for r in parsed).T
-            return 2 * both / np.maximum(truth + predicted, 1)
-
-        model, mean = f1("parsing"), f1("baseline_parsing")
-        cells = ", ".join(f"{g} {m:.2f} ({b:.2f})" for g, m, b in zip(PARSING_GROUPS, model, mean))
+        model, mean = parsing_f1(parsed), parsing_f1(parsed, "baseline_parsing")
+        cells = ", ".join(f"{g} {model[g]:.2f} ({mean[g]:.2f})" for g in PARSING_GROUPS)
         text += (f"; parsing F1 inside the face ovals of {len(parsed)} faces (FaceMesh outlines; the "
                  f"template's mean face in brackets): {cells}")
     posed = [r for r in found if r["labelled"] and r.get("emotion")]
