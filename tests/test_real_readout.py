@@ -55,10 +55,16 @@ def test_parsing_f1_sums_counts_over_faces_before_dividing():
 
 
 def test_an_emotion_only_checkpoint_leaves_the_landmark_and_parsing_columns_empty():
-    bare = [{k: v for k, v in r.items() if k not in ("nme", "parsing")} for r in LABELS]
-    row = real_readout.readout(POSED, bare, HAAR, None)
+    def bare(rows):  # what real_faces.score gives for a checkpoint with no landmarks or parsing
+        return [{k: v for k, v in r.items() if k not in ("nme", "parsing", "baseline_nme", "baseline_parsing")}
+                for r in rows]
+
+    row = real_readout.readout(POSED, bare(LABELS), bare(HAAR), None)
     assert row["NME labels"] is None and row["parsing"] is None and row["astronaut"] is None
+    assert row["the 40"] == 2
     assert "-" in real_readout.table([("control", row)])
+    base = real_readout.baselines(POSED, bare(LABELS), bare(HAAR), None)
+    assert base["the 40"] == 2 and base["NME labels"] is None and base["parsing"] is None
 
 
 def test_baselines_answer_each_sets_commonest_label_and_place_the_mean_shape():
