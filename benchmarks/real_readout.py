@@ -62,28 +62,17 @@ def mean_row(rows: list[dict]) -> dict:
             for c in COLUMNS}
 
 
-def baselines(posed: list[dict], labels: list[dict], haar: list[dict], astronaut_mean_shape: float) -> dict:
-    """What needs no model: always answering each set's commonest label, and the mean shape (the
-    template's mean face for parsing) in each face's square."""
-    def always_commonest(rows):
+def baselines(posed: list[dict], labels: list[dict], haar: list[dict], astronaut_mean_shape: float | None) -> dict:
+    """What needs no model, read as :func:`readout` reads a checkpoint: always answering each set's
+    commonest label, and the mean shape (the template's mean face for parsing) in each face's square."""
+    def trivial(rows):
         labelled = [r["labelled"] for r in rows if r["labelled"]]
         common = max(sorted(set(labelled)), key=labelled.count)
-        return [dict(r, emotion=common) for r in rows]
+        # an emotion-only checkpoint (a control) placed no mean shape or mean face: those stay absent
+        return [{**{k: v for k, v in r.items() if k not in ("nme", "parsing")}, "emotion": common,
+                 **{k: r["baseline_" + k] for k in ("nme", "parsing") if "baseline_" + k in r}} for r in rows]
 
-    found_l = [r for r in labels if r["found"]]
-    found_h = [r for r in haar if r["found"]]
-    posed = always_commonest(posed)
-    out = {"posed": emotion_right(posed), "posed Angry": emotion_right(posed, "Angry"),
-           "posed Neutral": emotion_right(posed, "Neutral"),
-           "the 40": emotion_right(always_commonest(found_l)), "the 40 Haar": emotion_right(always_commonest(found_h)),
-           "NME labels": None, "NME Haar": None, "parsing": None, "astronaut": astronaut_mean_shape}
-    # an emotion-only checkpoint (a control) placed no mean shape or mean face
-    if any("baseline_nme" in r for r in found_l):
-        out["NME labels"] = float(np.mean([r["baseline_nme"] for r in found_l]))
-        out["NME Haar"] = float(np.mean([r["baseline_nme"] for r in found_h]))
-    if any("baseline_parsing" in r for r in found_l):
-        out["parsing"] = real_faces.parsing_f1(found_l, "baseline_parsing")["overall"]
-    return out
+    return readout(trivial(posed), trivial(labels), trivial(haar), astronaut_mean_shape)
 
 
 def cell(column: str, value) -> str:
