@@ -69,6 +69,10 @@ def test_unknown_key_suggests_the_close_one():
          "bad value for 'data.0.creases': expected a probability in 0..1 or null, got 1.5"),
         ({"data": [{"name": "mtfl", "root": "/x", "tasks": ["landmarks"], "creases": 0.5}]},
          "bad value for 'data.0.creases': expected no value: only synthetic sources draw creases"),
+        ({"data": [{"tasks": ["emotion"], "angry_shout": 2}]},
+         "bad value for 'data.0.angry_shout': expected a probability in 0..1 or null, got 2"),
+        ({"data": [{"name": "mtfl", "root": "/x", "tasks": ["landmarks"], "angry_shout": 0.5}]},
+         "bad value for 'data.0.angry_shout': expected no value: only synthetic sources draw expressions"),
         ({"data": [{"tasks": ["emotion"], "brow_drop": 0.3}]},
          "bad value for 'data.0.brow_drop': expected a distance in 0..0.2 (fractions of the inter-ocular distance) "
          "or null, got 0.3"),
@@ -253,7 +257,7 @@ def test_a_synthetic_source_s_expression_range_reaches_its_faces():
 
 
 @pytest.mark.parametrize("option,value,default", [("creases", 0.5, None), ("brow_drop", 0.1, None),
-                                                  ("glasses_frames", "real", "small")])
+                                                  ("glasses_frames", "real", "small"), ("angry_shout", 0.5, None)])
 def test_a_synthetic_source_s_face_option_reaches_its_faces(option, value, default):
     from facemtl.data.mixing import build_sources
 

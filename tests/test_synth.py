@@ -153,6 +153,34 @@ def test_brow_drop_lowers_the_brows_and_changes_no_label():
             render_face(0, 0, "studio", SIZE, brow_drop=bad)
 
 
+def test_angry_shout_opens_the_mouth_of_some_angry_faces_and_changes_no_other_face():
+    """data.N.angry_shout: with probability p an Angry face shouts (mouth open: the mouth's mask
+    grows, the mouth corners move); every other face, label and draw stays the same."""
+    inner_mouth = 8  # Helen's class
+
+    angry = shouted = 0
+    for i in range(120):
+        closed = render_face(4, i, "studio", SIZE)
+        if closed["emotion"] != EMOTIONS.index("Angry"):
+            np.testing.assert_array_equal(render_face(4, i, "studio", SIZE, angry_shout=1.0)["image"], closed["image"])
+            continue
+        angry += 1
+        never, always = (render_face(4, i, "studio", SIZE, angry_shout=p) for p in (0.0, 1.0))
+        np.testing.assert_array_equal(never["image"], closed["image"])
+        assert (always["emotion"], always["meta"]) == (closed["emotion"], closed["meta"])
+        inside = (always["parsing"] == inner_mouth).sum() - (closed["parsing"] == inner_mouth).sum()
+        assert inside > 0, f"face {i}: a shouting mouth shows its inside"
+        shouted += not np.array_equal(render_face(4, i, "studio", SIZE, angry_shout=0.5)["image"], closed["image"])
+    assert angry >= 10 and 0 < shouted < angry
+    plain = render_face(4, 0, "studio", SIZE, features=[], angry_shout=1.0)  # no "expressions": no shout
+    np.testing.assert_array_equal(plain["image"], render_face(4, 0, "studio", SIZE, features=[])["image"])
+    ds = SyntheticFaces(3, style="studio", seed=4, size=SIZE, angry_shout=0.5)
+    assert ds.angry_shout == 0.5 and "angry_shout=0.5" in repr(ds) and "angry_shout" not in repr(SyntheticFaces(2))
+    for bad in (1.5, -0.1, "often", True):
+        with pytest.raises(FacemtlError, match=re.escape(f"angry_shout: expected a probability in 0..1 or None, got {bad!r}")):
+            render_face(0, 0, "studio", SIZE, angry_shout=bad)
+
+
 def test_real_glasses_frames_change_only_the_pixels_of_faces_with_glasses():
     """data.N.glasses_frames=real: the same faces, labels and later draws (occluder, camera);
     only the faces that wear glasses look different."""

@@ -123,6 +123,9 @@ class SourceConfig:
     # synth only: glasses frames, "small" (null: the frames the bundled model trained on) or "real"
     # (sized like real frames, with temples)
     glasses_frames: str | None = None
+    # synth only: probability that an Angry face shouts (mouth open, upper lip raised, nose
+    # wrinkled) instead of pressing its lips; null = never
+    angry_shout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -636,6 +639,11 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
                 raise bad(f"{p}.creases", "no value: only synthetic sources draw creases", src.creases)
             if not 0 <= src.creases <= 1:
                 raise bad(f"{p}.creases", "a probability in 0..1 or null", src.creases)
+        if src.angry_shout is not None:
+            if src.name != "synth":
+                raise bad(f"{p}.angry_shout", "no value: only synthetic sources draw expressions", src.angry_shout)
+            if not 0 <= src.angry_shout <= 1:
+                raise bad(f"{p}.angry_shout", "a probability in 0..1 or null", src.angry_shout)
         if src.brow_drop is not None:
             if src.name != "synth":
                 raise bad(f"{p}.brow_drop", "no value: only synthetic sources draw brows", src.brow_drop)

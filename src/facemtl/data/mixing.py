@@ -95,7 +95,8 @@ def render_options(cfg) -> dict:
     return dict(features=ALL_FEATURES if cfg.features is None else frozenset(cfg.features),
                 pose={k: list(v) for k, v in cfg.pose.items()} or None,
                 expression=None if cfg.expression is None else list(cfg.expression),
-                creases=cfg.creases, brow_drop=cfg.brow_drop, glasses_frames=cfg.glasses_frames)
+                creases=cfg.creases, brow_drop=cfg.brow_drop, glasses_frames=cfg.glasses_frames,
+                angry_shout=cfg.angry_shout)
 
 
 def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequence, Sequence]] | None = None) -> list[Source]:
@@ -125,7 +126,7 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
             desc.update(style=cfg.style, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed,
                         features=None if cfg.features is None else sorted(opts["features"]))
             # model.json names the render options a source sets (those left at the style's are absent)
-            desc.update((k, v) for k in ("pose", "expression", "creases", "brow_drop", "glasses_frames")
+            desc.update((k, v) for k in ("pose", "expression", "creases", "brow_drop", "glasses_frames", "angry_shout")
                         if (v := opts[k]) is not None)
         else:
             from facemtl.data import load_dataset

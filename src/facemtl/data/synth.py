@@ -130,6 +130,12 @@ EMOTION_EXPR = {
             corner_out=-0.3),  # Surprise
     6: dict(),  # Neutral
 }
+# Angry with the mouth open (shouting): lowered brows and glaring eyes as above, the upper lip
+# raised off the teeth, the jaw dropped, the nose wrinkled; real posed anger shows both
+# displays (two of the six angry faces of benchmarks/data/posed_expressions.json shout).
+# Drawn instead of the closed row with the probability ``angry_shout`` of render_face.
+ANGRY_SHOUT = dict(brow_frown=1.7, upper_lid_raise=0.45, lower_lid_up=0.6, mouth_open=1.1, lip_raise=0.8,
+                   lower_lip_down=0.7, nose_wrinkle=0.6, corner_out=-0.4)
 EMOTION_EXPR_PLAIN = {
     0: dict(brow_frown=1.0, eye_open=0.15, corner_up=-0.25, lower_lid_up=0.3),  # Angry
     1: dict(lip_raise=1.0, corner_up=-0.45, brow_frown=0.5, eye_open=-0.35, lower_lid_up=0.5),  # Disgust
@@ -814,13 +820,14 @@ def brow_drop_limit(brow_drop) -> float | None:
     return float(brow_drop)
 
 
-def crease_rate(creases) -> float | None:
-    """``creases`` of :func:`render_face` checked: None, or a probability in 0..1."""
-    if creases is None:
+def probability(name: str, value) -> float | None:
+    """A probability option of :func:`render_face` (``creases``, ``angry_shout``) checked: None,
+    or a number in 0..1."""
+    if value is None:
         return None
-    if isinstance(creases, bool) or not isinstance(creases, numbers.Real) or not 0 <= creases <= 1:
-        raise FacemtlError(f"creases: expected a probability in 0..1 or None, got {creases!r}")
-    return float(creases)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise FacemtlError(f"{name}: expected a probability in 0..1 or None, got {value!r}")
+    return float(value)
 
 
 def frames_kind(frames) -> str:
@@ -956,7 +963,7 @@ class _Cam:
 
 def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
                 features=ALL_FEATURES, pose=None, expression=None, creases=None, brow_drop=None,
-                glasses_frames=None) -> dict:
+                glasses_frames=None, angry_shout=None) -> dict:
     """Render one raw sample (loader contract of ``docs/datasets.md``) for ``(seed, index, style, size)``.
 
     Returns ``image`` (size, size, 3) uint8 RGB, ``landmarks`` float32 (5, 2) 0-based pixel
@@ -996,9 +1003,16 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     faces with glasses; every other draw of the face stays the same. Why: the real faces with
     glasses were read worst, and real frames are about 1.5 times the small ones (docs/evidence.md,
     "real-size glasses")
+
+    ``angry_shout``: optional probability (0..1) with which an Angry face shouts (:data:`ANGRY_SHOUT`:
+    the mouth open, the upper lip raised, the nose wrinkled) instead of pressing its lips; drawn
+    from its own stream, so only Angry faces change (their landmarks, mask and pixels), and only
+    with the "expressions" feature. Why: real posed anger is often shouted, and a model that only
+    saw closed-mouth anger read the shouting faces as Disgust or Surprise (docs/evidence.md)
     """
     _check(style, size)
-    creases = crease_rate(creases)
+    creases = probability("creases", creases)
+    angry_shout = probability("angry_shout", angry_shout)
     brow_drop = brow_drop_limit(brow_drop)
     glasses_frames = frames_kind(glasses_frames)
     feats = _features(features)
@@ -1033,7 +1047,10 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     coef[: m.n_modes] = subj["shape"]
     strength = _uni(rng, *p.get("expression", (0.6, 1.25)))
     table = EMOTION_EXPR if "expressions" in feats else EMOTION_EXPR_PLAIN
-    for name, value in table[emotion].items():
+    row = table[emotion]
+    if emotion == 0 and angry_shout and "expressions" in feats and _rng(seed, index, style_id, 6).random() < angry_shout:
+        row = ANGRY_SHOUT
+    for name, value in row.items():
         coef[m.expr_index[name]] += value * strength
     if emotion == 3:
         coef[m.expr_index["mouth_open"]] += _uni(rng, 0.0, 0.45)  # some smiles show the teeth
@@ -1618,12 +1635,13 @@ class SyntheticFaces(collections.abc.Sequence):
     ablation passes e.g. ``ALL_FEATURES - {"eyes"}``. ``pose``: head pose spreads instead of the
     style's, ``expression``: an expression strength range instead of the style's, ``creases``: the
     probability of each crease on any face, ``brow_drop``: how much lower a subject's brows may sit,
-    ``glasses_frames``: "small" or "real" frames (see :func:`render_face`).
+    ``glasses_frames``: "small" or "real" frames, ``angry_shout``: the probability of a shouting
+    Angry face (see :func:`render_face`).
     """
 
     def __init__(self, n: int, style: str = "studio", seed: int = 0, size: int = 128,
                  features=ALL_FEATURES, pose=None, expression=None, creases=None, brow_drop=None,
-                 glasses_frames=None):
+                 glasses_frames=None, angry_shout=None):
         _check(style, size)
         if int(n) < 0:
             raise FacemtlError(f"number of synthetic faces must be >= 0, got {n}")
@@ -1633,7 +1651,8 @@ class SyntheticFaces(collections.abc.Sequence):
         self.features = _features(features)
         self.pose = _pose_spreads(pose) if pose else None
         self.expression = None if expression is None else expression_range(expression)
-        self.creases = crease_rate(creases)
+        self.creases = probability("creases", creases)
+        self.angry_shout = probability("angry_shout", angry_shout)
         self.brow_drop = brow_drop_limit(brow_drop)
         self.glasses_frames = frames_kind(glasses_frames)
         self._rendered: list[dict] | None = None  # every face, once prerender() ran
@@ -1656,13 +1675,13 @@ class SyntheticFaces(collections.abc.Sequence):
     def options(self) -> dict:
         """The render options of every face, as :func:`render_face` keyword arguments."""
         return dict(features=self.features, pose=self.pose, expression=self.expression, creases=self.creases,
-                    brow_drop=self.brow_drop, glasses_frames=self.glasses_frames)
+                    brow_drop=self.brow_drop, glasses_frames=self.glasses_frames, angry_shout=self.angry_shout)
 
     def prerender(self, processes: int = 1) -> SyntheticFaces:
         """Render every face now, in ``processes`` worker processes, and keep them in memory
         (returns self). Faces are identical to those rendered on access (each depends only on
         ``(seed, index, style, size, features, pose, expression, creases, brow_drop,
-        glasses_frames)``). Why: rendering takes a few ms
+        glasses_frames, angry_shout)``). Why: rendering takes a few ms
         per face on one core, so a GPU run that renders on access waits on it for its first epoch,
         and every evaluation re-renders the test split."""
         if self._rendered is not None:
@@ -1689,6 +1708,8 @@ class SyntheticFaces(collections.abc.Sequence):
             extra += f", brow_drop={self.brow_drop!r}"
         if self.glasses_frames != "small":
             extra += f", glasses_frames={self.glasses_frames!r}"
+        if self.angry_shout is not None:
+            extra += f", angry_shout={self.angry_shout!r}"
         return f"SyntheticFaces(n={self.n}, style={self.style!r}, seed={self.seed}, size={self.size}{extra})"
 
 

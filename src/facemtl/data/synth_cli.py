@@ -81,7 +81,7 @@ def register(subparsers) -> None:
 def _add_source_arguments(parser) -> None:
     parser.add_argument("--source", type=_non_negative, metavar="N",
                         help="draw the faces training source data.N of --config draws: its style, seed, input "
-                        "size and render options (glasses frames, expression range, creases, brow drop, pose, "
+                        "size and render options (glasses frames, expression range, creases, brow drop, angry shout, pose, "
                         "features), as rendered, before training's random_conv; --style, "
                         "--seed and --size, when given, replace the source's")
     parser.add_argument("--config", metavar="YAML",
