@@ -634,16 +634,13 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
                 raise bad(f"{p}.expression", "no value: only synthetic sources draw expressions", list(src.expression))
             if not expression_range_ok(src.expression):
                 raise bad(f"{p}.expression", EXPRESSION_RANGE, list(src.expression))
-        if src.creases is not None:
+        for option, drawn in (("creases", "creases"), ("angry_shout", "expressions")):  # probabilities
+            if (value := getattr(src, option)) is None:
+                continue
             if src.name != "synth":
-                raise bad(f"{p}.creases", "no value: only synthetic sources draw creases", src.creases)
-            if not 0 <= src.creases <= 1:
-                raise bad(f"{p}.creases", "a probability in 0..1 or null", src.creases)
-        if src.angry_shout is not None:
-            if src.name != "synth":
-                raise bad(f"{p}.angry_shout", "no value: only synthetic sources draw expressions", src.angry_shout)
-            if not 0 <= src.angry_shout <= 1:
-                raise bad(f"{p}.angry_shout", "a probability in 0..1 or null", src.angry_shout)
+                raise bad(f"{p}.{option}", f"no value: only synthetic sources draw {drawn}", value)
+            if not 0 <= value <= 1:
+                raise bad(f"{p}.{option}", "a probability in 0..1 or null", value)
         if src.brow_drop is not None:
             if src.name != "synth":
                 raise bad(f"{p}.brow_drop", "no value: only synthetic sources draw brows", src.brow_drop)

@@ -1007,8 +1007,10 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     ``angry_shout``: optional probability (0..1) with which an Angry face shouts (:data:`ANGRY_SHOUT`:
     the mouth open, the upper lip raised, the nose wrinkled) instead of pressing its lips; drawn
     from its own stream, so only Angry faces change (their landmarks, mask and pixels), and only
-    with the "expressions" feature. Why: real posed anger is often shouted, and a model that only
-    saw closed-mouth anger read the shouting faces as Disgust or Surprise (docs/evidence.md)
+    with the "expressions" feature. Why: real posed anger is often shouted, and the bundled model,
+    which only saw closed-mouth anger, reads the shouting faces as Happy and Surprise
+    (docs/evidence.md, "Shouting anger": trained with it, models read posed anger but answer
+    Angry on neutral faces too)
     """
     _check(style, size)
     creases = probability("creases", creases)
