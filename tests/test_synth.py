@@ -170,6 +170,8 @@ def test_angry_shout_opens_the_mouth_of_some_angry_faces_and_changes_no_other_fa
         assert (always["emotion"], always["meta"]) == (closed["emotion"], closed["meta"])
         inside = (always["parsing"] == inner_mouth).sum() - (closed["parsing"] == inner_mouth).sum()
         assert inside > 0, f"face {i}: a shouting mouth shows its inside"
+        corners = np.abs(always["landmarks"][3:] - closed["landmarks"][3:]).max()
+        assert corners > 0.1, f"face {i}: a shouting mouth moves its corners"
         shouted += not np.array_equal(render_face(4, i, "studio", SIZE, angry_shout=0.5)["image"], closed["image"])
     assert angry >= 10 and 0 < shouted < angry
     plain = render_face(4, 0, "studio", SIZE, features=[], angry_shout=1.0)  # no "expressions": no shout
