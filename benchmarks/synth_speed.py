@@ -2,7 +2,7 @@
 
 Run: python benchmarks/synth_speed.py [--n 2000] [--size 128] [--styles studio,snapshot]
          [--without eyes --without camera | --plain | --only smooth_shading,eyes] [--per-feature]
-         [--split-sizes 96,192] [--opencv-share]
+         [--split-sizes 96,192] [--opencv-share] [--fingerprint]
 Target (issue): >= 1,000 faces/s per core at 128x128. ``--per-feature`` prints what each
 realism feature costs (the time saved by switching it off), for the first style given.
 ``--split-sizes A,B`` times the first style at two sizes and splits the time per face into a
@@ -10,18 +10,23 @@ part that grows with the pixels and a fixed part (geometry, random draws, per-ca
 the fixed part bounds the faces/s that faster pixel operations alone could reach.
 ``--opencv-share`` times every OpenCV call the renderer makes (first style): the time inside
 OpenCV bounds the faces/s that removing all Python and numpy work could reach.
+``--fingerprint`` prints one SHA-1 over every style's ``--n`` faces (pixels, mask, landmarks,
+labels, meta): run it before and after a speed change, on one machine, to show that the change
+renders the very same faces (and so leaves the bundled model's training data as it was).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import os
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from facemtl.data.synth import ALL_FEATURES, FEATURES, STYLES, render_face  # noqa: E402
@@ -33,6 +38,19 @@ def rate(style: str, n: int, size: int, features) -> tuple[float, float]:
     for i in range(n):
         render_face(1, i, style, size, features)
     return time.process_time() - c0, time.perf_counter() - t0
+
+
+def fingerprint(style: str, n: int, size: int, features) -> str:
+    """SHA-1 over faces 0..n-1 of seed 1 (the faces :func:`rate` times): image, mask and
+    landmarks bytes, then the labels and meta as text."""
+    digest = hashlib.sha1()
+    for i in range(n):
+        face = render_face(1, i, style, size, features)
+        for key in ("image", "parsing", "landmarks"):
+            digest.update(np.ascontiguousarray(face[key]).tobytes())
+        labels = {k: v for k, v in face.items() if k not in ("image", "parsing", "landmarks")}
+        digest.update(repr(sorted(labels.items())).encode())
+    return digest.hexdigest()
 
 
 def opencv_share(style: str, n: int, size: int, features) -> None:
@@ -89,6 +107,8 @@ def main() -> None:
                         help="time the first style at sizes A and B: fixed vs per-pixel cost per face")
     parser.add_argument("--opencv-share", action="store_true",
                         help="time the OpenCV calls of the first style: the faces/s bound without Python/numpy work")
+    parser.add_argument("--fingerprint", action="store_true",
+                        help="print a SHA-1 of each style's faces (compare before/after a speed change)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -123,6 +143,10 @@ def main() -> None:
                   f"{per_pixel * args.size ** 2 * 1e3:.3f} ms; with free pixel work at most {1 / fixed:.0f} faces/s")
     if args.opencv_share:
         opencv_share(styles[0], args.n, args.size, features)
+    if args.fingerprint:
+        for style in styles:
+            print(f"fingerprint {style}: {fingerprint(style, args.n, args.size, features)} "
+                  f"(faces 0..{args.n - 1} of seed 1, size {args.size})")
 
 
 if __name__ == "__main__":

@@ -241,6 +241,7 @@ class _Mesh:
         fill_mat = np.select([fill_labels == 4, fill_labels == 5], [EYE_L, EYE_R], MOUTH)
         # Irises are not mesh triangles: they are drawn as discs over the eye white (synth_look.draw_eyes).
         self.tris = np.concatenate([tris, fill])
+        self.tris_t = np.ascontiguousarray(self.tris.T)  # (3, T): corner k of every triangle
         self.material = np.concatenate([mesh_mat, fill_mat]).astype(np.int64)
         self.n_mesh_tris = len(tris)
         # Depth bias (painter's order) where materials meet: the mouth fill sits behind the lips;
@@ -851,7 +852,7 @@ def _uni(rng: np.random.Generator, lo: float, hi: float, n: int | None = None):
 
 def _clipped_normal(rng, mean_sd_max) -> float:
     mean, sd, lim = mean_sd_max
-    return float(np.clip(mean + sd * rng.standard_normal(), mean - lim, mean + lim))
+    return min(max(mean + sd * float(rng.standard_normal()), mean - lim), mean + lim)
 
 
 @lru_cache(maxsize=8192)
@@ -946,6 +947,10 @@ def _features(features) -> frozenset:
         raise FacemtlError(f"unknown synthetic feature(s) {', '.join(sorted(map(str, unknown)))}; "
                            f"expected names from {', '.join(FEATURES)}")
     return feats
+
+
+_ANCHOR = np.array([0.0, 0.45, 0.0])  # the camera's anchor: middle of the face (between eyes and chin)
+_ANCHOR.flags.writeable = False
 
 
 class _Cam:
@@ -1073,7 +1078,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     rot = rotation(yaw, pitch, roll)
     iod = _uni(rng, *p["iod"]) * size
     centre = np.array([w / 2, h / 2]) + _uni(rng, -p["shift"], p["shift"], 2) * size
-    anchor = np.array([0.0, 0.45, 0.0])  # middle of the face (between eyes and chin)
+    anchor = _ANCHOR
     cam_t = _Cam(rot, anchor, iod, centre)
     cam = (v - anchor) @ rot.T
     pts = cam[:, :2] * iod + centre
@@ -1089,11 +1094,11 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     fallback = look.vertex_radiance(_FALLBACK_NORMAL, rig, _FALLBACK_AO)[0]
 
     # --- face items in depth order (painter's algorithm, back faces culled)
-    tri = m.tris
-    corner_pts = pts[tri]
-    e1 = corner_pts[:, 1] - corner_pts[:, 0]
-    e2 = corner_pts[:, 2] - corner_pts[:, 0]
-    front = e1[:, 1] * e2[:, 0] - e1[:, 0] * e2[:, 1] > 1e-9
+    # e1 = p1 - p0, e2 = p2 - p0 per triangle; front where e1.y * e2.x - e1.x * e2.y > 0 (by
+    # coordinate rows: four times faster than gathering (T, 3, 2) corners)
+    cx, cy = pts.T.copy()
+    x, y = cx[m.tris_t], cy[m.tris_t]
+    front = (y[1] - y[0]) * (x[2] - x[0]) - (x[1] - x[0]) * (y[2] - y[0]) > 1e-9
     # regions, else their patches, else triangles: whichever is wholly front-facing
     back = ~front
     region_ok = np.ones(len(m.region_loops), bool)
@@ -1105,7 +1110,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     corners = np.concatenate([m.region_loops[region_ok], m.patch_loops[patch_ok], m.tri_as_patch[single]])
     item_mat = np.concatenate([m.region_material[region_ok], m.patch_material[patch_ok], m.material[single]])
     bias = np.concatenate([m.region_bias[region_ok], m.patch_bias[patch_ok], m.depth_bias[single]])
-    order = np.argsort(depth[corners].mean(1) + bias, kind="stable")
+    order = np.argsort(depth[corners].sum(1) / corners.shape[1] + bias, kind="stable")  # mean depth
     polys = pts16[corners[order]]
     item_mat = item_mat[order]
 
@@ -1226,7 +1231,7 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
         scene = np.minimum((rig[2] + rig[1][0] * 0.6) * rig[5], 1.5)
 
     # --- landmarks (0-based pixel x, y), MTFL order
-    lm = np.concatenate([pts[m.eye_contours].mean(1), pts[[m.nose_tip, m.mouth_l, m.mouth_r]]])
+    lm = np.concatenate([pts[m.eye_contours].sum(1) / m.eye_contours.shape[1], pts[[m.nose_tip, m.mouth_l, m.mouth_r]]])
 
     # --- glasses: pixels only, the mask keeps what is under them
     if glasses:
@@ -1363,7 +1368,7 @@ def _draw_fringe(canvas, m, v, subj: dict, cam_t: _Cam, zigzag) -> None:
         zig[0::2], zig[1::2] = low, mid
         low = zig
     ring = np.concatenate([arc, low[::-1]]) + np.array([0, -0.02, 0.03])
-    if (ring @ cam_t.rot[2]).mean() - cam_t.rot[2] @ np.array([0.0, 0.45, 0.0]) > -0.5:  # seen from the front
+    if (ring @ cam_t.rot[2]).sum() / len(ring) - cam_t.rot[2] @ _ANCHOR > -0.5:  # seen from the front
         cv2.fillPoly(canvas, [cam_t.fx(ring)], HAIR, cv2.LINE_8, 4)
 
 
@@ -1396,8 +1401,12 @@ def _draw_shoulders(canvas, subj: dict, cam_t: _Cam, clothing: bool) -> None:
         cv2.fillConvexPoly(cut, q[3:], CLOTH_TRIM, cv2.LINE_8, 4)
     else:  # round or V neckline: skin over the cloth
         cv2.fillPoly(cut, [cam_t.fx(_NECKLINES[kind])], NECK, cv2.LINE_8, 4)
-    sel = (cut > 0) & ((canvas == CLOTH) | (canvas == NECK))
-    canvas[sel] = cut[sel]
+    # repaint only the neckline's pixels (a few hundred) that are cloth or neck
+    flat, cut = canvas.reshape(-1), cut.reshape(-1)
+    idx = np.flatnonzero(cut.view(bool))
+    under = flat[idx]
+    idx = idx[(under == CLOTH) | (under == NECK)]
+    flat[idx] = cut[idx]
 
 
 _HALF_BODY = np.array([[0.7, 2.5], [1.5, 2.7], [2.2, 3.0], [2.65, 3.6], [2.9, 4.6]])
@@ -1507,7 +1516,7 @@ def _camera(image, rng, p: dict, lp: dict, u, fancy: bool, parsing) -> np.ndarra
     g = _uni(rng, *p["grey"]) if p["grey"][1] > 0 else 0.0
     tint = 1.0 + rng.normal(0, 0.04, 3) if g > 0 else np.ones(3)
     gain, offset = _uni(rng, 0.85, 1.15), _uni(rng, -15, 15)
-    colour = gain * tint[:, None] * ((1 - g) * np.eye(3) + g * _LUMA[None, :])
+    colour = gain * tint[:, None] * ((1 - g) * _EYE3 + g * _LUMA[None, :])
     boost = 1.0
     if fancy:
         # auto exposure: the camera meters the face skin and pulls it part of the way to mid-grey
@@ -1536,7 +1545,7 @@ def _camera(image, rng, p: dict, lp: dict, u, fancy: bool, parsing) -> np.ndarra
     noise = _uni(rng, *p["noise"])
     if noise > 0.5:
         table = look.chroma_noise_table() if fancy and u[11] < 0.5 else look.noise_table()
-        y0, x0 = (int(v) for v in rng.integers(0, 512 - max(h, w), 2)) if max(h, w) < 512 else (0, 0)
+        y0, x0 = rng.integers(0, 512 - max(h, w), 2).tolist() if max(h, w) < 512 else (0, 0)
         crop = table[y0:y0 + h, x0:x0 + w]
         if crop.shape[:2] != (h, w):
             crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_NEAREST)
@@ -1552,6 +1561,7 @@ def _camera(image, rng, p: dict, lp: dict, u, fancy: bool, parsing) -> np.ndarra
 
 
 _LUMA = np.array([0.299, 0.587, 0.114])
+_EYE3 = np.eye(3)
 _FACE_SKIN = np.zeros(256, np.uint8)
 _FACE_SKIN[[1, 6]] = 1  # Helen skin and nose
 

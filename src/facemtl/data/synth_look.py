@@ -18,6 +18,7 @@ texture tables are built once from fixed seeds, so samples stay machine-independ
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import cv2
@@ -107,7 +108,7 @@ DETAIL_LUT = np.stack([repaint_lut(mapping) for _, mapping in DETAILS])
 
 def apply_details(buf: np.ndarray, mask: np.ndarray) -> None:
     """Repaint ``buf`` where ``mask`` holds a detail type (label-preserving by construction)."""
-    idx = np.flatnonzero(mask)
+    idx = np.flatnonzero(mask.view(bool))  # any non-zero byte counts; 8x faster than on uint8
     if len(idx):
         flat = buf.reshape(-1)
         flat[idx] = DETAIL_LUT[mask.reshape(-1)[idx], flat[idx]]
@@ -298,7 +299,9 @@ def draw_mouth_interior(mask: np.ndarray, upper_teeth: np.ndarray, lower_teeth: 
     cv2.fillPoly(mask, [upper_teeth, lower_teeth], D_TEETH, cv2.LINE_8, 4)
     gap = np.zeros_like(mask)
     cv2.polylines(gap, list(gaps), False, 1, 1, cv2.LINE_8, 4)
-    mask[(gap > 0) & (mask == D_TEETH)] = D_TEETH_GAP
+    flat = mask.reshape(-1)
+    idx = np.flatnonzero(gap.view(bool))
+    flat[idx[flat[idx] == D_TEETH]] = D_TEETH_GAP
 
 
 # --------------------------------------------------------------------------- lighting
@@ -317,12 +320,12 @@ def lights(u: np.ndarray, p: dict, key: np.ndarray, ambient: float, diffuse: flo
     key_col = kelvin_rgb(lo_k + (hi_k - lo_k) * u[0], wb) * diffuse * (0.9 + 0.35 * u[2])
     # fill from the other side, weaker, often cooler (sky) or warmer (bounce)
     fill_dir = np.array([-key[0] * (0.5 + u[3]), -0.2 + 0.5 * u[4], 0.7])
-    fill_dir /= np.linalg.norm(fill_dir)
+    fill_dir /= math.sqrt(fill_dir @ fill_dir)
     fill_col = kelvin_rgb(4000 + 5000 * u[5], wb) * diffuse * (0.1 + 0.4 * u[6])
     dirs, cols = [key, fill_dir], [key_col, fill_col]
     if u[7] < p.get("rim", 0.15):  # rim light from behind: lights the silhouette only
         rim = np.array([np.sign(u[8] - 0.5) * 0.8, -0.4, -0.45])
-        dirs.append(rim / np.linalg.norm(rim))
+        dirs.append(rim / math.sqrt(rim @ rim))
         cols.append(kelvin_rgb(5000 + 3000 * u[9], 0.5) * (0.5 + 0.6 * u[10]))
     amb = kelvin_rgb(5000 + 3000 * u[11], wb) * ambient * 0.85
     hard = float(u[12] < p.get("hard", 0.3))  # direct sun / bare bulb: sharp terminator
@@ -348,7 +351,7 @@ def vertex_specular(n: np.ndarray, rig, gloss: np.ndarray) -> np.ndarray:
     """Blinn-Phong highlight (N, 3) from the lights, scaled by the per-vertex ``gloss``."""
     dirs, cols, _, _, _, exposure = rig
     half = dirs + np.array([0.0, 0.0, 1.0])
-    half /= np.linalg.norm(half, axis=1, keepdims=True)
+    half /= np.sqrt((half * half).sum(1, keepdims=True))
     nh = np.maximum(n @ half.T, 0.0)
     return ((nh ** 24) @ cols) * gloss[:, None] * exposure
 
@@ -530,16 +533,16 @@ def ragged_outline(hull: np.ndarray, u: np.ndarray, iod16: float) -> np.ndarray:
     """A convex hair outline (x16 points) made uneven: each edge gets a midpoint pushed out or in
     (tufts and gaps), vertices jittered; ``u``: uniforms, reused cyclically."""
     k = len(hull)
-    c = hull.mean(0)
-    nxt = np.roll(hull, -1, 0)
-    mid = 0.5 * (hull + nxt)
+    c = hull.sum(0) / k
+    mid = 0.5 * (hull + np.concatenate([hull[1:], hull[:1]]))
     out = mid - c
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+    out /= np.maximum(np.sqrt((out * out).sum(1, keepdims=True)), 1e-6)
     n = len(u)
-    bump = (u[np.arange(k) % n] - 0.35) * 0.09 * iod16
-    jit = (u[(np.arange(k) + 7) % n] - 0.5) * 0.04 * iod16
+    ks = np.arange(k)
+    bump = (u[ks % n] - 0.35) * 0.09 * iod16
+    jit = (u[(ks + 7) % n] - 0.5) * 0.04 * iod16
     vout = hull - c
-    vout /= np.maximum(np.linalg.norm(vout, axis=1, keepdims=True), 1e-6)
+    vout /= np.maximum(np.sqrt((vout * vout).sum(1, keepdims=True)), 1e-6)
     poly = np.empty((2 * k, 2))
     poly[0::2] = hull + vout * jit[:, None]
     poly[1::2] = mid + out * bump[:, None]
@@ -554,17 +557,18 @@ def flyaway_strands(buf: np.ndarray, outline: np.ndarray, u: np.ndarray, iod16: 
         return
     q = u[1:1 + 3 * count].reshape(count, 3)
     p0 = outline[(q[:, 0] * len(outline)).astype(np.int64) % len(outline)].astype(np.float64)
-    out = p0 - outline.mean(0)
+    out = p0 - outline.sum(0) / len(outline)
     out /= np.maximum(np.sqrt((out * out).sum(1, keepdims=True)), 1e-6)
-    side = np.stack([-out[:, 1], out[:, 0]], 1)
+    side = out[:, ::-1] * (-1.0, 1.0)
     length = ((0.1 + 0.25 * q[:, 1]) * iod16)[:, None]
     bend = (q[:, 2:3] - 0.5) * 0.6
     pts = np.stack([p0 - out * (0.05 * iod16), p0 + length * (0.5 * out + 0.3 * bend * side),
                     p0 + length * (out + bend * side)], 1)
     mask = np.zeros(buf.shape, np.uint8)
     cv2.polylines(mask, list(np.rint(pts).astype(np.int32)), False, 1, 1, cv2.LINE_8, 4)
-    sel = mask.view(bool) & _STRAND_OVER[buf]
-    buf[sel] = HAIR
+    flat = buf.reshape(-1)
+    idx = np.flatnonzero(mask.view(bool))
+    flat[idx[_STRAND_OVER[flat[idx]]]] = HAIR
 
 
 _STRAND_OVER = np.zeros(256, bool)
