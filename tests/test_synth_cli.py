@@ -310,3 +310,52 @@ def test_config_bundled_draws_the_bundled_models_training_faces(tmp_path):
     img = np.asarray(Image.open(out).convert("RGB"))
     np.testing.assert_array_equal(img[PAD:PAD + CELL, PAD:PAD + CELL],
                                   cv2.resize(face, (CELL, CELL), interpolation=cv2.INTER_NEAREST))
+
+
+def test_an_interrupted_export_leaves_the_folder_empty_and_the_same_command_then_works(tmp_path, monkeypatch,
+                                                                                         capsys):
+    from facemtl.data import synth_export
+
+    out = tmp_path / "mtfl"
+    args = ["synth", "export", "--format", "mtfl", "--n", "6", "--style", "wild", "--seed", "4", "--size",
+            str(SIZE), "--out", str(out)]
+    write, calls = synth_export._write, []
+
+    def interrupted(path, image, *a):
+        calls.append(path)
+        if len(calls) == 4:  # Ctrl-C while the fourth image is written
+            raise KeyboardInterrupt
+        write(path, image, *a)
+
+    monkeypatch.setattr(synth_export, "_write", interrupted)
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: nothing written to {out}" in err and "run the same command again" in err
+    assert out.is_dir() and list(out.iterdir()) == []  # no 3-face dataset that reads like a whole one
+    monkeypatch.setattr(synth_export, "_write", write)
+    assert main(args) == 0
+    assert len((out / "training.txt").read_text().splitlines()) == 5  # 80% of 6, rounded as the writer does
+    assert len((out / "testing.txt").read_text().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["AFLW", "lfw_5590", "testing.txt", "training.txt"]
+
+
+def test_an_export_killed_midway_is_cleared_by_the_next_one_and_a_failed_one_leaves_nothing(tmp_path, monkeypatch,
+                                                                                           capsys):
+    from facemtl.data import synth_export
+    from facemtl.errors import FacemtlError
+
+    out = tmp_path / "faces"
+    (out / synth_export.PARTIAL / "Happy").mkdir(parents=True)  # what a killed export leaves
+    (out / synth_export.PARTIAL / "Happy" / "S000_00000.png").write_bytes(b"half")
+    assert synth_export.export("emotion-folder", out, 3, "studio", 1, SIZE, progress=False) == 3
+    assert synth_export.PARTIAL not in [p.name for p in out.iterdir()]
+    assert sum(1 for _ in out.rglob("*.png")) == 3
+
+    def full_disk(path, image, *a):
+        raise FacemtlError(f"could not write image {path}")
+
+    monkeypatch.setattr(synth_export, "_write", full_disk)
+    other = tmp_path / "other"
+    with pytest.raises(FacemtlError, match="could not write image"):
+        synth_export.export("celeba", other, 3, "studio", 1, SIZE, progress=False)
+    assert list(other.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 # cv2, numpy and the renderer are imported by the commands: the parser must stay light.
@@ -58,7 +59,7 @@ def register(subparsers) -> None:
     exp.add_argument("--style", choices=STYLES, help="synthetic style (default studio)")
     exp.add_argument("--seed", type=_non_negative, help="random seed (default 0)")
     exp.add_argument("--size", type=_size, help="image side in pixels, >= 64 (default 128)")
-    exp.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    exp.add_argument("--out", type=Path, required=True, help="output folder (new or empty; all or nothing: an interrupted export leaves it empty)")
     _add_source_arguments(exp)
     exp.set_defaults(func=run_export)
 
@@ -122,7 +123,12 @@ def run_export(args) -> int:
     from facemtl.data.synth_export import export
 
     style, seed, size, options = faces_to_draw(args, "studio")
-    n = export(args.format, args.out, n=args.n, style=style, seed=seed, size=size, options=options)
+    try:
+        n = export(args.format, args.out, n=args.n, style=style, seed=seed, size=size, options=options)
+    except KeyboardInterrupt:
+        print(f"interrupted: nothing written to {args.out} (an export keeps its files only once every face is "
+              f"written); run the same command again", file=sys.stderr)
+        raise
     of = "" if args.source is None else f" of source {args.source}"
     print(f"wrote {n} {style} faces{of} in {args.format} format to {args.out}")
     return 0

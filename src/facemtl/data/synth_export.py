@@ -1,7 +1,10 @@
 """Write synthetic faces in real datasets' on-disk formats (MTFL, AFLW, CelebA, Helen, emotion folders).
 
 Layouts written, as ``docs/datasets.md`` describes the real ones (``out`` is created; it must
-be new or an empty folder):
+be new or an empty folder). An export is all or nothing: the files are written into
+``out/.facemtl-partial`` and moved into ``out`` once every face is written, so an interrupted or
+failed export leaves ``out`` empty (ready for the same command again), never a smaller dataset
+that reads like a whole one:
 
 * ``mtfl``: ``lfw_5590/synth_<index>.jpg`` (training) and ``AFLW/synth_<index>.jpg`` (testing),
   ``training.txt`` (first 80%, Windows backslash paths ``lfw_5590\\synth_000000.jpg``) and
@@ -37,6 +40,7 @@ be new or an empty folder):
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -51,13 +55,17 @@ from facemtl.data.transforms import face_box
 from facemtl.errors import FacemtlError
 
 FORMATS: tuple[str, ...] = ("mtfl", "aflw", "celeba", "helen", "emotion-folder")
+PARTIAL = ".facemtl-partial"  # inside ``out``: an export in progress (see the module doc)
 
 
 def prepare_out(out: Path) -> Path:
-    """Create ``out`` (a new or empty folder) or raise FacemtlError saying why it cannot be used."""
+    """Create ``out`` (a new or empty folder) or raise FacemtlError saying why it cannot be used.
+    The unfinished files of an export that was killed (:data:`PARTIAL`, alone in ``out``) go."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FacemtlError(f"output path {out} is an existing file; expected a new or empty folder")
+    if out.is_dir() and [p.name for p in out.iterdir()] == [PARTIAL]:
+        shutil.rmtree(out / PARTIAL)
     if out.is_dir() and any(out.iterdir()):
         raise FacemtlError(f"output folder {out} is not empty; choose a new or empty folder")
     try:
@@ -145,7 +153,8 @@ def _celeba(out: Path, faces, n: int) -> None:
 
 def export(fmt: str, out, n: int, style: str = "studio", seed: int = 0, size: int = 128,
            progress: bool = True, options: dict | None = None) -> int:
-    """Render faces ``0..n-1`` of ``(seed, style, size)`` into ``out`` in format ``fmt``; returns n.
+    """Render faces ``0..n-1`` of ``(seed, style, size)`` into ``out`` in format ``fmt``, all or
+    nothing (see the module doc); returns n.
 
     ``options``: render options (:class:`facemtl.data.synth.SyntheticFaces` keyword arguments, e.g.
     a training source's from :func:`facemtl.data.mixing.render_options`); default: the style's own."""
@@ -155,8 +164,27 @@ def export(fmt: str, out, n: int, style: str = "studio", seed: int = 0, size: in
         raise FacemtlError(f"--n must be >= 1, got {n}")
     faces = SyntheticFaces(n, style, seed, size, **(options or {}))  # validates everything before touching the disk
     out = prepare_out(Path(out))
-    n = int(n)
-    bar = tqdm(range(n), desc=f"synth {fmt}", unit="face", disable=not progress)
+    work = out / PARTIAL
+    work.mkdir()
+    try:
+        _write_format(fmt, work, faces, int(n), progress)
+        for entry in sorted(work.iterdir()):
+            entry.rename(out / entry.name)
+        work.rmdir()
+    except BaseException:  # interrupted or failed: leave ``out`` as it was, empty
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return int(n)
+
+
+def _write_format(fmt: str, out: Path, faces: SyntheticFaces, n: int, progress: bool) -> None:
+    """Faces ``0..n-1`` of ``faces`` in format ``fmt`` into the folder ``out``, with a progress bar
+    (closed however the writing ends, so that a message after an interruption starts a new line)."""
+    with tqdm(range(n), desc=f"synth {fmt}", unit="face", disable=not progress) as bar:
+        _write_faces(fmt, out, faces, n, bar)
+
+
+def _write_faces(fmt: str, out: Path, faces: SyntheticFaces, n: int, bar) -> None:
     if fmt == "mtfl":
         n_train = n - n // 5
         with open(out / "training.txt", "w", newline="\n") as train, open(out / "testing.txt", "w", newline="\n") as test:
@@ -194,4 +222,3 @@ def export(fmt: str, out, n: int, style: str = "studio", seed: int = 0, size: in
         for i in bar:
             s = faces[i]
             _write(out / EMOTIONS[s["emotion"]] / f"S{s['meta']['subject']:03d}_{i:05d}.png", s["image"])
-    return n
