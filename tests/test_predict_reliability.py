@@ -145,7 +145,9 @@ def test_predict_json_abort_keeps_the_old_file_and_no_temporary(run_dir, tmp_pat
     monkeypatch.setattr(Predictor, "_run", interrupted)
     code = main(["predict", str(folder), "--checkpoint", str(run_dir), "--detector", "none", "--batch-size", "1",
                  "--json", str(out)])
-    assert code == 130 and len(calls) == 2, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 130 and len(calls) == 2, err
+    assert f"interrupted after 1 of 3 image(s): {out} kept as it was" in err  # says what happened to the file
     assert out.read_bytes() == before
     assert temporaries(tmp_path) == []
 

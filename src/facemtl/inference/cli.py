@@ -48,7 +48,8 @@ def register(subparsers) -> None:
                    help="run folder, model.safetensors, model.json or ensemble folder (ensemble.json); given more "
                         "than once: an ensemble, every task's outputs averaged over the models (default: the bundled "
                         "model, trained on synthetic faces only; see README, 'Synthetic faces and the bundled model')")
-    p.add_argument("--json", type=Path, metavar="OUT.json", help="write the results here (default: stdout)")
+    p.add_argument("--json", type=Path, metavar="OUT.json", help="write the results here, once every image is read: an interrupted run keeps the file as it was "
+                   "(default: stdout)")
     p.add_argument("--overlays", type=Path, metavar="DIR", help="write one overlay PNG per image here")
     p.add_argument("--masks", type=Path, metavar="DIR", help="write the class-id mask PNGs here (see below)")
     p.add_argument("--detector", choices=("opencv", "mediapipe", "none"), default="opencv",  # detect.DETECTORS
@@ -244,7 +245,7 @@ def run_predict(args) -> int:
 
     names = _Names()
     errors: list[dict] = []
-    n_faces = n_skipped = n_left_out = 0
+    n_faces = n_skipped = n_left_out = n_read = 0
     bar = tqdm(total=len(paths), unit="img", desc="predict", disable=not (folder or len(paths) > 1), file=sys.stderr,
                dynamic_ncols=True)
     for path, reason in problems:
@@ -260,6 +261,7 @@ def run_predict(args) -> int:
             boxes_for = box_file.lookup if box_file else None
             for res in predictor.stream(items, boxes_for=boxes_for, keep_images=args.overlays is not None):
                 bar.update(1)
+                n_read += 1
                 path: Path = res.key
                 if res.error:
                     bar.write(f"facemtl: error: {res.error}", file=sys.stderr)
@@ -288,6 +290,13 @@ def run_predict(args) -> int:
                 out.write(("\n  " if first else ",\n  ") + dumps(record))
                 first = False
             out.write("\n], \"errors\": " + dumps(errors) + "}\n")
+    except KeyboardInterrupt:
+        if args.json:
+            bar.close()
+            kept = "kept as it was" if args.json.exists() else "not written"
+            print(f"interrupted after {n_read} of {len(paths)} image(s): {args.json} {kept} (it is written only "
+                  f"once every image is read)", file=sys.stderr)
+        raise
     finally:
         bar.close()
     done = len(paths) - n_skipped
