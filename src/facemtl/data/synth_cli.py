@@ -59,7 +59,8 @@ def register(subparsers) -> None:
     exp.add_argument("--style", choices=STYLES, help="synthetic style (default studio)")
     exp.add_argument("--seed", type=_non_negative, help="random seed (default 0)")
     exp.add_argument("--size", type=_size, help="image side in pixels, >= 64 (default 128)")
-    exp.add_argument("--out", type=Path, required=True, help="output folder (new or empty; all or nothing: an interrupted export leaves it empty)")
+    exp.add_argument("--out", type=Path, required=True,
+                     help="output folder (new or empty; all or nothing: an interrupted export leaves it empty)")
     _add_source_arguments(exp)
     exp.set_defaults(func=run_export)
 

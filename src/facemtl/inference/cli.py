@@ -48,8 +48,9 @@ def register(subparsers) -> None:
                    help="run folder, model.safetensors, model.json or ensemble folder (ensemble.json); given more "
                         "than once: an ensemble, every task's outputs averaged over the models (default: the bundled "
                         "model, trained on synthetic faces only; see README, 'Synthetic faces and the bundled model')")
-    p.add_argument("--json", type=Path, metavar="OUT.json", help="write the results here, once every image is read: an interrupted run keeps the file as it was "
-                   "(default: stdout)")
+    p.add_argument("--json", type=Path, metavar="OUT.json",
+                   help="write the results here, once every image is read: an interrupted run keeps the file as "
+                        "it was (default: stdout)")
     p.add_argument("--overlays", type=Path, metavar="DIR", help="write one overlay PNG per image here")
     p.add_argument("--masks", type=Path, metavar="DIR", help="write the class-id mask PNGs here (see below)")
     p.add_argument("--detector", choices=("opencv", "mediapipe", "none"), default="opencv",  # detect.DETECTORS
