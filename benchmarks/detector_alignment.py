@@ -102,7 +102,7 @@ def detect_all(detector, scenes: list[dict]) -> tuple[list[np.ndarray], list[np.
     boxes, turns, times = [], [], []
     for scene in scenes:
         t0 = time.perf_counter()
-        found, turn = find_faces(detector, scene["image"])
+        found, turn, _ = find_faces(detector, scene["image"])
         times.append(time.perf_counter() - t0)
         boxes.append(found)
         turns.append(turn)

@@ -400,13 +400,39 @@ def test_haar_finds_a_tilted_head_beside_an_upright_one():
     assert turns[i] == 0 and turns[j] == -25
 
 
-def test_find_faces_gives_a_plain_detector_s_boxes_level():
+def test_find_faces_gives_a_plain_detector_s_boxes_level_and_unscored():
     from facemtl.inference.detect import find_faces
 
-    boxes, turns = find_faces(lambda image: [[1, 2, 30, 40], [5, 5, 9, 9]], np.zeros((50, 50, 3), np.uint8))
+    boxes, turns, scores = find_faces(lambda image: [[1, 2, 30, 40], [5, 5, 9, 9]], np.zeros((50, 50, 3), np.uint8))
     assert boxes.shape == (2, 4) and boxes.dtype == np.float32 and turns.tolist() == [0.0, 0.0]
-    boxes, turns = find_faces(lambda image: np.zeros((0, 4)), np.zeros((50, 50, 3), np.uint8))
-    assert boxes.shape == (0, 4) and turns.shape == (0,)
+    assert np.isnan(scores).all() and scores.shape == (2,)
+    boxes, turns, scores = find_faces(lambda image: np.zeros((0, 4)), np.zeros((50, 50, 3), np.uint8))
+    assert boxes.shape == (0, 4) and turns.shape == (0,) and scores.shape == (0,)
+
+
+def test_haar_scores_each_face_and_predict_reports_it(tmp_path, capsys):
+    import json
+
+    from facemtl.cli import main
+
+    image, eyes_mouth = astronaut_and_points()
+    k = 1024 / image.shape[0]  # enlarged, the cascade also finds small false faces on the suit
+    big = cv2.resize(image, None, fx=k, fy=k, interpolation=cv2.INTER_LINEAR)
+    detector = HaarFaceDetector()
+    boxes, turns, scores = detector.detections(big)
+    assert len(boxes) == len(turns) == len(scores) >= 2
+    np.testing.assert_array_equal(boxes, detector(big))  # the same boxes, in the same order
+    face = find_match(boxes, landmark_square(eyes_mouth * k))
+    assert face is not None and (scores >= MIN_WEIGHT).all()
+    assert scores[face] > max(np.delete(scores, face))  # the real face scores above the false ones
+    photo = tmp_path / "big.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "pred.json"
+    assert main(["predict", str(photo), "--json", str(out), "--tasks", "landmarks"]) == 0
+    faces = json.loads(out.read_text())["images"][0]["faces"]
+    assert sorted(f["detection_score"] for f in faces) == sorted(round(float(v), 3) for v in scores)
+    assert main(["predict", str(photo), "--json", str(out), "--tasks", "landmarks", "--detector", "none"]) == 0
+    assert "detection_score" not in json.loads(out.read_text())["images"][0]["faces"][0]  # no detector, no score
 
 
 def test_a_head_found_turned_is_cropped_through_its_turn():

@@ -169,6 +169,8 @@ def _face_json(face: dict, tasks, mask_paths: dict[str, str]) -> dict:
     from facemtl.kinds import kind_of
 
     out: dict = {"box": [round(v, 2) for v in face["box"]]}
+    if "detection_score" in face:
+        out["detection_score"] = round(face["detection_score"], 3)
     for task in tasks:
         value = kind_of(task).to_json(task, face[task.name], mask_paths.get(task.name))
         if value is not None:

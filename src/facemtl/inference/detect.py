@@ -16,7 +16,9 @@ calibrated square, then (two passes) re-crops from its own landmark prediction; 
 offers ``boxes_and_turns(image) -> (boxes, turns)`` (degrees, ``cv2.getRotationMatrix2D``'s
 sense): the predictor then turns each first crop by its face's turn about the box centre, so a
 tilted head reaches the model about level (both built-in detectors do; a plain callable's faces
-are cropped level).
+are cropped level). A detector that scores its faces offers ``detections(image) -> (boxes, turns,
+scores)``; the predictor reports each face's score as ``detection_score`` (the Haar detector: its
+cascade's last-stage score, see :class:`HaarFaceDetector`).
 """
 
 from __future__ import annotations
@@ -71,15 +73,21 @@ class Detector(Protocol):
     def __call__(self, image: np.ndarray) -> np.ndarray: ...
 
 
-def find_faces(detector, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 4) boxes and (N,) turns (degrees) of any detector: its ``boxes_and_turns`` when it has
-    one, else its boxes with turn 0 (cropped level)."""
-    if hasattr(detector, "boxes_and_turns"):
+def find_faces(detector, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, 4) boxes, (N,) turns (degrees) and (N,) scores of any detector: its ``detections`` or
+    ``boxes_and_turns`` when it has one, else its boxes with turn 0 (cropped level); scores NaN
+    where the detector gives none."""
+    scores = None
+    if hasattr(detector, "detections"):
+        boxes, turns, scores = detector.detections(image)
+    elif hasattr(detector, "boxes_and_turns"):
         boxes, turns = detector.boxes_and_turns(image)
     else:
         boxes = detector(image)
         turns = np.zeros(len(boxes), np.float32)
-    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(turns, np.float32).reshape(-1)
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    scores = np.full(len(boxes), np.nan, np.float32) if scores is None else np.asarray(scores, np.float32).reshape(-1)
+    return boxes, np.asarray(turns, np.float32).reshape(-1), scores
 
 
 def make_detector(name: str):
@@ -125,7 +133,7 @@ class HaarFaceDetector:
     tilts=()`` searches only the image as it is.
 
     ``min_weight``: every search drops the windows whose score from the cascade's last stage
-    (OpenCV's level weight) is below it (:data:`MIN_WEIGHT`). Window blinds, stripes and folds
+    (OpenCV's level weight; :meth:`detections` gives it per face) is below it (:data:`MIN_WEIGHT`). Window blinds, stripes and folds
     of cloth pass the cascade with low scores (first search on the photos of
     ``benchmarks/real_faces.py``: labelled faces 2.2-11.4, the other windows -0.6-9.9, 17 of 25
     below 3.5); None keeps every window.
@@ -166,6 +174,14 @@ class HaarFaceDetector:
         cascade to see each face upright; 0 for faces found in the image as it is. The predictor
         crops a face through its turn, so a head tilted beyond the model's training poses reaches
         it about level."""
+        return self.detections(image)[:2]
+
+    def detections(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(boxes, turns) as :meth:`boxes_and_turns` gives them and (N,) scores: the cascade's
+        last-stage score of each face (at least ``min_weight``; on the 42 photos of
+        ``benchmarks/real_faces.py``, 2026-12-06, the boxes on labelled faces scored 1.7-11.5, 4
+        of 69 under 3.5, the other 13 boxes 2.0-9.9, 7 under 3.5: a filter against false faces,
+        not a probability)."""
         gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         scale = min(1.0, self.max_side / max(gray.shape))
         if scale < 1.0:
@@ -188,12 +204,12 @@ class HaarFaceDetector:
             for angle in self.tilts:
                 xywh = _join(xywh, self._turned_search(gray, angle, sides))
         if len(xywh) == 0:
-            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
-        turns = xywh[:, 5]
-        xywh = xywh[:, :4] / scale  # the rows carry the cascade's score in column 4, the turn in 5
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)
+        scores, turns = xywh[:, 4], xywh[:, 5]  # the rows carry the cascade's score in column 4, the turn in 5
+        xywh = xywh[:, :4] / scale
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         order = np.argsort(-(xywh[:, 2] * xywh[:, 3]), kind="stable")
-        return boxes[order], turns[order]
+        return boxes[order], turns[order], scores[order]
 
     def _turned_search(self, gray: np.ndarray, angle: float, sides: tuple[int, int] | None = None) -> np.ndarray:
         """``[x, y, w, h, score, angle]`` rows of the faces found in the image turned by ``angle``

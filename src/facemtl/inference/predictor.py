@@ -80,7 +80,8 @@ iteration.
 Per face the result is ``{"box": [x0, y0, x1, y1] (the face box the reported outputs were
 cropped from, before the margin: the caller's box as given; for a detected face its calibrated
 or landmark square, for an upright crop that square's centre and side), "detection_box": [x0, y0, x1, y1] (the box the face came with: the
-detector's, or the caller's), <points task>: float32 (K, 2) array of
+detector's, or the caller's), "detection_score": float (the detector's score of the face, when it
+gives one: the Haar detector's cascade score; absent for given boxes and whole images), <points task>: float32 (K, 2) array of
 (x, y) original pixels, <segmentation task>: uint8 (H, W) class-id array, <category task>:
 {"label": name, "probs": {name: p}}}``, with only the requested tasks. Coordinates are
 continuous pixel coordinates with pixel centres at integers (the transforms' convention).
@@ -520,17 +521,19 @@ class Predictor:
             try:
                 image = as_rgb(source)
                 rec.height, rec.width = image.shape[:2]
-                boxes, turns, margin, origin = self._faces(image, boxes_for(key) if boxes_for is not None else None)
+                boxes, turns, scores, margin, origin = self._faces(image, boxes_for(key) if boxes_for is not None
+                                                                   else None)
                 passes = self._passes(origin)
                 crops = []
-                for box, turn in zip(boxes, turns):
+                for box, turn, score in zip(boxes, turns, scores):
                     try:  # one degenerate face is reported; the image's other faces go on
                         box, crop_box, matrix = self._crop(box, margin, rec.height, rec.width, origin == "detected", turn)
                     except FacemtlError as exc:
                         rec.face_errors.append({"box": _box_json(box), "error": str(exc)})
                         continue
                     crops.append(_Crop(rec, len(crops), box, crop_box, matrix, warp_image(image, matrix, self.input_size),
-                                       image if passes > 1 else None, turn_only=origin == "given" and self.passes is None))
+                                       image if passes > 1 else None, turn_only=origin == "given" and self.passes is None,
+                                       score=score))
             except FacemtlError as exc:
                 rec.error = str(exc)
             else:
@@ -554,22 +557,25 @@ class Predictor:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _faces(self, image: np.ndarray, boxes) -> tuple[list, list, float, str]:
-        """(boxes, turns, margin, origin) for one image, ``origin`` "given", "whole" (the image is
-        the crop) or "detected"; given boxes are checked one by one in
+    def _faces(self, image: np.ndarray, boxes) -> tuple[list, list, list, float, str]:
+        """(boxes, turns, scores, margin, origin) for one image, ``origin`` "given", "whole" (the
+        image is the crop) or "detected"; given boxes are checked one by one in
         :meth:`_crop`. ``turns``: per box the angle its first crop is turned by (degrees): a
-        detector's ``boxes_and_turns`` gives them (the Haar detector's turned searches), else 0."""
+        detector's ``boxes_and_turns`` gives them (the Haar detector's turned searches), else 0.
+        ``scores``: the detector's score per box (:func:`~facemtl.inference.detect.find_faces`),
+        None where there is none."""
         h, w = image.shape[:2]
         if boxes is not None:
             rows = list(boxes)
             if len(rows) == 4 and all(np.isscalar(v) for v in rows):  # one box given flat
                 rows = [rows]
-            return rows, [0.0] * len(rows), self.margin, "given"
+            return rows, [0.0] * len(rows), [None] * len(rows), self.margin, "given"
         if self.detector is None:
             # The whole image is the crop, as training crops a face-crop dataset (margin 0).
-            return [np.array([-0.5, -0.5, w - 0.5, h - 0.5])], [0.0], 0.0, "whole"
-        found, turns = find_faces(self.detector, image)
-        return list(found), [float(t) for t in turns], self.margin, "detected"
+            return [np.array([-0.5, -0.5, w - 0.5, h - 0.5])], [0.0], [None], 0.0, "whole"
+        found, turns, scores = find_faces(self.detector, image)
+        return (list(found), [float(t) for t in turns], [None if np.isnan(v) else float(v) for v in scores],
+                self.margin, "detected")
 
     def _passes(self, origin: str) -> int:
         """Most crops per face: ``passes`` when set, else (when the model predicts landmarks to
@@ -642,7 +648,7 @@ class Predictor:
         pixels = warp_image(item.image, matrix, self.input_size)
         again = self.upright and item.stage + 1 < UPRIGHT_MAX_CROPS  # it may be turned again
         return _Crop(item.rec, item.index, item.box, square, matrix, pixels, item.image if again else None,
-                     item.stage + 1, item.turn_only)
+                     item.stage + 1, item.turn_only, item.score)
 
     def forward(self, crops: torch.Tensor, tasks=None) -> dict[str, torch.Tensor]:
         """Normalised crops (B, 3, S, S) -> decoded outputs of the last iteration, per task (CPU
@@ -687,6 +693,8 @@ class Predictor:
                     again.append(follow)
                     continue  # the face is finished by its second crop
             face: dict = {"box": [float(v) for v in item.crop_box], "detection_box": [float(v) for v in box]}
+            if item.score is not None:
+                face["detection_score"] = item.score
             try:
                 for task in self.tasks:
                     face[task.name] = self._map_back(task, out[task.name][j], matrix, rec.height, rec.width)
@@ -714,6 +722,7 @@ class _Crop:
     image: np.ndarray | None  # the photo, kept while a next pass may re-crop from it
     stage: int = 1  # 1: the first crop, 2: the second, 3 and 4: an upright crop turned again
     turn_only: bool = False  # a given box by default: later crops keep the box and only turn it
+    score: float | None = None  # the detector's score of the face (reported as "detection_score")
 
 
 def reduce_detail(crop: np.ndarray, side: int) -> np.ndarray:
