@@ -521,8 +521,8 @@ class Predictor:
             try:
                 image = as_rgb(source)
                 rec.height, rec.width = image.shape[:2]
-                boxes, turns, scores, margin, origin = self._faces(image, boxes_for(key) if boxes_for is not None
-                                                                   else None)
+                given = boxes_for(key) if boxes_for is not None else None
+                boxes, turns, scores, margin, origin = self._faces(image, given)
                 passes = self._passes(origin)
                 crops = []
                 for box, turn, score in zip(boxes, turns, scores):
