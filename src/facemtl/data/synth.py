@@ -1078,9 +1078,8 @@ def render_face(seed: int, index: int, style: str = "studio", size: int = 128,
     rot = rotation(yaw, pitch, roll)
     iod = _uni(rng, *p["iod"]) * size
     centre = np.array([w / 2, h / 2]) + _uni(rng, -p["shift"], p["shift"], 2) * size
-    anchor = _ANCHOR
-    cam_t = _Cam(rot, anchor, iod, centre)
-    cam = (v - anchor) @ rot.T
+    cam_t = _Cam(rot, _ANCHOR, iod, centre)
+    cam = (v - _ANCHOR) @ rot.T
     pts = cam[:, :2] * iod + centre
     pts16 = np.rint(pts * 16).astype(np.int32)
     depth = cam[:, 2]

@@ -167,7 +167,9 @@ def export(fmt: str, out, n: int, style: str = "studio", seed: int = 0, size: in
     work = out / PARTIAL
     work.mkdir()
     try:
-        _write_format(fmt, work, faces, int(n), progress)
+        # the bar is closed however the writing ends, so a message after an interruption starts a new line
+        with tqdm(range(int(n)), desc=f"synth {fmt}", unit="face", disable=not progress) as bar:
+            _write_faces(fmt, work, faces, int(n), bar)
         for entry in sorted(work.iterdir()):
             entry.rename(out / entry.name)
         work.rmdir()
@@ -177,14 +179,9 @@ def export(fmt: str, out, n: int, style: str = "studio", seed: int = 0, size: in
     return int(n)
 
 
-def _write_format(fmt: str, out: Path, faces: SyntheticFaces, n: int, progress: bool) -> None:
-    """Faces ``0..n-1`` of ``faces`` in format ``fmt`` into the folder ``out``, with a progress bar
-    (closed however the writing ends, so that a message after an interruption starts a new line)."""
-    with tqdm(range(n), desc=f"synth {fmt}", unit="face", disable=not progress) as bar:
-        _write_faces(fmt, out, faces, n, bar)
-
-
 def _write_faces(fmt: str, out: Path, faces: SyntheticFaces, n: int, bar) -> None:
+    """Faces ``0..n-1`` of ``faces`` (indices from ``bar``, a progress bar over them) in format
+    ``fmt`` into the folder ``out``."""
     if fmt == "mtfl":
         n_train = n - n // 5
         with open(out / "training.txt", "w", newline="\n") as train, open(out / "testing.txt", "w", newline="\n") as test:

@@ -133,10 +133,10 @@ class HaarFaceDetector:
     tilts=()`` searches only the image as it is.
 
     ``min_weight``: every search drops the windows whose score from the cascade's last stage
-    (OpenCV's level weight; :meth:`detections` gives it per face) is below it (:data:`MIN_WEIGHT`). Window blinds, stripes and folds
-    of cloth pass the cascade with low scores (first search on the photos of
-    ``benchmarks/real_faces.py``: labelled faces 2.2-11.4, the other windows -0.6-9.9, 17 of 25
-    below 3.5); None keeps every window.
+    (OpenCV's level weight; :meth:`detections` gives it per face) is below it (:data:`MIN_WEIGHT`).
+    Window blinds, stripes and folds of cloth pass the cascade with low scores (2026-12-02, first
+    search on the photos of ``benchmarks/real_faces.py`` with no threshold: labelled faces 2.2-11.4,
+    the other windows -0.6-9.9, 17 of 25 below 3.5); None keeps every window.
     """
 
     calibration: Calibration = CALIBRATIONS["opencv"]
