@@ -553,6 +553,15 @@ def test_passes_need_a_landmarks_task_and_are_checked():
             Predictor(StubModel(POINTS), {"input_size": SIZE}, flip=False, detector="none", passes=bad)
     with pytest.raises(FacemtlError, match="callable"):
         Predictor(StubModel(POINTS), {"input_size": SIZE}, flip=False, detector=42)
+    # None is "none": the whole image is the face, one crop of it
+    image, model = photo(), StubModel(POINTS)
+    predictor = Predictor(model, {"input_size": SIZE}, flip=False, detector=None)
+    assert predictor.detector is None and predictor.detector_name == "none"
+    (face,) = predictor(image)
+    (named,) = Predictor(StubModel(POINTS), {"input_size": SIZE}, flip=False, detector="none")(image)
+    assert len(model.seen) == 1 and face.keys() == named.keys()
+    for key in face:
+        np.testing.assert_array_equal(face[key], named[key])
 
 
 # ---------------------------------------------------------------------------------------

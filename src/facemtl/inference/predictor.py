@@ -372,7 +372,7 @@ class Predictor:
     """A loaded model ready for photos. ``predictor(image)`` -> list of per-face dicts.
 
     ``detector``: ``"opencv"`` (Haar cascade), ``"mediapipe"`` (BlazeFace; needs
-    ``pip install 'facemtl[detect]'``), ``"none"`` (each image is one face crop) or a
+    ``pip install 'facemtl[detect]'``), ``"none"`` or None (each image is one face crop) or a
     :class:`~facemtl.inference.detect.Detector` (a callable image -> boxes, largest first, with an
     optional ``calibration``). ``passes``: 1 or 2 crops per face (None: when the model has a
     ``landmarks`` task, for detected faces a second crop only when the first pass's eyes tilt by
@@ -400,6 +400,8 @@ class Predictor:
                  backend: str = "torch", threads: int | None = None, passes: int | None = None,
                  calibrate: bool = True, tasks=None, upright: bool = True, flip: bool = True,
                  detail: int | None = None):
+        if detector is None:
+            detector = "none"  # Python's own word for "no detector"
         if isinstance(detector, str):
             if detector not in DETECTORS:
                 raise FacemtlError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
