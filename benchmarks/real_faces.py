@@ -549,7 +549,7 @@ def main(argv=None) -> None:
     from facemtl.inference.cli import DETAIL_HELP
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoints", nargs="*", help="run folders (or model.safetensors files)")
+    ap.add_argument("checkpoints", nargs="*", help="run folders or model files; 'bundled': the package's model")
     ap.add_argument("--photos", type=Path, help="folder made by --fetch")
     ap.add_argument("--fetch", type=Path, metavar="DIR", help="download and unpack the photos into DIR, then exit")
     ap.add_argument("--crops", default="detector,labels", help="comma-separated crop modes: detector, labels")
@@ -587,7 +587,7 @@ def main(argv=None) -> None:
         ap.error("--move applies to the labels' squares: give --crops labels")
     if not args.checkpoints or args.photos is None or any(c not in CROPS for c in modes):
         ap.error(f"give --photos DIR and at least one checkpoint; --crops from {', '.join(CROPS)}")
-    from facemtl.inference.predictor import Predictor
+    from emotion_reading import load_predictor
 
     for ckpt in args.checkpoints:
         if args.regions or args.looks:
@@ -595,15 +595,15 @@ def main(argv=None) -> None:
                                        if args.regions else
                                        (look_readings, "the photo's look changed",
                                         "the labelled emotion, else of the first reading's"))
-            rows = readings(Predictor.from_checkpoint(ckpt, detector="none", flip=args.flip), args.photos)
+            rows = readings(load_predictor(ckpt, detector="none", flip=args.flip), args.photos)
             print(f"{ckpt}, emotion from the labels' squares, then with {changed} (label, probability of {prob}):")
             for r in rows:
                 cells = " | ".join(f"{k}: {lab[:8]} {p:.2f}" for k, (lab, p) in r["readings"].items())
                 print(f"  {r['image']:{width(rows)}s} {r['labelled'] or '-':8s} {cells}")
             continue
         for mode in modes:
-            pred = Predictor.from_checkpoint(ckpt, detector=args.detector if mode == "detector" else "none",
-                                             passes=args.passes, flip=args.flip, detail=args.detail)
+            pred = load_predictor(ckpt, detector=args.detector if mode == "detector" else "none",
+                                  passes=args.passes, flip=args.flip, detail=args.detail)
             rows = score(pred, args.photos, mode, args.move, args.pupils)
             moved = ("" if args.move == NO_MOVE
                      else " (squares moved by dx {:g}, dy {:g} of their side, scaled by {:g})".format(*args.move))

@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     from facemtl.inference.cli import DETAIL_HELP
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoints", nargs="+", help="run folders (or model.safetensors files)")
+    ap.add_argument("checkpoints", nargs="+", help="run folders or model files; 'bundled': the package's model")
     ap.add_argument("--passes", type=int, choices=(1, 2), help="crops per face (default: the predictor's)")
     ap.add_argument("--detector", default="opencv", help="face detector (default: opencv)")
     ap.add_argument("--detail", type=int, metavar="PX", help=DETAIL_HELP)
@@ -67,11 +67,11 @@ def astronaut(ckpt, passes=None, detector: str = "opencv", detail: int | None = 
     """One checkpoint on the astronaut photo: ``faces`` found, and for the first face ``nme`` (%),
     ``mouth`` (px), ``emotion`` (label), ``baseline_nme`` (the mean shape in the same square, %),
     the printable ``lines``; also the predictor's ``result``, ``tasks`` and the ``image`` path."""
-    from facemtl.inference.predictor import Predictor
+    from emotion_reading import load_predictor
 
     labels = json.loads(LABELS.read_text())
     image_path = (ROOT.parent / labels["image"]).resolve()
-    pred = Predictor.from_checkpoint(ckpt, detector=detector, passes=passes, detail=detail)
+    pred = load_predictor(ckpt, detector=detector, passes=passes, detail=detail)
     out = score_photo(pred, str(image_path), np.asarray(labels["landmarks"], np.float64), labels["emotion"])
     out["image"] = image_path
     return out
@@ -200,12 +200,12 @@ def perturbation_table(ckpt, passes=None, detector: str = "opencv", detail: int 
     """Print and return one row per condition of :data:`CONDITIONS`: faces found, NME, the mean
     shape's NME in the same square, the emotion."""
     from facemtl.data.images import read_image
-    from facemtl.inference.predictor import Predictor
+    from emotion_reading import load_predictor
 
     labels = json.loads(LABELS.read_text())
     photo = read_image((ROOT.parent / labels["image"]).resolve())
     truth = np.asarray(labels["landmarks"], np.float64)
-    pred = Predictor.from_checkpoint(ckpt, detector=detector, passes=passes, detail=detail)
+    pred = load_predictor(ckpt, detector=detector, passes=passes, detail=detail)
     print(f"{ckpt}: the astronaut photo under {len(CONDITIONS)} conditions ({detector} detector)")
     print(f"  {'condition':14s} {'faces':>5s} {'NME %':>6s} {'mean shape %':>12s}  emotion (labelled {labels['emotion']})")
     rows = []

@@ -32,7 +32,7 @@ from facemtl.inference.alignment import (
     upright_crop,
     upright_roll,
 )
-from facemtl.inference.detect import MIN_WEIGHT, Detector, HaarFaceDetector, _prefer_filling_faces
+from facemtl.inference.detect import MIN_WEIGHT, Detector, HaarFaceDetector, _prefer_filling_faces, find_faces
 from facemtl.inference.predictor import UPRIGHT_MAX_CROPS, UPRIGHT_MIN_DEGREES, UPRIGHT_RETURN_DEGREES, Predictor
 from facemtl.tasks import get_task
 
@@ -401,8 +401,6 @@ def test_haar_finds_a_tilted_head_beside_an_upright_one():
 
 
 def test_find_faces_gives_a_plain_detector_s_boxes_level_and_unscored():
-    from facemtl.inference.detect import find_faces
-
     boxes, turns, scores = find_faces(lambda image: [[1, 2, 30, 40], [5, 5, 9, 9]], np.zeros((50, 50, 3), np.uint8))
     assert boxes.shape == (2, 4) and boxes.dtype == np.float32 and turns.tolist() == [0.0, 0.0]
     assert np.isnan(scores).all() and scores.shape == (2,)
@@ -599,6 +597,33 @@ def test_mediapipe_missing_is_one_clear_error(monkeypatch, tmp_path, capsys):
     assert code == 2 and "pip install 'facemtl[detect]'" in err and err.count("\n") == 1, err
 
 
+def test_a_mediapipe_without_the_face_solution_is_named_with_its_version(monkeypatch):
+    import types
+
+    from facemtl.inference import detect
+
+    for name in [n for n in sys.modules if n == "mediapipe" or n.startswith("mediapipe.")]:
+        monkeypatch.delitem(sys.modules, name)
+    # a mediapipe of 0.10.30 or later: the package imports, its legacy solutions are gone
+    monkeypatch.setitem(sys.modules, "mediapipe", types.ModuleType("mediapipe"))
+    monkeypatch.setattr(detect, "_installed_version", lambda package: "0.10.35")
+    with pytest.raises(FacemtlError, match=r"mediapipe 0\.10\.35 is installed") as info:
+        Predictor(StubModel(POINTS), {"input_size": SIZE}, flip=False, detector="mediapipe")
+    assert detect.MEDIAPIPE_VERSIONS in str(info.value) and "pip install 'facemtl[detect]'" in str(info.value)
+    # a release in range that fails to import (a requirement missing): said so, not "too new"
+    monkeypatch.setattr(detect, "_installed_version", lambda package: "0.10.21")
+    with pytest.raises(FacemtlError, match=r"mediapipe 0\.10\.21 is installed but does not import"):
+        Predictor(StubModel(POINTS), {"input_size": SIZE}, flip=False, detector="mediapipe")
+    assert detect._release("0.10.30") == (0, 10, 30) and detect._release("1.2.3rc1") == (1, 2, 3)
+
+
+def test_the_detect_extra_asks_for_the_mediapipe_releases_the_detector_runs_on():
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    from facemtl.inference.detect import MEDIAPIPE_VERSIONS
+
+    assert f'detect = ["mediapipe{MEDIAPIPE_VERSIONS}"]' in text
+
+
 def test_mediapipe_finds_a_scene_face_and_the_astronaut():
     pytest.importorskip("mediapipe", reason="the optional detector extra (pip install 'facemtl[detect]') is not installed")
     from facemtl.inference.detect import MediaPipeFaceDetector
@@ -609,6 +634,9 @@ def test_mediapipe_finds_a_scene_face_and_the_astronaut():
     boxes = detector(scene["image"])
     assert boxes.dtype == np.float32 and boxes.shape[1] == 4
     assert find_match(boxes, scene["square"]) is not None
+    found, _, scores = find_faces(detector, scene["image"])  # BlazeFace's confidence per face
+    np.testing.assert_array_equal(found, boxes)
+    assert scores.shape == (len(boxes),) and np.all((scores >= 0.5) & (scores <= 1)), scores
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     assert np.all(np.diff(areas) <= 0)  # largest first
     astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"

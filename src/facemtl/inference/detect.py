@@ -18,12 +18,13 @@ sense): the predictor then turns each first crop by its face's turn about the bo
 tilted head reaches the model about level (both built-in detectors do; a plain callable's faces
 are cropped level). A detector that scores its faces offers ``detections(image) -> (boxes, turns,
 scores)``; the predictor reports each face's score as ``detection_score`` (the Haar detector: its
-cascade's last-stage score, see :class:`HaarFaceDetector`).
+cascade's last-stage score, see :class:`HaarFaceDetector`; MediaPipe: BlazeFace's confidence).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -39,6 +40,9 @@ from facemtl.inference.alignment import CALIBRATIONS, Calibration, upright_roll
 
 DETECTORS = ("opencv", "mediapipe", "none")
 _CASCADE = "haarcascade_frontalface_default.xml"
+# mediapipe 0.10.30 dropped the legacy solutions (and the face models inside the wheel) that
+# MediaPipeFaceDetector runs; keep in step with pyproject's `detect` extra.
+MEDIAPIPE_VERSIONS = ">=0.10.14,<0.10.30"
 MEDIAPIPE_INSTALL = "pip install 'facemtl[detect]'"
 # A face that fills the photo (a tight crop, as face datasets and ID photos are cut) leaves a
 # detector's window no margin, and both built-in detectors miss it: when a search finds no face
@@ -305,6 +309,11 @@ class MediaPipeFaceDetector:
     def boxes_and_turns(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(boxes as :meth:`__call__` gives them, (N,) turns in degrees: the eye line's roll
         where it reaches ``min_turn``, else 0; see :meth:`HaarFaceDetector.boxes_and_turns`)."""
+        return self.detections(image)[:2]
+
+    def detections(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(boxes, turns) as :meth:`boxes_and_turns` gives them and (N,) scores: BlazeFace's
+        confidence of each face (0-1, at least ``min_confidence``)."""
         rows = self._search(image)
         if len(rows) == 0 and self.pad > 0:  # a face that fills the photo
             rows = padded_search(self._search, image, self.pad)
@@ -313,11 +322,11 @@ class MediaPipeFaceDetector:
             turns = np.zeros_like(turns)
         else:
             turns = np.where(np.abs(turns) >= self.min_turn, turns, 0.0).astype(np.float32)
-        return rows[:, :4], turns
+        return rows[:, :4], turns, rows[:, 5]
 
     def _search(self, image: np.ndarray) -> np.ndarray:
-        """``[x0, y0, x1, y1, roll]`` rows of one run of the graph, largest first (roll: the eye
-        line's, :func:`~facemtl.inference.alignment.eye_roll`, clipped to +-MAX_UPRIGHT_ROLL)."""
+        """``[x0, y0, x1, y1, roll, score]`` rows of one run of the graph, largest first (roll: the
+        eye line's, :func:`~facemtl.inference.alignment.eye_roll`, clipped to +-MAX_UPRIGHT_ROLL)."""
         h, w = image.shape[:2]
         result = self._graph.process(np.ascontiguousarray(image))
         rows = []
@@ -328,9 +337,9 @@ class MediaPipeFaceDetector:
             # keypoints 0 and 1: the subject's right and left eye (image-left, image-right when upright)
             eyes = [(k.x * w - 0.5, k.y * h - 0.5) for k in det.location_data.relative_keypoints[:2]]
             roll = upright_roll(eyes) if len(eyes) == 2 else 0.0
-            rows.append([x0, y0, x0 + rel.width * w, y0 + rel.height * h, roll])
+            rows.append([x0, y0, x0 + rel.width * w, y0 + rel.height * h, roll, det.score[0] if det.score else np.nan])
         if not rows:
-            return np.zeros((0, 5), np.float32)
+            return np.zeros((0, 6), np.float32)
         boxes = np.asarray(rows, np.float32)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         return boxes[np.argsort(-area, kind="stable")]
@@ -394,10 +403,40 @@ def _import_mediapipe():
         with _quiet_stderr():  # its C++ side prints a harmless protobuf complaint on import
             from mediapipe.python.solutions import face_detection
     except ImportError as exc:
+        version = _installed_version("mediapipe")
+        if version is not None and _release(version) >= (0, 10, 30):  # no legacy solutions, no weights
+            raise FacemtlError(f"the mediapipe detector needs mediapipe {MEDIAPIPE_VERSIONS} (the releases "
+                               f"that ship BlazeFace's face_detection solution and its weights); mediapipe "
+                               f"{version} is installed ({exc}); install a release that has it with: "
+                               f"{MEDIAPIPE_INSTALL}  (or use --detector opencv)") from None
+        if version is not None:
+            raise FacemtlError(f"mediapipe {version} is installed but does not import ({exc}); reinstall it "
+                               f"with: {MEDIAPIPE_INSTALL}  (or use --detector opencv)") from None
         raise FacemtlError(f"the mediapipe detector needs the optional package mediapipe ({exc}); install it "
                            f"with: {MEDIAPIPE_INSTALL}  (or use --detector opencv)") from None
     _protobuf_compat()
     return face_detection
+
+
+def _installed_version(package: str) -> str | None:
+    """The installed distribution's version, None when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``"0.10.21"`` -> ``(0, 10, 21)``: the leading numbers of a version string."""
+    numbers = []
+    for part in version.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
 
 
 def _protobuf_compat() -> None:

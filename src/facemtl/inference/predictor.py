@@ -81,7 +81,7 @@ Per face the result is ``{"box": [x0, y0, x1, y1] (the face box the reported out
 cropped from, before the margin: the caller's box as given; for a detected face its calibrated
 or landmark square, for an upright crop that square's centre and side), "detection_box": [x0, y0, x1, y1] (the box the face came with: the
 detector's, or the caller's), "detection_score": float (the detector's score of the face, when it
-gives one: the Haar detector's cascade score; absent for given boxes and whole images), <points
+gives one: the Haar detector's cascade score, MediaPipe's confidence; absent for given boxes and whole images), <points
 task>: float32 (K, 2) array of
 (x, y) original pixels, <segmentation task>: uint8 (H, W) class-id array, <category task>:
 {"label": name, "probs": {name: p}}}``, with only the requested tasks. Coordinates are
