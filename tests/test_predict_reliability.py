@@ -592,15 +592,34 @@ def test_a_broken_image_is_one_message_naming_it_without_opencvs_own_log(run_dir
     write_face(folder / "good.png")
     (folder / "cut.jpg").write_bytes((folder / "good.png").read_bytes()[:40])  # a PNG cut short, named .jpg
     (folder / "gif.jpg").write_bytes(b"GIF89a")
-    before = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)  # OpenCV's default, as in a new process
+    log = getattr(cv2.utils, "logging", cv2)  # OpenCV 4.12 and later: cv2.utils.logging; before: cv2
+    before = log.getLogLevel()
+    log.setLogLevel(3)  # LOG_LEVEL_WARNING, OpenCV's default, as in a new process
     try:
         code = main(["predict", str(folder), "--checkpoint", str(run_dir), "--detector", "none",
                      "--json", str(tmp_path / "pred.json")])
+        assert log.getLogLevel() == 1  # FATAL: set by the command
     finally:
-        cv2.utils.logging.setLogLevel(before)
+        log.setLogLevel(before)
     err = capfd.readouterr().err  # file-descriptor level: OpenCV writes from C++
     assert code == 1
     for name in ("cut.jpg", "gif.jpg"):
         assert f"{name}: not an image OpenCV can read" in err
     assert "imdecode_" not in err and "[ERROR" not in err, err
+
+
+def test_quiet_opencv_speaks_both_of_opencvs_logging_apis(monkeypatch):
+    import types
+
+    from facemtl.data import images
+
+    calls = []
+    # OpenCV 4.11 and before (what the detect extra's numpy < 2 brings): no cv2.utils.logging
+    monkeypatch.setattr(images, "cv2", types.SimpleNamespace(utils=types.SimpleNamespace(), setLogLevel=calls.append))
+    images.quiet_opencv()
+    assert calls == [1]  # LOG_LEVEL_FATAL
+    # 4.12 and later: cv2.utils.logging, and no cv2.setLogLevel
+    logging = types.SimpleNamespace(LOG_LEVEL_FATAL=1, setLogLevel=calls.append)
+    monkeypatch.setattr(images, "cv2", types.SimpleNamespace(utils=types.SimpleNamespace(logging=logging)))
+    images.quiet_opencv()
+    assert calls == [1, 1]

@@ -61,11 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             status = 2
         else:
-            import cv2
+            from facemtl.data.images import quiet_opencv
 
-            # OpenCV's own log lines ("imdecode_(''): can't read header ...") would repeat, unasked
-            # and without the file name, what our errors say with it
-            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_FATAL)
+            quiet_opencv()
             status = int(args.func(args) or 0)
         sys.stdout.flush()
         return status

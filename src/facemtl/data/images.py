@@ -24,6 +24,18 @@ class DecodeError(FacemtlError):
     """An image (or mask) file that cannot be read or decoded; the message names the file."""
 
 
+def quiet_opencv() -> None:
+    """Silence OpenCV's own log lines below FATAL: they ("imdecode_(''): can't read header ...")
+    would repeat, unasked and without the file name, what :class:`DecodeError` says with it.
+    OpenCV's Python API for this moved: ``cv2.utils.logging`` from 4.12, ``cv2.setLogLevel``
+    before (the ``detect`` extra's mediapipe pins numpy < 2 and with it OpenCV 4.11)."""
+    logging = getattr(cv2.utils, "logging", None)
+    if logging is not None:
+        logging.setLogLevel(logging.LOG_LEVEL_FATAL)
+    elif hasattr(cv2, "setLogLevel"):
+        cv2.setLogLevel(1)  # cv::utils::logging::LOG_LEVEL_FATAL
+
+
 def _decode(path, flag: int) -> np.ndarray:
     path = Path(path)
     try:
