@@ -84,9 +84,11 @@ def test_two_processes_train_one_model_like_one_process_with_the_global_batch(tm
     assert len(ddp) == len(one)
     # Rank 0 logs its own shard's loss (2 of the 4 faces), and batch norm normalises each shard on
     # its own, so the losses agree only roughly; the first update starts from the same weights.
-    # (measured with torchrun on this config: first losses 0.0513 vs 0.0461, sums 17.8 vs 18.1)
+    # (measured on this config, 2026-12-06: first losses 0.0433 vs 0.0464, sums 18.7 vs 19.8; with
+    # numpy 1.26 and OpenCV 4.11, which draw slightly different synthetic faces: 0.0438 vs 0.0467,
+    # 18.1 vs 20.2)
     assert ddp[0] == pytest.approx(one[0], rel=0.2)
-    assert sum(ddp) == pytest.approx(sum(one), rel=0.1)
+    assert sum(ddp) == pytest.approx(sum(one), rel=0.2)
 
 
 def test_an_interrupted_torchrun_resumes_to_the_same_weights(tmp_path, run_two_gloo_processes, monkeypatch):
