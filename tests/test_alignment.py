@@ -587,6 +587,9 @@ def test_mediapipe_missing_is_one_clear_error(monkeypatch, tmp_path, capsys):
     for name in [n for n in sys.modules if n == "mediapipe" or n.startswith("mediapipe.")]:
         monkeypatch.delitem(sys.modules, name)  # imported by an earlier test: forget it
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe now raises ImportError
+    from facemtl.inference import detect
+
+    monkeypatch.setattr(detect, "_installed_version", lambda package: None)  # and none is installed
     with pytest.raises(FacemtlError, match=r"pip install 'facemtl\[detect\]'"):
         Predictor(StubModel(POINTS), {"input_size": SIZE}, flip=False, detector="mediapipe")
     img = tmp_path / "x.png"
@@ -595,6 +598,10 @@ def test_mediapipe_missing_is_one_clear_error(monkeypatch, tmp_path, capsys):
     code = main(["predict", str(img), "--checkpoint", str(tmp_path / "nowhere"), "--detector", "mediapipe"])
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'facemtl[detect]'" in err and err.count("\n") == 1, err
+    # Python 3.13 and later: no mediapipe release has the detector, so the install would fail
+    monkeypatch.setattr(sys, "version_info", (3, 13, 0, "final", 0))
+    with pytest.raises(FacemtlError, match="which has no release for Python 3.13; use --detector opencv"):
+        Predictor(StubModel(POINTS), {"input_size": SIZE}, flip=False, detector="mediapipe")
 
 
 def test_a_mediapipe_without_the_face_solution_is_named_with_its_version(monkeypatch):

@@ -412,6 +412,10 @@ def _import_mediapipe():
         if version is not None:
             raise FacemtlError(f"mediapipe {version} is installed but does not import ({exc}); reinstall it "
                                f"with: {MEDIAPIPE_INSTALL}  (or use --detector opencv)") from None
+        if sys.version_info >= (3, 13):  # checked 2026-12-06: the last release with it has no 3.13 wheel
+            raise FacemtlError(f"the mediapipe detector needs mediapipe {MEDIAPIPE_VERSIONS}, which has no "
+                               f"release for Python {'.'.join(map(str, sys.version_info[:2]))}; use "
+                               f"--detector opencv (or Python 3.10-3.12 with {MEDIAPIPE_INSTALL})") from None
         raise FacemtlError(f"the mediapipe detector needs the optional package mediapipe ({exc}); install it "
                            f"with: {MEDIAPIPE_INSTALL}  (or use --detector opencv)") from None
     _protobuf_compat()
