@@ -137,3 +137,19 @@ def test_an_unknown_argument_is_reported_by_its_own_command(argv, command, unkno
     err = capsys.readouterr().err
     assert err.startswith(f"usage: {command} ")  # that command's usage, not the top level's
     assert err.rstrip().endswith(f"{command}: error: unrecognized arguments: {unknown}")
+
+
+def test_the_evidence_pages_contents_link_to_its_sections():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evidence.md").read_text()
+    # the anchors a Markdown renderer gives headings: lower case, punctuation dropped, spaces -> "-"
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#{2,3} (.+)$", text, re.M)}
+    contents = text.split("\n## ", 1)[0]
+    links = re.findall(r"\]\(#([^)]+)\)", contents)
+    assert links and not set(links) - anchors, sorted(set(links) - anchors)
+    # every top-level section is listed
+    sections = re.findall(r"^## (.+)$", text, re.M)
+    assert all(f"[{title}](#" in contents for title in sections), sections
