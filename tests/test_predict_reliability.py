@@ -592,7 +592,7 @@ def test_a_broken_image_is_one_message_naming_it_without_opencvs_own_log(run_dir
     write_face(folder / "good.png")
     (folder / "cut.jpg").write_bytes((folder / "good.png").read_bytes()[:40])  # a PNG cut short, named .jpg
     (folder / "gif.jpg").write_bytes(b"GIF89a")
-    log = getattr(cv2.utils, "logging", cv2)  # OpenCV 4.12 and later: cv2.utils.logging; before: cv2
+    log = getattr(cv2.utils, "logging", cv2)  # OpenCV 4.13 and later: cv2.utils.logging; before: cv2
     before = log.getLogLevel()
     log.setLogLevel(3)  # LOG_LEVEL_WARNING, OpenCV's default, as in a new process
     try:
@@ -614,11 +614,11 @@ def test_quiet_opencv_speaks_both_of_opencvs_logging_apis(monkeypatch):
     from facemtl.data import images
 
     calls = []
-    # OpenCV 4.11 and before (what the detect extra's numpy < 2 brings): no cv2.utils.logging
+    # OpenCV 4.12 and before (4.11: what the detect extra's numpy < 2 brings): no cv2.utils.logging
     monkeypatch.setattr(images, "cv2", types.SimpleNamespace(utils=types.SimpleNamespace(), setLogLevel=calls.append))
     images.quiet_opencv()
     assert calls == [1]  # LOG_LEVEL_FATAL
-    # 4.12 and later: cv2.utils.logging, and no cv2.setLogLevel
+    # 4.13 and later: cv2.utils.logging, and no cv2.setLogLevel
     logging = types.SimpleNamespace(LOG_LEVEL_FATAL=1, setLogLevel=calls.append)
     monkeypatch.setattr(images, "cv2", types.SimpleNamespace(utils=types.SimpleNamespace(logging=logging)))
     images.quiet_opencv()

@@ -27,7 +27,7 @@ class DecodeError(FacemtlError):
 def quiet_opencv() -> None:
     """Silence OpenCV's own log lines below FATAL: they ("imdecode_(''): can't read header ...")
     would repeat, unasked and without the file name, what :class:`DecodeError` says with it.
-    OpenCV's Python API for this moved: ``cv2.utils.logging`` from 4.12, ``cv2.setLogLevel``
+    OpenCV's Python API for this moved: ``cv2.utils.logging`` from 4.13, ``cv2.setLogLevel``
     before (the ``detect`` extra's mediapipe pins numpy < 2 and with it OpenCV 4.11)."""
     logging = getattr(cv2.utils, "logging", None)
     if logging is not None:
