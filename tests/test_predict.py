@@ -204,6 +204,26 @@ def test_stream_is_lazy_ordered_and_batches_are_bounded(predictor, monkeypatch):
     assert max(sizes) <= predictor.batch_size and sum(sizes) == 7
 
 
+def test_the_default_batch_depends_on_the_device_and_does_not_change_the_results(predictor):
+    from facemtl.inference.predictor import ACCELERATOR_BATCH_SIZE, CPU_BATCH_SIZE
+
+    default = Predictor(predictor.model, predictor.info, passes=1)
+    assert default.batch_size == CPU_BATCH_SIZE < ACCELERATOR_BATCH_SIZE  # this machine's device: the CPU
+    images = [paste(render_face(3, 300 + i, "studio", SIZE)["image"], 4 * i, 2 * i) for i in range(5)]
+    boxes = {i: [face_box_for_crop(4 * i, 2 * i)] for i in range(5)}
+    results = {}
+    for size in (None, 1, 5):
+        pred = Predictor(predictor.model, predictor.info, passes=1, batch_size=size)
+        results[size] = [r.faces[0] for r in pred.stream(enumerate(images), boxes_for=boxes.get)]
+    for size in (1, 5):  # the batch changes nothing but the speed (batch norm runs in eval mode)
+        for a, b in zip(results[None], results[size]):
+            np.testing.assert_allclose(a["landmarks"], b["landmarks"], atol=1e-4)
+            assert a["emotion"]["label"] == b["emotion"]["label"]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(FacemtlError, match="batch size must be a positive integer"):
+            Predictor(predictor.model, predictor.info, batch_size=bad)
+
+
 # ---------------------------------------------------------------------------------------
 # the command line
 

@@ -140,6 +140,13 @@ UPRIGHT_MAX_CROPS = 4
 # tilted ones: the 64-px model bundled until 2026-12-01 11.2 / 9.0% on 13 faces, the 128-px model
 # bundled 2026-12-01 to 02 8.6 / 7.9% on 21), while tilted heads need the upright crop.
 UPRIGHT_MIN_DEGREES = 5.0
+# Face crops per forward pass by default. On the CPU small batches are both faster and lighter:
+# every crop runs 6 times (3 per-source streams, the flip), and a batch's activations outgrow the
+# caches and page in (bundled model, 2 cores, `facemtl predict` on 16 photos, 2026-12-06: batch 2
+# 8.6-8.9 s and 0.58 GB peak, batch 16 11.9-12.0 s and 2.0 GB; 16 photos of 4,000 px: 38 s and
+# 0.88 GB against 47 s and 2.5 GB). A GPU wants full batches (not re-measured: the earlier default).
+CPU_BATCH_SIZE = 2
+ACCELERATOR_BATCH_SIZE = 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,7 +388,8 @@ class Predictor:
     docstring). ``calibrate``: crop a
     detected box as its detector's calibrated face square (False: as the raw box).
     ``upright``: turn the second crop so the first pass's eyes are level (see the module docstring).
-    ``batch_size``: face crops per forward pass (across images). ``iterations``: refinement
+    ``batch_size``: face crops per forward pass (across images; None: :data:`CPU_BATCH_SIZE` on
+    the CPU, :data:`ACCELERATOR_BATCH_SIZE` on a GPU). ``iterations``: refinement
     iterations to run (None: all the model was built with). ``margin``: crop margin
     overriding the checkpoint's. ``device``: torch device for the model. ``backend``:
     ``"torch"`` or ``"onnxruntime"`` (CPU; see the module docstring); ``threads``: the
@@ -395,7 +403,7 @@ class Predictor:
     averaged, see the module docstring); ``info`` describes the first and holds for all.
     """
 
-    def __init__(self, model, info: dict, *, detector: str = "opencv", batch_size: int = 16,
+    def __init__(self, model, info: dict, *, detector: str = "opencv", batch_size: int | None = None,
                  iterations: int | None = None, margin: float | None = None, device: str | torch.device = "cpu",
                  backend: str = "torch", threads: int | None = None, passes: int | None = None,
                  calibrate: bool = True, tasks=None, upright: bool = True, flip: bool = True,
@@ -410,8 +418,9 @@ class Predictor:
                                f"got {type(detector).__name__}")
         if passes is not None and (isinstance(passes, bool) or passes not in (1, 2)):
             raise FacemtlError(f"passes must be 1 or 2 (or None: a second crop for tilted faces), got {passes!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise FacemtlError(f"batch size must be a positive integer, got {batch_size!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise FacemtlError(f"batch size must be a positive integer (or None: by device), got {batch_size!r}")
         from facemtl.models.checkpoint import check_crop_detail, check_crop_margin
 
         crop = info.get("crop") if isinstance(info.get("crop"), dict) else {}
@@ -454,7 +463,7 @@ class Predictor:
         self.detector = make_detector(detector) if isinstance(detector, str) else detector
         found = getattr(self.detector, "calibration", None)
         self.calibration = found if calibrate and found is not None else IDENTITY
-        self.batch_size = batch_size
+        self.batch_size = batch_size or (CPU_BATCH_SIZE if self.device.type == "cpu" else ACCELERATOR_BATCH_SIZE)
         if iterations is not None:
             for member in self.models:
                 member.check_iterations(iterations)
