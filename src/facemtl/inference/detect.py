@@ -24,7 +24,6 @@ cascade's last-stage score, see :class:`HaarFaceDetector`; MediaPipe: BlazeFace'
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import sys
@@ -404,14 +403,11 @@ def _import_mediapipe():
             from mediapipe.python.solutions import face_detection
     except ImportError as exc:
         version = _installed_version("mediapipe")
-        if version is not None and _release(version) >= (0, 10, 30):  # no legacy solutions, no weights
-            raise FacemtlError(f"the mediapipe detector needs mediapipe {MEDIAPIPE_VERSIONS} (the releases "
-                               f"that ship BlazeFace's face_detection solution and its weights); mediapipe "
-                               f"{version} is installed ({exc}); install a release that has it with: "
-                               f"{MEDIAPIPE_INSTALL}  (or use --detector opencv)") from None
-        if version is not None:
-            raise FacemtlError(f"mediapipe {version} is installed but does not import ({exc}); reinstall it "
-                               f"with: {MEDIAPIPE_INSTALL}  (or use --detector opencv)") from None
+        if version is not None:  # 0.10.30 and later ship neither the legacy solutions nor their weights
+            raise FacemtlError(f"the mediapipe detector needs mediapipe {MEDIAPIPE_VERSIONS} (the releases that ship "
+                               f"BlazeFace's face_detection solution and its weights); mediapipe {version} is "
+                               f"installed and its face_detection does not import ({exc}); install a release that "
+                               f"has it with: {MEDIAPIPE_INSTALL}  (or use --detector opencv)") from None
         if sys.version_info >= (3, 13):  # checked 2026-12-06: the last release with it has no 3.13 wheel
             raise FacemtlError(f"the mediapipe detector needs mediapipe {MEDIAPIPE_VERSIONS}, which has no "
                                f"release for Python {'.'.join(map(str, sys.version_info[:2]))}; use "
@@ -430,17 +426,6 @@ def _installed_version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _release(version: str) -> tuple[int, ...]:
-    """``"0.10.21"`` -> ``(0, 10, 21)``: the leading numbers of a version string."""
-    numbers = []
-    for part in version.split("."):
-        digits = "".join(itertools.takewhile(str.isdigit, part))
-        if not digits:
-            break
-        numbers.append(int(digits))
-    return tuple(numbers)
 
 
 def _protobuf_compat() -> None:

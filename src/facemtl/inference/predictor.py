@@ -141,10 +141,10 @@ UPRIGHT_MAX_CROPS = 4
 # bundled 2026-12-01 to 02 8.6 / 7.9% on 21), while tilted heads need the upright crop.
 UPRIGHT_MIN_DEGREES = 5.0
 # Face crops per forward pass by default. On the CPU small batches are both faster and lighter:
-# every crop runs 6 times (3 per-source streams, the flip), and a batch's activations outgrow the
-# caches and page in (bundled model, 2 cores, `facemtl predict` on 16 photos, 2026-12-06: batch 2
-# 8.6-8.9 s and 0.58 GB peak, batch 16 11.9-12.0 s and 2.0 GB; 16 photos of 4,000 px: 38 s and
-# 0.88 GB against 47 s and 2.5 GB). A GPU wants full batches (not re-measured: the earlier default).
+# every crop runs 6 times (3 per-source streams, the flip), and large batches pay for fresh memory
+# in system time (bundled model, 2 cores, `facemtl predict` on 16 photos, 2026-12-06: batch 2
+# 8.6-8.9 s and 0.58 GB peak, batch 16 11.9-12.0 s and 2.0 GB; 16 photos of 4,000 px: 38 s, 0.88 GB,
+# 5 s system time against 47 s, 2.5 GB, 23 s). A GPU wants full batches (not re-measured: the earlier default).
 CPU_BATCH_SIZE = 2
 ACCELERATOR_BATCH_SIZE = 16
 
