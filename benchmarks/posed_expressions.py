@@ -81,6 +81,20 @@ def face_image(photos: Path, face: dict) -> np.ndarray:
     return image
 
 
+def folder_layout(photos: Path, out: Path) -> str:
+    """The labelled faces as an emotion folder in ``out``: each face's image (:func:`face_image`) as
+    ``<emotion>/<n>_<k>.png`` (n: the face's place in the labels, also its subject id): what
+    `facemtl score emotion-folder` reads, so its figures can be checked against this script's."""
+    import cv2
+
+    faces = labels()["faces"]
+    for n, face in enumerate(faces):
+        folder = out / face["emotion"]
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{n:03d}_0.png"), cv2.cvtColor(face_image(photos, face), cv2.COLOR_RGB2BGR))
+    return f"{len(faces)} faces under {out}: facemtl score emotion-folder {out}"
+
+
 def row(face: dict, probs: dict | None) -> dict:
     """One face's result in ``real_faces.summary``'s form; ``probs`` None: no face found."""
     out = {"image": Path(face["image"]).name + (f" {face['tile']}" if "tile" in face else ""),
@@ -151,9 +165,17 @@ def main(argv=None) -> None:
     ap.add_argument("--detail", type=int, metavar="PX", help=DETAIL_HELP)
     ap.add_argument("--fer", type=Path, metavar="FER_DIR",
                     help="also fer's FER2013 classifier (expression_legibility.py --fetch FER_DIR; needs h5py)")
+    ap.add_argument("--layout", type=Path, metavar="DIR",
+                    help="write the labelled faces as an emotion folder (DIR/<emotion>/<n>_<k>.png, each face's "
+                         "photo or tile) for `facemtl score emotion-folder DIR`, then exit (needs --photos)")
     args = ap.parse_args(argv)
     if args.fetch:
         fetch(args.fetch)
+        return
+    if args.layout:
+        if args.photos is None:
+            ap.error("--layout needs --photos DIR")
+        print(folder_layout(args.photos, args.layout))
         return
     if args.photos is None or not (args.checkpoints or args.fer):
         ap.error("give --photos DIR and at least one checkpoint or --fer FER_DIR")

@@ -222,6 +222,24 @@ def photo_path(photos: Path, image: str) -> Path:
     return path
 
 
+def mtfl_layout(photos: Path, out: Path) -> str:
+    """The labelled faces as MTFL's test list in ``out`` (1-based points; the four attributes, which
+    the set does not label, as 1), each photo linked from ``photos``: what `facemtl score mtfl`
+    reads, so its figures can be checked against this script's."""
+    lines = []
+    for image, faces in faces_by_image().items():
+        link = out / image
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(photo_path(photos, image).resolve())
+        for face in faces:
+            xy = np.asarray(face["landmarks"], np.float64) + 1
+            lines.append(" ".join([image, *(f"{v:.2f}" for v in (*xy[:, 0], *xy[:, 1])), "1", "1", "1", "1"]))
+    (out / "testing.txt").write_text("\n".join(lines) + "\n")
+    (out / "training.txt").write_text("")
+    return f"{len(lines)} faces in {out / 'testing.txt'}: facemtl score mtfl {out}"
+
+
 def score(pred, photos: Path, crops: str, move: tuple[float, float, float] = NO_MOVE,
           pupils: bool = False) -> list[dict]:
     """One row per labelled face: ``found``, ``nme``, ``baseline_nme`` (the synthetic mean shape in
@@ -573,9 +591,17 @@ def main(argv=None) -> None:
                     help="score the points against the labels with each eye moved up the face by the template's "
                          "offset of the iris centre above the eye-contour mean (1.4%% of the inter-ocular "
                          "distance): what a set labelled at the pupils would hold; the crops do not move")
+    ap.add_argument("--layout", type=Path, metavar="DIR",
+                    help="write the labelled faces as an MTFL test list (DIR/testing.txt, the photos linked) for "
+                         "`facemtl score mtfl DIR`, then exit (needs --photos)")
     args = ap.parse_args(argv)
     if args.fetch:
         fetch(args.fetch)
+        return
+    if args.layout:
+        if args.photos is None:
+            ap.error("--layout needs --photos DIR")
+        print(mtfl_layout(args.photos, args.layout))
         return
     if args.fit:
         if args.photos is None:

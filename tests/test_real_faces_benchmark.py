@@ -431,3 +431,20 @@ def test_pupils_option_scores_against_moved_eyes_without_moving_the_crops(mean_s
     # two of five points off by the offset's length: 2 * 0.0141 * 20 px / 5 over 20 px
     assert at_pupils["nme"] == pytest.approx(100 * 2 * abs(real_faces.pupil_offset()) / 5)
     assert at_pupils["point_offsets"][0][1] == pytest.approx(-100 * real_faces.pupil_offset())  # predicted eye lower
+
+
+def test_layout_writes_the_labels_as_an_mtfl_test_list_the_reader_takes(tmp_path):
+    from facemtl.data.formats import mtfl
+
+    photos = tmp_path / "photos"
+    for image in real_faces.faces_by_image():
+        (photos / image).parent.mkdir(parents=True, exist_ok=True)
+        (photos / image).write_bytes(b"")  # the list is checked, never the pixels
+    out = tmp_path / "mtfl"
+    assert "71 faces" in real_faces.mtfl_layout(photos, out)
+    records = mtfl.parse_annotations(out / "testing.txt")
+    labels = [f for faces in real_faces.faces_by_image().values() for f in faces]
+    assert len(records) == len(labels) == 71
+    for record, face in zip(records, labels):
+        assert record["name"] == face["image"] and (out / record["name"]).is_symlink()
+        assert np.allclose(record["xy"] - 1, face["landmarks"], atol=0.005)  # 1-based, two decimals

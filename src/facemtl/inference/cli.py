@@ -44,15 +44,79 @@ def register(subparsers) -> None:
         formatter_class=_RawEpilog,
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
-    p.add_argument("--checkpoint", metavar="RUN_OR_CKPT", action="append",
-                   help="run folder, model.safetensors, model.json or ensemble folder (ensemble.json); given more "
-                        "than once: an ensemble, every task's outputs averaged over the models (default: the bundled "
-                        "model, trained on synthetic faces only; see README, 'Synthetic faces and the bundled model')")
+    _predictor_arguments(p)
     p.add_argument("--json", type=Path, metavar="OUT.json",
                    help="write the results here, once every image is read: an interrupted run keeps the file as "
                         "it was (default: stdout)")
     p.add_argument("--overlays", type=Path, metavar="DIR", help="write one overlay PNG per image here")
     p.add_argument("--masks", type=Path, metavar="DIR", help="write the class-id mask PNGs here (see below)")
+    p.add_argument("--boxes", type=Path, metavar="BOXES.json",
+                   help='face boxes per image: {"path/to/img.jpg": [[x0, y0, x1, y1], ...]}; keys are paths '
+                   "(relative to the boxes file or the current folder) or bare file names; images it does not "
+                   "list fall back to --detector")
+    p.add_argument("--tasks", type=_task_list, metavar="T1,T2",
+                   help="comma-separated tasks to report, e.g. landmarks,emotion; the others are left out of "
+                   "every output. Saves time: only these tasks' batch-norm streams and decoders run at the last "
+                   "refinement iteration (earlier ones run every task, which the integrator reads), so with "
+                   "--iterations 0 only their streams run at all (default: every task of the model)")
+    p.set_defaults(func=run_predict)
+
+    from facemtl.data import DATASETS  # light: the names only
+
+    sc = subparsers.add_parser(
+        "score",
+        help="score a checkpoint on a labelled face dataset, read as predict reads photos",
+        description="Run a checkpoint on the images of a labelled face dataset (any reader of docs/datasets.md) "
+        "as `facemtl predict` runs it on photos: detect each face (or crop it from its labels, --crops labels), "
+        "match the detection to the labelled face, and score the 5 points (NME, inter-ocular, in the original "
+        "pixels; failures above 10%) and the emotion (accuracy) with the project's metrics. A labelled face the "
+        "detector misses counts as a landmark failure and a wrong emotion where the figures say so. Every figure "
+        "is printed beside its trivial baseline on the same faces: the mean shape (the set's own labelled "
+        "points averaged in units of each face's square) and always answering the set's most common emotion.",
+    )
+    sc.add_argument("dataset", choices=tuple(DATASETS), metavar="DATASET",
+                    help=f"reader name: {', '.join(DATASETS)}")
+    sc.add_argument("root", type=Path, metavar="ROOT", help="the dataset's folder, laid out as docs/datasets.md says")
+    sc.add_argument("--split", help="split to score (default: test; emotion-folder: all, every image of the folders)")
+    sc.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                    help="a reader option (repeatable), e.g. --option points=5 for 300W or AFLW (the model "
+                    "predicts MTFL's 5 points); the reader names its options when one is wrong")
+    sc.add_argument("--crops", choices=("detector", "labels"), default="detector",  # score.CROPS
+                    help="detector: the face --detector finds (the first detection centred in the labelled face's "
+                    "square; the largest where the set locates no face); labels: the square of the labelled "
+                    "points (else of the labelled box) given as the face's box, the training crop (default: "
+                    "detector)")
+    sc.add_argument("--limit", type=int, metavar="N", help="score only the first N faces")
+    _predictor_arguments(sc)
+    sc.add_argument("--json", type=Path, metavar="OUT.json",
+                    help="also write the summary and one record per face (its labels, predictions, found or not) "
+                    "here, once every face is scored")
+    sc.set_defaults(func=run_score)
+
+    e = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (needs pip install 'facemtl[onnx]')",
+        description="Write an ONNX graph from a batch of normalised face crops (B, 3, S, S; dynamic batch) to "
+        "every task's decoded output of the last refinement iteration (points normalised to the crop, "
+        "segmentation logits, category logits), one output per task. The checkpoint's JSON is stored in the "
+        "metadata (key facemtl_info).",
+    )
+    e.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="run folder, model.safetensors or model.json")
+    e.add_argument("--onnx", required=True, type=Path, metavar="OUT.onnx", help="output file")
+    e.add_argument("--iterations", type=int, metavar="N", help="refinement iterations to unroll (default: all)")
+    e.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: {OPSET})")
+    e.add_argument("--check", action="store_true", help="run the file with onnxruntime and compare with PyTorch")
+    e.set_defaults(func=run_export)
+
+
+
+def _predictor_arguments(p) -> None:
+    """The arguments that configure the :class:`~facemtl.inference.predictor.Predictor` (shared by
+    ``predict`` and ``score``, which read photos the same way)."""
+    p.add_argument("--checkpoint", metavar="RUN_OR_CKPT", action="append",
+                   help="run folder, model.safetensors, model.json or ensemble folder (ensemble.json); given more "
+                        "than once: an ensemble, every task's outputs averaged over the models (default: the bundled "
+                        "model, trained on synthetic faces only; see README, 'Synthetic faces and the bundled model')")
     p.add_argument("--detector", choices=("opencv", "mediapipe", "none"), default="opencv",  # detect.DETECTORS
                    help="opencv: OpenCV's Haar frontal-face cascade (misses turned faces; also searches the image turned "
                    "by +-25 degrees (tilted heads) and drops windows it scores low (false faces); when it finds "
@@ -71,10 +135,6 @@ def register(subparsers) -> None:
                    help="test-time flip: run each face crop and its mirror image and average their outputs "
                    "(the mirror's left/right points and classes swapped back); --no-flip runs the model once "
                    "per crop, twice as fast (default: --flip)")
-    p.add_argument("--boxes", type=Path, metavar="BOXES.json",
-                   help='face boxes per image: {"path/to/img.jpg": [[x0, y0, x1, y1], ...]}; keys are paths '
-                   "(relative to the boxes file or the current folder) or bare file names; images it does not "
-                   "list fall back to --detector")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help="face crops per forward pass (default: 2 on the CPU, faster and lighter there; 16 on a GPU)")
     p.add_argument("--iterations", type=int, metavar="N",
@@ -89,27 +149,6 @@ def register(subparsers) -> None:
                    "'facemtl[onnx]') (default: torch)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for the network (default: torch's default, one per core)")
-    p.add_argument("--tasks", type=_task_list, metavar="T1,T2",
-                   help="comma-separated tasks to report, e.g. landmarks,emotion; the others are left out of "
-                   "every output. Saves time: only these tasks' batch-norm streams and decoders run at the last "
-                   "refinement iteration (earlier ones run every task, which the integrator reads), so with "
-                   "--iterations 0 only their streams run at all (default: every task of the model)")
-    p.set_defaults(func=run_predict)
-
-    e = subparsers.add_parser(
-        "export",
-        help="export a checkpoint to ONNX (needs pip install 'facemtl[onnx]')",
-        description="Write an ONNX graph from a batch of normalised face crops (B, 3, S, S; dynamic batch) to "
-        "every task's decoded output of the last refinement iteration (points normalised to the crop, "
-        "segmentation logits, category logits), one output per task. The checkpoint's JSON is stored in the "
-        "metadata (key facemtl_info).",
-    )
-    e.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="run folder, model.safetensors or model.json")
-    e.add_argument("--onnx", required=True, type=Path, metavar="OUT.onnx", help="output file")
-    e.add_argument("--iterations", type=int, metavar="N", help="refinement iterations to unroll (default: all)")
-    e.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: {OPSET})")
-    e.add_argument("--check", action="store_true", help="run the file with onnxruntime and compare with PyTorch")
-    e.set_defaults(func=run_export)
 
 
 def _task_list(text: str) -> list[str]:
@@ -203,10 +242,9 @@ def _check_predict_args(args) -> None:
         require_onnx("--backend onnxruntime")
     if args.json is not None:
         check_output_file(args.json, "--json")
-    if args.overlays is not None:
-        check_output_dir(args.overlays, "--overlays")
-    if args.masks is not None:
-        check_output_dir(args.masks, "--masks")
+    for name in ("overlays", "masks"):  # predict's folders (score writes none)
+        if getattr(args, name, None) is not None:
+            check_output_dir(getattr(args, name), f"--{name}")
 
 
 def run_predict(args) -> int:
@@ -217,7 +255,6 @@ def run_predict(args) -> int:
     from tqdm import tqdm
 
     from facemtl.inference.detect import BoxFile
-    from facemtl.inference.predictor import Predictor
     from facemtl.inference.render import draw_overlay
     from facemtl.kinds import KINDS, kind_of
     from facemtl.outputs import AtomicTextFile, check_output_dir, dumps, write_png
@@ -226,14 +263,7 @@ def run_predict(args) -> int:
     box_file = BoxFile(args.boxes) if args.boxes else None
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # the command owns its process; onnxruntime follows it
-    if args.checkpoint is None:
-        from facemtl.models.checkpoint import bundled_model
-
-        args.checkpoint = [bundled_model()]
-    predictor = Predictor.from_checkpoint(args.checkpoint, detector=args.detector, batch_size=args.batch_size,
-                                          iterations=args.iterations, margin=args.margin, device=args.device,
-                                          backend=args.backend, passes=args.passes, tasks=args.tasks,
-                                          flip=args.flip, detail=args.detail)
+    predictor = _load_predictor(args, args.tasks)
     tasks = predictor.tasks
     paths, folder, problems = _expand(args.inputs)
 
@@ -316,6 +346,77 @@ def run_predict(args) -> int:
         print("facemtl: error: no images found in the given inputs", file=sys.stderr)
         return 1
     return 1 if errors else 0
+
+
+def _load_predictor(args, tasks):
+    """The predictor the arguments of :func:`_predictor_arguments` describe (the bundled model
+    when no --checkpoint is given), reporting only ``tasks`` (None: all)."""
+    from facemtl.inference.predictor import Predictor
+
+    if args.checkpoint is None:
+        from facemtl.models.checkpoint import bundled_model
+
+        args.checkpoint = [bundled_model()]
+    return Predictor.from_checkpoint(args.checkpoint, detector=args.detector, batch_size=args.batch_size,
+                                     iterations=args.iterations, margin=args.margin, device=args.device,
+                                     backend=args.backend, passes=args.passes, tasks=tasks,
+                                     flip=args.flip, detail=args.detail)
+
+
+def run_score(args) -> int:
+    import itertools
+
+    import torch
+    from tqdm import tqdm
+
+    from facemtl.config import apply_overrides
+    from facemtl.data import load_dataset
+    from facemtl.inference import score
+    from facemtl.models.checkpoint import bundled_model, ensemble_members, read_model_info
+    from facemtl.outputs import AtomicTextFile, dumps
+
+    _check_predict_args(args)
+    if args.limit is not None and args.limit < 1:
+        raise FacemtlError(f"--limit must be a positive number of faces, got {args.limit}")
+    options = apply_overrides({}, args.options)
+    if args.split is None:
+        args.split = "all" if args.dataset == "emotion-folder" else "test"
+    samples = load_dataset(args.dataset, args.root, args.split, **options)
+    total = len(samples) if args.limit is None else min(args.limit, len(samples))
+    if total == 0:
+        raise FacemtlError(f"{args.dataset} at {args.root}, split {args.split!r}: no faces to score")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.checkpoint is None:
+        args.checkpoint = [bundled_model()]
+    names = [t["name"] for t in read_model_info(ensemble_members(args.checkpoint)[0])["tasks"]]
+    wanted = [n for n in names if n in (score.POINTS_TASK, score.EMOTION_TASK)]  # parsing is not scored: not run
+    if not wanted:
+        raise FacemtlError(f"the checkpoint's tasks ({', '.join(names)}) include neither {score.POINTS_TASK!r} nor "
+                           f"{score.EMOTION_TASK!r}: nothing to score")
+    predictor = _load_predictor(args, wanted)
+    bar = tqdm(total=total, unit="face", desc="score", file=sys.stderr, dynamic_ncols=True)
+    rows: list[dict] = []
+    try:
+        rows = score.score_faces(predictor, itertools.islice(samples, total), args.crops, progress=lambda: bar.update(1))
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted after {bar.n} of {total} face(s): nothing written", file=sys.stderr)
+        raise
+    finally:
+        bar.close()
+    checkpoints = ", ".join(str(c) for c in args.checkpoint)
+    title = (f"facemtl score {args.dataset} {args.root} (split {args.split}; {checkpoints}; crops: "
+             + (args.crops if args.crops == "labels" else f"detector {args.detector}") + ")")
+    result = score.summary(rows)
+    print(score.format_summary(result, title))
+    if args.json is not None:
+        record = {"dataset": args.dataset, "root": str(args.root), "split": args.split, "options": options,
+                  "checkpoint": [str(c) for c in args.checkpoint], "crops": args.crops, "detector": args.detector,
+                  "summary": result, "faces": [score.row_json(r) for r in rows]}
+        with AtomicTextFile(args.json, "--json") as out:
+            out.write(dumps(record) + "\n")
+    return 0
 
 
 def _relative(path: Path, base: Path | None) -> str:

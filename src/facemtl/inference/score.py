@@ -1,0 +1,252 @@
+"""``facemtl score``: a checkpoint on a labelled face dataset, end to end, as ``facemtl predict``
+would read its photos.
+
+``facemtl eval`` scores a model on crops cut from the labels (the training crop); this scores
+what a user gets: each labelled image goes through :class:`~facemtl.inference.predictor.Predictor`
+(detector, calibrated crop, second crop, test-time flip), the face it returns for the labelled
+face is matched to it, and its 5 points and emotion are scored in the original pixels with the
+project's metrics (``docs/datasets.md``, "Metrics"). A labelled face the detector misses counts:
+as a landmark failure and as a wrong emotion in the figures that say so.
+
+Every figure comes with its trivial baseline on the same faces: the mean shape (the set's own
+labelled points, averaged in units of the square each face came in, then put back into each
+face's square) and always answering the set's most common emotion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from facemtl.errors import FacemtlError
+from facemtl.inference.alignment import find_match, landmark_square, square_of
+from facemtl.metrics.landmarks import FAILURE_THRESHOLD, failure_rate, nme, per_point_nme
+from facemtl.tasks import STANDARD_TASKS
+
+CROPS = ("detector", "labels")
+POINTS_TASK, EMOTION_TASK = "landmarks", "emotion"
+EMOTIONS = STANDARD_TASKS[EMOTION_TASK].class_names
+FIVE_POINTS = "mtfl5"
+_EMOTION_NAMES = {n.lower(): n for n in EMOTIONS}  # folder names match whatever their case
+
+
+def labelled(sample: dict) -> dict:
+    """What a raw sample labels that the score can use: ``points`` (5 points, MTFL order, with
+    ``visible``), ``emotion`` (class name) and ``square`` (where the face is: the labelled points'
+    training square, else the square of its ``box``; None for one unlocated face per image)."""
+    out: dict = {"points": None, "visible": None, "emotion": None, "square": None}
+    if "landmarks" in sample:
+        pts = np.asarray(sample["landmarks"], np.float64).reshape(-1, 2)
+        point_set = sample.get("meta", {}).get("point_set", FIVE_POINTS if len(pts) == 5 else None)
+        vis = np.asarray(sample.get("visibility", np.ones(len(pts), bool)), bool).reshape(-1)
+        if point_set == FIVE_POINTS and vis[:2].all():  # the NME needs both eyes
+            out["points"], out["visible"] = pts, vis
+            if vis.all():
+                out["square"] = landmark_square(pts)
+    if out["square"] is None and sample.get("box") is not None:
+        out["square"] = square_of(sample["box"])
+    if out["square"] is None and out["points"] is not None:  # some points hidden and no box: the visible ones
+        out["square"] = landmark_square(out["points"][out["visible"]])
+    if sample.get("emotion") is not None:
+        # a folder-per-class reader labels by its own class list (meta "class_name"), the others in FER2013 order
+        k = int(sample["emotion"])
+        name = sample.get("meta", {}).get("class_name") or (EMOTIONS[k] if k < len(EMOTIONS) else str(k))
+        out["emotion"] = _EMOTION_NAMES.get(name.lower(), name)
+    return out
+
+
+def _largest(boxes: list) -> int | None:
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+    return int(np.argmax(areas)) if areas else None
+
+
+def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
+                progress: Callable[[], None] | None = None) -> list[dict]:
+    """One row per labelled face of ``samples`` (raw samples, ``docs/datasets.md``).
+
+    ``crops``: ``"detector"``: the predictor's detector (its face matched to the labelled one:
+    the first detection centred in the labelled square, :func:`~facemtl.inference.alignment.find_match`;
+    the largest detection where the sample locates no face); ``"labels"``: the labelled square
+    given as the face's box (points, else the sample's ``box``). A row holds ``id``, ``found``,
+    the labels (``points``, ``visible``, ``emotion``), the predictions (``predicted_points``,
+    ``predicted_emotion``, ``p_labelled``: the probability given to the labelled emotion) and
+    ``square``: the square the face came in (the labelled one, or the detection's calibrated
+    square), where the mean-shape baseline is put.
+    """
+    if crops not in CROPS:
+        raise FacemtlError(f"crops must be one of {', '.join(CROPS)}, got {crops!r}")
+    truths: dict[int, dict] = {}
+
+    def items():
+        for i, sample in enumerate(samples):
+            truth = labelled(sample)
+            meta = sample.get("meta", {})
+            truth["id"] = str(meta.get("id", meta.get("path", i)))
+            if crops == "labels" and truth["square"] is None:
+                raise FacemtlError(f"face {truth['id']}: --crops labels needs labelled points or a face box, "
+                                   "and this dataset gives neither; use --crops detector")
+            truths[i] = truth
+            yield i, sample["image"]
+
+    boxes_for = (lambda i: [truths[i]["square"]]) if crops == "labels" else None
+    rows = []
+    for res in predictor.stream(items(), boxes_for=boxes_for):
+        truth = truths.pop(res.key)
+        row = {"id": truth["id"], "found": False, "points": truth["points"], "visible": truth["visible"],
+               "emotion": truth["emotion"], "square": None}
+        if res.error:
+            row["error"] = res.error
+        faces = res.faces
+        if faces:
+            detections = [f["detection_box"] for f in faces]
+            k = 0 if crops == "labels" else (
+                _largest(detections) if truth["square"] is None else find_match(detections, truth["square"]))
+            if k is not None:
+                face = faces[k]
+                row["found"] = True
+                given = crops == "labels"
+                row["square"] = (np.asarray(face["detection_box"], np.float64) if given
+                                 else predictor.calibration.apply(face["detection_box"]))
+                if POINTS_TASK in face:
+                    row["predicted_points"] = np.asarray(face[POINTS_TASK], np.float64).reshape(-1, 2)
+                if EMOTION_TASK in face:
+                    row["predicted_emotion"] = face[EMOTION_TASK]["label"]
+                    if truth["emotion"] is not None:
+                        row["p_labelled"] = float(face[EMOTION_TASK]["probs"].get(truth["emotion"], float("nan")))
+        rows.append(row)
+        if progress is not None:
+            progress()
+    return rows
+
+
+def _face_nme(points: np.ndarray, truth: np.ndarray, visible: np.ndarray) -> float:
+    return float(nme(torch.as_tensor(points[None]), torch.as_tensor(truth[None]),
+                     visible=torch.as_tensor(visible[None]))[0])
+
+
+def _unit(points: np.ndarray, square: np.ndarray) -> np.ndarray:
+    return (points - square[:2]) / (square[2] - square[0])
+
+
+def landmark_summary(rows: Sequence[dict]) -> dict | None:
+    """NME figures (fractions) of the faces with labelled points: ``faces``, ``found``, ``scored``
+    (found faces with predicted points), ``mean`` / ``median`` NME and ``failure_rate`` (NME above
+    10%) over the scored faces, ``failure_rate_with_misses`` (every labelled face, a miss a
+    failure), ``auc`` (CED area to 10%, misses at 0), ``per_point`` (mean per point), and
+    ``baseline``: the same of the mean shape in the same squares. None without labelled points."""
+    with_points = [r for r in rows if r["points"] is not None]
+    if not with_points:
+        return None
+    scored = [r for r in with_points if r.get("predicted_points") is not None]
+    out = {"faces": len(with_points), "found": sum(r["found"] for r in with_points), "scored": len(scored)}
+    if not scored:
+        return out
+    unit_mean = np.mean([_unit(r["points"], r["square"]) for r in scored], axis=0)
+
+    def figures(predictions: list[np.ndarray]) -> dict:
+        errs = np.array([_face_nme(p, r["points"], r["visible"]) for p, r in zip(predictions, scored)])
+        per_point = np.array([per_point_nme(torch.as_tensor(p[None]), torch.as_tensor(r["points"][None]))[0].numpy()
+                              for p, r in zip(predictions, scored)])
+        vis = np.array([r["visible"] for r in scored])
+        misses = len(with_points) - len(scored)
+        return {"mean": float(errs.mean()), "median": float(np.median(errs)),
+                "failure_rate": failure_rate(torch.as_tensor(errs)),
+                "failure_rate_with_misses": (float((errs > FAILURE_THRESHOLD).sum()) + misses) / len(with_points),
+                "auc": float(np.maximum(0.0, 1.0 - errs / FAILURE_THRESHOLD).sum() / len(with_points)),
+                "per_point": [float(per_point[vis[:, k], k].mean()) if vis[:, k].any() else float("nan")
+                              for k in range(per_point.shape[1])]}
+
+    out.update(figures([r["predicted_points"] for r in scored]))
+    out["baseline"] = figures([unit_mean * (r["square"][2] - r["square"][0]) + r["square"][:2] for r in scored])
+    return out
+
+
+def emotion_summary(rows: Sequence[dict]) -> dict | None:
+    """Emotion figures of the faces with a labelled emotion: ``faces``, ``found``, ``accuracy``
+    (every labelled face, a miss wrong), ``accuracy_found``, ``mean_class_accuracy`` (per labelled
+    class, misses wrong), ``per_class`` {name: [right, faces]}, ``confusion`` {true: {predicted or
+    "missed": n}} and ``baseline``: the set's most common emotion and its share. None without
+    labelled emotions."""
+    with_label = [r for r in rows if r["emotion"] is not None]
+    if not with_label:
+        return None
+    read = [r for r in with_label if r.get("predicted_emotion") is not None]
+    right = [r.get("predicted_emotion") == r["emotion"] for r in with_label]
+    per_class: dict[str, list[int]] = {}
+    confusion: dict[str, dict[str, int]] = {}
+    for r, ok in zip(with_label, right):
+        cell = per_class.setdefault(r["emotion"], [0, 0])
+        cell[0] += int(ok)
+        cell[1] += 1
+        said = r.get("predicted_emotion") or "missed"
+        row = confusion.setdefault(r["emotion"], {})
+        row[said] = row.get(said, 0) + 1
+    order = [n for n in EMOTIONS if n in per_class] + sorted(n for n in per_class if n not in EMOTIONS)
+    counts = {n: per_class[n][1] for n in order}
+    common = max(order, key=lambda n: counts[n])  # ties: the first in the task's order
+    return {"faces": len(with_label), "found": len(read), "accuracy": sum(right) / len(with_label),
+            "accuracy_found": (sum(r["predicted_emotion"] == r["emotion"] for r in read) / len(read)) if read else None,
+            "mean_class_accuracy": float(np.mean([per_class[n][0] / per_class[n][1] for n in order])),
+            "per_class": {n: per_class[n] for n in order},
+            "confusion": {n: confusion[n] for n in order},
+            "baseline": {"label": common, "accuracy": counts[common] / len(with_label)},
+            "unknown_classes": [n for n in order if n not in EMOTIONS]}
+
+
+def summary(rows: Sequence[dict]) -> dict:
+    """``faces``, ``found``, ``errors`` and the two task summaries (None where the set labels
+    no such task)."""
+    return {"faces": len(rows), "found": sum(r["found"] for r in rows), "errors": sum("error" in r for r in rows),
+            POINTS_TASK: landmark_summary(rows), EMOTION_TASK: emotion_summary(rows)}
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def format_summary(result: dict, title: str = "") -> str:
+    """The summary as the text ``facemtl score`` prints."""
+    lines = [title] if title else []
+    lines.append(f"faces {result['faces']}, found {result['found']}"
+                 + (f", {result['errors']} image(s) could not be read" if result["errors"] else ""))
+    lm = result[POINTS_TASK]
+    if lm is not None:
+        lines.append(f"landmarks ({lm['faces']} faces with 5 labelled points, {lm['scored']} scored; "
+                     "NME inter-ocular)")
+        if lm["scored"]:
+            b = lm["baseline"]
+            lines.append(f"  model       NME mean {_pct(lm['mean'])}, median {_pct(lm['median'])}, failures "
+                         f"(>10%) {_pct(lm['failure_rate'])} of scored, {_pct(lm['failure_rate_with_misses'])} "
+                         f"counting misses, AUC@10% {lm['auc']:.3f}")
+            lines.append(f"  mean shape  NME mean {_pct(b['mean'])}, median {_pct(b['median'])}, failures "
+                         f"(>10%) {_pct(b['failure_rate'])} of scored, {_pct(b['failure_rate_with_misses'])} "
+                         f"counting misses, AUC@10% {b['auc']:.3f}")
+            names = STANDARD_TASKS[POINTS_TASK].class_names
+            lines.append("  per point, model (mean shape): " + ", ".join(
+                f"{n} {100 * m:.1f} ({100 * s:.1f})" for n, m, s in zip(names, lm["per_point"], b["per_point"])))
+    em = result[EMOTION_TASK]
+    if em is not None:
+        lines.append(f"emotion ({em['faces']} labelled faces, {em['found']} read)")
+        lines.append(f"  model       accuracy {_pct(em['accuracy'])} (misses wrong), {_pct(em['accuracy_found'])} "
+                     f"of read faces, mean per-class {_pct(em['mean_class_accuracy'])}")
+        lines.append(f"  always {em['baseline']['label']}: accuracy {_pct(em['baseline']['accuracy'])}")
+        lines.append("  per class: " + ", ".join(f"{n} {r}/{t}" for n, (r, t) in em["per_class"].items()))
+        if em["unknown_classes"]:
+            lines.append(f"  labelled classes the model cannot answer (counted wrong): {', '.join(em['unknown_classes'])}; "
+                         f"it answers {', '.join(EMOTIONS)}")
+        for name, said in em["confusion"].items():
+            lines.append(f"    {name:<8} read as " + ", ".join(f"{k} {v}" for k, v in
+                                                             sorted(said.items(), key=lambda kv: -kv[1])))
+    if lm is None and em is None:
+        lines.append("nothing to score: the faces label neither 5 points (MTFL order) nor an emotion")
+    return "\n".join(lines)
+
+
+def row_json(row: dict) -> dict:
+    """A row with arrays as lists (the ``--json`` file's ``faces``)."""
+    out = {}
+    for k, v in row.items():
+        out[k] = v.tolist() if isinstance(v, np.ndarray) else v
+    return out

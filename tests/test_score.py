@@ -1,0 +1,164 @@
+"""`facemtl score`: a checkpoint on a labelled dataset read as predict reads photos
+(facemtl.inference.score). Figures against hand-computed cases, the matching of detections to
+labelled faces, and the command end to end on exported and real images."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facemtl.cli import main
+from facemtl.inference import score
+
+ROOT = Path(__file__).resolve().parents[1]
+ASTRONAUT = ROOT.parent / "shared" / "testdata" / "astronaut.png"
+ASTRONAUT_LABELS = json.loads((ROOT / "benchmarks" / "data" / "astronaut_5points.json").read_text())
+SQUARE = np.array([0.0, 0.0, 100.0, 100.0])
+TRUTH = np.array([[30.0, 40.0], [70.0, 40.0], [50.0, 60.0], [35.0, 80.0], [65.0, 80.0]])  # inter-ocular 40 px
+
+
+def row(points=TRUTH, predicted=None, found=True, emotion=None, said=None, square=SQUARE):
+    r = {"id": "x", "found": found, "points": points, "visible": None if points is None else np.ones(5, bool),
+         "emotion": emotion, "square": square if found else None}
+    if found and predicted is not None:
+        r["predicted_points"] = predicted
+    if found and said is not None:
+        r["predicted_emotion"] = said
+    return r
+
+
+def test_landmark_figures_by_hand():
+    # face 1: every point 2 px right (NME 2/40 = 5%); face 2: every point 8 px down (20%, a failure);
+    # face 3: missed. Both scored faces share SQUARE, so the mean shape is the labels themselves (NME 0).
+    rows = [row(predicted=TRUTH + [2.0, 0.0]), row(predicted=TRUTH + [0.0, 8.0]), row(found=False)]
+    lm = score.landmark_summary(rows)
+    assert (lm["faces"], lm["found"], lm["scored"]) == (3, 2, 2)
+    assert lm["mean"] == pytest.approx(0.125) and lm["median"] == pytest.approx(0.125)
+    assert lm["failure_rate"] == pytest.approx(0.5)
+    assert lm["failure_rate_with_misses"] == pytest.approx(2 / 3)
+    assert lm["auc"] == pytest.approx((0.5 + 0.0 + 0.0) / 3)  # 1 - 5%/10%, a failure 0, a miss 0
+    assert lm["per_point"] == pytest.approx([0.125] * 5)
+    assert lm["baseline"]["mean"] == pytest.approx(0.0) and lm["baseline"]["failure_rate_with_misses"] == pytest.approx(1 / 3)
+
+
+def test_mean_shape_baseline_is_the_sets_mean_in_each_faces_square():
+    # the second face is the first one moved by (100, 0) and twice as large, in a square moved and grown alike
+    big = np.array([100.0, 0.0, 300.0, 200.0])
+    other = TRUTH * 2 + [100.0, 0.0] + [[0.0, 10.0]] * 5  # and its points 10 px (0.05 of its side) lower
+    rows = [row(predicted=TRUTH), row(points=other, predicted=other, square=big)]
+    base = score.landmark_summary(rows)["baseline"]
+    # unit mean: the two faces' units differ by 0.05 side down; the mean sits 0.025 side from each:
+    # 2.5 px in a 40-px-eyed face, 5 px in an 80-px-eyed face: 6.25% both
+    assert base["mean"] == pytest.approx(0.0625)
+
+
+def test_hidden_points_are_left_out_of_the_nme():
+    vis = np.array([True, True, True, False, False])
+    r = row(predicted=TRUTH + [[0, 0], [0, 0], [4.0, 0], [30.0, 0], [30.0, 0]])
+    r["visible"] = vis
+    lm = score.landmark_summary([r])
+    assert lm["mean"] == pytest.approx(4 / 40 / 3)  # the mouth's 30-px errors do not count
+    assert math.isnan(lm["per_point"][3])
+
+
+def test_emotion_figures_by_hand():
+    rows = [row(points=None, emotion="Happy", said="Happy"), row(points=None, emotion="Happy", said="Surprise"),
+            row(points=None, emotion="Happy", found=False), row(points=None, emotion="Neutral", said="Neutral"),
+            row(points=None, emotion="Contempt", said="Angry")]
+    em = score.emotion_summary(rows)
+    assert (em["faces"], em["found"]) == (5, 4)
+    assert em["accuracy"] == pytest.approx(2 / 5) and em["accuracy_found"] == pytest.approx(2 / 4)
+    assert em["mean_class_accuracy"] == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert em["per_class"] == {"Happy": [1, 3], "Neutral": [1, 1], "Contempt": [0, 1]}
+    assert em["confusion"]["Happy"] == {"Happy": 1, "Surprise": 1, "missed": 1}
+    assert em["baseline"] == {"label": "Happy", "accuracy": pytest.approx(3 / 5)}
+    assert em["unknown_classes"] == ["Contempt"]
+    text = score.format_summary(score.summary(rows))
+    assert "always Happy: accuracy 60.00%" in text and "cannot answer (counted wrong): Contempt" in text
+    assert score.landmark_summary(rows) is None
+
+
+def test_labels_a_sample_gives():
+    five = score.labelled({"landmarks": TRUTH.astype(np.float32), "emotion": 3, "meta": {"point_set": "mtfl5"}})
+    assert five["emotion"] == "Happy" and five["points"].shape == (5, 2) and five["square"] is not None
+    many = score.labelled({"landmarks": np.zeros((68, 2), np.float32), "box": [0, 0, 50, 80],
+                           "meta": {"point_set": "ibug68"}})
+    assert many["points"] is None and list(many["square"]) == [-15.0, 0.0, 65.0, 80.0]  # the box's square
+    blind = score.labelled({"landmarks": TRUTH, "visibility": [False, True, True, True, True],
+                            "meta": {"point_set": "mtfl5"}})
+    assert blind["points"] is None  # no inter-ocular distance without both eyes
+    folder = score.labelled({"emotion": 0, "meta": {"class_name": "happy"}})
+    assert folder["emotion"] == "Happy" and folder["square"] is None  # the folder's class, in the model's spelling
+
+
+def _mtfl(root: Path, image: Path, points) -> Path:
+    root.mkdir(parents=True)
+    xs = [p[0] + 1 for p in points]  # MTFL files are 1-based
+    ys = [p[1] + 1 for p in points]
+    (root / "img.png").symlink_to(image.resolve())
+    (root / "testing.txt").write_text(" ".join(["img.png", *map(str, xs + ys), "1", "1", "1", "3"]) + "\n")
+    (root / "training.txt").write_text("")
+    return root
+
+
+@pytest.mark.skipif(not ASTRONAUT.exists(), reason="../shared/testdata/astronaut.png is not beside the checkout")
+def test_score_on_a_real_photo_matches_the_predictor_and_the_metric(tmp_path, capsys):
+    import torch
+
+    import facemtl
+    from facemtl.metrics.landmarks import nme
+
+    truth = np.asarray(ASTRONAUT_LABELS["landmarks"], np.float64)
+    root = _mtfl(tmp_path / "mtfl", ASTRONAUT, truth)
+    out = tmp_path / "score.json"
+    assert main(["score", "mtfl", str(root), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    lm = result["summary"]["landmarks"]
+    assert (result["summary"]["faces"], result["summary"]["found"], lm["scored"]) == (1, 1, 1)
+    # the same face through the predictor (Haar, its default), scored by the metric directly
+    faces = facemtl.load()(facemtl.data.images.read_image(ASTRONAUT))
+    want = float(nme(torch.as_tensor(np.asarray(faces[0]["landmarks"])[None]), torch.as_tensor(truth[None]))[0])
+    assert lm["mean"] == pytest.approx(want, abs=1e-9)
+    assert lm["mean"] < 0.08  # the bundled model on this photo: about 5% (README)
+    assert lm["baseline"]["mean"] == pytest.approx(0.0, abs=1e-12)  # one face: the set's mean shape is its own labels
+    assert f"NME mean {100 * want:.2f}%" in text and "mean shape" in text
+    assert result["faces"][0]["found"] and len(result["faces"][0]["predicted_points"]) == 5
+
+
+@pytest.fixture(scope="module")
+def emotion_export(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("score") / "emotions"
+    assert main(["synth", "export", "--format", "emotion-folder", "--n", "8", "--style", "studio", "--seed", "3",
+                 "--out", str(root)]) == 0
+    return root
+
+
+def test_score_of_an_emotion_folder_counts_each_image_once(emotion_export, tmp_path, capsys):
+    import facemtl
+    from facemtl.data import load_dataset
+
+    out = tmp_path / "score.json"
+    assert main(["score", "emotion-folder", str(emotion_export), "--detector", "none", "--json", str(out)]) == 0
+    em = json.loads(out.read_text())["summary"]["emotion"]
+    samples = load_dataset("emotion-folder", emotion_export, "all")
+    assert em["faces"] == em["found"] == len(samples) == 8
+    pred = facemtl.load(detector="none", tasks=["emotion"])
+    right = sum(pred(s["image"])[0]["emotion"]["label"] == s["meta"]["class_name"] for s in samples)
+    assert em["accuracy"] == pytest.approx(right / 8)
+    labels = [s["meta"]["class_name"] for s in samples]
+    assert em["baseline"]["accuracy"] == pytest.approx(max(labels.count(n) for n in set(labels)) / 8)
+    assert "landmarks" not in capsys.readouterr().out  # the folder labels no points
+
+
+def test_score_refuses_what_it_cannot_do(emotion_export, tmp_path, capsys):
+    assert main(["score", "emotion-folder", str(emotion_export), "--crops", "labels"]) == 2
+    assert "--crops labels needs labelled points or a face box" in capsys.readouterr().err
+    assert main(["score", "emotion-folder", str(emotion_export), "--limit", "0"]) == 2
+    assert "--limit must be a positive number" in capsys.readouterr().err
+    assert main(["score", "mtfl", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["score", "emotion-folder", str(emotion_export), "--option", "colour=1"]) == 2
+    assert "unknown option(s) colour" in capsys.readouterr().err
