@@ -162,3 +162,34 @@ def test_score_refuses_what_it_cannot_do(emotion_export, tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
     assert main(["score", "emotion-folder", str(emotion_export), "--option", "colour=1"]) == 2
     assert "unknown option(s) colour" in capsys.readouterr().err
+
+
+def test_an_interrupted_score_prints_the_figures_of_the_faces_it_scored(emotion_export, monkeypatch, capsys):
+    real = score.score_faces
+
+    def two_then_ctrl_c(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        yield next(rows)
+        yield next(rows)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(score, "score_faces", two_then_ctrl_c)
+    assert main(["score", "emotion-folder", str(emotion_export), "--detector", "none"]) == 130
+    out, err = capsys.readouterr()
+    assert "INTERRUPTED: the first 2 of 8 face(s) only" in out and "emotion (2 labelled faces, 2 read)" in out
+    assert "interrupted after 2 of 8 face(s)" in err
+
+
+def test_a_set_without_the_models_labels_is_refused_before_the_model_loads(tmp_path, capsys):
+    assert "add --option points=5" in score.unscorable({"landmarks": np.zeros((21, 2)), "meta": {"point_set": "aflw21"}},
+                                                       "aflw")
+    assert "no 5-point subset" in score.unscorable({"landmarks": np.zeros((98, 2)), "meta": {"point_set": "wflw98"}},
+                                                   "wflw")
+    assert "neither points nor an emotion" in score.unscorable({"parsing": np.zeros((4, 4), np.uint8)}, "helen")
+    assert score.unscorable({"landmarks": TRUTH, "meta": {"point_set": "mtfl5"}}, "mtfl") is None
+    root = tmp_path / "aflw"
+    assert main(["synth", "export", "--format", "aflw", "--n", "4", "--out", str(root)]) == 0
+    assert main(["score", "aflw", str(root), "--split", "all"]) == 2
+    assert "aflw labels aflw21 points" in capsys.readouterr().err
+    assert main(["score", "aflw", str(root), "--split", "all", "--option", "points=5", "--detector", "none"]) == 0
+    assert "landmarks (4 faces with 5 labelled points, 4 scored" in capsys.readouterr().out

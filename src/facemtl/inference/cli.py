@@ -385,6 +385,9 @@ def run_score(args) -> int:
     total = len(samples) if args.limit is None else min(args.limit, len(samples))
     if total == 0:
         raise FacemtlError(f"{args.dataset} at {args.root}, split {args.split!r}: no faces to score")
+    why = score.unscorable(samples[0], args.dataset)  # said before the model loads; a set labels its faces alike
+    if why:
+        raise FacemtlError(why)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.checkpoint is None:
@@ -395,19 +398,25 @@ def run_score(args) -> int:
         raise FacemtlError(f"the checkpoint's tasks ({', '.join(names)}) include neither {score.POINTS_TASK!r} nor "
                            f"{score.EMOTION_TASK!r}: nothing to score")
     predictor = _load_predictor(args, wanted)
-    bar = tqdm(total=total, unit="face", desc="score", file=sys.stderr, dynamic_ncols=True)
-    rows: list[dict] = []
-    try:
-        rows = score.score_faces(predictor, itertools.islice(samples, total), args.crops, progress=lambda: bar.update(1))
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"interrupted after {bar.n} of {total} face(s): nothing written", file=sys.stderr)
-        raise
-    finally:
-        bar.close()
     checkpoints = ", ".join(str(c) for c in args.checkpoint)
     title = (f"facemtl score {args.dataset} {args.root} (split {args.split}; {checkpoints}; crops: "
              + (args.crops if args.crops == "labels" else f"detector {args.detector}") + ")")
+    bar = tqdm(total=total, unit="face", desc="score", file=sys.stderr, dynamic_ncols=True)
+    rows: list[dict] = []
+    try:
+        for row in score.score_faces(predictor, itertools.islice(samples, total), args.crops):
+            rows.append(row)
+            bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        if rows:  # what was scored is not lost: its figures, marked as partial
+            print(score.format_summary(score.summary(rows), f"{title}\nINTERRUPTED: the first {len(rows)} of "
+                                                              f"{total} face(s) only"))
+        print(f"interrupted after {len(rows)} of {total} face(s)" + (f"; {args.json} not written" if args.json else ""),
+              file=sys.stderr)
+        raise
+    finally:
+        bar.close()
     result = score.summary(rows)
     print(score.format_summary(result, title))
     if args.json is not None:

@@ -15,7 +15,7 @@ face's square) and always answering the set's most common emotion.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -57,14 +57,29 @@ def labelled(sample: dict) -> dict:
     return out
 
 
+def unscorable(sample: dict, dataset: str) -> str | None:
+    """Why a dataset whose first face is ``sample`` gives nothing to score (None: it does)."""
+    from facemtl.data import loader_options
+
+    point_set = sample.get("meta", {}).get("point_set")
+    if "landmarks" in sample and point_set not in (None, FIVE_POINTS):
+        hint = ("; add --option points=5 (the reader's 5-point subset)" if "points" in loader_options(dataset)
+                else "; this reader has no 5-point subset")
+        return f"{dataset} labels {point_set} points, not the model's 5 (MTFL order){hint}"
+    if "landmarks" not in sample and sample.get("emotion") is None:
+        return (f"{dataset} labels neither points nor an emotion: nothing to score here (facemtl eval scores "
+                "parsing on the crops training cuts)")
+    return None
+
+
 def _largest(boxes: list) -> int | None:
     areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
     return int(np.argmax(areas)) if areas else None
 
 
-def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
-                progress: Callable[[], None] | None = None) -> list[dict]:
-    """One row per labelled face of ``samples`` (raw samples, ``docs/datasets.md``).
+def score_faces(predictor, samples: Iterable[dict], crops: str = "detector") -> Iterator[dict]:
+    """One row per labelled face of ``samples`` (raw samples, ``docs/datasets.md``), in order, as
+    each is scored (an interrupted run keeps the rows it has).
 
     ``crops``: ``"detector"``: the predictor's detector (its face matched to the labelled one:
     the first detection centred in the labelled square, :func:`~facemtl.inference.alignment.find_match`;
@@ -91,7 +106,6 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
             yield i, sample["image"]
 
     boxes_for = (lambda i: [truths[i]["square"]]) if crops == "labels" else None
-    rows = []
     for res in predictor.stream(items(), boxes_for=boxes_for):
         truth = truths.pop(res.key)
         row = {"id": truth["id"], "found": False, "points": truth["points"], "visible": truth["visible"],
@@ -115,10 +129,7 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
                     row["predicted_emotion"] = face[EMOTION_TASK]["label"]
                     if truth["emotion"] is not None:
                         row["p_labelled"] = float(face[EMOTION_TASK]["probs"].get(truth["emotion"], float("nan")))
-        rows.append(row)
-        if progress is not None:
-            progress()
-    return rows
+        yield row
 
 
 def _face_nme(points: np.ndarray, truth: np.ndarray, visible: np.ndarray) -> float:
