@@ -69,10 +69,12 @@ def register(subparsers) -> None:
         description="Run a checkpoint on the images of a labelled face dataset (any reader of docs/datasets.md) "
         "as `facemtl predict` runs it on photos: detect each face (or crop it from its labels, --crops labels), "
         "match the detection to the labelled face, and score the 5 points (NME, inter-ocular, in the original "
-        "pixels; failures above 10%) and the emotion (accuracy) with the project's metrics. A labelled face the "
-        "detector misses counts as a landmark failure and a wrong emotion where the figures say so. Every figure "
-        "is printed beside its trivial baseline on the same faces: the mean shape (the set's own labelled "
-        "points averaged in units of each face's square) and always answering the set's most common emotion.",
+        "pixels; failures above 10%), the emotion (accuracy) and the parsing mask (F1 of pixel counts at the "
+        "image's resolution, background outside the face crop) with the project's metrics. A labelled face the "
+        "detector misses counts as a landmark failure, a wrong emotion and an all-background mask where the "
+        "figures say so. Every figure is printed beside its trivial baseline on the same faces: the mean shape "
+        "(the set's own labelled points averaged in units of each face's square), always answering the set's "
+        "most common emotion, and an all-background mask.",
     )
     sc.add_argument("dataset", choices=tuple(DATASETS), metavar="DATASET",
                     help=f"reader name: {', '.join(DATASETS)}")
@@ -393,14 +395,19 @@ def run_score(args) -> int:
     if args.checkpoint is None:
         args.checkpoint = [bundled_model()]
     names = [t["name"] for t in read_model_info(ensemble_members(args.checkpoint)[0])["tasks"]]
-    wanted = [n for n in names if n in (score.POINTS_TASK, score.EMOTION_TASK)]  # parsing is not scored: not run
+    # only the tasks the set labels run at the last iteration (parsing costs most)
+    labels = score.labelled(samples[0])
+    given = {score.POINTS_TASK: labels["points"] is not None or "landmarks" in samples[0],
+             score.EMOTION_TASK: labels["emotion"] is not None, score.PARSING_TASK: labels["parsing"] is not None}
+    wanted = [n for n in names if given.get(n)]
     if not wanted:
-        raise FacemtlError(f"the checkpoint's tasks ({', '.join(names)}) include neither {score.POINTS_TASK!r} nor "
-                           f"{score.EMOTION_TASK!r}: nothing to score")
+        raise FacemtlError(f"the checkpoint's tasks ({', '.join(names)}) include none the set labels "
+                           f"({', '.join(n for n in score.TASKS if given[n])}): nothing to score")
     predictor = _load_predictor(args, wanted)
     checkpoints = ", ".join(str(c) for c in args.checkpoint)
     title = (f"facemtl score {args.dataset} {args.root} (split {args.split}; {checkpoints}; crops: "
-             + (args.crops if args.crops == "labels" else f"detector {args.detector}") + ")")
+             + ("labels" if args.crops == "labels" else "whole images" if args.detector == "none"
+                else f"detector {args.detector}") + ")")
     bar = tqdm(total=total, unit="face", desc="score", file=sys.stderr, dynamic_ncols=True)
     rows: list[dict] = []
     try:

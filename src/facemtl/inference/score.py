@@ -5,12 +5,15 @@ would read its photos.
 what a user gets: each labelled image goes through :class:`~facemtl.inference.predictor.Predictor`
 (detector, calibrated crop, second crop, test-time flip), the face it returns for the labelled
 face is matched to it, and its 5 points and emotion are scored in the original pixels with the
-project's metrics (``docs/datasets.md``, "Metrics"). A labelled face the detector misses counts:
-as a landmark failure and as a wrong emotion in the figures that say so.
+project's metrics (``docs/datasets.md``, "Metrics"); a parsing mask is scored at the image's
+resolution, background outside the face crop, as ``facemtl predict`` writes it. A labelled face
+the detector misses counts: as a landmark failure, a wrong emotion and an all-background mask in
+the figures that say so.
 
 Every figure comes with its trivial baseline on the same faces: the mean shape (the set's own
 labelled points, averaged in units of the square each face came in, then put back into each
-face's square) and always answering the set's most common emotion.
+face's square), always answering the set's most common emotion, and an all-background mask
+(face-part F1 0).
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import torch
 from facemtl.errors import FacemtlError
 from facemtl.inference.alignment import find_match, landmark_square, square_of
 from facemtl.metrics.landmarks import FAILURE_THRESHOLD, failure_rate, nme, per_point_nme
+from facemtl.metrics.parsing import ParsingF1
 from facemtl.tasks import STANDARD_TASKS
 
 CROPS = ("detector", "labels")
-POINTS_TASK, EMOTION_TASK = "landmarks", "emotion"
+POINTS_TASK, EMOTION_TASK, PARSING_TASK = "landmarks", "emotion", "parsing"
+TASKS = (POINTS_TASK, EMOTION_TASK, PARSING_TASK)
 EMOTIONS = STANDARD_TASKS[EMOTION_TASK].class_names
 FIVE_POINTS = "mtfl5"
 _EMOTION_NAMES = {n.lower(): n for n in EMOTIONS}  # folder names match whatever their case
@@ -34,9 +39,11 @@ _EMOTION_NAMES = {n.lower(): n for n in EMOTIONS}  # folder names match whatever
 
 def labelled(sample: dict) -> dict:
     """What a raw sample labels that the score can use: ``points`` (5 points, MTFL order, with
-    ``visible``), ``emotion`` (class name) and ``square`` (where the face is: the labelled points'
-    training square, else the square of its ``box``; None for one unlocated face per image)."""
-    out: dict = {"points": None, "visible": None, "emotion": None, "square": None}
+    ``visible``), ``emotion`` (class name), ``parsing`` (mask) and ``square`` (where the face is:
+    the labelled points' training square, else the square of its ``box``; None for one unlocated
+    face per image)."""
+    out: dict = {"points": None, "visible": None, "emotion": None, "square": None,
+                 "parsing": sample.get(PARSING_TASK)}  # Helen's 11 ids in every reader (255: unlabelled)
     if "landmarks" in sample:
         pts = np.asarray(sample["landmarks"], np.float64).reshape(-1, 2)
         point_set = sample.get("meta", {}).get("point_set", FIVE_POINTS if len(pts) == 5 else None)
@@ -66,9 +73,8 @@ def unscorable(sample: dict, dataset: str) -> str | None:
         hint = ("; add --option points=5 (the reader's 5-point subset)" if "points" in loader_options(dataset)
                 else "; this reader has no 5-point subset")
         return f"{dataset} labels {point_set} points, not the model's 5 (MTFL order){hint}"
-    if "landmarks" not in sample and sample.get("emotion") is None:
-        return (f"{dataset} labels neither points nor an emotion: nothing to score here (facemtl eval scores "
-                "parsing on the crops training cuts)")
+    if "landmarks" not in sample and sample.get("emotion") is None and PARSING_TASK not in sample:
+        return f"{dataset} labels neither points, an emotion nor a parsing mask: nothing to score"
     return None
 
 
@@ -86,9 +92,11 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector") -> 
     the largest detection where the sample locates no face); ``"labels"``: the labelled square
     given as the face's box (points, else the sample's ``box``). A row holds ``id``, ``found``,
     the labels (``points``, ``visible``, ``emotion``), the predictions (``predicted_points``,
-    ``predicted_emotion``, ``p_labelled``: the probability given to the labelled emotion) and
+    ``predicted_emotion``, ``p_labelled``: the probability given to the labelled emotion),
     ``square``: the square the face came in (the labelled one, or the detection's calibrated
-    square), where the mean-shape baseline is put.
+    square), where the mean-shape baseline is put, and for a labelled mask ``parsing_confusion``
+    (11 x 11 pixel counts, rows the labels; a missed face's against all background) and
+    ``parsing_scored`` (the model gave a mask).
     """
     if crops not in CROPS:
         raise FacemtlError(f"crops must be one of {', '.join(CROPS)}, got {crops!r}")
@@ -110,6 +118,7 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector") -> 
         truth = truths.pop(res.key)
         row = {"id": truth["id"], "found": False, "points": truth["points"], "visible": truth["visible"],
                "emotion": truth["emotion"], "square": None}
+        mask = None  # the predicted parsing mask; a missed face's is all background
         if res.error:
             row["error"] = res.error
         faces = res.faces
@@ -129,6 +138,13 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector") -> 
                     row["predicted_emotion"] = face[EMOTION_TASK]["label"]
                     if truth["emotion"] is not None:
                         row["p_labelled"] = float(face[EMOTION_TASK]["probs"].get(truth["emotion"], float("nan")))
+                mask = face.get(PARSING_TASK)
+        if truth["parsing"] is not None:
+            # per-face pixel counts (a confusion histogram): summed over faces they give the accumulated F1
+            meter = ParsingF1()
+            meter.update(np.zeros_like(truth["parsing"]) if mask is None else mask, truth["parsing"])
+            row["parsing_confusion"] = meter.state()["confusion"].numpy()
+            row["parsing_scored"] = mask is not None
         yield row
 
 
@@ -206,11 +222,35 @@ def emotion_summary(rows: Sequence[dict]) -> dict | None:
             "unknown_classes": [n for n in order if n not in EMOTIONS]}
 
 
+def parsing_summary(rows: Sequence[dict]) -> dict | None:
+    """Parsing F1 (percent, pixel counts accumulated over the faces, ``docs/datasets.md``) of the
+    faces with a labelled mask: ``faces``, ``scored`` (the model gave a mask), ``f1`` (per class),
+    the groups (``eyes``, ``brows``, ``mouth_all``, ``overall``) over the scored faces, and
+    ``overall_with_misses`` (a missed face's mask all background). None without labelled masks;
+    the all-background baseline scores every face part 0."""
+    with_mask = [r for r in rows if "parsing_confusion" in r]
+    if not with_mask:
+        return None
+    out: dict = {"faces": len(with_mask), "scored": sum(r["parsing_scored"] for r in with_mask)}
+    for key, chosen in (("scored_faces", [r for r in with_mask if r["parsing_scored"]]), ("with_misses", with_mask)):
+        meter = ParsingF1()
+        for r in chosen:
+            meter.merge({"confusion": torch.as_tensor(r["parsing_confusion"])})
+        if chosen and int(meter.state()["confusion"].sum()):
+            result = meter.compute()
+            if key == "scored_faces":
+                out.update(result)
+            else:
+                out["overall_with_misses"] = result.get("overall")
+    return out
+
+
 def summary(rows: Sequence[dict]) -> dict:
-    """``faces``, ``found``, ``errors`` and the two task summaries (None where the set labels
-    no such task)."""
+    """``faces``, ``found``, ``errors`` and the task summaries (None where the set labels no
+    such task)."""
     return {"faces": len(rows), "found": sum(r["found"] for r in rows), "errors": sum("error" in r for r in rows),
-            POINTS_TASK: landmark_summary(rows), EMOTION_TASK: emotion_summary(rows)}
+            POINTS_TASK: landmark_summary(rows), EMOTION_TASK: emotion_summary(rows),
+            PARSING_TASK: parsing_summary(rows)}
 
 
 def _pct(x) -> str:
@@ -250,9 +290,23 @@ def format_summary(result: dict, title: str = "") -> str:
         for name, said in em["confusion"].items():
             lines.append(f"    {name:<8} read as " + ", ".join(f"{k} {v}" for k, v in
                                                              sorted(said.items(), key=lambda kv: -kv[1])))
-    if lm is None and em is None:
-        lines.append("nothing to score: the faces label neither 5 points (MTFL order) nor an emotion")
+    ps = result[PARSING_TASK]
+    if ps is not None:
+        lines.append(f"parsing ({ps['faces']} faces with a labelled mask, {ps['scored']} scored; F1 of pixel counts "
+                     "summed over the faces, at the images' resolution)")
+        if "overall" in ps:
+            groups = ", ".join(f"{g} {ps[g]:.1f}" for g in ("eyes", "brows", "mouth_all") if g in ps)
+            lines.append(f"  model           overall F1 {ps['overall']:.1f} of scored faces, "
+                         f"{_f1_text(ps.get('overall_with_misses'))} counting misses; {groups}")
+            lines.append("  per class: " + ", ".join(f"{n} {f:.1f}" for n, f in ps["f1"].items()))
+        lines.append("  all background  overall F1 0.0 (no face-part pixel)")
+    if lm is None and em is None and ps is None:
+        lines.append("nothing to score: the faces label neither 5 points (MTFL order), an emotion nor a parsing mask")
     return "\n".join(lines)
+
+
+def _f1_text(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def row_json(row: dict) -> dict:
