@@ -294,10 +294,10 @@ def format_summary(result: dict, title: str = "") -> str:
     if ps is not None:
         lines.append(f"parsing ({ps['faces']} faces with a labelled mask, {ps['scored']} scored; F1 of pixel counts "
                      "summed over the faces, at the images' resolution)")
-        if "overall" in ps:
-            groups = ", ".join(f"{g} {ps[g]:.1f}" for g in ("eyes", "brows", "mouth_all") if g in ps)
-            lines.append(f"  model           overall F1 {ps['overall']:.1f} of scored faces, "
-                         f"{_f1_text(ps.get('overall_with_misses'))} counting misses; {groups}")
+        groups = "".join(f"; {g} {ps[g]:.1f}" for g in ("eyes", "brows", "mouth_all") if g in ps)
+        lines.append(f"  model           overall F1 {_f1_text(ps.get('overall'))} of scored faces, "
+                     f"{_f1_text(ps.get('overall_with_misses'))} counting misses{groups}")
+        if ps.get("f1"):
             lines.append("  per class: " + ", ".join(f"{n} {f:.1f}" for n, f in ps["f1"].items()))
         lines.append("  all background  overall F1 0.0 (no face-part pixel)")
     if lm is None and em is None and ps is None:
