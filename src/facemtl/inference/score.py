@@ -34,6 +34,7 @@ POINTS_TASK, EMOTION_TASK, PARSING_TASK = "landmarks", "emotion", "parsing"
 TASKS = (POINTS_TASK, EMOTION_TASK, PARSING_TASK)
 EMOTIONS = STANDARD_TASKS[EMOTION_TASK].class_names
 FIVE_POINTS = "mtfl5"
+WORST = 5  # faces named in the summary as the largest landmark errors
 _EMOTION_NAMES = {n.lower(): n for n in EMOTIONS}  # folder names match whatever their case
 
 
@@ -92,7 +93,8 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector") -> 
     the largest detection where the sample locates no face); ``"labels"``: the labelled square
     given as the face's box (points, else the sample's ``box``). A row holds ``id``, ``found``,
     the labels (``points``, ``visible``, ``emotion``), the predictions (``predicted_points``,
-    ``predicted_emotion``, ``p_labelled``: the probability given to the labelled emotion),
+    ``predicted_emotion``, ``p_labelled``: the probability given to the labelled emotion; ``nme``
+    of the points, a fraction),
     ``square``: the square the face came in (the labelled one, or the detection's calibrated
     square), where the mean-shape baseline is put, and for a labelled mask ``parsing_confusion``
     (11 x 11 pixel counts, rows the labels; a missed face's against all background) and
@@ -134,6 +136,8 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector") -> 
                                  else predictor.calibration.apply(face["detection_box"]))
                 if POINTS_TASK in face:
                     row["predicted_points"] = np.asarray(face[POINTS_TASK], np.float64).reshape(-1, 2)
+                    if truth["points"] is not None:
+                        row["nme"] = _face_nme(row["predicted_points"], truth["points"], truth["visible"])
                 if EMOTION_TASK in face:
                     row["predicted_emotion"] = face[EMOTION_TASK]["label"]
                     if truth["emotion"] is not None:
@@ -161,8 +165,9 @@ def landmark_summary(rows: Sequence[dict]) -> dict | None:
     """NME figures (fractions) of the faces with labelled points: ``faces``, ``found``, ``scored``
     (found faces with predicted points), ``mean`` / ``median`` NME and ``failure_rate`` (NME above
     10%) over the scored faces, ``failure_rate_with_misses`` (every labelled face, a miss a
-    failure), ``auc`` (CED area to 10%, misses at 0), ``per_point`` (mean per point), and
-    ``baseline``: the same of the mean shape in the same squares. None without labelled points."""
+    failure), ``auc`` (CED area to 10%, misses at 0), ``per_point`` (mean per point), ``worst``
+    ([id, NME] of the :data:`WORST` largest errors) and ``baseline``: the same figures of the mean
+    shape in the same squares. None without labelled points."""
     with_points = [r for r in rows if r["points"] is not None]
     if not with_points:
         return None
@@ -186,6 +191,8 @@ def landmark_summary(rows: Sequence[dict]) -> dict | None:
                               for k in range(per_point.shape[1])]}
 
     out.update(figures([r["predicted_points"] for r in scored]))
+    errors = [[r["id"], _face_nme(r["predicted_points"], r["points"], r["visible"])] for r in scored]
+    out["worst"] = sorted(errors, key=lambda e: -e[1])[:WORST]
     out["baseline"] = figures([unit_mean * (r["square"][2] - r["square"][0]) + r["square"][:2] for r in scored])
     return out
 
@@ -275,6 +282,7 @@ def format_summary(result: dict, title: str = "") -> str:
                          f"(>10%) {_pct(b['failure_rate'])} of scored, {_pct(b['failure_rate_with_misses'])} "
                          f"counting misses, AUC@10% {b['auc']:.3f}")
             names = STANDARD_TASKS[POINTS_TASK].class_names
+            lines.append("  largest errors: " + ", ".join(f"{i} {100 * e:.1f}%" for i, e in lm["worst"]))
             lines.append("  per point, model (mean shape): " + ", ".join(
                 f"{n} {100 * m:.1f} ({100 * s:.1f})" for n, m, s in zip(names, lm["per_point"], b["per_point"])))
     em = result[EMOTION_TASK]
