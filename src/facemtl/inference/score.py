@@ -91,7 +91,8 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector") -> 
     ``crops``: ``"detector"``: the predictor's detector (its face matched to the labelled one:
     the first detection centred in the labelled square, :func:`~facemtl.inference.alignment.find_match`;
     the largest detection where the sample locates no face); ``"labels"``: the labelled square
-    given as the face's box (points, else the sample's ``box``). A row holds ``id``, ``found``,
+    given as the face's box (points, else the sample's ``box``). A row holds ``index`` (the
+    face's place in ``samples``), ``id`` (its image), ``found``,
     the labels (``points``, ``visible``, ``emotion``), the predictions (``predicted_points``,
     ``predicted_emotion``, ``p_labelled``: the probability given to the labelled emotion; ``nme``
     of the points, a fraction),
@@ -118,7 +119,7 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector") -> 
     boxes_for = (lambda i: [truths[i]["square"]]) if crops == "labels" else None
     for res in predictor.stream(items(), boxes_for=boxes_for):
         truth = truths.pop(res.key)
-        row = {"id": truth["id"], "found": False, "points": truth["points"], "visible": truth["visible"],
+        row = {"index": res.key, "id": truth["id"], "found": False, "points": truth["points"], "visible": truth["visible"],
                "emotion": truth["emotion"], "square": None}
         mask = None  # the predicted parsing mask; a missed face's is all background
         if res.error:
@@ -166,7 +167,7 @@ def landmark_summary(rows: Sequence[dict]) -> dict | None:
     (found faces with predicted points), ``mean`` / ``median`` NME and ``failure_rate`` (NME above
     10%) over the scored faces, ``failure_rate_with_misses`` (every labelled face, a miss a
     failure), ``auc`` (CED area to 10%, misses at 0), ``per_point`` (mean per point), ``worst``
-    ([id, NME] of the :data:`WORST` largest errors) and ``baseline``: the same figures of the mean
+    ([index, id, NME] of the :data:`WORST` largest errors) and ``baseline``: the same figures of the mean
     shape in the same squares. None without labelled points."""
     with_points = [r for r in rows if r["points"] is not None]
     if not with_points:
@@ -191,8 +192,8 @@ def landmark_summary(rows: Sequence[dict]) -> dict | None:
                               for k in range(per_point.shape[1])]}
 
     out.update(figures([r["predicted_points"] for r in scored]))
-    errors = [[r["id"], _face_nme(r["predicted_points"], r["points"], r["visible"])] for r in scored]
-    out["worst"] = sorted(errors, key=lambda e: -e[1])[:WORST]
+    errors = [[r.get("index"), r["id"], _face_nme(r["predicted_points"], r["points"], r["visible"])] for r in scored]
+    out["worst"] = sorted(errors, key=lambda e: -e[2])[:WORST]
     out["baseline"] = figures([unit_mean * (r["square"][2] - r["square"][0]) + r["square"][:2] for r in scored])
     return out
 
@@ -282,7 +283,8 @@ def format_summary(result: dict, title: str = "") -> str:
                          f"(>10%) {_pct(b['failure_rate'])} of scored, {_pct(b['failure_rate_with_misses'])} "
                          f"counting misses, AUC@10% {b['auc']:.3f}")
             names = STANDARD_TASKS[POINTS_TASK].class_names
-            lines.append("  largest errors: " + ", ".join(f"{i} {100 * e:.1f}%" for i, e in lm["worst"]))
+            lines.append("  largest errors (#face in the set, its image): " + ", ".join(
+                f"#{k} {i} {100 * e:.1f}%" for k, i, e in lm["worst"]))
             lines.append("  per point, model (mean shape): " + ", ".join(
                 f"{n} {100 * m:.1f} ({100 * s:.1f})" for n, m, s in zip(names, lm["per_point"], b["per_point"])))
     em = result[EMOTION_TASK]
