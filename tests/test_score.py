@@ -143,8 +143,10 @@ def test_score_of_an_emotion_folder_counts_each_image_once(emotion_export, tmp_p
     from facemtl.data import load_dataset
 
     out = tmp_path / "score.json"
-    assert main(["score", "emotion-folder", str(emotion_export), "--detector", "none", "--json", str(out)]) == 0
+    assert main(["score", "emotion-folder", str(emotion_export), "--detector", "none", "--json", str(out),
+                 "--overlays", str(tmp_path / "overlays")]) == 0
     em = json.loads(out.read_text())["summary"]["emotion"]
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == [f"{i:05d}.png" for i in range(8)]
     samples = load_dataset("emotion-folder", emotion_export, "all")
     assert em["faces"] == em["found"] == len(samples) == 8
     pred = facemtl.load(detector="none", tasks=["emotion"])
@@ -231,3 +233,18 @@ def test_a_missed_faces_mask_counts_as_all_background():
     assert (ps["faces"], ps["scored"]) == (2, 1)
     assert ps["overall"] == pytest.approx(100.0) and ps["f1"]["nose"] == pytest.approx(100.0)
     assert ps["overall_with_misses"] == pytest.approx(100 * 2 * 30 / (60 + 30))
+
+
+def test_an_overlay_tile_marks_the_labels_and_the_predictions_where_they_are():
+    from facemtl.inference.render import LABEL_COLOUR, POINT_COLOUR, draw_scored_face
+
+    image = np.zeros((200, 300, 3), np.uint8)
+    predicted = TRUTH + [[10.0, 0.0]] * 5
+    tile = draw_scored_face(image, {**row(predicted=predicted, emotion="Happy", said="Sad"), "nme": 0.25, "index": 7})
+    assert tile.shape == (256, 256, 3)
+    scale = 256 / (100 * 1.6)  # the square widened by 0.3 of its side on both sides
+    for points, colour in ((TRUTH, LABEL_COLOUR), (predicted, POINT_COLOUR)):
+        for x, y in points[2:]:  # the nose and mouth (the text sits in the top-left corner)
+            assert tuple(tile[int(round((y + 30) * scale)), int(round((x + 30) * scale))]) == colour
+    missed = draw_scored_face(image, {**row(found=False), "index": 8})
+    assert missed.shape == (256, 256, 3) and (missed == LABEL_COLOUR).all(-1).any()  # its labels still shown

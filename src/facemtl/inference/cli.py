@@ -93,6 +93,10 @@ def register(subparsers) -> None:
     sc.add_argument("--json", type=Path, metavar="OUT.json",
                     help="also write the summary and one record per face (its labels, predictions, found or not) "
                     "here, once every face is scored")
+    sc.add_argument("--overlays", type=Path, metavar="DIR",
+                    help="write one PNG per face here, <index>.png (the index the summary's largest errors name): "
+                    "the face's surroundings with each labelled point (green) joined to its prediction (red), "
+                    "its NME and its emotion (labelled -> read)")
     sc.set_defaults(func=run_score)
 
     e = subparsers.add_parser(
@@ -373,9 +377,12 @@ def run_score(args) -> int:
 
     from facemtl.config import apply_overrides
     from facemtl.data import load_dataset
+    import cv2
+
     from facemtl.inference import score
+    from facemtl.inference.render import draw_scored_face
     from facemtl.models.checkpoint import bundled_model, ensemble_members, read_model_info
-    from facemtl.outputs import AtomicTextFile, dumps
+    from facemtl.outputs import AtomicTextFile, dumps, write_png
 
     _check_predict_args(args)
     if args.limit is not None and args.limit < 1:
@@ -411,7 +418,12 @@ def run_score(args) -> int:
     bar = tqdm(total=total, unit="face", desc="score", file=sys.stderr, dynamic_ncols=True)
     rows: list[dict] = []
     try:
-        for row in score.score_faces(predictor, itertools.islice(samples, total), args.crops):
+        overlays = args.overlays is not None
+        for row in score.score_faces(predictor, itertools.islice(samples, total), args.crops, keep_images=overlays):
+            image = row.pop("image", None)
+            if overlays and image is not None:
+                tile = draw_scored_face(image, row)
+                write_png(args.overlays / f"{row['index']:05d}.png", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
             rows.append(row)
             bar.update(1)
     except KeyboardInterrupt:

@@ -205,3 +205,46 @@ def _draw_legend(out: np.ndarray, task, classes: list[int], scale: float, x: int
         cv2.putText(out, name, (x + 8 + swatch, top + swatch), cv2.FONT_HERSHEY_SIMPLEX, _text_size(name, scale)[2],
                     (0, 0, 0), 1, cv2.LINE_AA)
     return y + panel_h
+
+
+LABEL_COLOUR = (32, 224, 32)  # a labelled point, beside POINT_COLOUR's prediction
+
+
+def draw_scored_face(image: np.ndarray, row: dict, side: int = 256, context: float = 0.3) -> np.ndarray:
+    """One face of ``facemtl score`` (a row of :func:`facemtl.inference.score.score_faces`) as a
+    ``side`` x ``side`` RGB tile: the image around the square the face came in (else its labelled
+    square, else the whole image), widened by ``context`` of its side on every side, with each
+    labelled point (:data:`LABEL_COLOUR`) joined to its prediction (:data:`POINT_COLOUR`), and
+    the face's NME and emotion (labelled -> read) written on it."""
+    from facemtl.inference.alignment import landmark_square
+
+    h, w = image.shape[:2]
+    square = row.get("square")
+    if square is None and row.get("points") is not None:
+        square = landmark_square(row["points"])
+    q = np.array([0.0, 0.0, w, h]) if square is None else np.asarray(square, np.float64)
+    pad = context * max(q[2] - q[0], q[3] - q[1])
+    x0, y0, x1, y1 = q[0] - pad, q[1] - pad, q[2] + pad, q[3] + pad
+    scale = side / max(x1 - x0, y1 - y0)
+    matrix = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]])
+    out = cv2.warpAffine(np.ascontiguousarray(image, np.uint8), matrix, (side, side), flags=cv2.INTER_AREA
+                         if scale < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+
+    def at(p) -> tuple[int, int]:
+        return int(round(p[0] * scale - x0 * scale)), int(round(p[1] * scale - y0 * scale))
+
+    truth, predicted = row.get("points"), row.get("predicted_points")
+    if truth is not None and predicted is not None:
+        for t, p in zip(np.asarray(truth), np.asarray(predicted)):
+            cv2.line(out, at(t), at(p), (255, 255, 255), 1, cv2.LINE_AA)
+    for points, colour in ((truth, LABEL_COLOUR), (predicted, POINT_COLOUR)):
+        for p in [] if points is None else np.asarray(points):
+            cv2.circle(out, at(p), 3, colour, -1, cv2.LINE_AA)
+    lines = [f"#{row.get('index', '')}" + ("" if row.get("found") else " missed")]
+    if row.get("nme") is not None:
+        lines.append(f"NME {100 * row['nme']:.1f}%")
+    if row.get("emotion") is not None:
+        lines.append(f"{row['emotion']} -> {row.get('predicted_emotion') or '-'}")
+    for k, text in enumerate(lines):
+        put_text(out, text, (4, 16 + 16 * k), 1.0)
+    return out

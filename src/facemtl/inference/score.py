@@ -84,7 +84,8 @@ def _largest(boxes: list) -> int | None:
     return int(np.argmax(areas)) if areas else None
 
 
-def score_faces(predictor, samples: Iterable[dict], crops: str = "detector") -> Iterator[dict]:
+def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
+                keep_images: bool = False) -> Iterator[dict]:
     """One row per labelled face of ``samples`` (raw samples, ``docs/datasets.md``), in order, as
     each is scored (an interrupted run keeps the rows it has).
 
@@ -99,7 +100,8 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector") -> 
     ``square``: the square the face came in (the labelled one, or the detection's calibrated
     square), where the mean-shape baseline is put, and for a labelled mask ``parsing_confusion``
     (11 x 11 pixel counts, rows the labels; a missed face's against all background) and
-    ``parsing_scored`` (the model gave a mask).
+    ``parsing_scored`` (the model gave a mask). ``keep_images``: each row also holds its
+    ``image`` (RGB), for the caller to draw and drop (rows kept with their images fill memory).
     """
     if crops not in CROPS:
         raise FacemtlError(f"crops must be one of {', '.join(CROPS)}, got {crops!r}")
@@ -117,7 +119,7 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector") -> 
             yield i, sample["image"]
 
     boxes_for = (lambda i: [truths[i]["square"]]) if crops == "labels" else None
-    for res in predictor.stream(items(), boxes_for=boxes_for):
+    for res in predictor.stream(items(), boxes_for=boxes_for, keep_images=keep_images):
         truth = truths.pop(res.key)
         row = {"index": res.key, "id": truth["id"], "found": False, "points": truth["points"], "visible": truth["visible"],
                "emotion": truth["emotion"], "square": None}
@@ -150,6 +152,8 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector") -> 
             meter.update(np.zeros_like(truth["parsing"]) if mask is None else mask, truth["parsing"])
             row["parsing_confusion"] = meter.state()["confusion"].numpy()
             row["parsing_scored"] = mask is not None
+        if keep_images:
+            row["image"] = res.image
         yield row
 
 
