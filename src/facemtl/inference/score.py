@@ -180,7 +180,10 @@ def landmark_summary(rows: Sequence[dict]) -> dict | None:
     out = {"faces": len(with_points), "found": sum(r["found"] for r in with_points), "scored": len(scored)}
     if not scored:
         return out
-    unit_mean = np.mean([_unit(r["points"], r["square"]) for r in scored], axis=0)
+    # a hidden point (its coordinates may be NaN) leaves that point's mean to the faces that show it
+    units = np.array([np.where(r["visible"][:, None], _unit(r["points"], r["square"]), np.nan) for r in scored])
+    shown = np.isfinite(units).sum(0)
+    unit_mean = np.where(shown > 0, np.nansum(units, 0) / np.maximum(shown, 1), np.nan)
 
     def figures(predictions: list[np.ndarray]) -> dict:
         errs = np.array([_face_nme(p, r["points"], r["visible"]) for p, r in zip(predictions, scored)])
