@@ -91,8 +91,10 @@ def register(subparsers) -> None:
     sc.add_argument("--limit", type=int, metavar="N", help="score only the first N faces")
     _predictor_arguments(sc)
     sc.add_argument("--json", type=Path, metavar="OUT.json",
-                    help="also write the summary and one record per face (its labels, predictions, found or not) "
-                    "here, once every face is scored")
+                    help="also write the results here, once every face is scored: the dataset, options, checkpoint "
+                    "and crops, 'summary' (every figure printed, as fractions and F1 percentages) and 'faces', one "
+                    "record per face (index, image id, found, labels, predictions, its NME); a value that could not "
+                    "be computed is null")
     sc.add_argument("--overlays", type=Path, metavar="DIR",
                     help="write one PNG per face here, <index>.png (the index the summary's largest errors name): "
                     "the face's surroundings with each labelled point (green) joined to its prediction (red), "
