@@ -1,4 +1,5 @@
-"""``facemtl predict`` (photos -> JSON, class-id masks, overlays) and ``facemtl export`` (ONNX)."""
+"""``facemtl predict`` (photos -> JSON, class-id masks, overlays), ``facemtl score`` (a labelled dataset read
+as predict reads photos, :mod:`facemtl.inference.score`) and ``facemtl export`` (ONNX)."""
 
 from __future__ import annotations
 
@@ -356,16 +357,21 @@ def run_predict(args) -> int:
     return 1 if errors else 0
 
 
+def _checkpoints(args) -> list:
+    """--checkpoint's values, the bundled model when none is given (set on ``args``)."""
+    if args.checkpoint is None:
+        from facemtl.models.checkpoint import bundled_model
+
+        args.checkpoint = [bundled_model()]
+    return args.checkpoint
+
+
 def _load_predictor(args, tasks):
     """The predictor the arguments of :func:`_predictor_arguments` describe (the bundled model
     when no --checkpoint is given), reporting only ``tasks`` (None: all)."""
     from facemtl.inference.predictor import Predictor
 
-    if args.checkpoint is None:
-        from facemtl.models.checkpoint import bundled_model
-
-        args.checkpoint = [bundled_model()]
-    return Predictor.from_checkpoint(args.checkpoint, detector=args.detector, batch_size=args.batch_size,
+    return Predictor.from_checkpoint(_checkpoints(args), detector=args.detector, batch_size=args.batch_size,
                                      iterations=args.iterations, margin=args.margin, device=args.device,
                                      backend=args.backend, passes=args.passes, tasks=tasks,
                                      flip=args.flip, detail=args.detail)
@@ -377,13 +383,13 @@ def run_score(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from facemtl.config import apply_overrides
-    from facemtl.data import load_dataset
     import cv2
 
+    from facemtl.config import apply_overrides
+    from facemtl.data import load_dataset
     from facemtl.inference import score
     from facemtl.inference.render import draw_scored_face
-    from facemtl.models.checkpoint import bundled_model, ensemble_members, read_model_info
+    from facemtl.models.checkpoint import ensemble_members, read_model_info
     from facemtl.outputs import AtomicTextFile, dumps, write_png
 
     _check_predict_args(args)
@@ -396,18 +402,17 @@ def run_score(args) -> int:
     total = len(samples) if args.limit is None else min(args.limit, len(samples))
     if total == 0:
         raise FacemtlError(f"{args.dataset} at {args.root}, split {args.split!r}: no faces to score")
-    why = score.unscorable(samples[0], args.dataset)  # said before the model loads; a set labels its faces alike
+    first = samples[0]  # a set labels its faces alike: what it lacks is said before the model loads
+    why = score.unscorable(first, args.dataset)
     if why:
         raise FacemtlError(why)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.checkpoint is None:
-        args.checkpoint = [bundled_model()]
-    names = [t["name"] for t in read_model_info(ensemble_members(args.checkpoint)[0])["tasks"]]
-    # only the tasks the set labels run at the last iteration (parsing costs most)
-    labels = score.labelled(samples[0])
-    given = {score.POINTS_TASK: labels["points"] is not None or "landmarks" in samples[0],
-             score.EMOTION_TASK: labels["emotion"] is not None, score.PARSING_TASK: labels["parsing"] is not None}
+    names = [t["name"] for t in read_model_info(ensemble_members(_checkpoints(args))[0])["tasks"]]
+    # only the tasks the set labels run at the last iteration
+    labels = score.labelled(first)
+    given = {score.POINTS_TASK: "landmarks" in first, score.EMOTION_TASK: labels["emotion"] is not None,
+             score.PARSING_TASK: labels["parsing"] is not None}
     wanted = [n for n in names if given.get(n)]
     if not wanted:
         raise FacemtlError(f"the checkpoint's tasks ({', '.join(names)}) include none the set labels "
