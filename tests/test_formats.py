@@ -336,6 +336,12 @@ def test_wflw_line_layout(tmp_path):
     np.testing.assert_allclose(s["landmarks"], xy, atol=1e-3)
     np.testing.assert_allclose(s["box"], [1, 2, 30, 40])
     assert s["meta"]["flags"] == {"pose": 0, "expression": 1, "illumination": 0, "make-up": 0, "occlusion": 1, "blur": 0}
+    five = load_dataset("wflw", tmp_path, "train", points=5)[0]
+    assert five["meta"]["point_set"] == "mtfl5"
+    np.testing.assert_allclose(five["landmarks"], [xy[60:68].mean(0), xy[68:76].mean(0), xy[54], xy[76], xy[82]],
+                               atol=1e-3)
+    with pytest.raises(FacemtlError, match="points must be 98 or 5"):
+        load_dataset("wflw", tmp_path, "train", points=68)
     (ann / "list_98pt_rect_attr_test.txt").write_text(" ".join(fields[:150]) + "\n")
     with pytest.raises(FacemtlError, match=r"list_98pt_rect_attr_test.txt:1: expected 207 fields"):
         load_dataset("wflw", tmp_path, "test")

@@ -191,8 +191,10 @@ def test_an_interrupted_score_prints_the_figures_of_the_faces_it_scored(emotion_
 def test_a_set_without_the_models_labels_is_refused_before_the_model_loads(tmp_path, capsys):
     assert "add --option points=5" in score.unscorable({"landmarks": np.zeros((21, 2)), "meta": {"point_set": "aflw21"}},
                                                        "aflw")
-    assert "no 5-point subset" in score.unscorable({"landmarks": np.zeros((98, 2)), "meta": {"point_set": "wflw98"}},
-                                                   "wflw")
+    assert "add --option points=5" in score.unscorable({"landmarks": np.zeros((98, 2)), "meta": {"point_set": "wflw98"}},
+                                                       "wflw")
+    assert "no 5-point subset" in score.unscorable({"landmarks": np.zeros((106, 2)), "meta": {"point_set": "lapa106"}},
+                                                   "lapa")
     assert "nothing to score" in score.unscorable({"gender": 1, "meta": {}}, "celeba")
     assert score.unscorable({"parsing": np.zeros((4, 4), np.uint8)}, "helen") is None
     assert score.unscorable({"landmarks": TRUTH, "meta": {"point_set": "mtfl5"}}, "mtfl") is None

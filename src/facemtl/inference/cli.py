@@ -82,7 +82,7 @@ def register(subparsers) -> None:
     sc.add_argument("root", type=Path, metavar="ROOT", help="the dataset's folder, laid out as docs/datasets.md says")
     sc.add_argument("--split", help="split to score (default: test; emotion-folder: all, every image of the folders)")
     sc.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                    help="a reader option (repeatable), e.g. --option points=5 for 300W or AFLW (the model "
+                    help="a reader option (repeatable), e.g. --option points=5 for 300W, AFLW or WFLW (the model "
                     "predicts MTFL's 5 points); the reader names its options when one is wrong")
     sc.add_argument("--crops", choices=("detector", "labels"), default="detector",  # score.CROPS
                     help="detector: the face --detector finds (the first detection centred in the labelled face's "

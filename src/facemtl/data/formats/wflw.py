@@ -5,7 +5,8 @@ Layout: ``WFLW_annotations/list_98pt_rect_attr_train_test/list_98pt_rect_attr_{t
 x0 y0 .. x97 y97, x_min y_min x_max y_max, six 0/1 flags (pose, expression, illumination,
 make-up, occlusion, blur), then the image path (a path with spaces is rejoined).
 Coordinates are used as stored (0-based assumed; unconfirmed). Points 96, 97 are the pupils.
-The flags are in ``meta["flags"]`` (dict name -> 0/1).
+The flags are in ``meta["flags"]`` (dict name -> 0/1). ``points=5`` reduces the 98 points to
+the standard 5 (:func:`five_points`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from facemtl.data.formats.common import (
     split_existing,
 )
 from facemtl.data.images import read_image
+from facemtl.errors import FacemtlError
 
 DOWNLOAD = "WFLW (WFLW_images.tar.gz and WFLW_annotations.tar.gz)"
 FLAGS = ("pose", "expression", "illumination", "make-up", "occlusion", "blur")
@@ -46,10 +48,20 @@ def parse_annotations(path: Path) -> list[dict]:
     return records
 
 
-def load(root, split: str = "train", strict: bool = False, check_files: bool = True):
-    """WFLW faces of ``split`` (train/test) as a lazy sequence of raw samples."""
+def five_points(lm98: np.ndarray) -> np.ndarray:
+    """98 WFLW points -> 5 points in MTFL order: the eye centres as the means of each eye's
+    outline (60..67, 68..75; the synthetic labels' and 300W's convention, not the pupils 96/97),
+    the nose tip 54, the mouth corners 76 and 82."""
+    lm98 = np.asarray(lm98, np.float32)
+    return np.stack([lm98[60:68].mean(0), lm98[68:76].mean(0), lm98[54], lm98[76], lm98[82]]).astype(np.float32)
+
+
+def load(root, split: str = "train", strict: bool = False, check_files: bool = True, points: int = 98):
+    """WFLW faces of ``split`` (train/test) as a lazy sequence of raw samples (``points``: 98, or 5)."""
     root = need_dir(Path(root), DOWNLOAD)
     check_split(split, ("train", "test"), "wflw")
+    if points not in (98, 5):
+        raise FacemtlError(f"wflw: points must be 98 or 5, got {points}")
     name = f"list_98pt_rect_attr_{split}.txt"
     ann = find_first(root, (f"WFLW_annotations/list_98pt_rect_attr_train_test/{name}", f"list_98pt_rect_attr_train_test/{name}", name), DOWNLOAD)
     images = find_first(root, ("WFLW_images",), DOWNLOAD, kind="dir")
@@ -61,10 +73,11 @@ def load(root, split: str = "train", strict: bool = False, check_files: bool = T
     def read(r):
         return {
             "image": read_image(images / r["name"]),
-            "landmarks": r["xy"].copy(),
+            "landmarks": r["xy"].copy() if points == 98 else five_points(r["xy"]),
             "box": r["box"].copy(),
             "meta": {"dataset": "wflw", "path": str(images / r["name"]), "id": f"{r['name']}#{r['line']}",
-                     "flags": dict(r["flags"]), "point_set": "wflw98", "annotation": f"{ann}:{r['line']}"},
+                     "flags": dict(r["flags"]), "point_set": "wflw98" if points == 98 else "mtfl5",
+                     "annotation": f"{ann}:{r['line']}"},
         }
 
     return LazyDataset(f"wflw/{split}", records, read, strict, missing)
