@@ -50,9 +50,12 @@ def test_mean_shape_baseline_is_the_sets_mean_in_each_faces_square():
     other = TRUTH * 2 + [100.0, 0.0] + [[0.0, 10.0]] * 5  # and its points 10 px (0.05 of its side) lower
     rows = [row(predicted=TRUTH), row(points=other, predicted=other, square=big)]
     base = score.landmark_summary(rows)["baseline"]
-    # unit mean: the two faces' units differ by 0.05 side down; the mean sits 0.025 side from each:
-    # 2.5 px in a 40-px-eyed face, 5 px in an 80-px-eyed face: 6.25% both
-    assert base["mean"] == pytest.approx(0.0625)
+    # each face gets the OTHER face's points in units of its own square: 0.05 of the side off,
+    # 5 px in the 40-px-eyed face, 10 px in the 80-px-eyed one: 12.5% both
+    assert base["mean"] == pytest.approx(0.125)
+    third = row(predicted=TRUTH)  # with a copy of the first face, the first two get means of two others
+    assert score.landmark_summary(rows + [third])["baseline"]["mean"] == pytest.approx((0.0625 * 2 + 0.125) / 3)
+    assert "baseline" not in score.landmark_summary(rows[:1])  # one face: no other face to average
 
 
 def test_hidden_points_are_left_out_of_the_nme():
@@ -65,7 +68,7 @@ def test_hidden_points_are_left_out_of_the_nme():
     assert lm["per_point"][3] == pytest.approx(0.0)  # the mouth corner of the face that shows it
     assert lm["baseline"]["mean"] == pytest.approx(0.0)  # the same face twice: its mean shape is exact
     only = score.landmark_summary([r])
-    assert math.isnan(only["per_point"][3]) and math.isfinite(only["baseline"]["mean"])
+    assert math.isnan(only["per_point"][3]) and "baseline" not in only
 
 
 def test_emotion_figures_by_hand():
@@ -128,7 +131,7 @@ def test_score_on_a_real_photo_matches_the_predictor_and_the_metric(tmp_path, ca
     want = float(nme(torch.as_tensor(np.asarray(faces[0]["landmarks"])[None]), torch.as_tensor(truth[None]))[0])
     assert lm["mean"] == pytest.approx(want, rel=1e-5)  # score runs only the landmark task: float32 rounding
     assert lm["mean"] < 0.08  # the bundled model on this photo: about 5% (README)
-    assert lm["baseline"]["mean"] == pytest.approx(0.0, abs=1e-12)  # one face: the set's mean shape is its own labels
+    assert "baseline" not in lm and "mean shape  - (one face" in text  # no other face to average
     assert f"NME mean {100 * want:.2f}%" in text and "mean shape" in text
     assert result["faces"][0]["found"] and len(result["faces"][0]["predicted_points"]) == 5
     assert result["faces"][0]["nme"] == pytest.approx(lm["mean"]) and lm["worst"][0][2] == pytest.approx(lm["mean"])

@@ -74,7 +74,7 @@ def register(subparsers) -> None:
         "image's resolution, background outside the face crop) with the project's metrics. A labelled face the "
         "detector misses counts as a landmark failure, a wrong emotion and an all-background mask where the "
         "figures say so. Every figure is printed beside its trivial baseline on the same faces: the mean shape "
-        "(the set's own labelled points averaged in units of each face's square), always answering the set's "
+        "(for each face, the other faces' labelled points averaged in units of their squares), always answering the set's "
         "most common emotion, and an all-background mask.",
     )
     sc.add_argument("dataset", choices=tuple(DATASETS), metavar="DATASET",

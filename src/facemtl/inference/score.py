@@ -10,9 +10,9 @@ resolution, background outside the face crop, as ``facemtl predict`` writes it. 
 the detector misses counts: as a landmark failure, a wrong emotion and an all-background mask in
 the figures that say so.
 
-Every figure comes with its trivial baseline on the same faces: the mean shape (the set's own
-labelled points, averaged in units of the square each face came in, then put back into each
-face's square), always answering the set's most common emotion, and an all-background mask
+Every figure comes with its trivial baseline on the same faces: the mean shape (the other
+faces' labelled points, averaged in units of the square each face came in, then put back into
+this face's square), always answering the set's most common emotion, and an all-background mask
 (face-part F1 0).
 """
 
@@ -171,8 +171,9 @@ def landmark_summary(rows: Sequence[dict]) -> dict | None:
     (found faces with predicted points), ``mean`` / ``median`` NME and ``failure_rate`` (NME above
     10%) over the scored faces, ``failure_rate_with_misses`` (every labelled face, a miss a
     failure), ``auc`` (CED area to 10%, misses at 0), ``per_point`` (mean per point), ``worst``
-    ([index, id, NME] of the :data:`WORST` largest errors) and ``baseline``: the same figures of the mean
-    shape in the same squares. None without labelled points."""
+    ([index, id, NME] of the :data:`WORST` largest errors) and ``baseline``: the same figures of the
+    mean shape in the same squares, each face's the mean of the other faces' points in units of
+    their squares (absent with one face). None without labelled points."""
     with_points = [r for r in rows if r["points"] is not None]
     if not with_points:
         return None
@@ -180,16 +181,22 @@ def landmark_summary(rows: Sequence[dict]) -> dict | None:
     out = {"faces": len(with_points), "found": sum(r["found"] for r in with_points), "scored": len(scored)}
     if not scored:
         return out
-    # a hidden point (its coordinates may be NaN) leaves that point's mean to the faces that show it
+    # The mean shape of the OTHER faces (leave one out: a face's own labels never place its
+    # baseline, so a small set does not score its mean shape against itself); a hidden point
+    # (its coordinates may be NaN) leaves that point's mean to the faces that show it.
     units = np.array([np.where(r["visible"][:, None], _unit(r["points"], r["square"]), np.nan) for r in scored])
-    shown = np.isfinite(units).sum(0)
-    unit_mean = np.where(shown > 0, np.nansum(units, 0) / np.maximum(shown, 1), np.nan)
+    shown = np.isfinite(units)
+    others_sum = np.nansum(units, 0) - np.where(shown, units, 0.0)
+    others = shown.sum(0) - shown
+    unit_means = np.where(others > 0, others_sum / np.maximum(others, 1), np.nan)
 
     def figures(predictions: list[np.ndarray]) -> dict:
-        errs = np.array([_face_nme(p, r["points"], r["visible"]) for p, r in zip(predictions, scored)])
+        # scored where labelled and predicted (the baseline has no point that no other face shows;
+        # the eyes, which every face with points labels, always have one)
+        vis = np.array([r["visible"] & np.isfinite(p).all(1) for p, r in zip(predictions, scored)])
+        errs = np.array([_face_nme(p, r["points"], v) for p, r, v in zip(predictions, scored, vis)])
         per_point = np.array([per_point_nme(torch.as_tensor(p[None]), torch.as_tensor(r["points"][None]))[0].numpy()
                               for p, r in zip(predictions, scored)])
-        vis = np.array([r["visible"] for r in scored])
         misses = len(with_points) - len(scored)
         return {"mean": float(errs.mean()), "median": float(np.median(errs)),
                 "failure_rate": failure_rate(torch.as_tensor(errs)),
@@ -201,7 +208,10 @@ def landmark_summary(rows: Sequence[dict]) -> dict | None:
     out.update(figures([r["predicted_points"] for r in scored]))
     errors = [[r.get("index"), r["id"], _face_nme(r["predicted_points"], r["points"], r["visible"])] for r in scored]
     out["worst"] = sorted(errors, key=lambda e: -e[2])[:WORST]
-    out["baseline"] = figures([unit_mean * (r["square"][2] - r["square"][0]) + r["square"][:2] for r in scored])
+    # (a face whose eyes no other face shows gets no baseline: too few faces)
+    if len(scored) > 1:
+        out["baseline"] = figures([m * (r["square"][2] - r["square"][0]) + r["square"][:2]
+                                   for m, r in zip(unit_means, scored)])
     return out
 
 
@@ -282,18 +292,22 @@ def format_summary(result: dict, title: str = "") -> str:
         lines.append(f"landmarks ({lm['faces']} faces with 5 labelled points, {lm['scored']} scored; "
                      "NME inter-ocular)")
         if lm["scored"]:
-            b = lm["baseline"]
             lines.append(f"  model       NME mean {_pct(lm['mean'])}, median {_pct(lm['median'])}, failures "
                          f"(>10%) {_pct(lm['failure_rate'])} of scored, {_pct(lm['failure_rate_with_misses'])} "
                          f"counting misses, AUC@10% {lm['auc']:.3f}")
-            lines.append(f"  mean shape  NME mean {_pct(b['mean'])}, median {_pct(b['median'])}, failures "
-                         f"(>10%) {_pct(b['failure_rate'])} of scored, {_pct(b['failure_rate_with_misses'])} "
-                         f"counting misses, AUC@10% {b['auc']:.3f}")
+            b = lm.get("baseline")
+            if b:
+                lines.append(f"  mean shape  NME mean {_pct(b['mean'])}, median {_pct(b['median'])}, failures "
+                             f"(>10%) {_pct(b['failure_rate'])} of scored, {_pct(b['failure_rate_with_misses'])} "
+                             f"counting misses, AUC@10% {b['auc']:.3f} (each face: the other faces' mean)")
+            else:
+                lines.append("  mean shape  - (one face: no other faces to average)")
             names = STANDARD_TASKS[POINTS_TASK].class_names
             lines.append("  largest errors (#face in the set, its image): " + ", ".join(
                 f"#{k} {i} {100 * e:.1f}%" for k, i, e in lm["worst"]))
+            base = b["per_point"] if b else [float("nan")] * len(names)
             lines.append("  per point, model (mean shape): " + ", ".join(
-                f"{n} {100 * m:.1f} ({100 * s:.1f})" for n, m, s in zip(names, lm["per_point"], b["per_point"])))
+                f"{n} {100 * m:.1f} ({100 * s:.1f})" for n, m, s in zip(names, lm["per_point"], base)))
     em = result[EMOTION_TASK]
     if em is not None:
         lines.append(f"emotion ({em['faces']} labelled faces, {em['found']} read)")
