@@ -257,3 +257,31 @@ def test_an_overlay_tile_marks_the_labels_and_the_predictions_where_they_are():
             assert tuple(tile[int(round((y + 30) * scale)), int(round((x + 30) * scale))]) == colour
     missed = draw_scored_face(image, {**row(found=False), "index": 8})
     assert missed.shape == (256, 256, 3) and (missed == LABEL_COLOUR).all(-1).any()  # its labels still shown
+
+
+def test_the_mean_face_baseline_is_the_other_faces_commonest_class_per_cell():
+    nose = np.zeros((score.GRID, score.GRID), np.uint8)
+    nose[20:40, 20:40] = 6
+    mouth = nose.copy()
+    mouth[30:40, 20:40] = 8
+    blank = np.zeros_like(nose)
+    faces = [{"parsing_grid": nose, "parsing_grid_predicted": nose}, {"parsing_grid": nose, "parsing_grid_predicted": blank}]
+    f1 = score.mean_face_f1(faces)
+    assert f1["mean_face"] == pytest.approx(100.0)  # each face's other face is the same face
+    assert f1["model"] == pytest.approx(100 * 2 * 400 / (800 + 400))  # one face right, one all background
+    # three faces: the first's others are a nose and a nose-with-mouth; ties go to the lower id (nose 6)
+    three = score.mean_face_f1(faces + [{"parsing_grid": mouth, "parsing_grid_predicted": mouth}])
+    assert three["mean_face"] == pytest.approx(100.0)  # every cell's majority class is in the face-part group
+    assert score.mean_face_f1(faces[:1]) is None
+
+
+def test_a_mask_on_the_grid_keeps_its_place():
+    mask = np.zeros((200, 200), np.uint8)
+    mask[90:110, 90:110] = 6  # a 20-px block at the centre of the square [50, 50, 150, 150]
+    grid = score.on_grid(mask, [50.0, 50.0, 150.0, 150.0], 255)
+    # the grid spans 150 px (the square widened by a quarter on each side): the block is 20 * 64 / 150 cells
+    rows, cols = np.nonzero(grid == 6)
+    assert abs((rows.min() + rows.max()) / 2 - 31.5) <= 0.5 and abs((cols.min() + cols.max()) / 2 - 31.5) <= 0.5
+    assert abs(len(set(rows)) - 20 * 64 / 150) <= 1
+    outside = score.on_grid(mask, [150.0, 150.0, 250.0, 250.0], 255)
+    assert (outside[-5:, -5:] == 255).all()  # past the image's edge

@@ -27,7 +27,7 @@ from facemtl.errors import FacemtlError
 from facemtl.inference.alignment import find_match, landmark_square, square_of
 from facemtl.metrics.landmarks import FAILURE_THRESHOLD, failure_rate, nme, per_point_nme
 from facemtl.metrics.parsing import ParsingF1
-from facemtl.tasks import STANDARD_TASKS
+from facemtl.tasks import IGNORE_INDEX, STANDARD_TASKS
 
 CROPS = ("detector", "labels")
 POINTS_TASK, EMOTION_TASK, PARSING_TASK = "landmarks", "emotion", "parsing"
@@ -35,6 +35,9 @@ TASKS = (POINTS_TASK, EMOTION_TASK, PARSING_TASK)
 EMOTIONS = STANDARD_TASKS[EMOTION_TASK].class_names
 FIVE_POINTS = "mtfl5"
 WORST = 5  # faces named in the summary as the largest landmark errors
+# The mean-face parsing baseline lives on a GRID x GRID grid over each face's crop region (its
+# square widened by GRID_MARGIN of its side on every side, the predictor's default crop).
+GRID, GRID_MARGIN = 64, 0.25
 _EMOTION_NAMES = {n.lower(): n for n in EMOTIONS}  # folder names match whatever their case
 
 
@@ -99,8 +102,9 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
     of the points, a fraction),
     ``square``: the square the face came in (the labelled one, or the detection's calibrated
     square), where the mean-shape baseline is put, and for a labelled mask ``parsing_confusion``
-    (11 x 11 pixel counts, rows the labels; a missed face's against all background) and
-    ``parsing_scored`` (the model gave a mask). ``keep_images``: each row also holds its
+    (11 x 11 pixel counts, rows the labels; a missed face's against all background),
+    ``parsing_scored`` (the model gave a mask) and, for a scored mask, ``parsing_grid`` and
+    ``parsing_grid_predicted`` (labels and prediction on the face's grid, :func:`on_grid`). ``keep_images``: each row also holds its
     ``image`` (RGB), for the caller to draw and drop (rows kept with their images fill memory).
     """
     if crops not in CROPS:
@@ -152,9 +156,55 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
             meter.update(np.zeros_like(truth["parsing"]) if mask is None else mask, truth["parsing"])
             row["parsing_confusion"] = meter.state()["confusion"].numpy()
             row["parsing_scored"] = mask is not None
+            if mask is not None:  # the labels and the prediction on the face's grid (the mean-face baseline)
+                row["parsing_grid"] = on_grid(truth["parsing"], row["square"], IGNORE_INDEX)
+                row["parsing_grid_predicted"] = on_grid(mask, row["square"], 0)
         if keep_images:
             row["image"] = res.image
         yield row
+
+
+def on_grid(mask: np.ndarray, square, outside: int) -> np.ndarray:
+    """``mask`` resampled (nearest) onto the :data:`GRID` x :data:`GRID` grid over ``square``
+    widened by :data:`GRID_MARGIN` of its side on every side; ``outside`` where the grid leaves
+    the image."""
+    import cv2
+
+    q = np.asarray(square, np.float64)
+    side = (q[2] - q[0]) * (1 + 2 * GRID_MARGIN)
+    x0, y0 = q[0] - GRID_MARGIN * (q[2] - q[0]), q[1] - GRID_MARGIN * (q[3] - q[1])
+    scale = GRID / side  # pixel centres at integers on both sides: x -> (x - x0) * scale - 0.5
+    matrix = np.array([[scale, 0.0, -x0 * scale - 0.5], [0.0, scale, -y0 * scale - 0.5]])
+    return cv2.warpAffine(np.ascontiguousarray(mask, np.uint8), matrix, (GRID, GRID), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=int(outside))
+
+
+def _grid_confusion(predicted: np.ndarray, truth: np.ndarray) -> torch.Tensor:
+    meter = ParsingF1()
+    meter.update(predicted, truth)
+    return meter.state()["confusion"]
+
+
+def mean_face_f1(rows: Sequence[dict]) -> dict | None:
+    """The mean-face baseline against the model, both on the faces' grids (:func:`on_grid`):
+    ``model`` and ``mean_face`` overall F1 (percent, counts summed over the faces; every face
+    weighs the same here, unlike the image-resolution figures). Each face's mean face is the
+    per-cell most common labelled class of the OTHER faces' grids (background where none is
+    labelled). None with fewer than two faces on grids."""
+    faces = [r for r in rows if "parsing_grid" in r]
+    if len(faces) < 2:
+        return None
+    classes = ParsingF1().num_classes
+    grids = np.stack([r["parsing_grid"] for r in faces])
+    onehot = (grids[:, None] == np.arange(classes)[None, :, None, None]).astype(np.int32)  # 255 matches none
+    total = onehot.sum(0)
+    model, mean = ParsingF1(), ParsingF1()
+    for r, own in zip(faces, onehot):
+        others = total - own
+        face = np.where(others.any(0), others.argmax(0), 0).astype(np.uint8)  # ties: the lower class id
+        mean.merge({"confusion": _grid_confusion(face, r["parsing_grid"])})
+        model.merge({"confusion": _grid_confusion(r["parsing_grid_predicted"], r["parsing_grid"])})
+    return {"model": model.compute().get("overall"), "mean_face": mean.compute().get("overall")}
 
 
 def _face_nme(points: np.ndarray, truth: np.ndarray, visible: np.ndarray) -> float:
@@ -251,8 +301,9 @@ def parsing_summary(rows: Sequence[dict]) -> dict | None:
     """Parsing F1 (percent, pixel counts accumulated over the faces, ``docs/datasets.md``) of the
     faces with a labelled mask: ``faces``, ``scored`` (the model gave a mask), ``f1`` (per class),
     the groups (``eyes``, ``brows``, ``mouth_all``, ``overall``) over the scored faces, and
-    ``overall_with_misses`` (a missed face's mask all background). None without labelled masks;
-    the all-background baseline scores every face part 0."""
+    ``overall_with_misses`` (a missed face's mask all background) and ``grid``: the model against
+    the mean face on the faces' grids (:func:`mean_face_f1`). None without labelled masks; the
+    all-background baseline scores every face part 0."""
     with_mask = [r for r in rows if "parsing_confusion" in r]
     if not with_mask:
         return None
@@ -267,6 +318,7 @@ def parsing_summary(rows: Sequence[dict]) -> dict | None:
                 out.update(result)
             else:
                 out["overall_with_misses"] = result.get("overall")
+    out["grid"] = mean_face_f1(with_mask)
     return out
 
 
@@ -331,6 +383,11 @@ def format_summary(result: dict, title: str = "") -> str:
         if ps.get("f1"):
             lines.append("  per class: " + ", ".join(f"{n} {f:.1f}" for n, f in ps["f1"].items()))
         lines.append("  all background  overall F1 0.0 (no face-part pixel)")
+        if ps.get("grid"):
+            g = ps["grid"]
+            lines.append(f"  on a {GRID}x{GRID} grid over each face's crop, every face weighing the same: model overall "
+                         f"F1 {_f1_text(g['model'])}, mean face {_f1_text(g['mean_face'])} (each face: the other faces' "
+                         "most common class per cell)")
     if lm is None and em is None and ps is None:
         lines.append("nothing to score: the faces label neither 5 points (MTFL order), an emotion nor a parsing mask")
     return "\n".join(lines)
