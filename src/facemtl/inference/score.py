@@ -397,9 +397,9 @@ def _f1_text(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+_NOT_IN_JSON = ("parsing_grid", "parsing_grid_predicted")  # 4,096 cells a face: the summary has their figures
+
+
 def row_json(row: dict) -> dict:
-    """A row with arrays as lists (the ``--json`` file's ``faces``)."""
-    out = {}
-    for k, v in row.items():
-        out[k] = v.tolist() if isinstance(v, np.ndarray) else v
-    return out
+    """A row with arrays as lists (the ``--json`` file's ``faces``), without the parsing grids."""
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in row.items() if k not in _NOT_IN_JSON}
