@@ -285,3 +285,26 @@ def test_a_mask_on_the_grid_keeps_its_place():
     assert abs(len(set(rows)) - 20 * 64 / 150) <= 1
     outside = score.on_grid(mask, [150.0, 150.0, 250.0, 250.0], 255)
     assert (outside[-5:, -5:] == 255).all()  # past the image's edge
+
+
+def test_every_readers_default_split_is_one_it_has(tmp_path, monkeypatch):
+    import importlib
+
+    from facemtl.data import DATASETS, load_dataset
+
+    class Checked(Exception):
+        pass
+
+    for name, module in DATASETS.items():
+        reader = importlib.import_module(f"facemtl.data.formats.{module}")
+        seen = []
+
+        def check(split, splits, dataset, seen=seen):
+            seen.append(tuple(splits))
+            raise Checked
+
+        monkeypatch.setattr(reader, "check_split", check)
+        (tmp_path / "fer2013.csv").write_text("emotion,pixels,Usage\n")  # FER2013 reads its header first
+        with pytest.raises(Checked):
+            load_dataset(name, tmp_path, "x")
+        assert score.SPLITS.get(name, score.DEFAULT_SPLIT) in seen[0], (name, seen)

@@ -80,7 +80,8 @@ def register(subparsers) -> None:
     sc.add_argument("dataset", choices=tuple(DATASETS), metavar="DATASET",
                     help=f"reader name: {', '.join(DATASETS)}")
     sc.add_argument("root", type=Path, metavar="ROOT", help="the dataset's folder, laid out as docs/datasets.md says")
-    sc.add_argument("--split", help="split to score (default: test; emotion-folder: all, every image of the folders)")
+    sc.add_argument("--split", help="split to score (default: test; 300w: full, its common and challenging "
+                    "subsets; affectnet: val; emotion-folder: all, every image of the folders)")  # score.SPLITS
     sc.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                     help="a reader option (repeatable), e.g. --option points=5 for 300W, AFLW or WFLW (the model "
                     "predicts MTFL's 5 points); the reader names its options when one is wrong")
@@ -397,7 +398,7 @@ def run_score(args) -> int:
         raise FacemtlError(f"--limit must be a positive number of faces, got {args.limit}")
     options = apply_overrides({}, args.options)
     if args.split is None:
-        args.split = "all" if args.dataset == "emotion-folder" else "test"
+        args.split = score.SPLITS.get(args.dataset, score.DEFAULT_SPLIT)
     samples = load_dataset(args.dataset, args.root, args.split, **options)
     total = len(samples) if args.limit is None else min(args.limit, len(samples))
     if total == 0:

@@ -30,6 +30,10 @@ from facemtl.metrics.parsing import ParsingF1
 from facemtl.tasks import IGNORE_INDEX, STANDARD_TASKS
 
 CROPS = ("detector", "labels")
+# The split a dataset is scored on by default: "test", else its evaluation split (300W's common +
+# challenging, AffectNet's validation: its test set is not public) or, for a folder, every image.
+SPLITS = {"300w": "full", "affectnet": "val", "emotion-folder": "all"}
+DEFAULT_SPLIT = "test"
 POINTS_TASK, EMOTION_TASK, PARSING_TASK = "landmarks", "emotion", "parsing"
 TASKS = (POINTS_TASK, EMOTION_TASK, PARSING_TASK)
 EMOTIONS = STANDARD_TASKS[EMOTION_TASK].class_names
