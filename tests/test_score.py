@@ -41,7 +41,8 @@ def test_landmark_figures_by_hand():
     assert lm["auc"] == pytest.approx((0.5 + 0.0 + 0.0) / 3)  # 1 - 5%/10%, a failure 0, a miss 0
     assert lm["per_point"] == pytest.approx([0.125] * 5)
     assert [e for _, _, e in lm["worst"]] == pytest.approx([0.2, 0.05])  # largest first
-    assert lm["baseline"]["mean"] == pytest.approx(0.0) and lm["baseline"]["failure_rate_with_misses"] == pytest.approx(1 / 3)
+    assert lm["baseline"]["mean"] == pytest.approx(0.0)
+    assert lm["baseline"]["failure_rate_with_misses"] == pytest.approx(1 / 3)
 
 
 def test_mean_shape_baseline_is_the_sets_mean_in_each_faces_square():
@@ -192,12 +193,12 @@ def test_an_interrupted_score_prints_the_figures_of_the_faces_it_scored(emotion_
 
 
 def test_a_set_without_the_models_labels_is_refused_before_the_model_loads(tmp_path, capsys):
-    assert "add --option points=5" in score.unscorable({"landmarks": np.zeros((21, 2)), "meta": {"point_set": "aflw21"}},
-                                                       "aflw")
-    assert "add --option points=5" in score.unscorable({"landmarks": np.zeros((98, 2)), "meta": {"point_set": "wflw98"}},
-                                                       "wflw")
-    assert "no 5-point subset" in score.unscorable({"landmarks": np.zeros((106, 2)), "meta": {"point_set": "lapa106"}},
-                                                   "lapa")
+    def points(k, point_set):
+        return {"landmarks": np.zeros((k, 2)), "meta": {"point_set": point_set}}
+
+    assert "add --option points=5" in score.unscorable(points(21, "aflw21"), "aflw")
+    assert "add --option points=5" in score.unscorable(points(98, "wflw98"), "wflw")
+    assert "no 5-point subset" in score.unscorable(points(106, "lapa106"), "lapa")
     assert "nothing to score" in score.unscorable({"gender": 1, "meta": {}}, "celeba")
     assert score.unscorable({"parsing": np.zeros((4, 4), np.uint8)}, "helen") is None
     assert score.unscorable({"landmarks": TRUTH, "meta": {"point_set": "mtfl5"}}, "mtfl") is None
@@ -265,7 +266,8 @@ def test_the_mean_face_baseline_is_the_other_faces_commonest_class_per_cell():
     mouth = nose.copy()
     mouth[30:40, 20:40] = 8
     blank = np.zeros_like(nose)
-    faces = [{"parsing_grid": nose, "parsing_grid_predicted": nose}, {"parsing_grid": nose, "parsing_grid_predicted": blank}]
+    faces = [{"parsing_grid": nose, "parsing_grid_predicted": nose},
+             {"parsing_grid": nose, "parsing_grid_predicted": blank}]
     f1 = score.mean_face_f1(faces)
     assert f1["mean_face"] == pytest.approx(100.0)  # each face's other face is the same face
     assert f1["model"] == pytest.approx(100 * 2 * 400 / (800 + 400))  # one face right, one all background

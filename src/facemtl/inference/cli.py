@@ -74,8 +74,8 @@ def register(subparsers) -> None:
         "image's resolution, background outside the face crop) with the project's metrics. A labelled face the "
         "detector misses counts as a landmark failure, a wrong emotion and an all-background mask where the "
         "figures say so. Every figure is printed beside its trivial baseline on the same faces: the mean shape "
-        "(for each face, the other faces' labelled points averaged in units of their squares), always answering the set's "
-        "most common emotion, and an all-background mask.",
+        "(for each face, the other faces' labelled points averaged in units of their squares), always answering "
+        "the set's most common emotion, and an all-background mask and a mean face for parsing.",
     )
     sc.add_argument("dataset", choices=tuple(DATASETS), metavar="DATASET",
                     help=f"reader name: {', '.join(DATASETS)}")

@@ -108,8 +108,9 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
     square), where the mean-shape baseline is put, and for a labelled mask ``parsing_confusion``
     (11 x 11 pixel counts, rows the labels; a missed face's against all background),
     ``parsing_scored`` (the model gave a mask) and, for a scored mask, ``parsing_grid`` and
-    ``parsing_grid_predicted`` (labels and prediction on the face's grid, :func:`on_grid`). ``keep_images``: each row also holds its
-    ``image`` (RGB), for the caller to draw and drop (rows kept with their images fill memory).
+    ``parsing_grid_predicted`` (labels and prediction on the face's grid, :func:`on_grid`).
+    ``keep_images``: each row also holds its ``image`` (RGB), for the caller to draw and drop
+    (rows kept with their images fill memory).
     """
     if crops not in CROPS:
         raise FacemtlError(f"crops must be one of {', '.join(CROPS)}, got {crops!r}")
@@ -129,8 +130,8 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
     boxes_for = (lambda i: [truths[i]["square"]]) if crops == "labels" else None
     for res in predictor.stream(items(), boxes_for=boxes_for, keep_images=keep_images):
         truth = truths.pop(res.key)
-        row = {"index": res.key, "id": truth["id"], "found": False, "points": truth["points"], "visible": truth["visible"],
-               "emotion": truth["emotion"], "square": None}
+        row = {"index": res.key, "id": truth["id"], "found": False, "points": truth["points"],
+               "visible": truth["visible"], "emotion": truth["emotion"], "square": None}
         mask = None  # the predicted parsing mask; a missed face's is all background
         if res.error:
             row["error"] = res.error
@@ -372,8 +373,8 @@ def format_summary(result: dict, title: str = "") -> str:
         lines.append(f"  always {em['baseline']['label']}: accuracy {_pct(em['baseline']['accuracy'])}")
         lines.append("  per class: " + ", ".join(f"{n} {r}/{t}" for n, (r, t) in em["per_class"].items()))
         if em["unknown_classes"]:
-            lines.append(f"  labelled classes the model cannot answer (counted wrong): {', '.join(em['unknown_classes'])}; "
-                         f"it answers {', '.join(EMOTIONS)}")
+            lines.append("  labelled classes the model cannot answer (counted wrong): "
+                         f"{', '.join(em['unknown_classes'])}; it answers {', '.join(EMOTIONS)}")
         for name, said in em["confusion"].items():
             lines.append(f"    {name:<8} read as " + ", ".join(f"{k} {v}" for k, v in
                                                              sorted(said.items(), key=lambda kv: -kv[1])))
@@ -389,9 +390,9 @@ def format_summary(result: dict, title: str = "") -> str:
         lines.append("  all background  overall F1 0.0 (no face-part pixel)")
         if ps.get("grid"):
             g = ps["grid"]
-            lines.append(f"  on a {GRID}x{GRID} grid over each face's crop, every face weighing the same: model overall "
-                         f"F1 {_f1_text(g['model'])}, mean face {_f1_text(g['mean_face'])} (each face: the other faces' "
-                         "most common class per cell)")
+            lines.append(f"  on a {GRID}x{GRID} grid over each face's crop, every face weighing the same: model "
+                         f"overall F1 {_f1_text(g['model'])}, mean face {_f1_text(g['mean_face'])} (each face: the "
+                         "other faces' most common class per cell)")
     if lm is None and em is None and ps is None:
         lines.append("nothing to score: the faces label neither 5 points (MTFL order), an emotion nor a parsing mask")
     return "\n".join(lines)
