@@ -32,7 +32,9 @@ def register(subparsers) -> None:
         "eval",
         help="evaluate a checkpoint on its sources' test splits",
         description="Evaluate a trained model on the test split of each task's source, per iteration "
-        "(tables like iFAN's Tables 1-3).",
+        "(tables like iFAN's Tables 1-3), on the crops training cuts from the labels. To score a checkpoint on "
+        "a labelled dataset's photos the way `facemtl predict` reads them (a detector, misses counted): "
+        "facemtl score.",
     )
     e.add_argument("checkpoint", help="run folder, model.safetensors or model.json")
     e.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
