@@ -117,6 +117,7 @@ def test_score_on_a_real_photo_matches_the_predictor_and_the_metric(tmp_path, ca
     import torch
 
     import facemtl
+    from facemtl.data.images import read_image
     from facemtl.metrics.landmarks import nme
 
     truth = np.asarray(ASTRONAUT_LABELS["landmarks"], np.float64)
@@ -128,7 +129,7 @@ def test_score_on_a_real_photo_matches_the_predictor_and_the_metric(tmp_path, ca
     lm = result["summary"]["landmarks"]
     assert (result["summary"]["faces"], result["summary"]["found"], lm["scored"]) == (1, 1, 1)
     # the same face through the predictor (Haar, its default), scored by the metric directly
-    faces = facemtl.load()(facemtl.data.images.read_image(ASTRONAUT))
+    faces = facemtl.load()(read_image(ASTRONAUT))
     want = float(nme(torch.as_tensor(np.asarray(faces[0]["landmarks"])[None]), torch.as_tensor(truth[None]))[0])
     assert lm["mean"] == pytest.approx(want, rel=1e-5)  # score runs only the landmark task: float32 rounding
     assert lm["mean"] < 0.08  # the bundled model on this photo: about 5% (README)
