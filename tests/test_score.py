@@ -311,3 +311,33 @@ def test_every_readers_default_split_is_one_it_has(tmp_path, monkeypatch):
         with pytest.raises(Checked):
             load_dataset(name, tmp_path, "x")
         assert score.SPLITS.get(name, score.DEFAULT_SPLIT) in seen[0], (name, seen)
+
+
+@pytest.mark.skipif(not ASTRONAUT.exists(), reason="../shared/testdata/astronaut.png is not beside the checkout")
+def test_faces_of_one_photo_share_one_pass_of_the_predictor():
+    import facemtl
+    from facemtl.data.images import read_image
+
+    image = read_image(ASTRONAUT)
+    truth = np.asarray(ASTRONAUT_LABELS["landmarks"], np.float64)
+    other = truth + [150.0, 200.0]  # a second labelled "face" elsewhere in the photo
+    samples = [{"image": image, "landmarks": pts, "meta": {"path": "a.png", "id": "a.png", "point_set": "mtfl5"}}
+               for pts in (truth, other)]
+    samples.append({**samples[0], "meta": {"path": "b.png", "id": "b.png", "point_set": "mtfl5"}})
+    pred = facemtl.load(tasks=["landmarks"])
+    for crops in ("labels", "detector"):
+        passes = []
+        stream = pred.stream
+
+        def counting(items, **kwargs):
+            return stream(((passes.append(key), (key, image))[1] for key, image in items), **kwargs)
+
+        pred.stream = counting
+        rows = list(score.score_faces(pred, samples, crops))
+        pred.stream = stream
+        assert passes == [0, 2] and [r["index"] for r in rows] == [0, 1, 2]  # a.png once, b.png once
+        assert rows[0]["nme"] == pytest.approx(rows[2]["nme"], rel=1e-5)  # the same face, the same answer
+        if crops == "labels":  # each face from its own square
+            assert rows[1]["found"] and np.allclose(rows[1]["square"], score.landmark_square(other))
+        else:  # the detector finds the one real face; nothing is centred in the second square
+            assert rows[0]["found"] and not rows[1]["found"]

@@ -94,7 +94,8 @@ def _largest(boxes: list) -> int | None:
 def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
                 keep_images: bool = False) -> Iterator[dict]:
     """One row per labelled face of ``samples`` (raw samples, ``docs/datasets.md``), in order, as
-    each is scored (an interrupted run keeps the rows it has).
+    each is scored (an interrupted run keeps the rows it has); consecutive faces of one image
+    (the same ``meta["path"]``) share one pass of the predictor over it.
 
     ``crops``: ``"detector"``: the predictor's detector (its face matched to the labelled one:
     the first detection centred in the labelled square, :func:`~facemtl.inference.alignment.find_match`;
@@ -114,9 +115,13 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
     """
     if crops not in CROPS:
         raise FacemtlError(f"crops must be one of {', '.join(CROPS)}, got {crops!r}")
-    truths: dict[int, dict] = {}
+    runs: dict[int, list] = {}  # first index of a run of faces of one image -> [(index, labels), ...]
 
     def items():
+        # Faces of one photo (consecutive samples with the same image path, as MTFL, AFLW and WFLW list
+        # them) are read from one pass of the predictor over that photo, not one pass each.
+        run: list = []
+        path = image = None
         for i, sample in enumerate(samples):
             truth = labelled(sample)
             meta = sample.get("meta", {})
@@ -124,49 +129,61 @@ def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
             if crops == "labels" and truth["square"] is None:
                 raise FacemtlError(f"face {truth['id']}: --crops labels needs labelled points or a face box, "
                                    "and this dataset gives neither; use --crops detector")
-            truths[i] = truth
-            yield i, sample["image"]
+            if run and (meta.get("path") is None or meta.get("path") != path):
+                runs[run[0][0]] = run
+                yield run[0][0], image
+                run = []
+            if not run:
+                image, path = sample["image"], meta.get("path")
+            run.append((i, truth))
+        if run:
+            runs[run[0][0]] = run
+            yield run[0][0], image
 
-    boxes_for = (lambda i: [truths[i]["square"]]) if crops == "labels" else None
+    boxes_for = (lambda key: [truth["square"] for _, truth in runs[key]]) if crops == "labels" else None
     for res in predictor.stream(items(), boxes_for=boxes_for, keep_images=keep_images):
-        truth = truths.pop(res.key)
-        row = {"index": res.key, "id": truth["id"], "found": False, "points": truth["points"],
-               "visible": truth["visible"], "emotion": truth["emotion"], "square": None}
-        mask = None  # the predicted parsing mask; a missed face's is all background
-        if res.error:
-            row["error"] = res.error
-        faces = res.faces
-        if faces:
-            detections = [f["detection_box"] for f in faces]
-            k = 0 if crops == "labels" else (
-                _largest(detections) if truth["square"] is None else find_match(detections, truth["square"]))
-            if k is not None:
-                face = faces[k]
-                row["found"] = True
-                given = crops == "labels"
-                row["square"] = (np.asarray(face["detection_box"], np.float64) if given
-                                 else predictor.calibration.apply(face["detection_box"]))
-                if POINTS_TASK in face:
-                    row["predicted_points"] = np.asarray(face[POINTS_TASK], np.float64).reshape(-1, 2)
-                    if truth["points"] is not None:
-                        row["nme"] = _face_nme(row["predicted_points"], truth["points"], truth["visible"])
-                if EMOTION_TASK in face:
-                    row["predicted_emotion"] = face[EMOTION_TASK]["label"]
-                    if truth["emotion"] is not None:
-                        row["p_labelled"] = float(face[EMOTION_TASK]["probs"].get(truth["emotion"], float("nan")))
-                mask = face.get(PARSING_TASK)
-        if truth["parsing"] is not None:
-            # per-face pixel counts (a confusion histogram): summed over faces they give the accumulated F1
-            meter = ParsingF1()
-            meter.update(np.zeros_like(truth["parsing"]) if mask is None else mask, truth["parsing"])
-            row["parsing_confusion"] = meter.state()["confusion"].numpy()
-            row["parsing_scored"] = mask is not None
-            if mask is not None:  # the labels and the prediction on the face's grid (the mean-face baseline)
-                row["parsing_grid"] = on_grid(truth["parsing"], row["square"], IGNORE_INDEX)
-                row["parsing_grid_predicted"] = on_grid(mask, row["square"], 0)
-        if keep_images:
-            row["image"] = res.image
-        yield row
+        for index, truth in runs.pop(res.key):
+            yield _row(predictor, res, index, truth, crops, keep_images)
+
+
+def _row(predictor, res, index: int, truth: dict, crops: str, keep_images: bool) -> dict:
+    """One labelled face's row of :func:`score_faces` from its photo's predictions ``res``."""
+    row = {"index": index, "id": truth["id"], "found": False, "points": truth["points"],
+           "visible": truth["visible"], "emotion": truth["emotion"], "square": None}
+    mask = None  # the predicted parsing mask; a missed face's is all background
+    if res.error:
+        row["error"] = res.error
+    detections = [f["detection_box"] for f in res.faces]
+    if crops == "labels":  # the face cropped from this face's own square (others of the photo have theirs)
+        k = next((j for j, d in enumerate(detections) if np.allclose(d, truth["square"])), None)
+    else:
+        k = _largest(detections) if truth["square"] is None else find_match(detections, truth["square"])
+    if k is not None:
+        face = res.faces[k]
+        row["found"] = True
+        row["square"] = (np.asarray(face["detection_box"], np.float64) if crops == "labels"
+                         else predictor.calibration.apply(face["detection_box"]))
+        if POINTS_TASK in face:
+            row["predicted_points"] = np.asarray(face[POINTS_TASK], np.float64).reshape(-1, 2)
+            if truth["points"] is not None:
+                row["nme"] = _face_nme(row["predicted_points"], truth["points"], truth["visible"])
+        if EMOTION_TASK in face:
+            row["predicted_emotion"] = face[EMOTION_TASK]["label"]
+            if truth["emotion"] is not None:
+                row["p_labelled"] = float(face[EMOTION_TASK]["probs"].get(truth["emotion"], float("nan")))
+        mask = face.get(PARSING_TASK)
+    if truth["parsing"] is not None:
+        # per-face pixel counts (a confusion histogram): summed over faces they give the accumulated F1
+        meter = ParsingF1()
+        meter.update(np.zeros_like(truth["parsing"]) if mask is None else mask, truth["parsing"])
+        row["parsing_confusion"] = meter.state()["confusion"].numpy()
+        row["parsing_scored"] = mask is not None
+        if mask is not None:  # the labels and the prediction on the face's grid (the mean-face baseline)
+            row["parsing_grid"] = on_grid(truth["parsing"], row["square"], IGNORE_INDEX)
+            row["parsing_grid_predicted"] = on_grid(mask, row["square"], 0)
+    if keep_images:
+        row["image"] = res.image
+    return row
 
 
 def on_grid(mask: np.ndarray, square, outside: int) -> np.ndarray:
