@@ -58,10 +58,10 @@ def swap_band(dst: np.ndarray, src: np.ndarray, rows: slice) -> np.ndarray:
 def real_crops(pred, photos: Path, label: str) -> tuple[np.ndarray, list[str]]:
     """Training crops (N, S, S, 3) of the posed set's faces labelled ``label`` that the model
     finds (the largest face), and their names."""
-    from posed_expressions import _largest, face_image, labels
+    from posed_expressions import face_image, labels
 
     from facemtl.data.transforms import warp_image
-    from facemtl.inference.alignment import upright_crop
+    from facemtl.inference.alignment import largest, upright_crop
 
     task = pred.recrop_task
     if task is None:
@@ -72,7 +72,7 @@ def real_crops(pred, photos: Path, label: str) -> tuple[np.ndarray, list[str]]:
             continue
         image = face_image(photos, face)
         result = pred.predict_image(image)
-        i = _largest([f["detection_box"] for f in result.faces])
+        i = largest([f["detection_box"] for f in result.faces])
         if i is not None:
             matrix, _ = upright_crop(result.faces[i][task.name], pred.input_size, pred.margin)
             crops.append(warp_image(image, matrix, pred.input_size))

