@@ -61,13 +61,17 @@ def _default_model() -> "ModelConfig":
 class ModelConfig:
     """``create_model(name, **kwargs)``; the trainer adds ``tasks``, and to builders that name
     them in their signature ``num_sources`` / ``task_sources`` (from the training mode),
-    ``input_size`` and ``pretrained`` (an ImageNet weights file, safetensors) when set."""
+    ``input_size`` and ``pretrained`` (an ImageNet weights file, safetensors) when set.
+    ``init``: a facemtl checkpoint (run folder, model file, or ``bundled``) whose weights start
+    the run instead of a random initialisation: fine-tuning
+    (:func:`facemtl.models.checkpoint.initialise_from`; the run must build the checkpoint's model)."""
 
     name: str = "ifan"
     # The builder's own defaults apply to everything not given here (each model keeps its
     # defaults with its builder); ``--set model.kwargs.x=...`` edits the kwargs in effect.
     kwargs: Mapping[str, Any] = field(default_factory=_frozen_map)
     pretrained: str | None = None
+    init: str | None = None
 
 
 @dataclass(frozen=True)
@@ -683,6 +687,9 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
             f"{where('model.kwargs')}bad value for 'model.kwargs': {sorted(reserved)} come from the data "
             "section, remove them"
         )
+    if cfg.model.init is not None and (not isinstance(cfg.model.init, str) or not cfg.model.init.strip()):
+        raise FacemtlError(f"{where('model.init')}bad value for 'model.init': a checkpoint path or 'bundled', "
+                           f"got {cfg.model.init!r}")
     _check_model_kwargs(cfg, where)
 
 

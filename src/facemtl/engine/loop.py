@@ -147,7 +147,13 @@ class Training:
         self.tasks = config.build_tasks()
         self.sources = build_sources(config, self.tasks, datasets)
         self.mode = make_mode(config, self.tasks)
-        self.model = create_model(config.model.name, **model_kwargs(config, self.tasks, self.mode))
+        kwargs, start = model_kwargs(config, self.tasks, self.mode), None
+        if config.model.init is not None:  # fine-tuning: the checkpoint's model, its weights
+            from facemtl.models.checkpoint import load_initial
+
+            start = load_initial(config.model.init, config.model.name, dict(config.model.kwargs), config.input_size)
+            kwargs = {**kwargs, **start[3]}
+        self.model = create_model(config.model.name, **kwargs)
         if [t.name for t in self.model.tasks] != [t.name for t in self.tasks]:
             raise FacemtlError(f"model {config.model.name!r} does not predict the configured tasks {list(config.task_names)}")
         used = self.model.task_sources
@@ -159,6 +165,11 @@ class Training:
             raise FacemtlError(f"bad value for 'schedule.iterations': {wanted}, but model {config.model.name!r} is built "
                                f"with {built} refinement iteration(s) (model.kwargs.iterations): set it to at most "
                                f"{built}, or null for the model's own")
+        self.init = None  # model.json's record of the checkpoint the run started from
+        if start is not None:
+            from facemtl.models.checkpoint import initialise_from
+
+            self.init = initialise_from(self.model, *start[:3], [source.tasks for source in config.data])
         self.mode.prepare(self.model, self.sources, rank, world)
         self.device = resolve_device(config.device)
         self.model.to(self.device)
@@ -243,6 +254,7 @@ class Training:
                          {"size": self.config.input_size, "margin": DEFAULT_CROP_MARGIN}),
             "source_commit": source_commit(),
             "platform": training_platform(self.device, self.speed_paths),
+            **({"init": self.init} if self.init else {}),
         }
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:

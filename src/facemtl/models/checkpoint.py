@@ -360,3 +360,69 @@ def load_model(path):
         raise FacemtlError(f"{weights_path}: weights do not match model {info['model']['name']!r}: {detail[:400]}") from None
     model.eval()
     return model, info
+
+
+
+def load_initial(path, name: str, kwargs: dict, input_size: int) -> tuple:
+    """Read the checkpoint a run starts from (``model.init``: run folder, model file or
+    ``"bundled"``) and the builder kwargs of the run's model: the checkpoint's, since a
+    fine-tuned model keeps its architecture. ``kwargs`` (the config's ``model.kwargs``) and
+    ``input_size`` may only repeat them. Returns ``(trained model, info, path, kwargs)``."""
+    where = "model.init"
+    path = bundled_model() if str(path) == "bundled" else Path(path)
+    if len(ensemble_members(path)) > 1:
+        raise FacemtlError(f"{where}: {path} is an ensemble; start from one of its members")
+    try:
+        trained, info = load_model(path)
+    except FacemtlError as exc:
+        raise FacemtlError(f"{where}: {exc}") from None
+    if info["model"]["name"] != name:
+        raise FacemtlError(f"{where}: {path} is model {info['model']['name']!r}, the config's model.name {name!r}")
+    built = {k: v for k, v in info["model"]["config"].items() if k not in ("tasks", "num_sources", "task_sources")}
+    clash = sorted(k for k, v in kwargs.items() if k in built and built[k] != v)
+    if clash:
+        shown = ", ".join(f"{k}={built[k]!r} (config: {kwargs[k]!r})" for k in clash[:6])
+        raise FacemtlError(f"{where}: {path} was built with {shown}; a run started from a checkpoint keeps its "
+                           "model: leave these out of model.kwargs")
+    if info["input_size"] != input_size:
+        raise FacemtlError(f"{where}: {path} reads {info['input_size']}-px faces; set input_size: {info['input_size']} "
+                           f"(--set input_size={info['input_size']}), the config has {input_size}")
+    return trained, info, path, {**kwargs, **built}
+
+
+def initialise_from(model, trained, info: dict, path, source_tasks) -> dict:
+    """Copy the weights of ``trained`` (from :func:`load_initial`) into a new run's ``model``
+    before its first update: fine-tuning, e.g. the bundled synthetic model on labelled photos.
+
+    The tasks must be the checkpoint's, in its order; the sources may differ. iFAN's per-source
+    batch norm (section 3.3) is matched by task: the run's source ``s`` starts from the
+    checkpoint's source that predicted the first task ``s`` labels (``source_tasks[s]``), so a
+    real landmark set in place of the synthetic one keeps the landmarks' normalisation.
+    Returns the provenance for ``model.json``: path, weights hash, that source map."""
+    import torch
+
+    from facemtl.models.norm import SourceBatchNorm2d
+
+    where = "model.init"
+    tasks = [t.name for t in model.tasks]
+    trained_tasks = [t["name"] for t in info["tasks"]]
+    if trained_tasks != tasks:
+        raise FacemtlError(f"{where}: {path} predicts {trained_tasks}, the run trains {tasks}; a run started from a "
+                           "checkpoint trains its tasks, in its order (a source can label any of them: synthetic "
+                           "faces can fill in the tasks your data lacks)")
+    source_of = dict(zip(trained_tasks, info["task_sources"]))
+    sources = [source_of[t[0]] for t in source_tasks]
+    state, before, now = trained.state_dict(), dict(trained.named_modules()), dict(model.named_modules())
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            prefix = key.rpartition(".")[0]
+            old = state.get(key)
+            if old is None:
+                raise FacemtlError(f"{where}: {path} has no tensor {key!r}")
+            if isinstance(now.get(prefix), SourceBatchNorm2d) and before[prefix].num_sources > 1:
+                rows = before[prefix].num_sources  # parameters: one row per source; statistics: per set too
+                old = old[[k * rows + s for k in range(old.shape[0] // rows) for s in sources]]
+            if old.shape != tensor.shape:
+                raise FacemtlError(f"{where}: {key} is {list(old.shape)} in {path}, {list(tensor.shape)} in the run's model")
+            tensor.copy_(old)
+    return {"checkpoint": str(path), "weights_sha256": info.get("weights_sha256"), "sources": sources}
