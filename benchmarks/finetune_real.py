@@ -1,0 +1,160 @@
+"""Fine-tuning the bundled synthetic model on a few real faces, against the same extra training
+on synthetic faces and against the same run from a random start.
+
+Run: python benchmarks/real_faces.py --fetch DIR          (once: the 71 real faces)
+     python benchmarks/finetune_real.py --photos DIR --out RUNS [--folds 3] [--fold K]
+         [--conditions finetuned,synthetic,scratch] [--scratch-folds 1]
+
+The 71 faces (5 points each) are written as an MTFL list and split into ``--folds`` folds by
+photo (the faces of one photo stay together; split seed 47). For each fold, each condition trains
+on the other folds' faces with ``configs/finetune_bundled.yaml`` (150 stage-2 rounds) and is
+scored on the fold's faces with ``facemtl score mtfl`` (from the labels' squares and through the
+Haar detector):
+
+- ``finetuned``: the config as shipped (``model.init: bundled``; the real faces are the landmark
+  source, synthetic faces keep parsing and emotion trained);
+- ``synthetic``: the same start and schedule, the landmark source synthetic (the bundled recipe's
+  snapshot faces) instead of the real faces: what the extra training alone gives;
+- ``scratch``: the finetuned config from a random initialisation (the default narrow iFAN), on the
+  first ``--scratch-folds`` folds only.
+
+Beside them the bundled model as it is and the mean shape (``facemtl score``'s baseline). Runs
+and scores already in RUNS are reused, so an interrupted benchmark continues. Each run takes
+about 7-12 minutes on 2 cores. The commands are printed as they run: each is a README command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from real_faces import mtfl_layout
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "finetune_bundled.yaml"
+BUNDLED = REPO / "src" / "facemtl" / "assets" / "default_model"
+SYNTHETIC_LANDMARKS = {"name": "synth", "tasks": ["landmarks"], "style": "snapshot", "batch_size": 16,
+                       "n_train": 768, "n_test": 64, "seed": 1, "random_conv": 0.5}
+
+
+def write_folds(layout: Path, out: Path, folds: int) -> list[Path]:
+    """``out/fold<k>``: training.txt (the other folds) and testing.txt (fold k), by photo."""
+    lines = [line for line in (layout / "testing.txt").read_text().splitlines(keepends=True) if line.strip()]
+    photos = sorted({line.split()[0] for line in lines})
+    random.Random(47).shuffle(photos)
+    fold_of = {p: i % folds for i, p in enumerate(photos)}
+    dirs = []
+    for k in range(folds):
+        d = out / f"fold{k}"
+        d.mkdir(parents=True, exist_ok=True)
+        for entry in layout.iterdir():  # the photos, shared
+            if entry.is_dir() and not (d / entry.name).exists():
+                (d / entry.name).symlink_to(entry.resolve())
+        (d / "testing.txt").write_text("".join(x for x in lines if fold_of[x.split()[0]] == k))
+        (d / "training.txt").write_text("".join(x for x in lines if fold_of[x.split()[0]] != k))
+        dirs.append(d)
+    return dirs
+
+
+def write_configs(out: Path) -> dict[str, Path]:
+    from facemtl.models.ifan import DEFAULT_RUN_KWARGS
+
+    shipped = yaml.safe_load(CONFIG.read_text())
+    synthetic = dict(shipped, data=shipped["data"][:2] + [SYNTHETIC_LANDMARKS])
+    scratch = dict(shipped, model={"name": "ifan", "kwargs": dict(DEFAULT_RUN_KWARGS)})
+    paths = {"finetuned": CONFIG}
+    for name, cfg in (("synthetic", synthetic), ("scratch", scratch)):
+        paths[name] = out / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return paths
+
+
+def run(cmd: list[str]) -> None:
+    print("$", " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
+
+
+def offsets(faces: list[dict]) -> np.ndarray:
+    """Mean signed error per point in the face's frame (along the eye line, down the face), % IOD."""
+    out = []
+    for face in faces:
+        if face.get("nme") is None:
+            continue
+        p, q = np.array(face["points"]), np.array(face["predicted_points"])
+        along = (p[1] - p[0]) / np.linalg.norm(p[1] - p[0])
+        down = np.array([-along[1], along[0]])
+        out.append(np.stack([(q - p) @ along, (q - p) @ down], 1) * 100 / np.linalg.norm(p[1] - p[0]))
+    return np.mean(out, 0)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--photos", type=Path, required=True, help="the folder real_faces.py --fetch filled")
+    ap.add_argument("--out", type=Path, required=True, help="runs, folds and scores go here (reused when present)")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--fold", type=int, help="train and score this fold only")
+    ap.add_argument("--conditions", default="finetuned,synthetic,scratch")
+    ap.add_argument("--scratch-folds", type=int, default=1, help="folds the scratch condition runs on (default 1)")
+    args = ap.parse_args(argv)
+    conditions = args.conditions.split(",")
+    unknown = set(conditions) - {"finetuned", "synthetic", "scratch"}
+    if unknown:
+        ap.error(f"unknown condition(s) {sorted(unknown)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    layout = args.out / "mtfl"
+    if not (layout / "testing.txt").is_file():
+        print(mtfl_layout(args.photos, layout))
+    folds = write_folds(layout, args.out, args.folds)
+    configs = write_configs(args.out)
+    facemtl = [sys.executable, "-m", "facemtl"]
+    table: dict[tuple[str, str], list[dict]] = {}
+    for k, fold in enumerate(folds):
+        if args.fold is not None and k != args.fold:
+            continue
+        models = {"bundled": BUNDLED}
+        for c in conditions:
+            if c == "scratch" and k >= args.scratch_folds:
+                continue
+            run_dir = args.out / f"{c}-{k}"
+            if not (run_dir / "metrics.json").is_file():
+                run(facemtl + ["train", configs[c], "--out", run_dir, "--set", f"data.2.root={fold}", "--quiet"])
+            models[c] = run_dir
+        for name, model in models.items():
+            for crops in ("labels", "detector"):
+                scores = args.out / "scores" / f"{name}-{k}-{crops}.json"
+                if not scores.is_file():
+                    scores.parent.mkdir(exist_ok=True)
+                    run(facemtl + ["score", "mtfl", fold, "--checkpoint", model, "--crops", crops, "--json", scores])
+                table.setdefault((name, crops), []).append(json.loads(scores.read_text()))
+    for crops in ("labels", "detector"):
+        where = "the labels' squares" if crops == "labels" else "the Haar detector"
+        print(f"\nfrom {where}: landmark NME % per fold (found / faces); pooled mean / median over the faces "
+              "found; failures > 10%")
+        for name in ["bundled"] + conditions:
+            results = table.get((name, crops))
+            if not results:
+                continue
+            faces = [f for r in results for f in r["faces"] if f.get("nme") is not None]
+            nmes = [f["nme"] for f in faces]
+            folds_text = " | ".join(f"{100 * r['summary']['landmarks']['mean']:.2f} ({r['summary']['landmarks']['found']}"
+                                    f"/{r['summary']['landmarks']['faces']})" for r in results)
+            print(f"  {name:10s} {folds_text}; pooled {100 * statistics.mean(nmes):.2f} / "
+                  f"{100 * statistics.median(nmes):.2f} over {len(nmes)}; failures "
+                  f"{100 * sum(x > 0.1 for x in nmes) / len(nmes):.1f}%")
+            if crops == "labels":
+                print("             mean offset per point (along, down; % IOD): "
+                      + " ".join(f"{a:+.1f},{b:+.1f}" for a, b in offsets(faces)))
+        base = [r["summary"]["landmarks"]["baseline"]["mean"] for r in table[("bundled", crops)]]
+        print("  mean shape " + " | ".join(f"{100 * b:.2f}" for b in base))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""benchmarks/finetune_real.py: folds by photo, the compared configs, the offsets."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facemtl.config import load_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import finetune_real  # noqa: E402
+
+
+def _layout(root: Path, faces_per_photo: dict[str, int]) -> Path:
+    layout = root / "mtfl"
+    (layout / "photos").mkdir(parents=True)
+    lines = [f"photos/{name}.jpg " + " ".join(["1.0"] * 10) + " 1 1 1 1\n"
+             for name, n in faces_per_photo.items() for _ in range(n)]
+    (layout / "testing.txt").write_text("".join(lines))
+    return layout
+
+
+def test_folds_keep_the_faces_of_one_photo_together_and_cover_every_face_once(tmp_path):
+    photos = {f"p{i}": 1 + i % 3 for i in range(10)}  # 19 faces in 10 photos
+    folds = finetune_real.write_folds(_layout(tmp_path, photos), tmp_path, 3)
+    tested = []
+    for fold in folds:
+        test = (fold / "testing.txt").read_text().splitlines()
+        train = (fold / "training.txt").read_text().splitlines()
+        assert len(test) + len(train) == sum(photos.values()) == 19 and test
+        assert not {x.split()[0] for x in test} & {x.split()[0] for x in train}
+        assert (fold / "photos").is_symlink()
+        tested += test
+    assert sorted(x.split()[0] for x in tested) == sorted(f"photos/{p}.jpg" for p, n in photos.items() for _ in range(n))
+    again = finetune_real.write_folds(tmp_path / "mtfl", tmp_path / "again", 3)
+    assert [(f / "testing.txt").read_text() for f in again] == [(f / "testing.txt").read_text() for f in folds]
+
+
+def test_the_compared_configs_differ_only_where_they_should(tmp_path):
+    paths = finetune_real.write_configs(tmp_path)
+    shipped, synthetic, scratch = (load_config(paths[c], ["data.2.root=/data"]) for c in ("finetuned", "synthetic", "scratch"))
+    assert shipped.model.init == "bundled" and synthetic.model.init == "bundled" and scratch.model.init is None
+    assert shipped.data[2].name == "mtfl" and synthetic.data[2].name == "synth" and scratch.data[2].name == "mtfl"
+    assert synthetic.data[:2] == shipped.data[:2] and synthetic.schedule == shipped.schedule == scratch.schedule
+    assert scratch.data == shipped.data and scratch.input_size == shipped.input_size
+
+
+def test_offsets_are_in_the_face_frame_in_percent_of_the_interocular_distance():
+    points = np.array([[10.0, 10.0], [30.0, 10.0], [20.0, 20.0], [12.0, 28.0], [28.0, 28.0]])
+    turned = points[:, ::-1].copy()  # the same face with the eye line vertical
+    faces = [{"nme": 0.1, "points": points.tolist(), "predicted_points": (points + [0.0, 2.0]).tolist()},
+             {"nme": 0.1, "points": turned.tolist(), "predicted_points": (turned + [-2.0, 0.0]).tolist()},
+             {"nme": None, "points": points.tolist(), "predicted_points": None}]  # a miss: left out
+    # 2 px down the first face, 2 px against the turned face's "down" (its x axis points left of its eye line)
+    assert finetune_real.offsets(faces) == pytest.approx(np.array([[0.0, 10.0]] * 5))
