@@ -91,6 +91,8 @@ def test_a_missing_checkpoint_or_an_empty_init_is_refused(tmp_path):
         Training(_config(THREE, init=tmp_path / "nowhere"))
     with pytest.raises(FacemtlError, match="model.init"):
         _config(THREE, init=" ")
+    with pytest.raises(FacemtlError, match="model.init and model.pretrained both set"):
+        config_from_dict({"model": {"name": "hps", "init": "bundled", "pretrained": "w.safetensors"}})
 
 
 def test_the_bundled_model_can_start_a_run():

@@ -690,6 +690,9 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
     if cfg.model.init is not None and (not isinstance(cfg.model.init, str) or not cfg.model.init.strip()):
         raise FacemtlError(f"{where('model.init')}bad value for 'model.init': a checkpoint path or 'bundled', "
                            f"got {cfg.model.init!r}")
+    if cfg.model.init is not None and cfg.model.pretrained is not None:
+        raise FacemtlError(f"{where('model.init')}model.init and model.pretrained both set: a run starts from a "
+                           "checkpoint or from ImageNet weights, give one")
     _check_model_kwargs(cfg, where)
 
 
