@@ -64,8 +64,10 @@ def test_a_run_starts_from_the_checkpoint_and_maps_each_source_batch_norm_by_tas
     assert not torch.allclose(a["parsing"], b["parsing"], atol=1e-3)  # read through source 0's rows now
 
 
-def test_fine_tuning_records_the_checkpoint_in_model_json(trained, tmp_path):
-    run = train(_config(THREE, init=trained, pretrain_epochs=0), tmp_path / "tuned", quiet=True)
+def test_fine_tuning_says_so_and_records_the_checkpoint_in_model_json(trained, tmp_path, capsys):
+    run = train(_config(THREE, init=trained, pretrain_epochs=0), tmp_path / "tuned")
+    out = capsys.readouterr()
+    assert f"3 updates; weights from {trained}" in out.out + out.err
     info = json.loads((run / "model.json").read_text())
     start = json.loads((trained / "model.json").read_text())
     assert info["init"] == {"checkpoint": str(trained), "weights_sha256": start["weights_sha256"], "sources": [0, 1, 2]}
