@@ -79,7 +79,9 @@ def write_configs(out: Path) -> dict[str, Path]:
 
 def run(cmd: list[str]) -> None:
     print("$", " ".join(str(c) for c in cmd), flush=True)
-    subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
 def offsets(faces: list[dict]) -> np.ndarray:
