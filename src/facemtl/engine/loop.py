@@ -151,8 +151,9 @@ class Training:
         if config.model.init is not None:  # fine-tuning: the checkpoint's model, its weights
             from facemtl.models.checkpoint import load_initial
 
-            start = load_initial(config.model.init, config.model.name, dict(config.model.kwargs), config.input_size)
-            kwargs = {**kwargs, **start[3]}
+            *start, built = load_initial(config.model.init, config.model.name, dict(config.model.kwargs),
+                                         config.input_size)  # start: (trained model, its model.json, path)
+            kwargs = {**kwargs, **built}
         self.model = create_model(config.model.name, **kwargs)
         if [t.name for t in self.model.tasks] != [t.name for t in self.tasks]:
             raise FacemtlError(f"model {config.model.name!r} does not predict the configured tasks {list(config.task_names)}")
@@ -169,7 +170,7 @@ class Training:
         if start is not None:
             from facemtl.models.checkpoint import initialise_from
 
-            self.init = initialise_from(self.model, *start[:3], [source.tasks for source in config.data])
+            self.init = initialise_from(self.model, *start, [source.tasks for source in config.data])
         self.mode.prepare(self.model, self.sources, rank, world)
         self.device = resolve_device(config.device)
         self.model.to(self.device)

@@ -383,7 +383,8 @@ def load_initial(path, name: str, kwargs: dict, input_size: int) -> tuple:
     if clash:
         shown = ", ".join(f"{k}={built[k]!r} (config: {kwargs[k]!r})" for k in clash[:6])
         raise FacemtlError(f"{where}: {path} was built with {shown}; a run started from a checkpoint keeps its "
-                           "model: leave these out of model.kwargs")
+                           "model: leave these out of model.kwargs (a config without a model section has the "
+                           "default run's; a YAML 'model: {init: PATH}' has none)")
     if info["input_size"] != input_size:
         raise FacemtlError(f"{where}: {path} reads {info['input_size']}-px faces; set input_size: {info['input_size']} "
                            f"(--set input_size={info['input_size']}), the config has {input_size}")
