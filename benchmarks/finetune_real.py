@@ -146,8 +146,8 @@ def main(argv=None) -> None:
                 continue
             faces = [f for r in results for f in r["faces"] if f.get("nme") is not None]
             nmes = [f["nme"] for f in faces]
-            folds_text = " | ".join(f"{100 * r['summary']['landmarks']['mean']:.2f} ({r['summary']['landmarks']['found']}"
-                                    f"/{r['summary']['landmarks']['faces']})" for r in results)
+            marks = [r["summary"]["landmarks"] for r in results]
+            folds_text = " | ".join(f"{100 * m['mean']:.2f} ({m['found']}/{m['faces']})" for m in marks)
             print(f"  {name:10s} {folds_text}; pooled {100 * statistics.mean(nmes):.2f} / "
                   f"{100 * statistics.median(nmes):.2f} over {len(nmes)}; failures "
                   f"{100 * sum(x > 0.1 for x in nmes) / len(nmes):.1f}%")

@@ -32,14 +32,16 @@ def test_folds_keep_the_faces_of_one_photo_together_and_cover_every_face_once(tm
         assert not {x.split()[0] for x in test} & {x.split()[0] for x in train}
         assert (fold / "photos").is_symlink()
         tested += test
-    assert sorted(x.split()[0] for x in tested) == sorted(f"photos/{p}.jpg" for p, n in photos.items() for _ in range(n))
+    every_face = sorted(f"photos/{p}.jpg" for p, n in photos.items() for _ in range(n))
+    assert sorted(x.split()[0] for x in tested) == every_face
     again = finetune_real.write_folds(tmp_path / "mtfl", tmp_path / "again", 3)
     assert [(f / "testing.txt").read_text() for f in again] == [(f / "testing.txt").read_text() for f in folds]
 
 
 def test_the_compared_configs_differ_only_where_they_should(tmp_path):
     paths = finetune_real.write_configs(tmp_path)
-    shipped, synthetic, scratch = (load_config(paths[c], ["data.2.root=/data"]) for c in ("finetuned", "synthetic", "scratch"))
+    shipped, synthetic, scratch = (load_config(paths[c], ["data.2.root=/data"])
+                                   for c in ("finetuned", "synthetic", "scratch"))
     assert shipped.model.init == "bundled" and synthetic.model.init == "bundled" and scratch.model.init is None
     assert shipped.data[2].name == "mtfl" and synthetic.data[2].name == "synth" and scratch.data[2].name == "mtfl"
     assert synthetic.data[:2] == shipped.data[:2] and synthetic.schedule == shipped.schedule == scratch.schedule

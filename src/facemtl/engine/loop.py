@@ -539,7 +539,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
                 pairs = ", ".join(f"{t.name}<-source {s}" for t, s in zip(training.tasks, training.mode.task_sources))
                 files.log.info(f"facemtl train: {training.mode.name} training of {config.model.name} on {pairs}; "
                                f"{training.plan.total} updates" + (f", resuming at {start}" if start else "")
-                               + (f"; weights from {training.init['checkpoint']}" if training.init and not start else ""))
+                               + (f"; weights from {training.init['checkpoint']}"
+                                  if training.init and not start else ""))
                 if rendered:
                     files.log.info(rendered)
                 folder.started = True

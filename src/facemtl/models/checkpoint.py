@@ -424,6 +424,7 @@ def initialise_from(model, trained, info: dict, path, source_tasks) -> dict:
                 rows = before[prefix].num_sources  # parameters: one row per source; statistics: per set too
                 old = old[[k * rows + s for k in range(old.shape[0] // rows) for s in sources]]
             if old.shape != tensor.shape:
-                raise FacemtlError(f"{where}: {key} is {list(old.shape)} in {path}, {list(tensor.shape)} in the run's model")
+                raise FacemtlError(f"{where}: {key} is {list(old.shape)} in {path}, "
+                                   f"{list(tensor.shape)} in the run's model")
             tensor.copy_(old)
     return {"checkpoint": str(path), "weights_sha256": info.get("weights_sha256"), "sources": sources}
