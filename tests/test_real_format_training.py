@@ -262,3 +262,16 @@ def test_load_predicts_on_an_exported_image(trained, exported):
     assert mask.shape == (SIZE, SIZE) and mask.dtype == np.uint8 and mask.max() < 11
     assert sum(face["emotion"]["probs"].values()) == pytest.approx(1.0, abs=1e-5)
     assert face["emotion"]["label"] in face["emotion"]["probs"]
+
+
+def test_a_source_that_cannot_be_read_is_named_by_its_config_key(exported, tmp_path):
+    import dataclasses
+
+    from facemtl.data.mixing import build_sources
+    from facemtl.errors import FacemtlError
+
+    config = make_config(exported)
+    moved = dataclasses.replace(config.data[1], root=str(tmp_path / "nowhere"))
+    config = dataclasses.replace(config, data=(config.data[0], moved, config.data[2]))
+    with pytest.raises(FacemtlError, match=r"^data\.1 \(helen\): folder not found: .*nowhere"):
+        build_sources(config, config.build_tasks())

@@ -134,8 +134,11 @@ def build_sources(config, tasks: Sequence[Task], datasets: Sequence[tuple[Sequen
 
             options = source_options(cfg.name, src_tasks, cfg.options)
             margin = options.pop("margin", DEFAULT_CROP_MARGIN)
-            train = load_dataset(cfg.name, cfg.root, cfg.train_split, **options)
-            test = load_dataset(cfg.name, cfg.root, cfg.test_split, **options)
+            try:
+                train = load_dataset(cfg.name, cfg.root, cfg.train_split, **options)
+                test = load_dataset(cfg.name, cfg.root, cfg.test_split, **options)
+            except FacemtlError as exc:  # which source of the config: a run can read several sets
+                raise FacemtlError(f"data.{i} ({cfg.name}): {exc}") from None
             # The Task objects, not names: flips of users' own tasks come from their declarations.
             transform = FaceCrop(size=config.input_size, margin=margin, augment=cfg.augment, tasks=src_tasks)
             eval_transform = FaceCrop(size=config.input_size, margin=margin, augment=False, tasks=src_tasks)
