@@ -105,3 +105,13 @@ def test_the_bundled_model_can_start_a_run():
     model, info, path, kwargs = load_initial("bundled", "ifan", {}, 128)
     assert path.name == "default_model" and kwargs["iterations"] == info["model"]["config"]["iterations"]
     assert "tasks" not in kwargs and "num_sources" not in kwargs
+
+
+def test_an_interrupted_fine_tuning_run_resumes_to_the_same_weights(trained, tmp_path):
+    config = _config(THREE, init=trained, pretrain_epochs=0, rounds=2)
+    full = train(config, tmp_path / "full", quiet=True)
+    part = train(config, tmp_path / "part", quiet=True, stop_after=2)
+    train(config, part, resume=True, quiet=True)
+    a, b = load_model(full)[0].state_dict(), load_model(part)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((part / "model.json").read_text())["init"]["checkpoint"] == str(trained)
