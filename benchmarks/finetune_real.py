@@ -20,7 +20,7 @@ Haar detector):
 
 Beside them the bundled model as it is and the mean shape (``facemtl score``'s baseline). Runs
 and scores already in RUNS are reused, so an interrupted benchmark continues. Each run takes
-about 7-12 minutes on 2 cores. The commands are printed as they run: each is a README command.
+about 7-13 minutes on 2 cores. The commands are printed as they run: each is a README command.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from real_faces import mtfl_layout
+from real_faces import mtfl_layout, point_offsets
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "finetune_bundled.yaml"
@@ -85,16 +85,9 @@ def run(cmd: list[str]) -> None:
 
 
 def offsets(faces: list[dict]) -> np.ndarray:
-    """Mean signed error per point in the face's frame (along the eye line, down the face), % IOD."""
-    out = []
-    for face in faces:
-        if face.get("nme") is None:
-            continue
-        p, q = np.array(face["points"]), np.array(face["predicted_points"])
-        along = (p[1] - p[0]) / np.linalg.norm(p[1] - p[0])
-        down = np.array([-along[1], along[0]])
-        out.append(np.stack([(q - p) @ along, (q - p) @ down], 1) * 100 / np.linalg.norm(p[1] - p[0]))
-    return np.mean(out, 0)
+    """Mean signed error per point over the scored faces, in the face's frame (along the eye line,
+    down the face), % IOD: :func:`real_faces.point_offsets` averaged."""
+    return np.mean([point_offsets(f["predicted_points"], f["points"]) for f in faces if f.get("nme") is not None], 0)
 
 
 def main(argv=None) -> None:

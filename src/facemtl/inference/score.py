@@ -43,8 +43,8 @@ WORST = 5  # faces named in the summary as the largest landmark errors
 # The mean-face parsing baseline lives on a GRID x GRID grid over each face's crop region (its
 # square widened by GRID_MARGIN of its side on every side, the predictor's default crop).
 GRID, GRID_MARGIN = 64, 0.25
-_EMOTION_NAMES = {n.lower(): n for n in EMOTIONS}
-MISSED = "missed"  # what the confusion table says of a labelled face the detector did not find  # folder names match whatever their case
+_EMOTION_NAMES = {n.lower(): n for n in EMOTIONS}  # folder names match whatever their case
+MISSED = "missed"  # what the confusion table says of a labelled face the detector did not find
 
 
 def labelled(sample: dict) -> dict:
