@@ -3,7 +3,8 @@ on synthetic faces and against the same run from a random start.
 
 Run: python benchmarks/real_faces.py --fetch DIR          (once: the 71 real faces)
      python benchmarks/finetune_real.py --photos DIR --out RUNS [--folds 3] [--fold K]
-         [--conditions finetuned,synthetic,scratch] [--scratch-folds 1]
+         [--conditions finetuned,synthetic,scratch,kept] [--scratch-folds 1] [--seed S]
+         [--posed POSED_DIR]
 
 The 71 faces (5 points each) are written as an MTFL list and split into ``--folds`` folds by
 photo (the faces of one photo stay together; split seed 47). For each fold, each condition trains
@@ -16,7 +17,13 @@ Haar detector):
 - ``synthetic``: the same start and schedule, the landmark source synthetic (the bundled recipe's
   snapshot faces) instead of the real faces: what the extra training alone gives;
 - ``scratch``: the finetuned config from a random initialisation (the default narrow iFAN), on the
-  first ``--scratch-folds`` folds only.
+  first ``--scratch-folds`` folds only;
+- ``kept``: the shipped config with ``data.2.keep: {emotion: 1.0}`` (the bundled model's emotion
+  predictions on the real training faces kept, :mod:`facemtl.engine.keep`).
+
+``--posed DIR`` (the folder ``posed_expressions.py --fetch`` filled) also scores each model's
+emotion on the 35 posed faces (``facemtl score emotion-folder``), which no condition trains on:
+what fine-tuning the landmarks costs the emotions. ``--seed S`` trains with ``--set seed=S``.
 
 Beside them the bundled model as it is and the mean shape (``facemtl score``'s baseline). Runs
 and scores already in RUNS are reused, so an interrupted benchmark continues. Each run takes
@@ -41,6 +48,7 @@ from real_faces import mtfl_layout, point_offsets
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "finetune_bundled.yaml"
 BUNDLED = REPO / "src" / "facemtl" / "assets" / "default_model"
+CONDITIONS = ("finetuned", "synthetic", "scratch", "kept")
 SYNTHETIC_LANDMARKS = {"name": "synth", "tasks": ["landmarks"], "style": "snapshot", "batch_size": 16,
                        "n_train": 768, "n_test": 64, "seed": 1, "random_conv": 0.5}
 
@@ -70,8 +78,9 @@ def write_configs(out: Path) -> dict[str, Path]:
     shipped = yaml.safe_load(CONFIG.read_text())
     synthetic = dict(shipped, data=shipped["data"][:2] + [SYNTHETIC_LANDMARKS])
     scratch = dict(shipped, model={"name": "ifan", "kwargs": dict(DEFAULT_RUN_KWARGS)})
+    kept = dict(shipped, data=shipped["data"][:2] + [dict(shipped["data"][2], keep={"emotion": 1.0})])
     paths = {"finetuned": CONFIG}
-    for name, cfg in (("synthetic", synthetic), ("scratch", scratch)):
+    for name, cfg in (("synthetic", synthetic), ("scratch", scratch), ("kept", kept)):
         paths[name] = out / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(cfg, sort_keys=False))
     return paths
@@ -90,6 +99,12 @@ def offsets(faces: list[dict]) -> np.ndarray:
     return np.mean([point_offsets(f["predicted_points"], f["points"]) for f in faces if f.get("nme") is not None], 0)
 
 
+def posed_text(emotion: dict) -> str:
+    n, base = emotion["faces"], emotion["baseline"]
+    return (f"{round(emotion['accuracy'] * n)} of {n} (found {emotion['found']}; always {base['label']}: "
+            f"{round(base['accuracy'] * n)})")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", type=Path, required=True, help="the folder real_faces.py --fetch filled")
@@ -98,9 +113,12 @@ def main(argv=None) -> None:
     ap.add_argument("--fold", type=int, help="train and score this fold only")
     ap.add_argument("--conditions", default="finetuned,synthetic,scratch")
     ap.add_argument("--scratch-folds", type=int, default=1, help="folds the scratch condition runs on (default 1)")
+    ap.add_argument("--seed", type=int, default=0, help="the runs' seed (default 0, the shipped config's)")
+    ap.add_argument("--posed", type=Path,
+                    help="also score emotion on the posed faces (the folder posed_expressions.py --fetch filled)")
     args = ap.parse_args(argv)
     conditions = args.conditions.split(",")
-    unknown = set(conditions) - {"finetuned", "synthetic", "scratch"}
+    unknown = set(conditions) - set(CONDITIONS)
     if unknown:
         ap.error(f"unknown condition(s) {sorted(unknown)}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -110,6 +128,10 @@ def main(argv=None) -> None:
     folds = write_folds(layout, args.out, args.folds)
     configs = write_configs(args.out)
     facemtl = [sys.executable, "-m", "facemtl"]
+    posed = args.out / "posed"
+    if args.posed is not None and not posed.is_dir():
+        script = Path(__file__).with_name("posed_expressions.py")
+        run([sys.executable, script, "--photos", args.posed, "--layout", posed])
     table: dict[tuple[str, str], list[dict]] = {}
     for k, fold in enumerate(folds):
         if args.fold is not None and k != args.fold:
@@ -120,7 +142,8 @@ def main(argv=None) -> None:
                 continue
             run_dir = args.out / f"{c}-{k}"
             if not (run_dir / "metrics.json").is_file():
-                run(facemtl + ["train", configs[c], "--out", run_dir, "--set", f"data.2.root={fold}", "--quiet"])
+                run(facemtl + ["train", configs[c], "--out", run_dir, "--set", f"data.2.root={fold}",
+                               "--set", f"seed={args.seed}", "--quiet"])
             models[c] = run_dir
         for name, model in models.items():
             for crops in ("labels", "detector"):
@@ -129,6 +152,11 @@ def main(argv=None) -> None:
                     scores.parent.mkdir(exist_ok=True)
                     run(facemtl + ["score", "mtfl", fold, "--checkpoint", model, "--crops", crops, "--json", scores])
                 table.setdefault((name, crops), []).append(json.loads(scores.read_text()))
+            if args.posed is not None:
+                scores = args.out / "scores" / f"{name}-{k}-posed.json"
+                if not scores.is_file():
+                    run(facemtl + ["score", "emotion-folder", posed, "--checkpoint", model, "--json", scores])
+                table.setdefault((name, "posed"), []).append(json.loads(scores.read_text()))
     for crops in ("labels", "detector"):
         where = "the labels' squares" if crops == "labels" else "the Haar detector"
         print(f"\nfrom {where}: landmark NME % per fold (found / faces); pooled mean / median over the faces "
@@ -149,6 +177,11 @@ def main(argv=None) -> None:
                       + " ".join(f"{a:+.1f},{b:+.1f}" for a, b in offsets(faces)))
         base = [r["summary"]["landmarks"]["baseline"]["mean"] for r in table[("bundled", crops)]]
         print("  mean shape " + " | ".join(f"{100 * b:.2f}" for b in base))
+    if args.posed is not None:
+        print("\nposed expressions: faces read right by each fold's model")
+        for name in ["bundled"] + conditions:
+            if results := table.get((name, "posed")):
+                print(f"  {name:10s} " + " | ".join(posed_text(r["summary"]["emotion"]) for r in results))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """benchmarks/finetune_real.py: folds by photo, the compared configs, the offsets."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -40,12 +41,20 @@ def test_folds_keep_the_faces_of_one_photo_together_and_cover_every_face_once(tm
 
 def test_the_compared_configs_differ_only_where_they_should(tmp_path):
     paths = finetune_real.write_configs(tmp_path)
-    shipped, synthetic, scratch = (load_config(paths[c], ["data.2.root=/data"])
-                                   for c in ("finetuned", "synthetic", "scratch"))
+    shipped, synthetic, scratch, kept = (load_config(paths[c], ["data.2.root=/data"])
+                                         for c in ("finetuned", "synthetic", "scratch", "kept"))
     assert shipped.model.init == "bundled" and synthetic.model.init == "bundled" and scratch.model.init is None
     assert shipped.data[2].name == "mtfl" and synthetic.data[2].name == "synth" and scratch.data[2].name == "mtfl"
     assert synthetic.data[:2] == shipped.data[:2] and synthetic.schedule == shipped.schedule == scratch.schedule
     assert scratch.data == shipped.data and scratch.input_size == shipped.input_size
+    assert kept.data[2].keep == {"emotion": 1.0} and not shipped.data[2].keep
+    assert kept.data[:2] == shipped.data[:2] and kept.model == shipped.model and kept.schedule == shipped.schedule
+    assert dataclasses.replace(kept.data[2], keep=shipped.data[2].keep) == shipped.data[2]
+
+
+def test_posed_emotion_is_printed_as_faces_right_beside_always_the_commonest():
+    emotion = {"faces": 35, "found": 34, "accuracy": 22 / 35, "baseline": {"label": "Neutral", "accuracy": 11 / 35}}
+    assert finetune_real.posed_text(emotion) == "22 of 35 (found 34; always Neutral: 11)"
 
 
 def test_offsets_are_in_the_face_frame_in_percent_of_the_interocular_distance():

@@ -92,6 +92,10 @@ class SourceConfig:
     ``mixup`` (a Beta concentration alpha >= 0, 0 = off; sources whose tasks are all category
     tasks) blends each training batch with a shuffled copy of itself and its labels alike
     (:mod:`facemtl.engine.mixup`).
+    ``keep`` (fine-tuning, ``model.init``; hybrid training): ``{task: weight}`` for tasks this
+    source does not label whose predictions on its images stay close to the initial model's
+    (Learning without Forgetting): each update on this source adds ``weight`` times the kind's
+    distance of the model's prediction from the initial model's (:mod:`facemtl.engine.keep`).
     """
 
     name: str = "synth"
@@ -109,6 +113,7 @@ class SourceConfig:
     low_detail: float = 0.0
     mixup: float = 0.0
     options: Mapping[str, Any] = field(default_factory=_frozen_map)
+    keep: Mapping[str, float] = field(default_factory=_frozen_map)
     # synth only: the renderer's realism features (facemtl.data.synth_look.FEATURES); null = all,
     # [] = the plain low-poly renderer, a list = an ablation
     features: tuple[str, ...] | None = None
@@ -693,6 +698,19 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
     if cfg.model.init is not None and cfg.model.pretrained is not None:
         raise FacemtlError(f"{where('model.init')}model.init and model.pretrained both set: a run starts from a "
                            "checkpoint or from ImageNet weights, give one")
+    for i, src in enumerate(cfg.data):
+        for t, w in src.keep.items():
+            if cfg.model.init is None:
+                raise bad(f"data.{i}.keep", "no value without model.init: the predictions kept are those of the "
+                          "checkpoint the run starts from", dict(src.keep))
+            if cfg.schedule.mode != "hybrid":
+                raise bad(f"data.{i}.keep", "no value in joint training: its one source labels every task",
+                          dict(src.keep))
+            if t not in cfg.task_names or t in src.tasks:
+                others = [n for n in cfg.task_names if n not in src.tasks]
+                raise bad(f"data.{i}.keep", "tasks this source does not label: " + (", ".join(others) or "none"), t)
+            if not w >= 0:
+                raise bad(f"data.{i}.keep.{t}", "a weight >= 0", w)
     _check_model_kwargs(cfg, where)
 
 

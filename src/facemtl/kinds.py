@@ -66,6 +66,18 @@ def _raw_masks(task, raws: list) -> list[torch.Tensor]:
     return [torch.from_numpy(np.asarray(raw[task.name]).astype(np.int64)) for raw in raws]
 
 
+KEEP_TEMPERATURE = 2.0  # softened class probabilities, as Learning without Forgetting (Li & Hoiem 2016) uses
+
+
+def _soft_label_distance(kind, task, output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p) of the class probabilities (dim 1) at temperature T, times T^2 (which keeps
+    its gradients' scale that of a cross entropy at T = 1), averaged over images and pixels."""
+    t = KEEP_TEMPERATURE
+    ref = F.log_softmax(reference.float() / t, 1)
+    kl = (ref.exp() * (ref - F.log_softmax(output.float() / t, 1))).sum(1)
+    return kl.mean() * t * t
+
+
 def _average_probabilities(kind, task, values: list[torch.Tensor]) -> torch.Tensor:
     """The members' class probabilities (softmax over dim 1) averaged, as log-probabilities: a
     softmax of the result gives the mean back. Clamped above 0 so that a probability that
@@ -89,6 +101,11 @@ class TaskKind:
 
     def add_target(self, sample: dict, task, raw: dict, width: int, height: int) -> None:
         """Put ``raw[task.name]`` into ``sample`` as a training target."""
+        raise NotImplementedError
+
+    def keep_loss(self, task, output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """How far raw outputs are from a reference model's raw outputs on the same images: what
+        fine-tuning keeps small for a task its data does not label (:mod:`facemtl.engine.keep`)."""
         raise NotImplementedError
 
     # -- evaluation -------------------------------------------------------------------------
@@ -170,6 +187,9 @@ class PointsKind(TaskKind):
             return sq.mean()
         w = visible.to(sq.dtype)
         return (sq * w).sum() / w.sum().clamp_min(1.0)
+
+    def keep_loss(self, task, output, reference):
+        return self.loss(task, output, reference)  # mean squared point distance from the reference points
 
     def add_target(self, sample, task, raw, width, height):
         pts = torch.as_tensor(np.asarray(raw[task.name], dtype=np.float32))
@@ -281,6 +301,7 @@ class SegmentationKind(TaskKind):
     name, headline, lower_is_better = "segmentation", "overall", False
     max_classes = IGNORE_INDEX
     average = _average_probabilities
+    keep_loss = _soft_label_distance
 
     def loss(self, task, output, target, visible=None):
         return F.cross_entropy(output, target.long(), ignore_index=IGNORE_INDEX)
@@ -382,6 +403,7 @@ class CategoryKind(TaskKind):
     name, headline, lower_is_better = "category", "accuracy", False
     label_per_image = True
     average = _average_probabilities
+    keep_loss = _soft_label_distance
 
     def loss(self, task, output, target, visible=None):
         return F.cross_entropy(output, target.long())

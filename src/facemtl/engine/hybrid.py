@@ -109,10 +109,11 @@ class HybridPlan:
 
 
 def hybrid_update(model, optimizer, batch: dict, task: Task, source: int, iteration: int,
-                  trainable: set[int], weight: float = 1.0, precision: str = "fp32") -> list[float]:
+                  trainable: set[int], weight: float = 1.0, precision: str = "fp32", keep=None) -> list[float]:
     """One update Delta^t_I (Eq. 6): forward at ``iterations=I`` on source ``source``'s BN
     stream (under ``precision``, :mod:`facemtl.engine.precision`), loss ``sum_{i<=I} l_t``
-    in float32, step only the ``trainable`` parameters.
+    in float32 (plus ``keep.loss``, :class:`facemtl.engine.keep.KeptPredictions`, when given),
+    step only the ``trainable`` parameters.
     Returns the task's loss at each iteration 0..I."""
     model.train()
     with autocast(batch["image"].device, precision):
@@ -121,6 +122,9 @@ def hybrid_update(model, optimizer, batch: dict, task: Task, source: int, iterat
     visible = batch.get(f"{task.name}_visible")
     losses = [task_loss(model, task.name, out[task.name], batch, visible) for out in outputs[: iteration + 1]]
     loss = weight * sum(losses)
+    kept = keep.loss(model, batch["image"], source) if keep is not None else None
+    if kept is not None:
+        loss = loss + kept
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     for p in model.parameters():
@@ -145,6 +149,7 @@ class HybridMode:
         self.iterations = 0
         self.streams: dict = {}
         self.plan: HybridPlan | None = None
+        self.keep = None  # a fine-tuning run's KeptPredictions (data.N.keep), set by the loop
 
     def model_arguments(self) -> dict:
         return {"num_sources": self.num_sources, "task_sources": list(self.task_sources)}
@@ -175,9 +180,11 @@ class HybridMode:
         task = self.tasks[u.task]
         weight = self.config.schedule.loss_weights.get(task.name, 1.0)
         losses = hybrid_update(model, optimizer, batch, task, self.task_sources[u.task], u.iteration,
-                               self.trainable[(u.stage, u.task)], weight, self.config.precision)
+                               self.trainable[(u.stage, u.task)], weight, self.config.precision, self.keep)
         nan = float("nan")
         row = {"stage": u.stage, "epoch": u.epoch, "task": task.name, "iteration": u.iteration, "lr": u.lr,
                "loss": sum(losses),
                **{f"loss_iter{i}": (losses[i] if i < len(losses) else nan) for i in range(self.iterations + 1)}}
+        if self.keep is not None:  # a column in every row of such a run (the log's columns are fixed)
+            row["keep_loss"] = self.keep.last
         return row, {task.name: sum(losses)}

@@ -171,9 +171,17 @@ class Training:
             from facemtl.models.checkpoint import initialise_from
 
             self.init = initialise_from(self.model, *start, [source.tasks for source in config.data])
+            if any(source.keep for source in config.data):  # the initial model's predictions kept
+                from facemtl.engine.keep import KeptPredictions
+
+                self.mode.keep = KeptPredictions(start[0], [dict(source.keep) for source in config.data],
+                                                 self.mode.task_sources, config.precision)
         self.mode.prepare(self.model, self.sources, rank, world)
         self.device = resolve_device(config.device)
         self.model.to(self.device)
+        kept = getattr(self.mode, "keep", None)
+        if kept is not None:
+            kept.initial.to(self.device)
         self.speed_paths = speed_paths
         if speed_paths:
             # channels-last weights and batched feedback convolutions: the same numbers up to float
@@ -182,6 +190,8 @@ class Training:
             from facemtl.models.fc_densenet import use_speed_paths
 
             use_speed_paths(self.model)
+            if kept is not None:
+                use_speed_paths(kept.initial)
         # channels-last images: the stem convolution would convert an NCHW batch in every
         # forward pass and again for its weight gradient (up to 6 copies an update at Iter2)
         self.image_layout = torch.channels_last if speed_paths else torch.contiguous_format
