@@ -111,3 +111,12 @@ def test_joint_training_keeps_nothing(trained):
     with pytest.raises(FacemtlError, match="no value in joint training"):
         config_from_dict({"model": {"name": "ifan", "init": str(trained)}, "schedule": {"mode": "joint"},
                           "data": [{"tasks": ["landmarks"], "keep": {"emotion": 1.0}}]})
+
+
+def test_an_interrupted_keeping_run_resumes_to_the_same_weights(trained, tmp_path):
+    config = _config(trained, keep={"emotion": 1.0}, pretrain_epochs=0, rounds=2)
+    full = train(config, tmp_path / "full", quiet=True)
+    part = train(config, tmp_path / "part", quiet=True, stop_after=1)  # after the first update, a keeping one
+    train(config, part, resume=True, quiet=True)
+    a, b = load_model(full)[0].state_dict(), load_model(part)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
