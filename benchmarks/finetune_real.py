@@ -3,7 +3,7 @@ on synthetic faces and against the same run from a random start.
 
 Run: python benchmarks/real_faces.py --fetch DIR          (once: the 71 real faces)
      python benchmarks/finetune_real.py --photos DIR --out RUNS [--folds 3] [--fold K]
-         [--conditions finetuned,synthetic,scratch,kept] [--scratch-folds 1] [--seed S]
+         [--conditions finetuned,synthetic,scratch,kept] [--scratch-folds 1] [--seed S] [--keep-weight W]
          [--posed POSED_DIR]
 
 The 71 faces (5 points each) are written as an MTFL list and split into ``--folds`` folds by
@@ -18,8 +18,8 @@ Haar detector):
   snapshot faces) instead of the real faces: what the extra training alone gives;
 - ``scratch``: the finetuned config from a random initialisation (the default narrow iFAN), on the
   first ``--scratch-folds`` folds only;
-- ``kept``: the shipped config with ``data.2.keep: {emotion: 1.0}`` (the bundled model's emotion
-  predictions on the real training faces kept, :mod:`facemtl.engine.keep`).
+- ``kept``: the shipped config with ``data.2.keep: {emotion: W}`` (the bundled model's emotion
+  predictions on the real training faces kept, :mod:`facemtl.engine.keep`; W ``--keep-weight``, 1.0).
 
 ``--posed DIR`` (the folder ``posed_expressions.py --fetch`` filled) also scores each model's
 emotion on the 35 posed faces (``facemtl score emotion-folder``), which no condition trains on:
@@ -72,13 +72,13 @@ def write_folds(layout: Path, out: Path, folds: int) -> list[Path]:
     return dirs
 
 
-def write_configs(out: Path) -> dict[str, Path]:
+def write_configs(out: Path, keep_weight: float = 1.0) -> dict[str, Path]:
     from facemtl.models.ifan import DEFAULT_RUN_KWARGS
 
     shipped = yaml.safe_load(CONFIG.read_text())
     synthetic = dict(shipped, data=shipped["data"][:2] + [SYNTHETIC_LANDMARKS])
     scratch = dict(shipped, model={"name": "ifan", "kwargs": dict(DEFAULT_RUN_KWARGS)})
-    kept = dict(shipped, data=shipped["data"][:2] + [dict(shipped["data"][2], keep={"emotion": 1.0})])
+    kept = dict(shipped, data=shipped["data"][:2] + [dict(shipped["data"][2], keep={"emotion": keep_weight})])
     paths = {"finetuned": CONFIG}
     for name, cfg in (("synthetic", synthetic), ("scratch", scratch), ("kept", kept)):
         paths[name] = out / f"{name}.yaml"
@@ -113,6 +113,7 @@ def main(argv=None) -> None:
     ap.add_argument("--fold", type=int, help="train and score this fold only")
     ap.add_argument("--conditions", default="finetuned,synthetic,scratch")
     ap.add_argument("--scratch-folds", type=int, default=1, help="folds the scratch condition runs on (default 1)")
+    ap.add_argument("--keep-weight", type=float, default=1.0, help="the kept condition's emotion weight (default 1.0)")
     ap.add_argument("--seed", type=int, default=0, help="the runs' seed (default 0, the shipped config's)")
     ap.add_argument("--posed", type=Path,
                     help="also score emotion on the posed faces (the folder posed_expressions.py --fetch filled)")
@@ -126,7 +127,7 @@ def main(argv=None) -> None:
     if not (layout / "testing.txt").is_file():
         print(mtfl_layout(args.photos, layout))
     folds = write_folds(layout, args.out, args.folds)
-    configs = write_configs(args.out)
+    configs = write_configs(args.out, args.keep_weight)
     facemtl = [sys.executable, "-m", "facemtl"]
     posed = args.out / "posed"
     if args.posed is not None and not posed.is_dir():
