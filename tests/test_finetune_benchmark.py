@@ -50,6 +50,9 @@ def test_the_compared_configs_differ_only_where_they_should(tmp_path):
     assert kept.data[2].keep == {"emotion": 1.0} and not shipped.data[2].keep
     assert kept.data[:2] == shipped.data[:2] and kept.model == shipped.model and kept.schedule == shipped.schedule
     assert dataclasses.replace(kept.data[2], keep=shipped.data[2].keep) == shipped.data[2]
+    (tmp_path / "w").mkdir()
+    lighter = load_config(finetune_real.write_configs(tmp_path / "w", 0.3)["kept"], ["data.2.root=/data"])
+    assert lighter.data[2].keep == {"emotion": 0.3}
 
 
 def test_posed_emotion_is_printed_as_faces_right_beside_always_the_commonest():
