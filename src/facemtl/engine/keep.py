@@ -7,9 +7,11 @@ about images like its own: the bundled model fine-tuned on real 5-point faces re
 35 posed expressions (docs/evidence.md). ``data.N.keep: {task: weight}`` adds to every update on
 source N ``weight * d(model's prediction, initial model's prediction)`` for each kept task, on
 the update's own images; ``d`` is the task kind's ``keep_loss`` (:mod:`facemtl.kinds`: KL of
-softened class probabilities, squared point distance). Both models read the images as at
-inference: eval mode (running statistics), the last refinement iteration, the batch-norm stream
-of the source that trained the task; the initial model is frozen. The term's gradient reaches
+softened class probabilities, squared point distance). Both models read the images in eval mode
+(running statistics) at the last refinement iteration, through one batch-norm stream: that of
+the source that trains the task. Inference differs in one point: there every task's prediction
+fed back comes from its own source's stream; here all come from that one stream (one stream's
+cost instead of one per source). The initial model is frozen. The term's gradient reaches
 only what the update trains (Eq. 6's set for the source's task: shared backbone, interaction
 parameters, that task's decoder), so the kept task's decoder stays as its own data trains it.
 """
