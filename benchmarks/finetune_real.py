@@ -26,7 +26,8 @@ emotion on the 35 posed faces (``facemtl score emotion-folder``), which no condi
 what fine-tuning the landmarks costs the emotions. ``--seed S`` trains with ``--set seed=S``.
 
 Beside them the bundled model as it is and the mean shape (``facemtl score``'s baseline). Runs
-and scores already in RUNS are reused, so an interrupted benchmark continues. Each run takes
+and scores already in RUNS are reused, so an interrupted benchmark continues; runs at another
+seed or weight are named apart (``kept-w0.3-seed1-0``: condition, weight, seed, fold). Each run takes
 about 7-13 minutes on 2 cores. The commands are printed as they run: each is a README command.
 """
 
@@ -99,6 +100,13 @@ def offsets(faces: list[dict]) -> np.ndarray:
     return np.mean([point_offsets(f["predicted_points"], f["points"]) for f in faces if f.get("nme") is not None], 0)
 
 
+def run_name(condition: str, seed: int, keep_weight: float) -> str:
+    """A condition's name with what its runs were trained with beyond the defaults: a rerun with
+    another seed or weight into the same RUNS trains anew instead of reusing the earlier runs."""
+    name = condition + (f"-w{keep_weight:g}" if condition == "kept" and keep_weight != 1.0 else "")
+    return name + (f"-seed{seed}" if seed else "")
+
+
 def posed_text(emotion: dict) -> str:
     n, base = emotion["faces"], emotion["baseline"]
     return (f"{round(emotion['accuracy'] * n)} of {n} (found {emotion['found']}; always {base['label']}: "
@@ -141,11 +149,11 @@ def main(argv=None) -> None:
         for c in conditions:
             if c == "scratch" and k >= args.scratch_folds:
                 continue
-            run_dir = args.out / f"{c}-{k}"
+            run_dir = args.out / f"{run_name(c, args.seed, args.keep_weight)}-{k}"
             if not (run_dir / "metrics.json").is_file():
                 run(facemtl + ["train", configs[c], "--out", run_dir, "--set", f"data.2.root={fold}",
                                "--set", f"seed={args.seed}", "--quiet"])
-            models[c] = run_dir
+            models[run_name(c, args.seed, args.keep_weight)] = run_dir
         for name, model in models.items():
             for crops in ("labels", "detector"):
                 scores = args.out / "scores" / f"{name}-{k}-{crops}.json"
@@ -158,11 +166,12 @@ def main(argv=None) -> None:
                 if not scores.is_file():
                     run(facemtl + ["score", "emotion-folder", posed, "--checkpoint", model, "--json", scores])
                 table.setdefault((name, "posed"), []).append(json.loads(scores.read_text()))
+    names = ["bundled"] + [run_name(c, args.seed, args.keep_weight) for c in conditions]
     for crops in ("labels", "detector"):
         where = "the labels' squares" if crops == "labels" else "the Haar detector"
         print(f"\nfrom {where}: landmark NME % per fold (found / faces); pooled mean / median over the faces "
               "found; failures > 10%")
-        for name in ["bundled"] + conditions:
+        for name in names:
             results = table.get((name, crops))
             if not results:
                 continue
@@ -170,19 +179,19 @@ def main(argv=None) -> None:
             nmes = [f["nme"] for f in faces]
             marks = [r["summary"]["landmarks"] for r in results]
             folds_text = " | ".join(f"{100 * m['mean']:.2f} ({m['found']}/{m['faces']})" for m in marks)
-            print(f"  {name:10s} {folds_text}; pooled {100 * statistics.mean(nmes):.2f} / "
+            print(f"  {name:14s} {folds_text}; pooled {100 * statistics.mean(nmes):.2f} / "
                   f"{100 * statistics.median(nmes):.2f} over {len(nmes)}; failures "
                   f"{100 * sum(x > 0.1 for x in nmes) / len(nmes):.1f}%")
             if crops == "labels":
-                print("             mean offset per point (along, down; % IOD): "
+                print("                 mean offset per point (along, down; % IOD): "
                       + " ".join(f"{a:+.1f},{b:+.1f}" for a, b in offsets(faces)))
         base = [r["summary"]["landmarks"]["baseline"]["mean"] for r in table[("bundled", crops)]]
-        print("  mean shape " + " | ".join(f"{100 * b:.2f}" for b in base))
+        print("  mean shape     " + " | ".join(f"{100 * b:.2f}" for b in base))
     if args.posed is not None:
         print("\nposed expressions: faces read right by each fold's model")
-        for name in ["bundled"] + conditions:
+        for name in names:
             if results := table.get((name, "posed")):
-                print(f"  {name:10s} " + " | ".join(posed_text(r["summary"]["emotion"]) for r in results))
+                print(f"  {name:14s} " + " | ".join(posed_text(r["summary"]["emotion"]) for r in results))
 
 
 if __name__ == "__main__":

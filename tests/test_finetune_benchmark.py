@@ -55,6 +55,13 @@ def test_the_compared_configs_differ_only_where_they_should(tmp_path):
     assert lighter.data[2].keep == {"emotion": 0.3}
 
 
+def test_runs_at_other_settings_are_named_apart_so_a_rerun_does_not_reuse_them():
+    assert finetune_real.run_name("finetuned", 0, 1.0) == "finetuned"  # the layout of earlier benchmark folders
+    assert finetune_real.run_name("finetuned", 1, 0.3) == "finetuned-seed1"  # the weight is the kept condition's
+    assert finetune_real.run_name("kept", 0, 1.0) == "kept"
+    assert finetune_real.run_name("kept", 1, 0.3) == "kept-w0.3-seed1"
+
+
 def test_posed_emotion_is_printed_as_faces_right_beside_always_the_commonest():
     emotion = {"faces": 35, "found": 34, "accuracy": 22 / 35, "baseline": {"label": "Neutral", "accuracy": 11 / 35}}
     assert finetune_real.posed_text(emotion) == "22 of 35 (found 34; always Neutral: 11)"
