@@ -167,6 +167,7 @@ class Training:
                                f"with {built} refinement iteration(s) (model.kwargs.iterations): set it to at most "
                                f"{built}, or null for the model's own")
         self.init = None  # model.json's record of the checkpoint the run started from
+        kept = None  # data.N.keep: the starting model's predictions kept (facemtl.engine.keep)
         if start is not None:
             from facemtl.models.checkpoint import initialise_from
 
@@ -174,12 +175,11 @@ class Training:
             if any(source.keep for source in config.data):  # the initial model's predictions kept
                 from facemtl.engine.keep import KeptPredictions
 
-                self.mode.keep = KeptPredictions(start[0], [dict(source.keep) for source in config.data],
-                                                 self.mode.task_sources, config.precision)
+                kept = self.mode.keep = KeptPredictions(start[0], [dict(source.keep) for source in config.data],
+                                                        self.mode.task_sources, config.precision)
         self.mode.prepare(self.model, self.sources, rank, world)
         self.device = resolve_device(config.device)
         self.model.to(self.device)
-        kept = getattr(self.mode, "keep", None)
         if kept is not None:
             kept.initial.to(self.device)
         self.speed_paths = speed_paths
