@@ -3,7 +3,7 @@ on synthetic faces and against the same run from a random start.
 
 Run: python benchmarks/real_faces.py --fetch DIR          (once: the 71 real faces)
      python benchmarks/finetune_real.py --photos DIR --out RUNS [--folds 3] [--fold K]
-         [--conditions finetuned,synthetic,scratch,kept] [--scratch-folds 1] [--seed S] [--keep-weight W]
+         [--conditions finetuned,unkept,synthetic,scratch] [--scratch-folds 1] [--seed S] [--keep-weight W]
          [--posed POSED_DIR]
 
 The 71 faces (5 points each) are written as an MTFL list and split into ``--folds`` folds by
@@ -13,13 +13,15 @@ scored on the fold's faces with ``facemtl score mtfl`` (from the labels' squares
 Haar detector):
 
 - ``finetuned``: the config as shipped (``model.init: bundled``; the real faces are the landmark
-  source, synthetic faces keep parsing and emotion trained);
-- ``synthetic``: the same start and schedule, the landmark source synthetic (the bundled recipe's
+  source, synthetic faces keep parsing and emotion trained, and ``data.2.keep`` keeps the bundled
+  model's emotion predictions on the real training faces, :mod:`facemtl.engine.keep`);
+  ``--keep-weight W`` trains it at another keep weight;
+- ``unkept``: the shipped config without ``data.2.keep`` (the landmark source trains the shared
+  layers freely);
+- ``synthetic``: the unkept config with the landmark source synthetic (the bundled recipe's
   snapshot faces) instead of the real faces: what the extra training alone gives;
-- ``scratch``: the finetuned config from a random initialisation (the default narrow iFAN), on the
-  first ``--scratch-folds`` folds only;
-- ``kept``: the shipped config with ``data.2.keep: {emotion: W}`` (the bundled model's emotion
-  predictions on the real training faces kept, :mod:`facemtl.engine.keep`; W ``--keep-weight``, 1.0).
+- ``scratch``: the unkept config from a random initialisation (the default narrow iFAN; keep needs a
+  starting model), on the first ``--scratch-folds`` folds only.
 
 ``--posed DIR`` (the folder ``posed_expressions.py --fetch`` filled) also scores each model's
 emotion on the 35 posed faces (``facemtl score emotion-folder``), which no condition trains on:
@@ -27,13 +29,16 @@ what fine-tuning the landmarks costs the emotions. ``--seed S`` trains with ``--
 
 Beside them the bundled model as it is and the mean shape (``facemtl score``'s baseline). Runs
 and scores already in RUNS are reused, so an interrupted benchmark continues; runs at another
-seed or weight are named apart (``kept-w0.3-seed1-0``: condition, weight, seed, fold). Each run takes
-about 7-13 minutes on 2 cores. The commands are printed as they run: each is a README command.
+seed or keep weight are named apart (``finetuned-w0.3-seed1-0``: condition, keep weight, seed,
+fold), and one benchmark per fold (``--fold K``) may run beside another into the same RUNS. Each
+run takes about 7-13 minutes on 2 cores (keeping: about 30% longer). The commands are printed as
+they run: each is a README command.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import random
 import statistics
@@ -49,7 +54,7 @@ from real_faces import mtfl_layout, point_offsets
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "finetune_bundled.yaml"
 BUNDLED = REPO / "src" / "facemtl" / "assets" / "default_model"
-CONDITIONS = ("finetuned", "synthetic", "scratch", "kept")
+CONDITIONS = ("finetuned", "unkept", "synthetic", "scratch")
 SYNTHETIC_LANDMARKS = {"name": "synth", "tasks": ["landmarks"], "style": "snapshot", "batch_size": 16,
                        "n_train": 768, "n_test": 64, "seed": 1, "random_conv": 0.5}
 
@@ -67,22 +72,35 @@ def write_folds(layout: Path, out: Path, folds: int) -> list[Path]:
         for entry in layout.iterdir():  # the photos, shared
             if entry.is_dir() and not (d / entry.name).exists():
                 (d / entry.name).symlink_to(entry.resolve())
-        (d / "testing.txt").write_text("".join(x for x in lines if fold_of[x.split()[0]] == k))
-        (d / "training.txt").write_text("".join(x for x in lines if fold_of[x.split()[0]] != k))
+        for name, wanted in (("testing.txt", True), ("training.txt", False)):
+            text = "".join(x for x in lines if (fold_of[x.split()[0]] == k) == wanted)
+            if not (d / name).is_file() or (d / name).read_text() != text:  # never under a running benchmark's reader
+                (d / name).write_text(text)
         dirs.append(d)
     return dirs
 
 
-def write_configs(out: Path, keep_weight: float = 1.0) -> dict[str, Path]:
+def finetuned_keep(keep_weight: float | None = None) -> dict[str, float]:
+    """The finetuned condition's ``data.2.keep``: the shipped config's, every weight ``keep_weight`` if given."""
+    keep = yaml.safe_load(CONFIG.read_text())["data"][2].get("keep") or {}
+    return {t: w if keep_weight is None else keep_weight for t, w in keep.items()}
+
+
+def write_configs(out: Path, keep_weight: float | None = None) -> dict[str, Path]:
+    """Each condition's config, named as its runs are (:func:`run_name`), so that concurrent
+    benchmarks at other keep weights into the same folder do not overwrite each other's."""
     from facemtl.models.ifan import DEFAULT_RUN_KWARGS
 
     shipped = yaml.safe_load(CONFIG.read_text())
-    synthetic = dict(shipped, data=shipped["data"][:2] + [SYNTHETIC_LANDMARKS])
-    scratch = dict(shipped, model={"name": "ifan", "kwargs": dict(DEFAULT_RUN_KWARGS)})
-    kept = dict(shipped, data=shipped["data"][:2] + [dict(shipped["data"][2], keep={"emotion": keep_weight})])
-    paths = {"finetuned": CONFIG}
-    for name, cfg in (("synthetic", synthetic), ("scratch", scratch), ("kept", kept)):
-        paths[name] = out / f"{name}.yaml"
+    real = shipped["data"][2]
+    keep = finetuned_keep(keep_weight)
+    finetuned = dict(shipped, data=shipped["data"][:2] + [dict(real, keep=keep)])
+    unkept = dict(shipped, data=shipped["data"][:2] + [{k: v for k, v in real.items() if k != "keep"}])
+    synthetic = dict(unkept, data=shipped["data"][:2] + [SYNTHETIC_LANDMARKS])
+    scratch = dict(unkept, model={"name": "ifan", "kwargs": dict(DEFAULT_RUN_KWARGS)})
+    paths = {}
+    for name, cfg in (("finetuned", finetuned), ("unkept", unkept), ("synthetic", synthetic), ("scratch", scratch)):
+        paths[name] = out / f"{run_name(name, 0, keep)}.yaml"
         paths[name].write_text(yaml.safe_dump(cfg, sort_keys=False))
     return paths
 
@@ -100,10 +118,12 @@ def offsets(faces: list[dict]) -> np.ndarray:
     return np.mean([point_offsets(f["predicted_points"], f["points"]) for f in faces if f.get("nme") is not None], 0)
 
 
-def run_name(condition: str, seed: int, keep_weight: float) -> str:
-    """A condition's name with what its runs were trained with beyond the defaults: a rerun with
-    another seed or weight into the same RUNS trains anew instead of reusing the earlier runs."""
-    name = condition + (f"-w{keep_weight:g}" if condition == "kept" and keep_weight != 1.0 else "")
+def run_name(condition: str, seed: int, keep: dict[str, float]) -> str:
+    """A condition's name with what its runs were trained with: a rerun with another seed or keep
+    weight (or after the shipped keep changed) into the same RUNS trains anew instead of reusing runs
+    trained otherwise. ``keep`` is the finetuned condition's (task: weight)."""
+    weights = sorted(set(keep.values())) if condition == "finetuned" else []
+    name = condition + "".join(f"-w{w:g}" for w in weights)
     return name + (f"-seed{seed}" if seed else "")
 
 
@@ -119,9 +139,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="runs, folds and scores go here (reused when present)")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--fold", type=int, help="train and score this fold only")
-    ap.add_argument("--conditions", default="finetuned,synthetic,scratch")
+    ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--scratch-folds", type=int, default=1, help="folds the scratch condition runs on (default 1)")
-    ap.add_argument("--keep-weight", type=float, default=1.0, help="the kept condition's emotion weight (default 1.0)")
+    ap.add_argument("--keep-weight", type=float,
+                    help="the finetuned condition's keep weight (default: the shipped config's, "
+                         + ", ".join(f"{t} {w:g}" for t, w in finetuned_keep().items()) + ")")
     ap.add_argument("--seed", type=int, default=0, help="the runs' seed (default 0, the shipped config's)")
     ap.add_argument("--posed", type=Path,
                     help="also score emotion on the posed faces (the folder posed_expressions.py --fetch filled)")
@@ -132,15 +154,18 @@ def main(argv=None) -> None:
         ap.error(f"unknown condition(s) {sorted(unknown)}")
     args.out.mkdir(parents=True, exist_ok=True)
     layout = args.out / "mtfl"
-    if not (layout / "testing.txt").is_file():
-        print(mtfl_layout(args.photos, layout))
-    folds = write_folds(layout, args.out, args.folds)
-    configs = write_configs(args.out, args.keep_weight)
-    facemtl = [sys.executable, "-m", "facemtl"]
     posed = args.out / "posed"
-    if args.posed is not None and not posed.is_dir():
-        script = Path(__file__).with_name("posed_expressions.py")
-        run([sys.executable, script, "--photos", args.posed, "--layout", posed])
+    keep = finetuned_keep(args.keep_weight)
+    with open(args.out / ".prepare.lock", "w") as lock:  # one benchmark per fold may share RUNS
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (layout / "testing.txt").is_file():
+            print(mtfl_layout(args.photos, layout))
+        folds = write_folds(layout, args.out, args.folds)
+        configs = write_configs(args.out, args.keep_weight)
+        if args.posed is not None and not posed.is_dir():
+            script = Path(__file__).with_name("posed_expressions.py")
+            run([sys.executable, script, "--photos", args.posed, "--layout", posed])
+    facemtl = [sys.executable, "-m", "facemtl"]
     table: dict[tuple[str, str], list[dict]] = {}
     for k, fold in enumerate(folds):
         if args.fold is not None and k != args.fold:
@@ -149,11 +174,11 @@ def main(argv=None) -> None:
         for c in conditions:
             if c == "scratch" and k >= args.scratch_folds:
                 continue
-            run_dir = args.out / f"{run_name(c, args.seed, args.keep_weight)}-{k}"
+            run_dir = args.out / f"{run_name(c, args.seed, keep)}-{k}"
             if not (run_dir / "metrics.json").is_file():
                 run(facemtl + ["train", configs[c], "--out", run_dir, "--set", f"data.2.root={fold}",
                                "--set", f"seed={args.seed}", "--quiet"])
-            models[run_name(c, args.seed, args.keep_weight)] = run_dir
+            models[run_name(c, args.seed, keep)] = run_dir
         for name, model in models.items():
             for crops in ("labels", "detector"):
                 scores = args.out / "scores" / f"{name}-{k}-{crops}.json"
@@ -166,7 +191,8 @@ def main(argv=None) -> None:
                 if not scores.is_file():
                     run(facemtl + ["score", "emotion-folder", posed, "--checkpoint", model, "--json", scores])
                 table.setdefault((name, "posed"), []).append(json.loads(scores.read_text()))
-    names = ["bundled"] + [run_name(c, args.seed, args.keep_weight) for c in conditions]
+    names = ["bundled"] + [run_name(c, args.seed, keep) for c in conditions]
+    width = max(map(len, names + ["mean shape"])) + 1
     for crops in ("labels", "detector"):
         where = "the labels' squares" if crops == "labels" else "the Haar detector"
         print(f"\nfrom {where}: landmark NME % per fold (found / faces); pooled mean / median over the faces "
@@ -179,19 +205,19 @@ def main(argv=None) -> None:
             nmes = [f["nme"] for f in faces]
             marks = [r["summary"]["landmarks"] for r in results]
             folds_text = " | ".join(f"{100 * m['mean']:.2f} ({m['found']}/{m['faces']})" for m in marks)
-            print(f"  {name:14s} {folds_text}; pooled {100 * statistics.mean(nmes):.2f} / "
+            print(f"  {name:{width}s} {folds_text}; pooled {100 * statistics.mean(nmes):.2f} / "
                   f"{100 * statistics.median(nmes):.2f} over {len(nmes)}; failures "
                   f"{100 * sum(x > 0.1 for x in nmes) / len(nmes):.1f}%")
             if crops == "labels":
-                print("                 mean offset per point (along, down; % IOD): "
+                print(" " * (width + 3) + "mean offset per point (along, down; % IOD): "
                       + " ".join(f"{a:+.1f},{b:+.1f}" for a, b in offsets(faces)))
         base = [r["summary"]["landmarks"]["baseline"]["mean"] for r in table[("bundled", crops)]]
-        print("  mean shape     " + " | ".join(f"{100 * b:.2f}" for b in base))
+        print("  " + "mean shape".ljust(width + 1) + " | ".join(f"{100 * b:.2f}" for b in base))
     if args.posed is not None:
         print("\nposed expressions: faces read right by each fold's model")
         for name in names:
             if results := table.get((name, "posed")):
-                print(f"  {name:14s} " + " | ".join(posed_text(r["summary"]["emotion"]) for r in results))
+                print(f"  {name:{width}s} " + " | ".join(posed_text(r["summary"]["emotion"]) for r in results))
 
 
 if __name__ == "__main__":

@@ -41,25 +41,30 @@ def test_folds_keep_the_faces_of_one_photo_together_and_cover_every_face_once(tm
 
 def test_the_compared_configs_differ_only_where_they_should(tmp_path):
     paths = finetune_real.write_configs(tmp_path)
-    shipped, synthetic, scratch, kept = (load_config(paths[c], ["data.2.root=/data"])
-                                         for c in ("finetuned", "synthetic", "scratch", "kept"))
-    assert shipped.model.init == "bundled" and synthetic.model.init == "bundled" and scratch.model.init is None
-    assert shipped.data[2].name == "mtfl" and synthetic.data[2].name == "synth" and scratch.data[2].name == "mtfl"
-    assert synthetic.data[:2] == shipped.data[:2] and synthetic.schedule == shipped.schedule == scratch.schedule
-    assert scratch.data == shipped.data and scratch.input_size == shipped.input_size
-    assert kept.data[2].keep == {"emotion": 1.0} and not shipped.data[2].keep
-    assert kept.data[:2] == shipped.data[:2] and kept.model == shipped.model and kept.schedule == shipped.schedule
-    assert dataclasses.replace(kept.data[2], keep=shipped.data[2].keep) == shipped.data[2]
-    (tmp_path / "w").mkdir()
-    lighter = load_config(finetune_real.write_configs(tmp_path / "w", 0.3)["kept"], ["data.2.root=/data"])
-    assert lighter.data[2].keep == {"emotion": 0.3}
+    shipped = load_config(finetune_real.CONFIG, ["data.2.root=/data"])
+    finetuned, unkept, synthetic, scratch = (load_config(paths[c], ["data.2.root=/data"])
+                                             for c in ("finetuned", "unkept", "synthetic", "scratch"))
+    assert finetuned == shipped and shipped.data[2].keep == {"emotion": 0.3} == finetune_real.finetuned_keep()
+    assert not unkept.data[2].keep and dataclasses.replace(unkept.data[2], keep=shipped.data[2].keep) == shipped.data[2]
+    assert unkept.data[:2] == shipped.data[:2] and unkept.model == shipped.model and unkept.schedule == shipped.schedule
+    assert synthetic.model.init == "bundled" and scratch.model.init is None
+    assert synthetic.data[2].name == "synth" and not synthetic.data[2].keep and synthetic.data[:2] == shipped.data[:2]
+    assert scratch.data == unkept.data and scratch.input_size == shipped.input_size
+    assert synthetic.schedule == scratch.schedule == shipped.schedule
+    heavier_path = finetune_real.write_configs(tmp_path, 1.0)["finetuned"]  # beside the shipped weight's, not over it
+    assert heavier_path != paths["finetuned"] and load_config(paths["finetuned"], ["data.2.root=/data"]) == shipped
+    heavier = load_config(heavier_path, ["data.2.root=/data"])
+    assert heavier.data[2].keep == {"emotion": 1.0} and dataclasses.replace(heavier.data[2], keep={"emotion": 0.3}) \
+        == shipped.data[2]
 
 
 def test_runs_at_other_settings_are_named_apart_so_a_rerun_does_not_reuse_them():
-    assert finetune_real.run_name("finetuned", 0, 1.0) == "finetuned"  # the layout of earlier benchmark folders
-    assert finetune_real.run_name("finetuned", 1, 0.3) == "finetuned-seed1"  # the weight is the kept condition's
-    assert finetune_real.run_name("kept", 0, 1.0) == "kept"
-    assert finetune_real.run_name("kept", 1, 0.3) == "kept-w0.3-seed1"
+    assert finetune_real.run_name("finetuned", 0, {"emotion": 0.3}) == "finetuned-w0.3"
+    assert finetune_real.run_name("finetuned", 1, {"emotion": 1.0}) == "finetuned-w1-seed1"
+    # earlier benchmark folders named the unkept runs "finetuned": a rerun does not mistake them for kept ones
+    assert finetune_real.run_name("finetuned", 0, {}) == "finetuned"
+    assert finetune_real.run_name("unkept", 1, {"emotion": 0.3}) == "unkept-seed1"  # the weight is finetuned's
+    assert finetune_real.run_name("scratch", 0, {"emotion": 0.3}) == "scratch"
 
 
 def test_posed_emotion_is_printed_as_faces_right_beside_always_the_commonest():

@@ -708,7 +708,8 @@ def _check(cfg: TrainConfig, where: _Where) -> None:
                           dict(src.keep))
             if t not in cfg.task_names or t in src.tasks:
                 others = [n for n in cfg.task_names if n not in src.tasks]
-                raise bad(f"data.{i}.keep", "tasks this source does not label: " + (", ".join(others) or "none"), t)
+                raise bad(f"data.{i}.keep", "tasks this source does not label: " + (", ".join(others) or "none")
+                          + f" (data.{i}.keep={{}} keeps none)", t)
             if not w >= 0:
                 raise bad(f"data.{i}.keep.{t}", "a weight >= 0", w)
     _check_model_kwargs(cfg, where)
