@@ -1,12 +1,16 @@
 """Fine-tuning: a run started from a trained checkpoint (``model.init``)."""
 
+import csv
 import json
+import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from facemtl.config import config_from_dict
+from facemtl.cli import main
+from facemtl.config import config_from_dict, load_config
 from facemtl.engine.loop import Training, train
 from facemtl.errors import FacemtlError
 from facemtl.models.checkpoint import load_model
@@ -115,3 +119,25 @@ def test_an_interrupted_fine_tuning_run_resumes_to_the_same_weights(trained, tmp
     a, b = load_model(full)[0].state_dict(), load_model(part)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((part / "model.json").read_text())["init"]["checkpoint"] == str(trained)
+
+
+def test_the_shipped_fine_tuning_config_trains_from_the_bundled_model_keeping_its_emotions(tmp_path):
+    """configs/finetune_bundled.yaml as a user runs it, made tiny (batch sizes, faces, one round):
+    its landmark updates carry the keep term, the other sources' do not."""
+    assert main(["synth", "export", "--format", "mtfl", "--n", "6", "--size", "128", "--style", "snapshot",
+                 "--seed", "5", "--out", str(tmp_path / "mtfl")]) == 0
+    tiny = [f"data.{i}.batch_size=2" for i in range(3)]
+    tiny += [f"data.{i}.{k}=2" for i in (0, 1) for k in ("n_train", "n_test")]  # the synthetic sources
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "finetune_bundled.yaml",
+                         [f"data.2.root={tmp_path / 'mtfl'}", "schedule.rounds=1", "schedule.warmup=0",
+                          "eval_batch_size=4", "logging.log_every=1", "logging.report=false",
+                          "logging.tensorboard=false", "logging.progress=false"] + tiny)
+    assert config.data[2].keep == {"emotion": 0.3} and config.model.init == "bundled"
+    run = train(config, tmp_path / "run", quiet=True)
+    rows = list(csv.DictReader((run / "steps.csv").open()))
+    keep = {r["task"]: [] for r in rows}
+    for r in rows:
+        keep[r["task"]].append(float(r["keep_loss"]))
+    assert set(keep) == {"landmarks", "parsing", "emotion"}
+    assert all(math.isfinite(x) and x >= 0 for x in keep["landmarks"]) and max(keep["landmarks"]) > 0
+    assert all(math.isnan(x) for t in ("parsing", "emotion") for x in keep[t])
