@@ -31,8 +31,8 @@ Beside them the bundled model as it is and the mean shape (``facemtl score``'s b
 and scores already in RUNS are reused, so an interrupted benchmark continues; runs at another
 seed or keep weight are named apart (``finetuned-w0.3-seed1-0``: condition, keep weight, seed,
 fold), and one benchmark per fold (``--fold K``) may run beside another into the same RUNS. Each
-run takes about 7-13 minutes on 2 cores (keeping: about 30% longer). The commands are printed as
-they run: each is a README command.
+run takes minutes on 2 cores: without keep 7-13 (2026-12-06), the shipped config with keep 26
+(2026-12-07). The commands are printed as they run: each is a README command.
 """
 
 from __future__ import annotations
