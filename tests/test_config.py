@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,6 +134,22 @@ def test_a_run_folder_stands_for_its_config_json(tmp_path):
     (run / "config.json").write_text('{"seed": 1,')  # facemtl writes it, so it reads as JSON
     with pytest.raises(FacemtlError, match=rf"^{re.escape(str(run / 'config.json'))}: malformed JSON"):
         load_config(run)
+
+
+def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from facemtl.config import SHIPPED_CONFIGS
+
+    repo_configs = Path(__file__).resolve().parents[1] / "configs"
+    assert sorted(p.name for p in SHIPPED_CONFIGS.glob("*.yaml")) == sorted(p.name for p in repo_configs.glob("*.yaml"))
+    monkeypatch.chdir(tmp_path)  # no configs/ here: an installed facemtl without the repository
+    by_name = load_config("finetune_bundled", ["data.2.root=/data"])
+    assert by_name == load_config("finetune_bundled.yaml", ["data.2.root=/data"])
+    assert by_name == load_config(repo_configs / "finetune_bundled.yaml", ["data.2.root=/data"])
+    (tmp_path / "finetune_bundled.yaml").write_text("seed: 7\n")  # a file of that name here comes first
+    assert load_config("finetune_bundled.yaml").seed == 7
+    with pytest.raises(FacemtlError, match=r"config file not found: configs/nope.yaml \(or give the name of a config "
+                       r"shipped with facemtl: control_emotion_ifan, .*finetune_bundled, .*ifan_synth_smoke\)$"):
+        load_config("configs/nope.yaml")
 
 
 def test_file_errors_give_file_and_line(tmp_path):

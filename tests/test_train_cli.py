@@ -96,7 +96,9 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     proc = _facemtl("train", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "x"))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    assert err.strip() == f"facemtl: error: config file not found: {tmp_path / 'missing.yaml'}"
+    assert err.strip().startswith(f"facemtl: error: config file not found: {tmp_path / 'missing.yaml'} (or give the "
+                                  "name of a config shipped with facemtl: ")
+    assert "finetune_bundled" in err and len(err.strip().splitlines()) == 1
 
 
 def test_help_matches_the_options(capsys):

@@ -756,6 +756,20 @@ def _node_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
             _node_lines(v, key, out)
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"  # the repository's configs/ (a link to it)
+
+
+def config_path(path: str | Path) -> Path:
+    """A config file or run folder as given, or, for a bare name that is neither, the config of that
+    name shipped with facemtl (``finetune_bundled`` or ``finetune_bundled.yaml``): installed without
+    the repository, ``facemtl train finetune_bundled`` still finds it."""
+    path = Path(path)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    shipped = SHIPPED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    return shipped if shipped.is_file() else path
+
+
 def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
     """YAML file -> (data, key path -> line); errors name the file and line. A run folder stands
     for the config it was trained with (its ``config.json``)."""
@@ -768,7 +782,9 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
 
         return read_json(path / "config.json", "run config"), {}  # written by facemtl: JSON errors fit it
     if not path.is_file():
-        raise FacemtlError(f"config file not found: {path}")
+        names = ", ".join(sorted(c.stem for c in SHIPPED_CONFIGS.glob("*.yaml")))
+        raise FacemtlError(f"config file not found: {path} (or give the name of a config shipped with facemtl: "
+                           f"{names})")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -851,6 +867,7 @@ def _drop_default_kwargs_on_rename(model: dict, overrides) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Defaults <- YAML file (optional) <- overrides, validated."""
+    path = config_path(path) if path is not None else None
     data, lines = read_yaml(path) if path is not None else ({}, {})
     if overrides:
         data = apply_overrides(data, overrides)

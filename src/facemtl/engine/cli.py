@@ -15,9 +15,9 @@ def register(subparsers) -> None:
         "The run folder gets model.safetensors/model.json, train_state.*, config.json, steps.csv, "
         "epochs.csv, tb/ (TensorBoard) and metrics.json. Ctrl-C saves a resumable state.",
     )
-    p.add_argument("config", nargs="?", help="YAML config file or a run folder (its config.json; omit for the "
-                   "built-in default run; "
-                   "with --resume, omit to reuse the run's config.json)")
+    p.add_argument("config", nargs="?", help="YAML config file, the name of a config shipped with facemtl (e.g. "
+                   "finetune_bundled; a wrong name lists them) or a run folder (its config.json); omit for the "
+                   "built-in default run; with --resume, omit to reuse the run's config.json")
     p.add_argument("--out", metavar="DIR",
                    help="run folder to write (default: runs/<config name>-<date>-<time>; required with --resume)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from facemtl.config import TrainConfig, apply_overrides, config_from_dict, read_yaml, to_dict
+from facemtl.config import TrainConfig, apply_overrides, config_from_dict, config_path, read_yaml, to_dict
 from facemtl.errors import FacemtlError
 
 
@@ -141,6 +141,7 @@ def _check_experiment(data, path: str, lines: dict[str, int]) -> DCNetExperiment
 
 def load_experiment(path, overrides: Sequence[str] = ()) -> tuple[TrainConfig, DCNetExperiment]:
     """Read an experiment file; ``overrides`` like ``train.schedule.epochs=2`` or ``experiment.trials=5``."""
+    path = config_path(path)  # a shipped experiment by name too (dcnet_aflw_scarcity)
     data, lines = read_yaml(path)
     train_ref = data.get("train") if isinstance(data, dict) and isinstance(data.get("train"), str) else None
     # `train: dcnet_aflw.yaml` names a training config file beside this one; train.* overrides go to it
