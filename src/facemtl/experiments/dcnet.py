@@ -578,7 +578,8 @@ def register(subparsers) -> None:
     }
     for name, text in helps.items():
         e = sub.add_parser(name, help=text, description=text)
-        e.add_argument("config", help="experiment YAML file (sections 'train' and 'experiment')")
+        e.add_argument("config", help="experiment YAML file (sections 'train' and 'experiment') or the name "
+                       "of one shipped with facemtl (e.g. dcnet_aflw_scarcity)")
         e.add_argument("--out", required=True, metavar="DIR", help="output folder (finished runs in it are reused)")
         e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. train.schedule.epochs=2 or experiment.trials=5")
