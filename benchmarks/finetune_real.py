@@ -86,14 +86,14 @@ def finetuned_keep(keep_weight: float | None = None) -> dict[str, float]:
     return {t: w if keep_weight is None else keep_weight for t, w in keep.items()}
 
 
-def write_configs(out: Path, keep_weight: float | None = None) -> dict[str, Path]:
-    """Each condition's config, named as its runs are (:func:`run_name`), so that concurrent
-    benchmarks at other keep weights into the same folder do not overwrite each other's."""
+def write_configs(out: Path, keep: dict[str, float]) -> dict[str, Path]:
+    """Each condition's config, the finetuned one keeping ``keep`` (:func:`finetuned_keep`), named as
+    its runs are (:func:`run_name`), so that concurrent benchmarks at other keep weights into the
+    same folder do not overwrite each other's."""
     from facemtl.models.ifan import DEFAULT_RUN_KWARGS
 
     shipped = yaml.safe_load(CONFIG.read_text())
     real = shipped["data"][2]
-    keep = finetuned_keep(keep_weight)
     finetuned = dict(shipped, data=shipped["data"][:2] + [dict(real, keep=keep)])
     unkept = dict(shipped, data=shipped["data"][:2] + [{k: v for k, v in real.items() if k != "keep"}])
     synthetic = dict(unkept, data=shipped["data"][:2] + [SYNTHETIC_LANDMARKS])
@@ -161,7 +161,7 @@ def main(argv=None) -> None:
         if not (layout / "testing.txt").is_file():
             print(mtfl_layout(args.photos, layout))
         folds = write_folds(layout, args.out, args.folds)
-        configs = write_configs(args.out, args.keep_weight)
+        configs = write_configs(args.out, keep)
         if args.posed is not None and not posed.is_dir():
             script = Path(__file__).with_name("posed_expressions.py")
             run([sys.executable, script, "--photos", args.posed, "--layout", posed])

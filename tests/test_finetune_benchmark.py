@@ -40,7 +40,7 @@ def test_folds_keep_the_faces_of_one_photo_together_and_cover_every_face_once(tm
 
 
 def test_the_compared_configs_differ_only_where_they_should(tmp_path):
-    paths = finetune_real.write_configs(tmp_path)
+    paths = finetune_real.write_configs(tmp_path, finetune_real.finetuned_keep())
     shipped = load_config(finetune_real.CONFIG, ["data.2.root=/data"])
     finetuned, unkept, synthetic, scratch = (load_config(paths[c], ["data.2.root=/data"])
                                              for c in ("finetuned", "unkept", "synthetic", "scratch"))
@@ -51,7 +51,7 @@ def test_the_compared_configs_differ_only_where_they_should(tmp_path):
     assert synthetic.data[2].name == "synth" and not synthetic.data[2].keep and synthetic.data[:2] == shipped.data[:2]
     assert scratch.data == unkept.data and scratch.input_size == shipped.input_size
     assert synthetic.schedule == scratch.schedule == shipped.schedule
-    heavier_path = finetune_real.write_configs(tmp_path, 1.0)["finetuned"]  # beside the shipped weight's, not over it
+    heavier_path = finetune_real.write_configs(tmp_path, finetune_real.finetuned_keep(1.0))["finetuned"]  # beside it
     assert heavier_path != paths["finetuned"] and load_config(paths["finetuned"], ["data.2.root=/data"]) == shipped
     heavier = load_config(heavier_path, ["data.2.root=/data"])
     assert heavier.data[2].keep == {"emotion": 1.0} and dataclasses.replace(heavier.data[2], keep={"emotion": 0.3}) \
