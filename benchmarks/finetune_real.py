@@ -3,8 +3,8 @@ on synthetic faces and against the same run from a random start.
 
 Run: python benchmarks/real_faces.py --fetch DIR          (once: the 71 real faces)
      python benchmarks/finetune_real.py --photos DIR --out RUNS [--folds 3] [--fold K]
-         [--conditions finetuned,unkept,synthetic,scratch] [--scratch-folds 1] [--seed S] [--keep-weight W]
-         [--posed POSED_DIR]
+         [--conditions finetuned,unkept,synthetic,scratch,control] [--scratch-folds 1] [--seed S]
+         [--keep-weight W] [--posed POSED_DIR]
 
 The 71 faces (5 points each) are written as an MTFL list and split into ``--folds`` folds by
 photo (the faces of one photo stay together; split seed 47). For each fold, each condition trains
@@ -21,7 +21,14 @@ Haar detector):
 - ``synthetic``: the unkept config with the landmark source synthetic (the bundled recipe's
   snapshot faces) instead of the real faces: what the extra training alone gives;
 - ``scratch``: the unkept config from a random initialisation (the default narrow iFAN; keep needs a
-  starting model), on the first ``--scratch-folds`` folds only.
+  starting model), on the first ``--scratch-folds`` folds only;
+- ``control``: a plain network fine-tuned the same way: the ResNet18 landmark regressor of
+  ``configs/control_landmarks_resnet18.yaml`` at the shipped config's input size (128 px), trained on
+  synthetic faces once per seed (run ``control-synthetic``, scored beside the bundled model: the
+  bundled model's landmark faces and number of landmark updates, without its random convolutions),
+  then on the real faces with as many landmark updates as the shipped config makes (its rounds x
+  the bundled model's refinement iterations), its learning rate schedule and its real source
+  (without keep): whether the landmark gain is iFAN's or any network's.
 
 ``--posed DIR`` (the folder ``posed_expressions.py --fetch`` filled) also scores each model's
 emotion on the 35 posed faces (``facemtl score emotion-folder``), which no condition trains on:
@@ -31,8 +38,9 @@ Beside them the bundled model as it is and the mean shape (``facemtl score``'s b
 and scores already in RUNS are reused, so an interrupted benchmark continues; runs at another
 seed or keep weight are named apart (``finetuned-w0.3-seed1-0``: condition, keep weight, seed,
 fold), and one benchmark per fold (``--fold K``) may run beside another into the same RUNS. Each
-run takes minutes on 2 cores: without keep 7-13 (2026-12-06), the shipped config with keep 26
-(2026-12-07). The commands are printed as they run: each is a README command.
+run takes minutes on 2 cores: without keep 7-13 (2026-12-06); on 2026-12-07 the shipped config
+with keep 26, the control's synthetic training 16 and each of its fine-tunings 4. The commands are
+printed as they run: each is a README command.
 """
 
 from __future__ import annotations
@@ -54,7 +62,8 @@ from real_faces import mtfl_layout, point_offsets
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "finetune_bundled.yaml"
 BUNDLED = REPO / "src" / "facemtl" / "assets" / "default_model"
-CONDITIONS = ("finetuned", "unkept", "synthetic", "scratch")
+CONTROL_CONFIG = REPO / "configs" / "control_landmarks_resnet18.yaml"
+CONDITIONS = ("finetuned", "unkept", "synthetic", "scratch", "control")
 SYNTHETIC_LANDMARKS = {"name": "synth", "tasks": ["landmarks"], "style": "snapshot", "batch_size": 16,
                        "n_train": 768, "n_test": 64, "seed": 1, "random_conv": 0.5}
 
@@ -98,11 +107,32 @@ def write_configs(out: Path, keep: dict[str, float]) -> dict[str, Path]:
     unkept = dict(shipped, data=shipped["data"][:2] + [{k: v for k, v in real.items() if k != "keep"}])
     synthetic = dict(unkept, data=shipped["data"][:2] + [SYNTHETIC_LANDMARKS])
     scratch = dict(unkept, model={"name": "ifan", "kwargs": dict(DEFAULT_RUN_KWARGS)})
+    control_synthetic, control = control_configs(shipped)
     paths = {}
-    for name, cfg in (("finetuned", finetuned), ("unkept", unkept), ("synthetic", synthetic), ("scratch", scratch)):
+    for name, cfg in (("finetuned", finetuned), ("unkept", unkept), ("synthetic", synthetic), ("scratch", scratch),
+                      ("control-synthetic", control_synthetic), ("control", control)):
         paths[name] = out / f"{run_name(name, 0, keep)}.yaml"
         paths[name].write_text(yaml.safe_dump(cfg, sort_keys=False))
     return paths
+
+
+def control_configs(shipped: dict) -> tuple[dict, dict]:
+    """The control's two configs: its synthetic training (``configs/control_landmarks_resnet18.yaml``
+    at the shipped config's input size: the two networks see the same pixels) and its fine-tuning
+    (``model.init``, the synthetic run, is set per seed at training): the shipped config's real
+    source without keep, one landmark update per step for as many steps as the shipped config makes
+    landmark updates (a stage-2 round trains the landmarks once per refinement iteration), the
+    shipped learning rates, its warm-up counted in landmark updates too."""
+    from facemtl.config import ScheduleConfig
+
+    synthetic = dict(yaml.safe_load(CONTROL_CONFIG.read_text()), input_size=shipped["input_size"])
+    iterations = json.loads((BUNDLED / "model.json").read_text())["model"]["config"]["iterations"]
+    sched = shipped["schedule"]
+    real = {k: v for k, v in shipped["data"][2].items() if k != "keep"}
+    return synthetic, {**synthetic, "data": [real], "seed": shipped.get("seed", 0),
+                       "schedule": {"mode": "joint", "rounds": sched["rounds"] * iterations, "lr": sched["lr"],
+                                    "lr_end": sched["lr_end"], "decay": sched.get("decay", ScheduleConfig.decay),
+                                    "warmup": sched.get("warmup", ScheduleConfig.warmup) * iterations}}
 
 
 def run(cmd: list[str]) -> None:
@@ -166,18 +196,31 @@ def main(argv=None) -> None:
             script = Path(__file__).with_name("posed_expressions.py")
             run([sys.executable, script, "--photos", args.posed, "--layout", posed])
     facemtl = [sys.executable, "-m", "facemtl"]
+    baselines = {"bundled": BUNDLED}
+    points_only = {run_name("control", args.seed, keep)}  # models that read no emotion
+    if "control" in conditions:  # the control's synthetic training, once per seed for every fold
+        base = run_name("control-synthetic", args.seed, keep)
+        baselines[base] = args.out / base
+        points_only.add(base)
+        with open(args.out / f".{base}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (baselines[base] / "metrics.json").is_file():
+                run(facemtl + ["train", configs["control-synthetic"], "--out", baselines[base],
+                               "--set", f"seed={args.seed}", "--quiet"])
     table: dict[tuple[str, str], list[dict]] = {}
     for k, fold in enumerate(folds):
         if args.fold is not None and k != args.fold:
             continue
-        models = {"bundled": BUNDLED}
+        models = dict(baselines)
         for c in conditions:
             if c == "scratch" and k >= args.scratch_folds:
                 continue
             run_dir = args.out / f"{run_name(c, args.seed, keep)}-{k}"
             if not (run_dir / "metrics.json").is_file():
-                run(facemtl + ["train", configs[c], "--out", run_dir, "--set", f"data.2.root={fold}",
-                               "--set", f"seed={args.seed}", "--quiet"])
+                source = "data.0" if c == "control" else "data.2"  # the real source
+                init = ["--set", f"model.init={baselines[base]}"] if c == "control" else []
+                run(facemtl + ["train", configs[c], "--out", run_dir, "--set", f"{source}.root={fold}",
+                               "--set", f"seed={args.seed}", *init, "--quiet"])
             models[run_name(c, args.seed, keep)] = run_dir
         for name, model in models.items():
             for crops in ("labels", "detector"):
@@ -186,12 +229,12 @@ def main(argv=None) -> None:
                     scores.parent.mkdir(exist_ok=True)
                     run(facemtl + ["score", "mtfl", fold, "--checkpoint", model, "--crops", crops, "--json", scores])
                 table.setdefault((name, crops), []).append(json.loads(scores.read_text()))
-            if args.posed is not None:
+            if args.posed is not None and name not in points_only:
                 scores = args.out / "scores" / f"{name}-{k}-posed.json"
                 if not scores.is_file():
                     run(facemtl + ["score", "emotion-folder", posed, "--checkpoint", model, "--json", scores])
                 table.setdefault((name, "posed"), []).append(json.loads(scores.read_text()))
-    names = ["bundled"] + [run_name(c, args.seed, keep) for c in conditions]
+    names = list(baselines) + [run_name(c, args.seed, keep) for c in conditions]
     width = max(map(len, names + ["mean shape"])) + 1
     for crops in ("labels", "detector"):
         where = "the labels' squares" if crops == "labels" else "the Haar detector"

@@ -58,6 +58,24 @@ def test_the_compared_configs_differ_only_where_they_should(tmp_path):
         == shipped.data[2]
 
 
+def test_the_control_is_the_plain_network_trained_on_the_real_faces_with_as_many_landmark_updates(tmp_path):
+    paths = finetune_real.write_configs(tmp_path, finetune_real.finetuned_keep())
+    control = load_config(paths["control"], ["data.0.root=/data", "model.init=/runs/control-synthetic"])
+    synthetic = load_config(paths["control-synthetic"])
+    plain = load_config(finetune_real.CONTROL_CONFIG)
+    shipped = load_config(finetune_real.CONFIG, ["data.2.root=/data"])
+    # the plain control as configs/ has it, at the bundled model's input size (128 px, not its own 64)
+    assert synthetic == dataclasses.replace(plain, input_size=shipped.input_size) and plain.input_size == 64
+    assert dataclasses.replace(control.model, init=None) == plain.model and control.input_size == shipped.input_size
+    assert control.model.init == "/runs/control-synthetic"
+    assert control.data == (dataclasses.replace(shipped.data[2], keep={}),)
+    # the shipped run: 150 rounds, each training the landmarks at refinement iterations 1 and 2
+    assert shipped.schedule.rounds == 150 and control.schedule.mode == "joint" and control.schedule.rounds == 300
+    assert (control.schedule.lr, control.schedule.lr_end, control.schedule.decay) == \
+        (shipped.schedule.lr, shipped.schedule.lr_end, shipped.schedule.decay)
+    assert control.schedule.warmup == 2 * shipped.schedule.warmup
+
+
 def test_runs_at_other_settings_are_named_apart_so_a_rerun_does_not_reuse_them():
     assert finetune_real.run_name("finetuned", 0, {"emotion": 0.3}) == "finetuned-w0.3"
     assert finetune_real.run_name("finetuned", 1, {"emotion": 1.0}) == "finetuned-w1-seed1"
