@@ -57,6 +57,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from facemtl.config import load_config
+from facemtl.models.checkpoint import read_model_info
+
 from real_faces import mtfl_layout, point_offsets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +110,7 @@ def write_configs(out: Path, keep: dict[str, float]) -> dict[str, Path]:
     unkept = dict(shipped, data=shipped["data"][:2] + [{k: v for k, v in real.items() if k != "keep"}])
     synthetic = dict(unkept, data=shipped["data"][:2] + [SYNTHETIC_LANDMARKS])
     scratch = dict(unkept, model={"name": "ifan", "kwargs": dict(DEFAULT_RUN_KWARGS)})
-    control_synthetic, control = control_configs(shipped)
+    control_synthetic, control = control_configs(unkept)
     paths = {}
     for name, cfg in (("finetuned", finetuned), ("unkept", unkept), ("synthetic", synthetic), ("scratch", scratch),
                       ("control-synthetic", control_synthetic), ("control", control)):
@@ -116,23 +119,23 @@ def write_configs(out: Path, keep: dict[str, float]) -> dict[str, Path]:
     return paths
 
 
-def control_configs(shipped: dict) -> tuple[dict, dict]:
+def control_configs(unkept: dict) -> tuple[dict, dict]:
     """The control's two configs: its synthetic training (``configs/control_landmarks_resnet18.yaml``
     at the shipped config's input size: the two networks see the same pixels) and its fine-tuning
-    (``model.init``, the synthetic run, is set per seed at training): the shipped config's real
-    source without keep, one landmark update per step for as many steps as the shipped config makes
-    landmark updates (a stage-2 round trains the landmarks once per refinement iteration), the
-    shipped learning rates, its warm-up counted in landmark updates too."""
-    from facemtl.config import ScheduleConfig
+    (``model.init``, the synthetic run, is set per seed at training): the real source of ``unkept``
+    (the shipped config without keep), one landmark update per step for as many steps as the shipped
+    run makes landmark updates (Algorithm 1's plan for one task over the shipped rounds at the
+    bundled model's refinement iterations), the shipped learning rates, the warm-up scaled alike."""
+    from facemtl.engine.hybrid import HybridPlan
 
-    synthetic = dict(yaml.safe_load(CONTROL_CONFIG.read_text()), input_size=shipped["input_size"])
-    iterations = json.loads((BUNDLED / "model.json").read_text())["model"]["config"]["iterations"]
-    sched = shipped["schedule"]
-    real = {k: v for k, v in shipped["data"][2].items() if k != "keep"}
-    return synthetic, {**synthetic, "data": [real], "seed": shipped.get("seed", 0),
-                       "schedule": {"mode": "joint", "rounds": sched["rounds"] * iterations, "lr": sched["lr"],
-                                    "lr_end": sched["lr_end"], "decay": sched.get("decay", ScheduleConfig.decay),
-                                    "warmup": sched.get("warmup", ScheduleConfig.warmup) * iterations}}
+    synthetic = dict(yaml.safe_load(CONTROL_CONFIG.read_text()), input_size=unkept["input_size"])
+    sched = load_config(CONFIG, ["data.2.root=unused"]).schedule  # the shipped values, defaults filled in
+    iterations = read_model_info(BUNDLED)["model"]["config"]["iterations"]
+    updates = HybridPlan((1,), 0, sched.epochs, sched.rounds, iterations, sched.pretrain_lr, sched.lr,
+                         sched.lr_end, sched.decay).total
+    return synthetic, {**synthetic, "data": [unkept["data"][2]], "seed": unkept.get("seed", 0),
+                       "schedule": {"mode": "joint", "rounds": updates, "lr": sched.lr, "lr_end": sched.lr_end,
+                                    "decay": sched.decay, "warmup": sched.warmup * updates // sched.rounds}}
 
 
 def run(cmd: list[str]) -> None:
@@ -197,11 +200,9 @@ def main(argv=None) -> None:
             run([sys.executable, script, "--photos", args.posed, "--layout", posed])
     facemtl = [sys.executable, "-m", "facemtl"]
     baselines = {"bundled": BUNDLED}
-    points_only = {run_name("control", args.seed, keep)}  # models that read no emotion
     if "control" in conditions:  # the control's synthetic training, once per seed for every fold
         base = run_name("control-synthetic", args.seed, keep)
         baselines[base] = args.out / base
-        points_only.add(base)
         with open(args.out / f".{base}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (baselines[base] / "metrics.json").is_file():
@@ -229,7 +230,8 @@ def main(argv=None) -> None:
                     scores.parent.mkdir(exist_ok=True)
                     run(facemtl + ["score", "mtfl", fold, "--checkpoint", model, "--crops", crops, "--json", scores])
                 table.setdefault((name, crops), []).append(json.loads(scores.read_text()))
-            if args.posed is not None and name not in points_only:
+            reads_emotion = any(t["name"] == "emotion" for t in read_model_info(model)["tasks"])
+            if args.posed is not None and reads_emotion:
                 scores = args.out / "scores" / f"{name}-{k}-posed.json"
                 if not scores.is_file():
                     run(facemtl + ["score", "emotion-folder", posed, "--checkpoint", model, "--json", scores])
