@@ -195,6 +195,22 @@ def test_single_task_configs_match_the_default_run(task):
     assert single.schedule == dataclasses.replace(default.schedule, rounds=rounds)
 
 
+def test_landmark_ifan_control_is_the_bundled_run_on_its_landmark_source_alone():
+    """configs/control_landmarks_ifan.yaml: the bundled model's network, input size, optimiser and
+    landmark source, and as many landmark updates (its stage-2 rounds: one pass of its largest source)."""
+    from facemtl.models.checkpoint import bundled_model
+
+    bundled = load_config(bundled_model())
+    control = load_config("configs/control_landmarks_ifan.yaml")
+    assert control.task_names == ("landmarks",)
+    assert control.data[0] == bundled.data[bundled.task_sources[bundled.task_names.index("landmarks")]]
+    assert control.data[0].random_conv == 0.5
+    assert dict(control.model.kwargs) == dict(bundled.model.kwargs)
+    assert (control.optimiser, control.input_size) == (bundled.optimiser, bundled.input_size)
+    rounds = bundled.schedule.epochs * max(s.n_train // s.batch_size for s in bundled.data)
+    assert control.schedule == dataclasses.replace(bundled.schedule, rounds=rounds)
+
+
 def test_configs_are_frozen():
     cfg = TrainConfig()
     with pytest.raises(Exception):
