@@ -1,4 +1,5 @@
-"""benchmarks/mtcnn_reference.py: the non-maximum suppression it supplies in torchvision's place, the split of faces by MTCNN's error."""
+"""benchmarks/mtcnn_reference.py: the non-maximum suppression it supplies in torchvision's place, the split of
+faces by MTCNN's error, a checkpoint's own mean."""
 
 import sys
 from pathlib import Path
@@ -43,3 +44,20 @@ def test_bad_crops_are_refused_before_mtcnn_runs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         mtcnn_reference.main(["--photos", str(tmp_path), "--facenet", str(tmp_path), "bundled", "--crops", "box"])
     assert "--crops takes detector, labels" in capsys.readouterr().err
+
+
+def test_a_checkpoint_s_own_mean_counts_every_face_it_found(monkeypatch):
+    import emotion_reading
+    import real_faces
+
+    rows = [{"found": True, "nme": 2.0, "baseline_nme": 10.0}, {"found": False},
+            {"found": True, "nme": 4.0, "baseline_nme": 12.0}, {"found": True, "nme": 9.0, "baseline_nme": 20.0},
+            {"found": True, "nme": 5.0, "baseline_nme": 14.0}, {"found": True, "nme": 6.0, "baseline_nme": 16.0}]
+    monkeypatch.setattr(emotion_reading, "load_predictor", lambda ckpt, detector: None)
+    monkeypatch.setattr(real_faces, "score", lambda pred, photos, mode: rows)
+    reference = [1.0, 2.0, 3.0, None, 4.0, 5.0]  # MTCNN missed face 4, the model face 2
+    model, mean_shape, (own, own_mean_shape) = mtcnn_reference.model_by_difficulty("run", "labels", None, reference)
+    assert model["faces"] == 4 and model["hardest quarter"] == (5.0, 6.0)
+    assert mean_shape["hardest quarter"] == (5.0, 16.0)
+    # the face MTCNN missed counts in the model's own mean, as real_faces.py counts it
+    assert own == [2.0, 4.0, 9.0, 5.0, 6.0] and own_mean_shape == [10.0, 12.0, 20.0, 14.0, 16.0]
