@@ -173,28 +173,27 @@ def main(argv=None) -> None:
           f"mean error per point (% of the inter-ocular distance): {per_point_text(per_point)}")
     for ckpt in args.checkpoints:
         for mode in modes:
-            model, mean_shape, (own, own_mean_shape) = model_by_difficulty(ckpt, mode, args.photos, reference)
-            faces = model.pop("faces")
-            cells = "; ".join(f"{name} MTCNN {r:.1f}%, model {m:.1f}% (mean shape {mean_shape[name][1]:.1f}%)"
-                              for name, (r, m) in model.items())
+            model, mean_shape = model_errors(ckpt, mode, args.photos)
+            split, split_mean_shape = by_difficulty(reference, model), by_difficulty(reference, mean_shape)
+            faces = split.pop("faces")
+            cells = "; ".join(f"{name} MTCNN {r:.1f}%, model {m:.1f}% (mean shape {split_mean_shape[name][1]:.1f}%)"
+                              for name, (r, m) in split.items())
+            own = [(m, b) for m, b in zip(model, mean_shape) if m is not None]  # real_faces.py's faces, MTCNN or not
             # three decimals: two trainings of one recipe can differ by hundredths here
-            print(f"{ckpt}, crops from the {mode}: mean NME {np.mean(own):.3f}% on the {len(own)} faces it found "
-                  f"(mean shape {np.mean(own_mean_shape):.3f}%); {faces} faces both found, by MTCNN's error: {cells}")
+            print(f"{ckpt}, crops from the {mode}: mean NME {np.mean([m for m, _ in own]):.3f}% on the {len(own)} "
+                  f"faces it found (mean shape {np.mean([b for _, b in own]):.3f}%); {faces} faces both found, "
+                  f"by MTCNN's error: {cells}")
 
 
-def model_by_difficulty(ckpt: str, mode: str, photos: Path,
-                        reference: list[float | None]) -> tuple[dict, dict, tuple[list, list]]:
-    """:func:`by_difficulty` of a checkpoint's NME per face (``real_faces.score`` in ``mode``; its rows
-    and ``reference`` both follow ``real_faces.faces_by_image``), and of the trivial baseline's, the
-    synthetic mean shape in the same crops, on the same faces; then the NME of both on every face the
-    checkpoint found (whether MTCNN found it or not: ``real_faces.py``'s means)."""
+def model_errors(ckpt: str, mode: str, photos: Path) -> tuple[list[float | None], list[float | None]]:
+    """A checkpoint's NME per labelled face (``real_faces.score`` in ``mode``; in the order of
+    ``real_faces.faces_by_image``, as :func:`score`'s), and the trivial baseline's, the synthetic mean
+    shape in the same crops; None where the checkpoint found no face (or reads no landmarks)."""
     from emotion_reading import load_predictor
     from real_faces import score as model_score
 
     rows = model_score(load_predictor(ckpt, detector="opencv" if mode == "detector" else "none"), photos, mode)
-    found = [r for r in rows if r["found"] and "nme" in r]
-    return (*(by_difficulty(reference, [r.get(key) if r["found"] else None for r in rows])
-              for key in ("nme", "baseline_nme")), ([r["nme"] for r in found], [r["baseline_nme"] for r in found]))
+    return tuple([r.get(key) if r["found"] else None for r in rows] for key in ("nme", "baseline_nme"))
 
 
 if __name__ == "__main__":
