@@ -148,6 +148,8 @@ def main(argv=None) -> None:
     ap.add_argument("--pad", type=float, default=0.25, help="pad each photo by this share of its longer side (default 0.25)")
     ap.add_argument("checkpoints", nargs="*",
                     help="also score these (run folders, model files, 'bundled') and split the faces by MTCNN's error")
+    ap.add_argument("--recrop", choices=("points", "turn"), default="points",
+                    help="how a detected face's second crop is made (the predictor's recrop; default points)")
     ap.add_argument("--crops", default="labels,detector",
                     help="the checkpoints' crops, as real_faces.py --crops (default labels,detector)")
     args = ap.parse_args(argv)
@@ -173,7 +175,7 @@ def main(argv=None) -> None:
           f"mean error per point (% of the inter-ocular distance): {per_point_text(per_point)}")
     for ckpt in args.checkpoints:
         for mode in modes:
-            model, mean_shape = model_errors(ckpt, mode, args.photos)
+            model, mean_shape = model_errors(ckpt, mode, args.photos, args.recrop)
             split, split_mean_shape = by_difficulty(reference, model), by_difficulty(reference, mean_shape)
             faces = split.pop("faces")
             cells = "; ".join(f"{name} MTCNN {r:.1f}%, model {m:.1f}% (mean shape {split_mean_shape[name][1]:.1f}%)"
@@ -185,14 +187,16 @@ def main(argv=None) -> None:
                   f"by MTCNN's error: {cells}")
 
 
-def model_errors(ckpt: str, mode: str, photos: Path) -> tuple[list[float | None], list[float | None]]:
+def model_errors(ckpt: str, mode: str, photos: Path,
+                 recrop: str = "points") -> tuple[list[float | None], list[float | None]]:
     """A checkpoint's NME per labelled face (``real_faces.score`` in ``mode``; in the order of
     ``real_faces.faces_by_image``, as :func:`score`'s), and the trivial baseline's, the synthetic mean
     shape in the same crops; None where the checkpoint found no face (or reads no landmarks)."""
     from emotion_reading import load_predictor
     from real_faces import score as model_score
 
-    rows = model_score(load_predictor(ckpt, detector="opencv" if mode == "detector" else "none"), photos, mode)
+    pred = load_predictor(ckpt, detector="opencv" if mode == "detector" else "none", recrop=recrop)
+    rows = model_score(pred, photos, mode)
     return tuple([r.get(key) if r["found"] else None for r in rows] for key in ("nme", "baseline_nme"))
 
 

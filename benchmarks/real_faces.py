@@ -573,6 +573,8 @@ def main(argv=None) -> None:
     ap.add_argument("--crops", default="detector,labels", help="comma-separated crop modes: detector, labels")
     ap.add_argument("--detail", type=int, metavar="PX", help=DETAIL_HELP)
     ap.add_argument("--detector", default="opencv", help="face detector for --crops detector (default: opencv)")
+    ap.add_argument("--recrop", choices=("points", "turn"), default="points",
+                    help="how a detected face's second crop is made (the predictor's recrop; default points)")
     ap.add_argument("--passes", type=int, choices=(1, 2),
                     help="crops per face, detected or from the labels' squares (default: the predictor's)")
     ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
@@ -629,7 +631,7 @@ def main(argv=None) -> None:
             continue
         for mode in modes:
             pred = load_predictor(ckpt, detector=args.detector if mode == "detector" else "none",
-                                  passes=args.passes, flip=args.flip, detail=args.detail)
+                                  passes=args.passes, flip=args.flip, detail=args.detail, recrop=args.recrop)
             rows = score(pred, args.photos, mode, args.move, args.pupils)
             moved = ("" if args.move == NO_MOVE
                      else " (squares moved by dx {:g}, dy {:g} of their side, scaled by {:g})".format(*args.move))

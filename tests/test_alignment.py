@@ -255,6 +255,41 @@ def test_a_given_box_of_a_tilted_face_is_cropped_again_turned_level_in_place():
         Predictor(model, {"input_size": SIZE}, flip=False, detector="none", **kwargs)(image, boxes=boxes)
         assert len(model.seen) == 1, (points, kwargs, boxes)
 
+def test_recrop_turn_turns_a_detected_face_s_calibrated_box_instead_of_re_placing_it():
+    image, box = photo(), [50.0, 30.0, 98.0, 78.0]
+    cal = Calibration(dx=0.05, dy=0.1, scale=0.9)
+    square = cal.apply(box)
+    tilted = [[0.36, 0.36], [0.62, 0.45], [0.48, 0.56], [0.34, 0.66], [0.55, 0.74]]  # eyes at ~19 degrees
+    as_output = np.array(tilted, np.float32).astype(np.float64) * SIZE
+    model = StubModel(tilted)
+    predictor = Predictor(model, {"input_size": SIZE}, flip=False, detector=FixedBoxes([box], cal), recrop="turn")
+    (face,) = predictor(image)
+    # every crop is the calibrated square turned about its centre by the previous crop's roll
+    assert len(model.seen) == UPRIGHT_MAX_CROPS
+    matrix = face_crop_matrix(box=square, size=SIZE, margin=predictor.margin)
+    torch.testing.assert_close(model.seen[0], crop_as_seen(predictor, image, matrix))
+    for k in range(1, UPRIGHT_MAX_CROPS):
+        matrix = turned_crop(square, upright_roll(warp_points(as_output, invert_affine(matrix))), SIZE,
+                             predictor.margin)
+        torch.testing.assert_close(model.seen[k], crop_as_seen(predictor, image, matrix))
+    np.testing.assert_allclose(face["box"], square, atol=1e-4)
+    assert face["detection_box"] == box
+    # level points keep the first crop; passes=2 and upright=False re-crop from the points as before
+    model = StubModel(POINTS)
+    Predictor(model, {"input_size": SIZE}, flip=False, detector=FixedBoxes([box], cal), recrop="turn")(image)
+    assert len(model.seen) == 1
+    for kwargs in ({"passes": 2, "upright": False}, {"upright": False}):
+        model = StubModel(POINTS)
+        p = Predictor(model, {"input_size": SIZE}, flip=False, detector=FixedBoxes([box], cal), recrop="turn", **kwargs)
+        p(image)
+        first = face_crop_matrix(box=square, size=SIZE, margin=p.margin)
+        second = face_crop_matrix(landmarks=warp_points(np.array(POINTS) * SIZE, invert_affine(first)), size=SIZE,
+                                  margin=p.margin)
+        torch.testing.assert_close(model.seen[1], crop_as_seen(p, image, second))
+    with pytest.raises(FacemtlError, match="recrop must be one of points, turn, got 'box'"):
+        Predictor(StubModel(POINTS), {"input_size": SIZE}, detector="none", recrop="box")
+
+
 
 def test_turned_crop_keeps_the_box_and_levels_the_eyes():
     box = np.array([20.0, 10.0, 84.0, 74.0])
@@ -581,6 +616,14 @@ def test_cli_passes_and_detector_options():
     assert parser.parse_args(["predict", "x.png", "--checkpoint", "run"]).passes is None  # auto: 2 when detected
     with pytest.raises(SystemExit):
         parser.parse_args(["predict", "x.png", "--checkpoint", "run", "--passes", "3"])
+    # --recrop offers the predictor's choices, default the predictor's
+    from facemtl.inference.predictor import RECROPS
+
+    assert parser.parse_args(["predict", "x.png"]).recrop == "points" == RECROPS[0]
+    for choice in RECROPS:
+        assert parser.parse_args(["score", "mtfl", "d", "--recrop", choice]).recrop == choice
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "x.png", "--recrop", "box"])
 
 
 def test_mediapipe_missing_is_one_clear_error(monkeypatch, tmp_path, capsys):

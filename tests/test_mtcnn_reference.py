@@ -53,13 +53,15 @@ def test_a_checkpoint_s_own_mean_counts_every_face_it_found(monkeypatch, capsys)
     rows = [{"found": True, "nme": 2.0, "baseline_nme": 10.0}, {"found": False},
             {"found": True, "nme": 4.0, "baseline_nme": 12.0}, {"found": True, "nme": 9.0, "baseline_nme": 20.0},
             {"found": True, "nme": 5.0, "baseline_nme": 14.0}, {"found": True, "nme": 6.0, "baseline_nme": 16.0}]
-    monkeypatch.setattr(emotion_reading, "load_predictor", lambda ckpt, detector: None)
+    loaded = []  # the predictor options main() asked for
+    monkeypatch.setattr(emotion_reading, "load_predictor", lambda ckpt, **kw: loaded.append(kw))
     monkeypatch.setattr(real_faces, "score", lambda pred, photos, mode: rows)
     monkeypatch.setattr(mtcnn_reference, "load_mtcnn", lambda folder: None)
     # MTCNN's per-point errors per face: it missed face 4 (the model missed face 2); NMEs 1, 2, 3, -, 4, 5
     monkeypatch.setattr(mtcnn_reference, "score", lambda mtcnn, photos, pad: [[v] * 5 if v else None
                                                                               for v in (1.0, 2.0, 3.0, None, 4.0, 5.0)])
-    mtcnn_reference.main(["--photos", "p", "--facenet", "f", "run", "--crops", "labels"])
+    mtcnn_reference.main(["--photos", "p", "--facenet", "f", "run", "--crops", "labels", "--recrop", "turn"])
+    assert loaded == [{"detector": "none", "recrop": "turn"}]
     line = capsys.readouterr().out.splitlines()[-1]
     # the face MTCNN missed counts in the model's own mean (2, 4, 9, 5, 6), as real_faces.py counts it
     assert "mean NME 5.200% on the 5 faces it found (mean shape 14.400%)" in line

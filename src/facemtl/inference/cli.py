@@ -141,6 +141,11 @@ def _predictor_arguments(p) -> None:
                    "crop (default: detected faces get the second crop only when their predicted eyes tilt by 5 "
                    "degrees or more; a --boxes face then gets its own box again, turned so the eyes are level; "
                    "--detector none gets one)")
+    p.add_argument("--recrop", choices=("points", "turn"), default="points",  # predictor.RECROPS
+                   help="how a detected face's second crop is made (default passes): points: from its predicted "
+                   "landmarks, as training crops; turn: its calibrated box again, turned so the eyes are level, "
+                   "as a --boxes face (through the Haar detector 9 of 10 models read real faces a little better "
+                   "this way; docs/evidence.md) (default: points)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time flip: run each face crop and its mirror image and average their outputs "
                    "(the mirror's left/right points and classes swapped back); --no-flip runs the model once "
@@ -375,7 +380,7 @@ def _load_predictor(args, tasks):
     return Predictor.from_checkpoint(_checkpoints(args), detector=args.detector, batch_size=args.batch_size,
                                      iterations=args.iterations, margin=args.margin, device=args.device,
                                      backend=args.backend, passes=args.passes, tasks=tasks,
-                                     flip=args.flip, detail=args.detail)
+                                     flip=args.flip, detail=args.detail, recrop=args.recrop)
 
 
 def run_score(args) -> int:

@@ -22,7 +22,10 @@ Pipeline for one image:
    again like an upright crop below): the caller's box keeps its place and size, only the head's
    roll is undone (on the 71 real faces of ``benchmarks/real_faces.py``, labels' squares, this
    did better than the re-crop from the predicted landmarks below, which also moves the square:
-   docs/evidence.md, "Faces in photos");
+   docs/evidence.md, "Faces in photos"); with ``recrop="turn"`` a detected face's calibrated box is
+   cropped again the same way (opt-in; through the Haar detector 9 of 10 models read the real
+   faces better, by 0.32 points on average, short of the rule set for making it the default:
+   docs/evidence.md, "Turning the detector's box instead of re-placing it");
 2b. two passes (``passes=2``; by default detected faces get a second pass only when the first
    pass's eyes tilt by :data:`UPRIGHT_MIN_DEGREES` or more (always with ``upright=False``), given
    boxes as in 2a, ``detector="none"`` never): the landmarks predicted on the first crop give a second crop made
@@ -140,6 +143,8 @@ UPRIGHT_MAX_CROPS = 4
 # tilted ones: the 64-px model bundled until 2026-12-01 11.2 / 9.0% on 13 faces, the 128-px model
 # bundled 2026-12-01 to 02 8.6 / 7.9% on 21), while tilted heads need the upright crop.
 UPRIGHT_MIN_DEGREES = 5.0
+# How a detected face's second crop is made (``recrop``): from the first pass's points, or its box turned level.
+RECROPS = ("points", "turn")
 # Face crops per forward pass by default. On the CPU small batches are both faster and lighter:
 # every crop runs 6 times (3 per-source streams, the flip), and large batches pay for fresh memory
 # in system time (bundled model, 2 cores, `facemtl predict` on 16 photos, 2026-12-06: batch 2
@@ -388,6 +393,9 @@ class Predictor:
     docstring). ``calibrate``: crop a
     detected box as its detector's calibrated face square (False: as the raw box).
     ``upright``: turn the second crop so the first pass's eyes are level (see the module docstring).
+    ``recrop``: how a detected face's second crop is made with the default ``passes`` and
+    ``upright``: ``"points"`` (default) from the first pass's landmarks, ``"turn"`` its calibrated
+    box turned so the predicted eyes are level, as a given box (see the module docstring).
     ``batch_size``: face crops per forward pass (across images; None: :data:`CPU_BATCH_SIZE` on
     the CPU, :data:`ACCELERATOR_BATCH_SIZE` on a GPU). ``iterations``: refinement
     iterations to run (None: all the model was built with). ``margin``: crop margin
@@ -407,7 +415,7 @@ class Predictor:
                  iterations: int | None = None, margin: float | None = None, device: str | torch.device = "cpu",
                  backend: str = "torch", threads: int | None = None, passes: int | None = None,
                  calibrate: bool = True, tasks=None, upright: bool = True, flip: bool = True,
-                 detail: int | None = None):
+                 detail: int | None = None, recrop: str = "points"):
         if detector is None:
             detector = "none"  # Python's own word for "no detector"
         if isinstance(detector, str):
@@ -456,6 +464,9 @@ class Predictor:
                                "'landmarks' task; use passes=1")
         self.passes = passes
         self.upright = bool(upright)
+        if recrop not in RECROPS:
+            raise FacemtlError(f"recrop must be one of {', '.join(RECROPS)}, got {recrop!r}")
+        self.recrop = recrop
         if not isinstance(flip, bool):
             raise FacemtlError(f"flip must be True or False, got {flip!r}")
         self.flip = flip
@@ -545,7 +556,7 @@ class Predictor:
                         continue
                     pixels = warp_image(image, matrix, self.input_size)
                     crops.append(_Crop(rec, len(crops), box, crop_box, matrix, pixels, image if passes > 1 else None,
-                                       turn_only=origin == "given" and self.passes is None, score=score))
+                                       turn_only=self._turn_only(origin), score=score))
             except FacemtlError as exc:
                 rec.error = str(exc)
             else:
@@ -599,6 +610,14 @@ class Predictor:
             return 1
         return 2 if origin == "detected" or (origin == "given" and self.upright) else 1
 
+    def _turn_only(self, origin: str) -> bool:
+        """Whether a face's later crops keep its first crop's box and only turn it (2a of the
+        module docstring): given boxes, and detected ones with ``recrop="turn"``, under the
+        default ``passes``; a detected face without ``upright`` is re-cropped from its points."""
+        if self.passes is not None:
+            return False
+        return origin == "given" or (origin == "detected" and self.recrop == "turn" and self.upright)
+
     def _crop(self, value, margin: float, height: int, width: int,
               detected: bool = False, turn: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(box, crop box, crop matrix) of one face, or a FacemtlError when its crop is
@@ -629,7 +648,8 @@ class Predictor:
     def _recrop(self, item: _Crop, points: np.ndarray) -> _Crop | None:
         """The next crop of a face: the training crop from its predicted landmarks
         (:func:`~facemtl.inference.alignment.landmark_square` with the checkpoint's margin,
-        turned upright with :attr:`upright`), for a ``turn_only`` crop (a given box by default)
+        turned upright with :attr:`upright`), for a ``turn_only`` crop (a given box by default, a
+        detected one with ``recrop="turn"``)
         its box turned so the predicted eyes are level
         (:func:`~facemtl.inference.alignment.turned_crop`), or None when the points give no plausible face
         square (:data:`MAX_RECROP_CHANGE`) or, for an upright crop, when they are level within
