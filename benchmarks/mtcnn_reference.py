@@ -141,6 +141,9 @@ def by_difficulty(reference: list[float | None], model: list[float | None]) -> d
 
 
 def main(argv=None) -> None:
+    from facemtl.constants import RECROPS
+    from facemtl.inference.cli import RECROP_HELP
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fetch", type=Path, metavar="DIR", help="download and unpack facenet-pytorch into DIR, then exit")
     ap.add_argument("--photos", type=Path, help="the folder made by real_faces.py --fetch")
@@ -148,8 +151,7 @@ def main(argv=None) -> None:
     ap.add_argument("--pad", type=float, default=0.25, help="pad each photo by this share of its longer side (default 0.25)")
     ap.add_argument("checkpoints", nargs="*",
                     help="also score these (run folders, model files, 'bundled') and split the faces by MTCNN's error")
-    ap.add_argument("--recrop", choices=("points", "turn"), default="points",
-                    help="how a detected face's second crop is made (the predictor's recrop; default points)")
+    ap.add_argument("--recrop", choices=RECROPS, default=RECROPS[0], help=RECROP_HELP)
     ap.add_argument("--crops", default="labels,detector",
                     help="the checkpoints' crops, as real_faces.py --crops (default labels,detector)")
     args = ap.parse_args(argv)

@@ -564,7 +564,8 @@ def box_move(text: str) -> tuple[float, float, float]:
 
 
 def main(argv=None) -> None:
-    from facemtl.inference.cli import DETAIL_HELP
+    from facemtl.constants import RECROPS
+    from facemtl.inference.cli import DETAIL_HELP, RECROP_HELP
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="*", help="run folders or model files; 'bundled': the package's model")
@@ -573,8 +574,7 @@ def main(argv=None) -> None:
     ap.add_argument("--crops", default="detector,labels", help="comma-separated crop modes: detector, labels")
     ap.add_argument("--detail", type=int, metavar="PX", help=DETAIL_HELP)
     ap.add_argument("--detector", default="opencv", help="face detector for --crops detector (default: opencv)")
-    ap.add_argument("--recrop", choices=("points", "turn"), default="points",
-                    help="how a detected face's second crop is made (the predictor's recrop; default points)")
+    ap.add_argument("--recrop", choices=RECROPS, default=RECROPS[0], help=RECROP_HELP)
     ap.add_argument("--passes", type=int, choices=(1, 2),
                     help="crops per face, detected or from the labels' squares (default: the predictor's)")
     ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,

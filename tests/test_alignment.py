@@ -255,6 +255,7 @@ def test_a_given_box_of_a_tilted_face_is_cropped_again_turned_level_in_place():
         Predictor(model, {"input_size": SIZE}, flip=False, detector="none", **kwargs)(image, boxes=boxes)
         assert len(model.seen) == 1, (points, kwargs, boxes)
 
+
 def test_recrop_turn_turns_a_detected_face_s_calibrated_box_instead_of_re_placing_it():
     image, box = photo(), [50.0, 30.0, 98.0, 78.0]
     cal = Calibration(dx=0.05, dy=0.1, scale=0.9)
@@ -288,7 +289,6 @@ def test_recrop_turn_turns_a_detected_face_s_calibrated_box_instead_of_re_placin
         torch.testing.assert_close(model.seen[1], crop_as_seen(p, image, second))
     with pytest.raises(FacemtlError, match="recrop must be one of points, turn, got 'box'"):
         Predictor(StubModel(POINTS), {"input_size": SIZE}, detector="none", recrop="box")
-
 
 
 def test_turned_crop_keeps_the_box_and_levels_the_eyes():
@@ -617,7 +617,7 @@ def test_cli_passes_and_detector_options():
     with pytest.raises(SystemExit):
         parser.parse_args(["predict", "x.png", "--checkpoint", "run", "--passes", "3"])
     # --recrop offers the predictor's choices, default the predictor's
-    from facemtl.inference.predictor import RECROPS
+    from facemtl.constants import RECROPS
 
     assert parser.parse_args(["predict", "x.png"]).recrop == "points" == RECROPS[0]
     for choice in RECROPS:

@@ -42,6 +42,11 @@ def expression_range_ok(strength) -> bool:
 GLASSES_FRAMES = ("small", "real")
 
 
+# How the predictor makes a detected face's second crop (``recrop``): from the first pass's points
+# (default), or its calibrated box turned so the predicted eyes are level
+RECROPS = ("points", "turn")
+
+
 # Largest resting brow drop a synthetic source may draw per subject (``data.N.brow_drop``)
 BROW_DROP = "a distance in 0..0.2 (fractions of the inter-ocular distance)"
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 # Light imports only: building the parser (facemtl --help) must not load torch or cv2.
-from facemtl.constants import DEFAULT_CROP_MARGIN, MAX_CROP_MARGIN, MAX_OPSET, MIN_OPSET, OPSET
+from facemtl.constants import DEFAULT_CROP_MARGIN, MAX_CROP_MARGIN, MAX_OPSET, MIN_OPSET, OPSET, RECROPS
 from facemtl.errors import FacemtlError
 
 PREDICT_EPILOG = """\
@@ -33,6 +33,10 @@ than 10 times its size) is left out and reported with its box. The exit status i
 DETAIL_HELP = ("shrink each face crop to PX pixels a side and enlarge it back before the network, so the model "
                "sees no finer detail than that; 0: the crop as cut (default: the checkpoint's crop.detail when it "
                "has one, else 0)")
+RECROP_HELP = ("how a detected face's second crop is made (default passes): points: from its predicted landmarks, as "
+               "training crops; turn: its calibrated box again, turned so the eyes are level, as a --boxes face "
+               "(through the Haar detector 9 of 10 models read real faces a little better this way; "
+               "docs/evidence.md) (default: points)")
 
 
 def register(subparsers) -> None:
@@ -141,11 +145,7 @@ def _predictor_arguments(p) -> None:
                    "crop (default: detected faces get the second crop only when their predicted eyes tilt by 5 "
                    "degrees or more; a --boxes face then gets its own box again, turned so the eyes are level; "
                    "--detector none gets one)")
-    p.add_argument("--recrop", choices=("points", "turn"), default="points",  # predictor.RECROPS
-                   help="how a detected face's second crop is made (default passes): points: from its predicted "
-                   "landmarks, as training crops; turn: its calibrated box again, turned so the eyes are level, "
-                   "as a --boxes face (through the Haar detector 9 of 10 models read real faces a little better "
-                   "this way; docs/evidence.md) (default: points)")
+    p.add_argument("--recrop", choices=RECROPS, default=RECROPS[0], help=RECROP_HELP)
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time flip: run each face crop and its mirror image and average their outputs "
                    "(the mirror's left/right points and classes swapped back); --no-flip runs the model once "

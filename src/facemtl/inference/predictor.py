@@ -109,6 +109,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from facemtl.constants import RECROPS
 from facemtl.data.sample import IMAGE_MEAN, IMAGE_STD
 from facemtl.data.images import read_image
 from facemtl.data.transforms import (
@@ -143,8 +144,6 @@ UPRIGHT_MAX_CROPS = 4
 # tilted ones: the 64-px model bundled until 2026-12-01 11.2 / 9.0% on 13 faces, the 128-px model
 # bundled 2026-12-01 to 02 8.6 / 7.9% on 21), while tilted heads need the upright crop.
 UPRIGHT_MIN_DEGREES = 5.0
-# How a detected face's second crop is made (``recrop``): from the first pass's points, or its box turned level.
-RECROPS = ("points", "turn")
 # Face crops per forward pass by default. On the CPU small batches are both faster and lighter:
 # every crop runs 6 times (3 per-source streams, the flip), and large batches pay for fresh memory
 # in system time (bundled model, 2 cores, `facemtl predict` on 16 photos, 2026-12-06: batch 2
