@@ -34,7 +34,9 @@ Haar detector):
 emotion on the 35 posed faces (``facemtl score emotion-folder``), which no condition trains on:
 what fine-tuning the landmarks costs the emotions. ``--seed S`` trains with ``--set seed=S``.
 
-Beside them the bundled model as it is and the mean shape (``facemtl score``'s baseline). Runs
+Beside them the bundled model as it is and the mean shape (``facemtl score``'s baseline). Every
+model is scored with ``--refiner none``: the face models' own points, the bundled one's too (its
+point refiner is not trained with them; it moves the bundled model's points, README). Runs
 and scores already in RUNS are reused, so an interrupted benchmark continues; runs at another
 seed or keep weight are named apart (``finetuned-w0.3-seed1-0``: condition, keep weight, seed,
 fold), and one benchmark per fold (``--fold K``) may run beside another into the same RUNS. Each
@@ -228,7 +230,8 @@ def main(argv=None) -> None:
                 scores = args.out / "scores" / f"{name}-{k}-{crops}.json"
                 if not scores.is_file():
                     scores.parent.mkdir(exist_ok=True)
-                    run(facemtl + ["score", "mtfl", fold, "--checkpoint", model, "--crops", crops, "--json", scores])
+                    run(facemtl + ["score", "mtfl", fold, "--checkpoint", model, "--crops", crops, "--refiner", "none",
+                                 "--json", scores])
                 table.setdefault((name, crops), []).append(json.loads(scores.read_text()))
             reads_emotion = any(t["name"] == "emotion" for t in read_model_info(model)["tasks"])
             if args.posed is not None and reads_emotion:

@@ -142,7 +142,7 @@ def by_difficulty(reference: list[float | None], model: list[float | None]) -> d
 
 def main(argv=None) -> None:
     from facemtl.constants import RECROPS
-    from facemtl.inference.cli import RECROP_HELP
+    from facemtl.inference.cli import RECROP_HELP, REFINER_HELP
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fetch", type=Path, metavar="DIR", help="download and unpack facenet-pytorch into DIR, then exit")
@@ -152,6 +152,7 @@ def main(argv=None) -> None:
     ap.add_argument("checkpoints", nargs="*",
                     help="also score these (run folders, model files, 'bundled') and split the faces by MTCNN's error")
     ap.add_argument("--recrop", choices=RECROPS, default=RECROPS[0], help=RECROP_HELP)
+    ap.add_argument("--refiner", default="auto", metavar="auto|none|DIR", help=REFINER_HELP)
     ap.add_argument("--crops", default="labels,detector",
                     help="the checkpoints' crops, as real_faces.py --crops (default labels,detector)")
     args = ap.parse_args(argv)
@@ -177,7 +178,7 @@ def main(argv=None) -> None:
           f"mean error per point (% of the inter-ocular distance): {per_point_text(per_point)}")
     for ckpt in args.checkpoints:
         for mode in modes:
-            model, mean_shape = model_errors(ckpt, mode, args.photos, args.recrop)
+            model, mean_shape = model_errors(ckpt, mode, args.photos, args.recrop, args.refiner)
             split, split_mean_shape = by_difficulty(reference, model), by_difficulty(reference, mean_shape)
             faces = split.pop("faces")
             cells = "; ".join(f"{name} MTCNN {r:.1f}%, model {m:.1f}% (mean shape {split_mean_shape[name][1]:.1f}%)"
@@ -190,14 +191,15 @@ def main(argv=None) -> None:
 
 
 def model_errors(ckpt: str, mode: str, photos: Path,
-                 recrop: str = "points") -> tuple[list[float | None], list[float | None]]:
+                 recrop: str = "points", refiner="auto") -> tuple[list[float | None], list[float | None]]:
     """A checkpoint's NME per labelled face (``real_faces.score`` in ``mode``; in the order of
     ``real_faces.faces_by_image``, as :func:`score`'s), and the trivial baseline's, the synthetic mean
     shape in the same crops; None where the checkpoint found no face (or reads no landmarks)."""
     from emotion_reading import load_predictor
     from real_faces import score as model_score
 
-    pred = load_predictor(ckpt, detector="opencv" if mode == "detector" else "none", recrop=recrop)
+    pred = load_predictor(ckpt, detector="opencv" if mode == "detector" else "none", recrop=recrop,
+                          refiner=refiner)
     rows = model_score(pred, photos, mode)
     return tuple([r.get(key) if r["found"] else None for r in rows] for key in ("nme", "baseline_nme"))
 

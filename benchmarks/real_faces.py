@@ -565,7 +565,7 @@ def box_move(text: str) -> tuple[float, float, float]:
 
 def main(argv=None) -> None:
     from facemtl.constants import RECROPS
-    from facemtl.inference.cli import DETAIL_HELP, RECROP_HELP
+    from facemtl.inference.cli import DETAIL_HELP, RECROP_HELP, REFINER_HELP
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="*", help="run folders or model files; 'bundled': the package's model")
@@ -575,6 +575,7 @@ def main(argv=None) -> None:
     ap.add_argument("--detail", type=int, metavar="PX", help=DETAIL_HELP)
     ap.add_argument("--detector", default="opencv", help="face detector for --crops detector (default: opencv)")
     ap.add_argument("--recrop", choices=RECROPS, default=RECROPS[0], help=RECROP_HELP)
+    ap.add_argument("--refiner", default="auto", metavar="auto|none|DIR", help=REFINER_HELP)
     ap.add_argument("--passes", type=int, choices=(1, 2),
                     help="crops per face, detected or from the labels' squares (default: the predictor's)")
     ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
@@ -631,7 +632,8 @@ def main(argv=None) -> None:
             continue
         for mode in modes:
             pred = load_predictor(ckpt, detector=args.detector if mode == "detector" else "none",
-                                  passes=args.passes, flip=args.flip, detail=args.detail, recrop=args.recrop)
+                                  passes=args.passes, flip=args.flip, detail=args.detail, recrop=args.recrop,
+                                  refiner=args.refiner)
             rows = score(pred, args.photos, mode, args.move, args.pupils)
             moved = ("" if args.move == NO_MOVE
                      else " (squares moved by dx {:g}, dy {:g} of their side, scaled by {:g})".format(*args.move))

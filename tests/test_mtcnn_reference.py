@@ -60,8 +60,9 @@ def test_a_checkpoint_s_own_mean_counts_every_face_it_found(monkeypatch, capsys)
     # MTCNN's per-point errors per face: it missed face 4 (the model missed face 2); NMEs 1, 2, 3, -, 4, 5
     monkeypatch.setattr(mtcnn_reference, "score", lambda mtcnn, photos, pad: [[v] * 5 if v else None
                                                                               for v in (1.0, 2.0, 3.0, None, 4.0, 5.0)])
-    mtcnn_reference.main(["--photos", "p", "--facenet", "f", "run", "--crops", "labels", "--recrop", "turn"])
-    assert loaded == [{"detector": "none", "recrop": "turn"}]
+    mtcnn_reference.main(["--photos", "p", "--facenet", "f", "run", "--crops", "labels", "--recrop", "turn",
+                          "--refiner", "none"])
+    assert loaded == [{"detector": "none", "recrop": "turn", "refiner": "none"}]
     line = capsys.readouterr().out.splitlines()[-1]
     # the face MTCNN missed counts in the model's own mean (2, 4, 9, 5, 6), as real_faces.py counts it
     assert "mean NME 5.200% on the 5 faces it found (mean shape 14.400%)" in line

@@ -133,6 +133,7 @@ def test_score_on_a_real_photo_matches_the_predictor_and_the_metric(tmp_path, ca
     want = float(nme(torch.as_tensor(np.asarray(faces[0]["landmarks"])[None]), torch.as_tensor(truth[None]))[0])
     assert lm["mean"] == pytest.approx(want, rel=1e-5)  # score runs only the landmark task: float32 rounding
     assert lm["mean"] < 0.08  # the bundled model on this photo: about 5% (README)
+    assert result["refiner"] == "auto"  # the bundled model's point refiner moved the points
     assert "baseline" not in lm and "mean shape  - (one face" in text  # no other face to average
     assert f"NME mean {100 * want:.2f}%" in text and "mean shape" in text
     assert result["faces"][0]["found"] and len(result["faces"][0]["predicted_points"]) == 5

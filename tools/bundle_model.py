@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 facemtl train --out runs/bundled --set input_size=128 --set data.1.style=studio \
         --set data.0.random_conv=0.5 --set data.1.random_conv=0.5 --set data.2.random_conv=0.5 \
         --set 'data.1.expression=[1.2,2.5]' --set seed=12
-    python tools/bundle_model.py runs/bundled
+    facemtl train-refiner --out runs/refiner
+    python tools/bundle_model.py runs/bundled --refiner runs/refiner
 
 (the default run's config at 128 px, its emotion source drawn in the well-lit "studio" style with
 stronger expressions, random-convolution restyling on every source, one thread; seed 12, chosen
@@ -14,7 +15,9 @@ how and why); the same command gives the same weights bit for bit only on the sa
 run's training config, which ``facemtl synth preview --source N --config bundled`` draws from); model.json gains a
 ``provenance`` entry (the command that trained it, the commit and platform it was trained on,
 the date, the run's test scores)
-so that ``facemtl.load()`` users can see where the weights come from. Several runs
+so that ``facemtl.load()`` users can see where the weights come from; ``--refiner DIR`` copies a point
+refiner (``refiner.safetensors`` + ``refiner.json``, its provenance inside) beside it, which
+``facemtl.load()`` and ``facemtl predict`` then use by default (:mod:`facemtl.models.refiner`). Several runs
 (``python tools/bundle_model.py RUN RUN ...``) are bundled as an ensemble: ``ensemble.json`` and
 one folder per member (``seed7``, ...), each with its own model.json and provenance
 (:func:`facemtl.models.checkpoint.ensemble_members`; the predictor averages their outputs).
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from facemtl.engine.loop import source_commit
 from facemtl.models.checkpoint import ENSEMBLE_FORMAT, ENSEMBLE_JSON, MODEL_JSON, MODEL_WEIGHTS
+from facemtl.models.refiner import REFINER_JSON, REFINER_WEIGHTS, load_refiner
 
 ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "src" / "facemtl" / "assets" / "default_model"
@@ -89,7 +93,7 @@ def clear(dest: Path) -> None:
         for name in json.loads(manifest.read_text()).get("members", []):
             shutil.rmtree(dest / name, ignore_errors=True)
         manifest.unlink()
-    for name in (MODEL_WEIGHTS, MODEL_JSON, RUN_CONFIG):
+    for name in (MODEL_WEIGHTS, MODEL_JSON, RUN_CONFIG, REFINER_WEIGHTS, REFINER_JSON):
         (dest / name).unlink(missing_ok=True)
 
 
@@ -109,7 +113,12 @@ def main(argv=None) -> None:
     ap.add_argument("--command", action="append",
                     help="the command that trained a run, recorded in its model.json: once, or once per run in "
                          "order ({seed}: the run's seed; default: COMMAND)")
+    ap.add_argument("--refiner", type=Path, metavar="DIR",
+                    help="a point refiner's folder (facemtl train-refiner) to bundle beside the model "
+                         "(without it, the bundled model has none)")
     args = ap.parse_args(argv)
+    if args.refiner is not None:
+        load_refiner(args.refiner)  # a readable refiner, or one clear error before anything is replaced
     commands = args.command or [COMMAND]
     if len(commands) not in (1, len(args.runs)):
         ap.error(f"give --command once or once per run ({len(args.runs)}), not {len(commands)} times")
@@ -132,7 +141,12 @@ def main(argv=None) -> None:
                                        "(points: their mean; classes: the mean of the members' probabilities)"},
         }, indent=1) + "\n")
         size = sum((DEST / name / MODEL_WEIGHTS).stat().st_size for name in names)
-    print(f"bundled {', '.join(map(str, args.runs))} -> {DEST} ({size / 1e6:.2f} MB)")
+    if args.refiner is not None:
+        for name in (REFINER_WEIGHTS, REFINER_JSON):
+            shutil.copyfile(args.refiner / name, DEST / name)
+        size += (DEST / REFINER_WEIGHTS).stat().st_size
+    print(f"bundled {', '.join(map(str, args.runs + ([args.refiner] if args.refiner else [])))} -> {DEST} "
+          f"({size / 1e6:.2f} MB)")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,10 @@ than 10 times its size) is left out and reported with its box. The exit status i
 DETAIL_HELP = ("shrink each face crop to PX pixels a side and enlarge it back before the network, so the model "
                "sees no finer detail than that; 0: the crop as cut (default: the checkpoint's crop.detail when it "
                "has one, else 0)")
+REFINER_HELP = ("point refiner: moves each of the five landmarks to where a small network finds it in a patch of the "
+                "photo around it (trained on synthetic faces: facemtl train-refiner); auto: the one saved beside the "
+                "checkpoint, as the bundled model's; none: the face model's own points; DIR: a refiner's folder "
+                "(default: auto)")
 RECROP_HELP = ("how a detected face's second crop is made (default passes): points: from its predicted landmarks, as "
                "training crops; turn: its calibrated box again, turned so the eyes are level, as a --boxes face "
                "(through the Haar detector 9 of 10 models read real faces a little better this way; "
@@ -146,6 +150,7 @@ def _predictor_arguments(p) -> None:
                    "degrees or more; a --boxes face then gets its own box again, turned so the eyes are level; "
                    "--detector none gets one)")
     p.add_argument("--recrop", choices=RECROPS, default=RECROPS[0], help=RECROP_HELP)
+    p.add_argument("--refiner", default="auto", metavar="auto|none|DIR", help=REFINER_HELP)
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="test-time flip: run each face crop and its mirror image and average their outputs "
                    "(the mirror's left/right points and classes swapped back); --no-flip runs the model once "
@@ -380,7 +385,7 @@ def _load_predictor(args, tasks):
     return Predictor.from_checkpoint(_checkpoints(args), detector=args.detector, batch_size=args.batch_size,
                                      iterations=args.iterations, margin=args.margin, device=args.device,
                                      backend=args.backend, passes=args.passes, tasks=tasks,
-                                     flip=args.flip, detail=args.detail, recrop=args.recrop)
+                                     flip=args.flip, detail=args.detail, recrop=args.recrop, refiner=args.refiner)
 
 
 def run_score(args) -> int:
@@ -454,7 +459,7 @@ def run_score(args) -> int:
     if args.json is not None:
         record = {"dataset": args.dataset, "root": str(args.root), "split": args.split, "options": options,
                   "checkpoint": [str(c) for c in args.checkpoint], "crops": args.crops, "detector": args.detector,
-                  "summary": result, "faces": [score.row_json(r) for r in rows]}
+                  "refiner": args.refiner if predictor.refiner is not None else "none", "summary": result, "faces": [score.row_json(r) for r in rows]}
         with AtomicTextFile(args.json, "--json") as out:
             out.write(dumps(record) + "\n")
     return 0

@@ -1,0 +1,175 @@
+"""Point refiner: a second, local stage for the five landmarks, after the face model.
+
+The face model reads the whole 128-px crop; on real photographs its five points sit 6-10% of the
+inter-ocular distance off, mostly because whole synthetic faces differ from real ones. Each point's
+own neighbourhood (an eye, a nose tip, a mouth corner) differs less, so a small network that sees
+only a patch around each predicted point and says where in it the point lies moves the points
+closer on real faces (docs/evidence.md, "A local point refiner"). Trained on synthetic faces only
+(:mod:`facemtl.engine.refiner`).
+
+Geometry: a point's patch is :data:`PATCH` pixels a side, covers :data:`PATCH_SIDE` of the
+inter-ocular distance of the points given, is centred on the point and turned so that the given
+eyes are level. The network reads the patch and the point's index and returns the true point's
+offset from the patch centre, in patch sides along the patch's axes (:func:`offsets_to_points`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+
+from facemtl.errors import FacemtlError
+from facemtl.tasks import STANDARD_TASKS
+
+PATCH = 48
+PATCH_SIDE = 0.8  # in inter-ocular distances of the points given
+REFINER_WEIGHTS, REFINER_JSON = "refiner.safetensors", "refiner.json"
+REFINER_FORMAT = "facemtl-point-refiner"
+FIVE_POINTS = STANDARD_TASKS["landmarks"]  # MTFL order: eyes, nose, mouth corners
+ANTI_ALIAS_FROM = 1.5  # shrinking a photo by more than this: blur first, as the crop would
+
+
+class PointRefiner(nn.Module):
+    """(N, 3, PATCH, PATCH) uint8-range patches and (N,) point indices -> (N, 2) offsets in patch
+    sides. Seven 3x3 conv + batch norm + ReLU layers with three poolings (48 -> 6 px), then two
+    linear layers that keep where things are in the patch (no global pooling: the answer is a place)."""
+
+    def __init__(self, width: int = 24, points: int = 5):
+        super().__init__()
+
+        def conv(a, b):
+            return [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
+
+        w = width
+        self.width, self.points = width, points
+        self.features = nn.Sequential(
+            *conv(3, w), *conv(w, w), nn.MaxPool2d(2),
+            *conv(w, 2 * w), *conv(2 * w, 2 * w), nn.MaxPool2d(2),
+            *conv(2 * w, 4 * w), *conv(4 * w, 4 * w), nn.MaxPool2d(2),
+            *conv(4 * w, 4 * w),
+        )
+        cells = (PATCH // 8) ** 2
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * cells, 256), nn.ReLU(inplace=True),
+                                  nn.Linear(256, 2 * points))
+
+    def forward(self, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        x = (patches.float() / 255 - 0.5) / 0.25
+        out = self.head(self.features(x)).view(-1, self.points, 2)
+        return out[torch.arange(len(index), device=out.device), index]
+
+
+def patch_frame(points: np.ndarray) -> tuple[float, float]:
+    """(angle in radians of the eye line, patch side in pixels) of (5, 2) points."""
+    eyes = np.asarray(points[1], np.float64) - np.asarray(points[0], np.float64)
+    return float(np.arctan2(eyes[1], eyes[0])), max(PATCH_SIDE * float(np.hypot(*eyes)), 4.0)
+
+
+def _turn(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+def patch_matrix(centre, angle: float, side: float) -> np.ndarray:
+    """2x3 affine from image pixels to patch pixels: ``centre`` at the patch's centre, the image
+    turned by ``-angle`` (the eye line level), ``side`` image pixels onto :data:`PATCH`."""
+    rot = _turn(-angle) * (PATCH / side)
+    shift = (PATCH - 1) / 2 - rot @ np.asarray(centre, np.float64)
+    return np.hstack([rot, shift[:, None]])
+
+
+def cut_patches(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(5, PATCH, PATCH, 3) patches of an RGB uint8 ``image`` around ``points``, with their frame
+    (:func:`patch_frame`); edges repeat the image's border."""
+    angle, side = patch_frame(points)
+    scale = side / PATCH
+    if scale > ANTI_ALIAS_FROM:  # a large face: smooth before sampling every few pixels
+        image = cv2.GaussianBlur(image, (0, 0), 0.5 * scale)
+    patches = np.stack([cv2.warpAffine(image, patch_matrix(p, angle, side), (PATCH, PATCH), flags=cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_REPLICATE) for p in np.asarray(points, np.float64)])
+    return patches, angle, side
+
+
+def points_to_offsets(truth: np.ndarray, points: np.ndarray, angle: float, side: float) -> np.ndarray:
+    """Where ``truth`` lies from ``points``, in patch sides along the patch axes (the target)."""
+    return (np.asarray(truth, np.float64) - points) @ _turn(-angle).T / side
+
+
+def offsets_to_points(offsets: np.ndarray, points: np.ndarray, angle: float, side: float) -> np.ndarray:
+    """Inverse of :func:`points_to_offsets`: the refined points in image pixels."""
+    return np.asarray(points, np.float64) + (np.asarray(offsets, np.float64) * side) @ _turn(angle).T
+
+
+def mirror_patches(patches: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Patches mirrored left-right, and the point index each one now shows (left eye <-> right eye,
+    mouth corners swapped): a mirrored face's patches."""
+    return np.ascontiguousarray(patches[:, :, ::-1]), list(FIVE_POINTS.flip)
+
+
+@torch.no_grad()
+def refine_points(refiner: PointRefiner, image: np.ndarray, points) -> np.ndarray:
+    """The five ``points`` (image pixels, MTFL order) of a face in the RGB uint8 ``image``, each
+    moved to where ``refiner`` finds it in its patch; the mean of the patch's answer and its mirror
+    image's (as the predictor's test-time flip)."""
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    if points.shape != (FIVE_POINTS.num_outputs, 2) or not np.all(np.isfinite(points)):
+        raise FacemtlError(f"the point refiner needs five finite points (MTFL order), got shape {points.shape}")
+    patches, angle, side = cut_patches(image, points)
+    mirrored, shown = mirror_patches(patches)
+    device = next(refiner.parameters()).device
+    batch = torch.from_numpy(np.concatenate([patches, mirrored])).permute(0, 3, 1, 2).to(device)
+    index = torch.tensor(list(range(len(points))) + shown, device=device)
+    out = refiner(batch, index).double().cpu().numpy()
+    own, back = out[: len(points)], out[len(points):]  # the mirrored patch k still holds point k,
+    back[:, 0] *= -1  # read as point shown[k], its offset mirrored back
+    return offsets_to_points((own + back) / 2, points, angle, side)
+
+
+def refiner_files(path) -> tuple[Path, Path]:
+    """(weights, JSON) of a refiner given as its folder, its .safetensors or its .json."""
+    p = Path(path)
+    if p.is_dir():
+        return p / REFINER_WEIGHTS, p / REFINER_JSON
+    if p.suffix in (".json", ".safetensors"):
+        return p.with_suffix(".safetensors"), p.with_suffix(".json")
+    raise FacemtlError(f"not a point refiner: {p} (expected a folder with {REFINER_JSON}, or that file)")
+
+
+def has_refiner(folder) -> bool:
+    return folder is not None and Path(folder).is_dir() and (Path(folder) / REFINER_JSON).is_file()
+
+
+def save_refiner(folder, refiner: PointRefiner, info: dict) -> None:
+    """``refiner.safetensors`` + ``refiner.json`` (``info``: provenance; the weights' SHA-256 added)."""
+    from facemtl.files import atomic_write_files, json_bytes, sha256_hex, tensors_bytes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = tensors_bytes(refiner.state_dict())
+    meta = {"format": REFINER_FORMAT, "width": refiner.width, "patch": PATCH, "patch_side": PATCH_SIDE,
+            "points": list(FIVE_POINTS.class_names), **info, "weights_sha256": sha256_hex(weights)}
+    atomic_write_files([(folder / REFINER_WEIGHTS, weights), (folder / REFINER_JSON, json_bytes(meta))])
+
+
+def load_refiner(path) -> PointRefiner:
+    """A saved refiner (folder, .safetensors or .json), ready for :func:`refine_points` (eval mode)."""
+    from facemtl.files import read_json, read_tensors
+
+    weights, meta_path = refiner_files(path)
+    meta = read_json(meta_path, "point refiner description")
+    if meta.get("format") != REFINER_FORMAT:
+        raise FacemtlError(f"{meta_path}: not a point refiner description (format {meta.get('format')!r}, "
+                           f"expected {REFINER_FORMAT!r})")
+    if meta.get("patch") != PATCH or meta.get("patch_side") != PATCH_SIDE:
+        raise FacemtlError(f"{meta_path}: patches of {meta.get('patch')} px over {meta.get('patch_side')} "
+                           f"inter-ocular distances; this facemtl cuts {PATCH} px over {PATCH_SIDE}")
+    refiner = PointRefiner(int(meta.get("width", 24)))
+    state = read_tensors(weights, "point refiner weights", meta.get("weights_sha256"), meta_path)
+    try:
+        refiner.load_state_dict(state)
+    except RuntimeError as exc:
+        raise FacemtlError(f"{weights}: weights do not fit a width-{refiner.width} point refiner ({exc})") from None
+    return refiner.eval()
