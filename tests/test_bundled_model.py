@@ -44,7 +44,9 @@ def test_predict_without_a_checkpoint_uses_the_bundled_model_on_a_real_photo(tmp
     points = np.asarray(faces[0]["landmarks"])
     truth = np.asarray(LABELS["landmarks"])
     nme = np.linalg.norm(points - truth, axis=1).mean() / np.linalg.norm(truth[0] - truth[1])
-    assert nme < 0.10  # measured 4.1% with the point refiner, 5.2% without it (the face model alone; the models bundled before: 3.8, 4.8 / 5.2%; hand labels carry ~3.5% of noise); pre-realism: 12%
+    # measured 4.1% with the point refiner, 5.2% without it (the face model alone; the models bundled
+    # before: 3.8, 4.8 / 5.2%; hand labels carry ~3.5% of noise); pre-realism: 12%
+    assert nme < 0.10
     assert faces[0]["emotion"]["label"] == "Happy"
 
     predictor = facemtl.load()  # the Python API takes the same model
@@ -86,7 +88,8 @@ def test_the_bundled_model_has_a_point_refiner_trained_by_the_recorded_command()
     assert "synthetic" in meta["trained_on"]
     # the command's defaults are the recipe it recorded, so the documented command makes this refiner
     assert meta["recipe"] == dataclasses.asdict(RefinerRecipe())
-    assert meta["command"].startswith("facemtl train-refiner") and (bundled_model() / REFINER_WEIGHTS).stat().st_size < 5e6
+    assert meta["command"].startswith("facemtl train-refiner")
+    assert (bundled_model() / REFINER_WEIGHTS).stat().st_size < 5e6
     assert isinstance(facemtl.load().refiner, PointRefiner)
     assert facemtl.load(refiner="none").refiner is None
 

@@ -179,7 +179,8 @@ def train_refiner(recipe: RefinerRecipe, progress: bool = False,
     info = {"trained_on": "synthetic faces only (facemtl's renderer)",
             "command": (f"facemtl train-refiner --out DIR --faces {recipe.faces} --steps {recipe.steps} "
                         f"--style {recipe.style} --seed {recipe.seed}"),
-            "recipe": asdict(recipe), "final_loss": smoothed, **origin, "minutes": round((time.time() - started) / 60, 1),
+            "recipe": asdict(recipe), "final_loss": smoothed, **origin,
+            "minutes": round((time.time() - started) / 60, 1),
             "held_out": {"faces": held_out.faces, "render_seed": held_out.render_seed + 1,
                          "point_error": round(after, 3), "guess_error": round(before, 3)}}
     return refiner.eval(), info

@@ -459,7 +459,8 @@ def run_score(args) -> int:
     if args.json is not None:
         record = {"dataset": args.dataset, "root": str(args.root), "split": args.split, "options": options,
                   "checkpoint": [str(c) for c in args.checkpoint], "crops": args.crops, "detector": args.detector,
-                  "refiner": args.refiner if predictor.refiner is not None else "none", "summary": result, "faces": [score.row_json(r) for r in rows]}
+                  "refiner": args.refiner if predictor.refiner is not None else "none", "summary": result,
+                  "faces": [score.row_json(r) for r in rows]}
         with AtomicTextFile(args.json, "--json") as out:
             out.write(dumps(record) + "\n")
     return 0

@@ -63,8 +63,9 @@ Pipeline for one image:
    it: each point to where a small network finds it in a patch of the PHOTO around it (turned so
    the eyes are level, mirrored and averaged like 3a). Only the reported points change; the
    re-crop of 2b and every other task read the face model's own points. Why: on the 71 real faces
-   it brought the bundled model's mean NME from 7.9 to 5.8% (labels' squares) and from 8.7 to 6.4%
-   (Haar) (docs/evidence.md, "A local point refiner").
+   it brought the bundled model's mean NME from 7.9 to 6.0% (labels' squares) and from 8.7 to 6.5%
+   (Haar) (docs/evidence.md, "A local point refiner"). Points that are not all finite are reported
+   as the face model gave them.
 
 An ensemble (a list of checkpoints, or a folder whose ``ensemble.json`` lists its member
 checkpoints, :func:`facemtl.models.checkpoint.ensemble_members`) runs every member on the same
@@ -758,8 +759,9 @@ class Predictor:
             try:
                 for task in self.tasks:
                     face[task.name] = self._map_back(task, out[task.name][j], matrix, rec.height, rec.width)
-                if item.photo is not None and FIVE_POINTS.name in face:
-                    face[FIVE_POINTS.name] = refine_points(self.refiner, item.photo, face[FIVE_POINTS.name])
+                points = face.get(FIVE_POINTS.name)
+                if item.photo is not None and points is not None and np.all(np.isfinite(points)):
+                    face[FIVE_POINTS.name] = refine_points(self.refiner, item.photo, points)
             except FacemtlError as exc:  # e.g. a crop too small to invert: this face only
                 rec.face_errors.append({"box": _box_json(box), "error": str(exc)})
             else:
