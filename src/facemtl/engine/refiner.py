@@ -65,12 +65,13 @@ def simulate_guess(truth, rng):
     scaled, turned and shifted about its centre, then each point moved on its own."""
     import numpy as np
 
+    from facemtl.models.refiner import _turn
+
     eyes = truth[1] - truth[0]
     iod = float(np.hypot(*eyes))
     centre = truth.mean(0)
     scale = rng.uniform(*GUESS_SCALE)
-    a = np.deg2rad(rng.normal(0, GUESS_TURN_SD))
-    turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    turn = _turn(np.deg2rad(rng.normal(0, GUESS_TURN_SD)))
     shift = rng.normal(0, GUESS_SHIFT_SD * iod, 2)
     guess = (truth - centre) @ turn.T * scale + centre + shift
     return guess + rng.normal(0, GUESS_POINT_SD * iod, truth.shape)
