@@ -10,7 +10,9 @@ import torch
 
 import facemtl
 from facemtl.cli import main
-from facemtl.engine.refiner import RefinerRecipe, make_patches, offset_error, simulate_guess, train_refiner
+import facemtl.engine.refiner as refiner_training
+from facemtl.engine.refiner import (RefinerRecipe, check_learned, make_patches, offset_error, simulate_guess,
+                                   train_refiner)
 from facemtl.errors import FacemtlError
 from facemtl.inference.predictor import Predictor
 from facemtl.models.checkpoint import save_checkpoint
@@ -138,12 +140,29 @@ def test_bad_refiner_files_and_recipes_are_one_clear_error(tmp_path):
         RefinerRecipe(faces=0).check()
     with pytest.raises(FacemtlError, match="unknown synthetic style"):
         RefinerRecipe(style="oil painting").check()
+    with pytest.raises(FacemtlError, match="warmup must be a whole number"):
+        RefinerRecipe(warmup=-1).check()
+    with pytest.raises(FacemtlError, match="gradient clip must be positive"):
+        RefinerRecipe(clip=0.0).check()
     assert main(["train-refiner", "--out", str(tmp_path / "c"), "--steps", "-1"]) == 2
     assert not (tmp_path / "c").exists()  # checked before any face is drawn
 
 
-def test_the_command_writes_a_refiner_with_its_recipe(tmp_path, capsys):
-    assert main(["train-refiner", "--out", str(tmp_path), "--faces", "3", "--steps", "2", "--style", "studio"]) == 0
+def test_a_refiner_that_did_not_learn_is_one_clear_error():
+    held = {"faces": 400, "point_error": 3.9, "guess_error": 12.35}
+    check_learned({"held_out": held}, "out")  # the shipped refiner's figures pass
+    for after in (13.3, 0.8 * 12.35):  # the collapsed run seen (answers each point's mean offset), the limit
+        with pytest.raises(FacemtlError, match=r"did not learn: .*13.30|did not learn: .*9.88") as caught:
+            check_learned({"held_out": {**held, "point_error": after}}, "out")
+        assert "nothing written to out" in str(caught.value) and "--seed" in str(caught.value)
+
+
+def test_the_command_writes_a_refiner_with_its_recipe(tmp_path, capsys, monkeypatch):
+    args = ["train-refiner", "--out", str(tmp_path), "--faces", "3", "--steps", "2", "--style", "studio"]
+    assert main(args) == 2  # two updates do not teach it: refused, nothing written
+    assert "did not learn" in capsys.readouterr().err and not (tmp_path / REFINER_JSON).exists()
+    monkeypatch.setattr(refiner_training, "LEARNED_RATIO", 100.0)  # the writing itself, without the training time
+    assert main(args) == 0
     meta = json.loads((tmp_path / REFINER_JSON).read_text())
     assert meta["recipe"]["faces"] == 3 and meta["recipe"]["style"] == "studio"
     assert "synthetic" in meta["trained_on"] and meta["command"].startswith("facemtl train-refiner")

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_train)
 
-    from facemtl.engine.refiner import RefinerRecipe
+    from facemtl.engine.refiner import LEARNED_RATIO, RefinerRecipe
 
     default = RefinerRecipe()
     r = subparsers.add_parser(
@@ -37,7 +37,8 @@ def register(subparsers) -> None:
         description="Train the point refiner: a small network that moves each of a face model's five points to "
         "where it finds it in a patch around it (facemtl.models.refiner), on synthetic faces only. Writes "
         "refiner.safetensors and refiner.json (provenance) into --out; a checkpoint folder holding them "
-        "refines its points in facemtl predict and score (--refiner).",
+        "refines its points in facemtl predict and score (--refiner). A refiner that did not learn (its held-out "
+        f"synthetic error not below {LEARNED_RATIO:.0%} of its guesses') is an error, and nothing is written.",
     )
     r.add_argument("--out", metavar="DIR", required=True, help="folder to write (e.g. a run folder)")
     r.add_argument("--faces", type=int, default=default.faces,
@@ -100,12 +101,13 @@ def _train(args) -> int:
 
 
 def _train_refiner(args) -> int:
-    from facemtl.engine.refiner import RefinerRecipe, train_refiner
+    from facemtl.engine.refiner import RefinerRecipe, check_learned, train_refiner
     from facemtl.models.refiner import save_refiner
 
     recipe = RefinerRecipe(faces=args.faces, steps=args.steps, style=args.style, seed=args.seed)
     recipe.check()  # before any face is drawn
     refiner, info = train_refiner(recipe, progress=not args.quiet)
+    check_learned(info, args.out)
     save_refiner(args.out, refiner, info)
     if not args.quiet:
         held = info["held_out"]

@@ -27,6 +27,7 @@ GUESS_SCALE = (0.85, 1.10)  # a first stage's face size, relative to the truth
 GUESS_TURN_SD = 5.0  # degrees
 GUESS_SHIFT_SD = 0.05  # inter-ocular distances, the whole face
 GUESS_POINT_SD = 0.06  # inter-ocular distances, each point
+LEARNED_RATIO = 0.8  # a refiner has learned when its held-out error is below this share of the guesses'
 
 
 @dataclass
@@ -44,6 +45,10 @@ class RefinerRecipe:
     random_conv: float = 0.5
     seed: int = 0
     width: int = 24
+    # a linear warm-up and clipped gradients: without them the head's hidden units can all die in the first
+    # updates (seen on wide-yaw faces: the refiner then answers each point's mean offset, whatever the patch)
+    warmup: int = 100
+    clip: float = 1.0
 
     def check(self) -> None:
         from facemtl.data.synth import STYLES
@@ -58,6 +63,10 @@ class RefinerRecipe:
             raise FacemtlError(f"random_conv must be in 0..1, got {self.random_conv}")
         if not self.lr > 0:
             raise FacemtlError(f"learning rate must be positive, got {self.lr}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise FacemtlError(f"refiner warmup must be a whole number of updates >= 0, got {self.warmup!r}")
+        if not self.clip > 0:
+            raise FacemtlError(f"refiner gradient clip must be positive, got {self.clip}")
 
 
 def simulate_guess(truth, rng):
@@ -65,13 +74,13 @@ def simulate_guess(truth, rng):
     scaled, turned and shifted about its centre, then each point moved on its own."""
     import numpy as np
 
-    from facemtl.models.refiner import _turn
+    from facemtl.models.refiner import rotation_2d
 
     eyes = truth[1] - truth[0]
     iod = float(np.hypot(*eyes))
     centre = truth.mean(0)
     scale = rng.uniform(*GUESS_SCALE)
-    turn = _turn(np.deg2rad(rng.normal(0, GUESS_TURN_SD)))
+    turn = rotation_2d(np.deg2rad(rng.normal(0, GUESS_TURN_SD)))
     shift = rng.normal(0, GUESS_SHIFT_SD * iod, 2)
     guess = (truth - centre) @ turn.T * scale + centre + shift
     return guess + rng.normal(0, GUESS_POINT_SD * iod, truth.shape)
@@ -162,16 +171,19 @@ def train_refiner(recipe: RefinerRecipe, progress: bool = False,
     optimiser = torch.optim.AdamW(refiner.parameters(), recipe.lr, weight_decay=recipe.weight_decay)
     refiner.train()
     smoothed = None
+    warmup = min(recipe.warmup, recipe.steps // 10)  # a short run still reaches its learning rate
     bar = tqdm(range(recipe.steps), desc="refiner", disable=not progress, unit="step")
     for step in bar:
+        warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
         for group in optimiser.param_groups:
-            group["lr"] = recipe.lr * 0.5 * (1 + np.cos(np.pi * step / recipe.steps))
+            group["lr"] = recipe.lr * warm * 0.5 * (1 + np.cos(np.pi * step / recipe.steps))
         x, y, index = _batch(data, rng, recipe.batch_size)
         if recipe.random_conv:
             x = random_convolution(x, recipe.random_conv, generator).clamp(0, 255)
         loss = torch.nn.functional.smooth_l1_loss(refiner(x, index), y, beta=0.02)
         optimiser.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(refiner.parameters(), recipe.clip)
         optimiser.step()
         smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
         bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
@@ -185,3 +197,16 @@ def train_refiner(recipe: RefinerRecipe, progress: bool = False,
             "held_out": {"faces": held_out.faces, "render_seed": held_out.render_seed + 1,
                          "point_error": round(after, 3), "guess_error": round(before, 3)}}
     return refiner.eval(), info
+
+
+def check_learned(info: dict, out) -> None:
+    """A :class:`FacemtlError` unless the refiner described by ``info`` (:func:`train_refiner`'s)
+    moves held-out guesses closer: its error below :data:`LEARNED_RATIO` of theirs. A refiner that
+    did not learn answers about the same offset for every patch and would move real points away."""
+    held = info["held_out"]
+    if not held["point_error"] < LEARNED_RATIO * held["guess_error"]:
+        raise FacemtlError(
+            f"the refiner did not learn: on {held['faces']} held-out synthetic faces its points are "
+            f"{held['point_error']:.2f}% of the inter-ocular distance off, the guesses it started from "
+            f"{held['guess_error']:.2f}% (it must reach below {LEARNED_RATIO:.0%} of that); nothing written to "
+            f"{out}. Train again with more --steps or --faces, or another --seed")

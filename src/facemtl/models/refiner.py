@@ -68,7 +68,8 @@ def patch_frame(points: np.ndarray) -> tuple[float, float]:
     return float(np.arctan2(eyes[1], eyes[0])), max(PATCH_SIDE * float(np.hypot(*eyes)), 4.0)
 
 
-def _turn(angle: float) -> np.ndarray:
+def rotation_2d(angle: float) -> np.ndarray:
+    """2x2 matrix turning (x right, y down) image vectors by ``angle`` radians (clockwise on screen)."""
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[c, -s], [s, c]])
 
@@ -76,7 +77,7 @@ def _turn(angle: float) -> np.ndarray:
 def patch_matrix(centre, angle: float, side: float) -> np.ndarray:
     """2x3 affine from image pixels to patch pixels: ``centre`` at the patch's centre, the image
     turned by ``-angle`` (the eye line level), ``side`` image pixels onto :data:`PATCH`."""
-    rot = _turn(-angle) * (PATCH / side)
+    rot = rotation_2d(-angle) * (PATCH / side)
     shift = (PATCH - 1) / 2 - rot @ np.asarray(centre, np.float64)
     return np.hstack([rot, shift[:, None]])
 
@@ -95,12 +96,12 @@ def cut_patches(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, floa
 
 def points_to_offsets(truth: np.ndarray, points: np.ndarray, angle: float, side: float) -> np.ndarray:
     """Where ``truth`` lies from ``points``, in patch sides along the patch axes (the target)."""
-    return (np.asarray(truth, np.float64) - points) @ _turn(-angle).T / side
+    return (np.asarray(truth, np.float64) - points) @ rotation_2d(-angle).T / side
 
 
 def offsets_to_points(offsets: np.ndarray, points: np.ndarray, angle: float, side: float) -> np.ndarray:
     """Inverse of :func:`points_to_offsets`: the refined points in image pixels."""
-    return np.asarray(points, np.float64) + (np.asarray(offsets, np.float64) * side) @ _turn(angle).T
+    return np.asarray(points, np.float64) + (np.asarray(offsets, np.float64) * side) @ rotation_2d(angle).T
 
 
 def mirror_patches(patches: np.ndarray) -> tuple[np.ndarray, list[int]]:
