@@ -131,7 +131,8 @@ def test_score_on_a_real_photo_matches_the_predictor_and_the_metric(tmp_path, ca
     # the same face through the predictor (Haar, its default), scored by the metric directly
     faces = facemtl.load()(read_image(ASTRONAUT))
     want = float(nme(torch.as_tensor(np.asarray(faces[0]["landmarks"])[None]), torch.as_tensor(truth[None]))[0])
-    assert lm["mean"] == pytest.approx(want, rel=1e-5)  # score runs only the landmark task: float32 rounding
+    # score runs only the landmark task: float32 rounding, which the refiner's patch sampling carries (1.3e-5 seen)
+    assert lm["mean"] == pytest.approx(want, rel=1e-4)
     assert lm["mean"] < 0.08  # the bundled model on this photo: about 5% (README)
     assert result["refiner"] == "auto"  # the bundled model's point refiner moved the points
     assert "baseline" not in lm and "mean shape  - (one face" in text  # no other face to average

@@ -63,7 +63,7 @@ Pipeline for one image:
    it: each point to where a small network finds it in a patch of the PHOTO around it (turned so
    the eyes are level, mirrored and averaged like 3a). Only the reported points change; the
    re-crop of 2b and every other task read the face model's own points. Why: on the 71 real faces
-   it brought the bundled model's mean NME from 7.9 to 6.0% (labels' squares) and from 8.7 to 6.5%
+   it brings the bundled model's mean NME from 7.9 to 5.5% (labels' squares) and from 8.7 to 5.9%
    (Haar) (docs/evidence.md, "A local point refiner"). Points that are not all finite are reported
    as the face model gave them.
 
