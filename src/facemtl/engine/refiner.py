@@ -149,7 +149,8 @@ def offset_error(refiner: PointRefiner, data: dict, batch: int = 512) -> tuple[f
 def train_refiner(recipe: RefinerRecipe, progress: bool = False,
                   data: dict | None = None) -> tuple[PointRefiner, dict]:
     """A refiner trained by ``recipe`` and its provenance (recipe, steps, final loss, the held-out
-    synthetic error). ``data``: patches made before (else :func:`make_patches`)."""
+    synthetic error). ``data``: patches made before (else :func:`make_patches`). Whether it learned
+    is :func:`check_learned`'s to say (``facemtl train-refiner`` calls it before writing)."""
     import numpy as np
     import torch
     from tqdm import tqdm
