@@ -26,13 +26,18 @@ Per (sources, iterations, batch, backend, tasks):
   only their streams and decoders run, and the up path only for a segmentation task; at Iter0
   that is the whole pass.
 
+Then the point refiner (:mod:`facemtl.models.refiner`, random weights, width 24) per backend:
+``setup s`` (onnxruntime: exporting its graph in memory and opening a session) and faces/s of
+``refine_points`` on one face of a 512x512 photo (cutting five patches, reading them and their
+mirror images, averaging): what step 4a adds to each face. ``--only-refiner`` skips the model table.
+
 Every figure is for ONE pass per crop (``flip=False``): the predictor's default test-time flip
 runs each crop and its mirror, so it predicts about half as many faces per second.
 
 The calls of every (backend, tasks) alternate (see :func:`timed`) and each figure is a median.
 
 Usage: python benchmarks/predict_speed.py [--threads 2] [--batches 1 32] [--iterations 0 2]
-       [--backends torch onnxruntime] [--sources 3 1] [--tasks all landmarks] [--seconds 5]
+       [--backends torch onnxruntime] [--sources 3 1] [--tasks all landmarks] [--seconds 5] [--only-refiner]
 The full default table takes several minutes on 2 cores (torch at batch 32, Iter2, is ~10 s per
 forward); ``--batches 1 --seconds 2`` is a quick look, and
 ``--sources 3 --batches 1 --backends torch --iterations 0 2`` compares landmarks with all tasks.
@@ -89,6 +94,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["all", "landmarks"], metavar="T1,T2",
                     help="task sets to report, each comma-separated, or all (default: all landmarks)")
     ap.add_argument("--seconds", type=float, default=5.0, help="measuring time per figure and backend")
+    ap.add_argument("--only-refiner", action="store_true", help="time only the point refiner")
     args = ap.parse_args()
     task_sets = {name: None if name == "all" else name.split(",") for name in args.tasks}
 
@@ -103,10 +109,11 @@ def main() -> None:
           f"onnxruntime {ort_version}, {args.threads} thread(s), "
           f"{platform.processor() or platform.machine()}, load average {load_average():.1f} at start")
     width = max(9, *(len(name) for name in task_sets))
-    print(f"{'sources':>7} {'iters':>5} {'batch':>5} {'backend':>11} {'tasks':>{width}} {'setup s':>7} "
-          f"{'model faces/s':>13} {'predict faces/s':>15} {'x torch':>7} {'x all':>6}")
+    if not args.only_refiner:
+        print(f"{'sources':>7} {'iters':>5} {'batch':>5} {'backend':>11} {'tasks':>{width}} {'setup s':>7} "
+              f"{'model faces/s':>13} {'predict faces/s':>15} {'x torch':>7} {'x all':>6}")
     rng = np.random.default_rng(0)
-    for sources in args.sources:
+    for sources in [] if args.only_refiner else args.sources:
         model = paper_model(sources)
         for iterations in args.iterations:
             predictors, setup_s = {}, {}  # keyed by (backend, task set)
@@ -135,7 +142,35 @@ def main() -> None:
                     print(f"{sources:>7} {iterations:>5} {batch:>5} {backend:>11} {name:>{width}} "
                           f"{setup_s[key]:>7.1f} {model_fps[key]:>13.1f} {predict_fps[key]:>15.1f} {ratio} {saved}",
                           flush=True)
+    refiner_speed(args.backends, args.seconds)
     print(f"load average {load_average():.1f} at the end (other processes on the machine skew the figures)")
+
+
+def refiner_speed(backends, seconds: float) -> None:
+    """Print the point refiner's setup time and faces/s per backend (see the module docstring)."""
+    from facemtl.models.refiner import PointRefiner, refine_points
+
+    torch.manual_seed(0)
+    refiner = PointRefiner().eval()
+    photo = np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    points = np.array([[200.0, 200.0], [300.0, 205.0], [250.0, 260.0], [210.0, 310.0], [290.0, 312.0]])
+    readers, setup_s = {}, {}
+    for backend in backends:
+        start = time.perf_counter()
+        if backend == "onnxruntime":
+            from facemtl.inference.export import OnnxRefiner
+
+            readers[backend] = OnnxRefiner(refiner, torch.get_num_threads())
+        else:
+            readers[backend] = refiner
+        setup_s[backend] = time.perf_counter() - start
+        refine_points(readers[backend], photo, points)  # warm-up
+    fps = timed({b: (lambda r=r: refine_points(r, photo, points)) for b, r in readers.items()}, 1, seconds)
+    print("point refiner (random weights, width 24), one face of a 512x512 photo per call:")
+    print(f"{'backend':>11} {'setup s':>7} {'faces/s':>8} {'x torch':>7}")
+    for backend, value in fps.items():
+        ratio = f"{value / fps['torch']:7.2f}" if "torch" in fps else f"{'-':>7}"
+        print(f"{backend:>11} {setup_s[backend]:>7.1f} {value:>8.1f} {ratio}", flush=True)
 
 
 if __name__ == "__main__":

@@ -142,3 +142,80 @@ def test_deep_collaboration_model_exports_and_predicts_decoded_points(tmp_path):
     assert set(face) == {"box", "detection_box", "landmarks", "smile"}
     assert face["smile"]["label"] in ("smiling", "not_smiling")
     assert np.all((face["landmarks"] >= 0) & (face["landmarks"] <= SIZE))  # normalised [0, 1] x SIZE
+
+
+def _five_point_run(path):
+    """A tiny landmark model with a random point refiner saved beside it."""
+    from facemtl.models.refiner import PointRefiner, save_refiner
+
+    torch.manual_seed(2)
+    config = {**CONFIG, "tasks": ["landmarks"], "num_sources": 1}
+    save_checkpoint(path, facemtl.create_model("ifan", **config).eval(),
+                    {"model": {"name": "ifan", "config": config}, "input_size": SIZE})
+    save_refiner(path, PointRefiner(4), {"trained_on": "nothing: random weights"})
+    return path
+
+
+def _patches_as_the_geometry_says(photo, points, patch, side_ratio, alias):
+    """The refiner's patches cut from the metadata's words alone (numpy and OpenCV, no facemtl)."""
+    import cv2
+
+    d = points[1] - points[0]
+    angle, side = np.arctan2(d[1], d[0]), max(side_ratio * np.hypot(*d), 4.0)
+    if side / patch > alias:
+        photo = cv2.GaussianBlur(photo, (0, 0), 0.5 * side / patch)
+    turn = np.array([[np.cos(-angle), -np.sin(-angle)], [np.sin(-angle), np.cos(-angle)]]) * (patch / side)
+    cut = [cv2.warpAffine(photo, np.hstack([turn, ((patch - 1) / 2 - turn @ p)[:, None]]), (patch, patch),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for p in points]
+    return np.stack(cut)[None], angle, side
+
+
+def test_the_refiner_is_exported_beside_and_its_metadata_is_enough_to_use_it(tmp_path, capsys):
+    import onnx
+
+    from facemtl.models.refiner import ANTI_ALIAS_FROM, PATCH, PATCH_SIDE, load_refiner, refine_points
+
+    run = _five_point_run(tmp_path / "run")
+    out = tmp_path / "face.onnx"
+    assert main(["export", str(run), "--onnx", str(out), "--check"]) == 0
+    err = capsys.readouterr().err
+    assert "face.refiner.onnx" in err and "refiner offsets" in err
+    graph = onnx.load(str(tmp_path / "face.refiner.onnx"))
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(meta["facemtl_refiner"]) == json.loads((run / "refiner.json").read_text())
+    assert f"({PATCH}, {PATCH})" in meta["geometry"] and f"{PATCH_SIDE} * |d|" in meta["geometry"]
+    session = onnx_session(tmp_path / "face.refiner.onnx")
+    refiner = load_refiner(run)
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (300, 280, 3), dtype=np.uint8)
+    for scale in (0.5, 2.0):  # a small face, and one large enough to be blurred first
+        points = (np.array([[100.0, 110.0], [160.0, 100.0], [130.0, 140.0], [105.0, 170.0], [155.0, 165.0]]) - 130)
+        points = points * scale + 140 + rng.uniform(-2, 2, (5, 2))
+        patches, angle, side = _patches_as_the_geometry_says(photo, points, PATCH, PATCH_SIDE, ANTI_ALIAS_FROM)
+        assert (side / PATCH > ANTI_ALIAS_FROM) == (scale > 1)
+        offsets = session.run(None, {"patches": patches})[0][0].astype(np.float64)
+        turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        refined = points + side * offsets @ turn.T
+        np.testing.assert_allclose(refined, refine_points(refiner, photo, points), atol=1e-3)
+        assert np.abs(refined - points).max() > 1e-2
+
+
+def test_export_refiner_none_writes_the_face_model_only(tmp_path, run_dir):
+    run = _five_point_run(tmp_path / "run")
+    assert main(["export", str(run), "--onnx", str(tmp_path / "a.onnx"), "--refiner", "none"]) == 0
+    assert (tmp_path / "a.onnx").exists() and not (tmp_path / "a.refiner.onnx").exists()
+    # auto with no refiner beside the checkpoint: the face model only, no complaint
+    assert main(["export", str(run_dir), "--onnx", str(tmp_path / "b.onnx")]) == 0
+    assert not (tmp_path / "b.refiner.onnx").exists()
+
+
+def test_export_of_a_refiner_for_a_model_without_the_five_points_is_one_line(tmp_path, capsys):
+    run = _five_point_run(tmp_path / "run")
+    torch.manual_seed(0)
+    config = {**CONFIG, "tasks": ["emotion"], "num_sources": 1}
+    save_checkpoint(tmp_path / "emo", facemtl.create_model("ifan", **config).eval(),
+                    {"model": {"name": "ifan", "config": config}, "input_size": SIZE})
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "emo"), "--onnx", str(tmp_path / "e.onnx"), "--refiner", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "no such task" in err and err.count("\n") == 1 and not (tmp_path / "e.onnx").exists()

@@ -45,15 +45,17 @@ def dots(points, shape=(200, 180)) -> np.ndarray:
 
 
 class DotFinder(PointRefiner):
-    """A refiner that knows the answer: the offset of the brightest blob in each patch (its centroid)."""
+    """A refiner that knows the answer: the offset of the brightest blob in each patch (its centroid),
+    whichever point the patch is read as."""
 
-    def forward(self, patches, index):
+    def every_point(self, patches):
         x = patches.float()[:, 0]
         weight = (x - x.amax((1, 2), keepdim=True) * 0.5).clamp(min=0)
         grid = (torch.arange(PATCH, dtype=torch.float32) - (PATCH - 1) / 2) / PATCH
         total = weight.sum((1, 2))
-        return torch.stack([(weight * grid[None, None]).sum((1, 2)) / total,
-                            (weight * grid[None, :, None]).sum((1, 2)) / total], 1)
+        found = torch.stack([(weight * grid[None, None]).sum((1, 2)) / total,
+                             (weight * grid[None, :, None]).sum((1, 2)) / total], 1)
+        return found[:, None].expand(-1, self.points, 2)
 
 
 def test_a_point_s_patch_is_centred_on_it_and_turned_level_with_the_eyes():
@@ -93,6 +95,21 @@ def test_every_parameter_gets_a_gradient_and_the_point_index_picks_the_output():
     torch.testing.assert_close(out, every[torch.arange(6), index])
     out.square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in refiner.parameters())
+
+
+def test_face_offsets_average_each_patch_with_its_mirror_read_as_the_mirrored_point():
+    torch.manual_seed(4)
+    refiner = PointRefiner(width=4).eval()
+    faces = torch.randint(0, 256, (3, 5, PATCH, PATCH, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        got = refiner.face_offsets(faces)
+        flat = faces.reshape(15, PATCH, PATCH, 3).permute(0, 3, 1, 2)
+        own = refiner(flat, torch.arange(5).repeat(3)).view(3, 5, 2)
+        # the mirrored eye patches show the other eye, the mirrored mouth corners the other corner
+        back = refiner(flat.flip(-1), torch.tensor([1, 0, 2, 4, 3]).repeat(3)).view(3, 5, 2)
+    back[..., 0] *= -1
+    assert got.shape == (3, 5, 2)
+    torch.testing.assert_close(got, (own + back) / 2, atol=1e-6, rtol=0)
 
 
 def test_simulated_guesses_are_near_the_truth_and_the_targets_undo_them():
@@ -228,3 +245,22 @@ def test_cli_refiner_none_reports_the_face_model_s_own_points(tmp_path):
     unrefined = facemtl.load(run, detector="none", refiner="none")(str(photo))[0]["landmarks"]
     np.testing.assert_allclose(points["none"], unrefined, atol=0.01)
     assert np.abs(points["auto"] - points["none"]).max() > 0.01
+
+
+def test_the_onnxruntime_backend_refines_with_the_refiner_s_graph(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the optional extra facemtl[onnx] is not installed")
+    pytest.importorskip("onnx", reason="the optional extra facemtl[onnx] is not installed")
+    from facemtl.inference.export import OnnxRefiner
+
+    run = tiny_checkpoint(tmp_path / "run")
+    torch.manual_seed(3)
+    save_refiner(run, PointRefiner(4), {})
+    photo = cv2.GaussianBlur(np.random.default_rng(2).integers(0, 256, (160, 140, 3), dtype=np.uint8), (0, 0), 3)
+    eager = Predictor.from_checkpoint(run, detector="none")
+    graph = Predictor.from_checkpoint(run, detector="none", backend="onnxruntime", threads=1)
+    assert isinstance(graph.refine_with, OnnxRefiner) and eager.refine_with is eager.refiner
+    unrefined = Predictor.from_checkpoint(run, detector="none", refiner="none")(photo)[0]["landmarks"]
+    a, b = eager(photo)[0]["landmarks"], graph(photo)[0]["landmarks"]
+    np.testing.assert_allclose(b, a, atol=1e-3)
+    assert np.abs(a - unrefined).max() > 1e-2  # the refiner moved the points, in both backends
+

@@ -117,13 +117,20 @@ def register(subparsers) -> None:
         description="Write an ONNX graph from a batch of normalised face crops (B, 3, S, S; dynamic batch) to "
         "every task's decoded output of the last refinement iteration (points normalised to the crop, "
         "segmentation logits, category logits), one output per task. The checkpoint's JSON is stored in the "
-        "metadata (key facemtl_info).",
+        "metadata (key facemtl_info). With a point refiner (by default the one beside the checkpoint, as the "
+        "bundled model's), its graph is written beside as OUT.refiner.onnx: five uint8 patches of a face "
+        "(B, 5, 48, 48, 3) to the five points' offsets (B, 5, 2); its metadata (key geometry) says how to cut "
+        "the patches and read the offsets.",
     )
-    e.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="run folder, model.safetensors or model.json")
+    e.add_argument("checkpoint", metavar="RUN_OR_CKPT",
+                   help="run folder, model.safetensors or model.json; bundled: the model shipped with facemtl")
     e.add_argument("--onnx", required=True, type=Path, metavar="OUT.onnx", help="output file")
     e.add_argument("--iterations", type=int, metavar="N", help="refinement iterations to unroll (default: all)")
     e.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: {OPSET})")
-    e.add_argument("--check", action="store_true", help="run the file with onnxruntime and compare with PyTorch")
+    e.add_argument("--refiner", default="auto", metavar="auto|none|DIR",
+                   help="point refiner to export beside, as OUT.refiner.onnx; auto: the one saved beside the "
+                   "checkpoint, if any; none: no refiner; DIR: a refiner's folder or file (default: auto)")
+    e.add_argument("--check", action="store_true", help="run the file(s) with onnxruntime and compare with PyTorch")
     e.set_defaults(func=run_export)
 
 
@@ -480,8 +487,11 @@ def _relative(path: Path, base: Path | None) -> str:
 
 
 def run_export(args) -> int:
-    from facemtl.models.checkpoint import load_model
-    from facemtl.inference.export import check_opset, export_onnx, require_onnx
+    from facemtl.models.checkpoint import bundled_model, load_model
+    from facemtl.inference.export import (check_opset, export_onnx, refiner_onnx_model, refiner_onnx_path,
+                                          require_onnx)
+    from facemtl.files import atomic_write_bytes
+    from facemtl.inference.predictor import check_refiner_fits, resolve_refiner
     from facemtl.outputs import check_output_file
 
     require_onnx()  # fail before loading anything when the extra is missing
@@ -489,13 +499,26 @@ def run_export(args) -> int:
     if args.onnx.suffix.lower() != ".onnx":
         raise FacemtlError(f"--onnx output must end in .onnx, got {args.onnx}")
     check_output_file(args.onnx, "--onnx")
-    model, info = load_model(args.checkpoint)
+    checkpoint = bundled_model() if args.checkpoint == "bundled" else args.checkpoint
+    model, info = load_model(checkpoint)
+    refiner = resolve_refiner(args.refiner, checkpoint, model)
+    if refiner is not None:
+        check_refiner_fits(model)
+        check_output_file(refiner_onnx_path(args.onnx), "the refiner's graph")
+        refiner_graph = refiner_onnx_model(refiner, opset=args.opset)  # both built before either is written
     path = export_onnx(model, info, args.onnx, iterations=args.iterations, opset=args.opset)
     print(f"facemtl export: wrote {path} (outputs: {', '.join(t.name for t in model.tasks)})", file=sys.stderr)
+    if refiner is not None:
+        atomic_write_bytes(refiner_onnx_path(path), refiner_graph.SerializeToString())
+        print(f"facemtl export: wrote {refiner_onnx_path(path)} (the point refiner: patches -> offsets; how to cut "
+              "them: its metadata, key geometry)", file=sys.stderr)
     if args.check:
-        from facemtl.inference.export import compare_with_torch
+        from facemtl.inference.export import compare_refiner_with_torch, compare_with_torch
 
         worst = compare_with_torch(model, path, iterations=args.iterations, size=int(info.get("input_size", 128)))
+        if refiner is not None:
+            worst["refiner offsets"] = compare_refiner_with_torch(refiner, refiner_onnx_path(path))
         print("facemtl export: onnxruntime vs PyTorch, largest difference per output: "
               + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()), file=sys.stderr)
     return 0
+

@@ -17,6 +17,11 @@ own forward) stays the reference that :func:`compare_with_torch` checks it again
 :func:`onnx_model` builds the graph in memory, which the onnxruntime prediction backend
 (:class:`facemtl.inference.predictor.OnnxRuntimeBackend`) runs without writing a file.
 
+A point refiner (:mod:`facemtl.models.refiner`) exports to a graph of its own
+(:func:`refiner_onnx_model`): a face's five uint8 patches to the five points' offsets, its mirror
+average inside; the metadata says how to cut the patches and read the offsets, which is all a
+deployment without facemtl needs. ``facemtl export`` writes it beside the face model's graph.
+
 onnx and onnxruntime are an optional extra (``pip install facemtl[onnx]``); they are imported
 only here, with a clear error when missing. The exporter is PyTorch's TorchScript-based one
 (``dynamo=False``): it needs no onnxscript.
@@ -29,6 +34,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -136,34 +142,98 @@ def onnx_model(model: nn.Module, info: dict, iterations: int | None = None, opse
     """
     from facemtl.models.streamwise import inference_module
 
-    onnx, _ = require_onnx()
+    require_onnx()
     check_opset(opset)
     model = model.cpu().eval()
     reference = ExportWrapper(model, iterations, tasks).eval()  # checks iterations with the model's own message
     # eval(): the exporter puts the module back in the mode it found it in, submodules included
     graph = (inference_module(model, iterations, tasks) or reference).eval()
     size = int(info.get("input_size", 128))
-    example = torch.zeros(batch, 3, size, size)
     names = reference.names
-    axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in names}}
-    buffer = io.BytesIO()
-    torch.onnx.register_custom_op_symbolic(_ADAPTIVE_AVG, _adaptive_avg_pool2d, opset)
-    try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter warns that it is legacy and that traced shapes are constants.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(graph, (example,), buffer, input_names=["images"], output_names=names,
-                              dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
-    finally:
-        torch.onnx.unregister_custom_op_symbolic(_ADAPTIVE_AVG, opset)
-    proto = onnx.load_model_from_string(buffer.getvalue())
     meta = {"facemtl_info": json.dumps(info), "iterations": str(iterations if iterations is not None else "all"),
             "outputs": json.dumps(names)}
+    torch.onnx.register_custom_op_symbolic(_ADAPTIVE_AVG, _adaptive_avg_pool2d, opset)
+    try:
+        return _traced_onnx(graph, torch.zeros(batch, 3, size, size), "images", names, opset, meta)
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(_ADAPTIVE_AVG, opset)
+
+
+def _traced_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_names: list, opset: int,
+                 meta: dict):
+    """The checked ``ModelProto`` of ``module`` traced on ``example`` (batch axis dynamic in the one
+    input and every output), with ``meta`` (str -> str) in its metadata."""
+    onnx, _ = require_onnx()
+    buffer = io.BytesIO()
+    axes = {n: {0: "batch"} for n in [input_name, *output_names]}
+    with warnings.catch_warnings():
+        # The TorchScript exporter warns that it is legacy and that traced shapes are constants.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buffer, input_names=[input_name], output_names=list(output_names),
+                          dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+    proto = onnx.load_model_from_string(buffer.getvalue())
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
     return proto
+
+
+# -- the point refiner --------------------------------------------------------------------------
+
+REFINER_GEOMETRY = (
+    "Input 'patches' (B, 5, {patch}, {patch}, 3) uint8 RGB: for each face, one patch per point in MTFL order "
+    "(left eye, right eye, nose, left mouth corner, right mouth corner; the face model's points p_0..p_4). With "
+    "d = p_1 - p_0, angle = atan2(d_y, d_x) and side = max({side} * |d|, 4) "
+    "pixels, patch k is cv2.warpAffine(photo, M_k, ({patch}, {patch}), INTER_LINEAR, BORDER_REPLICATE) with "
+    "M_k = [s R(-angle) | c - s R(-angle) p_k], s = {patch} / side, c = ({patch} - 1) / 2, p_k the point, "
+    "R(a) = [[cos a, -sin a], [sin a, cos a]]; when side / {patch} > {alias}, the photo is first blurred "
+    "with a Gaussian of sigma 0.5 * side / {patch}. Output 'offsets' (B, 5, 2) float32 o_k, in patch sides "
+    "along the patch axes: the refined point is p_k + side * R(angle) o_k."
+)
+
+
+class _FaceOffsets(nn.Module):
+    def __init__(self, refiner):
+        super().__init__()
+        self.refiner = refiner
+
+    def forward(self, patches):
+        return self.refiner.face_offsets(patches)
+
+
+def refiner_onnx_model(refiner: nn.Module, opset: int = OPSET):
+    """The checked ONNX ``ModelProto`` of a point refiner's
+    :meth:`~facemtl.models.refiner.PointRefiner.face_offsets` (the patch and its mirror image, averaged):
+    uint8 patches ``(B, 5, PATCH, PATCH, 3)`` -> offsets ``(B, 5, 2)``, the batch axis dynamic. The
+    metadata holds ``geometry`` (how to cut the patches and read the offsets, :data:`REFINER_GEOMETRY`)
+    and ``facemtl_refiner`` (the refiner's JSON description, its ``info`` when loaded from files)."""
+    from facemtl.models.refiner import ANTI_ALIAS_FROM, PATCH, PATCH_SIDE
+
+    check_opset(opset)
+    refiner = refiner.cpu().eval()
+    geometry = REFINER_GEOMETRY.format(patch=PATCH, side=PATCH_SIDE, alias=ANTI_ALIAS_FROM)
+    meta = {"geometry": geometry, "facemtl_refiner": json.dumps(getattr(refiner, "info", {}))}
+    example = torch.zeros(2, 5, PATCH, PATCH, 3, dtype=torch.uint8)
+    return _traced_onnx(_FaceOffsets(refiner).eval(), example, "patches", ["offsets"], opset, meta)
+
+
+def refiner_onnx_path(onnx_path: str | Path) -> Path:
+    """Where ``facemtl export`` writes the point refiner's graph beside ``OUT.onnx``: ``OUT.refiner.onnx``."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(onnx_path.stem + ".refiner.onnx")
+
+
+class OnnxRefiner:
+    """A point refiner's graph (:func:`refiner_onnx_model`, built in memory) in an onnxruntime CPU session:
+    the onnxruntime backend's refiner, called by :func:`facemtl.models.refiner.refine_points` with uint8
+    patches ``(B, 5, PATCH, PATCH, 3)``, answering offsets ``(B, 5, 2)``."""
+
+    def __init__(self, refiner: nn.Module, threads: int | None = None):
+        self.session = onnx_session(refiner_onnx_model(refiner).SerializeToString(), threads=threads)
+
+    def __call__(self, patches: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"patches": np.ascontiguousarray(patches, dtype=np.uint8)})[0]
 
 
 def onnx_session(model: str | Path | bytes, threads: int | None = None, optimized_path: str | Path | None = None):
@@ -197,3 +267,16 @@ def compare_with_torch(model: nn.Module, path: str | Path, iterations: int | Non
     got = session.run(None, {"images": images.numpy()})
     names = [o.name for o in session.get_outputs()]
     return {n: float(abs(g - e.numpy()).max()) for n, g, e in zip(names, got, expected)}
+
+
+def compare_refiner_with_torch(refiner: nn.Module, path: str | Path, batch: int = 3, seed: int = 0) -> float:
+    """Largest |onnxruntime - PyTorch| offset (in patch sides) of a refiner's exported graph on random
+    patches (batch differs from the export's)."""
+    from facemtl.models.refiner import PATCH
+
+    session = onnx_session(path)
+    patches = torch.randint(0, 256, (batch, 5, PATCH, PATCH, 3), dtype=torch.uint8,
+                            generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        expected = refiner.cpu().eval().face_offsets(patches).numpy()
+    return float(abs(session.run(None, {"patches": patches.numpy()})[0] - expected).max())

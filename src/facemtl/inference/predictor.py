@@ -65,7 +65,8 @@ Pipeline for one image:
    re-crop of 2b and every other task read the face model's own points. Why: on the 71 real faces
    it brings the bundled model's mean NME from 7.9 to 5.5% (labels' squares) and from 8.7 to 5.9%
    (Haar) (docs/evidence.md, "A local point refiner"). Points that are not all finite are reported
-   as the face model gave them.
+   as the face model gave them. The onnxruntime backend runs the refiner's ONNX graph
+   (:class:`~facemtl.inference.export.OnnxRefiner`, built in memory), torch the refiner itself.
 
 An ensemble (a list of checkpoints, or a folder whose ``ensemble.json`` lists its member
 checkpoints, :func:`facemtl.models.checkpoint.ensemble_members`) runs every member on the same
@@ -506,6 +507,11 @@ class Predictor:
         else:
             backends = [TorchBackend(m, iterations, self.device) for m in self.models]
         self.backend = backends[0] if len(backends) == 1 else EnsembleBackend(backends, {t.name: t for t in model.tasks})
+        self.refine_with = self.refiner  # what step 4a runs: the refiner in torch, or its graph in onnxruntime
+        if backend == "onnxruntime" and self.refiner is not None:
+            from facemtl.inference.export import OnnxRefiner
+
+            self.refine_with = OnnxRefiner(self.refiner, threads if threads is not None else torch.get_num_threads())
 
     @classmethod
     def from_checkpoint(cls, path, refiner="auto", **kwargs) -> "Predictor":
@@ -520,7 +526,7 @@ class Predictor:
         check_backend(kwargs.get("backend", "torch"), resolve_device(kwargs.get("device", "cpu")), kwargs.get("threads"))
         check_detector(kwargs.get("detector", "opencv"))  # e.g. mediapipe missing: say so before loading
         models, info = load_models(path)
-        kwargs["refiner"] = _resolve_refiner(refiner, path, models[0])
+        kwargs["refiner"] = resolve_refiner(refiner, path, models[0])
         return cls(models if len(models) > 1 else models[0], info, **kwargs)
 
     # -- public API --------------------------------------------------------------------------
@@ -624,9 +630,7 @@ class Predictor:
         if not isinstance(refiner, PointRefiner):
             raise FacemtlError(f"refiner must be a PointRefiner or None, got {type(refiner).__name__} "
                                "(Predictor.from_checkpoint also takes a refiner's folder)")
-        if not _has_five_points(self.model):
-            raise FacemtlError(f"a point refiner moves the five {FIVE_POINTS.name!r} points, and this model has no "
-                               "such task; pass refiner=None (--refiner none)")
+        check_refiner_fits(self.model)
         return refiner.to(self.device).eval()
 
     def _passes(self, origin: str) -> int:
@@ -761,7 +765,7 @@ class Predictor:
                     face[task.name] = self._map_back(task, out[task.name][j], matrix, rec.height, rec.width)
                 points = face.get(FIVE_POINTS.name)
                 if item.photo is not None and points is not None and np.all(np.isfinite(points)):
-                    face[FIVE_POINTS.name] = refine_points(self.refiner, item.photo, points)
+                    face[FIVE_POINTS.name] = refine_points(self.refine_with, item.photo, points)
             except FacemtlError as exc:  # e.g. a crop too small to invert: this face only
                 rec.face_errors.append({"box": _box_json(box), "error": str(exc)})
             else:
@@ -795,8 +799,16 @@ def _has_five_points(model) -> bool:
                for t in model.tasks)
 
 
-def _resolve_refiner(refiner, path, model):
-    """:meth:`Predictor.from_checkpoint`'s ``refiner`` argument as a refiner or None."""
+def check_refiner_fits(model) -> None:
+    """One clear error unless ``model`` predicts the five points a point refiner moves."""
+    if not _has_five_points(model):
+        raise FacemtlError(f"a point refiner moves the five {FIVE_POINTS.name!r} points, and this model has no "
+                           "such task; pass refiner=None (--refiner none)")
+
+
+def resolve_refiner(refiner, path, model):
+    """:meth:`Predictor.from_checkpoint`'s ``refiner`` argument (also ``facemtl export --refiner``'s)
+    as a refiner or None; ``"auto"``: the one saved in ``path``'s folder, if any."""
     if refiner is None or isinstance(refiner, PointRefiner):
         return refiner
     if not isinstance(refiner, (str, Path)):

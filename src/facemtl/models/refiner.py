@@ -57,9 +57,27 @@ class PointRefiner(nn.Module):
                                   nn.Linear(256, 2 * points))
 
     def forward(self, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        x = (patches.float() / 255 - 0.5) / 0.25
-        out = self.head(self.features(x)).view(-1, self.points, 2)
+        out = self.every_point(patches)
         return out[torch.arange(len(index), device=out.device), index]
+
+    def every_point(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, 3, PATCH, PATCH) patches -> (N, points, 2): each patch read as each point."""
+        x = (patches.float() / 255 - 0.5) / 0.25
+        return self.head(self.features(x)).view(-1, self.points, 2)
+
+    def face_offsets(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, points, PATCH, PATCH, 3) RGB uint8 patches of B faces in MTFL order (:func:`cut_patches`)
+        -> (B, points, 2) offsets: the mean of each patch's answer and its mirror image's. The mirrored
+        patch of point k shows point ``flip[k]`` (left eye <-> right eye, mouth corners swapped); its x offset is mirrored back.
+        The answers are picked by 0/1 matrices, not by indexing, so the ONNX graph of this method
+        (:func:`facemtl.inference.export.refiner_onnx_model`) has no batch-sized constants."""
+        k = self.points
+        x = patches.reshape(-1, PATCH, PATCH, 3).permute(0, 3, 1, 2)
+        out = self.every_point(torch.cat([x, x.flip(-1)])).view(2, -1, k, k, 2)  # (own|mirrored, face, patch, point, xy)
+        own = torch.eye(k, device=out.device)
+        shown = own[list(FIVE_POINTS.flip)]  # row k: the point the mirrored patch k shows
+        back = (out[1] * shown[:, :, None]).sum(2) * torch.tensor([-1.0, 1.0], device=out.device)
+        return ((out[0] * own[:, :, None]).sum(2) + back) / 2
 
 
 def patch_frame(points: np.ndarray) -> tuple[float, float]:
@@ -104,29 +122,23 @@ def offsets_to_points(offsets: np.ndarray, points: np.ndarray, angle: float, sid
     return np.asarray(points, np.float64) + (np.asarray(offsets, np.float64) * side) @ rotation_2d(angle).T
 
 
-def mirror_patches(patches: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """Patches mirrored left-right, and the point index each one now shows (left eye <-> right eye,
-    mouth corners swapped): a mirrored face's patches."""
-    return np.ascontiguousarray(patches[:, :, ::-1]), list(FIVE_POINTS.flip)
-
-
-@torch.no_grad()
-def refine_points(refiner: PointRefiner, image: np.ndarray, points) -> np.ndarray:
+def refine_points(refiner, image: np.ndarray, points) -> np.ndarray:
     """The five ``points`` (image pixels, MTFL order) of a face in the RGB uint8 ``image``, each
     moved to where ``refiner`` finds it in its patch; the mean of the patch's answer and its mirror
-    image's (as the predictor's test-time flip)."""
+    image's (:meth:`PointRefiner.face_offsets`, as the predictor's test-time flip). ``refiner``: a
+    :class:`PointRefiner`, or a callable with the same answer from (1, 5, PATCH, PATCH, 3) uint8
+    patches as a numpy array (the onnxruntime backend's :class:`facemtl.inference.export.OnnxRefiner`)."""
     points = np.asarray(points, np.float64).reshape(-1, 2)
     if points.shape != (FIVE_POINTS.num_outputs, 2) or not np.all(np.isfinite(points)):
         raise FacemtlError(f"the point refiner needs five finite points (MTFL order), got shape {points.shape}")
     patches, angle, side = cut_patches(image, points)
-    mirrored, shown = mirror_patches(patches)
-    device = next(refiner.parameters()).device
-    batch = torch.from_numpy(np.concatenate([patches, mirrored])).permute(0, 3, 1, 2).to(device)
-    index = torch.tensor(list(range(len(points))) + shown, device=device)
-    out = refiner(batch, index).double().cpu().numpy()
-    own, back = out[: len(points)], out[len(points):]  # the mirrored patch k still holds point k,
-    back[:, 0] *= -1  # read as point shown[k], its offset mirrored back
-    return offsets_to_points((own + back) / 2, points, angle, side)
+    if isinstance(refiner, PointRefiner):
+        with torch.no_grad():
+            device = next(refiner.parameters()).device
+            offsets = refiner.face_offsets(torch.from_numpy(patches[None]).to(device)).cpu().numpy()
+    else:
+        offsets = refiner(patches[None])
+    return offsets_to_points(offsets[0], points, angle, side)
 
 
 def refiner_files(path) -> tuple[Path, Path]:
@@ -156,7 +168,8 @@ def save_refiner(folder, refiner: PointRefiner, info: dict) -> None:
 
 
 def load_refiner(path) -> PointRefiner:
-    """A saved refiner (folder, .safetensors or .json), ready for :func:`refine_points` (eval mode)."""
+    """A saved refiner (folder, .safetensors or .json), ready for :func:`refine_points` (eval mode), its
+    JSON description as ``info``."""
     from facemtl.files import read_json, read_tensors
 
     weights, meta_path = refiner_files(path)
@@ -173,4 +186,5 @@ def load_refiner(path) -> PointRefiner:
         refiner.load_state_dict(state)
     except RuntimeError as exc:
         raise FacemtlError(f"{weights}: weights do not fit a width-{refiner.width} point refiner ({exc})") from None
+    refiner.info = meta  # its description, carried into an ONNX export's metadata
     return refiner.eval()
