@@ -36,7 +36,8 @@ what fine-tuning the landmarks costs the emotions. ``--seed S`` trains with ``--
 
 Beside them the bundled model as it is and the mean shape (``facemtl score``'s baseline). Every
 model is scored with ``--refiner none``: the face models' own points, the bundled one's too (its
-point refiner is not trained with them; it moves the bundled model's points, README). Runs
+point refiner is not trained with them; it moves the bundled model's points, README; runs started
+from the bundled model carry a copy of it, which ``facemtl score --refiner DIR`` applies). Runs
 and scores already in RUNS are reused, so an interrupted benchmark continues; runs at another
 seed or keep weight are named apart (``finetuned-w0.3-seed1-0``: condition, keep weight, seed,
 fold), and one benchmark per fold (``--fold K``) may run beside another into the same RUNS. Each

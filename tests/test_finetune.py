@@ -76,9 +76,32 @@ def test_fine_tuning_says_so_and_records_the_checkpoint_in_model_json(trained, t
     start = json.loads((trained / "model.json").read_text())
     assert info["init"] == {"checkpoint": str(trained), "weights_sha256": start["weights_sha256"], "sources": [0, 1, 2]}
     assert info["weights_sha256"] != start["weights_sha256"]  # it trained
+    assert not (run / "refiner.json").exists()  # the checkpoint's folder has no point refiner to carry
     # the model's builder config came from the checkpoint, even with model.kwargs left out
     config = _config(THREE, init=trained, kwargs={})
     assert Training(config).model.builder_config() == load_model(trained)[0].builder_config()
+
+
+def test_a_run_keeps_the_point_refiner_saved_beside_its_checkpoint(trained, tmp_path, capsys):
+    import shutil
+
+    from facemtl.models.refiner import PointRefiner, save_refiner
+
+    start = tmp_path / "start"
+    shutil.copytree(trained, start)
+    torch.manual_seed(0)
+    save_refiner(start, PointRefiner(4), {"trained_on": "nothing"})
+    run = train(_config(THREE, init=start / "model.json", pretrain_epochs=0), tmp_path / "tuned")
+    for name in ("refiner.safetensors", "refiner.json"):
+        assert (run / name).read_bytes() == (start / name).read_bytes()
+    out = capsys.readouterr()
+    assert f"the point refiner saved beside {start} is copied into the run" in out.out + out.err
+    # a model without the five points has nothing for it to move: no copy
+    emotion_only = train(_config([(["emotion"], "webcam")]), tmp_path / "emo", quiet=True)
+    save_refiner(emotion_only, PointRefiner(4), {})
+    again = train(_config([(["emotion"], "webcam")], init=emotion_only, pretrain_epochs=0), tmp_path / "emo2",
+                  quiet=True)
+    assert not (again / "refiner.json").exists()
 
 
 @pytest.mark.parametrize("change, message", [

@@ -553,6 +553,13 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
                                   if training.init and not start else ""))
                 if rendered:
                     files.log.info(rendered)
+                if training.init is not None and not resume and rank == 0:
+                    from facemtl.models.refiner import carry_refiner
+
+                    carried = carry_refiner(training.init["checkpoint"], run_dir, training.model)
+                    if carried is not None:
+                        files.log.info(f"facemtl train: the point refiner saved beside {carried} is copied into the run "
+                                       "(facemtl predict and score use it; --refiner none: the model's own points)")
                 folder.started = True
                 finished, elapsed, step_times, stage = _run_updates(training, files, start, stop_after, quiet)
                 if finished:

@@ -133,7 +133,8 @@ from facemtl.errors import FacemtlError
 from facemtl.kinds import kind_of
 from facemtl.inference.alignment import IDENTITY, eye_roll, landmark_square, turned_crop, upright_crop, upright_roll
 from facemtl.inference.detect import DETECTORS, check_detector, find_faces, make_detector, parse_box
-from facemtl.models.refiner import FIVE_POINTS, PointRefiner, has_refiner, load_refiner, refine_points
+from facemtl.models.refiner import (FIVE_POINTS, PointRefiner, has_refiner, load_refiner, predicts_five_points,
+                                    refine_points)
 
 BACKENDS = ("torch", "onnxruntime")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
@@ -794,14 +795,9 @@ class _Crop:
     photo: np.ndarray | None = None  # the photo, kept for the point refiner (step 4a)
 
 
-def _has_five_points(model) -> bool:
-    return any(t.name == FIVE_POINTS.name and t.kind == "points" and t.num_outputs == FIVE_POINTS.num_outputs
-               for t in model.tasks)
-
-
 def check_refiner_fits(model) -> None:
     """One clear error unless ``model`` predicts the five points a point refiner moves."""
-    if not _has_five_points(model):
+    if not predicts_five_points(model):
         raise FacemtlError(f"a point refiner moves the five {FIVE_POINTS.name!r} points, and this model has no "
                            "such task; pass refiner=None (--refiner none)")
 
@@ -819,7 +815,7 @@ def resolve_refiner(refiner, path, model):
     if str(refiner) != "auto":
         return load_refiner(refiner)
     paths = list(path) if isinstance(path, (list, tuple)) else [path]
-    if len(paths) != 1 or not _has_five_points(model):
+    if len(paths) != 1 or not predicts_five_points(model):
         return None  # an ensemble of several checkpoints names no one folder
     folder = Path(paths[0])
     folder = folder if folder.is_dir() else folder.parent

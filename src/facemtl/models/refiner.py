@@ -155,6 +155,30 @@ def has_refiner(folder) -> bool:
     return folder is not None and Path(folder).is_dir() and (Path(folder) / REFINER_JSON).is_file()
 
 
+def predicts_five_points(model) -> bool:
+    """Whether ``model`` predicts the five points (MTFL order) a point refiner moves."""
+    return any(t.name == FIVE_POINTS.name and t.kind == "points" and t.num_outputs == FIVE_POINTS.num_outputs
+               for t in model.tasks)
+
+
+def carry_refiner(checkpoint, run_dir, model) -> Path | None:
+    """Copy the point refiner saved beside ``checkpoint`` (a folder or a model file in one) into
+    ``run_dir`` when ``model`` predicts the five points; the folder it came from, or None. A run
+    started from a checkpoint (``model.init``) keeps its refiner this way: the refiner reads the
+    photo around the points, not the face model, and it lowered the real-face error of models
+    fine-tuned from the bundled one too (README, "Fine-tuning the bundled model")."""
+    import shutil
+
+    folder = Path(checkpoint)
+    folder = folder if folder.is_dir() else folder.parent
+    if not has_refiner(folder) or not predicts_five_points(model):
+        return None
+    load_refiner(folder)  # a readable refiner, or one clear error before anything is copied
+    for name in (REFINER_WEIGHTS, REFINER_JSON):  # the JSON last: a half copy is not a refiner
+        shutil.copyfile(folder / name, Path(run_dir) / name)
+    return folder
+
+
 def save_refiner(folder, refiner: PointRefiner, info: dict) -> None:
     """``refiner.safetensors`` + ``refiner.json`` (``info``: provenance; the weights' SHA-256 added)."""
     from facemtl.files import atomic_write_files, json_bytes, sha256_hex, tensors_bytes
