@@ -558,8 +558,9 @@ def train(config: TrainConfig, out_dir, resume: bool = False, *, datasets: Seque
 
                     carried = carry_refiner(training.init["checkpoint"], run_dir, training.model)
                     if carried is not None:
-                        files.log.info(f"facemtl train: the point refiner saved beside {carried} is copied into the run "
-                                       "(facemtl predict and score use it; --refiner none: the model's own points)")
+                        files.log.info(f"facemtl train: the point refiner saved beside {carried} is copied into "
+                                       "the run (facemtl predict and score use it; --refiner none: the model's "
+                                       "own points)")
                 folder.started = True
                 finished, elapsed, step_times, stage = _run_updates(training, files, start, stop_after, quiet)
                 if finished:

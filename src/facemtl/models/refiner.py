@@ -68,12 +68,14 @@ class PointRefiner(nn.Module):
     def face_offsets(self, patches: torch.Tensor) -> torch.Tensor:
         """(B, points, PATCH, PATCH, 3) RGB uint8 patches of B faces in MTFL order (:func:`cut_patches`)
         -> (B, points, 2) offsets: the mean of each patch's answer and its mirror image's. The mirrored
-        patch of point k shows point ``flip[k]`` (left eye <-> right eye, mouth corners swapped); its x offset is mirrored back.
-        The answers are picked by 0/1 matrices, not by indexing, so the ONNX graph of this method
-        (:func:`facemtl.inference.export.refiner_onnx_model`) has no batch-sized constants."""
+        patch of point k shows point ``flip[k]`` (left eye <-> right eye, mouth corners swapped); its x
+        offset is mirrored back. The answers are picked by 0/1 matrices, not by indexing, so the ONNX
+        graph of this method (:func:`facemtl.inference.export.refiner_onnx_model`) has no batch-sized
+        constants."""
         k = self.points
         x = patches.reshape(-1, PATCH, PATCH, 3).permute(0, 3, 1, 2)
-        out = self.every_point(torch.cat([x, x.flip(-1)])).view(2, -1, k, k, 2)  # (own|mirrored, face, patch, point, xy)
+        # (own | mirrored, face, patch, point read as, xy)
+        out = self.every_point(torch.cat([x, x.flip(-1)])).view(2, -1, k, k, 2)
         own = torch.eye(k, device=out.device)
         shown = own[list(FIVE_POINTS.flip)]  # row k: the point the mirrored patch k shows
         back = (out[1] * shown[:, :, None]).sum(2) * torch.tensor([-1.0, 1.0], device=out.device)
@@ -167,15 +169,15 @@ def carry_refiner(checkpoint, run_dir, model) -> Path | None:
     started from a checkpoint (``model.init``) keeps its refiner this way: the refiner reads the
     photo around the points, not the face model, and it lowered the real-face error of models
     fine-tuned from the bundled one too (README, "Fine-tuning the bundled model")."""
-    import shutil
+    from facemtl.files import atomic_write_files
 
     folder = Path(checkpoint)
     folder = folder if folder.is_dir() else folder.parent
     if not has_refiner(folder) or not predicts_five_points(model):
         return None
     load_refiner(folder)  # a readable refiner, or one clear error before anything is copied
-    for name in (REFINER_WEIGHTS, REFINER_JSON):  # the JSON last: a half copy is not a refiner
-        shutil.copyfile(folder / name, Path(run_dir) / name)
+    atomic_write_files([(Path(run_dir) / name, (folder / name).read_bytes())
+                        for name in (REFINER_WEIGHTS, REFINER_JSON)])
     return folder
 
 
