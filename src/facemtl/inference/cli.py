@@ -487,11 +487,11 @@ def _relative(path: Path, base: Path | None) -> str:
 
 
 def run_export(args) -> int:
-    from facemtl.models.checkpoint import bundled_model, load_model
-    from facemtl.inference.export import (check_opset, export_onnx, refiner_onnx_model, refiner_onnx_path,
+    from facemtl.files import atomic_write_files
+    from facemtl.inference.export import (check_opset, onnx_model, refiner_onnx_model, refiner_onnx_path,
                                           require_onnx)
-    from facemtl.files import atomic_write_bytes
     from facemtl.inference.predictor import check_refiner_fits, resolve_refiner
+    from facemtl.models.checkpoint import bundled_model, load_model
     from facemtl.outputs import check_output_file
 
     require_onnx()  # fail before loading anything when the extra is missing
@@ -505,19 +505,21 @@ def run_export(args) -> int:
     if refiner is not None:
         check_refiner_fits(model)
         check_output_file(refiner_onnx_path(args.onnx), "the refiner's graph")
-        refiner_graph = refiner_onnx_model(refiner, opset=args.opset)  # both built before either is written
-    path = export_onnx(model, info, args.onnx, iterations=args.iterations, opset=args.opset)
-    print(f"facemtl export: wrote {path} (outputs: {', '.join(t.name for t in model.tasks)})", file=sys.stderr)
+    files = [(args.onnx, onnx_model(model, info, args.iterations, args.opset))]
     if refiner is not None:
-        atomic_write_bytes(refiner_onnx_path(path), refiner_graph.SerializeToString())
-        print(f"facemtl export: wrote {refiner_onnx_path(path)} (the point refiner: patches -> offsets; how to cut "
-              "them: its metadata, key geometry)", file=sys.stderr)
+        files.append((refiner_onnx_path(args.onnx), refiner_onnx_model(refiner, opset=args.opset)))
+    # both graphs built before either is written, and written as one set: all or nothing
+    atomic_write_files([(path, proto.SerializeToString()) for path, proto in files])
+    print(f"facemtl export: wrote {args.onnx} (outputs: {', '.join(t.name for t in model.tasks)})", file=sys.stderr)
+    if refiner is not None:
+        print(f"facemtl export: wrote {files[1][0]} (the point refiner: patches -> offsets; how to cut them: its "
+              "metadata, key geometry)", file=sys.stderr)
     if args.check:
         from facemtl.inference.export import compare_refiner_with_torch, compare_with_torch
 
-        worst = compare_with_torch(model, path, iterations=args.iterations, size=int(info.get("input_size", 128)))
+        worst = compare_with_torch(model, args.onnx, iterations=args.iterations, size=int(info.get("input_size", 128)))
         if refiner is not None:
-            worst["refiner offsets"] = compare_refiner_with_torch(refiner, refiner_onnx_path(path))
+            worst["refiner offsets"] = compare_refiner_with_torch(refiner, files[1][0])
         print("facemtl export: onnxruntime vs PyTorch, largest difference per output: "
               + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()), file=sys.stderr)
     return 0
