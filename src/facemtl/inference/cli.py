@@ -171,9 +171,9 @@ def _predictor_arguments(p) -> None:
     p.add_argument("--detail", type=int, metavar="PX", help=DETAIL_HELP)
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default: cpu)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",  # predictor.BACKENDS
-                   help="torch: the model run by PyTorch; onnxruntime: its ONNX graph (exported in memory at "
-                   "start, no file written) in onnxruntime on the CPU, faster on CPU (needs pip install "
-                   "'facemtl[onnx]') (default: torch)")
+                   help="torch: the model run by PyTorch; onnxruntime: its ONNX graph (and the point refiner's; "
+                   "exported in memory at start, no file written) in onnxruntime on the CPU, faster on CPU (needs "
+                   "pip install 'facemtl[onnx]') (default: torch)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for the network (default: torch's default, one per core)")
 
