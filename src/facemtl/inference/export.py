@@ -194,6 +194,8 @@ REFINER_GEOMETRY = (
 
 
 class _FaceOffsets(nn.Module):
+    """What the refiner's graph traces: :meth:`PointRefiner.face_offsets` as ``forward``."""
+
     def __init__(self, refiner):
         super().__init__()
         self.refiner = refiner
