@@ -223,8 +223,8 @@ def test_export_of_a_refiner_for_a_model_without_the_five_points_is_one_line(tmp
 
 def test_the_bundled_model_exports_with_its_refiner(tmp_path, capsys):
     assert main(["export", "bundled", "--onnx", str(tmp_path / "face.onnx")]) == 0
-    names = [onnx_session(tmp_path / "face.onnx").get_outputs()[k].name for k in range(3)]
-    assert sorted(names) == ["emotion", "landmarks", "parsing"]
+    assert sorted(o.name for o in onnx_session(tmp_path / "face.onnx").get_outputs()) == ["emotion", "landmarks",
+                                                                                        "parsing"]
     session = onnx_session(tmp_path / "face.refiner.onnx")
     assert [(i.name, i.shape[1:]) for i in session.get_inputs()] == [("patches", [5, 48, 48, 3])]
     assert session.run(None, {"patches": np.zeros((2, 5, 48, 48, 3), np.uint8)})[0].shape == (2, 5, 2)

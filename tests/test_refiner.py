@@ -263,4 +263,3 @@ def test_the_onnxruntime_backend_refines_with_the_refiner_s_graph(tmp_path):
     a, b = eager(photo)[0]["landmarks"], graph(photo)[0]["landmarks"]
     np.testing.assert_allclose(b, a, atol=1e-3)
     assert np.abs(a - unrefined).max() > 1e-2  # the refiner moved the points, in both backends
-

@@ -523,4 +523,3 @@ def run_export(args) -> int:
         print("facemtl export: onnxruntime vs PyTorch, largest difference per output: "
               + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()), file=sys.stderr)
     return 0
-

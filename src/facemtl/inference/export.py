@@ -169,7 +169,7 @@ def _traced_onnx(module: nn.Module, example: torch.Tensor, input_name: str, outp
     with warnings.catch_warnings():
         # The TorchScript exporter warns that it is legacy and that traced shapes are constants.
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buffer, input_names=[input_name], output_names=list(output_names),
+        torch.onnx.export(module, (example,), buffer, input_names=[input_name], output_names=output_names,
                           dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
     proto = onnx.load_model_from_string(buffer.getvalue())
     for key, value in meta.items():
