@@ -1,6 +1,7 @@
 """ONNX export: onnxruntime agrees with PyTorch on the source=None (per-source streams) path."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +229,61 @@ def test_the_bundled_model_exports_with_its_refiner(tmp_path, capsys):
     session = onnx_session(tmp_path / "face.refiner.onnx")
     assert [(i.name, i.shape[1:]) for i in session.get_inputs()] == [("patches", [5, 48, 48, 3])]
     assert session.run(None, {"patches": np.zeros((2, 5, 48, 48, 3), np.uint8)})[0].shape == (2, 5, 2)
+    # The face model's graph with its metadata's words alone (numpy, OpenCV, onnxruntime): the predictor's
+    # points and emotion for a given box, two crops (passes=2: the second upright from the first's points)
+    astronaut = Path(__file__).parents[2] / "shared" / "testdata" / "astronaut.png"
+    if not astronaut.exists():
+        pytest.skip("needs ../shared/testdata/astronaut.png")
+    import cv2
+
+    photo = cv2.cvtColor(cv2.imread(str(astronaut)), cv2.COLOR_BGR2RGB)
+    box = [180.0, 80.0, 262.0, 166.0]
+    session = onnx_session(tmp_path / "face.onnx")
+    meta = session.get_modelmeta().custom_metadata_map
+    assert "cv2.warpAffine(photo, M, (S, S), INTER_LINEAR, BORDER_CONSTANT, 0)" in meta["crop"]
+    assert "m = 0.25" in meta["crop"] and "S = 128" in meta["crop"] and "opencv (-0.002, 0.091, 0.845)" in meta["crop"]
+    points, probs = _face_model_as_the_crop_text_says(session, json.loads(meta["facemtl_info"]), photo, box)
+    face = facemtl.load(refiner="none", passes=2)(photo, boxes=[box])[0]
+    np.testing.assert_allclose(points, face["landmarks"], atol=0.01)
+    np.testing.assert_allclose(probs, list(face["emotion"]["probs"].values()), atol=1e-3)
+    first, _ = _face_model_as_the_crop_text_says(session, json.loads(meta["facemtl_info"]), photo, box, crops=1)
+    assert np.abs(first - points).max() > 0.1  # the second crop moved the points: it was made
+
+
+def _face_model_as_the_crop_text_says(session, info: dict, photo, box, crops: int = 2):
+    """Points and emotion probabilities of one face from the box's crop and (``crops=2``) the upright crop of
+    its points, as the graph's ``crop`` metadata says: numpy, OpenCV and onnxruntime, no facemtl."""
+    import cv2
+
+    size, margin = info["input_size"], info["crop"]["margin"]
+    mean, std = (np.array(info["normalization"][k], np.float32)[:, None, None] for k in ("mean", "std"))
+    flip = [t["flip_permutation"] for t in info["tasks"] if t["name"] == "landmarks"][0]
+
+    def affine3(m):
+        return np.vstack([m, [0.0, 0.0, 1.0]])
+
+    def run(centre, side, turn):  # turn: 3x3 affine T
+        k = size / (side * (1 + 2 * margin))
+        m = (affine3(np.hstack([k * np.eye(2), ((size - 1) / 2 - k * centre)[:, None]])) @ turn)[:2]
+        crop = cv2.warpAffine(photo, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        x = np.stack([crop, crop[:, ::-1]]).transpose(0, 3, 1, 2).astype(np.float32) / 255
+        out = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": (x - mean) / std})))
+        mirrored = out["landmarks"][1][flip]
+        mirrored[:, 0] = (size - 1) / size - mirrored[:, 0]
+        inverse = np.linalg.inv(affine3(m))
+        points = (out["landmarks"][0] + mirrored) / 2 * size @ inverse[:2, :2].T + inverse[:2, 2]
+        logits = out["emotion"].mean(0)  # emotion's flip permutation is empty: no category swapped
+        return points, np.exp(logits) / np.exp(logits).sum()
+
+    def square(points):  # (centre, side) of five points' face square
+        low, high = points.min(0), points.max(0)
+        return (low + high) / 2, 2 * (high - low).max()
+
+    box = np.asarray(box, np.float64)
+    points, probs = run((box[:2] + box[2:]) / 2, (box[2:] - box[:2]).max(), np.eye(3))
+    if crops == 1:
+        return points, probs
+    d = points[1] - points[0]
+    turn = affine3(cv2.getRotationMatrix2D(tuple(square(points)[0]), np.clip(np.degrees(np.arctan2(d[1], d[0])),
+                                                                            -45, 45), 1.0))
+    return run(*square(points @ turn[:2, :2].T + turn[:2, 2]), turn)

@@ -117,7 +117,8 @@ def register(subparsers) -> None:
         description="Write an ONNX graph from a batch of normalised face crops (B, 3, S, S; dynamic batch) to "
         "every task's decoded output of the last refinement iteration (points normalised to the crop, "
         "segmentation logits, category logits), one output per task. The checkpoint's JSON is stored in the "
-        "metadata (key facemtl_info). With a point refiner (by default the one beside the checkpoint, as the "
+        "metadata (key facemtl_info); how the predictor cuts a face's crops from a photo and maps the outputs "
+        "back, with the checkpoint's numbers, under key crop. With a point refiner (by default the one beside the checkpoint, as the "
         "bundled model's), its graph is written beside as OUT.refiner.onnx: five uint8 patches of a face "
         "(B, 5, 48, 48, 3) to the five points' offsets (B, 5, 2); its metadata (key geometry) says how to cut "
         "the patches and read the offsets.",
@@ -510,7 +511,8 @@ def run_export(args) -> int:
         files.append((refiner_onnx_path(args.onnx), refiner_onnx_model(refiner, opset=args.opset)))
     # both graphs built before either is written, and written as one set: all or nothing
     atomic_write_files([(path, proto.SerializeToString()) for path, proto in files])
-    print(f"facemtl export: wrote {args.onnx} (outputs: {', '.join(t.name for t in model.tasks)})", file=sys.stderr)
+    print(f"facemtl export: wrote {args.onnx} (outputs: {', '.join(t.name for t in model.tasks)}; how to crop faces "
+          "for it: its metadata, key crop)", file=sys.stderr)
     if refiner is not None:
         print(f"facemtl export: wrote {files[1][0]} (the point refiner: patches -> offsets; how to cut them: its "
               "metadata, key geometry)", file=sys.stderr)

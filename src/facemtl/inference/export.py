@@ -151,12 +151,60 @@ def onnx_model(model: nn.Module, info: dict, iterations: int | None = None, opse
     size = int(info.get("input_size", 128))
     names = reference.names
     meta = {"facemtl_info": json.dumps(info), "iterations": str(iterations if iterations is not None else "all"),
-            "outputs": json.dumps(names)}
+            "outputs": json.dumps(names), "crop": crop_description(info)}
     torch.onnx.register_custom_op_symbolic(_ADAPTIVE_AVG, _adaptive_avg_pool2d, opset)
     try:
         return _traced_onnx(graph, torch.zeros(batch, 3, size, size), "images", names, opset, meta)
     finally:
         torch.onnx.unregister_custom_op_symbolic(_ADAPTIVE_AVG, opset)
+
+
+CROP_DESCRIPTION = (
+    "How facemtl's predictor makes the input 'images' from a photo and reads the outputs back (S = {size}, "
+    "margin m = {margin}). A face square has centre c and side s; its crop turned by t degrees is "
+    "crop = cv2.warpAffine(photo, M, (S, S), INTER_LINEAR, BORDER_CONSTANT, 0) of the RGB uint8 photo with "
+    "M = A T, A = [k I | (S - 1) / 2 - k c], k = S / (s (1 + 2 m)), T = cv2.getRotationMatrix2D(c, t, 1) as a "
+    "3x3 affine (t = 0: T = I). Input: (crop / 255 - mean) / std per RGB channel, channels first, float32, "
+    "mean = {mean}, std = {std}. Outputs: points (B, K, 2) u, in crop pixels S u, in the photo M^-1 (S u); "
+    "segmentation logits (B, C, S, S) over the crop's pixels; category logits (B, N); names and the flip "
+    "permutation f of each task in facemtl_info's 'tasks'. Test-time flip (the predictor's default): run the "
+    "mirrored crop crop[:, ::-1] too; of its outputs take index f[i] as index i (points, classes, categories; "
+    "f empty: none swapped), points x -> (S - 1) / S - x, segmentation logits mirrored along x; average them "
+    "with the crop's own (points, logits) before anything else. Face square of five points p_0..p_4 (MTFL "
+    "order): centred on their bounding box, side {inner} times its longer side. First crop: from a detector's "
+    "box with centre b and longer side w, the square of centre b + (dx, dy) w and side scale w; (dx, dy, scale) "
+    "= {calibrations}; any other detector: its box as the square (or its own fit); a turn the detector "
+    "gives (the Haar detector's turned searches) turns the first crop too. Second crop (for detected "
+    "faces when the first crop's eyes tilt by {min_tilt} degrees or more in the crop, always with passes=2): "
+    "from the first crop's points p, t = the eye line's angle atan2(d_y, d_x) in degrees, d = p_1 - p_0, "
+    "clipped to +-{max_roll}, T = cv2.getRotationMatrix2D(c_p, t, 1) with c_p the centre of p's square; the "
+    "crop's square is the square of the points T p, its turn T (M = A T, A of that square; kept when that "
+    "square's side is within 1/{change:g} to {change:g} times the first's and its centre inside the first "
+    "square); every output is read from the last crop. The predictor turns a crop whose own eyes still tilt by {again} degrees or more "
+    "again the same way, up to {crops} crops; "
+    "a box the caller gives keeps its square and is only turned by t."
+)
+
+
+def crop_description(info: dict) -> str:
+    """The text of the face model's ONNX metadata key ``crop`` (:data:`CROP_DESCRIPTION`): how the predictor cuts
+    and normalises a face's crops and maps the outputs back, for a deployment without facemtl; its numbers
+    are ``info``'s (the checkpoint's crop margin, input size and normalisation)."""
+    from facemtl.data.sample import IMAGE_MEAN, IMAGE_STD
+    from facemtl.constants import DEFAULT_CROP_MARGIN
+    from facemtl.data.transforms import INNER_POINTS_SCALE
+    from facemtl.inference.alignment import CALIBRATIONS, MAX_UPRIGHT_ROLL
+    from facemtl.inference.predictor import (MAX_RECROP_CHANGE, UPRIGHT_MAX_CROPS, UPRIGHT_MIN_DEGREES,
+                                             UPRIGHT_RETURN_DEGREES)
+
+    crop = info.get("crop") if isinstance(info.get("crop"), dict) else {}
+    norm = info.get("normalization") or {}
+    calibrations = "; ".join(f"{name} ({c.dx:g}, {c.dy:g}, {c.scale:g})" for name, c in CALIBRATIONS.items())
+    return CROP_DESCRIPTION.format(
+        size=int(info.get("input_size", 128)), margin=f"{crop.get('margin', DEFAULT_CROP_MARGIN):g}",
+        mean=list(norm.get("mean", IMAGE_MEAN)), std=list(norm.get("std", IMAGE_STD)), inner=f"{INNER_POINTS_SCALE:g}",
+        calibrations=calibrations, min_tilt=f"{UPRIGHT_MIN_DEGREES:g}", max_roll=f"{MAX_UPRIGHT_ROLL:g}",
+        again=f"{UPRIGHT_RETURN_DEGREES:g}", crops=UPRIGHT_MAX_CROPS, change=MAX_RECROP_CHANGE)
 
 
 def _traced_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_names: list, opset: int,
