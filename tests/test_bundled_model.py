@@ -81,16 +81,19 @@ def test_bundle_tool_copies_the_weights_and_records_the_command_and_scores(tmp_p
 
 
 def test_the_bundled_model_has_a_point_refiner_trained_by_the_recorded_command():
-    from facemtl.engine.refiner import RefinerRecipe
-    from facemtl.models.refiner import REFINER_JSON, REFINER_WEIGHTS, PointRefiner
+    from facemtl.engine.refiner import STAGE_GUESSES, RefinerRecipe
+    from facemtl.models.refiner import refiner_files
 
-    meta = json.loads((bundled_model() / REFINER_JSON).read_text())
-    assert "synthetic" in meta["trained_on"]
-    # the command's defaults are the recipe it recorded, so the documented command makes this refiner
-    assert meta["recipe"] == dataclasses.asdict(RefinerRecipe())
-    assert meta["command"].startswith("facemtl train-refiner")
-    assert (bundled_model() / REFINER_WEIGHTS).stat().st_size < 5e6
-    assert isinstance(facemtl.load().refiner, PointRefiner)
+    files = refiner_files(bundled_model())
+    assert len(files) == len(STAGE_GUESSES)  # every stage the command trains
+    for stage, (weights, meta_path) in enumerate(files, 1):
+        meta = json.loads(meta_path.read_text())
+        assert "synthetic" in meta["trained_on"]
+        # the command's defaults are the recipe it recorded, so the documented command makes this refiner
+        assert meta["recipe"] == json.loads(json.dumps(dataclasses.asdict(RefinerRecipe.for_stage(stage))))
+        assert meta["command"].startswith(f"facemtl train-refiner --out DIR --stage {stage} ")
+        assert weights.stat().st_size < 5e6
+    assert len(facemtl.load().refiner.stages) == len(STAGE_GUESSES)
     assert facemtl.load(refiner="none").refiner is None
 
 
@@ -102,8 +105,9 @@ def test_bundle_tool_bundles_a_refiner_beside_the_model_and_drops_it_when_not_gi
     dest = tmp_path / "dest"
     monkeypatch.setattr(bundle_model, "DEST", dest)
     save_refiner(tmp_path / "refiner", PointRefiner(4), {"command": "facemtl train-refiner"})
+    save_refiner(tmp_path / "refiner", PointRefiner(4), {"command": "facemtl train-refiner"}, stage=2)
     bundle_model.main([str(fake_run(tmp_path / "run", 1)), "--refiner", str(tmp_path / "refiner")])
-    for name in ("refiner.json", "refiner.safetensors"):
+    for name in ("refiner.json", "refiner.safetensors", "refiner.stage2.json", "refiner.stage2.safetensors"):
         assert (dest / name).read_bytes() == (tmp_path / "refiner" / name).read_bytes()
     bundle_model.main([str(fake_run(tmp_path / "again", 2))])
     assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.json", "model.safetensors"]

@@ -146,7 +146,8 @@ def test_deep_collaboration_model_exports_and_predicts_decoded_points(tmp_path):
 
 
 def _five_point_run(path):
-    """A tiny landmark model with a random point refiner saved beside it."""
+    """A tiny landmark model with a random two-stage point refiner saved beside it (stage 2: 0.5 inter-ocular
+    distances a patch)."""
     from facemtl.models.refiner import PointRefiner, save_refiner
 
     torch.manual_seed(2)
@@ -154,6 +155,7 @@ def _five_point_run(path):
     save_checkpoint(path, facemtl.create_model("ifan", **config).eval(),
                     {"model": {"name": "ifan", "config": config}, "input_size": SIZE})
     save_refiner(path, PointRefiner(4), {"trained_on": "nothing: random weights"})
+    save_refiner(path, PointRefiner(4, patch_side=0.5), {"trained_on": "nothing: random weights"}, stage=2)
     return path
 
 
@@ -174,31 +176,37 @@ def _patches_as_the_geometry_says(photo, points, patch, side_ratio, alias):
 def test_the_refiner_is_exported_beside_and_its_metadata_is_enough_to_use_it(tmp_path, capsys):
     import onnx
 
-    from facemtl.models.refiner import ANTI_ALIAS_FROM, PATCH, PATCH_SIDE, load_refiner, refine_points
+    from facemtl.models.refiner import ANTI_ALIAS_FROM, PATCH, load_refiner, refine_points
 
     run = _five_point_run(tmp_path / "run")
     out = tmp_path / "face.onnx"
     assert main(["export", str(run), "--onnx", str(out), "--check"]) == 0
     err = capsys.readouterr().err
-    assert "face.refiner.onnx" in err and "refiner offsets" in err
-    graph = onnx.load(str(tmp_path / "face.refiner.onnx"))
-    meta = {p.key: p.value for p in graph.metadata_props}
-    assert json.loads(meta["facemtl_refiner"]) == json.loads((run / "refiner.json").read_text())
-    assert f"({PATCH}, {PATCH})" in meta["geometry"] and f"{PATCH_SIDE} * |d|" in meta["geometry"]
-    session = onnx_session(tmp_path / "face.refiner.onnx")
+    assert "face.refiner.onnx" in err and "face.refiner.stage2.onnx" in err and "refiner stage 2 offsets" in err
+    sessions, sides = [], []
+    for stage, (name, json_name) in enumerate([("face.refiner.onnx", "refiner.json"),
+                                               ("face.refiner.stage2.onnx", "refiner.stage2.json")], 1):
+        meta = {p.key: p.value for p in onnx.load(str(tmp_path / name)).metadata_props}
+        assert json.loads(meta["facemtl_refiner"]) == json.loads((run / json_name).read_text())
+        sides.append(json.loads(meta["facemtl_refiner"])["patch_side"])
+        assert f"({PATCH}, {PATCH})" in meta["geometry"] and f"{sides[-1]:g} * |d|" in meta["geometry"]
+        assert f"This is stage {stage} of 2" in meta["geometry"]
+        sessions.append(onnx_session(tmp_path / name))
+    assert sides == [0.8, 0.5]
     refiner = load_refiner(run)
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (300, 280, 3), dtype=np.uint8)
     for scale in (0.5, 2.0):  # a small face, and one large enough to be blurred first
         points = (np.array([[100.0, 110.0], [160.0, 100.0], [130.0, 140.0], [105.0, 170.0], [155.0, 165.0]]) - 130)
-        points = points * scale + 140 + rng.uniform(-2, 2, (5, 2))
-        patches, angle, side = _patches_as_the_geometry_says(photo, points, PATCH, PATCH_SIDE, ANTI_ALIAS_FROM)
-        assert (side / PATCH > ANTI_ALIAS_FROM) == (scale > 1)
-        offsets = session.run(None, {"patches": patches})[0][0].astype(np.float64)
-        turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        refined = points + side * offsets @ turn.T
-        np.testing.assert_allclose(refined, refine_points(refiner, photo, points), atol=1e-3)
-        assert np.abs(refined - points).max() > 1e-2
+        start = refined = points * scale + 140 + rng.uniform(-2, 2, (5, 2))
+        for session, side_ratio in zip(sessions, sides):  # stage 2 from stage 1's points
+            patches, angle, side = _patches_as_the_geometry_says(photo, refined, PATCH, side_ratio, ANTI_ALIAS_FROM)
+            assert (side / PATCH > ANTI_ALIAS_FROM) == (scale > 1 and side_ratio == 0.8)
+            offsets = session.run(None, {"patches": patches})[0][0].astype(np.float64)
+            turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+            refined = refined + side * offsets @ turn.T
+        np.testing.assert_allclose(refined, refine_points(refiner, photo, start), atol=1e-3)
+        assert np.abs(refined - start).max() > 1e-2
 
 
 def test_export_refiner_none_writes_the_face_model_only(tmp_path, run_dir):

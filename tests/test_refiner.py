@@ -11,8 +11,8 @@ import torch
 import facemtl
 from facemtl.cli import main
 import facemtl.engine.refiner as refiner_training
-from facemtl.engine.refiner import (RefinerRecipe, check_learned, make_patches, offset_error, simulate_guess,
-                                   train_refiner)
+from facemtl.engine.refiner import (STAGE_GUESSES, RefinerRecipe, check_learned, make_patches, offset_error,
+                                   simulate_guess, train_refiner)
 from facemtl.errors import FacemtlError
 from facemtl.inference.predictor import Predictor
 from facemtl.models.checkpoint import save_checkpoint
@@ -21,6 +21,7 @@ from facemtl.models.refiner import (
     REFINER_JSON,
     REFINER_WEIGHTS,
     PointRefiner,
+    RefinerCascade,
     cut_patches,
     load_refiner,
     offsets_to_points,
@@ -28,6 +29,7 @@ from facemtl.models.refiner import (
     points_to_offsets,
     refine_points,
     save_refiner,
+    stage_files,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,6 +86,25 @@ def test_refine_points_finds_each_point_in_its_patch_and_its_mirror():
         refine_points(DotFinder(), dots(truth), GUESS[:4])
 
 
+def test_a_cascade_applies_its_stages_in_turn_each_with_its_own_patch_side():
+    rng = np.random.default_rng(0)
+    truth = GUESS + rng.uniform(-6, 6, GUESS.shape)
+    image = dots(truth)
+    first, second = DotFinder(), DotFinder(patch_side=0.5)
+    both = refine_points(RefinerCascade([first, second]), image, GUESS)
+    np.testing.assert_allclose(both, refine_points(second, image, refine_points(first, image, GUESS)), atol=1e-12)
+    np.testing.assert_allclose(refine_points([first, second], image, GUESS), both, atol=1e-12)  # a list of stages
+    # the second stage cuts 0.5 of the inter-ocular distance: a dot 0.2 of that along the eye line shows 0.2 PATCH
+    angle, side = patch_frame(GUESS, 0.5)
+    assert side == pytest.approx(0.5 * np.hypot(40, 10))
+    moved = GUESS.copy()
+    moved[2] = GUESS[2] + 0.2 * side * np.array([np.cos(angle), np.sin(angle)])
+    patches, _, _ = cut_patches(dots([moved[2]]), GUESS, 0.5)
+    assert abs(np.unravel_index(patches[2, :, :, 0].argmax(), (PATCH, PATCH))[1] - ((PATCH - 1) / 2 + 0.2 * PATCH)) <= 1
+    with pytest.raises(FacemtlError, match="at least one stage"):
+        RefinerCascade([])
+
+
 def test_every_parameter_gets_a_gradient_and_the_point_index_picks_the_output():
     torch.manual_seed(0)
     refiner = PointRefiner(width=4)
@@ -118,6 +139,8 @@ def test_simulated_guesses_are_near_the_truth_and_the_targets_undo_them():
     guesses = np.stack([simulate_guess(truth, rng) for _ in range(400)])
     spread = np.hypot(*(guesses - truth).transpose(2, 0, 1)).mean() / 40
     assert 0.04 < spread < 0.2  # a few hundredths of the inter-ocular distance, as a first stage misses
+    near = np.stack([simulate_guess(truth, rng, RefinerRecipe.for_stage(2)) for _ in range(400)])
+    assert 0.02 < np.hypot(*(near - truth).transpose(2, 0, 1)).mean() / 40 < 0.6 * spread  # stage 2: nearer
     recipe = RefinerRecipe(faces=2, guesses=2, style="studio")
     data = make_patches(recipe)
     assert data["x"].shape == (20, PATCH, PATCH, 3) and data["x"].dtype == np.uint8
@@ -134,7 +157,9 @@ def test_training_lowers_the_error_and_the_files_round_trip(tmp_path):
     assert same_guess == guess and after < 0.8 * guess, (after, before, guess)
     assert info["recipe"]["steps"] == 60 and info["held_out"]["render_seed"] == recipe.render_seed + 1
     save_refiner(tmp_path, refiner, info)
-    again = load_refiner(tmp_path)
+    cascade = load_refiner(tmp_path)
+    assert len(cascade.stages) == 1 and cascade.info[0]["recipe"] == json.loads(json.dumps(info["recipe"]))
+    again = cascade.stages[0]
     x = torch.from_numpy(data["x"][:10]).permute(0, 3, 1, 2)
     torch.testing.assert_close(again(x, torch.arange(10) % 5), refiner(x, torch.arange(10) % 5))
     meta = json.loads((tmp_path / REFINER_JSON).read_text())
@@ -161,6 +186,13 @@ def test_bad_refiner_files_and_recipes_are_one_clear_error(tmp_path):
         RefinerRecipe(warmup=-1).check()
     with pytest.raises(FacemtlError, match="gradient clip must be positive"):
         RefinerRecipe(clip=0.0).check()
+    with pytest.raises(FacemtlError, match="patch side must be 0.2 to 4"):
+        RefinerRecipe(patch_side=0.1).check()
+    with pytest.raises(FacemtlError, match="refiner stage must be one of 1, 2"):
+        RefinerRecipe.for_stage(3)
+    (tmp_path / "b" / REFINER_JSON).write_text(json.dumps({**meta, "patch_side": 9}))
+    with pytest.raises(FacemtlError, match="over 9 inter-ocular distances; this facemtl cuts 48 px over 0.2 to 4"):
+        load_refiner(tmp_path / "b")
     assert main(["train-refiner", "--out", str(tmp_path / "c"), "--steps", "-1"]) == 2
     assert not (tmp_path / "c").exists()  # checked before any face is drawn
 
@@ -174,17 +206,26 @@ def test_a_refiner_that_did_not_learn_is_one_clear_error():
         assert "nothing written to out" in str(caught.value) and "--seed" in str(caught.value)
 
 
-def test_the_command_writes_a_refiner_with_its_recipe(tmp_path, capsys, monkeypatch):
+def test_the_command_writes_both_stages_with_their_recipes(tmp_path, capsys, monkeypatch):
     args = ["train-refiner", "--out", str(tmp_path), "--faces", "3", "--steps", "2", "--style", "studio"]
     assert main(args) == 2  # two updates do not teach it: refused, nothing written
-    assert "did not learn" in capsys.readouterr().err and not (tmp_path / REFINER_JSON).exists()
+    assert "did not learn" in capsys.readouterr().err and not tmp_path.exists() or not any(tmp_path.iterdir())
     monkeypatch.setattr(refiner_training, "LEARNED_RATIO", 100.0)  # the writing itself, without the training time
     assert main(args) == 0
-    meta = json.loads((tmp_path / REFINER_JSON).read_text())
-    assert meta["recipe"]["faces"] == 3 and meta["recipe"]["style"] == "studio"
-    assert "synthetic" in meta["trained_on"] and meta["command"].startswith("facemtl train-refiner")
+    for stage in (1, 2):
+        meta = json.loads(stage_files(tmp_path, stage)[1].read_text())
+        assert meta["recipe"]["faces"] == 3 and meta["recipe"]["style"] == "studio"
+        assert meta["recipe"]["guess_point_sd"] == STAGE_GUESSES[stage]["guess_point_sd"]
+        assert "synthetic" in meta["trained_on"] and meta["command"].startswith("facemtl train-refiner")
+        assert f"--stage {stage}" in meta["command"] and meta.get("stage", 1) == stage
     assert "point refiner saved in" in capsys.readouterr().out
-    load_refiner(tmp_path)
+    assert len(load_refiner(tmp_path).stages) == 2
+    assert len(load_refiner(stage_files(tmp_path, 1)[1]).stages) == 1  # one stage's file: that stage alone
+    # --stage 2 writes stage 2 only, beside the stage 1 already there
+    stage1 = stage_files(tmp_path, 1)[0].read_bytes()
+    assert main([*args, "--stage", "2", "--seed", "1"]) == 0
+    assert stage_files(tmp_path, 1)[0].read_bytes() == stage1
+    assert json.loads(stage_files(tmp_path, 2)[1].read_text())["recipe"]["seed"] == 1
 
 
 TINY = dict(tasks=["landmarks", "emotion"], num_sources=1, task_sources=[0, 0], iterations=1, growth_rate=4,
@@ -209,7 +250,7 @@ def test_the_predictor_moves_the_five_reported_points_and_nothing_else(tmp_path)
     torch.manual_seed(3)
     save_refiner(run, PointRefiner(4), {})
     auto = Predictor.from_checkpoint(run, detector="none")
-    assert isinstance(auto.refiner, PointRefiner)
+    assert isinstance(auto.refiner, RefinerCascade) and len(auto.refiner.stages) == 1
     assert Predictor.from_checkpoint(run, detector="none", refiner="none").refiner is None
     for boxes in (None, [box]):
         before, after = plain(photo, boxes)[0], auto(photo, boxes)[0]
@@ -255,10 +296,12 @@ def test_the_onnxruntime_backend_refines_with_the_refiner_s_graph(tmp_path):
     run = tiny_checkpoint(tmp_path / "run")
     torch.manual_seed(3)
     save_refiner(run, PointRefiner(4), {})
+    save_refiner(run, PointRefiner(4, patch_side=0.5), {}, stage=2)
     photo = cv2.GaussianBlur(np.random.default_rng(2).integers(0, 256, (160, 140, 3), dtype=np.uint8), (0, 0), 3)
     eager = Predictor.from_checkpoint(run, detector="none")
     graph = Predictor.from_checkpoint(run, detector="none", backend="onnxruntime", threads=1)
-    assert isinstance(graph.refine_with, OnnxRefiner) and eager.refine_with is eager.refiner
+    assert [type(s) for s in graph.refine_with] == [OnnxRefiner] * 2 and eager.refine_with is eager.refiner
+    assert [s.patch_side for s in graph.refine_with] == [0.8, 0.5]
     unrefined = Predictor.from_checkpoint(run, detector="none", refiner="none")(photo)[0]["landmarks"]
     a, b = eager(photo)[0]["landmarks"], graph(photo)[0]["landmarks"]
     np.testing.assert_allclose(b, a, atol=1e-3)

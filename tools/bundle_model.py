@@ -16,7 +16,8 @@ run's training config, which ``facemtl synth preview --source N --config bundled
 ``provenance`` entry (the command that trained it, the commit and platform it was trained on,
 the date, the run's test scores)
 so that ``facemtl.load()`` users can see where the weights come from; ``--refiner DIR`` copies a point
-refiner (``refiner.safetensors`` + ``refiner.json``, its provenance inside) beside it, which
+refiner (``refiner.safetensors`` + ``refiner.json`` and its further stages' ``refiner.stage2.*``, each
+with its provenance inside) beside it, which
 ``facemtl.load()`` and ``facemtl predict`` then use by default (:mod:`facemtl.models.refiner`). Several runs
 (``python tools/bundle_model.py RUN RUN ...``) are bundled as an ensemble: ``ensemble.json`` and
 one folder per member (``seed7``, ...), each with its own model.json and provenance
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from facemtl.engine.loop import source_commit
 from facemtl.models.checkpoint import ENSEMBLE_FORMAT, ENSEMBLE_JSON, MODEL_JSON, MODEL_WEIGHTS
-from facemtl.models.refiner import REFINER_JSON, REFINER_WEIGHTS, load_refiner
+from facemtl.models.refiner import has_refiner, load_refiner, refiner_files
 
 ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "src" / "facemtl" / "assets" / "default_model"
@@ -93,8 +94,12 @@ def clear(dest: Path) -> None:
         for name in json.loads(manifest.read_text()).get("members", []):
             shutil.rmtree(dest / name, ignore_errors=True)
         manifest.unlink()
-    for name in (MODEL_WEIGHTS, MODEL_JSON, RUN_CONFIG, REFINER_WEIGHTS, REFINER_JSON):
+    for name in (MODEL_WEIGHTS, MODEL_JSON, RUN_CONFIG):
         (dest / name).unlink(missing_ok=True)
+    if has_refiner(dest):
+        for pair in refiner_files(dest):
+            for path in pair:
+                path.unlink(missing_ok=True)
 
 
 def write_model(run: Path, dest: Path, command: str) -> None:
@@ -142,9 +147,10 @@ def main(argv=None) -> None:
         }, indent=1) + "\n")
         size = sum((DEST / name / MODEL_WEIGHTS).stat().st_size for name in names)
     if args.refiner is not None:
-        for name in (REFINER_WEIGHTS, REFINER_JSON):
-            shutil.copyfile(args.refiner / name, DEST / name)
-        size += (DEST / REFINER_WEIGHTS).stat().st_size
+        for weights, meta in refiner_files(args.refiner):
+            for path in (weights, meta):
+                shutil.copyfile(path, DEST / path.name)
+            size += weights.stat().st_size
     print(f"bundled {', '.join(map(str, args.runs + ([args.refiner] if args.refiner else [])))} -> {DEST} "
           f"({size / 1e6:.2f} MB)")
 

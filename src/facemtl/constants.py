@@ -11,6 +11,11 @@ They live here, away from torch, cv2 and numpy, so that building the ``facemtl``
 DEFAULT_CROP_MARGIN = 0.25
 MAX_CROP_MARGIN = 5.0  # margin per side as a fraction of the face box: at 5 the face is 1/11 of the crop
 
+# Point refiner patches (models/refiner.py): their side in inter-ocular distances of the points given, by
+# default, and the sides a saved refiner stage may have.
+REFINER_PATCH_SIDE = 0.8
+REFINER_PATCH_SIDES = (0.2, 4.0)
+
 OPSET = 17
 # Opsets the TorchScript exporter supports and iFAN's graph needs (Slice with tensor inputs: 10;
 # Resize with coordinate modes, used by inference/export.py's upsampling pool: 11).

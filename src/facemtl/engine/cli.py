@@ -28,17 +28,19 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_train)
 
-    from facemtl.engine.refiner import LEARNED_RATIO, RefinerRecipe
+    from facemtl.engine.refiner import LEARNED_RATIO, STAGE_GUESSES, RefinerRecipe
 
     default = RefinerRecipe()
     r = subparsers.add_parser(
         "train-refiner",
         help="train the point refiner (a second stage for the five landmarks) on synthetic faces",
         description="Train the point refiner: a small network that moves each of a face model's five points to "
-        "where it finds it in a patch around it (facemtl.models.refiner), on synthetic faces only. Writes "
-        "refiner.safetensors and refiner.json (provenance) into --out; a checkpoint folder holding them "
-        "refines its points in facemtl predict and score (--refiner). A refiner that did not learn (its held-out "
-        f"synthetic error not below {LEARNED_RATIO:.0%} of its guesses') is an error, and nothing is written.",
+        "where it finds it in a patch around it (facemtl.models.refiner), on synthetic faces only, in two "
+        "stages: stage 1 from guesses as far off as a face model's points, stage 2 (applied after it) from "
+        "guesses as near as stage 1 leaves them. Writes refiner.safetensors and refiner.json (stage 1) and "
+        "refiner.stage2.* (stage 2) into --out; a checkpoint folder holding them refines its points in facemtl "
+        "predict and score (--refiner). A stage that did not learn (its held-out synthetic error not below "
+        f"{LEARNED_RATIO:.0%} of its guesses') is an error, and nothing is written.",
     )
     r.add_argument("--out", metavar="DIR", required=True, help="folder to write (e.g. a run folder)")
     r.add_argument("--faces", type=int, default=default.faces,
@@ -46,6 +48,9 @@ def register(subparsers) -> None:
     r.add_argument("--steps", type=int, default=default.steps, help=f"updates (default {default.steps})")
     r.add_argument("--style", default=default.style, help=f"synthetic style (default {default.style})")
     r.add_argument("--seed", type=int, default=default.seed, help=f"training seed (default {default.seed})")
+    r.add_argument("--stage", choices=[*map(str, STAGE_GUESSES), "all"], default="all",
+                   help="the stage to train and write (its files only: e.g. stage 2 beside an existing stage 1); "
+                   "default all, one after the other, written together")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_train_refiner)
 
@@ -101,18 +106,27 @@ def _train(args) -> int:
 
 
 def _train_refiner(args) -> int:
-    from facemtl.engine.refiner import RefinerRecipe, check_learned, train_refiner
-    from facemtl.models.refiner import save_refiner
+    from facemtl.engine.refiner import STAGE_GUESSES, RefinerRecipe, check_learned, train_refiner
+    from facemtl.files import atomic_write_files
+    from facemtl.models.refiner import stage_bytes
 
-    recipe = RefinerRecipe(faces=args.faces, steps=args.steps, style=args.style, seed=args.seed)
-    recipe.check()  # before any face is drawn
-    refiner, info = train_refiner(recipe, progress=not args.quiet)
-    check_learned(info, args.out)
-    save_refiner(args.out, refiner, info)
-    if not args.quiet:
+    stages = list(STAGE_GUESSES) if args.stage == "all" else [int(args.stage)]
+    recipes = [RefinerRecipe.for_stage(k, faces=args.faces, steps=args.steps, style=args.style, seed=args.seed)
+               for k in stages]
+    for recipe in recipes:
+        recipe.check()  # before any face is drawn
+    files, said = [], []
+    for stage, recipe in zip(stages, recipes):
+        refiner, info = train_refiner(recipe, progress=not args.quiet, stage=stage)
+        check_learned(info, args.out)
+        files += stage_bytes(args.out, refiner, info, stage)
         held = info["held_out"]
-        print(f"point refiner saved in {args.out}: held-out synthetic points {held['point_error']:.2f}% of the "
-              f"inter-ocular distance from guesses {held['guess_error']:.2f}%")
+        said.append(f"stage {stage}: held-out synthetic points {held['point_error']:.2f}% of the inter-ocular "
+                    f"distance from guesses {held['guess_error']:.2f}%")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    atomic_write_files(files)  # every stage trained, or none written
+    if not args.quiet:
+        print(f"point refiner saved in {args.out}: " + "; ".join(said))
     return 0
 
 

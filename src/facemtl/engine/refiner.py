@@ -1,9 +1,10 @@
 """Training the point refiner (:mod:`facemtl.models.refiner`) on synthetic faces only.
 
 Data: faces of the synthetic renderer at :data:`RENDER_SIZE` px (the landmark source's style of
-the bundled model, "snapshot", by default), each point's patch cut around a simulated first-stage
-guess: the true points under a random similarity (scale, turn, shift: a misplaced crop) plus
-independent per-point noise (:func:`simulate_guess`). The target is the true point's offset in
+the bundled model, "snapshot", by default), each point's patch cut around a simulated guess: the
+true points under a random similarity (scale, turn, shift: a misplaced crop) plus independent
+per-point noise (:func:`simulate_guess`), as far off as a face model's points for stage 1 and as
+near as stage 1 leaves them for stage 2 (:data:`STAGE_GUESSES`). The target is the true point's offset in
 the patch (:func:`~facemtl.models.refiner.points_to_offsets`). Training: smooth L1 on the
 offsets, AdamW with a cosine schedule, mirrored patches (the point index swapped), photometric
 jitter and random convolutions (as the face model's sources) on the patches.
@@ -15,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from facemtl.constants import REFINER_PATCH_SIDE as PATCH_SIDE
+from facemtl.constants import REFINER_PATCH_SIDES as PATCH_SIDE_RANGE
 from facemtl.errors import FacemtlError
 
 if TYPE_CHECKING:
@@ -23,10 +26,12 @@ if TYPE_CHECKING:
 # numpy, torch and the model are imported where used: `facemtl --help` reads RefinerRecipe's defaults
 
 RENDER_SIZE = 256
-GUESS_SCALE = (0.85, 1.10)  # a first stage's face size, relative to the truth
-GUESS_TURN_SD = 5.0  # degrees
-GUESS_SHIFT_SD = 0.05  # inter-ocular distances, the whole face
-GUESS_POINT_SD = 0.06  # inter-ocular distances, each point
+# Per stage, how far the simulated guesses are off: the face size relative to the truth, the turn
+# (degrees, sd), the whole face's shift and each point's own move (inter-ocular distances, sd).
+# Stage 1 starts from a face model's points; stage 2 from stage 1's, trained on nearer guesses
+# (applied twice, stage 1 does worse than once: docs/evidence.md, "A local point refiner").
+STAGE_GUESSES = {1: dict(guess_scale=(0.85, 1.10), guess_turn_sd=5.0, guess_shift_sd=0.05, guess_point_sd=0.06),
+                 2: dict(guess_scale=(0.95, 1.05), guess_turn_sd=2.0, guess_shift_sd=0.02, guess_point_sd=0.04)}
 LEARNED_RATIO = 0.8  # a refiner has learned when its held-out error is below this share of the guesses'
 
 
@@ -49,6 +54,19 @@ class RefinerRecipe:
     # updates (seen on wide-yaw faces: the refiner then answers each point's mean offset, whatever the patch)
     warmup: int = 100
     clip: float = 1.0
+    # the guesses (stage 1's by default: STAGE_GUESSES) and the patch side (inter-ocular distances)
+    guess_scale: tuple = STAGE_GUESSES[1]["guess_scale"]
+    guess_turn_sd: float = STAGE_GUESSES[1]["guess_turn_sd"]
+    guess_shift_sd: float = STAGE_GUESSES[1]["guess_shift_sd"]
+    guess_point_sd: float = STAGE_GUESSES[1]["guess_point_sd"]
+    patch_side: float = PATCH_SIDE
+
+    @classmethod
+    def for_stage(cls, stage: int, **kwargs) -> "RefinerRecipe":
+        """The recipe of refiner stage ``stage`` (:data:`STAGE_GUESSES`), ``kwargs`` overriding."""
+        if stage not in STAGE_GUESSES:
+            raise FacemtlError(f"refiner stage must be one of {', '.join(map(str, STAGE_GUESSES))}, got {stage!r}")
+        return cls(**{**STAGE_GUESSES[stage], **kwargs})
 
     def check(self) -> None:
         from facemtl.data.synth import STYLES
@@ -67,23 +85,29 @@ class RefinerRecipe:
             raise FacemtlError(f"refiner warmup must be a whole number of updates >= 0, got {self.warmup!r}")
         if not self.clip > 0:
             raise FacemtlError(f"refiner gradient clip must be positive, got {self.clip}")
+        low, high = PATCH_SIDE_RANGE
+        if not low <= self.patch_side <= high:
+            raise FacemtlError(f"refiner patch side must be {low:g} to {high:g} inter-ocular distances, "
+                               f"got {self.patch_side}")
 
 
-def simulate_guess(truth, rng):
-    """A first stage's five points for a face whose true points are ``truth``: the whole shape
-    scaled, turned and shifted about its centre, then each point moved on its own."""
+def simulate_guess(truth, rng, recipe: RefinerRecipe | None = None):
+    """The five points a refiner stage starts from, for a face whose true points are ``truth``: the
+    whole shape scaled, turned and shifted about its centre, then each point moved on its own, as far
+    as ``recipe`` says (None: stage 1's)."""
     import numpy as np
 
     from facemtl.models.refiner import rotation_2d
 
+    recipe = recipe or RefinerRecipe()
     eyes = truth[1] - truth[0]
     iod = float(np.hypot(*eyes))
     centre = truth.mean(0)
-    scale = rng.uniform(*GUESS_SCALE)
-    turn = rotation_2d(np.deg2rad(rng.normal(0, GUESS_TURN_SD)))
-    shift = rng.normal(0, GUESS_SHIFT_SD * iod, 2)
+    scale = rng.uniform(*recipe.guess_scale)
+    turn = rotation_2d(np.deg2rad(rng.normal(0, recipe.guess_turn_sd)))
+    shift = rng.normal(0, recipe.guess_shift_sd * iod, 2)
     guess = (truth - centre) @ turn.T * scale + centre + shift
-    return guess + rng.normal(0, GUESS_POINT_SD * iod, truth.shape)
+    return guess + rng.normal(0, recipe.guess_point_sd * iod, truth.shape)
 
 
 def make_patches(recipe: RefinerRecipe, progress: bool = False, seed_offset: int = 0) -> dict:
@@ -103,8 +127,8 @@ def make_patches(recipe: RefinerRecipe, progress: bool = False, seed_offset: int
         face = render_face(render_seed, i, recipe.style, RENDER_SIZE)
         truth = np.asarray(face["landmarks"], np.float64)
         for _ in range(recipe.guesses):
-            guess = simulate_guess(truth, rng)
-            patches, angle, side = cut_patches(face["image"], guess)
+            guess = simulate_guess(truth, rng, recipe)
+            patches, angle, side = cut_patches(face["image"], guess, recipe.patch_side)
             x.append(patches)
             y.append(points_to_offsets(truth, guess, angle, side).astype(np.float32))
             index.append(np.arange(len(truth)))
@@ -131,26 +155,25 @@ def _batch(data: dict, rng, size: int):
 
 def offset_error(refiner: PointRefiner, data: dict, batch: int = 512) -> tuple[float, float]:
     """(mean point error after the refiner, before it) on ``data``, in % of the guessed inter-ocular
-    distance (offsets are in patch sides of PATCH_SIDE inter-ocular distances)."""
+    distance (offsets are in patch sides of the refiner's ``patch_side`` inter-ocular distances)."""
     import numpy as np
     import torch
-
-    from facemtl.models.refiner import PATCH_SIDE
 
     refiner.eval()
     with torch.no_grad():
         out = torch.cat([refiner(torch.from_numpy(data["x"][s:s + batch]).permute(0, 3, 1, 2),
                                  torch.from_numpy(data["index"][s:s + batch]).long())
                          for s in range(0, len(data["x"]), batch)]).numpy()
-    scale = 100 * PATCH_SIDE
+    scale = 100 * refiner.patch_side
     return (float(np.hypot(*(out - data["y"]).T).mean() * scale), float(np.hypot(*data["y"].T).mean() * scale))
 
 
-def train_refiner(recipe: RefinerRecipe, progress: bool = False,
-                  data: dict | None = None) -> tuple[PointRefiner, dict]:
-    """A refiner trained by ``recipe`` and its provenance (recipe, steps, final loss, the held-out
-    synthetic error). ``data``: patches made before (else :func:`make_patches`). Whether it learned
-    is :func:`check_learned`'s to say (``facemtl train-refiner`` calls it before writing)."""
+def train_refiner(recipe: RefinerRecipe, progress: bool = False, data: dict | None = None,
+                  stage: int = 1) -> tuple[PointRefiner, dict]:
+    """Refiner stage ``stage`` trained by ``recipe`` (:meth:`RefinerRecipe.for_stage`) and its provenance
+    (recipe, steps, final loss, the held-out synthetic error). ``data``: patches made before (else
+    :func:`make_patches`). Whether it learned is :func:`check_learned`'s to say (``facemtl train-refiner``
+    calls it before writing)."""
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -168,7 +191,7 @@ def train_refiner(recipe: RefinerRecipe, progress: bool = False,
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
-    refiner = PointRefiner(recipe.width)
+    refiner = PointRefiner(recipe.width, patch_side=recipe.patch_side)
     optimiser = torch.optim.AdamW(refiner.parameters(), recipe.lr, weight_decay=recipe.weight_decay)
     refiner.train()
     smoothed = None
@@ -191,8 +214,8 @@ def train_refiner(recipe: RefinerRecipe, progress: bool = False,
     held_out = RefinerRecipe(**{**asdict(recipe), "faces": max(1, recipe.faces // 20)})
     after, before = offset_error(refiner, make_patches(held_out, seed_offset=1))
     info = {"trained_on": "synthetic faces only (facemtl's renderer)",
-            "command": (f"facemtl train-refiner --out DIR --faces {recipe.faces} --steps {recipe.steps} "
-                        f"--style {recipe.style} --seed {recipe.seed}"),
+            "command": (f"facemtl train-refiner --out DIR --stage {stage} --faces {recipe.faces} --steps "
+                        f"{recipe.steps} --style {recipe.style} --seed {recipe.seed}"),
             "recipe": asdict(recipe), "final_loss": smoothed, **origin,
             "minutes": round((time.time() - started) / 60, 1),
             "held_out": {"faces": held_out.faces, "render_seed": held_out.render_seed + 1,

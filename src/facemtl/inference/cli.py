@@ -36,7 +36,7 @@ DETAIL_HELP = ("shrink each face crop to PX pixels a side and enlarge it back be
 REFINER_HELP = ("point refiner: moves each of the five landmarks to where a small network finds it in a patch of the "
                 "photo around it (trained on synthetic faces: facemtl train-refiner); auto: the one saved beside the "
                 "checkpoint, as the bundled model's; none: the face model's own points; DIR: a refiner's folder "
-                "(default: auto)")
+                "(every stage in it), or one stage's .json (default: auto)")
 RECROP_HELP = ("how a detected face's second crop is made (default passes): points: from its predicted landmarks, as "
                "training crops; turn: its calibrated box again, turned so the eyes are level, as a --boxes face "
                "(through the Haar detector 9 of 10 models read real faces a little better this way; "
@@ -119,7 +119,8 @@ def register(subparsers) -> None:
         "segmentation logits, category logits), one output per task. The checkpoint's JSON is stored in the "
         "metadata (key facemtl_info); how the predictor cuts a face's crops from a photo and maps the outputs "
         "back, with the checkpoint's numbers, under key crop. With a point refiner (by default the one beside the checkpoint, as the "
-        "bundled model's), its graph is written beside as OUT.refiner.onnx: five uint8 patches of a face "
+        "bundled model's), its graphs are written beside, one per stage, as OUT.refiner.onnx (stage 1) and "
+        "OUT.refiner.stage2.onnx (stage 2, applied to stage 1's points): five uint8 patches of a face "
         "(B, 5, 48, 48, 3) to the five points' offsets (B, 5, 2); its metadata (key geometry) says how to cut "
         "the patches and read the offsets.",
     )
@@ -129,7 +130,8 @@ def register(subparsers) -> None:
     e.add_argument("--iterations", type=int, metavar="N", help="refinement iterations to unroll (default: all)")
     e.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: {OPSET})")
     e.add_argument("--refiner", default="auto", metavar="auto|none|DIR",
-                   help="point refiner to export beside, as OUT.refiner.onnx; auto: the one saved beside the "
+                   help="point refiner to export beside, as OUT.refiner.onnx (and OUT.refiner.stage2.onnx for a "
+                   "second stage); auto: the one saved beside the "
                    "checkpoint, if any; none: no refiner; DIR: a refiner's folder or file (default: auto)")
     e.add_argument("--check", action="store_true", help="run the file(s) with onnxruntime and compare with PyTorch")
     e.set_defaults(func=run_export)
@@ -503,25 +505,27 @@ def run_export(args) -> int:
     checkpoint = bundled_model() if args.checkpoint == "bundled" else args.checkpoint
     model, info = load_model(checkpoint)
     refiner = resolve_refiner(args.refiner, checkpoint, model)
-    if refiner is not None:
+    stages = list(refiner.stages) if refiner is not None else []
+    if stages:
         check_refiner_fits(model)
-        check_output_file(refiner_onnx_path(args.onnx), "the refiner's graph")
+        for k in range(1, len(stages) + 1):
+            check_output_file(refiner_onnx_path(args.onnx, k), "the refiner's graph")
     files = [(args.onnx, onnx_model(model, info, args.iterations, args.opset))]
-    if refiner is not None:
-        files.append((refiner_onnx_path(args.onnx), refiner_onnx_model(refiner, opset=args.opset)))
-    # both graphs built before either is written, and written as one set: all or nothing
+    files += [(refiner_onnx_path(args.onnx, k), refiner_onnx_model(stage, args.opset, k, len(stages)))
+              for k, stage in enumerate(stages, 1)]
+    # every graph built before any is written, and written as one set: all or nothing
     atomic_write_files([(path, proto.SerializeToString()) for path, proto in files])
     print(f"facemtl export: wrote {args.onnx} (outputs: {', '.join(t.name for t in model.tasks)}; how to crop faces "
           "for it: its metadata, key crop)", file=sys.stderr)
-    if refiner is not None:
-        print(f"facemtl export: wrote {files[1][0]} (the point refiner: patches -> offsets; how to cut them: its "
-              "metadata, key geometry)", file=sys.stderr)
+    for k, (path, _) in enumerate(files[1:], 1):
+        print(f"facemtl export: wrote {path} (point refiner stage {k} of {len(stages)}: patches -> offsets; how to "
+              "cut them: its metadata, key geometry)", file=sys.stderr)
     if args.check:
         from facemtl.inference.export import compare_refiner_with_torch, compare_with_torch
 
         worst = compare_with_torch(model, args.onnx, iterations=args.iterations, size=int(info.get("input_size", 128)))
-        if refiner is not None:
-            worst["refiner offsets"] = compare_refiner_with_torch(refiner, files[1][0])
+        for k, (stage, (path, _)) in enumerate(zip(stages, files[1:]), 1):
+            worst[f"refiner stage {k} offsets"] = compare_refiner_with_torch(stage, path)
         print("facemtl export: onnxruntime vs PyTorch, largest difference per output: "
               + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()), file=sys.stderr)
     return 0

@@ -17,10 +17,10 @@ own forward) stays the reference that :func:`compare_with_torch` checks it again
 :func:`onnx_model` builds the graph in memory, which the onnxruntime prediction backend
 (:class:`facemtl.inference.predictor.OnnxRuntimeBackend`) runs without writing a file.
 
-A point refiner (:mod:`facemtl.models.refiner`) exports to a graph of its own
+A point refiner (:mod:`facemtl.models.refiner`) exports to graphs of its own, one per stage
 (:func:`refiner_onnx_model`): a face's five uint8 patches to the five points' offsets, its mirror
 average inside; the metadata says how to cut the patches and read the offsets, which is all a
-deployment without facemtl needs. ``facemtl export`` writes it beside the face model's graph.
+deployment without facemtl needs. ``facemtl export`` writes them beside the face model's graph.
 
 onnx and onnxruntime are an optional extra (``pip install facemtl[onnx]``); they are imported
 only here, with a clear error when missing. The exporter is PyTorch's TorchScript-based one
@@ -237,7 +237,8 @@ REFINER_GEOMETRY = (
     "M_k = [s R(-angle) | c - s R(-angle) p_k], s = {patch} / side, c = ({patch} - 1) / 2, p_k the point, "
     "R(a) = [[cos a, -sin a], [sin a, cos a]]; when side / {patch} > {alias}, the photo is first blurred "
     "with a Gaussian of sigma 0.5 * side / {patch}. Output 'offsets' (B, 5, 2) float32 o_k, in patch sides "
-    "along the patch axes: the refined point is p_k + side * R(angle) o_k."
+    "along the patch axes: the refined point is p_k + side * R(angle) o_k. This is stage {stage} of {stages}: "
+    "{order}."
 )
 
 
@@ -252,37 +253,45 @@ class _FaceOffsets(nn.Module):
         return self.refiner.face_offsets(patches)
 
 
-def refiner_onnx_model(refiner: nn.Module, opset: int = OPSET):
-    """The checked ONNX ``ModelProto`` of a point refiner's
+def refiner_onnx_model(refiner: nn.Module, opset: int = OPSET, stage: int = 1, stages: int = 1):
+    """The checked ONNX ``ModelProto`` of one point refiner stage's
     :meth:`~facemtl.models.refiner.PointRefiner.face_offsets` (the patch and its mirror image, averaged):
     uint8 patches ``(B, 5, PATCH, PATCH, 3)`` -> offsets ``(B, 5, 2)``, the batch axis dynamic. The
-    metadata holds ``geometry`` (how to cut the patches and read the offsets, :data:`REFINER_GEOMETRY`)
-    and ``facemtl_refiner`` (the refiner's JSON description, its ``info`` when loaded from files)."""
-    from facemtl.models.refiner import ANTI_ALIAS_FROM, PATCH, PATCH_SIDE
+    metadata holds ``geometry`` (how to cut the patches and read the offsets, :data:`REFINER_GEOMETRY`, and
+    which stage of how many it is) and ``facemtl_refiner`` (the stage's JSON description, its ``info`` when
+    loaded from files)."""
+    from facemtl.models.refiner import ANTI_ALIAS_FROM, PATCH
 
     check_opset(opset)
     refiner = refiner.cpu().eval()
-    geometry = REFINER_GEOMETRY.format(patch=PATCH, side=PATCH_SIDE, alias=ANTI_ALIAS_FROM)
+    if stage == 1:
+        order = "p_k are the face model's points" + (f"; stage 2 starts from the points it gives" if stages > 1 else "")
+    else:
+        order = f"p_k are the points stage {stage - 1} gives"
+    geometry = REFINER_GEOMETRY.format(patch=PATCH, side=f"{refiner.patch_side:g}", alias=ANTI_ALIAS_FROM,
+                                       stage=stage, stages=stages, order=order)
     meta = {"geometry": geometry, "facemtl_refiner": json.dumps(getattr(refiner, "info", {}))}
     example = torch.zeros(2, 5, PATCH, PATCH, 3, dtype=torch.uint8)
     return _traced_onnx(_FaceOffsets(refiner).eval(), example, "patches", ["offsets"], opset, meta)
 
 
-def refiner_onnx_path(onnx_path: str | Path) -> Path:
-    """Where ``facemtl export`` writes the point refiner's graph beside ``OUT.onnx``: ``OUT.refiner.onnx``."""
+def refiner_onnx_path(onnx_path: str | Path, stage: int = 1) -> Path:
+    """Where ``facemtl export`` writes refiner stage ``stage``'s graph beside ``OUT.onnx``: ``OUT.refiner.onnx``,
+    ``OUT.refiner.stage2.onnx``, ..."""
     onnx_path = Path(onnx_path)
-    return onnx_path.with_name(onnx_path.stem + ".refiner.onnx")
+    return onnx_path.with_name(onnx_path.stem + (".refiner.onnx" if stage == 1 else f".refiner.stage{stage}.onnx"))
 
 
 class OnnxRefiner:
-    """A point refiner's graph (:func:`refiner_onnx_model`, built in memory) in an onnxruntime CPU session:
-    the onnxruntime backend's refiner, called by :func:`facemtl.models.refiner.refine_points` with uint8
-    patches ``(B, 5, PATCH, PATCH, 3)``, answering offsets ``(B, 5, 2)``."""
+    """A point refiner stage's graph (:func:`refiner_onnx_model`, built in memory) in an onnxruntime CPU
+    session: a stage of the onnxruntime backend's refiner, used by :func:`facemtl.models.refiner.refine_points`
+    as the stage itself (its ``patch_side``; ``offsets`` of uint8 patches ``(B, 5, PATCH, PATCH, 3)``)."""
 
     def __init__(self, refiner: nn.Module, threads: int | None = None):
+        self.patch_side = refiner.patch_side
         self.session = onnx_session(refiner_onnx_model(refiner).SerializeToString(), threads=threads)
 
-    def __call__(self, patches: np.ndarray) -> np.ndarray:
+    def offsets(self, patches: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"patches": np.ascontiguousarray(patches, dtype=np.uint8)})[0]
 
 

@@ -133,8 +133,8 @@ from facemtl.errors import FacemtlError
 from facemtl.kinds import kind_of
 from facemtl.inference.alignment import IDENTITY, eye_roll, landmark_square, turned_crop, upright_crop, upright_roll
 from facemtl.inference.detect import DETECTORS, check_detector, find_faces, make_detector, parse_box
-from facemtl.models.refiner import (FIVE_POINTS, PointRefiner, has_refiner, load_refiner, predicts_five_points,
-                                    refine_points)
+from facemtl.models.refiner import (FIVE_POINTS, PointRefiner, RefinerCascade, has_refiner, load_refiner,
+                                    predicts_five_points, refine_points)
 
 BACKENDS = ("torch", "onnxruntime")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
@@ -417,7 +417,8 @@ class Predictor:
     ``detail``: shrink every crop to this side in pixels and enlarge it back before the network
     (:func:`reduce_detail`; its real-face evidence: docs/evidence.md, "Fine detail"); None: the
     checkpoint's ``crop.detail``, absent there the crop as cut; 0: the crop as cut.
-    ``refiner``: a :class:`~facemtl.models.refiner.PointRefiner` that moves the five reported
+    ``refiner``: a :class:`~facemtl.models.refiner.RefinerCascade` (or one stage, a
+    :class:`~facemtl.models.refiner.PointRefiner`) that moves the five reported
     landmarks (step 4a of the module docstring; needs a model with the 5-point ``landmarks`` task),
     or None; :meth:`from_checkpoint` finds the checkpoint's own by default.
     ``model``: one model, or a list of models with the same tasks (an ensemble: their outputs
@@ -512,15 +513,17 @@ class Predictor:
         if backend == "onnxruntime" and self.refiner is not None:
             from facemtl.inference.export import OnnxRefiner
 
-            self.refine_with = OnnxRefiner(self.refiner, threads if threads is not None else torch.get_num_threads())
+            threads = threads if threads is not None else torch.get_num_threads()
+            self.refine_with = [OnnxRefiner(stage, threads) for stage in self.refiner.stages]
 
     @classmethod
     def from_checkpoint(cls, path, refiner="auto", **kwargs) -> "Predictor":
         """Load a run folder, ``model.safetensors`` or ``model.json`` (safetensors + JSON only), or
         an ensemble: a list of those, or a folder with ``ensemble.json``. ``refiner``: ``"auto"``
         (default: the point refiner saved in the checkpoint's folder, when it has one and the model
-        predicts the five landmarks), ``"none"`` or None (no refiner), a refiner's folder or file,
-        or a :class:`~facemtl.models.refiner.PointRefiner`."""
+        predicts the five landmarks), ``"none"`` or None (no refiner), a refiner's folder (every stage
+        in it) or one stage's file, or a :class:`~facemtl.models.refiner.RefinerCascade` or
+        :class:`~facemtl.models.refiner.PointRefiner`."""
         from facemtl.models.checkpoint import load_models
 
         # a missing onnxruntime or a bad backend option is reported before the model is loaded
@@ -628,9 +631,11 @@ class Predictor:
         """``refiner`` moved to the predictor's device, after checking the model has what it refines."""
         if refiner is None:
             return None
-        if not isinstance(refiner, PointRefiner):
-            raise FacemtlError(f"refiner must be a PointRefiner or None, got {type(refiner).__name__} "
-                               "(Predictor.from_checkpoint also takes a refiner's folder)")
+        if isinstance(refiner, PointRefiner):
+            refiner = RefinerCascade([refiner])
+        if not isinstance(refiner, RefinerCascade):
+            raise FacemtlError(f"refiner must be a PointRefiner, a RefinerCascade or None, got "
+                               f"{type(refiner).__name__} (Predictor.from_checkpoint also takes a refiner's folder)")
         check_refiner_fits(self.model)
         return refiner.to(self.device).eval()
 
@@ -804,12 +809,15 @@ def check_refiner_fits(model) -> None:
 
 def resolve_refiner(refiner, path, model):
     """:meth:`Predictor.from_checkpoint`'s ``refiner`` argument (also ``facemtl export --refiner``'s)
-    as a refiner or None; ``"auto"``: the one saved in ``path``'s folder, if any."""
-    if refiner is None or isinstance(refiner, PointRefiner):
+    as a :class:`~facemtl.models.refiner.RefinerCascade` or None; ``"auto"``: the one saved in ``path``'s folder,
+    if any."""
+    if refiner is None or isinstance(refiner, RefinerCascade):
         return refiner
+    if isinstance(refiner, PointRefiner):
+        return RefinerCascade([refiner])
     if not isinstance(refiner, (str, Path)):
-        raise FacemtlError(f"refiner must be 'auto', 'none', a refiner's folder or file, or a PointRefiner; "
-                           f"got {type(refiner).__name__}")
+        raise FacemtlError(f"refiner must be 'auto', 'none', a refiner's folder or file, a PointRefiner or a "
+                           f"RefinerCascade; got {type(refiner).__name__}")
     if str(refiner) == "none":
         return None
     if str(refiner) != "auto":

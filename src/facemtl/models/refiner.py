@@ -7,10 +7,16 @@ only a patch around each predicted point and says where in it the point lies mov
 closer on real faces (docs/evidence.md, "A local point refiner"). Trained on synthetic faces only
 (:mod:`facemtl.engine.refiner`).
 
-Geometry: a point's patch is :data:`PATCH` pixels a side, covers :data:`PATCH_SIDE` of the
-inter-ocular distance of the points given, is centred on the point and turned so that the given
-eyes are level. The network reads the patch and the point's index and returns the true point's
-offset from the patch centre, in patch sides along the patch's axes (:func:`offsets_to_points`).
+Geometry: a point's patch is :data:`PATCH` pixels a side, covers the refiner's ``patch_side``
+(:data:`PATCH_SIDE` by default) of the inter-ocular distance of the points given, is centred on
+the point and turned so that the given eyes are level. The network reads the patch and the point's
+index and returns the true point's offset from the patch centre, in patch sides along the patch's
+axes (:func:`offsets_to_points`).
+
+Stages (:class:`RefinerCascade`): a refiner's folder holds stage 1 (``refiner.safetensors`` +
+``refiner.json``) and may hold further stages (``refiner.stage2.*``), each a :class:`PointRefiner`
+trained on guesses as near as the stage before leaves them and applied to that stage's points
+(cascaded regression; docs/evidence.md, "A second refiner stage").
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from facemtl.constants import REFINER_PATCH_SIDE, REFINER_PATCH_SIDES
 from facemtl.errors import FacemtlError
 from facemtl.tasks import STANDARD_TASKS
 
 PATCH = 48
-PATCH_SIDE = 0.8  # in inter-ocular distances of the points given
-REFINER_WEIGHTS, REFINER_JSON = "refiner.safetensors", "refiner.json"
+PATCH_SIDE, PATCH_SIDE_RANGE = REFINER_PATCH_SIDE, REFINER_PATCH_SIDES
+REFINER_WEIGHTS, REFINER_JSON = "refiner.safetensors", "refiner.json"  # stage 1; stage k: refiner.stage{k}.*
+MAX_STAGES = 9
 REFINER_FORMAT = "facemtl-point-refiner"
 FIVE_POINTS = STANDARD_TASKS["landmarks"]  # MTFL order: eyes, nose, mouth corners
 ANTI_ALIAS_FROM = 1.5  # shrinking a photo by more than this: blur first, as the crop would
@@ -38,8 +46,9 @@ class PointRefiner(nn.Module):
     sides. Seven 3x3 conv + batch norm + ReLU layers with three poolings (48 -> 6 px), then two
     linear layers that keep where things are in the patch (no global pooling: the answer is a place)."""
 
-    def __init__(self, width: int = 24, points: int = 5):
+    def __init__(self, width: int = 24, points: int = 5, patch_side: float = PATCH_SIDE):
         super().__init__()
+        self.patch_side = float(patch_side)
 
         def conv(a, b):
             return [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
@@ -81,11 +90,33 @@ class PointRefiner(nn.Module):
         back = (out[1] * shown[:, :, None]).sum(2) * torch.tensor([-1.0, 1.0], device=out.device)
         return ((out[0] * own[:, :, None]).sum(2) + back) / 2
 
+    def offsets(self, patches: np.ndarray) -> np.ndarray:
+        """:meth:`face_offsets` of a numpy array of patches, without gradients, on the refiner's device."""
+        with torch.no_grad():
+            device = next(self.parameters()).device
+            return self.face_offsets(torch.from_numpy(patches).to(device)).cpu().numpy()
 
-def patch_frame(points: np.ndarray) -> tuple[float, float]:
-    """(angle in radians of the eye line, patch side in pixels) of (5, 2) points."""
+
+class RefinerCascade(nn.Module):
+    """Refiner stages (:class:`PointRefiner`) applied in turn, each from the points the one before gave
+    (:func:`refine_points`); ``info``: each stage's JSON description, in order (:func:`load_refiner`)."""
+
+    def __init__(self, stages):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        if not len(self.stages):
+            raise FacemtlError("a point refiner needs at least one stage")
+
+    @property
+    def info(self) -> list:
+        return [getattr(stage, "info", {}) for stage in self.stages]
+
+
+def patch_frame(points: np.ndarray, patch_side: float = PATCH_SIDE) -> tuple[float, float]:
+    """(angle in radians of the eye line, patch side in pixels) of (5, 2) points; ``patch_side``: in
+    inter-ocular distances."""
     eyes = np.asarray(points[1], np.float64) - np.asarray(points[0], np.float64)
-    return float(np.arctan2(eyes[1], eyes[0])), max(PATCH_SIDE * float(np.hypot(*eyes)), 4.0)
+    return float(np.arctan2(eyes[1], eyes[0])), max(patch_side * float(np.hypot(*eyes)), 4.0)
 
 
 def rotation_2d(angle: float) -> np.ndarray:
@@ -102,10 +133,10 @@ def patch_matrix(centre, angle: float, side: float) -> np.ndarray:
     return np.hstack([rot, shift[:, None]])
 
 
-def cut_patches(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, float, float]:
+def cut_patches(image: np.ndarray, points: np.ndarray, patch_side: float = PATCH_SIDE) -> tuple[np.ndarray, float, float]:
     """(5, PATCH, PATCH, 3) patches of an RGB uint8 ``image`` around ``points``, with their frame
     (:func:`patch_frame`); edges repeat the image's border."""
-    angle, side = patch_frame(points)
+    angle, side = patch_frame(points, patch_side)
     scale = side / PATCH
     if scale > ANTI_ALIAS_FROM:  # a large face: smooth before sampling every few pixels
         image = cv2.GaussianBlur(image, (0, 0), 0.5 * scale)
@@ -128,28 +159,37 @@ def refine_points(refiner, image: np.ndarray, points) -> np.ndarray:
     """The five ``points`` (image pixels, MTFL order) of a face in the RGB uint8 ``image``, each
     moved to where ``refiner`` finds it in its patch; the mean of the patch's answer and its mirror
     image's (:meth:`PointRefiner.face_offsets`, as the predictor's test-time flip). ``refiner``: a
-    :class:`PointRefiner`, or a callable with the same answer from (1, 5, PATCH, PATCH, 3) uint8
-    patches as a numpy array (the onnxruntime backend's :class:`facemtl.inference.export.OnnxRefiner`)."""
+    :class:`RefinerCascade` (its stages in turn), a :class:`PointRefiner` (one stage), or a list of
+    stages: anything with a ``patch_side`` and an ``offsets`` method giving :meth:`PointRefiner.offsets`'
+    answer (the onnxruntime backend's :class:`facemtl.inference.export.OnnxRefiner`)."""
     points = np.asarray(points, np.float64).reshape(-1, 2)
     if points.shape != (FIVE_POINTS.num_outputs, 2) or not np.all(np.isfinite(points)):
         raise FacemtlError(f"the point refiner needs five finite points (MTFL order), got shape {points.shape}")
-    patches, angle, side = cut_patches(image, points)
-    if isinstance(refiner, PointRefiner):
-        with torch.no_grad():
-            device = next(refiner.parameters()).device
-            offsets = refiner.face_offsets(torch.from_numpy(patches[None]).to(device)).cpu().numpy()
-    else:
-        offsets = refiner(patches[None])
-    return offsets_to_points(offsets[0], points, angle, side)
+    stages = refiner.stages if isinstance(refiner, RefinerCascade) else [refiner] if hasattr(refiner, "offsets") \
+        else refiner
+    for stage in stages:
+        patches, angle, side = cut_patches(image, points, stage.patch_side)
+        points = offsets_to_points(stage.offsets(patches[None])[0], points, angle, side)
+    return points
 
 
-def refiner_files(path) -> tuple[Path, Path]:
-    """(weights, JSON) of a refiner given as its folder, its .safetensors or its .json."""
+def stage_files(folder, stage: int) -> tuple[Path, Path]:
+    """(weights, JSON) of refiner stage ``stage`` (1, 2, ...) in ``folder``."""
+    stem = "refiner" if stage == 1 else f"refiner.stage{stage}"
+    return Path(folder) / f"{stem}.safetensors", Path(folder) / f"{stem}.json"
+
+
+def refiner_files(path) -> list[tuple[Path, Path]]:
+    """(weights, JSON) of each stage of a refiner given as its folder (stage 1 and every further stage
+    saved beside it, in order), or of the one stage given as its .safetensors or .json."""
     p = Path(path)
     if p.is_dir():
-        return p / REFINER_WEIGHTS, p / REFINER_JSON
+        found = [stage_files(p, 1)]
+        while len(found) < MAX_STAGES and stage_files(p, len(found) + 1)[1].is_file():
+            found.append(stage_files(p, len(found) + 1))
+        return found
     if p.suffix in (".json", ".safetensors"):
-        return p.with_suffix(".safetensors"), p.with_suffix(".json")
+        return [(p.with_suffix(".safetensors"), p.with_suffix(".json"))]
     raise FacemtlError(f"not a point refiner: {p} (expected a folder with {REFINER_JSON}, or that file)")
 
 
@@ -164,8 +204,8 @@ def predicts_five_points(model) -> bool:
 
 
 def carry_refiner(checkpoint, run_dir, model) -> Path | None:
-    """Copy the point refiner saved beside ``checkpoint`` (a folder or a model file in one) into
-    ``run_dir`` when ``model`` predicts the five points; the folder it came from, or None. A run
+    """Copy the point refiner saved beside ``checkpoint`` (a folder or a model file in one; every stage)
+    into ``run_dir`` when ``model`` predicts the five points; the folder it came from, or None. A run
     started from a checkpoint (``model.init``) keeps its refiner this way: the refiner reads the
     photo around the points, not the face model, and it lowered the real-face error of models
     fine-tuned from the bundled one too (README, "Fine-tuning the bundled model")."""
@@ -176,41 +216,56 @@ def carry_refiner(checkpoint, run_dir, model) -> Path | None:
     if not has_refiner(folder) or not predicts_five_points(model):
         return None
     load_refiner(folder)  # a readable refiner, or one clear error before anything is copied
-    atomic_write_files([(Path(run_dir) / name, (folder / name).read_bytes())
-                        for name in (REFINER_WEIGHTS, REFINER_JSON)])
+    atomic_write_files([(Path(run_dir) / f.name, f.read_bytes()) for pair in refiner_files(folder) for f in pair])
     return folder
 
 
-def save_refiner(folder, refiner: PointRefiner, info: dict) -> None:
-    """``refiner.safetensors`` + ``refiner.json`` (``info``: provenance; the weights' SHA-256 added)."""
-    from facemtl.files import atomic_write_files, json_bytes, sha256_hex, tensors_bytes
+def stage_bytes(folder, refiner: PointRefiner, info: dict, stage: int = 1) -> list[tuple[Path, bytes]]:
+    """The two files of refiner stage ``stage`` in ``folder``, as (path, bytes): the weights, and the JSON
+    (``info``: provenance; the geometry and the weights' SHA-256 added)."""
+    from facemtl.files import json_bytes, sha256_hex, tensors_bytes
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     weights = tensors_bytes(refiner.state_dict())
-    meta = {"format": REFINER_FORMAT, "width": refiner.width, "patch": PATCH, "patch_side": PATCH_SIDE,
+    meta = {"format": REFINER_FORMAT, "width": refiner.width, "patch": PATCH, "patch_side": refiner.patch_side,
             "points": list(FIVE_POINTS.class_names), **info, "weights_sha256": sha256_hex(weights)}
-    atomic_write_files([(folder / REFINER_WEIGHTS, weights), (folder / REFINER_JSON, json_bytes(meta))])
+    if stage != 1:
+        meta["stage"] = stage
+    weights_path, json_path = stage_files(folder, stage)
+    return [(weights_path, weights), (json_path, json_bytes(meta))]
 
 
-def load_refiner(path) -> PointRefiner:
-    """A saved refiner (folder, .safetensors or .json), ready for :func:`refine_points` (eval mode), its
-    JSON description as ``info``."""
+def save_refiner(folder, refiner: PointRefiner, info: dict, stage: int = 1) -> None:
+    """Write refiner stage ``stage`` (:func:`stage_bytes`) into ``folder``, both files at once."""
+    from facemtl.files import atomic_write_files
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    atomic_write_files(stage_bytes(folder, refiner, info, stage))
+
+
+def load_refiner(path) -> RefinerCascade:
+    """A saved refiner, ready for :func:`refine_points` (eval mode): a folder gives every stage saved in
+    it, a stage's .safetensors or .json that stage alone; each stage's JSON description is its ``info``."""
     from facemtl.files import read_json, read_tensors
 
-    weights, meta_path = refiner_files(path)
-    meta = read_json(meta_path, "point refiner description")
-    if meta.get("format") != REFINER_FORMAT:
-        raise FacemtlError(f"{meta_path}: not a point refiner description (format {meta.get('format')!r}, "
-                           f"expected {REFINER_FORMAT!r})")
-    if meta.get("patch") != PATCH or meta.get("patch_side") != PATCH_SIDE:
-        raise FacemtlError(f"{meta_path}: patches of {meta.get('patch')} px over {meta.get('patch_side')} "
-                           f"inter-ocular distances; this facemtl cuts {PATCH} px over {PATCH_SIDE}")
-    refiner = PointRefiner(int(meta.get("width", 24)))
-    state = read_tensors(weights, "point refiner weights", meta.get("weights_sha256"), meta_path)
-    try:
-        refiner.load_state_dict(state)
-    except RuntimeError as exc:
-        raise FacemtlError(f"{weights}: weights do not fit a width-{refiner.width} point refiner ({exc})") from None
-    refiner.info = meta  # its description, carried into an ONNX export's metadata
-    return refiner.eval()
+    stages = []
+    for weights, meta_path in refiner_files(path):
+        meta = read_json(meta_path, "point refiner description")
+        if meta.get("format") != REFINER_FORMAT:
+            raise FacemtlError(f"{meta_path}: not a point refiner description (format {meta.get('format')!r}, "
+                               f"expected {REFINER_FORMAT!r})")
+        side = meta.get("patch_side")
+        low, high = PATCH_SIDE_RANGE
+        if meta.get("patch") != PATCH or isinstance(side, bool) or not isinstance(side, (int, float)) \
+                or not low <= side <= high:
+            raise FacemtlError(f"{meta_path}: patches of {meta.get('patch')} px over {side!r} inter-ocular "
+                               f"distances; this facemtl cuts {PATCH} px over {low:g} to {high:g}")
+        refiner = PointRefiner(int(meta.get("width", 24)), patch_side=side)
+        state = read_tensors(weights, "point refiner weights", meta.get("weights_sha256"), meta_path)
+        try:
+            refiner.load_state_dict(state)
+        except RuntimeError as exc:
+            raise FacemtlError(f"{weights}: weights do not fit a width-{refiner.width} point refiner "
+                               f"({exc})") from None
+        refiner.info = meta  # its description, carried into an ONNX export's metadata
+        stages.append(refiner)
+    return RefinerCascade(stages).eval()
