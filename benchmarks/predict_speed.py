@@ -26,10 +26,11 @@ Per (sources, iterations, batch, backend, tasks):
   only their streams and decoders run, and the up path only for a segmentation task; at Iter0
   that is the whole pass.
 
-Then the point refiner (:mod:`facemtl.models.refiner`, random weights, width 24) per backend:
-``setup s`` (onnxruntime: exporting its graph in memory and opening a session) and faces/s of
-``refine_points`` on one face of a 512x512 photo (cutting five patches, reading them and their
-mirror images, averaging): what step 4a adds to each face. ``--only-refiner`` skips the model table.
+Then the point refiner (:mod:`facemtl.models.refiner`, random weights, width 24, as many stages as
+``facemtl train-refiner`` trains) per backend: ``setup s`` (onnxruntime: exporting its graphs in memory
+and opening their sessions) and faces/s of ``refine_points`` on one face of a 512x512 photo (per stage
+cutting five patches, reading them and their mirror images, averaging): what step 4a adds to each
+face. ``--only-refiner`` skips the model table.
 
 Every figure is for ONE pass per crop (``flip=False``): the predictor's default test-time flip
 runs each crop and its mirror, so it predicts about half as many faces per second.
@@ -148,10 +149,11 @@ def main() -> None:
 
 def refiner_speed(backends, seconds: float) -> None:
     """Print the point refiner's setup time and faces/s per backend (see the module docstring)."""
-    from facemtl.models.refiner import PointRefiner, refine_points
+    from facemtl.engine.refiner import STAGE_GUESSES
+    from facemtl.models.refiner import PointRefiner, RefinerCascade, refine_points
 
     torch.manual_seed(0)
-    refiner = PointRefiner().eval()
+    refiner = RefinerCascade([PointRefiner() for _ in STAGE_GUESSES]).eval()  # as many stages as the bundled one
     photo = np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8)
     points = np.array([[200.0, 200.0], [300.0, 205.0], [250.0, 260.0], [210.0, 310.0], [290.0, 312.0]])
     readers, setup_s = {}, {}
@@ -160,13 +162,14 @@ def refiner_speed(backends, seconds: float) -> None:
         if backend == "onnxruntime":
             from facemtl.inference.export import OnnxRefiner
 
-            readers[backend] = OnnxRefiner(refiner, torch.get_num_threads())
+            readers[backend] = [OnnxRefiner(stage, torch.get_num_threads()) for stage in refiner.stages]
         else:
             readers[backend] = refiner
         setup_s[backend] = time.perf_counter() - start
         refine_points(readers[backend], photo, points)  # warm-up
     fps = timed({b: (lambda r=r: refine_points(r, photo, points)) for b, r in readers.items()}, 1, seconds)
-    print("point refiner (random weights, width 24), one face of a 512x512 photo per call:")
+    print(f"point refiner ({len(refiner.stages)} stages, random weights, width 24), one face of a 512x512 photo "
+          "per call:")
     print(f"{'backend':>11} {'setup s':>7} {'faces/s':>8} {'x torch':>7}")
     for backend, value in fps.items():
         ratio = f"{value / fps['torch']:7.2f}" if "torch" in fps else f"{'-':>7}"

@@ -118,9 +118,10 @@ def register(subparsers) -> None:
         "every task's decoded output of the last refinement iteration (points normalised to the crop, "
         "segmentation logits, category logits), one output per task. The checkpoint's JSON is stored in the "
         "metadata (key facemtl_info); how the predictor cuts a face's crops from a photo and maps the outputs "
-        "back, with the checkpoint's numbers, under key crop. With a point refiner (by default the one beside the checkpoint, as the "
-        "bundled model's), its graphs are written beside, one per stage, as OUT.refiner.onnx (stage 1) and "
-        "OUT.refiner.stage2.onnx (stage 2, applied to stage 1's points): five uint8 patches of a face "
+        "back, with the checkpoint's numbers, under key crop. With a point refiner (by default the one beside "
+        "the checkpoint, as the bundled model's), its graphs are written beside, one per stage, as "
+        "OUT.refiner.onnx (stage 1) and OUT.refiner.stage2.onnx (stage 2, applied to stage 1's points): five "
+        "uint8 patches of a face "
         "(B, 5, 48, 48, 3) to the five points' offsets (B, 5, 2); its metadata (key geometry) says how to cut "
         "the patches and read the offsets.",
     )

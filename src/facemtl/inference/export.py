@@ -180,9 +180,9 @@ CROP_DESCRIPTION = (
     "clipped to +-{max_roll}, T = cv2.getRotationMatrix2D(c_p, t, 1) with c_p the centre of p's square; the "
     "crop's square is the square of the points T p, its turn T (M = A T, A of that square; kept when that "
     "square's side is within 1/{change:g} to {change:g} times the first's and its centre inside the first "
-    "square); every output is read from the last crop. The predictor turns a crop whose own eyes still tilt by {again} degrees or more "
-    "again the same way, up to {crops} crops; "
-    "a box the caller gives keeps its square and is only turned by t."
+    "square); every output is read from the last crop. The predictor turns a crop whose own eyes still tilt "
+    "by {again} degrees or more again the same way, up to {crops} crops; a box the caller gives keeps its "
+    "square and is only turned by t."
 )
 
 
@@ -265,7 +265,7 @@ def refiner_onnx_model(refiner: nn.Module, opset: int = OPSET, stage: int = 1, s
     check_opset(opset)
     refiner = refiner.cpu().eval()
     if stage == 1:
-        order = "p_k are the face model's points" + (f"; stage 2 starts from the points it gives" if stages > 1 else "")
+        order = "p_k are the face model's points" + ("; stage 2 starts from the points it gives" if stages > 1 else "")
     else:
         order = f"p_k are the points stage {stage - 1} gives"
     geometry = REFINER_GEOMETRY.format(patch=PATCH, side=f"{refiner.patch_side:g}", alias=ANTI_ALIAS_FROM,

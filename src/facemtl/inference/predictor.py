@@ -61,12 +61,13 @@ Pipeline for one image:
 4a. with a point refiner (``refiner``; by default the one saved beside the checkpoint, as the
    bundled model's is: :mod:`facemtl.models.refiner`), the five landmarks reported are moved by
    it: each point to where a small network finds it in a patch of the PHOTO around it (turned so
-   the eyes are level, mirrored and averaged like 3a). Only the reported points change; the
+   the eyes are level, mirrored and averaged like 3a), then again by the refiner's second stage,
+   trained on nearer guesses, from the first stage's points. Only the reported points change; the
    re-crop of 2b and every other task read the face model's own points. Why: on the 71 real faces
-   it brings the bundled model's mean NME from 7.9 to 5.5% (labels' squares) and from 8.7 to 5.9%
-   (Haar) (docs/evidence.md, "A local point refiner"). Points that are not all finite are reported
-   as the face model gave them. The onnxruntime backend runs the refiner's ONNX graph
-   (:class:`~facemtl.inference.export.OnnxRefiner`, built in memory), torch the refiner itself.
+   the two stages bring the bundled model's mean NME from 7.9 to 5.2% (labels' squares) and from
+   8.7 to 5.6% (Haar) (docs/evidence.md, "A local point refiner"). Points that are not all finite
+   are reported as the face model gave them. The onnxruntime backend runs each stage's ONNX graph
+   (:class:`~facemtl.inference.export.OnnxRefiner`, built in memory), torch the stages themselves.
 
 An ensemble (a list of checkpoints, or a folder whose ``ensemble.json`` lists its member
 checkpoints, :func:`facemtl.models.checkpoint.ensemble_members`) runs every member on the same

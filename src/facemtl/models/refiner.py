@@ -133,7 +133,8 @@ def patch_matrix(centre, angle: float, side: float) -> np.ndarray:
     return np.hstack([rot, shift[:, None]])
 
 
-def cut_patches(image: np.ndarray, points: np.ndarray, patch_side: float = PATCH_SIDE) -> tuple[np.ndarray, float, float]:
+def cut_patches(image: np.ndarray, points: np.ndarray,
+                patch_side: float = PATCH_SIDE) -> tuple[np.ndarray, float, float]:
     """(5, PATCH, PATCH, 3) patches of an RGB uint8 ``image`` around ``points``, with their frame
     (:func:`patch_frame`); edges repeat the image's border."""
     angle, side = patch_frame(points, patch_side)
