@@ -134,8 +134,8 @@ from facemtl.errors import FacemtlError
 from facemtl.kinds import kind_of
 from facemtl.inference.alignment import IDENTITY, eye_roll, landmark_square, turned_crop, upright_crop, upright_roll
 from facemtl.inference.detect import DETECTORS, check_detector, find_faces, make_detector, parse_box
-from facemtl.models.refiner import (FIVE_POINTS, PointRefiner, RefinerCascade, has_refiner, load_refiner,
-                                    predicts_five_points, refine_points)
+from facemtl.models.refiner import (FIVE_POINTS, as_cascade, has_refiner, load_refiner, predicts_five_points,
+                                    refine_points)
 
 BACKENDS = ("torch", "onnxruntime")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
@@ -630,13 +630,9 @@ class Predictor:
 
     def _check_refiner(self, refiner):
         """``refiner`` moved to the predictor's device, after checking the model has what it refines."""
+        refiner = as_cascade(refiner)
         if refiner is None:
             return None
-        if isinstance(refiner, PointRefiner):
-            refiner = RefinerCascade([refiner])
-        if not isinstance(refiner, RefinerCascade):
-            raise FacemtlError(f"refiner must be a PointRefiner, a RefinerCascade or None, got "
-                               f"{type(refiner).__name__} (Predictor.from_checkpoint also takes a refiner's folder)")
         check_refiner_fits(self.model)
         return refiner.to(self.device).eval()
 
@@ -812,13 +808,8 @@ def resolve_refiner(refiner, path, model):
     """:meth:`Predictor.from_checkpoint`'s ``refiner`` argument (also ``facemtl export --refiner``'s)
     as a :class:`~facemtl.models.refiner.RefinerCascade` or None; ``"auto"``: the one saved in ``path``'s folder,
     if any."""
-    if refiner is None or isinstance(refiner, RefinerCascade):
-        return refiner
-    if isinstance(refiner, PointRefiner):
-        return RefinerCascade([refiner])
     if not isinstance(refiner, (str, Path)):
-        raise FacemtlError(f"refiner must be 'auto', 'none', a refiner's folder or file, a PointRefiner or a "
-                           f"RefinerCascade; got {type(refiner).__name__}")
+        return as_cascade(refiner)
     if str(refiner) == "none":
         return None
     if str(refiner) != "auto":

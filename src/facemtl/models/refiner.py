@@ -99,7 +99,7 @@ class PointRefiner(nn.Module):
 
 class RefinerCascade(nn.Module):
     """Refiner stages (:class:`PointRefiner`) applied in turn, each from the points the one before gave
-    (:func:`refine_points`); ``info``: each stage's JSON description, in order (:func:`load_refiner`)."""
+    (:func:`refine_points`); a stage loaded from files has its JSON description as ``info``."""
 
     def __init__(self, stages):
         super().__init__()
@@ -107,9 +107,16 @@ class RefinerCascade(nn.Module):
         if not len(self.stages):
             raise FacemtlError("a point refiner needs at least one stage")
 
-    @property
-    def info(self) -> list:
-        return [getattr(stage, "info", {}) for stage in self.stages]
+
+def as_cascade(refiner) -> RefinerCascade | None:
+    """``refiner`` as a :class:`RefinerCascade` (one :class:`PointRefiner`: a cascade of that stage), None as
+    None; anything else one clear error."""
+    if refiner is None or isinstance(refiner, RefinerCascade):
+        return refiner
+    if isinstance(refiner, PointRefiner):
+        return RefinerCascade([refiner])
+    raise FacemtlError(f"refiner must be a PointRefiner, a RefinerCascade or None, got {type(refiner).__name__} "
+                       "(Predictor.from_checkpoint and --refiner also take 'auto', 'none' or a refiner's folder)")
 
 
 def patch_frame(points: np.ndarray, patch_side: float = PATCH_SIDE) -> tuple[float, float]:
