@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import facemtl
 from facemtl.cli import main
 from facemtl.errors import FacemtlError
+from facemtl.files import read_tensors, sha256_hex, tensors_bytes
 from facemtl.models.checkpoint import bundled_model, ensemble_members
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +34,12 @@ def test_the_bundled_model_says_where_it_comes_from():
         assert "synthetic" in prov["trained_on"] and "facemtl train" in prov["command"]
         sizes.append((member / "model.safetensors").stat().st_size)
         assert [t["name"] for t in info["tasks"]] == ["parsing", "emotion", "landmarks"]
-    assert max(sizes) < 5e6 and sum(sizes) < 12e6  # a few MB a model
+        assert info["stored"]["dtype"] == "float16"  # stored halved, as tools/bundle_model.py does
+        halved = read_tensors(member / "model.safetensors", "bundled")
+        assert {str(v.dtype) for k, v in halved.items() if not k.endswith(("running_mean", "running_var"))} \
+            <= {"torch.float16", "torch.int64"}
+    folder = sum(f.stat().st_size for f in bundled_model().rglob("*") if f.is_file())
+    assert max(sizes) < 3e6 and folder < 7e6  # a few MB, the point refiner's stages included
 
 
 @pytest.mark.skipif(not ASTRONAUT.exists(), reason="../shared/testdata/astronaut.png is not beside the checkout")
@@ -54,14 +61,26 @@ def test_predict_without_a_checkpoint_uses_the_bundled_model_on_a_real_photo(tmp
     np.testing.assert_allclose(np.asarray(again[0]["landmarks"]), points, atol=0.02)
 
 
-def test_bundle_tool_copies_the_weights_and_records_the_command_and_scores(tmp_path, monkeypatch):
+def test_bundle_tool_stores_the_weights_in_float16_and_records_the_command_and_scores(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "tools"))
     import bundle_model
 
     run = fake_run(tmp_path / "run", seed=4)
     monkeypatch.setattr(bundle_model, "DEST", tmp_path / "dest")
     bundle_model.main([str(run)])
-    assert (tmp_path / "dest" / "model.safetensors").read_bytes() == b"weights"
+    trained = read_tensors(run / "model.safetensors", "trained")
+    kept = read_tensors(tmp_path / "dest" / "model.safetensors", "bundled")
+    assert kept["conv.weight"].dtype == torch.float16 and torch.equal(kept["conv.weight"], trained["conv.weight"].half())
+    # running statistics and integers stay as trained
+    assert kept["bn.running_var"].dtype == torch.float32 and torch.equal(kept["bn.running_var"], trained["bn.running_var"])
+    assert torch.equal(kept["bn.num_batches_tracked"], trained["bn.num_batches_tracked"])
+    info = json.loads((tmp_path / "dest" / "model.json").read_text())
+    assert info["weights_sha256"] == sha256_hex((tmp_path / "dest" / "model.safetensors").read_bytes())
+    assert info["stored"]["dtype"] == "float16"
+    assert info["stored"]["trained_weights_sha256"] == sha256_hex((run / "model.safetensors").read_bytes())
+    bundle_model.main([str(run), "--float32"])  # as trained, byte for byte
+    assert (tmp_path / "dest" / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    assert "stored" not in json.loads((tmp_path / "dest" / "model.json").read_text())
     assert json.loads((tmp_path / "dest" / "config.json").read_text()) == {"seed": 4}  # the run's config, as it is
     prov = json.loads((tmp_path / "dest" / "model.json").read_text())["provenance"]
     assert prov["command"] == bundle_model.with_seed(bundle_model.COMMAND, 4) and prov["command"].endswith("--set seed=4")
@@ -100,15 +119,24 @@ def test_the_bundled_model_has_a_point_refiner_trained_by_the_recorded_command()
 def test_bundle_tool_bundles_a_refiner_beside_the_model_and_drops_it_when_not_given(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "tools"))
     import bundle_model
-    from facemtl.models.refiner import PointRefiner, save_refiner
+    from facemtl.models.refiner import PATCH, PointRefiner, load_refiner, refiner_files, save_refiner
 
     dest = tmp_path / "dest"
     monkeypatch.setattr(bundle_model, "DEST", dest)
     save_refiner(tmp_path / "refiner", PointRefiner(4), {"command": "facemtl train-refiner"})
     save_refiner(tmp_path / "refiner", PointRefiner(4), {"command": "facemtl train-refiner"}, stage=2)
-    bundle_model.main([str(fake_run(tmp_path / "run", 1)), "--refiner", str(tmp_path / "refiner")])
+    bundle_model.main([str(fake_run(tmp_path / "run", 1)), "--refiner", str(tmp_path / "refiner"), "--float32"])
     for name in ("refiner.json", "refiner.safetensors", "refiner.stage2.json", "refiner.stage2.safetensors"):
         assert (dest / name).read_bytes() == (tmp_path / "refiner" / name).read_bytes()
+    bundle_model.main([str(fake_run(tmp_path / "half", 1)), "--refiner", str(tmp_path / "refiner")])
+    trained, bundled = load_refiner(tmp_path / "refiner"), load_refiner(dest)  # the halved stages load
+    for stage, (weights, _) in zip(bundled.stages, refiner_files(dest)):
+        assert stage.info["stored"]["dtype"] == "float16"
+        assert weights.stat().st_size < 0.6 * (tmp_path / "refiner" / weights.name).stat().st_size
+    patches = torch.rand(2, 3, PATCH, PATCH, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        for a, b in zip(trained.stages, bundled.stages):
+            torch.testing.assert_close(b.every_point(patches), a.every_point(patches), atol=2e-3, rtol=0)
     bundle_model.main([str(fake_run(tmp_path / "again", 2))])
     assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.json", "model.safetensors"]
     (tmp_path / "broken").mkdir()
@@ -117,9 +145,11 @@ def test_bundle_tool_bundles_a_refiner_beside_the_model_and_drops_it_when_not_gi
     assert json.loads((dest / "config.json").read_text()) == {"seed": 2}
 
 
-def fake_run(run: Path, seed: int, weights: bytes = b"weights") -> Path:
+def fake_run(run: Path, seed: int) -> Path:
     run.mkdir(parents=True)
-    (run / "model.safetensors").write_bytes(weights)
+    weights = {"conv.weight": torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(seed)),
+               "bn.running_var": torch.tensor([1e-7, 0.5, 2.0, 3.0]), "bn.num_batches_tracked": torch.tensor(7)}
+    (run / "model.safetensors").write_bytes(tensors_bytes(weights))
     (run / "model.json").write_text(json.dumps({"format": "facemtl-checkpoint"}))
     (run / "config.json").write_text(json.dumps({"seed": seed}))
     scores = {"landmarks": {"nme": 7.184}, "parsing": {"overall": 90.776}, "emotion": {"accuracy": 87.143}}
@@ -134,14 +164,15 @@ def test_bundle_tool_makes_an_ensemble_of_several_runs_and_replaces_what_was_bun
     dest = tmp_path / "dest"
     monkeypatch.setattr(bundle_model, "DEST", dest)
     bundle_model.main([str(fake_run(tmp_path / "single", 1))])
-    runs = [fake_run(tmp_path / f"run{s}", s, weights=f"w{s}".encode()) for s in (7, 8)]
+    runs = [fake_run(tmp_path / f"run{s}", s) for s in (7, 8)]
     bundle_model.main([str(r) for r in runs])
     assert not {"model.json", "model.safetensors", "config.json"} & {p.name for p in dest.iterdir()}  # the single model left
     manifest = json.loads((dest / "ensemble.json").read_text())
     assert manifest["format"] == "facemtl-ensemble" and manifest["members"] == ["seed7", "seed8"]
     assert ensemble_members(dest) == [(dest / "seed7").resolve(), (dest / "seed8").resolve()]
     for s in (7, 8):
-        assert (dest / f"seed{s}" / "model.safetensors").read_bytes() == f"w{s}".encode()
+        member = read_tensors(dest / f"seed{s}" / "model.safetensors", "member")["conv.weight"]
+        assert torch.equal(member, read_tensors(tmp_path / f"run{s}" / "model.safetensors", "run")["conv.weight"].half())
         prov = json.loads((dest / f"seed{s}" / "model.json").read_text())["provenance"]
         assert prov["command"] == bundle_model.with_seed(bundle_model.COMMAND, s)
     bundle_model.main([str(fake_run(tmp_path / "again", 2))])  # back to one model: the ensemble's files go
@@ -156,7 +187,7 @@ def test_bundle_tool_keeps_the_commit_the_run_was_trained_at(tmp_path, monkeypat
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "model.safetensors").write_bytes(b"weights")
+    (run / "model.safetensors").write_bytes(tensors_bytes({"w": torch.zeros(2)}))
     platform = {"torch": "2.13.0+cpu", "cpu": "AMD EPYC", "cpu_kernels": None}
     earlier = [{**platform, "cpu": "another processor"}]  # the run was resumed on another machine
     (run / "model.json").write_text(json.dumps({"format": "facemtl-checkpoint", "source_commit": "abc123+dirty",

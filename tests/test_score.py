@@ -102,6 +102,13 @@ def test_labels_a_sample_gives():
     assert folder["emotion"] == "Happy" and folder["square"] is None  # the folder's class, in the model's spelling
 
 
+# Two runs of the predictor that differ only in float rounding (other tasks, other batch sizes) move the face
+# model's points by ~1.5e-5 px, which can flip a uint8 pixel of the point refiner's patches and so move the
+# refined points by up to 0.004 px on the astronaut (seen with the bundled float16-stored weights; 0.0007 with
+# float32): NME within 1e-4 (about 0.01 px at its inter-ocular distance) is "the same answer".
+REFINED_ROUNDING = 1e-4
+
+
 def _mtfl(root: Path, image: Path, points) -> Path:
     root.mkdir(parents=True)
     xs = [p[0] + 1 for p in points]  # MTFL files are 1-based
@@ -131,8 +138,8 @@ def test_score_on_a_real_photo_matches_the_predictor_and_the_metric(tmp_path, ca
     # the same face through the predictor (Haar, its default), scored by the metric directly
     faces = facemtl.load()(read_image(ASTRONAUT))
     want = float(nme(torch.as_tensor(np.asarray(faces[0]["landmarks"])[None]), torch.as_tensor(truth[None]))[0])
-    # score runs only the landmark task: float32 rounding, which the refiner's patch sampling carries (1.3e-5 seen)
-    assert lm["mean"] == pytest.approx(want, rel=1e-4)
+    # score runs only the landmark task (other float rounding)
+    assert lm["mean"] == pytest.approx(want, abs=REFINED_ROUNDING)
     assert lm["mean"] < 0.08  # the bundled model on this photo: about 5% (README)
     assert result["refiner"] == "auto"  # the bundled model's point refiner moved the points
     assert "baseline" not in lm and "mean shape  - (one face" in text  # no other face to average
@@ -338,7 +345,8 @@ def test_faces_of_one_photo_share_one_pass_of_the_predictor():
         rows = list(score.score_faces(pred, samples, crops))
         pred.stream = stream
         assert passes == [0, 2] and [r["index"] for r in rows] == [0, 1, 2]  # a.png once, b.png once
-        assert rows[0]["nme"] == pytest.approx(rows[2]["nme"], rel=1e-5)  # the same face, the same answer
+        # the same face, the same answer (in batches of other sizes: other float rounding)
+        assert rows[0]["nme"] == pytest.approx(rows[2]["nme"], abs=REFINED_ROUNDING)
         if crops == "labels":  # each face from its own square
             assert rows[1]["found"] and np.allclose(rows[1]["square"], score.landmark_square(other))
         else:  # the detector finds the one real face; nothing is centred in the second square

@@ -14,7 +14,9 @@ how and why); the same command gives the same weights bit for bit only on the sa
 ``src/facemtl/assets/default_model/{model.safetensors,model.json,config.json}`` (config.json: the
 run's training config, which ``facemtl synth preview --source N --config bundled`` draws from); model.json gains a
 ``provenance`` entry (the command that trained it, the commit and platform it was trained on,
-the date, the run's test scores)
+the date, the run's test scores) and a ``stored`` entry: the weights are bundled in float16 (half the
+bytes; the trained float32 file's SHA-256 kept there, which a retraining reproduces; ``--float32``
+keeps them as trained),
 so that ``facemtl.load()`` users can see where the weights come from; ``--refiner DIR`` copies a point
 refiner (``refiner.safetensors`` + ``refiner.json`` and its further stages' ``refiner.stage2.*``, each
 with its provenance inside) beside it, which
@@ -33,6 +35,7 @@ import shutil
 from pathlib import Path
 
 from facemtl.engine.loop import source_commit
+from facemtl.files import half_precision, json_bytes, read_tensors, sha256_hex, tensors_bytes
 from facemtl.models.checkpoint import ENSEMBLE_FORMAT, ENSEMBLE_JSON, MODEL_JSON, MODEL_WEIGHTS
 from facemtl.models.refiner import has_refiner, load_refiner, refiner_files
 
@@ -102,12 +105,27 @@ def clear(dest: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-def write_model(run: Path, dest: Path, command: str) -> None:
+def stored(weights: Path, info: dict, half: bool) -> tuple[bytes, dict]:
+    """The bytes to bundle for ``weights`` and its description ``info`` with their hash: as trained, or
+    (``half``) in float16 (:func:`facemtl.files.half_precision`), the description then saying so and
+    keeping the trained file's hash (``stored``), which a retraining reproduces."""
+    data = weights.read_bytes()
+    if not half:
+        return data, info
+    halved = tensors_bytes(half_precision(read_tensors(weights, "weights to bundle")))
+    note = {"dtype": "float16", "trained_weights_sha256": sha256_hex(data),
+            "how": "the trained float32 weights rounded to float16 by tools/bundle_model.py (BatchNorm running "
+                   "statistics kept float32); loaded into float32 models"}
+    return halved, {**info, "weights_sha256": sha256_hex(halved), "stored": note}
+
+
+def write_model(run: Path, dest: Path, command: str, half: bool) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / MODEL_WEIGHTS, dest / MODEL_WEIGHTS)
+    weights, info = stored(run / MODEL_WEIGHTS, with_provenance(run, command), half)
+    (dest / MODEL_WEIGHTS).write_bytes(weights)
     if (run / RUN_CONFIG).is_file():  # the whole training config, for `facemtl synth --config bundled`
         shutil.copyfile(run / RUN_CONFIG, dest / RUN_CONFIG)
-    (dest / MODEL_JSON).write_text(json.dumps(with_provenance(run, command), indent=1) + "\n")
+    (dest / MODEL_JSON).write_text(json.dumps(info, indent=1) + "\n")
 
 
 def main(argv=None) -> None:
@@ -121,7 +139,11 @@ def main(argv=None) -> None:
     ap.add_argument("--refiner", type=Path, metavar="DIR",
                     help="a point refiner's folder (facemtl train-refiner) to bundle beside the model "
                          "(without it, the bundled model has none)")
+    ap.add_argument("--float32", action="store_true",
+                    help="store the weights as trained (float32, twice the bytes); default: float16, which "
+                         "moves the real-face figures by at most a few hundredths (docs/evidence.md)")
     args = ap.parse_args(argv)
+    half = not args.float32
     if args.refiner is not None:
         load_refiner(args.refiner)  # a readable refiner, or one clear error before anything is replaced
     commands = args.command or [COMMAND]
@@ -131,14 +153,14 @@ def main(argv=None) -> None:
     commands = [with_seed(c, seed) for c, seed in zip(commands * len(args.runs), seeds)]
     clear(DEST)
     if len(args.runs) == 1:
-        write_model(args.runs[0], DEST, commands[0])
+        write_model(args.runs[0], DEST, commands[0], half)
         size = (DEST / MODEL_WEIGHTS).stat().st_size
     else:
         names = [f"seed{seed}" for seed in seeds]
         if None in seeds or len(set(seeds)) != len(seeds):  # members named by their seeds when they can be
             names = [f"member{i + 1}" for i in range(len(args.runs))]
         for run, name, command in zip(args.runs, names, commands):
-            write_model(run, DEST / name, command)
+            write_model(run, DEST / name, command, half)
         (DEST / ENSEMBLE_JSON).write_text(json.dumps({
             "format": ENSEMBLE_FORMAT, "members": names,
             "provenance": {"trained_on": TRAINED_ON, "bundled": datetime.date.today().isoformat(),
@@ -148,9 +170,10 @@ def main(argv=None) -> None:
         size = sum((DEST / name / MODEL_WEIGHTS).stat().st_size for name in names)
     if args.refiner is not None:
         for weights, meta in refiner_files(args.refiner):
-            for path in (weights, meta):
-                shutil.copyfile(path, DEST / path.name)
-            size += weights.stat().st_size
+            data, info = stored(weights, json.loads(meta.read_text()), half)
+            (DEST / weights.name).write_bytes(data)
+            (DEST / meta.name).write_bytes(json_bytes(info))
+            size += len(data)
     print(f"bundled {', '.join(map(str, args.runs + ([args.refiner] if args.refiner else [])))} -> {DEST} "
           f"({size / 1e6:.2f} MB)")
 

@@ -139,6 +139,19 @@ def tensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
 
 
+# BatchNorm running statistics stay float32 when weights are stored halved: a variance near zero
+# would lose its precision; they are few.
+FULL_PRECISION_SUFFIXES = ("running_mean", "running_var")
+
+
+def half_precision(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """float16 copies of the floating-point tensors, for storage only (half the bytes, a relative rounding
+    of at most 2**-11); ``load_state_dict`` copies them back into float32 models, which compute as
+    before. Integers and BatchNorm running statistics (:data:`FULL_PRECISION_SUFFIXES`) are kept."""
+    return {k: v.half() if v.is_floating_point() and not k.endswith(FULL_PRECISION_SUFFIXES) else v
+            for k, v in tensors.items()}
+
+
 def read_json(path: Path, what: str) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
