@@ -145,8 +145,8 @@ FULL_PRECISION_SUFFIXES = ("running_mean", "running_var")
 
 
 def half_precision(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """float16 copies of the floating-point tensors, for storage only (half the bytes, a relative rounding
-    of at most 2**-11); ``load_state_dict`` copies them back into float32 models, which compute as
+    """float16 copies of the floating-point tensors, for storage only (half the bytes; a relative rounding
+    of at most 2**-11 for values above 6e-5, float16's smallest normal number); ``load_state_dict`` copies them back into float32 models, which compute as
     before. Integers and BatchNorm running statistics (:data:`FULL_PRECISION_SUFFIXES`) are kept."""
     return {k: v.half() if v.is_floating_point() and not k.endswith(FULL_PRECISION_SUFFIXES) else v
             for k, v in tensors.items()}
