@@ -29,8 +29,9 @@ Per (sources, iterations, batch, backend, tasks):
 Then the point refiner (:mod:`facemtl.models.refiner`, random weights, width 24, as many stages as
 ``facemtl train-refiner`` trains) per backend: ``setup s`` (onnxruntime: exporting its graphs in memory
 and opening their sessions) and faces/s of ``refine_points`` on one face of a 512x512 photo (per stage
-cutting five patches, reading them and their mirror images, averaging): what step 4a adds to each
-face. ``--only-refiner`` skips the model table.
+cutting five patches, reading them and their mirror images, averaging), and on the same face six times
+larger in a 3072x3072 photo (patches cut from the photo blurred against aliasing): what step 4a adds to
+each face. ``--only-refiner`` skips the model table.
 
 Every figure is for ONE pass per crop (``flip=False``): the predictor's default test-time flip
 runs each crop and its mirror, so it predicts about half as many faces per second.
@@ -154,7 +155,6 @@ def refiner_speed(backends, seconds: float) -> None:
 
     torch.manual_seed(0)
     refiner = RefinerCascade([PointRefiner() for _ in STAGE_GUESSES]).eval()  # as many stages as the bundled one
-    photo = np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8)
     points = np.array([[200.0, 200.0], [300.0, 205.0], [250.0, 260.0], [210.0, 310.0], [290.0, 312.0]])
     readers, setup_s = {}, {}
     for backend in backends:
@@ -166,14 +166,18 @@ def refiner_speed(backends, seconds: float) -> None:
         else:
             readers[backend] = refiner
         setup_s[backend] = time.perf_counter() - start
-        refine_points(readers[backend], photo, points)  # warm-up
-    fps = timed({b: (lambda r=r: refine_points(r, photo, points)) for b, r in readers.items()}, 1, seconds)
-    print(f"point refiner ({len(refiner.stages)} stages, random weights, width 24), one face of a 512x512 photo "
-          "per call:")
-    print(f"{'backend':>11} {'setup s':>7} {'faces/s':>8} {'x torch':>7}")
-    for backend, value in fps.items():
-        ratio = f"{value / fps['torch']:7.2f}" if "torch" in fps else f"{'-':>7}"
-        print(f"{backend:>11} {setup_s[backend]:>7.1f} {value:>8.1f} {ratio}", flush=True)
+    # a small face, and the same face in a phone-sized photo (its patches are cut from a blurred photo)
+    for side, zoom in ((512, 1), (3072, 6)):
+        photo = np.random.default_rng(1).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        for reader in readers.values():
+            refine_points(reader, photo, points * zoom)  # warm-up
+        fps = timed({b: (lambda r=r: refine_points(r, photo, points * zoom)) for b, r in readers.items()}, 1, seconds)
+        print(f"point refiner ({len(refiner.stages)} stages, random weights, width 24), one face of a {side}x{side} "
+              f"photo per call (inter-ocular distance {100 * zoom} px):")
+        print(f"{'backend':>11} {'setup s':>7} {'faces/s':>8} {'x torch':>7}")
+        for backend, value in fps.items():
+            ratio = f"{value / fps['torch']:7.2f}" if "torch" in fps else f"{'-':>7}"
+            print(f"{backend:>11} {setup_s[backend]:>7.1f} {value:>8.1f} {ratio}", flush=True)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,28 @@ def test_a_point_s_patch_is_centred_on_it_and_turned_level_with_the_eyes():
     np.testing.assert_allclose(offsets_to_points(offsets, GUESS, angle, side), truth, atol=1e-9)
 
 
+def test_a_large_face_s_patches_are_those_of_the_whole_photo_blurred():
+    """cut_patches blurs only the part of a large photo its patches read: the same patches as the recipe
+    the export's geometry text states (blur the whole photo, then sample), faces at and past the edges too."""
+    from facemtl.models.refiner import ANTI_ALIAS_FROM, patch_matrix
+
+    rng = np.random.default_rng(3)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (700, 900, 3), dtype=np.uint8), (0, 0), 1.0)
+    turn = np.deg2rad(45) - np.arctan2(10, 40)  # eyes at 45 degrees: the patches' corners reach furthest
+    unit = (GUESS - GUESS.mean(0)) @ np.array([[np.cos(turn), np.sin(turn)], [-np.sin(turn), np.cos(turn)]])
+    unit /= np.hypot(40, 10)  # inter-ocular distance 1
+    faces = [((450, 350), 150, 0.8), ((20, 690), 200, 1.6), ((1000, -90), 160, 0.8), ((880, 5), 400, 0.8),
+             ((1250, -300), 150, 0.8)]
+    for centre, iod, side in faces:  # (centre, inter-ocular distance, patch side): inside, at, past, off the edges
+        points = unit * iod + centre
+        angle, width = patch_frame(points, side)
+        assert width / PATCH > ANTI_ALIAS_FROM  # the case that blurs
+        whole = cv2.GaussianBlur(photo, (0, 0), 0.5 * width / PATCH)
+        expected = [cv2.warpAffine(whole, patch_matrix(q, angle, width), (PATCH, PATCH), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_REPLICATE) for q in points]
+        np.testing.assert_array_equal(cut_patches(photo, points, side)[0], np.stack(expected))
+
+
 def test_refine_points_finds_each_point_in_its_patch_and_its_mirror():
     rng = np.random.default_rng(0)
     truth = GUESS + rng.uniform(-6, 6, GUESS.shape)  # up to 0.2 of the patch side off

@@ -145,11 +145,22 @@ def cut_patches(image: np.ndarray, points: np.ndarray,
     """(5, PATCH, PATCH, 3) patches of an RGB uint8 ``image`` around ``points``, with their frame
     (:func:`patch_frame`); edges repeat the image's border."""
     angle, side = patch_frame(points, patch_side)
+    points = np.asarray(points, np.float64)
     scale = side / PATCH
+    origin = np.zeros(2)
     if scale > ANTI_ALIAS_FROM:  # a large face: smooth before sampling every few pixels
-        image = cv2.GaussianBlur(image, (0, 0), 0.5 * scale)
-    patches = np.stack([cv2.warpAffine(image, patch_matrix(p, angle, side), (PATCH, PATCH), flags=cv2.INTER_LINEAR,
-                                       borderMode=cv2.BORDER_REPLICATE) for p in np.asarray(points, np.float64)])
+        sigma = 0.5 * scale
+        # only the part of the photo the patches read (their corners, the bilinear neighbour and the kernel's
+        # reach, about 3 sigma; at least the kernel's reach inside an edge that patches past it repeat): the
+        # same patches as blurring the whole photo, which took most of the refiner's time on a large photo
+        # (67 ms a stage at 3,072 px)
+        kernel, corner, size = int(np.ceil(4 * sigma)) + 2, side / np.sqrt(2), np.array(image.shape[1::-1])
+        low = np.clip(np.floor(points.min(0) - corner).astype(int) - kernel, 0, np.maximum(size - kernel, 0))
+        high = np.clip(np.ceil(points.max(0) + corner).astype(int) + kernel + 1, np.minimum(kernel, size), size)
+        image = cv2.GaussianBlur(image[low[1]:high[1], low[0]:high[0]], (0, 0), sigma)
+        origin = low.astype(np.float64)
+    patches = np.stack([cv2.warpAffine(image, patch_matrix(p - origin, angle, side), (PATCH, PATCH),
+                                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for p in points])
     return patches, angle, side
 
 
