@@ -170,6 +170,19 @@ def test_simulated_guesses_are_near_the_truth_and_the_targets_undo_them():
     assert 0 < np.abs(data["y"]).mean() < 0.3  # offsets in patch sides
 
 
+def test_a_refiner_records_the_command_that_trains_its_recipe_and_none_for_another():
+    from facemtl.engine.refiner import training_command
+
+    for stage in STAGE_GUESSES:
+        recipe = RefinerRecipe.for_stage(stage, faces=100, steps=7, style="studio", seed=3)
+        assert training_command(recipe) == (f"facemtl train-refiner --out DIR --stage {stage} --faces 100 --steps 7 "
+                                            "--style studio --seed 3")
+    # a recipe with guesses or a patch of its own (a one-off experiment) is not a stage's: no command claims it
+    assert training_command(RefinerRecipe(patch_side=1.6)) is None
+    assert training_command(RefinerRecipe.for_stage(2, guess_point_sd=0.1)) is None
+    assert training_command(RefinerRecipe(lr=1e-3)) is None
+
+
 def test_training_lowers_the_error_and_the_files_round_trip(tmp_path):
     recipe = RefinerRecipe(faces=16, guesses=2, style="studio", steps=60, batch_size=32, width=8, random_conv=0.0)
     data = make_patches(recipe)
@@ -178,6 +191,7 @@ def test_training_lowers_the_error_and_the_files_round_trip(tmp_path):
     after, same_guess = offset_error(refiner, data)
     assert same_guess == guess and after < 0.8 * guess, (after, before, guess)
     assert info["recipe"]["steps"] == 60 and info["held_out"]["render_seed"] == recipe.render_seed + 1
+    assert info["command"].startswith("none: a recipe of its own")  # width 8: no command line gives it
     save_refiner(tmp_path, refiner, info)
     cascade = load_refiner(tmp_path)
     assert len(cascade.stages) == 1 and cascade.stages[0].info["recipe"] == json.loads(json.dumps(info["recipe"]))

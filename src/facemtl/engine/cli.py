@@ -117,7 +117,7 @@ def _train_refiner(args) -> int:
         recipe.check()  # before any face is drawn
     files, said = [], []
     for stage, recipe in zip(stages, recipes):
-        refiner, info = train_refiner(recipe, progress=not args.quiet, stage=stage)
+        refiner, info = train_refiner(recipe, progress=not args.quiet)
         check_learned(info, args.out)
         files += stage_bytes(args.out, refiner, info, stage)
         held = info["held_out"]

@@ -168,12 +168,22 @@ def offset_error(refiner: PointRefiner, data: dict, batch: int = 512) -> tuple[f
     return (float(np.hypot(*(out - data["y"]).T).mean() * scale), float(np.hypot(*data["y"].T).mean() * scale))
 
 
-def train_refiner(recipe: RefinerRecipe, progress: bool = False, data: dict | None = None,
-                  stage: int = 1) -> tuple[PointRefiner, dict]:
-    """Refiner stage ``stage`` trained by ``recipe`` (:meth:`RefinerRecipe.for_stage`) and its provenance
-    (recipe, steps, final loss, the held-out synthetic error). ``data``: patches made before (else
-    :func:`make_patches`). Whether it learned is :func:`check_learned`'s to say (``facemtl train-refiner``
-    calls it before writing)."""
+def training_command(recipe: RefinerRecipe) -> str | None:
+    """The ``facemtl train-refiner`` command that trains ``recipe`` (a stage's recipe with the command's
+    options), None for a recipe no command line gives."""
+    options = dict(faces=recipe.faces, steps=recipe.steps, style=recipe.style, seed=recipe.seed)
+    for stage in STAGE_GUESSES:
+        if RefinerRecipe.for_stage(stage, **options) == recipe:
+            return (f"facemtl train-refiner --out DIR --stage {stage} --faces {recipe.faces} --steps {recipe.steps} "
+                    f"--style {recipe.style} --seed {recipe.seed}")
+    return None
+
+
+def train_refiner(recipe: RefinerRecipe, progress: bool = False, data: dict | None = None) -> tuple[PointRefiner, dict]:
+    """A refiner stage trained by ``recipe`` (:meth:`RefinerRecipe.for_stage`) and its provenance (the
+    command that trains it, recipe, steps, final loss, the held-out synthetic error). ``data``: patches made
+    before (else :func:`make_patches`). Whether it learned is :func:`check_learned`'s to say (``facemtl
+    train-refiner`` calls it before writing)."""
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -214,8 +224,8 @@ def train_refiner(recipe: RefinerRecipe, progress: bool = False, data: dict | No
     held_out = RefinerRecipe(**{**asdict(recipe), "faces": max(1, recipe.faces // 20)})
     after, before = offset_error(refiner, make_patches(held_out, seed_offset=1))
     info = {"trained_on": "synthetic faces only (facemtl's renderer)",
-            "command": (f"facemtl train-refiner --out DIR --stage {stage} --faces {recipe.faces} --steps "
-                        f"{recipe.steps} --style {recipe.style} --seed {recipe.seed}"),
+            "command": training_command(recipe) or "none: a recipe of its own (no facemtl train-refiner options "
+                                                   "give it; every field under recipe)",
             "recipe": asdict(recipe), "final_loss": smoothed, **origin,
             "minutes": round((time.time() - started) / 60, 1),
             "held_out": {"faces": held_out.faces, "render_seed": held_out.render_seed + 1,
